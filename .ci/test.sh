@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The test command of otel-jobs (the README's "run the tests"): sets up a fresh Debian machine
+# (Prometheus, promtool and amtool from Debian; a virtualenv with the package and its test
+# extras), then runs ruff, mypy and the whole pytest suite. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[test]'
+
+.venv/bin/ruff check otel_jobs tests bench examples dashboards
+.venv/bin/ruff format --check otel_jobs tests bench examples dashboards
+.venv/bin/mypy
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,276 @@
+"""The public entry points: ``instrument()``, ``uninstrument()``, ``@job``, ``job_run``.
+
+Call :func:`instrument` once where a worker process starts. It reads the settings
+(keyword arguments over ``OTEL_JOBS_*`` environment variables), chooses or creates the
+OpenTelemetry providers, serves ``/metrics``, starts the watchdog, and hooks the job
+frameworks and outbound libraries that are installed.
+
+Runs of code that no framework drives are marked with :func:`job` (a decorator for sync and
+async functions) or :func:`job_run` (a context manager, ``with`` or ``async with``).
+When otel-jobs is not instrumented, both call straight through.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, TypeVar, overload
+
+from .core import agent as _agent_mod
+from .core import config as _config
+from .core.run import Run, classify
+
+logger = logging.getLogger("otel_jobs")
+
+F = TypeVar("F", bound=Callable[..., Any])
+_said_twice = False
+
+
+def instrument(**options: Any) -> None:
+    """Start otel-jobs in this process (idempotent).
+
+    >>> import otel_jobs
+    >>> otel_jobs.instrument(prometheus_port=9464, max_duration=600)
+
+    Accepts every setting of the README configuration table as a keyword argument, plus
+    ``jobs={"name": {"max_duration": ..., "heartbeat_timeout": ..., "on_stall": ...}}``,
+    ``tracer_provider=`` and ``meter_provider=``. Raises
+    :class:`~otel_jobs.ConfigurationError` for an invalid value. A second call does nothing
+    (and says so once in the log); call :func:`uninstrument` first to change settings.
+    """
+    global _said_twice
+    tracer_provider = options.pop("tracer_provider", None)
+    meter_provider = options.pop("meter_provider", None)
+    settings = _config.load(**options)
+    with _agent_mod.lock():
+        if _agent_mod.current() is not None:
+            if not _said_twice:
+                _said_twice = True
+                logger.info(
+                    "otel-jobs: instrument() called again; already instrumented, nothing changed"
+                )
+            return
+        agent = _agent_mod.Agent(settings, tracer_provider, meter_provider)
+        _agent_mod.install(agent)
+        try:
+            agent.start()
+        except BaseException:
+            _agent_mod.uninstall()
+            agent.stop()
+            raise
+        if agent.server is not None:
+            logger.info("otel-jobs: serving metrics on %s", agent.server.url)
+
+
+def uninstrument() -> None:
+    """Undo :func:`instrument`: unpatch every framework and library, stop the watchdog and the endpoint."""
+    global _said_twice
+    with _agent_mod.lock():
+        agent = _agent_mod.uninstall()
+        _said_twice = False
+    if agent is not None:
+        agent.stop()
+
+
+def is_instrumented() -> bool:
+    """Whether :func:`instrument` is in effect in this process."""
+    return _agent_mod.current() is not None
+
+
+def metrics_url() -> str | None:
+    """The URL of this process's ``/metrics`` endpoint, if it serves one."""
+    agent = _agent_mod.current()
+    return agent.server.url if agent is not None and agent.server is not None else None
+
+
+class _NoRun:
+    """Stands in for a run when otel-jobs is not instrumented."""
+
+    def heartbeat(self, progress: float | None = None, **details: Any) -> None:
+        pass
+
+    def finish(self, outcome: str = "success", exc: BaseException | None = None) -> None:
+        pass
+
+
+class job_run:
+    """Mark a block of code as one run of a job (``with`` or ``async with``).
+
+    >>> with otel_jobs.job_run("reports.nightly", queue="reports", max_duration=1800) as run:
+    ...     for page in pages:
+    ...         render(page)
+    ...         run.heartbeat()
+
+    An exception leaving the block ends the run with outcome ``failure`` (``timeout`` for a
+    :class:`~otel_jobs.JobTimeoutError` or ``TimeoutError``) and propagates unchanged.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        queue: str | None = None,
+        job_id: str | None = None,
+        attempt: int = 1,
+        max_duration: float | None = None,
+        heartbeat_timeout: float | None = None,
+        on_stall: str | None = None,
+        enqueued_at: float | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise _config.ConfigurationError("name", name, "a non-empty job name")
+        job = _config.parse_job_settings(
+            "job",
+            {
+                "max_duration": max_duration,
+                "heartbeat_timeout": heartbeat_timeout,
+                "on_stall": on_stall,
+            },
+        )
+        self._kwargs = {
+            "queue": queue,
+            "job_id": job_id,
+            "attempt": attempt,
+            "max_duration": job.max_duration,
+            "heartbeat_timeout": job.heartbeat_timeout,
+            "on_stall": job.on_stall,
+            "enqueued_at": enqueued_at,
+        }
+        self._name = name
+        self._run: Run | None = None
+
+    def __enter__(self) -> Run | _NoRun:
+        agent = _agent_mod.current()
+        if agent is None:
+            return _NoRun()
+        run = agent.start_run(self._name, **self._kwargs)  # type: ignore[arg-type]
+        run.activate()
+        self._run = run
+        return run
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        run, self._run = self._run, None
+        if run is None:
+            return
+        try:
+            run.finish(classify(exc), exc)
+        finally:
+            run.deactivate()
+
+    async def __aenter__(self) -> Run | _NoRun:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+@overload
+def job(func: F, /) -> F: ...
+
+
+@overload
+def job(
+    *,
+    name: str | None = None,
+    queue: str | None = None,
+    max_duration: float | None = None,
+    heartbeat_timeout: float | None = None,
+    on_stall: str | None = None,
+) -> Callable[[F], F]: ...
+
+
+def job(
+    func: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    queue: str | None = None,
+    max_duration: float | None = None,
+    heartbeat_timeout: float | None = None,
+    on_stall: str | None = None,
+) -> Any:
+    """Make every call of a function (sync or async) one run of a job.
+
+    >>> @otel_jobs.job(queue="billing", max_duration=300, heartbeat_timeout=30)
+    ... def sync_invoices(account_id):
+    ...     ...
+
+    The job name defaults to ``module.qualname`` of the function. Settings are validated
+    when the decorator is applied.
+    """
+    settings = _config.parse_job_settings(
+        "job",
+        {
+            "max_duration": max_duration,
+            "heartbeat_timeout": heartbeat_timeout,
+            "on_stall": on_stall,
+        },
+    )
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        job_name = name or f"{fn.__module__}.{fn.__qualname__}"
+        kwargs = {
+            "queue": queue,
+            "max_duration": settings.max_duration,
+            "heartbeat_timeout": settings.heartbeat_timeout,
+            "on_stall": settings.on_stall,
+        }
+
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kw: Any) -> Any:
+                agent = _agent_mod.current()
+                if agent is None:
+                    return await fn(*args, **kw)
+                run = agent.start_run(job_name, **kwargs)  # type: ignore[arg-type]
+                run.activate()
+                try:
+                    result = await fn(*args, **kw)
+                except BaseException as exc:
+                    run.finish(classify(exc), exc)
+                    raise
+                else:
+                    run.finish("success")
+                    return result
+                finally:
+                    run.deactivate()
+
+            return async_wrapper
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kw: Any) -> Any:
+            agent = _agent_mod.current()
+            if agent is None:
+                return fn(*args, **kw)
+            run = agent.start_run(job_name, **kwargs)  # type: ignore[arg-type]
+            run.activate()
+            try:
+                result = fn(*args, **kw)
+            except BaseException as exc:
+                run.finish(classify(exc), exc)
+                raise
+            else:
+                run.finish("success")
+                return result
+            finally:
+                run.deactivate()
+
+        return wrapper
+
+    if func is not None:
+        return decorate(func)
+    return decorate

@@ -1,0 +1,281 @@
+"""The agent: what ``instrument()`` starts in a process, and ``uninstrument()`` stops.
+
+It owns the settings, the in-flight table of runs, the instruments, the ``/metrics``
+endpoint, the watchdog thread, and the installed framework and outbound adapters. Adapters
+talk to it through three calls: :meth:`Agent.start_run`, :meth:`otel_jobs.core.run.Run.activate`
+and :meth:`otel_jobs.core.run.Run.finish`.
+
+Fork: an ``os.register_at_fork`` handler gives a forked child empty instruments, an empty
+in-flight table, fresh locks and its own watchdog thread; the child does not serve
+``/metrics`` (its parent does, merging the child's snapshots, see
+:mod:`otel_jobs.core.multiprocess`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, trace
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+from . import errors, providers
+from .config import Settings
+from .exposition import MetricsServer, serve
+from .multiprocess import MergedCollector, ProcessShare
+from .run import Run
+from .telemetry import Telemetry
+
+logger = logging.getLogger("otel_jobs")
+
+_FAILED = ("failure", "timeout")
+
+
+class Agent:
+    """Everything otel-jobs runs in one process (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
+        self.settings = settings
+        pipelines = providers.setup(settings, tracer_provider, meter_provider)
+        self.tracer = pipelines.tracer
+        self._meter = pipelines.meter
+        self._runs: dict[int, Run] = {}
+        self._lock = threading.Lock()
+        self.telemetry = Telemetry(settings, self.runs, self._meter)
+        self._own_dir = settings.multiprocess_dir is None
+        directory = settings.multiprocess_dir or tempfile.mkdtemp(prefix="otel-jobs-")
+        self.share = ProcessShare(directory, os.getpid())
+        self.server: MetricsServer | None = None
+        self.server_error: OSError | None = None
+        self.adapters: list[
+            Any
+        ] = []  # installed integrations and outbound adapters (have .uninstall())
+        self.stopped = False
+        self._cleanups: list[Callable[[], None]] = []
+        from .watchdog import Watchdog
+
+        self.watchdog = Watchdog(self)
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> None:
+        settings = self.settings
+        if settings.prometheus:
+            from prometheus_client import CollectorRegistry
+
+            endpoint = CollectorRegistry(auto_describe=False)
+            endpoint.register(MergedCollector(self.share, self.telemetry.registry))
+            try:
+                self.server = serve(
+                    endpoint,
+                    settings.prometheus_addr,
+                    settings.prometheus_port,
+                    certfile=settings.prometheus_certfile,
+                    keyfile=settings.prometheus_keyfile,
+                    basic_auth=settings.prometheus_basic_auth,
+                )
+            except OSError as exc:
+                self.server_error = exc
+                logger.error(
+                    "otel-jobs: cannot serve /metrics on %s:%s (%s). Jobs run as usual and spans are "
+                    "still recorded, but Prometheus cannot scrape this worker. Fix: choose a free port "
+                    "with OTEL_JOBS_PROMETHEUS_PORT (0 picks any), or stop the process holding it.",
+                    settings.prometheus_addr,
+                    settings.prometheus_port,
+                    exc.strerror or exc,
+                )
+        if settings.watchdog:
+            self.watchdog.start()
+        from ..integrations import install_frameworks
+        from ..outbound import install_outbound
+
+        self.adapters.extend(install_frameworks(self, settings.frameworks))
+        self.adapters.extend(install_outbound(self, settings.outbound))
+        atexit.register(self._atexit)
+
+    def stop(self) -> None:
+        """Undo :meth:`start`: adapters, watchdog, endpoint; flush spans and metrics."""
+        if self.stopped:
+            return
+        self.stopped = True
+        for adapter in reversed(self.adapters):
+            with errors.guard("uninstall"):
+                adapter.uninstall()
+        self.adapters.clear()
+        self.watchdog.stop()
+        if self.server is not None and not self.share.in_child:
+            self.server.stop()
+        self.server = None
+        for cleanup in self._cleanups:
+            with errors.guard("uninstall"):
+                cleanup()
+        providers.flush()
+        if self._own_dir and not self.share.in_child:
+            shutil.rmtree(self.share.directory, ignore_errors=True)
+        atexit.unregister(self._atexit)
+
+    def _atexit(self) -> None:
+        with errors.guard("atexit"):
+            if self.share.in_child:
+                self.share.flush(self.telemetry.registry)
+            providers.flush(2000)
+            if self._own_dir and not self.share.in_child:
+                shutil.rmtree(self.share.directory, ignore_errors=True)
+
+    def add_cleanup(self, cleanup: Callable[[], None]) -> None:
+        self._cleanups.append(cleanup)
+
+    def after_fork_in_child(self) -> None:
+        """Called in a forked child: fresh state of its own (see the module docstring)."""
+        if self.stopped:
+            return
+        errors.reset_after_fork()
+        self._lock = threading.Lock()
+        self._runs = {}
+        self.share.after_fork_in_child()
+        if self.server is not None:
+            self.server.close_in_child()
+        self._meter = providers.meter_for_child(self.settings, self._meter)
+        self.telemetry = Telemetry(self.settings, self.runs, self._meter)
+        self.watchdog.after_fork_in_child()
+
+    # --- the in-flight table -----------------------------------------------------------
+
+    def runs(self) -> list[Run]:
+        """The runs in flight in this process now."""
+        return list(self._runs.values())
+
+    def start_run(
+        self,
+        name: str,
+        *,
+        queue: str | None = None,
+        job_id: str | None = None,
+        attempt: int = 1,
+        framework: str = "otel_jobs",
+        max_duration: float | None = None,
+        heartbeat_timeout: float | None = None,
+        native_max_duration: float | None = None,
+        on_stall: str | None = None,
+        enqueued_at: float | None = None,
+        parent: otel_context.Context | None = None,
+        links: Sequence[Link] | None = None,
+        attributes: dict[str, Any] | None = None,
+    ) -> Run:
+        """Start a run: span, counters and an entry in the in-flight table.
+
+        Thresholds, most specific first: ``instrument(jobs={name: ...})``, the job's own
+        (``max_duration=``/``heartbeat_timeout=``), the framework's native limit
+        (``native_max_duration=``), the global settings. ``enqueued_at`` is the Unix time the
+        job became due (publish time, or its ETA); the queue wait is measured from it.
+        """
+        settings = self.settings
+        queue = queue or "default"
+        series = self.telemetry.series(name, queue)
+        configured = settings.for_job(name)
+        max_d = (
+            configured.max_duration or max_duration or native_max_duration or settings.max_duration
+        )
+        beat = configured.heartbeat_timeout or heartbeat_timeout or settings.heartbeat_timeout
+        series.max_duration = max_d
+        series.heartbeat_timeout = beat
+        run = Run(
+            self, name, queue, job_id, attempt, framework, series, max_d, beat,
+            configured.on_stall or on_stall or settings.on_stall,
+        )  # fmt: skip
+        attrs: dict[str, Any] = {
+            "job.name": name,
+            "job.queue": queue,
+            "job.attempt": attempt,
+            "job.framework": framework,
+        }
+        if job_id is not None:
+            attrs["job.id"] = job_id
+        if attributes:
+            attrs.update(attributes)
+        with errors.guard("run.start"):
+            run.span = self.tracer.start_span(
+                name, context=parent, kind=SpanKind.CONSUMER, attributes=attrs, links=links
+            )
+        with self._lock:
+            self._runs[run.key] = run
+        with errors.guard("run.start"):
+            series.record_start()
+            if enqueued_at is not None:
+                wait = run.start_wall - enqueued_at
+                if wait >= 0 and not math.isinf(wait):
+                    series.record_queue_wait(wait)
+        return run
+
+    def finish_run(self, run: Run, outcome: str, exc: BaseException | None) -> None:
+        """Called once by :meth:`Run.finish`."""
+        seconds = time.monotonic() - run.start_mono
+        with self._lock:
+            self._runs.pop(run.key, None)
+        run.series.record_finish(outcome, seconds)
+        span = run.span
+        if span.is_recording():
+            span.set_attribute("job.outcome", outcome)
+            if run.progress is not None:
+                span.set_attribute("job.progress", run.progress)
+            if exc is not None and outcome in _FAILED:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            elif outcome in _FAILED:
+                span.set_status(Status(StatusCode.ERROR, outcome))
+        span.end()
+        if self.share.in_child:
+            self.share.flush(self.telemetry.registry)
+
+
+# --- the one agent of this process --------------------------------------------------------
+
+_agent: Agent | None = None
+_agent_lock = threading.Lock()
+_fork_hook_registered = False
+
+
+def current() -> Agent | None:
+    """The running agent, or None when otel-jobs is not instrumented."""
+    return _agent
+
+
+def _after_fork_in_child() -> None:
+    global _agent_lock
+    _agent_lock = threading.Lock()
+    agent = _agent
+    if agent is not None:
+        with errors.guard("fork"):
+            agent.after_fork_in_child()
+
+
+def install(agent: Agent) -> None:
+    global _agent, _fork_hook_registered
+    _agent = agent
+    if not _fork_hook_registered and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        _fork_hook_registered = True
+
+
+def uninstall() -> Agent | None:
+    global _agent
+    agent, _agent = _agent, None
+    return agent
+
+
+def lock() -> threading.Lock:
+    return _agent_lock

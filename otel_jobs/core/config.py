@@ -1,0 +1,413 @@
+"""One typed settings object for otel-jobs, built once at ``instrument()``.
+
+Every option can be given as a keyword argument to ``otel_jobs.instrument()`` or as an
+``OTEL_JOBS_*`` environment variable; the keyword argument wins. Values are validated here,
+once, and a bad value raises :class:`ConfigurationError` naming the setting, the value and
+what is accepted, so that nothing fails later inside a job.
+
+The table of options (name, environment variable, default) is :data:`OPTIONS`; the README's
+configuration table is written from it and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+STALL_POLICIES = ("observe", "cancel", "exit")
+TIMEOUT_POLICIES = ("warn", "enforce", "raise", "off")
+FRAMEWORKS = ("celery", "rq", "dramatiq", "arq", "huey", "apscheduler")
+OUTBOUND_LIBRARIES = ("httpx", "requests", "urllib3", "urllib", "aiohttp", "redis", "psycopg")
+OVERFLOW_VALUE = "__overflow__"
+"""The label value that replaces any value past a label's cardinality cap."""
+
+
+class ConfigurationError(ValueError):
+    """An otel-jobs setting has a value it does not accept."""
+
+    def __init__(self, setting: str, value: object, accepted: str) -> None:
+        self.setting = setting
+        self.value = value
+        self.accepted = accepted
+        super().__init__(f"otel-jobs: {setting}={value!r} is not valid; accepted: {accepted}")
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Per-job overrides (``instrument(jobs={"name": {...}})`` or ``@job(...)``)."""
+
+    max_duration: float | None = None
+    heartbeat_timeout: float | None = None
+    on_stall: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings in force; see the README configuration table for each option."""
+
+    prometheus: bool = True
+    prometheus_port: int = 9464
+    prometheus_addr: str = "127.0.0.1"
+    prometheus_certfile: str | None = None
+    prometheus_keyfile: str | None = None
+    prometheus_basic_auth: str | None = None
+    heartbeat_timeout: float = 600.0
+    max_duration: float = 3600.0
+    on_stall: str = "observe"
+    missing_timeout: str = "warn"
+    default_timeout: float = 30.0
+    watchdog: bool = True
+    watchdog_interval: float = 1.0
+    frameworks: tuple[str, ...] | None = None
+    outbound: tuple[str, ...] | None = None
+    max_job_names: int = 1000
+    max_queues: int = 100
+    max_hosts: int = 200
+    max_call_sites: int = 500
+    capture_args: bool = False
+    multiprocess_dir: str | None = None
+    jobs: Mapping[str, JobSettings] = field(default_factory=dict)
+    # Standard OpenTelemetry variables, read here so that a bad value fails at instrument().
+    sdk_disabled: bool = False
+    otlp_traces_endpoint: str | None = None
+    otlp_metrics_endpoint: str | None = None
+    otlp_protocol: str = "http/protobuf"
+
+    def for_job(self, name: str) -> JobSettings:
+        return self.jobs.get(name) or _NO_JOB_SETTINGS
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+_NO_JOB_SETTINGS = JobSettings()
+
+
+# --- parsers: each returns the parsed value or raises ConfigurationError -----------------
+
+
+def _bool(setting: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigurationError(setting, value, "true or false (also 1/0, yes/no, on/off)")
+
+
+def _port(setting: str, value: object) -> int:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        port = int(str(value).strip())
+    except ValueError:
+        raise ConfigurationError(
+            setting, value, "a TCP port from 0 to 65535 (0 picks a free port)"
+        ) from None
+    if not 0 <= port <= 65535:
+        raise ConfigurationError(setting, value, "a TCP port from 0 to 65535 (0 picks a free port)")
+    return port
+
+
+def _seconds(setting: str, value: object, *, allow_inf: bool = True) -> float:
+    accepted = "a positive number of seconds" + (' (or "inf" for no limit)' if allow_inf else "")
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        seconds = float(str(value).strip()) if not isinstance(value, (int, float)) else float(value)
+    except ValueError:
+        raise ConfigurationError(setting, value, accepted) from None
+    if math.isnan(seconds) or seconds <= 0 or (math.isinf(seconds) and not allow_inf):
+        raise ConfigurationError(setting, value, accepted)
+    return seconds
+
+
+def _positive_int(setting: str, value: object) -> int:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = int(str(value).strip())
+    except ValueError:
+        raise ConfigurationError(setting, value, "a whole number of at least 1") from None
+    if number < 1:
+        raise ConfigurationError(setting, value, "a whole number of at least 1")
+    return number
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str, object], str]:
+    def parse(setting: str, value: object) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ConfigurationError(setting, value, "one of " + ", ".join(choices))
+        return text
+
+    return parse
+
+
+def _names(choices: tuple[str, ...]) -> Callable[[str, object], tuple[str, ...]]:
+    def parse(setting: str, value: object) -> tuple[str, ...]:
+        if isinstance(value, str):
+            items: Iterable[object] = [v for v in value.split(",") if v.strip()]
+        elif isinstance(value, Iterable):
+            items = value
+        else:
+            raise ConfigurationError(setting, value, "a list of names from " + ", ".join(choices))
+        names = []
+        for item in items:
+            name = str(item).strip().lower()
+            if name not in choices:
+                raise ConfigurationError(setting, value, "names from " + ", ".join(choices))
+            names.append(name)
+        return tuple(names)
+
+    return parse
+
+
+def _address(setting: str, value: object) -> str:
+    text = str(value).strip()
+    if not text or any(c.isspace() for c in text):
+        raise ConfigurationError(
+            setting, value, "an IP address or host name to bind, such as 127.0.0.1 or 0.0.0.0"
+        )
+    return text
+
+
+def _path(setting: str, value: object) -> str:
+    text = str(value).strip()
+    if not text:
+        raise ConfigurationError(setting, value, "a file system path")
+    return text
+
+
+def _basic_auth(setting: str, value: object) -> str:
+    text = str(value)
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise ConfigurationError(setting, "<hidden>", '"user:password"')
+    return text
+
+
+def _endpoint(setting: str, value: object) -> str:
+    text = str(value).strip()
+    if not text.startswith(("http://", "https://")):
+        raise ConfigurationError(setting, value, "a URL beginning http:// or https://")
+    return text
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its keyword, its environment variable, how it is parsed, what it means."""
+
+    name: str
+    env: str
+    parse: Callable[[str, object], Any]
+    help: str
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "prometheus",
+        "OTEL_JOBS_PROMETHEUS_ENABLED",
+        _bool,
+        "serve the Prometheus `/metrics` endpoint",
+    ),
+    Option(
+        "prometheus_port",
+        "OTEL_JOBS_PROMETHEUS_PORT",
+        _port,
+        "port of the `/metrics` endpoint (0: any free port)",
+    ),
+    Option(
+        "prometheus_addr",
+        "OTEL_JOBS_PROMETHEUS_ADDR",
+        _address,
+        "address the endpoint binds; loopback by default so that nothing is exposed unless you choose to",
+    ),
+    Option(
+        "prometheus_certfile",
+        "OTEL_JOBS_PROMETHEUS_CERTFILE",
+        _path,
+        "TLS certificate: serve `/metrics` over HTTPS",
+    ),
+    Option(
+        "prometheus_keyfile",
+        "OTEL_JOBS_PROMETHEUS_KEYFILE",
+        _path,
+        "TLS private key for the certificate",
+    ),
+    Option(
+        "prometheus_basic_auth",
+        "OTEL_JOBS_PROMETHEUS_BASIC_AUTH",
+        _basic_auth,
+        "`user:password` required by the endpoint (HTTP basic auth)",
+    ),
+    Option(
+        "heartbeat_timeout",
+        "OTEL_JOBS_HEARTBEAT_TIMEOUT",
+        _seconds,
+        "seconds without a heartbeat after which a run is stalled",
+    ),
+    Option(
+        "max_duration", "OTEL_JOBS_MAX_DURATION", _seconds, "seconds after which a run has overrun"
+    ),
+    Option(
+        "on_stall",
+        "OTEL_JOBS_ON_STALL",
+        _choice(STALL_POLICIES),
+        "what the watchdog does to a stuck run: observe, cancel or exit",
+    ),
+    Option(
+        "missing_timeout",
+        "OTEL_JOBS_MISSING_TIMEOUT",
+        _choice(TIMEOUT_POLICIES),
+        "outbound calls without a timeout: warn, enforce, raise or off",
+    ),
+    Option(
+        "default_timeout",
+        "OTEL_JOBS_DEFAULT_TIMEOUT",
+        lambda s, v: _seconds(s, v, allow_inf=False),
+        "timeout (seconds) that `enforce` applies to the missing parts of a call",
+    ),
+    Option("watchdog", "OTEL_JOBS_WATCHDOG_ENABLED", _bool, "run the stuck-run watchdog thread"),
+    Option(
+        "watchdog_interval",
+        "OTEL_JOBS_WATCHDOG_INTERVAL",
+        lambda s, v: _seconds(s, v, allow_inf=False),
+        "seconds between two watchdog ticks",
+    ),
+    Option(
+        "frameworks",
+        "OTEL_JOBS_FRAMEWORKS",
+        _names(FRAMEWORKS),
+        "job frameworks to hook (comma-separated); default: every one installed",
+    ),
+    Option(
+        "outbound",
+        "OTEL_JOBS_OUTBOUND",
+        _names(OUTBOUND_LIBRARIES),
+        "outbound libraries to check for timeouts (comma-separated); default: every one installed",
+    ),
+    Option(
+        "max_job_names",
+        "OTEL_JOBS_MAX_JOB_NAMES",
+        _positive_int,
+        "distinct `job_name` label values kept before overflow",
+    ),
+    Option(
+        "max_queues",
+        "OTEL_JOBS_MAX_QUEUES",
+        _positive_int,
+        "distinct `queue` label values kept before overflow",
+    ),
+    Option(
+        "max_hosts",
+        "OTEL_JOBS_MAX_HOSTS",
+        _positive_int,
+        "distinct `host` label values kept before overflow",
+    ),
+    Option(
+        "max_call_sites",
+        "OTEL_JOBS_MAX_CALL_SITES",
+        _positive_int,
+        "distinct `call_site` label values kept before overflow",
+    ),
+    Option(
+        "capture_args",
+        "OTEL_JOBS_CAPTURE_ARGS",
+        _bool,
+        "record job arguments on spans (off: arguments may hold personal data or secrets)",
+    ),
+    Option(
+        "multiprocess_dir",
+        "OTEL_JOBS_MULTIPROCESS_DIR",
+        _path,
+        "directory where forked children leave their metrics for the endpoint; default: a private temporary directory",
+    ),
+)
+
+_STANDARD_ENV = {
+    "sdk_disabled": ("OTEL_SDK_DISABLED", _bool),
+    "otlp_protocol": ("OTEL_EXPORTER_OTLP_PROTOCOL", _choice(("grpc", "http/protobuf"))),
+}
+
+_OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
+_JOB_KEYS = {"max_duration", "heartbeat_timeout", "on_stall"}
+
+
+def parse_job_settings(setting: str, value: object) -> JobSettings:
+    """Validate one job's overrides, given as a mapping or a :class:`JobSettings`."""
+    if isinstance(value, JobSettings):
+        value = {k: getattr(value, k) for k in _JOB_KEYS}
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            setting, value, "a mapping of max_duration, heartbeat_timeout, on_stall"
+        )
+    unknown = set(value) - _JOB_KEYS
+    if unknown:
+        raise ConfigurationError(
+            f"{setting}.{sorted(unknown)[0]}",
+            value[sorted(unknown)[0]],
+            "keys max_duration, heartbeat_timeout, on_stall",
+        )
+    parsed: dict[str, Any] = {}
+    for key in _JOB_KEYS:
+        raw = value.get(key)
+        if raw is None:
+            continue
+        parsed[key] = _OPTIONS_BY_NAME[key].parse(f"{setting}.{key}", raw)
+    return JobSettings(**parsed)
+
+
+def load(environ: Mapping[str, str] | None = None, **kwargs: Any) -> Settings:
+    """Build the settings from keyword arguments over environment variables, validating each."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        raw = env.get(option.env)
+        if raw is not None and raw.strip() != "":
+            values[option.name] = option.parse(option.env, raw)
+    for name, (var, parse) in _STANDARD_ENV.items():
+        raw = env.get(var)
+        if raw is not None and raw.strip() != "":
+            values[name] = parse(var, raw)
+    traces = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    metrics = env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") or env.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    if traces:
+        values["otlp_traces_endpoint"] = _endpoint("OTEL_EXPORTER_OTLP_ENDPOINT", traces)
+    if metrics:
+        values["otlp_metrics_endpoint"] = _endpoint("OTEL_EXPORTER_OTLP_ENDPOINT", metrics)
+
+    for name, raw in kwargs.items():
+        if name == "jobs":
+            if raw is None:
+                continue
+            if not isinstance(raw, Mapping):
+                raise ConfigurationError(
+                    "jobs",
+                    raw,
+                    'a mapping of job name to settings, e.g. {"billing.sync": {"max_duration": 60}}',
+                )
+            values["jobs"] = {str(k): parse_job_settings(f"jobs[{k!r}]", v) for k, v in raw.items()}
+            continue
+        found = _OPTIONS_BY_NAME.get(name)
+        if found is None:
+            accepted = ", ".join(sorted([*_OPTIONS_BY_NAME, "jobs"]))
+            raise ConfigurationError(name, raw, f"keyword arguments {accepted}")
+        option = found
+        if raw is None:
+            continue
+        values[name] = option.parse(name, raw)
+    if ("prometheus_certfile" in values) != ("prometheus_keyfile" in values):
+        raise ConfigurationError(
+            "prometheus_keyfile",
+            values.get("prometheus_keyfile"),
+            "both prometheus_certfile and prometheus_keyfile, or neither",
+        )
+    return Settings(**values)

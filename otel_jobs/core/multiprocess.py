@@ -1,0 +1,215 @@
+"""Runs recorded in forked children reach the one ``/metrics`` endpoint of their worker.
+
+Celery's prefork pool, RQ's work horse and gunicorn run jobs in processes forked from the
+one that called ``instrument()`` (the *owner*, which serves ``/metrics``). A forked child
+starts with empty instruments of its own (so nothing of the parent's is counted twice) and
+leaves a snapshot of them in a shared directory, written atomically:
+
+* when a run finishes in the child (so a child that ends with ``os._exit`` right after its
+  job, as RQ's horse does, loses nothing it finished), and
+* at every watchdog tick (so its in-flight gauges and stall verdicts stay current).
+
+At collection the owner merges its own samples with every child's: counters and histograms
+are summed; gauges of live children are combined per metric (timestamps by minimum, counts
+by sum, thresholds by maximum). A child that has died is folded in once: its counters and
+histograms are added to an archive kept by the owner, its gauges (runs in flight, stalls)
+dropped, and its file removed, so a dead child's in-flight values never linger and the
+directory does not grow with every RQ horse.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
+
+from . import errors
+
+_MIN_GAUGES = {
+    "otel_jobs_oldest_run_start_timestamp_seconds",
+    "otel_jobs_stalest_heartbeat_timestamp_seconds",
+    "otel_jobs_watchdog_last_tick_timestamp_seconds",
+    "process_start_time_seconds",
+}
+_SUM_GAUGES = {
+    "otel_jobs_runs_in_progress",
+    "otel_jobs_runs_stalled",
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_open_fds",
+}
+
+Family = dict[str, Any]  # {"name", "type", "help", "samples": {(sample, labels): value}}
+SampleKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return True
+
+
+def _serialise(registry: CollectorRegistry) -> list[dict[str, Any]]:
+    out = []
+    for family in registry.collect():
+        out.append(
+            {
+                "name": family.name,
+                "type": family.type,
+                "help": family.documentation,
+                "samples": [[s.name, s.labels, s.value] for s in family.samples],
+            }
+        )
+    return out
+
+
+def _combine(name: str, sample: str, old: float, new: float, kind: str) -> float:
+    if kind in ("counter", "histogram", "summary"):
+        if sample.endswith("_created"):
+            return min(old, new)
+        return old + new
+    if name in _MIN_GAUGES:
+        return min(old, new)
+    if name in _SUM_GAUGES:
+        return old + new
+    return max(old, new)
+
+
+def _merge_into(
+    into: dict[str, Family], families: list[dict[str, Any]], *, counters_only: bool = False
+) -> None:
+    for fam in families:
+        kind = fam["type"]
+        if counters_only and kind not in ("counter", "histogram", "summary"):
+            continue
+        target = into.get(fam["name"])
+        if target is None:
+            target = into[fam["name"]] = {
+                "name": fam["name"],
+                "type": kind,
+                "help": fam["help"],
+                "samples": {},
+            }
+        samples = target["samples"]
+        for sample_name, labels, value in fam["samples"]:
+            key: SampleKey = (sample_name, tuple(sorted(labels.items())))
+            if key in samples:
+                samples[key] = _combine(fam["name"], sample_name, samples[key], value, kind)
+            else:
+                samples[key] = value
+
+
+class ProcessShare:
+    """The directory shared by the owner and its forked children (see module docstring)."""
+
+    def __init__(self, directory: str, owner_pid: int) -> None:
+        self.directory = directory
+        self.owner_pid = owner_pid
+        self._archive: dict[str, Family] = {}
+        self._lock = threading.Lock()
+        os.makedirs(directory, exist_ok=True)
+
+    @property
+    def in_child(self) -> bool:
+        return os.getpid() != self.owner_pid
+
+    def after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        self._archive = {}
+
+    def flush(self, registry: CollectorRegistry) -> None:
+        """Write this (child) process's snapshot; a no-op in the owner."""
+        pid = os.getpid()
+        if pid == self.owner_pid:
+            return
+        data = json.dumps({"pid": pid, "families": _serialise(registry)}, separators=(",", ":"))
+        path = os.path.join(self.directory, f"{pid}.json")
+        tmp = f"{path}.{threading.get_ident()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(data)
+        os.replace(tmp, path)
+
+    def children(self) -> Iterator[tuple[int, str]]:
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return
+        for name in names:
+            stem, dot, ext = name.partition(".")
+            if ext == "json" and stem.isdigit():
+                yield int(stem), os.path.join(self.directory, name)
+
+    def merged(self, local: CollectorRegistry) -> dict[str, Family]:
+        """The owner's families merged with every child's (dead children folded into the archive)."""
+        merged: dict[str, Family] = {}
+        _merge_into(merged, _serialise(local))
+        with self._lock:
+            for pid, path in sorted(self.children()):
+                if pid == self.owner_pid:
+                    continue
+                try:
+                    with open(path, encoding="utf-8") as f:
+                        families = json.load(f)["families"]
+                except (OSError, ValueError, KeyError) as exc:
+                    errors.record("multiprocess.read", exc)
+                    continue
+                if _pid_alive(pid):
+                    _merge_into(merged, families)
+                else:
+                    _merge_into(self._archive, families, counters_only=True)
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
+            archive = [
+                {"name": f["name"], "type": f["type"], "help": f["help"],
+                 "samples": [[k[0], dict(k[1]), v] for k, v in f["samples"].items()]}
+                for f in self._archive.values()
+            ]  # fmt: skip
+        _merge_into(merged, archive)
+        return merged
+
+    def remove(self) -> None:
+        for _pid, path in list(self.children()):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+class MergedCollector:
+    """A prometheus-client collector serving the owner's and its children's samples as one."""
+
+    def __init__(self, share: ProcessShare, local: CollectorRegistry) -> None:
+        self._share = share
+        self._local = local
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            merged = self._share.merged(self._local)
+        except Exception as exc:
+            errors.record("multiprocess.merge", exc)
+            yield from self._local.collect()
+            return
+        for fam in merged.values():
+            name = fam["name"]
+            metric = Metric(name, fam["help"], fam["type"])
+            for (sample_name, labels), value in fam["samples"].items():
+                metric.add_sample(sample_name, dict(labels), value)
+            yield metric

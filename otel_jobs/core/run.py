@@ -1,0 +1,280 @@
+"""A job run: one execution of a job, from start to outcome.
+
+A :class:`Run` is what the rest of otel-jobs talks about. The agent creates it
+(:meth:`otel_jobs.core.agent.Agent.start_run`), an adapter or the ``@job`` decorator
+activates it in the thread or asyncio task that executes the job, the job heartbeats
+through :func:`heartbeat`, the watchdog reads it, and :meth:`Run.finish` records the
+outcome exactly once.
+
+The per-run hot path is kept to plain attribute stores: ``heartbeat()`` writes one
+monotonic timestamp; everything the metrics show (oldest run, stalest heartbeat) is
+derived when they are collected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import itertools
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from . import errors
+
+if TYPE_CHECKING:
+    from .agent import Agent
+    from .telemetry import Series
+
+logger = logging.getLogger("otel_jobs")
+
+OUTCOMES = ("success", "failure", "retry", "timeout", "cancelled")
+MAX_DETAILS = 32
+
+_current: contextvars.ContextVar[Run | None] = contextvars.ContextVar("otel_jobs_run", default=None)
+_ids = itertools.count(1)
+_monotonic = time.monotonic
+
+
+class OutboundCall:
+    """An outbound call in flight inside a run (library, method, host, start, missing timeout parts)."""
+
+    __slots__ = ("library", "method", "host", "started", "missing", "call_site")
+
+    def __init__(
+        self, library: str, method: str, host: str, missing: tuple[str, ...], call_site: str
+    ) -> None:
+        self.library = library
+        self.method = method
+        self.host = host
+        self.missing = missing
+        self.call_site = call_site
+        self.started = _monotonic()
+
+    def describe(self) -> str:
+        timeout = "no " + "/".join(self.missing) + " timeout" if self.missing else "with a timeout"
+        elapsed = _monotonic() - self.started
+        return f"{self.method} {self.host} via {self.library} ({timeout}) for {elapsed:.1f}s from {self.call_site}"
+
+
+class Run:
+    """One run of a job. Created by the agent; finished exactly once."""
+
+    __slots__ = (
+        "key",
+        "name",
+        "queue",
+        "job_id",
+        "attempt",
+        "framework",
+        "series",
+        "span",
+        "start_wall",
+        "start_mono",
+        "last_beat",
+        "progress",
+        "details",
+        "max_duration",
+        "heartbeat_timeout",
+        "on_stall",
+        "thread_id",
+        "native_id",
+        "task",
+        "loop",
+        "calls",
+        "verdict",
+        "state",
+        "diagnosis",
+        "cancelled_by_watchdog",
+        "finished",
+        "pid",
+        "_agent",
+        "_tokens",
+        "__weakref__",
+    )
+
+    def __init__(
+        self,
+        agent: Agent,
+        name: str,
+        queue: str,
+        job_id: str | None,
+        attempt: int,
+        framework: str,
+        series: Series,
+        max_duration: float,
+        heartbeat_timeout: float,
+        on_stall: str,
+    ) -> None:
+        self.key = next(_ids)
+        self.name = name
+        self.queue = queue
+        self.job_id = job_id
+        self.attempt = attempt
+        self.framework = framework
+        self.series = series
+        self.span: trace.Span = trace.INVALID_SPAN
+        self.start_wall = time.time()
+        self.start_mono = _monotonic()
+        self.last_beat = self.start_mono
+        self.progress: float | None = None
+        self.details: dict[str, Any] | None = None
+        self.max_duration = max_duration
+        self.heartbeat_timeout = heartbeat_timeout
+        self.on_stall = on_stall
+        self.thread_id: int | None = None
+        self.native_id: int | None = None
+        self.task: asyncio.Task[Any] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.calls: list[OutboundCall] = []
+        self.verdict: str | None = None  # None, "no_heartbeat" or "max_duration"
+        self.state: str | None = None  # "blocked", "spinning" or "unknown" while a verdict stands
+        self.diagnosis: Any = None  # set by the watchdog with its verdict
+        self.cancelled_by_watchdog = False
+        self.finished = False
+        self.pid = os.getpid()
+        self._agent = agent
+        self._tokens: list[Any] = []
+
+    # --- where the run executes -------------------------------------------------------
+
+    def activate(self) -> None:
+        """Make this the current run of the calling thread or asyncio task."""
+        self.thread_id = threading.get_ident()
+        self.native_id = threading.get_native_id()
+        try:
+            self.task = asyncio.current_task()
+            self.loop = self.task.get_loop() if self.task is not None else None
+        except RuntimeError:
+            self.task = None
+        self._tokens.append(_current.set(self))
+        self._tokens.append(otel_context.attach(trace.set_span_in_context(self.span)))
+
+    def deactivate(self) -> None:
+        """Undo :meth:`activate` (in the same thread or task)."""
+        if len(self._tokens) < 2:
+            return
+        ctx_token = self._tokens.pop()
+        run_token = self._tokens.pop()
+        try:
+            otel_context.detach(ctx_token)
+            _current.reset(run_token)
+        except Exception:
+            _current.set(None)
+
+    # --- liveness ------------------------------------------------------------------------
+
+    def heartbeat(self, progress: float | None = None, **details: Any) -> None:
+        """Record liveness (see :func:`otel_jobs.heartbeat`)."""
+        self.last_beat = _monotonic()
+        if progress is not None or details:
+            self._update(progress, details)
+
+    def _update(self, progress: object, details: Mapping[str, Any]) -> None:
+        if progress is not None:
+            if (
+                isinstance(progress, (int, float))
+                and not isinstance(progress, bool)
+                and 0.0 <= progress <= 1.0
+            ):
+                self.progress = float(progress)
+            else:
+                _warn_once(
+                    "progress",
+                    f"otel-jobs: heartbeat(progress={progress!r}) ignored: progress is a number from 0 to 1",
+                )
+        if details:
+            merged = dict(self.details or {})
+            merged.update(details)
+            if len(merged) > MAX_DETAILS:
+                _warn_once(
+                    "details",
+                    f"otel-jobs: heartbeat details keep at most {MAX_DETAILS} keys; extra keys dropped",
+                )
+                merged = dict(itertools.islice(merged.items(), MAX_DETAILS))
+            self.details = merged
+
+    def seconds_since_heartbeat(self, now: float | None = None) -> float:
+        return (now if now is not None else _monotonic()) - self.last_beat
+
+    def elapsed(self, now: float | None = None) -> float:
+        return (now if now is not None else _monotonic()) - self.start_mono
+
+    # --- the end -----------------------------------------------------------------------
+
+    def finish(self, outcome: str = "success", exc: BaseException | None = None) -> None:
+        """Record the run's outcome, end its span, and remove it from the in-flight table.
+
+        Calling it again, or in a forked child on a run inherited from the parent, does nothing.
+        """
+        if self.finished or self.pid != os.getpid():
+            return
+        self.finished = True
+        if self.cancelled_by_watchdog and outcome in ("failure", "cancelled"):
+            outcome = "timeout"
+        with errors.guard("run.finish"):
+            self._agent.finish_run(self, outcome, exc)
+
+    def __repr__(self) -> str:
+        return f"<Run {self.name} id={self.job_id} queue={self.queue}>"
+
+
+def current_run() -> Run | None:
+    """The run executing in this thread or asyncio task, if any."""
+    return _current.get()
+
+
+def heartbeat(progress: float | None = None, **details: Any) -> None:
+    """Tell otel-jobs the current run is alive, optionally with progress and a checkpoint.
+
+    ``progress`` is a number from 0 to 1; ``details`` is a small mapping (at most 32 keys), for
+    example the last item processed, that a retry could resume from. Outside a run this does
+    nothing. It is a couple of attribute stores: no I/O, no export.
+
+    >>> for i, row in enumerate(rows):
+    ...     process(row)
+    ...     otel_jobs.heartbeat(progress=i / len(rows), last_row=row.id)
+    """
+    run = _current.get()
+    if run is None:
+        return
+    run.last_beat = _monotonic()
+    if progress is not None or details:
+        try:
+            run._update(progress, details)
+        except Exception as exc:
+            errors.record("heartbeat", exc)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning(message)
+
+
+def classify(exc: BaseException | None) -> str:
+    """The outcome of a run that ended with ``exc`` (None: success)."""
+    if exc is None:
+        return "success"
+    if isinstance(exc, (errors.JobTimeoutError, TimeoutError)):
+        return "timeout"
+    if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
+        return "cancelled"
+    return "failure"
+
+
+def wall_time_of(monotonic: float, now_mono: float, now_wall: float) -> float:
+    """Convert a monotonic timestamp taken in this process into Unix time."""
+    if math.isinf(monotonic):
+        return monotonic
+    return now_wall - (now_mono - monotonic)

@@ -1,0 +1,421 @@
+"""The instruments otel-jobs records into, on Prometheus and on OpenTelemetry.
+
+One :class:`Telemetry` per process holds:
+
+* prometheus-client counters and histograms in a private ``CollectorRegistry``, recorded
+  per run through :class:`Series` objects that cache their label children (built once per
+  ``(job_name, queue)``, so a run only increments);
+* the same measurements as OpenTelemetry instruments, named so that they translate to the
+  Prometheus names (``otel_jobs.run.duration`` in ``s`` becomes
+  ``otel_jobs_run_duration_seconds``), recorded only when a metrics pipeline exists;
+* a collector that derives the in-flight gauges (runs in progress, oldest run, stalest
+  heartbeat, thresholds in force, stalled verdicts, watchdog tick) from the in-flight table
+  when they are collected, never on the hot path.
+
+The label values ``job_name``, ``queue``, ``host`` and ``call_site`` are capped (see
+:class:`LabelCap`): past the cap a new value becomes ``__overflow__`` and is counted in
+``otel_jobs_label_overflow_total{label}``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from . import errors
+from .config import OVERFLOW_VALUE, Settings
+from .run import OUTCOMES, wall_time_of
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import Meter, Observation
+
+    from .run import Run
+
+#: Histogram buckets for background jobs: from 10 ms to 8 hours.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0,
+)  # fmt: skip
+
+STALL_STATES = ("blocked", "spinning", "unknown")
+
+
+class LabelCap:
+    """Admit at most ``limit`` distinct values of one label; the rest become ``__overflow__``."""
+
+    def __init__(self, label: str, limit: int, on_overflow: Callable[[str], None]) -> None:
+        self.label = label
+        self.limit = limit
+        self._seen: set[str] = set()
+        self._on_overflow = on_overflow
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        with self._lock:
+            if value in self._seen:
+                return value
+            if len(self._seen) < self.limit:
+                self._seen.add(value)
+                return value
+        self._on_overflow(self.label)
+        return OVERFLOW_VALUE
+
+
+class Series:
+    """The instruments of one ``(job_name, queue)``, with their label children built once."""
+
+    __slots__ = (
+        "job_name",
+        "queue",
+        "started",
+        "_finished",
+        "_duration",
+        "_telemetry",
+        "attrs",
+        "_outcome_attrs",
+        "max_duration",
+        "heartbeat_timeout",
+        "queue_wait",
+    )
+
+    def __init__(self, telemetry: Telemetry, job_name: str, queue: str) -> None:
+        self.job_name = job_name
+        self.queue = queue
+        self._telemetry = telemetry
+        self.started = telemetry.started.labels(job_name, queue)
+        self.queue_wait = telemetry.queue_wait.labels(job_name, queue)
+        self._finished = {o: telemetry.finished.labels(job_name, queue, o) for o in OUTCOMES}
+        self._duration = {o: telemetry.duration.labels(job_name, queue, o) for o in OUTCOMES}
+        self.attrs = {"job_name": job_name, "queue": queue}
+        self._outcome_attrs = {
+            o: {"job_name": job_name, "queue": queue, "outcome": o} for o in OUTCOMES
+        }
+        self.max_duration = math.inf
+        self.heartbeat_timeout = math.inf
+
+    def record_start(self) -> None:
+        self.started.inc()
+        otel = self._telemetry.otel
+        if otel is not None:
+            otel.started.add(1, self.attrs)
+
+    def record_finish(self, outcome: str, seconds: float) -> None:
+        self._finished[outcome].inc()
+        self._duration[outcome].observe(seconds)
+        otel = self._telemetry.otel
+        if otel is not None:
+            attrs = self._outcome_attrs[outcome]
+            otel.finished.add(1, attrs)
+            otel.duration.record(seconds, attrs)
+
+    def record_queue_wait(self, seconds: float) -> None:
+        self.queue_wait.observe(seconds)
+        otel = self._telemetry.otel
+        if otel is not None:
+            otel.queue_wait.record(seconds, self.attrs)
+
+
+class _OtelInstruments:
+    """The OpenTelemetry side of the instruments (only built when a metrics pipeline exists)."""
+
+    def __init__(self, meter: Meter, telemetry: Telemetry) -> None:
+        advice = list(DURATION_BUCKETS)
+        self.started = meter.create_counter(
+            "otel_jobs.runs.started", unit="{run}", description="Runs started."
+        )
+        self.finished = meter.create_counter(
+            "otel_jobs.runs.finished", unit="{run}", description="Runs finished, by outcome."
+        )
+        self.duration = meter.create_histogram(
+            "otel_jobs.run.duration", unit="s", description="Wall time of finished runs.",
+            explicit_bucket_boundaries_advisory=advice,
+        )  # fmt: skip
+        self.queue_wait = meter.create_histogram(
+            "otel_jobs.queue.wait", unit="s", description="Time from publish (or due time) to start.",
+            explicit_bucket_boundaries_advisory=advice,
+        )  # fmt: skip
+        self.stalls = meter.create_counter(
+            "otel_jobs.stalls.detected", unit="{stall}", description="Stall verdicts."
+        )
+        self.skipped = meter.create_counter(
+            "otel_jobs.runs.skipped", unit="{run}", description="Scheduled runs that never started."
+        )
+        self.no_timeout = meter.create_counter(
+            "otel_jobs.outbound.calls_without_timeout",
+            unit="{call}",
+            description="Outbound calls made without a timeout.",
+        )
+
+        def gauge(name: str, unit: str, description: str, key: str) -> None:
+            def callback(_options: Any) -> Iterable[Observation]:
+                return telemetry.observations(key)
+
+            meter.create_observable_gauge(
+                name, callbacks=[callback], unit=unit, description=description
+            )
+
+        gauge("otel_jobs.runs.in_progress", "{run}", "Runs in flight now.", "in_progress")
+        gauge(
+            "otel_jobs.oldest_run_start.timestamp",
+            "s",
+            "Start (Unix time) of the oldest run in flight.",
+            "oldest_start",
+        )
+        gauge(
+            "otel_jobs.stalest_heartbeat.timestamp",
+            "s",
+            "Oldest last heartbeat (Unix time) among runs in flight.",
+            "stalest_heartbeat",
+        )
+        gauge("otel_jobs.run.max_duration", "s", "Max duration in force.", "max_duration")
+        gauge(
+            "otel_jobs.run.heartbeat_timeout",
+            "s",
+            "Heartbeat timeout in force.",
+            "heartbeat_timeout",
+        )
+        gauge(
+            "otel_jobs.runs.stalled", "{run}", "Runs with a stall verdict now, by state.", "stalled"
+        )
+        gauge(
+            "otel_jobs.watchdog.last_tick.timestamp",
+            "s",
+            "Last watchdog tick (Unix time).",
+            "watchdog",
+        )
+
+
+class Telemetry:
+    """All instruments of this process (see the module docstring)."""
+
+    def __init__(
+        self, settings: Settings, runs: Callable[[], list[Run]], meter: Meter | None
+    ) -> None:
+        self.settings = settings
+        self._runs = runs
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        self.started = Counter(
+            "otel_jobs_runs_started", "Runs started.", ["job_name", "queue"], registry=reg
+        )
+        self.finished = Counter(
+            "otel_jobs_runs_finished",
+            "Runs finished, by outcome.",
+            ["job_name", "queue", "outcome"],
+            registry=reg,
+        )
+        self.duration = Histogram(
+            "otel_jobs_run_duration_seconds", "Wall time of finished runs.", ["job_name", "queue", "outcome"],
+            buckets=DURATION_BUCKETS, registry=reg,
+        )  # fmt: skip
+        self.queue_wait = Histogram(
+            "otel_jobs_queue_wait_seconds", "Time from publish (or due time) to start of a run.", ["job_name", "queue"],
+            buckets=DURATION_BUCKETS, registry=reg,
+        )  # fmt: skip
+        self.stalls = Counter(
+            "otel_jobs_stalls_detected",
+            "Stall verdicts given by the watchdog.",
+            ["job_name", "queue", "reason"],
+            registry=reg,
+        )
+        self.skipped = Counter(
+            "otel_jobs_runs_skipped",
+            "Scheduled runs that never started.",
+            ["job_name", "queue", "reason"],
+            registry=reg,
+        )
+        self.no_timeout = Counter(
+            "otel_jobs_outbound_calls_without_timeout", "Outbound calls made without an effective timeout.",
+            ["library", "host", "call_site"], registry=reg,
+        )  # fmt: skip
+        self.overflow = Counter(
+            "otel_jobs_label_overflow",
+            "Label values replaced by __overflow__ past their cap.",
+            ["label"],
+            registry=reg,
+        )
+        ProcessCollector(registry=reg)
+        reg.register(_InflightCollector(self))
+
+        self.job_names = LabelCap("job_name", settings.max_job_names, self._overflowed)
+        self.queues = LabelCap("queue", settings.max_queues, self._overflowed)
+        self.hosts = LabelCap("host", settings.max_hosts, self._overflowed)
+        self.call_sites = LabelCap("call_site", settings.max_call_sites, self._overflowed)
+        self._series: dict[tuple[str, str], Series] = {}
+        self._series_lock = threading.Lock()
+        self.watchdog_last_tick: float | None = None
+        self.config_findings: dict[tuple[str, str], float] = {}
+        self.otel = _OtelInstruments(meter, self) if meter is not None else None
+
+    def _overflowed(self, label: str) -> None:
+        self.overflow.labels(label).inc()
+
+    def series(self, job_name: str, queue: str) -> Series:
+        """The cached instruments of a ``(job_name, queue)`` (label values capped)."""
+        found = self._series.get((job_name, queue))
+        if found is not None:
+            return found
+        key = (self.job_names(job_name), self.queues(queue))
+        with self._series_lock:
+            found = self._series.get(key)
+            if found is None:
+                found = Series(self, *key)
+                self._series[key] = found
+            self._series[(job_name, queue)] = found
+        return found
+
+    def all_series(self) -> list[Series]:
+        return list({id(s): s for s in list(self._series.values())}.values())
+
+    # --- event counters used by the watchdog, schedulers and outbound checks ---------
+
+    def record_stall(self, series: Series, reason: str) -> None:
+        self.stalls.labels(series.job_name, series.queue, reason).inc()
+        if self.otel is not None:
+            self.otel.stalls.add(1, {**series.attrs, "reason": reason})
+
+    def record_skipped(self, series: Series, reason: str) -> None:
+        self.skipped.labels(series.job_name, series.queue, reason).inc()
+        if self.otel is not None:
+            self.otel.skipped.add(1, {**series.attrs, "reason": reason})
+
+    def record_no_timeout(self, library: str, host: str, call_site: str) -> None:
+        host, call_site = self.hosts(host), self.call_sites(call_site)
+        self.no_timeout.labels(library, host, call_site).inc()
+        if self.otel is not None:
+            self.otel.no_timeout.add(1, {"library": library, "host": host, "call_site": call_site})
+
+    # --- derived at collection time ------------------------------------------------------
+
+    def inflight(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+        """The in-flight gauges as ``{gauge: [(labels, value), ...]}``, derived from the runs now."""
+        now_mono, now_wall = time.monotonic(), time.time()
+        per_series: dict[int, list[Any]] = {}
+        stalled: dict[tuple[int, str], int] = {}
+        for run in self._runs():
+            series = run.series
+            entry = per_series.get(id(series))
+            if entry is None:
+                per_series[id(series)] = [series, 1, run.start_mono, run.last_beat]
+            else:
+                entry[1] += 1
+                if run.start_mono < entry[2]:
+                    entry[2] = run.start_mono
+                if run.last_beat < entry[3]:
+                    entry[3] = run.last_beat
+            if run.verdict is not None:
+                key = (id(series), run.state or "unknown")
+                stalled[key] = stalled.get(key, 0) + 1
+        out: dict[str, list[tuple[dict[str, str], float]]] = {
+            "in_progress": [], "oldest_start": [], "stalest_heartbeat": [],
+            "max_duration": [], "heartbeat_timeout": [], "stalled": [], "watchdog": [],
+        }  # fmt: skip
+        series_by_id = {}
+        for series in self.all_series():
+            series_by_id[id(series)] = series
+            out["max_duration"].append((series.attrs, series.max_duration))
+            out["heartbeat_timeout"].append((series.attrs, series.heartbeat_timeout))
+            entry = per_series.get(id(series))
+            out["in_progress"].append((series.attrs, float(entry[1]) if entry else 0.0))
+            if entry:
+                out["oldest_start"].append(
+                    (series.attrs, wall_time_of(entry[2], now_mono, now_wall))
+                )
+                out["stalest_heartbeat"].append(
+                    (series.attrs, wall_time_of(entry[3], now_mono, now_wall))
+                )
+            for state in STALL_STATES:
+                count = stalled.get((id(series), state), 0)
+                out["stalled"].append(({**series.attrs, "state": state}, float(count)))
+        if self.watchdog_last_tick is not None:
+            out["watchdog"].append(({}, self.watchdog_last_tick))
+        return out
+
+    def observations(self, key: str) -> Iterator[Observation]:
+        from opentelemetry.metrics import Observation
+
+        with errors.guard("collect.otel"):
+            for labels, value in self.inflight()[key]:
+                yield Observation(value, labels)
+
+
+# name, help, key, labels (besides job_name/queue)
+_GAUGES = (
+    ("otel_jobs_runs_in_progress", "Runs in flight now.", "in_progress"),
+    (
+        "otel_jobs_oldest_run_start_timestamp_seconds",
+        "Start (Unix time) of the oldest run in flight; absent when none is.",
+        "oldest_start",
+    ),
+    (
+        "otel_jobs_stalest_heartbeat_timestamp_seconds",
+        "Oldest last heartbeat (Unix time) among runs in flight; absent when none is.",
+        "stalest_heartbeat",
+    ),
+    ("otel_jobs_run_max_duration_seconds", "Max duration in force for the job.", "max_duration"),
+    (
+        "otel_jobs_run_heartbeat_timeout_seconds",
+        "Heartbeat timeout in force for the job.",
+        "heartbeat_timeout",
+    ),
+    ("otel_jobs_runs_stalled", "Runs with a stall verdict now, by state.", "stalled"),
+    (
+        "otel_jobs_watchdog_last_tick_timestamp_seconds",
+        "Last tick (Unix time) of the stuck-run watchdog.",
+        "watchdog",
+    ),
+)
+
+
+class _InflightCollector:
+    """prometheus-client collector for the gauges derived from the in-flight table."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self._telemetry = telemetry
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            inflight = self._telemetry.inflight()
+        except Exception as exc:
+            errors.record("collect", exc)
+            inflight = {}
+        for name, help_text, key in _GAUGES:
+            samples = inflight.get(key, [])
+            labelnames = (
+                sorted(samples[0][0])
+                if samples
+                else (["job_name", "queue"] if key != "watchdog" else [])
+            )
+            family = GaugeMetricFamily(name, help_text, labels=labelnames)
+            for labels, value in samples:
+                family.add_metric([labels[k] for k in labelnames], value)
+            yield family
+        findings = GaugeMetricFamily(
+            "otel_jobs_config_finding", "A queue configuration mistake found at start-up (1 while it stands).",
+            labels=["framework", "finding"],
+        )  # fmt: skip
+        for (framework, finding), value in sorted(self._telemetry.config_findings.items()):
+            findings.add_metric([framework, finding], value)
+        yield findings
+        internal = errors.counts()
+        from prometheus_client.core import CounterMetricFamily
+
+        family_c = CounterMetricFamily(
+            "otel_jobs_internal_errors",
+            "Errors inside otel-jobs, caught so the job is not affected.",
+            labels=["component"],
+        )
+        for component, count in sorted(internal.items()):
+            family_c.add_metric([component], count)
+        yield family_c

@@ -1,0 +1,285 @@
+"""Run sample jobs in an in-process worker and watch otel-jobs report them (``otel-jobs demo``).
+
+No broker and no collector needed: a pool of worker threads runs a mix of jobs (healthy,
+failing, slow, heartbeating with progress, and stuck ones: a call to a local server that
+never answers, a loop that never heartbeats, a wait on a lock another run holds), serves
+``/metrics`` on 127.0.0.1, shows a live table, stops by itself after ``--duration`` seconds
+and prints a summary.
+
+    otel-jobs demo --duration 30 --port 9464
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue as queue_mod
+import random
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import otel_jobs
+from otel_jobs.core import agent as agent_mod
+
+# --- the sample jobs ------------------------------------------------------------------------
+
+
+@otel_jobs.job(name="demo.send_email", queue="mail", max_duration=5, heartbeat_timeout=5)
+def send_email(rng: random.Random) -> None:
+    time.sleep(rng.uniform(0.02, 0.3))
+
+
+@otel_jobs.job(name="demo.charge_card", queue="billing", max_duration=10, heartbeat_timeout=10)
+def charge_card(rng: random.Random) -> None:
+    time.sleep(rng.uniform(0.05, 0.4))
+    if rng.random() < 0.3:
+        raise RuntimeError("card declined by the sample payment gateway")
+
+
+@otel_jobs.job(name="demo.build_report", queue="reports", max_duration=30, heartbeat_timeout=10)
+def build_report(rng: random.Random) -> None:
+    time.sleep(rng.uniform(1.5, 4.0))
+
+
+@otel_jobs.job(name="demo.import_rows", queue="reports", max_duration=30, heartbeat_timeout=2)
+def import_rows(rng: random.Random) -> None:
+    steps = 10
+    for step in range(steps):
+        time.sleep(rng.uniform(0.1, 0.3))
+        otel_jobs.heartbeat(progress=(step + 1) / steps, last_row=step)
+
+
+class _SilentServer:
+    """A local TCP server that accepts connections and never answers (a hung upstream)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self._held: list[socket.socket] = []
+        threading.Thread(target=self._accept, name="demo-silent-server", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self._held.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self._held:
+            conn.close()
+
+
+_silent: _SilentServer | None = None
+_shared_lock = threading.Lock()
+
+
+@otel_jobs.job(name="demo.sync_partner", queue="integrations", max_duration=20, heartbeat_timeout=3)
+def sync_partner(rng: random.Random) -> None:
+    """Calls a partner API with no timeout; the partner accepts and never answers."""
+    import urllib.request
+
+    assert _silent is not None
+    urllib.request.urlopen(f"http://127.0.0.1:{_silent.port}/v1/orders")
+
+
+@otel_jobs.job(
+    name="demo.dedupe_customers",
+    queue="maintenance",
+    max_duration=20,
+    heartbeat_timeout=3,
+    on_stall="cancel",
+)
+def dedupe_customers(rng: random.Random) -> None:
+    """Spins in a loop whose exit condition never becomes true; the watchdog cancels it."""
+    seen = 0
+    while seen >= 0:
+        seen += 1
+
+
+@otel_jobs.job(name="demo.rebuild_index", queue="maintenance", max_duration=20, heartbeat_timeout=3)
+def rebuild_index(rng: random.Random) -> None:
+    """Waits for a lock that another run took and never releases."""
+    with _shared_lock:
+        pass
+
+
+def _take_lock_forever() -> None:
+    with otel_jobs.job_run(
+        "demo.hold_lock", queue="maintenance", heartbeat_timeout=3, max_duration=20
+    ):
+        _shared_lock.acquire()
+        time.sleep(3600)
+
+
+HEALTHY: list[tuple[Callable[[random.Random], None], float]] = [
+    (send_email, 5.0),
+    (charge_card, 3.0),
+    (build_report, 0.4),
+    (import_rows, 0.6),
+]
+STUCK: list[Callable[[random.Random], None]] = [sync_partner, dedupe_customers, rebuild_index]
+
+
+# --- the worker -------------------------------------------------------------------------------
+
+
+def _worker(
+    jobs: queue_mod.Queue[Callable[[random.Random], None] | None], rng: random.Random
+) -> None:
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        try:
+            job(rng)
+        except Exception:
+            pass
+
+
+def _render(started: float, duration: float, url: str | None) -> list[str]:
+    agent = agent_mod.current()
+    lines = [
+        f"otel-jobs demo  {time.monotonic() - started:5.1f}s / {duration:.0f}s   metrics: {url or 'off'}",
+        "",
+    ]
+    if agent is None:
+        return lines
+    lines.append(f"{'run':<28} {'queue':<13} {'age':>6} {'beat':>6} {'progress':>8}  verdict")
+    now = time.monotonic()
+    for run in sorted(agent.runs(), key=lambda r: r.start_mono)[:14]:
+        progress = f"{run.progress:.0%}" if run.progress is not None else "-"
+        verdict = "ok"
+        if run.verdict:
+            diag = getattr(run, "diagnosis", None)
+            where = getattr(diag, "where", "") if diag is not None else ""
+            verdict = f"STUCK {run.verdict} {run.state or ''} {where}".rstrip()
+        lines.append(
+            f"{run.name:<28} {run.queue:<13} {now - run.start_mono:5.1f}s {now - run.last_beat:5.1f}s {progress:>8}  {verdict}"
+        )
+    return lines
+
+
+def _summary() -> list[str]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    agent = agent_mod.current()
+    if agent is None:
+        return []
+    from prometheus_client import generate_latest
+
+    text = generate_latest(agent.telemetry.registry).decode()
+    counts: dict[str, dict[str, float]] = {}
+    stalls: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "otel_jobs_runs_finished_total" and s.value:
+                counts.setdefault(s.labels["job_name"], {})[s.labels["outcome"]] = s.value
+            elif s.name == "otel_jobs_stalls_detected_total" and s.value:
+                stalls[s.labels["job_name"]] = stalls.get(s.labels["job_name"], 0) + s.value
+    lines = ["", "summary (finished runs by outcome, stall verdicts):"]
+    for name in sorted(set(counts) | set(stalls)):
+        outcomes = ", ".join(f"{k}={int(v)}" for k, v in sorted(counts.get(name, {}).items()))
+        in_flight = sum(1 for r in agent.runs() if r.name == name)
+        lines.append(
+            f"  {name:<26} {outcomes or '-':<36} in flight={in_flight} stalls={int(stalls.get(name, 0))}"
+        )
+    return lines
+
+
+def run_demo(
+    duration: float = 30.0,
+    port: int = 9464,
+    workers: int = 4,
+    seed: int = 7,
+    live: bool | None = None,
+) -> int:
+    global _silent
+    rng = random.Random(seed)
+    _silent = _SilentServer()
+    otel_jobs.instrument(prometheus_port=port, watchdog_interval=0.5)
+    agent = agent_mod.current()
+    if agent is not None and agent.server is None and port != 0:
+        otel_jobs.uninstrument()
+        otel_jobs.instrument(prometheus_port=0, watchdog_interval=0.5)
+    url = otel_jobs.metrics_url()
+    print(f"otel-jobs demo: serving {url}; running for {duration:.0f}s", flush=True)
+    jobs: queue_mod.Queue[Any] = queue_mod.Queue()
+    threads = [
+        threading.Thread(target=_worker, args=(jobs, random.Random(seed + i)), daemon=True)
+        for i in range(workers)
+    ]
+    for t in threads:
+        t.start()
+    # The stuck runs get worker threads of their own, so the healthy jobs keep flowing.
+    threading.Thread(target=_take_lock_forever, daemon=True).start()
+    time.sleep(0.1)
+    for stuck in STUCK:
+        threading.Thread(target=_worker_once, args=(stuck, rng), daemon=True).start()
+    live = sys.stdout.isatty() if live is None else live
+    started = time.monotonic()
+    next_print = 0.0
+    while (elapsed := time.monotonic() - started) < duration:
+        for job, rate in HEALTHY:
+            if rng.random() < rate * 0.25:
+                jobs.put(job)
+        if elapsed >= next_print:
+            lines = _render(started, duration, url)
+            if live:
+                sys.stdout.write("\x1b[H\x1b[J" + "\n".join(lines) + "\n")
+            else:
+                sys.stdout.write("\n".join(lines) + "\n\n")
+            sys.stdout.flush()
+            next_print = elapsed + (0.5 if live else 5.0)
+        time.sleep(0.25)
+    for _ in threads:
+        jobs.put(None)
+    for t in threads:
+        t.join(timeout=10)
+    print("\n".join(_summary()), flush=True)
+    otel_jobs.uninstrument()
+    _silent.close()
+    return 0
+
+
+def _worker_once(job: Callable[[random.Random], None], rng: random.Random) -> None:
+    try:
+        job(rng)
+    except Exception:
+        pass
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds to run (default 30)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("OTEL_JOBS_PROMETHEUS_PORT", 9464)),
+        help="port of /metrics on 127.0.0.1 (default 9464; 0: any free port)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=4, help="worker threads for the healthy jobs"
+    )
+    parser.add_argument(
+        "--no-live", action="store_true", help="print periodic tables instead of redrawing one"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.duration <= 0:
+        print("otel-jobs demo: --duration must be positive", file=sys.stderr)
+        return 2
+    return run_demo(
+        duration=args.duration,
+        port=args.port,
+        workers=args.workers,
+        live=False if args.no_live else None,
+    )
