@@ -411,3 +411,21 @@ def load(environ: Mapping[str, str] | None = None, **kwargs: Any) -> Settings:
             "both prometheus_certfile and prometheus_keyfile, or neither",
         )
     return Settings(**values)
+
+
+def markdown_table() -> str:
+    """The README configuration table, generated from :data:`OPTIONS` (a test keeps them equal)."""
+    defaults = Settings()
+    rows = ["| keyword argument | environment variable | default | meaning |", "|---|---|---|---|"]
+    for option in OPTIONS:
+        value = getattr(defaults, option.name)
+        if value is None:
+            shown = "(none)" if option.name not in ("frameworks", "outbound") else "every one installed"
+        elif isinstance(value, bool):
+            shown = "true" if value else "false"
+        elif isinstance(value, float) and value.is_integer():
+            shown = str(int(value))
+        else:
+            shown = str(value)
+        rows.append(f"| `{option.name}` | `{option.env}` | `{shown}` | {option.help} |")
+    return "\n".join(rows)
