@@ -241,6 +241,50 @@ class Agent:
         if self.share.in_child:
             self.share.flush(self.telemetry.registry)
 
+    def record_lost_run(
+        self,
+        name: str,
+        *,
+        queue: str | None = None,
+        job_id: str | None = None,
+        attempt: int = 1,
+        framework: str = "otel_jobs",
+        started_at: float | None = None,
+        outcome: str = "failure",
+        exc: BaseException | None = None,
+    ) -> None:
+        """Record the end of a run whose process died before finishing it (killed, OOM).
+
+        Called by the process that saw it die (RQ's worker for its work horse, a pool for its
+        child). Counts the outcome and the duration (from ``started_at``, Unix time) and emits
+        the run's span, but no start: the dead process counted that, and its last snapshot
+        keeps it on ``/metrics``, while its in-flight gauges vanished with it.
+        """
+        now = time.time()
+        seconds = max(0.0, now - started_at) if started_at is not None else 0.0
+        series = self.telemetry.series(name, queue or "default")
+        series.record_finish(outcome, seconds)
+        attrs: dict[str, Any] = {
+            "job.name": name,
+            "job.queue": queue or "default",
+            "job.attempt": attempt,
+            "job.framework": framework,
+            "job.outcome": outcome,
+        }
+        if job_id is not None:
+            attrs["job.id"] = job_id
+        start_ns = int((started_at if started_at is not None else now) * 1e9)
+        span = self.tracer.start_span(
+            name, kind=SpanKind.CONSUMER, attributes=attrs, start_time=start_ns
+        )
+        if span.is_recording() and outcome in _FAILED:
+            if exc is not None:
+                span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__ if exc else outcome))
+        span.end()
+        if self.share.in_child:
+            self.share.flush(self.telemetry.registry)
+
 
 # --- the one agent of this process --------------------------------------------------------
 
