@@ -148,6 +148,11 @@ class _OtelInstruments:
         self.skipped = meter.create_counter(
             "otel_jobs.runs.skipped", unit="{run}", description="Scheduled runs that never started."
         )
+        self.dead_lettered = meter.create_counter(
+            "otel_jobs.runs.dead_lettered",
+            unit="{run}",
+            description="Jobs sent to the dead-letter queue, not to be retried.",
+        )
         self.no_timeout = meter.create_counter(
             "otel_jobs.outbound.calls_without_timeout",
             unit="{call}",
@@ -232,6 +237,12 @@ class Telemetry:
             ["job_name", "queue", "reason"],
             registry=reg,
         )
+        self.dead_lettered = Counter(
+            "otel_jobs_runs_dead_lettered",
+            "Jobs sent to the dead-letter queue, not to be retried.",
+            ["job_name", "queue"],
+            registry=reg,
+        )
         self.no_timeout = Counter(
             "otel_jobs_outbound_calls_without_timeout", "Outbound calls made without an effective timeout.",
             ["library", "host", "call_site"], registry=reg,
@@ -286,6 +297,11 @@ class Telemetry:
         self.skipped.labels(series.job_name, series.queue, reason).inc()
         if self.otel is not None:
             self.otel.skipped.add(1, {**series.attrs, "reason": reason})
+
+    def record_dead_lettered(self, series: Series) -> None:
+        self.dead_lettered.labels(series.job_name, series.queue).inc()
+        if self.otel is not None:
+            self.otel.dead_lettered.add(1, series.attrs)
 
     def record_no_timeout(self, library: str, host: str, call_site: str) -> None:
         host, call_site = self.hosts(host), self.call_sites(call_site)
