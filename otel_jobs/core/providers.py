@@ -27,6 +27,7 @@ from .config import Settings
 
 _owned_tracer_provider: trace.TracerProvider | None = None
 _owned_meter_provider: metrics.MeterProvider | None = None
+_inherited_meter_providers: list[metrics.MeterProvider] = []
 
 
 class _ForkAwareReader(PeriodicExportingMetricReader):
@@ -130,6 +131,9 @@ def meter_for_child(settings: Settings, inherited: metrics.Meter | None) -> metr
 
     if inherited is None or _owned_meter_provider is None:
         return inherited
+    # The parent's provider stays the global one here: never flush it from the child, or the
+    # parent's points would be exported again under the parent's resource.
+    _inherited_meter_providers.append(_owned_meter_provider)
     _owned_meter_provider = _new_meter_provider(settings, child=True)
     return _owned_meter_provider.get_meter("otel_jobs", __version__)
 
@@ -141,6 +145,8 @@ def flush(timeout_millis: int = 5000) -> None:
         metrics.get_meter_provider(),
         _owned_meter_provider,
     ):
+        if any(provider is inherited for inherited in _inherited_meter_providers):
+            continue
         force_flush = getattr(provider, "force_flush", None)
         if force_flush is not None:
             try:

@@ -1,0 +1,534 @@
+"""RQ: every job a run, recorded in the work horse, and a horse that dies seen by its worker.
+
+Where to call ``instrument()``
+------------------------------
+
+In the worker process, before it starts working, so that the work horses it forks inherit it:
+
+* ``rq worker -c myapp.rq_settings``: the settings module is imported by the worker at start-up;
+  put ``import otel_jobs; otel_jobs.instrument()`` in it (next to ``REDIS_URL``, ``QUEUES``...);
+* a worker script: ``otel_jobs.instrument()`` before ``Worker(...).work()``;
+* a custom worker class (``rq worker -w myapp.workers.Worker``): call it at the top of that
+  module, which the worker imports before it starts.
+
+The worker serves ``/metrics`` (``127.0.0.1:9464`` by default) for itself and all its horses.
+
+**Called in the wrong place.** In a module that only your jobs import (``tasks.py``), the call
+runs inside the work horse, after the job has started: that run is not recorded, and the horse
+serves ``/metrics`` and runs the watchdog only until it exits at the end of the job; the next
+horse starts uninstrumented and instruments itself again. otel-jobs detects a call made inside a
+running RQ job and logs a WARNING saying so. Called only in the process that *enqueues* jobs (a
+web app), it instruments that process, not the worker: no job run is recorded.
+
+How RQ maps onto otel-jobs
+--------------------------
+
+RQ's ``Worker`` forks a *work horse* per job (``Worker.execute_job`` → ``fork_work_horse`` →
+``main_work_horse`` → ``perform_job``), and the horse ends with ``os._exit``. otel-jobs patches
+RQ's worker classes (the patches are undone by ``uninstrument()``, so any worker class, yours
+included, is covered without changing its base class):
+
+* ``perform_job`` (in the horse, or in the worker itself for ``SimpleWorker``): one run per
+  execution, named after ``job.func_name``, labelled with the job's queue (``job.origin``), with
+  ``job.id``, the attempt (1 + ``job.number_of_retries``), the max duration from the job's
+  timeout (``job_timeout=``, else the queue's ``default_timeout``, else RQ's 180 s; ``-1``
+  means none, so the global ``max_duration`` applies) and the queue wait from
+  ``job.enqueued_at`` (for a scheduled job or a retry, the time RQ put it back in the queue).
+  The outcome: ``success``; ``timeout`` for ``JobTimeoutException`` (RQ's time limit fired);
+  ``retry`` when RQ requeued or scheduled the job again (an exception with ``Retry(max=...)``
+  attempts left, or the job returned a ``Retry``); ``failure`` otherwise. The run's span is
+  exported before the horse exits. The watchdog runs in the horse (each forked horse starts its
+  own), and the horse's counts reach the worker's ``/metrics`` (see the README section *Forking
+  workers*).
+* ``monitor_work_horse``, ``handle_work_horse_killed`` and ``handle_job_failure`` (in the worker):
+  a horse that dies mid-job (``SIGKILL``, the OOM killer, a crash in C code) never finishes its
+  run, so the worker records it, exactly once: outcome ``failure``, ``timeout`` when the worker
+  killed it for overrunning its job timeout, ``cancelled`` when it was stopped with
+  ``rq.command.send_stop_job_command``. Its start was counted by the horse; its in-flight gauges
+  vanish with it.
+* ``bootstrap`` (in the worker, when it starts working): the configuration audit below.
+
+``SimpleWorker`` (no fork) is supported the same way, in the worker process. ``SpawnWorker``
+starts each horse as a new interpreter (``posix_spawn``), which inherits nothing: its runs are
+not recorded (a WARNING says so at start-up); use ``Worker`` or ``SimpleWorker``. Jobs run
+synchronously by a ``Queue(is_async=False)`` are not runs of a worker and are not recorded.
+
+Configuration audit
+-------------------
+
+When the worker starts, and with ``otel-jobs doctor --rq-redis-url URL`` (:func:`audit`), the
+queues and the jobs waiting, scheduled or running in Redis are checked for known mistakes; each
+finding is logged once (WARNING) and set in ``otel_jobs_config_finding{framework="rq", finding}``:
+
+* ``no_time_limit``: jobs enqueued with ``job_timeout=-1`` (or a queue ``default_timeout=-1``):
+  RQ never stops them, so a hung call holds the worker for good;
+* ``no_retry_or_dead_letter``: jobs without a ``Retry`` whose failures are forgotten within a
+  day (``failure_ttl``), or a worker started with ``--disable-default-exception-handler`` and no
+  handler of its own: a failed job leaves no trace to requeue;
+* ``single_queue``: one queue for everything: one slow or stuck kind of job delays all others.
+
+The broker-side checks of other frameworks (a time limit beyond a visibility timeout, late
+acknowledgement) do not apply to RQ: a job is moved to the ``StartedJobRegistry`` when it starts
+and to the ``FailedJobRegistry`` when its worker is lost; it is never run twice by redelivery.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from ..core import errors, providers
+from ..core.patching import Patches
+from . import base
+from .base import Finding, report_findings
+
+if TYPE_CHECKING:
+    from ..core.agent import Agent
+    from ..core.run import Run
+
+logger = logging.getLogger("otel_jobs")
+
+FRAMEWORK = "rq"
+#: Jobs sampled per queue and registry by the audit (the audit only reads).
+AUDIT_SAMPLE = 200
+#: Failures kept for less than this (``failure_ttl``, seconds) count as forgotten.
+MIN_FAILURE_TTL = 86400
+
+
+class WorkHorseLost(Exception):
+    """The work horse running a job ended without finishing it (the span's recorded exception)."""
+
+
+@dataclass
+class _Execution:
+    """What the horse learns about the job it is running, for the outcome."""
+
+    run: Run
+    exc: BaseException | None = None
+    retry_returned: bool = False
+
+
+@dataclass
+class _Watch:
+    """What the worker knows about the horse it is waiting for."""
+
+    job_id: str
+    started: float
+    time_limit: float | None
+    ret_val: int | None = None
+    killed: bool = False
+
+
+class Integration(base.Integration):
+    """Patches RQ's worker classes (see the module docstring); ``uninstall`` restores them."""
+
+    name = FRAMEWORK
+
+    def __init__(self, agent: Agent) -> None:
+        super().__init__(agent)
+        self._patches = Patches()
+        self._executions: dict[str, _Execution] = {}  # by job id, in the process running it
+        self._watching: dict[int, _Watch] = {}  # by id(worker), in a forking worker
+
+    def install(self) -> None:
+        from rq.worker import BaseWorker, Worker
+
+        if _inside_rq_job():
+            logger.warning(
+                "otel-jobs: instrument() was called inside a running RQ job (pid %d). That run is "
+                "not recorded, and in a forking worker this work horse exits after the job, taking "
+                "its /metrics endpoint and watchdog with it. Call otel_jobs.instrument() where the "
+                "worker starts: in the settings module of `rq worker -c`, in the module of a custom "
+                "worker class (`rq worker -w`), or in your worker script before Worker.work().",
+                os.getpid(),
+            )
+        wrap = self._patches.wrap
+        wrap(BaseWorker, "perform_job", self._perform_job)
+        wrap(BaseWorker, "handle_exception", self._handle_exception)
+        if hasattr(BaseWorker, "handle_job_retry"):
+            wrap(BaseWorker, "handle_job_retry", self._handle_job_retry)
+        wrap(BaseWorker, "handle_job_failure", self._handle_job_failure)
+        wrap(BaseWorker, "handle_work_horse_killed", self._handle_work_horse_killed)
+        wrap(BaseWorker, "bootstrap", self._bootstrap)
+        wrap(Worker, "monitor_work_horse", self._monitor_work_horse)
+
+    def uninstall(self) -> None:
+        self._patches.undo()
+        self._executions.clear()
+        self._watching.clear()
+
+    # --- in the process that runs the job (the horse, or a SimpleWorker) -----------------
+
+    def _perform_job(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def perform_job(worker: Any, job: Any, queue: Any, *args: Any, **kwargs: Any) -> Any:
+            execution = self._begin(worker, job, queue)
+            if execution is None:
+                return original(worker, job, queue, *args, **kwargs)
+            try:
+                result = original(worker, job, queue, *args, **kwargs)
+            except BaseException as exc:
+                self._end(worker, job, execution, result=None, escaped=exc)
+                raise
+            self._end(worker, job, execution, result=result, escaped=None)
+            return result
+
+        return perform_job
+
+    @errors.guarded("integration.rq")
+    def _begin(self, worker: Any, job: Any, queue: Any) -> _Execution | None:
+        agent = self.agent
+        if agent.stopped:
+            return None
+        if not worker.is_horse:
+            self._check_job(job)  # SimpleWorker: this is the worker process itself
+        run = agent.start_run(
+            job.func_name,
+            queue=job.origin or getattr(queue, "name", None),
+            job_id=job.id,
+            attempt=(job.number_of_retries or 0) + 1,
+            framework=FRAMEWORK,
+            native_max_duration=_time_limit(job, worker),
+            enqueued_at=_unix_time(job.enqueued_at),
+        )
+        run.activate()
+        execution = self._executions[job.id] = _Execution(run)
+        if agent.share.in_child:
+            # A horse killed right away still has its start on /metrics, matching the
+            # failure its worker records for it.
+            agent.share.flush(agent.telemetry.registry)
+        return execution
+
+    @errors.guarded("integration.rq")
+    def _end(
+        self,
+        worker: Any,
+        job: Any,
+        execution: _Execution,
+        result: Any,
+        escaped: BaseException | None,
+    ) -> None:
+        from rq.job import JobStatus
+        from rq.timeouts import JobTimeoutException
+
+        self._executions.pop(job.id, None)
+        run = execution.run
+        exc = escaped or execution.exc
+        try:
+            if (
+                escaped is None
+                and result is not False
+                and exc is None
+                and not execution.retry_returned
+            ):
+                outcome = "success"
+            elif isinstance(exc, JobTimeoutException):
+                outcome = "timeout"
+            else:
+                status = job.get_status(refresh=False)
+                if status in (JobStatus.QUEUED, JobStatus.SCHEDULED) and escaped is None:
+                    outcome = "retry"  # RQ put the job back: an attempt, not the job's failure
+                elif status == JobStatus.STOPPED:
+                    outcome = "cancelled"
+                else:
+                    outcome = "failure"
+            run.finish(outcome, exc)
+        finally:
+            run.deactivate()
+        if worker.is_horse:
+            # The horse leaves through os._exit: export its spans now or never.
+            providers.flush(5000)
+
+    def _handle_exception(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def handle_exception(worker: Any, job: Any, *exc_info: Any) -> Any:
+            with errors.guard("integration.rq"):
+                execution = self._executions.get(job.id)
+                if execution is not None and len(exc_info) > 1:
+                    execution.exc = exc_info[1]
+            return original(worker, job, *exc_info)
+
+        return handle_exception
+
+    def _handle_job_retry(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def handle_job_retry(worker: Any, job: Any, *args: Any, **kwargs: Any) -> Any:
+            with errors.guard("integration.rq"):
+                execution = self._executions.get(job.id)
+                if execution is not None:
+                    execution.retry_returned = True
+            return original(worker, job, *args, **kwargs)
+
+        return handle_job_retry
+
+    # --- in a forking worker, watching its horse ----------------------------------------
+
+    def _monitor_work_horse(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def monitor_work_horse(worker: Any, job: Any, *args: Any, **kwargs: Any) -> Any:
+            watching = False
+            with errors.guard("integration.rq"):
+                if not _is_spawn_worker(worker):
+                    self._check_job(job)
+                    self._watching[id(worker)] = _Watch(
+                        job.id, time.time(), _time_limit(job, worker)
+                    )
+                    watching = True
+            try:
+                return original(worker, job, *args, **kwargs)
+            finally:
+                if watching:
+                    self._watching.pop(id(worker), None)
+
+        return monitor_work_horse
+
+    def _handle_work_horse_killed(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def handle_work_horse_killed(
+            worker: Any, job: Any, retpid: Any, ret_val: Any, *args: Any, **kwargs: Any
+        ) -> Any:
+            with errors.guard("integration.rq"):
+                watch = self._watching.get(id(worker))
+                if watch is not None and watch.job_id == job.id:
+                    watch.killed = True
+                    watch.ret_val = ret_val
+            return original(worker, job, retpid, ret_val, *args, **kwargs)
+
+        return handle_work_horse_killed
+
+    def _handle_job_failure(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def handle_job_failure(worker: Any, job: Any, *args: Any, **kwargs: Any) -> Any:
+            with errors.guard("integration.rq"):
+                self._record_lost_horse(worker, job, kwargs.get("exc_string", ""))
+            return original(worker, job, *args, **kwargs)
+
+        return handle_job_failure
+
+    def _record_lost_horse(self, worker: Any, job: Any, exc_string: str) -> None:
+        # Inside monitor_work_horse, RQ calls handle_job_failure only for a horse that ended
+        # without finishing its job (killed, crashed, or stopped on request).
+        watch = self._watching.pop(id(worker), None)
+        if watch is None or watch.job_id != job.id:
+            return
+        ret_val = watch.ret_val
+        if watch.killed and ret_val is not None and os.WIFEXITED(ret_val):
+            if os.WEXITSTATUS(ret_val) == 1:
+                return  # RQ's horse exits with 1 after an error escaped perform_job: recorded there
+        elapsed = time.time() - watch.started
+        if getattr(worker, "_stopped_job_id", None) == job.id:
+            outcome = "cancelled"
+        elif watch.time_limit is not None and elapsed > watch.time_limit:
+            outcome = "timeout"
+        else:
+            outcome = "failure"
+        message = (exc_string or "work horse ended without finishing the job").strip()
+        self.agent.record_lost_run(
+            job.func_name,
+            queue=job.origin,
+            job_id=job.id,
+            attempt=(job.number_of_retries or 0) + 1,
+            framework=FRAMEWORK,
+            started_at=watch.started,
+            outcome=outcome,
+            exc=WorkHorseLost(message),
+        )
+
+    # --- configuration audit -------------------------------------------------------------
+
+    def _bootstrap(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def bootstrap(worker: Any, *args: Any, **kwargs: Any) -> Any:
+            result = original(worker, *args, **kwargs)
+            with errors.guard("integration.rq.audit"):
+                if _is_spawn_worker(worker):
+                    logger.warning(
+                        "otel-jobs: %s starts each work horse as a new interpreter (posix_spawn), "
+                        "which otel-jobs cannot follow: its job runs are not recorded. Use "
+                        "rq.Worker (fork) or rq.SimpleWorker.",
+                        type(worker).__name__,
+                    )
+                report_findings(self.agent, _audit_connection(worker.connection, worker))
+            return result
+
+        return bootstrap
+
+    def _check_job(self, job: Any) -> None:
+        """Per-job audit, in the worker process (where the finding gauge lives)."""
+        if _no_time_limit(job.timeout):
+            report_findings(self.agent, [_no_time_limit_finding([job.description or job.id])])
+
+
+def audit(redis_url: str) -> list[Finding]:
+    """Check the RQ queues and jobs stored in the Redis at ``redis_url`` for known mistakes.
+
+    >>> for finding in audit("redis://127.0.0.1:6379/0"):
+    ...     print(finding.finding, finding.message)
+
+    Read-only: nothing is dequeued, cleaned up or changed. See the module docstring for the
+    findings. Raises ``redis.exceptions.ConnectionError`` when Redis cannot be reached.
+    """
+    from redis import Redis
+
+    connection = Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=10)
+    try:
+        return _audit_connection(connection)
+    finally:
+        connection.close()
+
+
+def _audit_connection(connection: Any, worker: Any = None) -> list[Finding]:
+    from rq.job import Job
+    from rq.queue import Queue
+
+    queues: dict[str, Any] = {q.name: q for q in Queue.all(connection=connection)}
+    if worker is not None:
+        for q in worker.queues:
+            queues.setdefault(q.name, q)
+
+    job_ids: list[str] = []
+    for q in queues.values():
+        job_ids.extend(q.get_job_ids(0, AUDIT_SAMPLE))
+        for registry in (q.scheduled_job_registry, q.started_job_registry, q.deferred_job_registry):
+            job_ids.extend(registry.get_job_ids(0, AUDIT_SAMPLE - 1, cleanup=False))
+    fields = ("timeout", "retries_left", "failure_ttl", "description")
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hmget(Job.key_for(job_id), fields)
+        rows = pipe.execute() if job_ids else []
+
+    no_limit: list[str] = []
+    forgotten: list[str] = []
+    for job_id, row in zip(job_ids, rows):
+        timeout, retries_left, failure_ttl, description = (_text(v) for v in row)
+        label = description or job_id
+        if timeout is not None and _no_time_limit(timeout):
+            no_limit.append(label)
+        if not _int(retries_left) and failure_ttl is not None:
+            ttl = _int(failure_ttl)
+            if ttl is not None and 0 <= ttl < MIN_FAILURE_TTL:
+                forgotten.append(f"{label} (failure_ttl={ttl})")
+
+    findings: list[Finding] = []
+    if no_limit:
+        findings.append(_no_time_limit_finding(no_limit))
+    dead_letter_off = (
+        worker is not None
+        and getattr(worker, "disable_default_exception_handler", False)
+        and not getattr(worker, "_exc_handlers", None)
+    )
+    if forgotten or dead_letter_off:
+        reasons = []
+        if forgotten:
+            reasons.append(
+                f"{len(forgotten)} job(s) without a Retry keep their failure for less than a day "
+                f"({_examples(forgotten)})"
+            )
+        if dead_letter_off:
+            reasons.append(
+                "this worker runs with --disable-default-exception-handler and no exception "
+                "handler of its own, so failed jobs are not kept in the FailedJobRegistry"
+            )
+        findings.append(
+            Finding(
+                FRAMEWORK,
+                "no_retry_or_dead_letter",
+                "no retry or dead-letter path: "
+                + "; ".join(reasons)
+                + ". A failed job leaves no trace to requeue. Fix: enqueue with "
+                "retry=Retry(max=3, interval=[10, 60, 300]) and keep failures "
+                "(failure_ttl of days, the default is a year) so they can be requeued from the "
+                "FailedJobRegistry.",
+            )
+        )
+    if len(queues) == 1:
+        (only,) = queues
+        findings.append(
+            Finding(
+                FRAMEWORK,
+                "single_queue",
+                f"a single queue ({only!r}) for everything: one slow or stuck kind of job delays "
+                "every other. Fix: give long and short jobs their own queues (enqueue to "
+                "Queue('slow'), Queue('fast')) and their own workers (`rq worker fast`).",
+            )
+        )
+    return findings
+
+
+def _no_time_limit_finding(examples: list[str]) -> Finding:
+    return Finding(
+        FRAMEWORK,
+        "no_time_limit",
+        f"no execution time limit: job(s) enqueued with job_timeout=-1 ({_examples(examples)}). "
+        "RQ never stops them, so a call that hangs holds the worker for good. Fix: give every "
+        "job a timeout (Queue(default_timeout=600), or enqueue(..., job_timeout=60)) longer "
+        "than its slowest normal run.",
+    )
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _inside_rq_job() -> bool:
+    """Whether the caller runs inside RQ's ``perform_job`` (instrument() in the wrong place)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "perform_job" and str(
+            frame.f_globals.get("__name__", "")
+        ).startswith("rq."):
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
+def _is_spawn_worker(worker: Any) -> bool:
+    try:
+        from rq.worker import SpawnWorker
+    except ImportError:
+        return False
+    return isinstance(worker, SpawnWorker)
+
+
+def _time_limit(job: Any, worker: Any) -> float | None:
+    """The time limit RQ enforces on the job (as in ``perform_job``); None for none."""
+    timeout = job.timeout or getattr(worker.queue_class, "DEFAULT_TIMEOUT", None)
+    if timeout is None or _no_time_limit(timeout):
+        return None
+    return float(timeout)
+
+
+def _no_time_limit(timeout: Any) -> bool:
+    try:
+        value = float(timeout)
+    except (TypeError, ValueError):
+        return False
+    return value < 0 or math.isinf(value)
+
+
+def _unix_time(moment: datetime | None) -> float | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)  # RQ stores UTC
+    return moment.timestamp()
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _int(value: str | None) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(float(value))
+    except ValueError:
+        return None
+
+
+def _examples(items: Iterable[str], limit: int = 3) -> str:
+    items = list(items)
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
