@@ -1,0 +1,191 @@
+"""arq: every job an arq worker runs becomes one otel-jobs run.
+
+Call ``otel_jobs.instrument()`` once in the worker process, before the first job runs: at the
+top of the module that holds your ``WorkerSettings`` (the ``arq`` command imports it), or in the
+worker's ``on_startup`` hook. Workers created before ``instrument()`` are covered too.
+
+>>> # worker.py, started with ``arq worker.WorkerSettings``
+>>> import otel_jobs
+>>> otel_jobs.instrument()
+>>> class WorkerSettings:
+...     functions = [send_invoice]
+...     job_timeout = 120
+
+What each run records:
+
+* name: the arq function name (``func(..., name=...)``, or the coroutine's qualified name; a cron
+  job's name); queue: the worker's ``queue_name``; id: the arq job id; attempt: arq's ``job_try``.
+* max duration: the function's ``timeout`` or else the worker's ``job_timeout`` (unless
+  ``instrument(jobs=...)`` sets one), exported as ``otel_jobs_run_max_duration_seconds``.
+* queue wait: from the job's score, the time it became due: its enqueue time, or the deferred
+  time of ``_defer_by`` / ``_defer_until`` and of ``Retry(defer=...)``. A job retried without a
+  delay keeps its score, so its wait then includes the earlier attempts.
+* outcome: ``success``; ``failure`` for an exception; ``retry`` for ``arq.Retry`` (and arq's
+  internal ``RetryJob``) when the worker retries jobs (``retry_jobs=True``, arq's default; with
+  ``retry_jobs=False`` arq records it as a failure, and so does otel-jobs); ``timeout`` when
+  ``job_timeout`` expired (arq then cancels the job) or when the watchdog cancelled it;
+  ``cancelled`` when the job was aborted (``Job.abort()``) or cancelled by the worker's shutdown
+  (arq enqueues it again, and its next attempt is a new run).
+
+How it hooks arq, and why: arq runs each job's coroutine in an asyncio task of its own, and that
+task is where the run must be current, so that ``otel_jobs.heartbeat()`` inside the job finds
+it and the watchdog can read the job's coroutine stack from ``run.task``. arq's
+``on_job_start`` / ``on_job_end`` hooks run in a different task (the one that awaits the job)
+and never see the job's exception, so they can neither activate the run nor tell a failure
+from a timeout. otel-jobs therefore patches one method, ``arq.worker.Worker.run_job``: on a
+worker's first job it swaps each entry of ``worker.functions`` for a copy whose coroutine is
+wrapped (your ``Function`` / ``CronJob`` objects are not modified). The wrapper runs inside the
+job's task, starts and activates the run, and finishes it with the outcome. ``uninstrument()``
+restores ``Worker.run_job`` and puts each worker's original functions back; a wrapper still held
+by a running job calls straight through once otel-jobs is uninstrumented.
+
+Caveats: arq's ``job_timeout`` is enforced by cancelling the task, which interrupts an ``await``
+but not blocking synchronous code inside a coroutine (that blocks the whole event loop: the
+watchdog still sees the run stall, from its thread). Jobs arq rejects before running them
+(expired, unknown function, ``max_tries`` exceeded, aborted before start) are not runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import functools
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from arq.worker import Retry, RetryJob, Worker
+
+from ..core import agent as _agent_mod
+from ..core import errors
+from ..core.patching import Patches
+from ..core.run import classify
+from .base import Integration as _Base
+
+_WRAPPED = "__otel_jobs_arq_original__"
+
+# Set by the patched ``run_job`` in the task that runs one job; the job's own task inherits a copy
+# of that context, so the wrapped coroutine finds the loop time at which ``run_job`` began.
+_run_job_started: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "otel_jobs_arq_run_job_started", default=None
+)
+
+
+class Integration(_Base):
+    """The arq adapter (see the module docstring)."""
+
+    name = "arq"
+
+    def __init__(self, agent: Any) -> None:
+        super().__init__(agent)
+        self._patches = Patches()
+        self._workers: weakref.WeakSet[Worker] = weakref.WeakSet()
+
+    def install(self) -> None:
+        self._patches.wrap(Worker, "run_job", self._patch_run_job)
+
+    def uninstall(self) -> None:
+        self._patches.undo()
+        for worker in list(self._workers):
+            with errors.guard("integration.arq"):
+                _unwrap_functions(worker)
+        self._workers = weakref.WeakSet()
+
+    def _patch_run_job(
+        self, original: Callable[..., Awaitable[None]]
+    ) -> Callable[..., Awaitable[None]]:
+        workers = self._workers
+
+        async def run_job(worker: Worker, job_id: str, score: int) -> None:
+            if _agent_mod.current() is None:
+                return await original(worker, job_id, score)
+            with errors.guard("integration.arq"):
+                if worker not in workers:
+                    _wrap_functions(worker)
+                    workers.add(worker)
+                _run_job_started.set(asyncio.get_running_loop().time())
+            # run_job runs in a task of its own, so the value set above never leaks out of it.
+            return await original(worker, job_id, score)
+
+        return run_job
+
+
+def _wrap_functions(worker: Worker) -> None:
+    for name, function in list(worker.functions.items()):
+        if getattr(function.coroutine, _WRAPPED, None) is not None:
+            continue
+        traced: Any = _traced(worker, function)
+        worker.functions[name] = dataclasses.replace(function, coroutine=traced)
+
+
+def _unwrap_functions(worker: Worker) -> None:
+    for name, function in list(worker.functions.items()):
+        original = getattr(function.coroutine, _WRAPPED, None)
+        if original is not None:
+            worker.functions[name] = original
+
+
+def _traced(worker: Worker, function: Any) -> Callable[..., Awaitable[Any]]:
+    """The job coroutine, run as one otel-jobs run in the job's own task."""
+    coroutine = function.coroutine
+    name: str = function.name
+
+    @functools.wraps(coroutine)
+    async def job(ctx: dict[Any, Any], *args: Any, **kwargs: Any) -> Any:
+        agent = _agent_mod.current()
+        if agent is None:
+            return await coroutine(ctx, *args, **kwargs)
+        run = None
+        with errors.guard("integration.arq"):
+            timeout = worker.job_timeout_s if function.timeout_s is None else function.timeout_s
+            score = ctx.get("score")
+            run = agent.start_run(
+                name,
+                queue=worker.queue_name,
+                job_id=ctx.get("job_id"),
+                attempt=int(ctx.get("job_try") or 1),
+                framework="arq",
+                native_max_duration=float(timeout) if timeout else None,
+                enqueued_at=score / 1000.0 if score else None,
+            )
+            run.activate()
+        if run is None:
+            return await coroutine(ctx, *args, **kwargs)
+        try:
+            result = await coroutine(ctx, *args, **kwargs)
+        except BaseException as exc:
+            with errors.guard("integration.arq"):
+                outcome, recorded = _outcome(worker, ctx, timeout, exc)
+                run.finish(outcome, recorded)
+            raise
+        else:
+            with errors.guard("integration.arq"):
+                run.finish("success")
+            return result
+        finally:
+            with errors.guard("integration.arq"):
+                run.deactivate()
+
+    setattr(job, _WRAPPED, function)
+    return job
+
+
+def _outcome(
+    worker: Worker, ctx: dict[Any, Any], timeout: float | None, exc: BaseException
+) -> tuple[str, BaseException]:
+    """Map how the job's coroutine ended onto an outcome, the way arq itself treats it."""
+    if isinstance(exc, (Retry, RetryJob)):
+        return ("retry" if worker.retry_jobs else "failure"), exc
+    if not isinstance(exc, asyncio.CancelledError):
+        return classify(exc), exc
+    if ctx.get("job_id") in worker.aborting_tasks:
+        return "cancelled", exc
+    # arq's timeout cancels the task once ``timeout`` seconds have passed since its wait began,
+    # which is after run_job began: a cancellation that late is the timeout. Earlier ones are
+    # the worker's shutdown (or the watchdog, whose cancel Run.finish records as a timeout).
+    started = _run_job_started.get()
+    if timeout and started is not None:
+        if asyncio.get_running_loop().time() - started >= timeout:
+            return "timeout", asyncio.TimeoutError(f"arq job_timeout of {timeout:g}s expired")
+    return "cancelled", exc
