@@ -1,0 +1,303 @@
+"""Dramatiq: every message an actor processes becomes one run.
+
+Call ``otel_jobs.instrument()`` and every Dramatiq broker, the global one and those created
+afterwards (Redis, RabbitMQ, or any :class:`dramatiq.Broker` subclass), gets the
+:class:`OtelJobsMiddleware`. ``uninstrument()`` removes it from those brokers again.
+
+Where to call ``instrument()``
+------------------------------
+
+The ``dramatiq`` command starts one parent process that imports nothing of yours and forks
+``--processes`` worker processes (``multiprocessing`` with the ``fork`` start method on Linux
+before Python 3.14), and each worker process imports your broker module. So:
+
+* **One endpoint for the whole worker (recommended).** Start the worker through otel-jobs'
+  launcher, which calls ``instrument()`` in the parent and then runs Dramatiq's own CLI with
+  the same arguments::
+
+      python -m otel_jobs.integrations.dramatiq app.broker --processes 4 --threads 8
+
+  The parent serves ``/metrics``; the worker processes are forked from it, record their runs,
+  run their own watchdog and leave their metrics for the parent (see "Forking workers" in the
+  README), so one scrape shows every process. Options come from the ``OTEL_JOBS_*``
+  environment variables. To pass options in code, write the same three lines yourself::
+
+      # run_worker.py
+      import otel_jobs
+      otel_jobs.instrument(jobs={"reports.build": {"heartbeat_timeout": 60}})
+      from dramatiq.cli import main
+      raise SystemExit(main())
+
+  and start ``python run_worker.py app.broker --processes 4``. A call of ``instrument()``
+  left in ``app.broker`` then does nothing in the worker processes (they are already
+  instrumented by the parent).
+
+* **In your broker module.** ``instrument()`` next to ``dramatiq.set_broker(...)`` works
+  for ``--processes 1``. With more processes, each one calls ``instrument()`` for itself and
+  tries to bind the same port: the first serves the runs of its own process only, and the
+  others log that the port is taken. Use the launcher above instead.
+
+* ``--use-spawn`` (and Python 3.14's default ``forkserver``) start worker processes that are
+  not forked from the parent, so each one needs its own ``instrument()`` and its own port
+  (``prometheus_port=0`` picks a free one): prefer the fork start method.
+
+What is recorded
+----------------
+
+* ``before_process_message`` starts a run named after the actor (``job_name`` is the actor
+  name, ``queue`` the queue name, ``job.id`` the message id, ``job.attempt`` the message's
+  ``retries`` + 1), activated in the worker thread that runs the actor, so the watchdog
+  watches that thread.
+* The actor's time limit (the message's ``time_limit`` option, else the actor's, else the
+  broker's :class:`~dramatiq.middleware.TimeLimit` default; milliseconds) is the run's max
+  duration unless ``instrument(jobs=...)`` sets one. Without a ``TimeLimit`` middleware there
+  is no native limit. ``float("inf")`` means none.
+* Outcome, decided after every other middleware had its say (the middleware sits first in
+  the broker's list, so its ``after_*`` hooks run last):
+
+  ============================================  ===========
+  the actor returned                             success
+  :class:`~dramatiq.middleware.TimeLimitExceeded` timeout (also when it will be retried)
+  an exception, and ``Retries`` re-enqueued it   retry
+  an exception, no retry left (or ``throws``)    failure
+  ``Shutdown`` (worker stopping, notifications)  cancelled
+  skipped by a middleware (``AgeLimit``: too old) cancelled
+  ============================================  ===========
+
+* Dead-lettered messages: every message Dramatiq rejects (retries exhausted, ``throws``,
+  too old, unknown actor) goes to the dead-letter queue (``<queue>.XQ``) and is counted in
+  ``otel_jobs_runs_dead_lettered_total{job_name, queue}``.
+* Queue wait: from the message's publish time (``message_timestamp``), or, for a delayed or
+  retried message, from its due time (``eta``). Dramatiq drops ``eta`` when it moves a due
+  message from the delay queue to the work queue, so the middleware copies it into the
+  message option ``otel_jobs_due`` as the message leaves the delay queue (this happens in
+  the worker; without otel-jobs there, the wait is measured from the publish time).
+
+Caveats: a time limit is enforced by Dramatiq with an asynchronous exception that a thread
+blocked in a system call (a socket read with no timeout) does not see until the call
+returns; the watchdog still reports such a run as stuck, with its stack. gevent workers
+(``dramatiq-gevent``) run actors in greenlets that share one thread, so the watchdog cannot
+tell their stacks apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import sys
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import dramatiq
+import dramatiq.broker
+from dramatiq.common import q_name
+from dramatiq.middleware import Middleware, Retries, TimeLimit, TimeLimitExceeded
+from dramatiq.middleware.shutdown import Shutdown
+
+from ..core import errors
+from ..core.patching import Patches
+from ..core.run import classify
+from .base import Integration as BaseIntegration
+
+if TYPE_CHECKING:
+    from ..core.agent import Agent
+    from ..core.run import Run
+
+logger = logging.getLogger("otel_jobs")
+
+#: The message option that carries a delayed message's due time (ms) to the worker.
+DUE_OPTION = "otel_jobs_due"
+_RUN_ATTR = "_otel_jobs_run"
+
+
+def _native_limit(broker: dramatiq.Broker, message: Any) -> float | None:
+    """The time limit Dramatiq enforces on this message, in seconds (None: no TimeLimit)."""
+    for middleware in broker.middleware:
+        if isinstance(middleware, TimeLimit):
+            limit = message.options.get("time_limit")
+            if not limit:
+                actor = broker.actors.get(message.actor_name)
+                options = actor.options if actor is not None else {}
+                limit = options.get("time_limit", middleware.time_limit)
+            return float(limit) / 1000.0 if limit else None
+    return None
+
+
+def _has_retries(broker: dramatiq.Broker) -> bool:
+    return any(isinstance(m, Retries) for m in broker.middleware)
+
+
+class OtelJobsMiddleware(Middleware):
+    """Maps Dramatiq's message hooks onto otel-jobs runs (see the module docstring).
+
+    ``instrument()`` adds it to every broker; adding it by hand is only needed for a broker
+    created before ``instrument()`` that is not the global broker nor a module-level name:
+
+    >>> broker.middleware.insert(0, OtelJobsMiddleware(otel_jobs_agent))
+    """
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    @errors.guarded("integration.dramatiq")
+    def before_delay_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        eta = message.options.get("eta")
+        if isinstance(eta, (int, float)):
+            message.options[DUE_OPTION] = eta
+
+    @errors.guarded("integration.dramatiq")
+    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        options = message.options
+        due = options.get(DUE_OPTION) or message.message_timestamp
+        run = self.agent.start_run(
+            message.actor_name,
+            queue=q_name(message.queue_name),
+            job_id=message.message_id,
+            attempt=int(options.get("retries") or 0) + 1,
+            framework="dramatiq",
+            native_max_duration=_native_limit(broker, message),
+            enqueued_at=due / 1000.0 if isinstance(due, (int, float)) else None,
+        )
+        run.activate()
+        # MessageProxy has a __dict__: the run travels with the message to the after hooks.
+        message.__dict__[_RUN_ATTR] = run
+
+    @errors.guarded("integration.dramatiq")
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: Any,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        run: Run | None = message.__dict__.pop(_RUN_ATTR, None)
+        if run is None:
+            return
+        try:
+            run.finish(self._outcome(broker, message, exception), exception)
+        finally:
+            run.deactivate()
+
+    def _outcome(self, broker: dramatiq.Broker, message: Any, exc: BaseException | None) -> str:
+        if exc is None:
+            return "success"
+        if isinstance(exc, TimeLimitExceeded):
+            return "timeout"
+        if isinstance(exc, Shutdown):
+            return "cancelled"
+        outcome = classify(exc)
+        if outcome != "failure":
+            return outcome
+        # Our after hook runs after Retries': a message it did not fail was re-enqueued.
+        if not message.failed and _has_retries(broker):
+            return "retry"
+        return "failure"
+
+    @errors.guarded("integration.dramatiq")
+    def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        run: Run | None = message.__dict__.pop(_RUN_ATTR, None)
+        if run is None:
+            return
+        try:
+            run.finish("cancelled")
+        finally:
+            run.deactivate()
+
+    @errors.guarded("integration.dramatiq")
+    def after_nack(self, broker: dramatiq.Broker, message: Any) -> None:
+        # A nack is Dramatiq's only road to the dead-letter queue (both brokers).
+        series = self.agent.telemetry.series(message.actor_name, q_name(message.queue_name))
+        self.agent.telemetry.record_dead_lettered(series)
+
+
+class Integration(BaseIntegration):
+    """Adds :class:`OtelJobsMiddleware` to every broker; removes it on uninstall."""
+
+    name = "dramatiq"
+
+    def __init__(self, agent: Agent) -> None:
+        super().__init__(agent)
+        self.middleware = OtelJobsMiddleware(agent)
+        self._patches = Patches()
+        self._brokers: weakref.WeakSet[dramatiq.Broker] = weakref.WeakSet()
+
+    def install(self) -> None:
+        attach = self.attach
+
+        def make_init(original: Any) -> Any:
+            def __init__(broker: dramatiq.Broker, *args: Any, **kwargs: Any) -> None:
+                original(broker, *args, **kwargs)
+                with errors.guard("integration.dramatiq"):
+                    attach(broker)
+
+            return __init__
+
+        self._patches.wrap(dramatiq.Broker, "__init__", make_init)
+        for broker in _existing_brokers():
+            self.attach(broker)
+        self._warn_if_per_process()
+
+    def uninstall(self) -> None:
+        self._patches.undo()
+        for broker in list(self._brokers):
+            with errors.guard("uninstall"):
+                broker.middleware[:] = [m for m in broker.middleware if m is not self.middleware]
+        self._brokers = weakref.WeakSet()
+
+    def attach(self, broker: dramatiq.Broker) -> None:
+        """Put the middleware on ``broker`` (once)."""
+        if any(isinstance(m, OtelJobsMiddleware) for m in broker.middleware):
+            return
+        # First in the list: Dramatiq runs after_* hooks in reverse order, so ours runs last,
+        # once Retries has decided between a retry and the dead-letter queue.
+        broker.middleware.insert(0, self.middleware)
+        self._brokers.add(broker)
+
+    def _warn_if_per_process(self) -> None:
+        # instrument() called in a process the dramatiq CLI started, and the port was taken
+        # by a sibling: this process's runs are on no endpoint. Say how to fix it.
+        agent = self.agent
+        in_cli_worker = "dramatiq.cli" in sys.modules and multiprocessing.parent_process()
+        if in_cli_worker and agent.server_error is not None and not agent.share.in_child:
+            logger.warning(
+                "otel-jobs: instrument() was called in Dramatiq worker process %d and another "
+                "process already serves /metrics on that port, so the runs of this process are "
+                "not exported. Start the worker with `python -m otel_jobs.integrations.dramatiq "
+                "<dramatiq arguments>` so that one endpoint serves every worker process.",
+                os.getpid(),
+            )
+
+
+def _existing_brokers() -> list[dramatiq.Broker]:
+    """The global broker and brokers bound to module-level names (created before instrument())."""
+    found: dict[int, dramatiq.Broker] = {}
+    if isinstance(dramatiq.broker.global_broker, dramatiq.Broker):
+        found[id(dramatiq.broker.global_broker)] = dramatiq.broker.global_broker
+    for module in list(sys.modules.values()):
+        namespace = getattr(module, "__dict__", None)
+        if not isinstance(namespace, dict) or namespace.get("__name__", "").startswith("dramatiq"):
+            continue
+        for value in list(namespace.values()):
+            if isinstance(value, dramatiq.Broker):
+                found[id(value)] = value
+    return list(found.values())
+
+
+def main() -> int:
+    """``python -m otel_jobs.integrations.dramatiq <dramatiq arguments>``: instrument, then run Dramatiq's CLI.
+
+    The parent process serves ``/metrics`` for every worker process it forks (see the module
+    docstring); options come from the ``OTEL_JOBS_*`` environment variables.
+    """
+    from dramatiq.cli import main as dramatiq_main
+
+    import otel_jobs
+
+    otel_jobs.instrument()
+    return int(dramatiq_main() or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
