@@ -1,32 +1,126 @@
 """The stuck-run watchdog: one daemon thread per worker process.
 
-Every ``OTEL_JOBS_WATCHDOG_INTERVAL`` seconds (default 1) it looks at each run in flight:
+``instrument()`` starts it (``OTEL_JOBS_WATCHDOG_ENABLED=false`` turns it off) and a forked
+child starts its own. Every ``OTEL_JOBS_WATCHDOG_INTERVAL`` seconds (default 1) it looks at
+each run in flight and gives it a verdict:
 
-* *stalled* (reason ``no_heartbeat``): no heartbeat for longer than the run's heartbeat timeout;
+* *stalled* (reason ``no_heartbeat``): no heartbeat for longer than the run's heartbeat
+  timeout. A run's start, each ``heartbeat()`` and each completed instrumented outbound call
+  count as heartbeats.
 * *overran* (reason ``max_duration``): running for longer than the run's max duration.
 
-Its own tick is exported as ``otel_jobs_watchdog_last_tick_timestamp_seconds``; a process
-whose Python threads are frozen shows by that gauge going stale.
+The thresholds are resolved once per run when it starts (``run.max_duration``,
+``run.heartbeat_timeout``, ``run.on_stall``: most specific first, see the README). A verdict
+is given within the threshold plus one tick.
 
-The thread protects itself: ``time.monotonic()`` for deadlines, the in-flight table copied
-under its lock and decisions made on the copy, and any exception in a tick logged once and
-counted while the thread keeps ticking.
+On a new verdict the watchdog diagnoses the run without stopping it (its stack, ``blocked`` /
+``spinning`` / ``unknown``, the outbound call in flight: see :mod:`otel_jobs.core.diagnosis`)
+and emits:
+
+* a short span named ``"<job name> stalled"`` or ``"<job name> overran"``, a child of the run's
+  span and linked to it, ended at once, with the diagnosis as attributes, so that a tracing
+  backend shows the stuck run while it is still stuck (the run's own span is exported only
+  when it ends); an event ``otel_jobs.stall`` on the run's span;
+* one WARNING record on the ``otel_jobs`` logger: a readable message with the stack, and the
+  fields as ``extra`` (``job_name``, ``stall_reason``, ``stall_state``, ``stall_where``...);
+* ``otel_jobs_stalls_detected_total{reason}`` once per verdict, and
+  ``otel_jobs_runs_stalled{state}`` for as long as it stands (the state is looked at again
+  each tick: a run can go from blocked to spinning).
+
+A stalled run that heartbeats again recovers: its verdict clears, an INFO record says so and
+its span keeps an ``otel_jobs.stall.recovered`` event next to the ``otel_jobs.stall`` one.
+
+Then the run's policy (``on_stall=`` per job, ``OTEL_JOBS_ON_STALL`` globally) applies:
+
+* ``observe`` (default): the signals above, nothing else.
+* ``cancel``: a run in a thread gets :class:`otel_jobs.JobTimeoutError` raised inside it
+  (``PyThreadState_SetAsyncExc``), only while it is still the run in flight in that thread,
+  so the exception never lands in the next job; an asyncio run gets ``task.cancel()`` through
+  its loop. Either way it finishes with outcome ``timeout``. Repeated every
+  :data:`CANCEL_REPEAT_SECONDS` while the verdict stands, in case the job swallowed it.
+  Limits: the exception is raised at the next Python instruction the thread runs, so a thread
+  blocked inside a C call (a socket read with no timeout, a lock without timeout, ``time.sleep``)
+  is only interrupted when that call returns; a job that catches ``Exception`` can swallow it;
+  an asyncio task is only cancelled at its next ``await`` (a coroutine spinning without
+  awaiting holds its loop and cannot be cancelled).
+* ``exit``: the stuck run is finished with outcome ``timeout`` (the other runs in flight in the
+  process with ``cancelled``), spans and metrics are flushed (and a forked child's metrics
+  snapshot written), then the process ends with ``os._exit(EXIT_STATUS)`` (75, ``EX_TEMPFAIL``:
+  "try again later"). No signal is sent: ``SIGTERM`` would start a warm shutdown that waits for
+  the stuck run forever. A queue with late acknowledgement or a visibility timeout then hands the
+  job to another worker (see the README for each framework).
+
+The thread protects itself: ``time.monotonic()`` for deadlines; the in-flight table copied
+under the agent's lock; verdicts decided on the copy with ticks serialised by the watchdog's
+own lock, and the slow actions (diagnosis, logging, spans, cancelling) done after the decisions;
+an exception in a tick, or about one run, is logged once and counted in
+``otel_jobs_internal_errors_total{component="watchdog"}`` while the thread keeps ticking. A tick
+stays cheap: a healthy run far from its deadlines costs two additions and two comparisons; only
+runs within one interval of a deadline have their thread's CPU time read, and only runs with a
+new verdict are diagnosed (at most :data:`MAX_DIAGNOSES_PER_TICK` per tick, the rest on the
+next ones).
+
+Its own last tick is exported as ``otel_jobs_watchdog_last_tick_timestamp_seconds``; a process
+whose Python threads are frozen (a C call holding the GIL) shows by that gauge going stale.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from . import errors
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+from . import diagnosis as diag_mod
+from . import errors, providers
+from .errors import JobTimeoutError
 
 if TYPE_CHECKING:
     from .agent import Agent
+    from .diagnosis import Diagnosis
     from .run import Run
 
 logger = logging.getLogger("otel_jobs")
+
+#: Exit status of a process ended by the ``exit`` policy (``EX_TEMPFAIL``).
+EXIT_STATUS = 75
+#: How long the ``exit`` policy waits for spans and metrics to be exported.
+EXIT_FLUSH_MILLIS = 5000
+#: While a cancelled run is still in flight, the cancellation is repeated this often.
+CANCEL_REPEAT_SECONDS = 5.0
+#: New verdicts diagnosed per tick at most (a mass stall is spread over a few ticks).
+MAX_DIAGNOSES_PER_TICK = 200
+#: Threads whose CPU time is read per tick at most.
+MAX_CPU_LOOKS_PER_TICK = 256
+
+
+class WatchdogTimeoutError(JobTimeoutError):
+    """The :class:`~otel_jobs.JobTimeoutError` the ``cancel`` policy raises inside a run."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(
+            *(
+                args
+                or (
+                    "otel-jobs watchdog cancelled this run: it stalled (no heartbeat) or "
+                    "overran its max duration; see the stall span and the WARNING log",
+                )
+            )
+        )
+
+
+_set_async_exc = ctypes.pythonapi["PyThreadState_SetAsyncExc"]
+_set_async_exc.argtypes = (ctypes.c_ulong, ctypes.py_object)
+_set_async_exc.restype = ctypes.c_int
+# The same C function with a NULL exception: clears a pending one.
+_clear_async_exc = ctypes.pythonapi["PyThreadState_SetAsyncExc"]
+_clear_async_exc.argtypes = (ctypes.c_ulong, ctypes.c_void_p)
+_clear_async_exc.restype = ctypes.c_int
 
 
 class Watchdog:
@@ -36,6 +130,10 @@ class Watchdog:
         self._agent = agent
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._tick_lock = threading.Lock()
+        # native thread id -> (monotonic time, CPU seconds) of the previous look at it.
+        self._cpu: dict[int, tuple[float, float]] = {}
+        self.ticks = 0
 
     @property
     def running(self) -> bool:
@@ -57,6 +155,8 @@ class Watchdog:
     def after_fork_in_child(self) -> None:
         was_running = self._thread is not None
         self._thread = None
+        self._tick_lock = threading.Lock()
+        self._cpu = {}
         if was_running:
             self.start()
 
@@ -70,46 +170,302 @@ class Watchdog:
     def tick(self) -> None:
         """One look at every run in flight (safe to call from tests)."""
         try:
-            self._tick()
+            with self._tick_lock:
+                self._tick()
         except Exception as exc:
             errors.record("watchdog", exc)
         agent = self._agent
         agent.telemetry.watchdog_last_tick = time.time()
+        self.ticks += 1
         if agent.share.in_child:
             with errors.guard("multiprocess.flush"):
                 agent.share.flush(agent.telemetry.registry)
 
-    def _tick(self) -> None:
-        now = time.monotonic()
-        for run in self._agent.runs():
-            if run.finished:
-                continue
-            if now - run.start_mono > run.max_duration:
-                reason: str | None = "max_duration"
-            elif now - run.last_beat > run.heartbeat_timeout:
-                reason = "no_heartbeat"
-            else:
-                reason = None
-            if reason != run.verdict:
-                self._change(run, reason)
+    # --- decisions ------------------------------------------------------------------------
 
-    def _change(self, run: Run, reason: str | None) -> None:
-        previous, run.verdict = run.verdict, reason
-        if reason is None:
-            run.state = None
-            logger.info(
-                "otel-jobs: run %s of %s recovered (was %s)",
-                run.job_id or run.key,
-                run.name,
-                previous,
-            )
-            return
-        run.state = "unknown"
+    def _tick(self) -> None:
+        agent = self._agent
+        interval = agent.settings.watchdog_interval
+        with agent._lock:
+            runs = list(agent._runs.values())
+        now = time.monotonic()
+        horizon = now + interval
+        changed: list[tuple[Run, str | None]] = []
+        watched: list[Run] = []  # verdict standing, or a deadline before the next tick
+        for run in runs:
+            try:
+                verdict = run.verdict
+                if (
+                    verdict is None
+                    and run.start_mono + run.max_duration > horizon
+                    and run.last_beat + run.heartbeat_timeout > horizon
+                ):
+                    continue  # healthy and not due before the next tick: the common case
+                if run.finished:
+                    continue
+                if now - run.start_mono > run.max_duration:
+                    reason: str | None = "max_duration"
+                elif now - run.last_beat > run.heartbeat_timeout:
+                    reason = "no_heartbeat"
+                else:
+                    reason = None
+                if reason != verdict:
+                    changed.append((run, reason))
+                if reason is not None or verdict is None:
+                    watched.append(run)
+            except Exception as exc:
+                errors.record("watchdog", exc)
+        fresh = [(run, reason) for run, reason in changed if reason is not None]
+        if len(fresh) > MAX_DIAGNOSES_PER_TICK:
+            fresh = fresh[:MAX_DIAGNOSES_PER_TICK]
+        recovered = [run for run, reason in changed if reason is None]
+
+        # --- actions: after the decisions, nothing above waits on them ------------------------
+        for run in recovered:
+            with errors.guard("watchdog"):
+                self._recover(run, now)
+        states = self._look_at_cpu([run for run, _ in fresh], watched, now)
+        if fresh:
+            frames = diag_mod.current_frames()
+            for run, reason in fresh:
+                with errors.guard("watchdog"):
+                    self._give_verdict(run, reason, now, frames, states)
+        for run in watched:
+            if run.verdict is not None and run.diagnosis is not None:
+                with errors.guard("watchdog"):
+                    self._restate(run, states, now)
+
+    def _look_at_cpu(
+        self, fresh: list[Run], watched: list[Run], now: float
+    ) -> dict[int, tuple[str, float | None]]:
+        """Read the CPU time of the threads of these runs: ``{native_id: (state, ratio)}``.
+
+        The share of CPU is measured since the previous look at the same thread (the tick
+        before the deadline). A thread with a new verdict and no previous look is looked at
+        twice, a short moment apart.
+        """
+        ids: dict[int, None] = {}
+        for run in (*fresh, *watched):
+            if run.native_id is not None:
+                ids[run.native_id] = None
+                if len(ids) >= MAX_CPU_LOOKS_PER_TICK:
+                    break
+        if not ids:
+            self._cpu = {}
+            return {}
+        previous = self._cpu
+        samples: dict[int, tuple[float, float]] = {}
+        for native_id in ids:
+            cpu = diag_mod.thread_cpu_seconds(native_id)
+            if cpu is not None:
+                samples[native_id] = (now, cpu)
+        need_second = [
+            run.native_id
+            for run in fresh
+            if run.native_id in samples and run.native_id not in previous
+        ]
+        if need_second:
+            interval = self._agent.settings.watchdog_interval
+            window = min(0.2, max(0.05, interval / 2))
+            self._stop.wait(window)
+            for native_id in need_second:
+                assert native_id is not None
+                later = diag_mod.thread_cpu_seconds(native_id)
+                if later is not None:
+                    previous = {**previous, native_id: samples[native_id]}
+                    samples[native_id] = (time.monotonic(), later)
+        states: dict[int, tuple[str, float | None]] = {}
+        for native_id, (when, cpu) in samples.items():
+            before = previous.get(native_id)
+            if before is None:
+                states[native_id] = ("unknown", None)
+            else:
+                states[native_id] = diag_mod.state_of(cpu - before[1], when - before[0])
+        self._cpu = samples
+        return states
+
+    # --- actions --------------------------------------------------------------------------
+
+    def _give_verdict(
+        self,
+        run: Run,
+        reason: str,
+        now: float,
+        frames: dict[int, Any],
+        states: dict[int, tuple[str, float | None]],
+    ) -> None:
+        cpu = states.get(run.native_id) if run.native_id is not None else None
+        diagnosis = diag_mod.diagnose(run, reason, now, frames, cpu or ("unknown", None))
+        diagnosis.given_at = now
+        # The state before the verdict: a scrape never sees a verdict without its state.
+        run.diagnosis = diagnosis
+        run.state = diagnosis.state
+        run.verdict = reason
         self._agent.telemetry.record_stall(run.series, reason)
-        logger.warning(
-            "otel-jobs: run %s of %s is stuck (%s) after %.1fs",
+        self._signal(run, diagnosis)
+        if run.on_stall == "cancel":
+            self._cancel(run, diagnosis, now)
+        elif run.on_stall == "exit":
+            self._exit(run, diagnosis)
+
+    def _restate(self, run: Run, states: dict[int, tuple[str, float | None]], now: float) -> None:
+        """A standing verdict: the state may change (blocked, then spinning); cancel again."""
+        diagnosis: Diagnosis = run.diagnosis
+        if diagnosis.given_at == now:
+            return
+        if run.task is not None and not diag_mod.task_running(run.task):
+            state: str | None = "unknown"
+        else:
+            measured = states.get(run.native_id) if run.native_id is not None else None
+            state = measured[0] if measured is not None and measured[0] != "unknown" else None
+        if state is not None and state != run.state:
+            run.state = state
+        if (
+            run.on_stall == "cancel"
+            and diagnosis.acted_at is not None
+            and now - diagnosis.acted_at >= CANCEL_REPEAT_SECONDS
+        ):
+            self._cancel(run, diagnosis, now)
+
+    def _recover(self, run: Run, now: float) -> None:
+        diagnosis: Diagnosis | None = run.diagnosis
+        previous = run.verdict
+        run.verdict = None
+        run.state = None
+        run.diagnosis = None
+        stalled_for = now - diagnosis.given_at if diagnosis is not None else 0.0
+        if run.span.is_recording():
+            run.span.add_event(
+                "otel_jobs.stall.recovered",
+                {
+                    "otel_jobs.stall.reason": previous or "",
+                    "otel_jobs.stall.verdict_s": round(stalled_for, 3),
+                },
+            )
+        logger.info(
+            "otel-jobs: run %s of %s (queue %s) recovered: it heartbeats again after %.1fs under "
+            "a %s verdict",
             run.job_id or run.key,
             run.name,
-            reason,
-            run.elapsed(),
+            run.queue,
+            stalled_for,
+            previous,
+            extra={"job_name": run.name, "job_id": run.job_id, "job_queue": run.queue,
+                   "stall_reason": previous, "stall_recovered": True},
+        )  # fmt: skip
+
+    def _signal(self, run: Run, diagnosis: Diagnosis) -> None:
+        """The stall span, the event on the run's span and the WARNING record."""
+        attrs: dict[str, Any] = {
+            "job.name": run.name,
+            "job.queue": run.queue,
+            "job.attempt": run.attempt,
+            "job.framework": run.framework,
+        }
+        if run.job_id is not None:
+            attrs["job.id"] = run.job_id
+        attrs.update(diagnosis.attributes())
+        run_context = run.span.get_span_context()
+        if run_context.is_valid:
+            parent = trace.set_span_in_context(run.span)
+            links: list[Link] | None = [Link(run_context, {"otel_jobs.link": "stuck_run"})]
+        else:
+            parent, links = None, None
+        with errors.guard("watchdog.span"):
+            span = self._agent.tracer.start_span(
+                f"{run.name} {diagnosis.verdict}",
+                context=parent,
+                kind=SpanKind.INTERNAL,
+                attributes=attrs,
+                links=links,
+            )
+            span.set_status(Status(StatusCode.ERROR, diagnosis.verdict))
+            span.end()
+        if run.span.is_recording():
+            event = {
+                "otel_jobs.stall.reason": diagnosis.reason,
+                "otel_jobs.stall.state": diagnosis.state,
+            }
+            if diagnosis.where is not None:
+                event["otel_jobs.stall.where"] = str(diagnosis.where)
+            run.span.add_event("otel_jobs.stall", event)
+        logger.warning(diagnosis.message(run), extra=diagnosis.extra(run))
+
+    # --- policies ---------------------------------------------------------------------------
+
+    def _cancel(self, run: Run, diagnosis: Diagnosis, now: float) -> None:
+        diagnosis.acted_at = now
+        if run.task is not None and run.loop is not None:
+            self._cancel_task(run)
+        elif not self._cancel_thread(run) and not run.finished:
+            logger.warning(
+                "otel-jobs: cannot cancel run %s of %s: its thread was not found",
+                run.job_id or run.key,
+                run.name,
+            )
+
+    def _cancel_thread(self, run: Run) -> bool:
+        """Raise the timeout in the run's thread, only if the run is still in flight there."""
+        agent = self._agent
+        thread_id = run.thread_id
+        if thread_id is None:
+            return False
+        # Under the agent's lock: finish_run removes the run from the table under it, so a run
+        # seen here is not yet done and the exception cannot land in a later job of the thread.
+        with agent._lock:
+            if run.finished or agent._runs.get(run.key) is not run:
+                return False
+            run.cancelled_by_watchdog = True
+            modified = _set_async_exc(thread_id, WatchdogTimeoutError)
+        if modified > 1:  # cannot happen with a live thread id; undo as the C API asks
+            _clear_async_exc(thread_id, None)
+            return False
+        return modified == 1
+
+    def _cancel_task(self, run: Run) -> None:
+        task, loop = run.task, run.loop
+        assert task is not None and loop is not None
+
+        def cancel() -> None:
+            # In the loop's thread: a run that finished meanwhile is left alone.
+            if not run.finished and not task.done():
+                run.cancelled_by_watchdog = True
+                task.cancel("otel-jobs watchdog: the run stalled or overran its max duration")
+
+        try:
+            loop.call_soon_threadsafe(cancel)
+        except RuntimeError:  # the loop is closed: nothing left to cancel
+            pass
+
+    def _exit(self, run: Run, diagnosis: Diagnosis) -> None:
+        """Flush telemetry, then end the process (see the module docstring)."""
+        agent = self._agent
+        logger.critical(
+            "otel-jobs: ending worker process %d with exit status %d (policy exit): run %s of %s "
+            "is %s; telemetry flushed first",
+            os.getpid(),
+            EXIT_STATUS,
+            run.job_id or run.key,
+            run.name,
+            diagnosis.verdict,
+            extra=diagnosis.extra(run),
         )
+        with errors.guard("watchdog.exit"):
+            run.cancelled_by_watchdog = True
+            run.finish("timeout", WatchdogTimeoutError())
+        for other in agent.runs():
+            with errors.guard("watchdog.exit"):
+                if other.span.is_recording():
+                    other.span.add_event(
+                        "otel_jobs.process_exit", {"otel_jobs.exit_status": EXIT_STATUS}
+                    )
+                other.finish("cancelled")
+        with errors.guard("watchdog.exit"):
+            if agent.share.in_child:
+                agent.share.flush(agent.telemetry.registry)
+        with errors.guard("watchdog.exit"):
+            providers.flush(EXIT_FLUSH_MILLIS)
+        for handler in (*logging.getLogger().handlers, *logger.handlers):
+            with errors.guard("watchdog.exit"):
+                handler.flush()
+        os._exit(EXIT_STATUS)
