@@ -1,0 +1,389 @@
+"""Dramatiq: real worker processes (the dramatiq CLI, forked processes and threads) on the real
+Redis and RabbitMQ servers, scraped on their real ``/metrics``; plus install/uninstall and spans."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import otel_jobs
+from tests.support import Samples, free_port, require_rabbitmq, require_redis, scrape
+
+dramatiq = pytest.importorskip("dramatiq")
+
+from dramatiq.brokers.redis import RedisBroker  # noqa: E402
+
+from otel_jobs.integrations.dramatiq import OtelJobsMiddleware  # noqa: E402
+
+pytestmark = pytest.mark.broker
+
+REDIS_URL = "redis://127.0.0.1:6379/12"
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672"
+ROOT = Path(__file__).resolve().parents[2]
+
+# The worker's module: what the dramatiq CLI imports in each worker process.
+APP = textwrap.dedent(
+    """
+    import os
+    import threading
+    import time
+
+    import dramatiq
+
+    if os.environ["DQ_BROKER"].startswith("redis"):
+        from dramatiq.brokers.redis import RedisBroker
+
+        broker = RedisBroker(url=os.environ["DQ_BROKER"])
+    else:
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        broker = RabbitmqBroker(url=os.environ["DQ_BROKER"])
+    dramatiq.set_broker(broker)
+    QUEUE = os.environ["DQ_QUEUE"]
+    STATE = os.environ["DQ_STATE"]
+
+
+    @dramatiq.actor(queue_name=QUEUE, max_retries=0)
+    def ok(i):
+        return None
+
+
+    @dramatiq.actor(queue_name=QUEUE, max_retries=0)
+    def later():
+        return None
+
+
+    @dramatiq.actor(queue_name=QUEUE, max_retries=0)
+    def boom(i):
+        raise RuntimeError("boom")
+
+
+    @dramatiq.actor(queue_name=QUEUE, max_retries=3, min_backoff=100, max_backoff=300)
+    def flaky(key):
+        # Fails on its first attempt only: the marker file survives the retry.
+        try:
+            os.close(os.open(os.path.join(STATE, key), os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return None
+        raise RuntimeError("first attempt fails")
+
+
+    @dramatiq.actor(queue_name=QUEUE, max_retries=0, time_limit=1000)
+    def slow():
+        for _ in range(1200):  # short sleeps: Dramatiq's time limit is an async exception
+            time.sleep(0.05)
+
+
+    @dramatiq.actor(queue_name=QUEUE, max_retries=0)
+    def hang():
+        threading.Event().wait()  # never returns, never heartbeats
+    """
+)
+
+# The launcher a user writes to pass options in code (documented in the module docstring).
+LAUNCHER = textwrap.dedent(
+    """
+    import os
+
+    import otel_jobs
+
+    otel_jobs.instrument(
+        prometheus_port=int(os.environ["DQ_PORT"]),
+        frameworks=["dramatiq"],
+        jobs={"hang": {"heartbeat_timeout": 1}},
+    )
+    from dramatiq.cli import main
+
+    raise SystemExit(main())
+    """
+)
+
+
+class Worker:
+    """A dramatiq CLI worker in its own session, killed with its processes at the end."""
+
+    def __init__(self, tmp_path: Path, broker_url: str, launcher: str) -> None:
+        self.queue = f"otel-jobs-test-{uuid.uuid4().hex[:10]}"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/metrics"
+        self.state = tmp_path / "state"
+        self.state.mkdir()
+        (tmp_path / "dq_app.py").write_text(APP)
+        (tmp_path / "dq_launcher.py").write_text(LAUNCHER)
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+            "DQ_BROKER": broker_url,
+            "DQ_QUEUE": self.queue,
+            "DQ_STATE": str(self.state),
+            "DQ_PORT": str(self.port),
+            "OTEL_JOBS_PROMETHEUS_PORT": str(self.port),
+            "OTEL_JOBS_MULTIPROCESS_DIR": str(tmp_path / "mp"),
+            "OTEL_JOBS_WATCHDOG_INTERVAL": "0.5",
+        }
+        if launcher == "module":
+            # The shortcut: options from the environment only.
+            command = [sys.executable, "-m", "otel_jobs.integrations.dramatiq"]
+            self.env["OTEL_JOBS_FRAMEWORKS"] = "dramatiq"
+            self.env["OTEL_JOBS_HEARTBEAT_TIMEOUT"] = "1"
+        else:
+            command = [sys.executable, str(tmp_path / "dq_launcher.py")]
+        self.log = tmp_path / "worker.log"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [*command, "dq_app", "--processes", "2", "--threads", "2"],
+                cwd=tmp_path, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        sys.path.insert(0, str(tmp_path))
+
+    def stop(self) -> None:
+        # The hung actor never returns, so a graceful stop would wait for it: kill the group.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+
+    def wait_for(self, done: Callable[[Samples], bool], what: str, timeout: float = 120) -> Samples:
+        """Poll /metrics until ``done(samples)``; a generous deadline, not a timing assertion."""
+        deadline = time.monotonic() + timeout
+        last: Samples | None = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"worker exited ({self.proc.returncode}):\n{self.tail()}")
+            try:
+                last = scrape(self.url)
+            except OSError:
+                last = None
+            if last is not None and done(last):
+                return last
+            time.sleep(0.3)
+        text = last.text if last is not None else "(no scrape)"
+        pytest.fail(f"timed out waiting for {what}\n--- /metrics\n{text}\n--- log\n{self.tail()}")
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-6000:]
+
+
+@pytest.fixture
+def worker_factory(tmp_path: Path) -> Iterator[Callable[[str, str], Worker]]:
+    started: list[Worker] = []
+
+    def start(broker_url: str, launcher: str) -> Worker:
+        worker = Worker(tmp_path, broker_url, launcher)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+    sys.path[:] = [p for p in sys.path if p != str(tmp_path)]
+    sys.modules.pop("dq_app", None)
+
+
+def _purge(broker_url: str, queue: str) -> None:
+    if broker_url.startswith("redis"):
+        import redis
+
+        client = redis.Redis.from_url(broker_url)
+        keys = list(client.scan_iter(f"dramatiq:{queue}*"))
+        if keys:
+            client.delete(*keys)
+        return
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+    channel = connection.channel()
+    for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
+        channel.queue_delete(name)
+    connection.close()
+
+
+@pytest.mark.parametrize(
+    ("broker_name", "launcher"),
+    [("redis", "custom"), ("rabbitmq", "module")],
+    ids=["redis-custom-launcher", "rabbitmq-module-launcher"],
+)
+def test_real_worker_outcomes_limits_stalls_and_exact_counts(
+    broker_name: str, launcher: str, worker_factory: Callable[[str, str], Worker]
+) -> None:
+    if broker_name == "redis":
+        require_redis()
+        broker_url = REDIS_URL
+    else:
+        require_rabbitmq()
+        broker_url = RABBITMQ_URL
+    worker = worker_factory(broker_url, launcher)
+    # The worker's parent serves /metrics before any worker process exists.
+    worker.wait_for(
+        lambda s: "otel_jobs_watchdog_last_tick_timestamp_seconds" in s.names(), "/metrics"
+    )
+    global_broker = dramatiq.broker.global_broker
+    os.environ["DQ_BROKER"], os.environ["DQ_QUEUE"] = broker_url, worker.queue
+    os.environ["DQ_STATE"] = str(worker.state)
+    try:
+        import dq_app  # the producer side: same module, same actors, same queue
+
+        t_sent = time.time()
+        dq_app.later.send_with_options(delay=3000)
+        for i in range(3):
+            dq_app.ok.send(i)
+        for i in range(2):
+            dq_app.boom.send(i)
+        dq_app.flaky.send("flaky-1")
+        dq_app.slow.send()
+        dq_app.hang.send()
+        dq_app.broker.close()
+    finally:
+        for key in ("DQ_BROKER", "DQ_QUEUE", "DQ_STATE"):
+            os.environ.pop(key, None)
+        dramatiq.set_broker(global_broker)  # type: ignore[arg-type]
+
+    q = worker.queue
+
+    def finished(s: Samples, job: str, outcome: str) -> float:
+        return s.total("otel_jobs_runs_finished_total", job_name=job, queue=q, outcome=outcome)
+
+    def settled(s: Samples) -> bool:
+        return (
+            finished(s, "ok", "success") == 3
+            and finished(s, "later", "success") == 1
+            and finished(s, "boom", "failure") == 2
+            and finished(s, "flaky", "success") == 1
+            and finished(s, "slow", "timeout") == 1
+            and s.total("otel_jobs_stalls_detected_total", job_name="hang", queue=q) >= 1
+            and s.total("otel_jobs_runs_dead_lettered_total", queue=q) >= 3
+        )
+
+    try:
+        s = worker.wait_for(settled, "every run to finish and the hung run to be stalled")
+        t_seen = time.time()
+        # One more scrape after a few watchdog ticks: nothing counted twice, nothing late.
+        time.sleep(1.5)
+        s = scrape(worker.url)
+
+        expected_started = {"ok": 3, "later": 1, "boom": 2, "flaky": 2, "slow": 1, "hang": 1}
+        for job, count in expected_started.items():
+            assert s.value("otel_jobs_runs_started_total", job_name=job, queue=q) == count, job
+            # every run has a queue wait, measured from publish or due time
+            assert s.value("otel_jobs_queue_wait_seconds_count", job_name=job, queue=q) == count
+        expected_finished = {
+            ("ok", "success"): 3,
+            ("later", "success"): 1,
+            ("boom", "failure"): 2,
+            ("flaky", "retry"): 1,
+            ("flaky", "success"): 1,
+            ("slow", "timeout"): 1,
+        }
+        for job in expected_started:
+            for outcome in ("success", "failure", "retry", "timeout", "cancelled"):
+                want = expected_finished.get((job, outcome), 0)
+                assert finished(s, job, outcome) == want, (job, outcome)
+
+        # Dead-letter queue: boom x2 (no retries) and slow (timed out, no retries); not flaky.
+        assert s.value("otel_jobs_runs_dead_lettered_total", job_name="boom", queue=q) == 2
+        assert s.value("otel_jobs_runs_dead_lettered_total", job_name="slow", queue=q) == 1
+        assert s.total("otel_jobs_runs_dead_lettered_total", job_name="flaky", queue=q) == 0
+        assert s.total("otel_jobs_runs_dead_lettered_total", queue=q) == 3
+
+        # Native time limits: the actor's time_limit (1000 ms) and the TimeLimit default (10 min).
+        assert s.value("otel_jobs_run_max_duration_seconds", job_name="slow", queue=q) == 1.0
+        assert s.value("otel_jobs_run_max_duration_seconds", job_name="ok", queue=q) == 600.0
+
+        # The hung run: in flight, stalled (no heartbeat for 1 s), counted once.
+        assert s.value("otel_jobs_runs_in_progress", job_name="hang", queue=q) == 1
+        assert s.value("otel_jobs_run_heartbeat_timeout_seconds", job_name="hang", queue=q) == 1.0
+        assert s.total("otel_jobs_runs_stalled", job_name="hang", queue=q) == 1
+        assert (
+            s.value(
+                "otel_jobs_stalls_detected_total", job_name="hang", queue=q, reason="no_heartbeat"
+            )
+            == 1
+        )
+        assert s.total("otel_jobs_stalls_detected_total", job_name="hang", queue=q) == 1
+        for job in ("ok", "later", "boom", "flaky", "slow"):
+            assert s.value("otel_jobs_runs_in_progress", job_name=job, queue=q) == 0
+        assert s.find("otel_jobs_oldest_run_start_timestamp_seconds", job_name="ok", queue=q) == []
+
+        # The delayed message's wait is measured from its due time (publish + 3 s), so it is at
+        # most the time from due time to when we saw it finished (the slack covers ms rounding).
+        wait = s.value("otel_jobs_queue_wait_seconds_sum", job_name="later", queue=q)
+        assert 0 <= wait <= (t_seen - t_sent) - 3.0 + 0.01, wait
+    finally:
+        worker.stop()
+        _purge(broker_url, q)
+
+
+# --- in process: install/uninstall, and the spans of a real worker on Redis ------------------
+
+
+def test_install_twice_and_uninstall_restore_brokers(instrumented: Callable[..., object]) -> None:
+    original_init = dramatiq.Broker.__init__
+    before = RedisBroker(url=REDIS_URL)  # exists before instrument(): found through this module
+    globals()["_BROKER_BEFORE"] = before
+    try:
+        instrumented(frameworks=["dramatiq"])
+        otel_jobs.instrument(frameworks=["dramatiq"])  # a second call changes nothing
+        assert dramatiq.Broker.__init__ is not original_init
+        after = RedisBroker(url=REDIS_URL)
+        for broker in (before, after):
+            ours = [m for m in broker.middleware if isinstance(m, OtelJobsMiddleware)]
+            assert len(ours) == 1
+            assert broker.middleware[0] is ours[0]  # first, so its after_* hooks run last
+        otel_jobs.uninstrument()
+        assert dramatiq.Broker.__init__ is original_init
+        for broker in (before, after, RedisBroker(url=REDIS_URL)):
+            assert not [m for m in broker.middleware if isinstance(m, OtelJobsMiddleware)]
+    finally:
+        globals().pop("_BROKER_BEFORE", None)
+
+
+def test_spans_of_an_in_process_worker(instrumented: Callable[..., object], span_exporter) -> None:
+    require_redis()
+    instrumented(frameworks=["dramatiq"])
+    broker = RedisBroker(url=REDIS_URL)
+    queue = f"otel-jobs-test-{uuid.uuid4().hex[:10]}"
+    done = threading.Event()
+    calls: list[int] = []
+
+    @dramatiq.actor(broker=broker, queue_name=queue, max_retries=0, actor_name="span_ok")
+    def span_ok() -> None:
+        calls.append(1)
+
+    @dramatiq.actor(broker=broker, queue_name=queue, max_retries=0, actor_name="span_boom")
+    def span_boom() -> None:
+        done.set()
+        raise ValueError("nope")
+
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        message = span_ok.send()
+        span_boom.send()
+        assert done.wait(60)
+        worker.join()
+    finally:
+        worker.stop()
+        broker.close()
+        _purge(REDIS_URL, queue)
+    spans = {s.name: s for s in span_exporter.get_finished_spans()}
+    ok, boom = spans["span_ok"], spans["span_boom"]
+    assert ok.attributes["job.framework"] == "dramatiq"
+    assert ok.attributes["job.id"] == message.message_id
+    assert ok.attributes["job.queue"] == queue
+    assert ok.attributes["job.attempt"] == 1
+    assert ok.attributes["job.outcome"] == "success"
+    assert boom.attributes["job.outcome"] == "failure"
+    assert boom.status.status_code.name == "ERROR"
+    assert any(e.name == "exception" for e in boom.events)
