@@ -1,0 +1,248 @@
+"""APScheduler 3.x: every execution of a scheduled job becomes one otel-jobs run, and every
+run that never started (missed, or skipped at ``max_instances``) is counted.
+
+Call ``otel_jobs.instrument()`` once in the process that runs the scheduler, anywhere before the
+jobs you want to see run (before or after the scheduler is created or started):
+
+>>> import otel_jobs
+>>> from apscheduler.schedulers.background import BackgroundScheduler
+>>> otel_jobs.instrument()
+>>> scheduler = BackgroundScheduler()
+>>> scheduler.add_job(sync_invoices, "interval", minutes=5, max_instances=1,
+...                   misfire_grace_time=60)
+>>> scheduler.start()
+
+What each run records:
+
+* name: the job's ``name`` (by default the function's qualified name; give it one with
+  ``add_job(..., name=...)``: the job *id* is never a label); queue: the job's executor alias
+  (``"default"`` unless you configure several executors); id: the job id.
+* queue wait: from the scheduled run time to the start of the execution. A job that waits for a
+  free thread of its executor shows here before it is missed.
+* thresholds: APScheduler has no time limit of its own, so the max duration and heartbeat
+  timeout are ``instrument(jobs={name: {...}})`` or the global settings.
+* outcome: ``success``, ``failure`` for an exception (``timeout`` for a ``TimeoutError`` or
+  :class:`~otel_jobs.JobTimeoutError`).
+
+Runs that never started, in ``otel_jobs_runs_skipped_total{job_name, queue, reason}``:
+
+* ``reason="missed"``: the run started later than its ``misfire_grace_time`` after its scheduled
+  time (APScheduler's ``EVENT_JOB_MISSED``: the scheduler was down or busy, or every thread of
+  the executor was taken); one per missed run time.
+* ``reason="max_instances"``: the run was due while ``max_instances`` executions of the job
+  were still running (``EVENT_JOB_MAX_INSTANCES``), the usual sign that the previous run is
+  stuck; one per skipped submission.
+
+How it hooks APScheduler, and why: schedulers are created by your code, so otel-jobs patches one
+method shared by every executor, ``apscheduler.executors.base.BaseExecutor.submit_job``. On a
+scheduler's first submission it adds a listener (``add_listener``) for the missed and
+max-instances events, so schedulers started before ``instrument()`` are covered too. Each
+submission hands the executor a thin view of the job whose ``func`` is wrapped (the stored
+``Job`` is not modified); the executor calls it in the thread, or for a coroutine function in
+the asyncio task, that runs the job, so the run is current there for ``otel_jobs.heartbeat()``,
+the watchdog and the outbound-call checks. ``uninstrument()`` restores ``submit_job`` and
+removes the listeners.
+
+Caveats: a ``ProcessPoolExecutor`` runs jobs in other processes, to which the job is pickled, so
+its executions are not runs (their missed and max-instances skips are still counted). A Python
+thread cannot be interrupted, so ``on_stall="cancel"`` cannot stop a job running in a thread
+pool: the watchdog reports it instead. APScheduler 4 (a different API) is not hooked yet: with
+it installed, ``instrument()`` logs a warning and leaves it alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import threading
+import weakref
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import apscheduler
+
+from ..core import agent as _agent_mod
+from ..core import errors
+from ..core.patching import Patches
+from ..core.run import Run, classify
+from .base import Integration as _Base
+
+logger = logging.getLogger("otel_jobs")
+
+_MAX_REMEMBERED_JOBS = 10_000
+
+
+class Integration(_Base):
+    """The APScheduler adapter (see the module docstring)."""
+
+    name = "apscheduler"
+
+    def __init__(self, agent: Any) -> None:
+        super().__init__(agent)
+        self._patches = Patches()
+        self._schedulers: weakref.WeakSet[Any] = weakref.WeakSet()
+        # job id -> (job name, executor alias): the events only carry the job id, and a missed
+        # date-triggered job has already left its job store when its event arrives.
+        self._jobs: dict[str, tuple[str, str]] = {}
+        self._lock = threading.Lock()
+
+    def install(self) -> None:
+        if int(apscheduler.version_info[0]) >= 4:
+            logger.warning(
+                "otel-jobs: APScheduler %s is installed; only APScheduler 3.x is hooked, so its "
+                "jobs are not recorded (mark them with @otel_jobs.job instead)",
+                apscheduler.__version__,
+            )
+            return
+        from apscheduler.executors.base import BaseExecutor
+
+        self._patches.wrap(BaseExecutor, "submit_job", self._patch_submit_job)
+
+    def uninstall(self) -> None:
+        self._patches.undo()
+        for scheduler in list(self._schedulers):
+            with errors.guard("integration.apscheduler"):
+                scheduler.remove_listener(self._on_event)
+        self._schedulers = weakref.WeakSet()
+        self._jobs.clear()
+
+    def _patch_submit_job(self, original: Callable[..., None]) -> Callable[..., None]:
+        def submit_job(executor: Any, job: Any, run_times: list[datetime]) -> None:
+            if _agent_mod.current() is None:
+                return original(executor, job, run_times)
+            execution = job
+            with errors.guard("integration.apscheduler"):
+                execution = self._prepare(executor, job, run_times)
+            return original(executor, execution, run_times)
+
+        return submit_job
+
+    def _prepare(self, executor: Any, job: Any, run_times: list[datetime]) -> Any:
+        scheduler = executor._scheduler
+        if scheduler is not None and scheduler not in self._schedulers:
+            from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
+
+            scheduler.add_listener(self._on_event, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
+            self._schedulers.add(scheduler)
+        name, queue = str(job.name or job.id), str(job.executor)
+        with self._lock:
+            self._jobs.pop(job.id, None)
+            self._jobs[job.id] = (name, queue)
+            if len(self._jobs) > _MAX_REMEMBERED_JOBS:
+                del self._jobs[next(iter(self._jobs))]
+        from apscheduler.executors.pool import ProcessPoolExecutor
+
+        if isinstance(executor, ProcessPoolExecutor):
+            return job  # pickled to another process: see the module docstring
+        return _Execution(job, name, queue, run_times)
+
+    def _on_event(self, event: Any) -> None:
+        with errors.guard("integration.apscheduler"):
+            from apscheduler.events import EVENT_JOB_MISSED
+
+            agent = _agent_mod.current()
+            if agent is None:
+                return
+            name, queue = self._jobs.get(event.job_id) or (str(event.job_id), "default")
+            reason = "missed" if event.code == EVENT_JOB_MISSED else "max_instances"
+            agent.telemetry.record_skipped(agent.telemetry.series(name, queue), reason)
+
+
+class _Execution:
+    """The job as one executor submission sees it: the same job, with ``func`` wrapped."""
+
+    __slots__ = ("_job", "_name", "_queue", "_pending", "func")
+
+    def __init__(self, job: Any, name: str, queue: str, run_times: list[datetime]) -> None:
+        self._job = job
+        self._name = name
+        self._queue = queue
+        self._pending = list(run_times)
+        self.func = _wrap(job.func, self._start)
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self._job, attribute)
+
+    def __str__(self) -> str:
+        return str(self._job)
+
+    def __repr__(self) -> str:
+        return repr(self._job)
+
+    def _scheduled_time(self) -> datetime | None:
+        """The run time this call executes (APScheduler calls ``func`` once per run time kept)."""
+        # Run times already missed were skipped without a call; skip them the same way.
+        grace = self._job.misfire_grace_time
+        now = datetime.now(timezone.utc)
+        pending = self._pending
+        while len(pending) > 1:
+            run_time = pending.pop(0)
+            if grace is None or now - run_time <= timedelta(seconds=grace):
+                return run_time
+        return pending.pop(0) if pending else None
+
+    def _start(self) -> Run | None:
+        agent = _agent_mod.current()
+        if agent is None:
+            return None
+        scheduled = self._scheduled_time()
+        run = agent.start_run(
+            self._name,
+            queue=self._queue,
+            job_id=str(self._job.id),
+            framework="apscheduler",
+            enqueued_at=scheduled.timestamp() if scheduled is not None else None,
+        )
+        run.activate()
+        return run
+
+
+def _wrap(func: Callable[..., Any], start: Callable[[], Run | None]) -> Callable[..., Any]:
+    """``func`` as one run, in the thread or task that executes it."""
+
+    def begin() -> Run | None:
+        with errors.guard("integration.apscheduler"):
+            return start()
+        return None
+
+    def end(run: Run, exc: BaseException | None) -> None:
+        with errors.guard("integration.apscheduler"):
+            try:
+                run.finish(classify(exc), exc)
+            finally:
+                run.deactivate()
+
+    target = func
+    while isinstance(target, functools.partial):
+        target = target.func
+    if inspect.iscoroutinefunction(target):
+
+        async def run_async(*args: Any, **kwargs: Any) -> Any:
+            run = begin()
+            if run is None:
+                return await func(*args, **kwargs)
+            try:
+                result = await func(*args, **kwargs)
+            except BaseException as exc:
+                end(run, exc)
+                raise
+            end(run, None)
+            return result
+
+        return run_async
+
+    def run_sync(*args: Any, **kwargs: Any) -> Any:
+        run = begin()
+        if run is None:
+            return func(*args, **kwargs)
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as exc:
+            end(run, exc)
+            raise
+        end(run, None)
+        return result
+
+    return run_sync
