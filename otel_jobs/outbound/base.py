@@ -1,0 +1,386 @@
+"""What every outbound adapter shares: the policy, the call site, the report, the in-flight list.
+
+An adapter (``otel_jobs/outbound/httpx.py``, ``requests.py``, ...) only knows its library: it
+patches the one place where the library's effective timeout of a call is known, computes the
+missing parts cheaply (``()`` when the call has a timeout), and hands a flagged call to
+:class:`Checker`. Everything else happens here:
+
+* **Call site.** ``module:function:line`` of the first frame outside the HTTP/DB client
+  libraries, OpenTelemetry and otel-jobs itself (:data:`LIBRARY_MODULES`): the line of your
+  code that made the call. Looked up only for a flagged call; whether a code object belongs to
+  a library, and the text of a site, are cached per code location, so a lookup is a short
+  walk up the stack with dictionary hits.
+* **Report** of a flagged call: ``otel_jobs_outbound_calls_without_timeout_total{library,
+  host, call_site}`` (host and call_site capped, overflow goes to ``__overflow__``);
+  attributes on the call's own client span, when the current span is a recording CLIENT
+  span (``otel_jobs.timeout.missing``, ``otel_jobs.timeout.policy``, ``otel_jobs.call_site``);
+  one event ``otel_jobs.outbound.no_timeout`` on the current run's span per host and call site;
+  a WARNING log the first time a call site is seen, then at most one a minute per call site
+  (with the number of calls in between).
+* **Policy** (``OTEL_JOBS_MISSING_TIMEOUT``): ``warn`` reports; ``enforce`` reports and the
+  adapter applies ``OTEL_JOBS_DEFAULT_TIMEOUT`` to the missing parts only; ``raise`` reports
+  and raises :class:`MissingTimeoutError` before anything is sent; ``off`` installs nothing.
+* **In-flight calls.** Inside a run, every call (flagged or not) is in ``run.calls`` while it
+  is in flight, so the watchdog can say "stuck 120 s in GET billing.internal (no read timeout)
+  from jobs.sync:push:42"; the call site of a call with a timeout is looked up only if the
+  watchdog asks. A completed call (returned or raised) is a heartbeat of its run.
+
+Hosts are ``host`` or ``host:port``, never a user name, password, path or query string.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import time
+import weakref
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from ..core import errors
+from ..core.errors import JobTimeoutError
+from ..core.run import OutboundCall, Run
+
+if TYPE_CHECKING:
+    from ..core.agent import Agent
+
+logger = logging.getLogger("otel_jobs")
+
+__all__ = [
+    "LIBRARY_MODULES",
+    "Checker",
+    "MissingTimeoutError",
+    "call_site",
+    "host_of",
+]
+
+#: Top-level modules whose frames are never a call site: the client libraries, what they run
+#: on, OpenTelemetry, and otel-jobs itself. The call site is the first frame outside them.
+LIBRARY_MODULES: frozenset[str] = frozenset(
+    (
+        "otel_jobs", "opentelemetry", "wrapt",
+        "httpx", "httpcore", "h11", "h2", "hpack", "anyio", "sniffio", "certifi",
+        "requests", "urllib3", "urllib", "http", "socket", "ssl", "selectors",
+        "aiohttp", "aiohappyeyeballs", "aiosignal", "yarl", "multidict", "async_timeout",
+        "redis", "hiredis", "psycopg", "psycopg_c", "psycopg_binary", "psycopg_pool",
+        "asyncio", "concurrent", "contextlib", "functools", "threading",
+    )
+)  # fmt: skip
+
+UNKNOWN_SITE = "unknown"
+LOG_INTERVAL = 60.0  # seconds between two logs of the same call site, after the first
+_MAX_CACHED = 10_000  # entries per cache before it is cleared (bounded memory)
+_MAX_LOGGED_SITES = 1_000  # call sites with their own log rate limit; the rest share one
+
+
+class MissingTimeoutError(JobTimeoutError):
+    """An outbound call refused by ``OTEL_JOBS_MISSING_TIMEOUT=raise``: it had no timeout.
+
+    Raised before anything is sent. ``library``, ``method``, ``host``, ``missing`` (the parts
+    without a timeout, e.g. ``("connect", "read")``) and ``call_site`` say which call.
+
+    >>> try:
+    ...     httpx.get(url, timeout=None)
+    ... except otel_jobs.MissingTimeoutError as exc:
+    ...     print(exc.call_site)
+    """
+
+    def __init__(
+        self, library: str, method: str, host: str, missing: tuple[str, ...], call_site: str
+    ) -> None:
+        self.library = library
+        self.method = method
+        self.host = host
+        self.missing = missing
+        self.call_site = call_site
+        super().__init__(
+            f"otel-jobs refused {method} {host} via {library}: no {'/'.join(missing)} timeout, "
+            f"from {call_site} (OTEL_JOBS_MISSING_TIMEOUT=raise); give the call or its client a timeout"
+        )
+
+
+# --- call site ---------------------------------------------------------------------------
+
+_is_library: dict[Any, bool] = {}  # code object -> whether its module is in LIBRARY_MODULES
+_sites: dict[tuple[Any, int], str] = {}  # (code object, line) -> "module:function:line"
+
+
+def _library_code(frame: FrameType) -> bool:
+    code = frame.f_code
+    known = _is_library.get(code)
+    if known is None:
+        module = frame.f_globals.get("__name__") or ""
+        known = module.partition(".")[0] in LIBRARY_MODULES
+        if len(_is_library) >= _MAX_CACHED:
+            _is_library.clear()
+        _is_library[code] = known
+    return known
+
+
+def call_site(frame: FrameType | None) -> str:
+    """``module:function:line`` of the first frame at or above ``frame`` outside the libraries.
+
+    >>> call_site(sys._getframe())   # in jobs/sync.py, function push, line 42
+    'jobs.sync:push:42'
+    """
+    while frame is not None:
+        if not _library_code(frame):
+            code = frame.f_code
+            key = (code, frame.f_lineno)
+            site = _sites.get(key)
+            if site is None:
+                module = frame.f_globals.get("__name__") or "?"
+                function = getattr(code, "co_qualname", code.co_name)
+                site = f"{module}:{function}:{frame.f_lineno}"
+                if len(_sites) >= _MAX_CACHED:
+                    _sites.clear()
+                _sites[key] = site
+            return site
+        frame = frame.f_back
+    return UNKNOWN_SITE
+
+
+# --- hosts -------------------------------------------------------------------------------
+
+
+def format_host(host: str | bytes | None, port: int | None = None) -> str:
+    """``host`` or ``host:port`` (IPv6 in brackets); ``unknown`` without a host."""
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
+    if not host:
+        return "unknown"
+    host = host.lower()
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}" if port is not None else host
+
+
+def host_of(url: object) -> str:
+    """The host (and port, if given) of a URL, without credentials, path or query string.
+
+    >>> host_of("https://user:secret@api.example.com:8443/v1/items?token=abc")
+    'api.example.com:8443'
+    """
+    try:
+        parts = urlsplit(str(url))
+        return format_host(parts.hostname, parts.port)
+    except ValueError:
+        return "unknown"
+
+
+# --- in-flight calls ---------------------------------------------------------------------
+
+
+class InFlightCall(OutboundCall):
+    """An entry of ``run.calls`` whose call site is looked up only when someone reads it.
+
+    A sync call keeps the frame that made it (alive anyway while the call runs) and walks up
+    from it on demand, so a call with a timeout costs no stack walk at all.
+    """
+
+    __slots__ = ("_frame", "_site")
+
+    def __init__(
+        self,
+        library: str,
+        method: str,
+        host: str,
+        missing: tuple[str, ...],
+        site: str | None,
+        frame: FrameType | None,
+    ) -> None:
+        self._frame = frame
+        self._site = site
+        super().__init__(library, method, host, missing, site or "")
+
+    @property
+    def call_site(self) -> str:
+        if self._site is None:
+            self._site = call_site(self._frame)
+            self._frame = None
+        return self._site
+
+    @call_site.setter
+    def call_site(self, value: str) -> None:
+        if value:
+            self._site = value
+
+
+# --- the checker -------------------------------------------------------------------------
+
+
+class _Reporter:
+    """Per-agent state of the reports: log rate limits and the run events already added."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.logged: dict[str, list[float]] = {}  # site -> [next log time, calls not logged]
+        self.run_events: weakref.WeakKeyDictionary[Run, set[tuple[str, str, str]]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def should_log(self, site: str, now: float) -> int | None:
+        """None: stay quiet; else the number of calls not logged since the last log."""
+        with self.lock:
+            if site not in self.logged and len(self.logged) >= _MAX_LOGGED_SITES:
+                site = "__overflow__"
+            state = self.logged.get(site)
+            if state is None:
+                self.logged[site] = [now + LOG_INTERVAL, 0]
+                return 0
+            if now < state[0]:
+                state[1] += 1
+                return None
+            skipped = int(state[1])
+            state[0], state[1] = now + LOG_INTERVAL, 0
+            return skipped
+
+    def first_event(self, run: Run, key: tuple[str, str, str]) -> bool:
+        with self.lock:
+            seen = self.run_events.get(run)
+            if seen is None:
+                seen = self.run_events[run] = set()
+            if key in seen:
+                return False
+            seen.add(key)
+            return True
+
+
+_reporters: weakref.WeakKeyDictionary[Any, _Reporter] = weakref.WeakKeyDictionary()
+_reporters_lock = threading.Lock()
+
+
+def _reporter_for(agent: Agent) -> _Reporter:
+    with _reporters_lock:
+        found = _reporters.get(agent)
+        if found is None:
+            found = _reporters[agent] = _Reporter()
+        return found
+
+
+class Checker:
+    """One library's view of the policy: report flagged calls, track calls in flight.
+
+    An adapter calls :meth:`begin` for a call that is flagged (``missing`` not empty) or made
+    inside a run, and :meth:`end` when the call returns or raises::
+
+        call = checker.begin(run, "GET", host, missing, sys._getframe())  # may raise
+        if missing and checker.enforce:
+            ...apply checker.default_timeout to the missing parts...
+        try:
+            return original(...)
+        finally:
+            checker.end(run, call)
+    """
+
+    def __init__(self, agent: Agent, library: str, hint: str) -> None:
+        self.agent = agent
+        self.library = library
+        self.hint = hint
+        settings = agent.settings
+        self.policy = settings.missing_timeout
+        self.enforce = self.policy == "enforce"
+        self.refuse = self.policy == "raise"
+        self.default_timeout = settings.default_timeout
+        self._reporter = _reporter_for(agent)
+
+    def begin(
+        self,
+        run: Run | None,
+        method: str,
+        host: str,
+        missing: tuple[str, ...],
+        frame: FrameType | None,
+        *,
+        lazy_site: bool = True,
+    ) -> InFlightCall | None:
+        """Report a flagged call (policy ``raise``: refuse it) and put it in ``run.calls``.
+
+        ``frame`` is the adapter's own frame (the call site is found above it). ``lazy_site``
+        must be False for a coroutine: a suspended coroutine's frame has no ``f_back``.
+        """
+        site: str | None = None
+        if missing:
+            site = call_site(frame)
+            with errors.guard(f"outbound.{self.library}"):
+                self._report(run, method, host, missing, site)
+            if self.refuse:
+                raise MissingTimeoutError(self.library, method, host, missing, site)
+        if run is None:
+            return None
+        if site is None and not lazy_site:
+            site = call_site(frame)
+        call = InFlightCall(self.library, method, host, missing, site, frame)
+        run.calls.append(call)
+        return call
+
+    def end(self, run: Run | None, call: InFlightCall | None) -> None:
+        """The call returned or raised: out of ``run.calls``, and a heartbeat of the run."""
+        if run is None or call is None:
+            return
+        run.last_beat = time.monotonic()
+        try:
+            run.calls.remove(call)
+        except ValueError:
+            pass
+
+    # --- the report ----------------------------------------------------------------------
+
+    def _report(
+        self, run: Run | None, method: str, host: str, missing: tuple[str, ...], site: str
+    ) -> None:
+        library = self.library
+        self.agent.telemetry.record_no_timeout(library, host, site)
+        policy = self.policy
+        span = trace.get_current_span()
+        if (
+            getattr(span, "kind", None) is SpanKind.CLIENT
+            and span.is_recording()
+            and (run is None or span is not run.span)
+        ):
+            span.set_attribute("otel_jobs.timeout.missing", missing)
+            span.set_attribute("otel_jobs.timeout.policy", policy)
+            span.set_attribute("otel_jobs.call_site", site)
+        if run is not None and run.span.is_recording():
+            if self._reporter.first_event(run, (library, host, site)):
+                run.span.add_event(
+                    "otel_jobs.outbound.no_timeout",
+                    {
+                        "otel_jobs.outbound.library": library,
+                        "otel_jobs.outbound.method": method,
+                        "otel_jobs.outbound.host": host,
+                        "otel_jobs.timeout.missing": missing,
+                        "otel_jobs.timeout.policy": policy,
+                        "otel_jobs.call_site": site,
+                    },
+                )
+        skipped = self._reporter.should_log(site, time.monotonic())
+        if skipped is None:
+            return
+        parts = "/".join(missing)
+        if policy == "enforce":
+            outcome = f"otel-jobs applied {self.default_timeout:g} s to the missing parts"
+        elif policy == "raise":
+            outcome = "otel-jobs refused it"
+        else:
+            outcome = "it can hang forever"
+        more = f" ({skipped} more such calls from there in the last minute)" if skipped else ""
+        logger.warning(
+            "otel-jobs: %s %s via %s has no %s timeout, from %s: %s%s. Fix: %s",
+            method, host, library, parts, site, outcome, more, self.hint,
+        )  # fmt: skip
+
+
+def fill(value: float | None, default: float) -> float:
+    """``value`` when the caller set it, else the enforced default."""
+    return default if value is None else value
+
+
+#: True while a sync HTTP call is being checked: a library that calls another one underneath
+#: (requests over urllib3, urllib3 retrying, urllib following a redirect) is checked once.
+nested: contextvars.ContextVar[bool] = contextvars.ContextVar("otel_jobs_outbound", default=False)

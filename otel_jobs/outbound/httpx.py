@@ -1,0 +1,197 @@
+"""httpx (``Client`` and ``AsyncClient``): calls whose timeout has a part set to None.
+
+httpx gives every request a timeout extension, ``{"connect", "read", "write", "pool"}``, built
+from the call's ``timeout=`` or the client's (default 5 s each). A call is flagged when a part
+is None: ``httpx.get(url, timeout=None)``, ``httpx.Client(timeout=httpx.Timeout(None))``,
+``httpx.Timeout(10, read=None)``...
+
+* ``enforce`` replaces only the None parts by ``OTEL_JOBS_DEFAULT_TIMEOUT``; an exceeded
+  enforced timeout raises httpx's own ``ConnectTimeout`` / ``ReadTimeout`` / ``PoolTimeout``.
+* ``raise`` refuses the call with :class:`otel_jobs.MissingTimeoutError` before a connection
+  is opened.
+
+Spans. HTTP client spans come from opentelemetry-instrumentation-httpx. If nothing
+instrumented httpx, otel-jobs does (``HTTPXClientInstrumentor().instrument()``, with the
+tracer provider in force), so each call has a CLIENT span carrying the ``otel_jobs.timeout.*``
+attributes. Your own instrumentation always wins and is never doubled: if you instrumented
+httpx first, otel-jobs leaves it alone; if you do it later (``instrument()``,
+``instrument_client()`` or an ``OpenTelemetryTransport``), otel-jobs removes its own first, so
+there is one span per call. ``uninstrument()`` removes only what otel-jobs added.
+
+The check itself runs in httpcore's connection pool, which every httpx transport request
+reaches from inside the instrumentation's span: it sees the very timeout extension the
+instrumentation's request hooks see, whoever instrumented first, and leaves your hooks alone.
+Caveat: a call is in its run's ``calls`` until the response headers arrive; reading a
+streamed body afterwards is not tracked.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..core import errors
+from ..core.patching import Patches
+from ..core.run import current_run
+from .base import Checker, InFlightCall, MissingTimeoutError, format_host
+
+if TYPE_CHECKING:
+    from ..core.agent import Agent
+
+LIBRARY = "httpx"
+HINT = (
+    "pass timeout= to the call or the client (httpx.Client(timeout=10)), with no part set to None"
+)
+_PARTS = ("connect", "read", "write", "pool")
+
+
+def _missing(request: Any) -> tuple[str, ...]:
+    timeout = request.extensions.get("timeout")
+    if not timeout:
+        return _PARTS  # no extension: httpcore waits forever
+    if None not in timeout.values():
+        return ()
+    return tuple(part for part in _PARTS if timeout.get(part) is None)
+
+
+def _describe(request: Any) -> tuple[str, str]:
+    url = request.url
+    method = request.method
+    return (
+        method.decode("ascii", "replace") if isinstance(method, bytes) else str(method),
+        format_host(url.host, url.port),
+    )
+
+
+def _enforce(request: Any, default: float) -> None:
+    timeout = dict(request.extensions.get("timeout") or {})
+    for part in _PARTS:
+        if timeout.get(part) is None:
+            timeout[part] = default
+    request.extensions["timeout"] = timeout
+
+
+class Adapter:
+    """Checks every httpx request in httpcore's pools; instruments httpx spans if nobody did."""
+
+    name = LIBRARY
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.checker = Checker(agent, LIBRARY, HINT)
+        self.patches = Patches()
+        self.owns_spans = False  # otel-jobs called HTTPXClientInstrumentor().instrument()
+
+    def install(self) -> None:
+        import httpcore
+
+        checker = self.checker
+
+        def wrap_sync(original: Callable[..., Any]) -> Callable[..., Any]:
+            def handle_request(pool: Any, request: Any) -> Any:
+                run = current_run()
+                try:
+                    missing = _missing(request)
+                    if not missing and run is None:
+                        return original(pool, request)
+                    method, host = _describe(request)
+                    call = checker.begin(run, method, host, missing, sys._getframe())
+                    if missing and checker.enforce:
+                        _enforce(request, checker.default_timeout)
+                except MissingTimeoutError:
+                    raise
+                except Exception as exc:
+                    errors.record("outbound.httpx", exc)
+                    return original(pool, request)
+                try:
+                    return original(pool, request)
+                finally:
+                    checker.end(run, call)
+
+            return handle_request
+
+        def wrap_async(original: Callable[..., Any]) -> Callable[..., Any]:
+            async def handle_async_request(pool: Any, request: Any) -> Any:
+                run = current_run()
+                call: InFlightCall | None
+                try:
+                    missing = _missing(request)
+                    if not missing and run is None:
+                        return await original(pool, request)
+                    method, host = _describe(request)
+                    call = checker.begin(
+                        run, method, host, missing, sys._getframe(), lazy_site=False
+                    )
+                    if missing and checker.enforce:
+                        _enforce(request, checker.default_timeout)
+                except MissingTimeoutError:
+                    raise
+                except Exception as exc:
+                    errors.record("outbound.httpx", exc)
+                    return await original(pool, request)
+                try:
+                    return await original(pool, request)
+                finally:
+                    checker.end(run, call)
+
+            return handle_async_request
+
+        self.patches.wrap(httpcore.ConnectionPool, "handle_request", wrap_sync)
+        self.patches.wrap(httpcore.AsyncConnectionPool, "handle_async_request", wrap_async)
+        with errors.guard("outbound.httpx"):
+            self._install_spans()
+
+    # --- spans: otel-jobs instruments httpx only while nobody else does -----------------
+
+    def _install_spans(self) -> None:
+        from opentelemetry import trace
+        from opentelemetry.instrumentation import httpx as contrib
+
+        instrumentor = contrib.HTTPXClientInstrumentor()
+        if isinstance(self.agent.tracer, trace.NoOpTracer):
+            return  # OTEL_SDK_DISABLED: no spans anyway
+        if not instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.instrument()
+            self.owns_spans = instrumentor.is_instrumented_by_opentelemetry
+
+        adapter = self
+
+        def hand_over(original: Callable[..., Any]) -> Callable[..., Any]:
+            # Whatever the user instruments replaces otel-jobs' own spans (never two per call).
+            def before_user_instrumentation(*args: Any, **kwargs: Any) -> Any:
+                adapter._release_spans()
+                return original(*args, **kwargs)
+
+            return before_user_instrumentation
+
+        def hand_over_classmethod(original: Any) -> Any:
+            function = original.__func__  # the bound classmethod's function
+
+            def before_user_instrumentation(cls: Any, *args: Any, **kwargs: Any) -> Any:
+                adapter._release_spans()
+                return function(cls, *args, **kwargs)
+
+            before_user_instrumentation.__otel_jobs_wrapped__ = True  # type: ignore[attr-defined]
+            return classmethod(before_user_instrumentation)
+
+        base = contrib._BaseHTTPXClientInstrumentor
+        self.patches.wrap(base, "instrument", hand_over)
+        self.patches.wrap(base, "instrument_client", hand_over_classmethod)
+        self.patches.wrap(contrib._SyncOpenTelemetryTransportBase, "__init__", hand_over)
+        self.patches.wrap(contrib._AsyncOpenTelemetryTransportBase, "__init__", hand_over)
+
+    def _release_spans(self) -> None:
+        if not self.owns_spans:
+            return
+        self.owns_spans = False
+        with errors.guard("outbound.httpx"):
+            from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+            instrumentor = HTTPXClientInstrumentor()
+            if instrumentor.is_instrumented_by_opentelemetry:
+                instrumentor.uninstrument()
+
+    def uninstall(self) -> None:
+        self.patches.undo()
+        self._release_spans()
