@@ -43,7 +43,10 @@ WORKER_APP = textwrap.dedent(
     otel_jobs.instrument(
         prometheus_port=int(os.environ["TEST_METRICS_PORT"]),
         watchdog_interval=0.2,
-        jobs={"hang": {"heartbeat_timeout": 1}},
+        jobs={
+            "hang": {"heartbeat_timeout": 1},
+            "stuck": {"heartbeat_timeout": 1, "on_stall": "cancel"},
+        },
     )
 
 
@@ -71,12 +74,17 @@ WORKER_APP = textwrap.dedent(
         await asyncio.sleep(300)
 
 
+    async def stuck(ctx):
+        await asyncio.Event().wait()  # nothing ever sets it: only a cancellation ends this
+
+
     async def stamp(ctx):
         return time.time(), ctx["score"]
 
 
     class WorkerSettings:
-        functions = [ok, fail, flaky, hang, func(slow, timeout=2), stamp]
+        functions = [ok, fail, flaky, hang, func(slow, timeout=2), stamp,
+                     func(stuck, max_tries=1)]
         redis_settings = RedisSettings(host="127.0.0.1", port=6379, database=%(db)d)
         queue_name = os.environ["TEST_QUEUE"]
         job_timeout = 45
@@ -261,6 +269,15 @@ def test_hung_run_gets_a_stalled_verdict_then_recovers(worker: ArqWorker, tmp_pa
         len(s.find("otel_jobs_stalest_heartbeat_timestamp_seconds", job_name="hang", queue=q)) == 1
     )
 
+    # The watchdog's diagnosis reads the job's coroutine stack from its task: the stuck line.
+    assert wait_for(
+        "the stall warning in the worker's log",
+        lambda: any(
+            "stalled" in line and "arq_test_app.py:" in line and "in hang" in line
+            for line in worker.log.read_text().splitlines()
+        ),
+    )
+
     flag.write_text("go")
     worker.result(job_id)
     s = wait_for(
@@ -287,6 +304,22 @@ def test_job_timeout_is_the_max_duration_and_ends_in_timeout(worker: ArqWorker) 
         >= 2
     )
     assert s.value("otel_jobs_runs_in_progress", job_name="slow", queue=q) == 0
+
+
+def test_watchdog_cancel_of_a_stuck_job_is_a_timeout(worker: ArqWorker) -> None:
+    """on_stall=cancel: the watchdog cancels the job's task; arq does not run it again here
+    (max_tries=1), so exactly one run, with outcome timeout."""
+    worker.enqueue("stuck")
+    q = worker.queue
+    wait_for("the cancelled run", lambda: worker.finished("stuck", "timeout") == 1)
+    s = worker.scrape()
+    assert s.value("otel_jobs_runs_started_total", job_name="stuck", queue=q) == 1
+    assert s.total("otel_jobs_runs_finished_total", job_name="stuck", queue=q) == 1
+    assert (
+        s.value("otel_jobs_stalls_detected_total", job_name="stuck", queue=q, reason="no_heartbeat")
+        == 1
+    )
+    assert s.value("otel_jobs_runs_in_progress", job_name="stuck", queue=q) == 0
 
 
 def test_queue_wait_of_a_deferred_job_is_measured_from_its_due_time(worker: ArqWorker) -> None:
