@@ -1,0 +1,248 @@
+"""The ``exit`` policy: a real worker process ends only after its telemetry left it.
+
+The worker is a real subprocess exporting over OTLP/HTTP to a real local receiver (an HTTP
+server decoding the OTLP protobuf requests). Its batch span processor and metric reader are
+set to export only every ten minutes, so whatever the receiver gets came from the flush the
+watchdog does before ending the process. A second test forks a child the way prefork pools do
+and reads the stall from the parent's ``/metrics`` after the child is gone.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+from otel_jobs.core.watchdog import EXIT_STATUS
+from tests.support import scrape
+
+DEADLINE = 90.0
+
+
+def _value(any_value: Any) -> Any:
+    kind = any_value.WhichOneof("value")
+    return getattr(any_value, kind) if kind else None
+
+
+class OtlpReceiver:
+    """A local OTLP/HTTP receiver keeping the spans and metric points it is sent."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, dict[str, Any]]] = []
+        self.points: list[tuple[str, dict[str, Any], float]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                if self.path == "/v1/traces":
+                    receiver._traces(body)
+                    reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                elif self.path == "/v1/metrics":
+                    receiver._metrics(body)
+                    reply = metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString()
+                else:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def _traces(self, body: bytes) -> None:
+        request = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
+        for resource in request.resource_spans:
+            for scope in resource.scope_spans:
+                for span in scope.spans:
+                    attrs = {a.key: _value(a.value) for a in span.attributes}
+                    self.spans.append((span.name, attrs))
+
+    def _metrics(self, body: bytes) -> None:
+        request = metrics_service_pb2.ExportMetricsServiceRequest.FromString(body)
+        for resource in request.resource_metrics:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    kind = metric.WhichOneof("data")
+                    if kind not in ("sum", "gauge"):
+                        continue
+                    for point in getattr(metric, kind).data_points:
+                        attrs = {a.key: _value(a.value) for a in point.attributes}
+                        number = (
+                            point.as_int
+                            if point.WhichOneof("value") == "as_int"
+                            else point.as_double
+                        )
+                        self.points.append((metric.name, attrs, float(number)))
+
+    def span(self, name: str) -> dict[str, Any]:
+        found = [attrs for span_name, attrs in self.spans if span_name == name]
+        assert len(found) == 1, f"expected one span {name!r}, received {[n for n, _ in self.spans]}"
+        return found[0]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    server = OtlpReceiver()
+    yield server
+    server.close()
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CI_"))}
+    env.update(extra)
+    return env
+
+
+WORKER = textwrap.dedent(
+    """
+    import threading, time
+    import otel_jobs
+
+    otel_jobs.instrument(prometheus=False, watchdog_interval=0.1)
+
+    @otel_jobs.job(name="exit.bystander", queue="exit")
+    def bystander():
+        threading.Event().wait()
+
+    @otel_jobs.job(name="exit.stuck", queue="exit", heartbeat_timeout=0.5, on_stall="exit")
+    def stuck():
+        while True:
+            time.sleep(0.05)  # never heartbeats
+
+    threading.Thread(target=bystander, daemon=True).start()
+    print("started", flush=True)
+    stuck()
+    print("not reached", flush=True)
+    """
+)
+
+
+def test_exit_ends_the_worker_after_its_telemetry_reached_the_receiver(
+    receiver: OtlpReceiver,
+) -> None:
+    env = _env(
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_SERVICE_NAME="exit-test-worker",
+        # Nothing is exported on a schedule during the test: only the watchdog's flush sends.
+        OTEL_BSP_SCHEDULE_DELAY="600000",
+        OTEL_METRIC_EXPORT_INTERVAL="600000",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", WORKER], env=env, capture_output=True, text=True, timeout=DEADLINE
+    )
+    assert proc.returncode == EXIT_STATUS, proc.stderr
+    assert "started" in proc.stdout and "not reached" not in proc.stdout
+    assert "ending worker process" in proc.stderr and "policy exit" in proc.stderr
+
+    stall = receiver.span("exit.stuck stalled")
+    assert stall["otel_jobs.stall.policy"] == "exit"
+    assert stall["otel_jobs.stall.reason"] == "no_heartbeat"
+    assert stall["code.function"] == "stuck"
+    stuck = receiver.span("exit.stuck")
+    assert stuck["job.outcome"] == "timeout"
+    assert receiver.span("exit.bystander")["job.outcome"] == "cancelled"
+
+    # Cumulative sums: the last point of each series is its value.
+    stalls = {
+        tuple(sorted(attrs.items())): value
+        for name, attrs, value in receiver.points
+        if name == "otel_jobs.stalls.detected"
+    }
+    assert stalls == {
+        (("job_name", "exit.stuck"), ("queue", "exit"), ("reason", "no_heartbeat")): 1.0
+    }
+    finished = {
+        (attrs["job_name"], attrs["outcome"]): value
+        for name, attrs, value in receiver.points
+        if name == "otel_jobs.runs.finished"
+    }
+    assert finished == {("exit.stuck", "timeout"): 1.0, ("exit.bystander", "cancelled"): 1.0}
+
+
+FORKING_WORKER = textwrap.dedent(
+    """
+    import os, sys, time
+    import otel_jobs
+
+    otel_jobs.instrument(prometheus_port=0, watchdog_interval=0.1)
+
+    @otel_jobs.job(name="exit.forked", queue="exit", heartbeat_timeout=0.5, on_stall="exit")
+    def stuck():
+        while True:
+            time.sleep(0.05)
+
+    print(otel_jobs.metrics_url(), flush=True)
+    pid = os.fork()
+    if pid == 0:  # the pool child runs the job
+        stuck()
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    print("child", os.waitstatus_to_exitcode(status), flush=True)
+    sys.stdin.read()  # keep serving /metrics until the test is done
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_exit_in_a_forked_child_leaves_its_metrics_to_the_parent() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FORKING_WORKER],
+        env=_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), proc.stderr.read() if proc.stderr else ""
+        assert proc.stdout.readline().split() == ["child", str(EXIT_STATUS)]
+        samples = scrape(url)
+        assert (
+            samples.value(
+                "otel_jobs_stalls_detected_total", job_name="exit.forked", reason="no_heartbeat"
+            )
+            == 1
+        )
+        assert (
+            samples.value(
+                "otel_jobs_runs_finished_total", job_name="exit.forked", outcome="timeout"
+            )
+            == 1
+        )
+        # The dead child's in-flight gauges went with it.
+        assert samples.total("otel_jobs_runs_in_progress", job_name="exit.forked") == 0
+        assert samples.total("otel_jobs_runs_stalled", job_name="exit.forked") == 0
+        proc.stdin.close()
+        assert proc.wait(timeout=DEADLINE) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
