@@ -66,6 +66,7 @@ class Adapter:
         def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
             async def _request(session: Any, method: str, str_or_url: Any, **kwargs: Any) -> Any:
                 run = current_run()
+                checked = False
                 call: InFlightCall | None
                 try:
                     raw = kwargs.get("timeout", sentinel)
@@ -76,27 +77,28 @@ class Adapter:
                     else:
                         timeout = ClientTimeout(total=raw)
                     missing = _missing(timeout)
-                    if not missing and run is None:
-                        return await original(session, method, str_or_url, **kwargs)
-                    url = str_or_url
-                    if session._base_url is not None and "://" not in str(url):
-                        url = session._base_url
-                    call = checker.begin(
-                        run, str(method).upper(), host_of(url), missing, sys._getframe(),
-                        lazy_site=False,
-                    )  # fmt: skip
-                    if missing and checker.enforce:
-                        default = checker.default_timeout
-                        changes = {}
-                        if "connect" in missing:
-                            changes["sock_connect"] = default
-                        if "read" in missing:
-                            changes["sock_read"] = default
-                        kwargs["timeout"] = attr.evolve(timeout, **changes)
+                    if missing or run is not None:
+                        url = str_or_url
+                        if session._base_url is not None and "://" not in str(url):
+                            url = session._base_url
+                        call = checker.begin(
+                            run, str(method).upper(), host_of(url), missing, sys._getframe(),
+                            lazy_site=False,
+                        )  # fmt: skip
+                        checked = True
+                        if missing and checker.enforce:
+                            default = checker.default_timeout
+                            changes = {}
+                            if "connect" in missing:
+                                changes["sock_connect"] = default
+                            if "read" in missing:
+                                changes["sock_read"] = default
+                            kwargs["timeout"] = attr.evolve(timeout, **changes)
                 except MissingTimeoutError:
                     raise
                 except Exception as exc:
                     errors.record("outbound.aiohttp", exc)
+                if not checked:
                     return await original(session, method, str_or_url, **kwargs)
                 try:
                     return await original(session, method, str_or_url, **kwargs)

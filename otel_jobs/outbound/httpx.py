@@ -91,18 +91,20 @@ class Adapter:
         def wrap_sync(original: Callable[..., Any]) -> Callable[..., Any]:
             def handle_request(pool: Any, request: Any) -> Any:
                 run = current_run()
+                checked = False
                 try:
                     missing = _missing(request)
-                    if not missing and run is None:
-                        return original(pool, request)
-                    method, host = _describe(request)
-                    call = checker.begin(run, method, host, missing, sys._getframe())
-                    if missing and checker.enforce:
-                        _enforce(request, checker.default_timeout)
+                    if missing or run is not None:
+                        method, host = _describe(request)
+                        call = checker.begin(run, method, host, missing, sys._getframe())
+                        checked = True
+                        if missing and checker.enforce:
+                            _enforce(request, checker.default_timeout)
                 except MissingTimeoutError:
                     raise
                 except Exception as exc:
                     errors.record("outbound.httpx", exc)
+                if not checked:
                     return original(pool, request)
                 try:
                     return original(pool, request)
@@ -114,21 +116,23 @@ class Adapter:
         def wrap_async(original: Callable[..., Any]) -> Callable[..., Any]:
             async def handle_async_request(pool: Any, request: Any) -> Any:
                 run = current_run()
+                checked = False
                 call: InFlightCall | None
                 try:
                     missing = _missing(request)
-                    if not missing and run is None:
-                        return await original(pool, request)
-                    method, host = _describe(request)
-                    call = checker.begin(
-                        run, method, host, missing, sys._getframe(), lazy_site=False
-                    )
-                    if missing and checker.enforce:
-                        _enforce(request, checker.default_timeout)
+                    if missing or run is not None:
+                        method, host = _describe(request)
+                        call = checker.begin(
+                            run, method, host, missing, sys._getframe(), lazy_site=False
+                        )
+                        checked = True
+                        if missing and checker.enforce:
+                            _enforce(request, checker.default_timeout)
                 except MissingTimeoutError:
                     raise
                 except Exception as exc:
                     errors.record("outbound.httpx", exc)
+                if not checked:
                     return await original(pool, request)
                 try:
                     return await original(pool, request)

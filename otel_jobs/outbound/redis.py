@@ -112,20 +112,22 @@ class Adapter:
         def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
             def command(client: Any, *args: Any, **kwargs: Any) -> Any:
                 run = current_run()
+                checked = False
                 try:
                     pool = client.connection_pool
                     missing = _missing(pool)
-                    if not missing and run is None:
-                        return original(client, *args, **kwargs)
-                    call = checker.begin(
-                        run, describe(client, args), _host(pool), missing, sys._getframe()
-                    )
-                    if missing and checker.enforce:
-                        _enforce(pool, missing, checker.default_timeout)
+                    if missing or run is not None:
+                        call = checker.begin(
+                            run, describe(client, args), _host(pool), missing, sys._getframe()
+                        )
+                        checked = True
+                        if missing and checker.enforce:
+                            _enforce(pool, missing, checker.default_timeout)
                 except MissingTimeoutError:
                     raise
                 except Exception as exc:
                     errors.record("outbound.redis", exc)
+                if not checked:
                     return original(client, *args, **kwargs)
                 try:
                     return original(client, *args, **kwargs)
@@ -142,22 +144,24 @@ class Adapter:
         def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
             async def command(client: Any, *args: Any, **kwargs: Any) -> Any:
                 run = current_run()
+                checked = False
                 call: InFlightCall | None
                 try:
                     pool = client.connection_pool
                     missing = _missing(pool)
-                    if not missing and run is None:
-                        return await original(client, *args, **kwargs)
-                    call = checker.begin(
-                        run, describe(client, args), _host(pool), missing, sys._getframe(),
-                        lazy_site=False,
-                    )  # fmt: skip
-                    if missing and checker.enforce:
-                        _enforce(pool, missing, checker.default_timeout)
+                    if missing or run is not None:
+                        call = checker.begin(
+                            run, describe(client, args), _host(pool), missing, sys._getframe(),
+                            lazy_site=False,
+                        )  # fmt: skip
+                        checked = True
+                        if missing and checker.enforce:
+                            _enforce(pool, missing, checker.default_timeout)
                 except MissingTimeoutError:
                     raise
                 except Exception as exc:
                     errors.record("outbound.redis", exc)
+                if not checked:
                     return await original(client, *args, **kwargs)
                 try:
                     return await original(client, *args, **kwargs)

@@ -54,6 +54,7 @@ class Adapter:
                 if nested.get():
                     return original(adapter, request, *args, **kwargs)
                 run = current_run()
+                checked = False
                 token = nested.set(True)
                 try:
                     try:
@@ -69,27 +70,28 @@ class Adapter:
                             else:
                                 timeout = Timeout(connect=raw, read=raw)
                             missing = timeout_missing(timeout)
-                        if not missing and run is None:
-                            return original(adapter, request, *args, **kwargs)
-                        host = host_of(request.url)
-                        call = checker.begin(
-                            run, str(request.method), host, missing, sys._getframe()
-                        )
-                        if missing and checker.enforce:
-                            default = checker.default_timeout
-                            new = (
-                                (default, default)
-                                if timeout is None
-                                else enforced(timeout, default)
+                        if missing or run is not None:
+                            host = host_of(request.url)
+                            call = checker.begin(
+                                run, str(request.method), host, missing, sys._getframe()
                             )
-                            if len(args) >= 2:
-                                args = (args[0], new, *args[2:])
-                            else:
-                                kwargs["timeout"] = new
+                            checked = True
+                            if missing and checker.enforce:
+                                default = checker.default_timeout
+                                new = (
+                                    (default, default)
+                                    if timeout is None
+                                    else enforced(timeout, default)
+                                )
+                                if len(args) >= 2:
+                                    args = (args[0], new, *args[2:])
+                                else:
+                                    kwargs["timeout"] = new
                     except MissingTimeoutError:
                         raise
                     except Exception as exc:
                         errors.record("outbound.requests", exc)
+                    if not checked:
                         return original(adapter, request, *args, **kwargs)
                     try:
                         return original(adapter, request, *args, **kwargs)

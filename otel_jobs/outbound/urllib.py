@@ -35,6 +35,14 @@ _LOCAL_SCHEMES = ("file", "data")
 _MISSING = ("connect", "read")
 
 
+def _describe(fullurl: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str]:
+    """The URL and method of ``open(fullurl, data=None, ...)``."""
+    if isinstance(fullurl, str):
+        data = args[0] if args else kwargs.get("data")
+        return fullurl, "GET" if data is None else "POST"
+    return fullurl.full_url, fullurl.get_method()
+
+
 class Adapter:
     """Checks ``OpenerDirector.open`` (see the module docstring)."""
 
@@ -55,6 +63,7 @@ class Adapter:
                 if nested.get():
                     return original(opener, fullurl, *args, **kwargs)
                 run = current_run()
+                checked = False
                 token = nested.set(True)
                 try:
                     try:
@@ -64,29 +73,23 @@ class Adapter:
                         if timeout is default_sentinel:
                             timeout = socket.getdefaulttimeout()
                         missing = _MISSING if timeout is None else ()
-                        if not missing and run is None:
-                            return original(opener, fullurl, *args, **kwargs)
-                        if isinstance(fullurl, str):
-                            url, method = (
-                                fullurl,
-                                "POST"
-                                if (args and args[0] is not None) or kwargs.get("data") is not None
-                                else "GET",
-                            )
-                        else:
-                            url, method = fullurl.full_url, fullurl.get_method()
-                        if url.partition(":")[0].lower() in _LOCAL_SCHEMES:
-                            return original(opener, fullurl, *args, **kwargs)
-                        call = checker.begin(run, method, host_of(url), missing, sys._getframe())
-                        if missing and checker.enforce:
-                            if len(args) >= 2:
-                                args = (args[0], checker.default_timeout, *args[2:])
-                            else:
-                                kwargs["timeout"] = checker.default_timeout
+                        if missing or run is not None:
+                            url, method = _describe(fullurl, args, kwargs)
+                            if url.partition(":")[0].lower() not in _LOCAL_SCHEMES:
+                                call = checker.begin(
+                                    run, method, host_of(url), missing, sys._getframe()
+                                )
+                                checked = True
+                            if checked and missing and checker.enforce:
+                                if len(args) >= 2:
+                                    args = (args[0], checker.default_timeout, *args[2:])
+                                else:
+                                    kwargs["timeout"] = checker.default_timeout
                     except MissingTimeoutError:
                         raise
                     except Exception as exc:
                         errors.record("outbound.urllib", exc)
+                    if not checked:
                         return original(opener, fullurl, *args, **kwargs)
                     try:
                         return original(opener, fullurl, *args, **kwargs)

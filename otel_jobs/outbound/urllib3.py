@@ -77,6 +77,7 @@ class Adapter:
                 if nested.get():
                     return original(pool, method, url, *args, **kwargs)
                 run = current_run()
+                checked = False
                 token = nested.set(True)
                 try:
                     try:
@@ -93,20 +94,21 @@ class Adapter:
                         else:
                             timeout = Timeout.from_float(raw)
                         missing = timeout_missing(timeout)
-                        if not missing and run is None:
-                            return original(pool, method, url, *args, **kwargs)
-                        host = format_host(pool.host, pool.port)
-                        call = checker.begin(run, str(method), host, missing, sys._getframe())
-                        if missing and checker.enforce:
-                            new = enforced(timeout, checker.default_timeout)
-                            if len(args) >= 6:
-                                args = (*args[:5], new, *args[6:])
-                            else:
-                                kwargs["timeout"] = new
+                        if missing or run is not None:
+                            host = format_host(pool.host, pool.port)
+                            call = checker.begin(run, str(method), host, missing, sys._getframe())
+                            checked = True
+                            if missing and checker.enforce:
+                                new = enforced(timeout, checker.default_timeout)
+                                if len(args) >= 6:
+                                    args = (*args[:5], new, *args[6:])
+                                else:
+                                    kwargs["timeout"] = new
                     except MissingTimeoutError:
                         raise
                     except Exception as exc:
                         errors.record("outbound.urllib3", exc)
+                    if not checked:
                         return original(pool, method, url, *args, **kwargs)
                     try:
                         return original(pool, method, url, *args, **kwargs)
