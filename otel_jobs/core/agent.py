@@ -175,6 +175,7 @@ class Agent:
         parent: otel_context.Context | None = None,
         links: Sequence[Link] | None = None,
         attributes: dict[str, Any] | None = None,
+        span: trace.Span | None = None,
     ) -> Run:
         """Start a run: span, counters and an entry in the in-flight table.
 
@@ -182,6 +183,9 @@ class Agent:
         (``max_duration=``/``heartbeat_timeout=``), the framework's native limit
         (``native_max_duration=``), the global settings. ``enqueued_at`` is the Unix time the
         job became due (publish time, or its ETA); the queue wait is measured from it.
+        ``span``: adopt the span another instrumentation already opened for this run (one span
+        per run, not two): the ``job.*`` attributes and the outcome are set on it, and its owner
+        keeps making it current, setting its status and ending it.
         """
         settings = self.settings
         queue = queue or "default"
@@ -208,9 +212,14 @@ class Agent:
         if attributes:
             attrs.update(attributes)
         with errors.guard("run.start"):
-            run.span = self.tracer.start_span(
-                name, context=parent, kind=SpanKind.CONSUMER, attributes=attrs, links=links
-            )
+            if span is not None:
+                run.span, run.owns_span = span, False
+                if span.is_recording():
+                    span.set_attributes(attrs)
+            else:
+                run.span = self.tracer.start_span(
+                    name, context=parent, kind=SpanKind.CONSUMER, attributes=attrs, links=links
+                )
         with self._lock:
             self._runs[run.key] = run
         with errors.guard("run.start"):
@@ -221,7 +230,9 @@ class Agent:
                     series.record_queue_wait(wait)
         return run
 
-    def finish_run(self, run: Run, outcome: str, exc: BaseException | None) -> None:
+    def finish_run(
+        self, run: Run, outcome: str, exc: BaseException | None, expected: bool = False
+    ) -> None:
         """Called once by :meth:`Run.finish`."""
         seconds = time.monotonic() - run.start_mono
         with self._lock:
@@ -232,12 +243,17 @@ class Agent:
             span.set_attribute("job.outcome", outcome)
             if run.progress is not None:
                 span.set_attribute("job.progress", run.progress)
-            if exc is not None and outcome in _FAILED:
+            if not run.owns_span:
+                pass  # status and exception are the owner's to set
+            elif exc is not None and expected:
+                span.record_exception(exc, attributes={"job.expected_exception": True})
+            elif exc is not None and outcome in _FAILED:
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
             elif outcome in _FAILED:
                 span.set_status(Status(StatusCode.ERROR, outcome))
-        span.end()
+        if run.owns_span:
+            span.end()
         if self.share.in_child:
             self.share.flush(self.telemetry.registry)
 
@@ -252,13 +268,15 @@ class Agent:
         started_at: float | None = None,
         outcome: str = "failure",
         exc: BaseException | None = None,
+        parent: otel_context.Context | None = None,
     ) -> None:
         """Record the end of a run whose process died before finishing it (killed, OOM).
 
         Called by the process that saw it die (RQ's worker for its work horse, a pool for its
         child). Counts the outcome and the duration (from ``started_at``, Unix time) and emits
         the run's span, but no start: the dead process counted that, and its last snapshot
-        keeps it on ``/metrics``, while its in-flight gauges vanished with it.
+        keeps it on ``/metrics``, while its in-flight gauges vanished with it. ``parent``: the
+        trace context the run was published with, so that its span stays in that trace.
         """
         now = time.time()
         seconds = max(0.0, now - started_at) if started_at is not None else 0.0
@@ -275,7 +293,7 @@ class Agent:
             attrs["job.id"] = job_id
         start_ns = int((started_at if started_at is not None else now) * 1e9)
         span = self.tracer.start_span(
-            name, kind=SpanKind.CONSUMER, attributes=attrs, start_time=start_ns
+            name, context=parent, kind=SpanKind.CONSUMER, attributes=attrs, start_time=start_ns
         )
         if span.is_recording() and outcome in _FAILED:
             if exc is not None:

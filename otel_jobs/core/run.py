@@ -94,6 +94,7 @@ class Run:
         "diagnosis",
         "cancelled_by_watchdog",
         "finished",
+        "owns_span",
         "pid",
         "_agent",
         "_tokens",
@@ -139,6 +140,9 @@ class Run:
         self.diagnosis: Any = None  # set by the watchdog with its verdict
         self.cancelled_by_watchdog = False
         self.finished = False
+        # False when the span belongs to another instrumentation (adopted by start_run(span=...)):
+        # its owner makes it current, sets its status and ends it.
+        self.owns_span = True
         self.pid = os.getpid()
         self._agent = agent
         self._tokens: list[Any] = []
@@ -154,17 +158,22 @@ class Run:
             self.loop = self.task.get_loop() if self.task is not None else None
         except RuntimeError:
             self.task = None
-        self._tokens.append(_current.set(self))
-        self._tokens.append(otel_context.attach(trace.set_span_in_context(self.span)))
+        run_token = _current.set(self)
+        # An adopted span is made current by its owner; attaching it here too would interleave
+        # two owners' context tokens, which must be detached in reverse order.
+        ctx_token = (
+            otel_context.attach(trace.set_span_in_context(self.span)) if self.owns_span else None
+        )
+        self._tokens.append((run_token, ctx_token))
 
     def deactivate(self) -> None:
         """Undo :meth:`activate` (in the same thread or task)."""
-        if len(self._tokens) < 2:
+        if not self._tokens:
             return
-        ctx_token = self._tokens.pop()
-        run_token = self._tokens.pop()
+        run_token, ctx_token = self._tokens.pop()
         try:
-            otel_context.detach(ctx_token)
+            if ctx_token is not None:
+                otel_context.detach(ctx_token)
             _current.reset(run_token)
         except Exception:
             _current.set(None)
@@ -209,9 +218,13 @@ class Run:
 
     # --- the end -----------------------------------------------------------------------
 
-    def finish(self, outcome: str = "success", exc: BaseException | None = None) -> None:
+    def finish(
+        self, outcome: str = "success", exc: BaseException | None = None, *, expected: bool = False
+    ) -> None:
         """Record the run's outcome, end its span, and remove it from the in-flight table.
 
+        ``expected=True``: ``exc`` is an exception the job declares as expected (Celery's
+        ``throws``): it is recorded on the span, whose status is not set to ERROR.
         Calling it again, or in a forked child on a run inherited from the parent, does nothing.
         """
         if self.finished or self.pid != os.getpid():
@@ -220,7 +233,7 @@ class Run:
         if self.cancelled_by_watchdog and outcome in ("failure", "cancelled"):
             outcome = "timeout"
         with errors.guard("run.finish"):
-            self._agent.finish_run(self, outcome, exc)
+            self._agent.finish_run(self, outcome, exc, expected)
 
     def __repr__(self) -> str:
         return f"<Run {self.name} id={self.job_id} queue={self.queue}>"

@@ -1,0 +1,731 @@
+"""Celery: every task execution a run, from the worker's signals, prefork children included.
+
+Where to call ``instrument()``
+------------------------------
+
+In the worker's *main* process, before the prefork pool forks its children:
+
+* in the module that defines the Celery app (``proj/celery.py``, the module ``celery -A proj
+  worker`` imports), after or before ``app = Celery(...)``; or
+* in a ``celery.signals.worker_init`` handler, if the app module is also imported by processes
+  that should not be instrumented.
+
+The main process then serves ``/metrics`` (``127.0.0.1:9464`` by default) for itself and every
+pool child, each child runs its own watchdog, and a child killed by the hard time limit or lost
+(``WorkerLostError``) is recorded by the main process. Processes that only publish tasks (a web
+app importing the app module) are instrumented too: that is what stamps each message with its
+publish time and trace context; give them ``prometheus=False`` (or
+``OTEL_JOBS_PROMETHEUS_ENABLED=false``) if they should not serve ``/metrics``.
+
+**Called in the wrong place.** In a ``worker_process_init`` handler (or in a tasks module only a
+child imports) every pool child instruments itself: the first child binds the metrics port and
+the others log that they cannot, so Prometheus sees one child out of N, and since the main
+process is not instrumented nobody records a child that the hard time limit kills. otel-jobs logs
+a WARNING when ``instrument()`` runs inside a pool child. (``worker_process_init`` *is* the place
+for ``opentelemetry-instrumentation-celery``'s ``CeleryInstrumentor().instrument()``.) Called only
+in the publishing process, no run is recorded: runs are recorded where tasks execute.
+
+How Celery maps onto otel-jobs
+------------------------------
+
+One run per execution of a task (a retry is a new run, ``job.attempt`` = retries + 1), named
+after the task (``task.name``), labelled with the queue it was delivered from (the message's
+routing key, which is the queue name unless you route with distinct keys):
+
+=========================================  =================================================
+Celery                                     otel-jobs
+=========================================  =================================================
+``before_task_publish`` (publisher)        stamps the message with its publish time
+                                           (header ``otel_jobs_published_at``) and the
+                                           current trace context (W3C ``traceparent``)
+``task_prerun`` (where the task runs)      ``agent.start_run(...)``, ``run.activate()``
+``task_success``                           outcome ``success``
+``task_failure``                           ``failure``; ``timeout`` for
+                                           ``SoftTimeLimitExceeded`` / ``TimeLimitExceeded``
+exception listed in the task's ``throws``  ``failure`` (Celery's state is FAILURE too), but
+                                           the span records it without ERROR status: an
+                                           expected exception is not an error
+``task_retry`` (``self.retry()``,          ``retry`` (control flow, not a failure)
+``autoretry_for``)
+``Reject(requeue=True)``                   ``retry`` (the message goes back to the queue)
+``Reject(requeue=False)``, ``Ignore``      ``cancelled`` (the task gave up its message: not a
+                                           failure, not a success)
+``task_internal_error``                    ``failure`` (Celery itself failed around the task)
+``task_postrun``                           ``run.deactivate()`` (and the outcome from the
+                                           final state if no signal above gave one)
+hard time limit, ``WorkerLostError``       recorded by the main process (``task_failure``
+(prefork child killed or died)             there): ``timeout`` / ``failure``, exactly once;
+                                           the child counted the start and its in-flight
+                                           gauges vanish with it
+``task_revoked``                           a running task terminated by ``revoke(...,
+                                           terminate=True)``: ``cancelled``; a task revoked
+                                           or expired before it started:
+                                           ``otel_jobs_runs_skipped_total{reason="revoked"
+                                           | "expired"}``
+``task_unknown``, ``task_rejected``        ``otel_jobs_runs_skipped_total{reason=
+                                           "unknown_task" | "rejected"}``
+=========================================  =================================================
+
+**Time limits.** The smallest of the task's ``soft_time_limit`` / ``time_limit`` (per call, per
+task, or ``task_soft_time_limit`` / ``task_time_limit``) becomes the run's max duration, unless
+``instrument(jobs={...})`` sets one. Note that Celery enforces time limits only in the prefork
+pool; the watchdog flags an overrun run in every pool.
+
+**Queue wait.** ``otel_jobs_queue_wait_seconds`` measures from the publish time to the start of
+the run, or from the due time for a task published with ``countdown``/``eta`` (a retry with a
+countdown included): a delayed task is not counted as waiting before it was due. Messages
+published by a process without otel-jobs carry no publish time and record no queue wait. Clocks
+of publisher and worker are compared, so keep them in sync (NTP); a negative wait is dropped.
+
+**Trace context.** The run's span is a *child* of the span that was current when the task was
+published (same trace: a web request and the task it queued appear together); a retry's run is a
+child of the attempt that called ``retry()``. A task published with no trace context (beat,
+a process without tracing) starts a new trace. The context travels in the message headers with
+the globally configured propagator, so it also flows from publishers that use
+``opentelemetry-instrumentation-celery`` alone.
+
+**With opentelemetry-instrumentation-celery.** When ``CeleryInstrumentor`` is also enabled (in any
+order, including the recommended ``worker_process_init``), a run still has one span: otel-jobs
+adopts that instrumentation's ``run/<task>`` span instead of opening its own, adds its ``job.*``
+attributes and outcome to it, and leaves making it current, its status and its end to its owner
+(so the status of a run that raised an exception listed in ``throws`` is that instrumentation's
+choice). A run recorded by the main process for a child it lost has a span of its own, since the
+child's span never ended; the exception: a child stopped by the hard time limit gets a SIGTERM
+first, which lets that instrumentation end its span without an outcome, so such a run may show
+that span next to the main process's one.
+
+**Prefork.** The main process serves ``/metrics``; each child flushes its counts when a run
+starts and ends and at every watchdog tick (see the README section *Forking workers*).
+
+Configuration audit
+-------------------
+
+When the worker starts (``worker_init``), and with ``otel-jobs doctor --celery-app module:app``
+(:func:`audit`), the app's configuration and registered tasks are checked; each finding is logged
+once as a WARNING and set as ``otel_jobs_config_finding{framework="celery", finding}``:
+
+* ``no_time_limit``: tasks that can run forever (no ``time_limit`` / ``soft_time_limit``, no
+  ``task_time_limit`` / ``task_soft_time_limit``);
+* ``time_limit_exceeds_visibility_timeout``: on Redis or SQS, a task allowed to run longer than
+  the broker's ``visibility_timeout`` (default one hour): its unacknowledged message is delivered
+  again and the task runs twice;
+* ``late_ack_without_time_limit``: ``acks_late`` tasks with no time limit: a hung run holds its
+  message forever (and on Redis it is redelivered to a second worker after the visibility
+  timeout);
+* ``no_retry_or_dead_letter``: tasks with no retry (``autoretry_for``, ``self.retry()``) and no
+  dead-letter queue (``x-dead-letter-exchange``): a failed or lost run is simply gone;
+* ``single_queue``: every task goes to one queue, so a slow or stuck task blocks all the others.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import os
+import sys
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import propagate, trace
+
+from ..core import errors
+from .base import Finding, report_findings
+from .base import Integration as _BaseIntegration
+
+if TYPE_CHECKING:
+    from ..core.run import Run
+
+logger = logging.getLogger("otel_jobs")
+
+FRAMEWORK = "celery"
+PUBLISHED_HEADER = "otel_jobs_published_at"
+
+_LOST_MEMORY = 4096  # task ids already recorded as lost, so a second signal for one is ignored
+
+
+# --- reading a task's request ---------------------------------------------------------------
+
+
+def _queue_of(delivery_info: Any) -> str | None:
+    if isinstance(delivery_info, dict):
+        return delivery_info.get("routing_key") or delivery_info.get("queue") or None
+    return None
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 and not math.isinf(number) else None
+
+
+def _unix_time(eta: Any) -> float | None:
+    if eta is None:
+        return None
+    if isinstance(eta, (int, float)):
+        return float(eta)
+    if isinstance(eta, str):
+        try:
+            eta = _dt.datetime.fromisoformat(eta)
+        except ValueError:
+            return None
+    if isinstance(eta, _dt.datetime):
+        if eta.tzinfo is None:  # Celery sends aware ETAs; a naive one is taken as UTC
+            eta = eta.replace(tzinfo=_dt.timezone.utc)
+        return eta.timestamp()
+    return None
+
+
+def _due_time(request: Any) -> float | None:
+    """When the message became due: its ETA if later than its publish time, else the publish time."""
+    published = _number(getattr(request, PUBLISHED_HEADER, None))
+    if published is None:
+        return None
+    eta = _unix_time(getattr(request, "eta", None))
+    return max(published, eta) if eta is not None else published
+
+
+def _limits(task: Any, timelimit: Any) -> list[float]:
+    """The hard and soft time limits in force for one execution (per call, task, app)."""
+    hard, soft = (
+        (timelimit or (None, None)) if isinstance(timelimit, (list, tuple)) else (None, None)
+    )
+    conf = task.app.conf
+    candidates = (
+        hard or getattr(task, "time_limit", None) or conf.get("task_time_limit"),
+        soft or getattr(task, "soft_time_limit", None) or conf.get("task_soft_time_limit"),
+    )
+    return [n for n in (_number(c) for c in candidates) if n is not None]
+
+
+class _RequestGetter:
+    """Reads propagation headers from a task's request (headers become request attributes)."""
+
+    def get(self, carrier: Any, key: str) -> list[str] | None:
+        value = getattr(carrier, key, None)
+        return [value] if isinstance(value, str) else None
+
+    def keys(self, carrier: Any) -> list[str]:
+        return []
+
+
+_getter = _RequestGetter()
+
+
+# --- opentelemetry-instrumentation-celery, when it is enabled ---------------------------------
+
+
+def _contrib_active() -> bool:
+    module = sys.modules.get("opentelemetry.instrumentation.celery")
+    instance = getattr(getattr(module, "CeleryInstrumentor", None), "_instance", None)
+    return bool(getattr(instance, "is_instrumented_by_opentelemetry", False))
+
+
+def _contrib_span(task: Any, task_id: str) -> trace.Span | None:
+    try:
+        from opentelemetry.instrumentation.celery import utils
+    except ImportError:
+        return None
+    found = utils.retrieve_context(task, task_id)
+    return found[0] if found else None
+
+
+# --- the adapter ------------------------------------------------------------------------------
+
+
+class Integration(_BaseIntegration):
+    """Celery's signals mapped onto runs (see the module docstring)."""
+
+    name = FRAMEWORK
+
+    def __init__(self, agent: Any) -> None:
+        super().__init__(agent)
+        self._runs: dict[str, Run] = {}
+        self._adopt_later: set[str] = set()
+        self._requests: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+        self._lost: OrderedDict[str, None] = OrderedDict()
+        self._connected: list[tuple[Any, Any]] = []
+
+    # --- install / uninstall -------------------------------------------------------------
+
+    def install(self) -> None:
+        from celery import signals
+
+        for signal, receiver in (
+            (signals.before_task_publish, self._on_publish),
+            (signals.task_prerun, self._on_prerun),
+            (signals.task_success, self._on_success),
+            (signals.task_failure, self._on_failure),
+            (signals.task_retry, self._on_retry),
+            (signals.task_internal_error, self._on_internal_error),
+            (signals.task_postrun, self._on_postrun),
+            (signals.task_received, self._on_received),
+            (signals.task_revoked, self._on_revoked),
+            (signals.task_unknown, self._on_unknown),
+            (signals.task_rejected, self._on_rejected),
+            (signals.worker_init, self._on_worker_init),
+        ):
+            # Strong references: bound methods would otherwise be dropped by the weak default.
+            signal.connect(receiver, weak=False)
+            self._connected.append((signal, receiver))
+        prefork = sys.modules.get("celery.concurrency.prefork")
+        if (
+            getattr(prefork, "_process_hostname", None) is not None
+            and not self.agent.share.in_child
+        ):
+            # instrument() ran inside a pool child (worker_process_init, or a module only
+            # the children import): this process is its own owner.
+            logger.warning(
+                "otel-jobs: instrument() was called inside a Celery pool child process (pid %s). "
+                "Each child then serves /metrics on its own (only one can bind the port) and no "
+                "process records children killed by the hard time limit. Call it in the app module "
+                "or a worker_init handler, so the worker's main process serves all its children.",
+                os.getpid(),
+            )
+            with errors.guard("integration.celery.audit"):
+                from celery import current_app
+
+                report_findings(self.agent, audit(current_app))
+
+    def uninstall(self) -> None:
+        while self._connected:
+            signal, receiver = self._connected.pop()
+            signal.disconnect(receiver)
+        self._runs.clear()
+        self._adopt_later.clear()
+
+    # --- publisher side ------------------------------------------------------------------
+
+    @errors.guarded("integration.celery")
+    def _on_publish(self, headers: dict[str, Any] | None = None, **_: Any) -> None:
+        if headers is None:
+            return
+        headers[PUBLISHED_HEADER] = time.time()
+        propagate.inject(headers)
+
+    # --- where the task runs -------------------------------------------------------------
+
+    @errors.guarded("integration.celery")
+    def _on_prerun(self, task_id: str | None = None, task: Any = None, **_: Any) -> None:
+        if task_id is None or task is None:
+            return
+        agent = self.agent
+        request = task.request
+        limits = _limits(task, getattr(request, "timelimit", None))
+        span: trace.Span | None = None
+        if _contrib_active():
+            # One span per run: adopt the contrib instrumentation's span. If its receiver runs
+            # after ours (connected later, e.g. in worker_process_init), adopt it at the end.
+            span = _contrib_span(task, task_id)
+            if span is None:
+                span = trace.INVALID_SPAN
+                self._adopt_later.add(task_id)
+        parent = None
+        if span is None and getattr(request, "traceparent", None):
+            parent = propagate.extract(request, getter=_getter)  # type: ignore[arg-type]
+        run = agent.start_run(
+            task.name,
+            queue=_queue_of(getattr(request, "delivery_info", None)),
+            job_id=task_id,
+            attempt=(getattr(request, "retries", 0) or 0) + 1,
+            framework=FRAMEWORK,
+            native_max_duration=min(limits) if limits else None,
+            enqueued_at=_due_time(request),
+            parent=parent,
+            span=span,
+        )
+        run.activate()
+        self._runs[task_id] = run
+        if agent.share.in_child:
+            # A child killed mid-run (hard time limit, OOM) still has this start on /metrics,
+            # matching the outcome its main process records for it.
+            agent.share.flush(agent.telemetry.registry)
+
+    def _finish(
+        self,
+        task_id: str | None,
+        task: Any,
+        outcome: str,
+        exc: BaseException | None = None,
+        *,
+        expected: bool = False,
+    ) -> None:
+        run = self._runs.get(task_id) if task_id is not None else None
+        if run is None or run.finished:
+            return
+        if task_id in self._adopt_later:
+            self._adopt_later.discard(task_id)
+            span = _contrib_span(task, task_id) if task is not None else None
+            if span is not None:
+                run.span = span
+                if span.is_recording():
+                    span.set_attributes(
+                        {
+                            "job.name": run.name,
+                            "job.queue": run.queue,
+                            "job.attempt": run.attempt,
+                            "job.framework": FRAMEWORK,
+                            "job.id": task_id,
+                        }
+                    )
+        run.finish(outcome, exc, expected=expected)
+
+    @errors.guarded("integration.celery")
+    def _on_success(self, sender: Any = None, **_: Any) -> None:
+        request = getattr(sender, "request", None)
+        self._finish(getattr(request, "id", None), sender, "success")
+
+    @errors.guarded("integration.celery")
+    def _on_failure(
+        self,
+        sender: Any = None,
+        task_id: str | None = None,
+        exception: BaseException | None = None,
+        **_: Any,
+    ) -> None:
+        if task_id is None:
+            return
+        if task_id not in self._runs:
+            self._maybe_lost(sender, task_id, exception)
+            return
+        outcome = _outcome_of(exception)
+        throws = getattr(sender, "throws", ()) or ()
+        expected = bool(throws) and isinstance(exception, tuple(throws))
+        self._finish(task_id, sender, outcome, exception, expected=expected)
+
+    @errors.guarded("integration.celery")
+    def _on_retry(
+        self, sender: Any = None, request: Any = None, reason: Any = None, **_: Any
+    ) -> None:
+        task_id = getattr(request, "id", None)
+        run = self._runs.get(task_id) if task_id is not None else None
+        if run is not None and reason is not None and run.span.is_recording():
+            run.span.set_attribute("job.retry_reason", str(reason)[:500])
+        self._finish(task_id, sender, "retry")
+
+    @errors.guarded("integration.celery")
+    def _on_internal_error(
+        self, sender: Any = None, task_id: str | None = None, exception: Any = None, **_: Any
+    ) -> None:
+        self._finish(
+            task_id, sender, "failure", exception if isinstance(exception, BaseException) else None
+        )
+
+    @errors.guarded("integration.celery")
+    def _on_postrun(
+        self,
+        task_id: str | None = None,
+        task: Any = None,
+        retval: Any = None,
+        state: str | None = None,
+        **_: Any,
+    ) -> None:
+        if task_id is None:
+            return
+        run = self._runs.get(task_id)
+        if run is None:
+            return
+        try:
+            if not run.finished and state is None and self.agent.share.in_child:
+                # A BaseException escaped the task in a pool child: SIGTERM from the main
+                # process after a hard time limit or revoke(terminate=True), or an exit. The
+                # main process records this run's end (timeout, cancelled, or WorkerLostError);
+                # recording it here too would count it twice. The child is exiting.
+                return
+            if not run.finished:
+                # No success/failure/retry signal: Ignore, Reject, an escaping BaseException.
+                from celery.exceptions import Reject
+
+                escaped = sys.exc_info()[1]  # postrun is sent from a `finally`
+                exc = retval if isinstance(retval, BaseException) else escaped
+                if isinstance(retval, Reject) and retval.requeue:
+                    outcome = "retry"
+                elif state in ("IGNORED", "REJECTED"):
+                    outcome = "cancelled"
+                elif state == "SUCCESS":
+                    outcome = "success"
+                elif state == "RETRY":
+                    outcome = "retry"
+                else:
+                    outcome = _outcome_of(exc)
+                    if outcome == "success":
+                        outcome = "failure"  # ended in no known state, without an exception
+                self._finish(task_id, task, outcome, exc)
+        finally:
+            self._runs.pop(task_id, None)
+            self._adopt_later.discard(task_id)
+            run.deactivate()
+
+    # --- the worker's main process: children that never report -----------------------------
+
+    @errors.guarded("integration.celery")
+    def _on_received(self, request: Any = None, **_: Any) -> None:
+        # Kept weakly: the worker holds each request while it is reserved or running.
+        task_id = getattr(request, "id", None)
+        if task_id is not None:
+            self._requests[task_id] = request
+
+    def _remember_lost(self, task_id: str) -> bool:
+        """True the first time ``task_id`` is recorded as lost."""
+        if task_id in self._lost:
+            return False
+        self._lost[task_id] = None
+        if len(self._lost) > _LOST_MEMORY:
+            self._lost.popitem(last=False)
+        return True
+
+    def _maybe_lost(self, task: Any, task_id: str, exception: BaseException | None) -> None:
+        from billiard.exceptions import WorkerLostError
+        from celery.exceptions import TimeLimitExceeded
+
+        if not isinstance(exception, (WorkerLostError, TimeLimitExceeded)):
+            return  # reported by the process that ran it (or never started)
+        request = self._requests.get(task_id)
+        if request is None or not self._ran_elsewhere(request):
+            return
+        outcome = "timeout" if isinstance(exception, TimeLimitExceeded) else "failure"
+        self._record_lost(request, task_id, outcome, exception)
+
+    def _ran_elsewhere(self, request: Any) -> bool:
+        # Started (accepted by a pool child) in another process than this one.
+        pid = getattr(request, "worker_pid", None)
+        return getattr(request, "time_start", None) is not None and pid not in (None, os.getpid())
+
+    def _record_lost(
+        self, request: Any, task_id: str, outcome: str, exc: BaseException | None
+    ) -> None:
+        if not self._remember_lost(task_id):
+            return
+        request_dict = getattr(request, "request_dict", None) or {}
+        parent = None
+        if request_dict.get("traceparent"):
+            parent = propagate.extract(request_dict)
+        self.agent.record_lost_run(
+            request.name,
+            queue=_queue_of(getattr(request, "delivery_info", None)),
+            job_id=task_id,
+            attempt=int(request_dict.get("retries") or 0) + 1,
+            framework=FRAMEWORK,
+            started_at=request.time_start,
+            outcome=outcome,
+            exc=exc,
+            parent=parent,
+        )
+
+    @errors.guarded("integration.celery")
+    def _on_revoked(
+        self,
+        sender: Any = None,
+        request: Any = None,
+        terminated: bool = False,
+        expired: bool = False,
+        **_: Any,
+    ) -> None:
+        task_id = getattr(request, "id", None)
+        if task_id is None:
+            return
+        worker_request = self._requests.get(task_id)
+        if terminated and worker_request is not None and self._ran_elsewhere(worker_request):
+            from celery.exceptions import Terminated
+
+            self._record_lost(worker_request, task_id, "cancelled", Terminated("revoked"))
+            return
+        if worker_request is not None and getattr(worker_request, "time_start", None) is not None:
+            return  # it started here: its run records its own end
+        name = getattr(sender, "name", None) or getattr(request, "task", None) or "unknown"
+        queue = _queue_of(getattr(request, "delivery_info", None)) or "default"
+        series = self.agent.telemetry.series(name, queue)
+        self.agent.telemetry.record_skipped(series, "expired" if expired else "revoked")
+
+    @errors.guarded("integration.celery")
+    def _on_unknown(self, message: Any = None, name: str | None = None, **_: Any) -> None:
+        self._skipped(message, name, "unknown_task")
+
+    @errors.guarded("integration.celery")
+    def _on_rejected(self, message: Any = None, **_: Any) -> None:
+        self._skipped(message, None, "rejected")
+
+    def _skipped(self, message: Any, name: str | None, reason: str) -> None:
+        headers = getattr(message, "headers", None) or {}
+        name = name or headers.get("task") or "unknown"
+        queue = _queue_of(getattr(message, "delivery_info", None)) or "default"
+        self.agent.telemetry.record_skipped(self.agent.telemetry.series(name, queue), reason)
+
+    # --- configuration audit -------------------------------------------------------------
+
+    @errors.guarded("integration.celery.audit")
+    def _on_worker_init(self, sender: Any = None, **_: Any) -> None:
+        app = getattr(sender, "app", None)
+        if app is not None:
+            report_findings(self.agent, audit(app))
+
+
+def _outcome_of(exc: BaseException | None) -> str:
+    from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
+
+    if exc is None:
+        return "success"
+    if isinstance(exc, (SoftTimeLimitExceeded, TimeLimitExceeded)):
+        return "timeout"
+    if isinstance(exc, Retry):
+        return "retry"
+    if isinstance(exc, Reject):
+        return "retry" if exc.requeue else "cancelled"
+    from ..core.run import classify
+
+    return classify(exc)
+
+
+# --- the audit (also used by ``otel-jobs doctor``) -------------------------------------------
+
+_VISIBILITY_BROKERS = ("redis", "rediss", "sqs", "redis+socket")
+_DEFAULT_VISIBILITY_TIMEOUT = 3600.0
+
+
+def _user_tasks(app: Any) -> list[Any]:
+    return [t for name, t in sorted(app.tasks.items()) if not name.startswith("celery.")]
+
+
+def _names(tasks: Iterable[Any], limit: int = 5) -> str:
+    names = [t.name for t in tasks]
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _task_limit(task: Any, conf: Any) -> float | None:
+    """The longest a task may run (its hard limit, else its soft one); None: forever."""
+    hard = _number(getattr(task, "time_limit", None) or conf.get("task_time_limit"))
+    soft = _number(getattr(task, "soft_time_limit", None) or conf.get("task_soft_time_limit"))
+    return hard or soft
+
+
+def _acks_late(task: Any, conf: Any) -> bool:
+    value = getattr(task, "acks_late", None)
+    return bool(conf.get("task_acks_late") if value is None else value)
+
+
+def _calls_retry(task: Any) -> bool:
+    code = getattr(getattr(task, "run", None), "__code__", None)
+    return code is not None and "retry" in code.co_names
+
+
+def _queue_name(app: Any, task: Any) -> str:
+    queue = getattr(task, "queue", None)
+    if queue:
+        return str(getattr(queue, "name", queue))
+    try:
+        routed = app.amqp.router.route({}, task.name, (), {})
+        routed_queue = routed.get("queue")
+        return str(getattr(routed_queue, "name", routed_queue))
+    except Exception:  # a router that needs real arguments: fall back to the default queue
+        return str(app.conf.get("task_default_queue") or "celery")
+
+
+def _has_dead_letter(app: Any, queue: str) -> bool:
+    queues = app.conf.get("task_queues") or ()
+    for q in queues:
+        if getattr(q, "name", None) == queue:
+            arguments = getattr(q, "queue_arguments", None) or {}
+            return "x-dead-letter-exchange" in arguments
+    return False
+
+
+def audit(app: Any) -> list[Finding]:
+    """Check a Celery app's configuration and its registered tasks for known queue mistakes.
+
+    >>> from proj.celery import app
+    >>> for finding in otel_jobs.integrations.celery.audit(app):
+    ...     print(finding.finding, finding.message)
+
+    Imports the app's task modules (``include`` / ``imports``) the way a worker does; starts
+    nothing and connects to nothing.
+    """
+    with errors.guard("integration.celery.audit"):
+        app.loader.import_default_modules()
+    conf = app.conf
+    tasks = _user_tasks(app)
+    findings: list[Finding] = []
+    if not tasks:
+        return findings
+
+    unlimited = [t for t in tasks if _task_limit(t, conf) is None]
+    if unlimited:
+        findings.append(
+            Finding(
+                FRAMEWORK,
+                "no_time_limit",
+                f"{len(unlimited)} task(s) have no time limit and can run forever: "
+                f"{_names(unlimited)}. Set task_time_limit / task_soft_time_limit in the app "
+                "configuration, or time_limit= / soft_time_limit= on the task.",
+            )
+        )
+
+    broker = str(conf.get("broker_url") or "")
+    scheme = broker.split("://", 1)[0].lower() if "://" in broker else ""
+    if scheme in _VISIBILITY_BROKERS:
+        options = conf.get("broker_transport_options") or {}
+        visibility = _number(options.get("visibility_timeout")) or _DEFAULT_VISIBILITY_TIMEOUT
+        too_long = [
+            t for t in tasks if (limit := _task_limit(t, conf)) is not None and limit > visibility
+        ]
+        if too_long:
+            findings.append(
+                Finding(
+                    FRAMEWORK,
+                    "time_limit_exceeds_visibility_timeout",
+                    f"task(s) {_names(too_long)} may run longer than the broker's visibility "
+                    f"timeout ({visibility:g}s): their unacknowledged message is delivered again "
+                    "while they run, so the task runs twice. Raise "
+                    "broker_transport_options['visibility_timeout'] above the longest time limit, "
+                    "or lower the time limit.",
+                )
+            )
+
+    late_unlimited = [t for t in tasks if _acks_late(t, conf) and _task_limit(t, conf) is None]
+    if late_unlimited:
+        findings.append(
+            Finding(
+                FRAMEWORK,
+                "late_ack_without_time_limit",
+                f"task(s) {_names(late_unlimited)} acknowledge late (acks_late) but have no time "
+                "limit: a hung run holds its message forever (on Redis or SQS it is delivered "
+                "again to another worker after the visibility timeout). Give them a time limit.",
+            )
+        )
+
+    no_path = [
+        t
+        for t in tasks
+        if not getattr(t, "autoretry_for", None)
+        and not _calls_retry(t)
+        and not _has_dead_letter(app, _queue_name(app, t))
+    ]
+    if no_path:
+        findings.append(
+            Finding(
+                FRAMEWORK,
+                "no_retry_or_dead_letter",
+                f"task(s) {_names(no_path)} neither retry (autoretry_for=, self.retry()) nor go "
+                "to a queue with a dead-letter exchange (x-dead-letter-exchange): a failed or "
+                "lost run is simply gone. Add autoretry_for=(...) with retry_backoff, or a "
+                "dead-letter queue.",
+            )
+        )
+
+    queues = {_queue_name(app, t) for t in tasks}
+    if len(tasks) > 1 and len(queues) == 1:
+        findings.append(
+            Finding(
+                FRAMEWORK,
+                "single_queue",
+                f"all {len(tasks)} tasks go to one queue ({next(iter(queues))}): a slow or stuck "
+                "task delays every other one. Route slow or bulk tasks to their own queue "
+                "(task_routes, or queue= on the task) and run workers per queue.",
+            )
+        )
+    return findings
