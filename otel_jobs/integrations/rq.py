@@ -399,7 +399,7 @@ def _audit_connection(connection: Any, worker: Any = None) -> list[Finding]:
 
     no_limit: list[str] = []
     forgotten: list[str] = []
-    for job_id, row in zip(job_ids, rows):
+    for job_id, row in zip(job_ids, rows, strict=True):
         timeout, retries_left, failure_ttl, description = (_text(v) for v in row)
         label = description or job_id
         if timeout is not None and _no_time_limit(timeout):
