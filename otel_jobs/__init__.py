@@ -15,12 +15,14 @@ from .api import instrument, is_instrumented, job, job_run, metrics_url, uninstr
 from .core.config import ConfigurationError
 from .core.errors import JobTimeoutError, OtelJobsWarning
 from .core.run import Run, current_run, heartbeat
+from .outbound.base import MissingTimeoutError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigurationError",
     "JobTimeoutError",
+    "MissingTimeoutError",
     "OtelJobsWarning",
     "Run",
     "__version__",

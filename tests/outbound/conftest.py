@@ -191,3 +191,35 @@ def outbound(instrumented: Callable[..., Any]) -> Callable[..., Any]:
         return instrumented(frameworks=[], outbound=[library], missing_timeout=policy, **options)
 
     return start
+
+
+def nothing_reached(server: SilentServer) -> bool:
+    """Whether no connection reached ``server`` before this check (it accepts in order)."""
+    import time
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10):
+        deadline = time.monotonic() + 30
+        while server.connections == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    return server.connections == 1 and server.received == 0
+
+
+def in_thread(function: Callable[[], Any], wait: float = 60.0) -> Any:
+    """Run ``function`` in a thread and return what it returned or raised (as the value).
+
+    The wait is a safety net, so that a call that hangs (the bug under test) fails the test
+    instead of hanging the suite; it is far above any timeout the tests use.
+    """
+    outcome: list[Any] = []
+
+    def target() -> None:
+        try:
+            outcome.append(function())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(wait)
+    assert not thread.is_alive(), f"the call was still hanging after {wait} s"
+    return outcome[0]

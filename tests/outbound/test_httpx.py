@@ -1,0 +1,229 @@
+"""httpx, sync and async, against real local servers, through opentelemetry-instrumentation-httpx."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import httpcore
+import httpx
+import pytest
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+import otel_jobs
+from tests.outbound.conftest import (
+    NO_TIMEOUT,
+    HTTPServer,
+    SilentServer,
+    flagged,
+    here,
+    in_thread,
+    metrics,
+    nothing_reached,
+    warnings_of,
+)
+
+
+def client_spans(exporter: InMemorySpanExporter) -> list[Any]:
+    return [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+
+
+@pytest.fixture(autouse=True)
+def _httpx_spans_reset() -> Iterator[None]:
+    yield
+    instrumentor = HTTPXClientInstrumentor()
+    if instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.uninstrument()
+
+
+def test_warn_flags_sync_call_with_the_test_line(
+    outbound: Any,
+    http_server: HTTPServer,
+    span_exporter: InMemorySpanExporter,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    outbound("httpx")
+    site = here()
+    response = httpx.get(http_server.url + "/a", timeout=None)
+
+    assert response.text == "ok"  # warn changes nothing
+    samples = metrics()
+    assert samples.value(NO_TIMEOUT, library="httpx", host=http_server.host, call_site=site) == 1
+    [message] = warnings_of(caplog)
+    assert f"GET {http_server.host} via httpx has no connect/read/write/pool timeout" in message
+    assert site in message
+    [span] = client_spans(span_exporter)
+    assert span.attributes["otel_jobs.timeout.missing"] == ("connect", "read", "write", "pool")
+    assert span.attributes["otel_jobs.timeout.policy"] == "warn"
+    assert span.attributes["otel_jobs.call_site"] == site
+
+
+def test_warn_flags_async_call_and_only_the_missing_part(
+    outbound: Any, http_server: HTTPServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    outbound("httpx")
+    sites = []
+
+    async def main() -> None:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(5, read=None)) as client:
+            sites.append(here())
+            response = await client.get(http_server.url)
+            assert response.text == "ok"
+
+    asyncio.run(main())
+    assert flagged(library="httpx", call_site=sites[0]) == 1
+    [message] = warnings_of(caplog)
+    assert "has no read timeout" in message
+
+
+def test_call_with_a_timeout_is_never_flagged(
+    outbound: Any,
+    http_server: HTTPServer,
+    span_exporter: InMemorySpanExporter,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    outbound("httpx")
+    httpx.get(http_server.url)  # httpx's default: 5 s each
+    with httpx.Client(timeout=2) as client:
+        client.get(http_server.url)
+
+    async def main() -> None:
+        async with httpx.AsyncClient(timeout=3) as client:
+            await client.get(http_server.url)
+
+    asyncio.run(main())
+    assert len(http_server.requests) == 3
+    assert metrics().find(NO_TIMEOUT) == []
+    assert warnings_of(caplog) == []
+    assert all("otel_jobs.timeout.missing" not in s.attributes for s in client_spans(span_exporter))
+
+
+def test_enforce_turns_a_hang_into_httpx_timeout(
+    outbound: Any, silent_server: SilentServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    outbound("httpx", "enforce", default_timeout=0.5)
+    result = in_thread(lambda: httpx.get(silent_server.url, timeout=None))
+    assert isinstance(result, httpx.ReadTimeout)
+    [message] = warnings_of(caplog)
+    assert "otel-jobs applied 0.5 s to the missing parts" in message
+
+
+def test_enforce_async_keeps_the_parts_the_caller_set(
+    outbound: Any, silent_server: SilentServer, http_server: HTTPServer
+) -> None:
+    outbound("httpx", "enforce", default_timeout=0.5)
+    seen: list[dict[str, Any]] = []
+
+    async def main() -> Any:
+        timeout = httpx.Timeout(connect=7.0, read=None, write=None, pool=9.0)
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            response = await client.get(http_server.url)
+            seen.append(response.request.extensions["timeout"])
+            return await asyncio.wait_for(client.get(silent_server.url), 60)
+
+    with pytest.raises(httpx.ReadTimeout):
+        asyncio.run(main())
+    assert seen == [{"connect": 7.0, "read": 0.5, "write": 0.5, "pool": 9.0}]
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_raise_sends_nothing(outbound: Any, silent_server: SilentServer, kind: str) -> None:
+    outbound("httpx", "raise")
+    sites = []
+
+    def sync_call() -> Any:
+        sites.append(here())
+        return httpx.get(silent_server.url + "/x", timeout=None)
+
+    async def async_call() -> Any:
+        async with httpx.AsyncClient(timeout=None) as client:
+            sites.append(here())
+            return await client.get(silent_server.url + "/x")
+
+    with pytest.raises(otel_jobs.MissingTimeoutError) as caught:
+        if kind == "sync":
+            sync_call()
+        else:
+            asyncio.run(async_call())
+    error = caught.value
+    assert isinstance(error, otel_jobs.JobTimeoutError)
+    assert (error.library, error.host, error.call_site) == ("httpx", silent_server.host, sites[0])
+    assert "httpx" in str(error) and silent_server.host in str(error) and sites[0] in str(error)
+    assert nothing_reached(silent_server)
+    assert flagged(library="httpx", call_site=sites[0]) == 1
+
+
+# --- living with the user's own opentelemetry-instrumentation-httpx ------------------------
+
+
+def test_otel_jobs_instruments_httpx_spans_when_nobody_did(
+    outbound: Any, http_server: HTTPServer, span_exporter: InMemorySpanExporter
+) -> None:
+    before = vars(httpx.HTTPTransport)["handle_request"]
+    outbound("httpx")
+    assert HTTPXClientInstrumentor().is_instrumented_by_opentelemetry
+    httpx.get(http_server.url)
+    assert len(client_spans(span_exporter)) == 1
+    otel_jobs.uninstrument()
+    assert not HTTPXClientInstrumentor().is_instrumented_by_opentelemetry
+    assert vars(httpx.HTTPTransport)["handle_request"] is before
+
+
+def test_user_instrumented_first_one_span_and_left_in_place(
+    outbound: Any, http_server: HTTPServer, span_exporter: InMemorySpanExporter
+) -> None:
+    hooked: list[Any] = []
+    HTTPXClientInstrumentor().instrument(request_hook=lambda span, request: hooked.append(span))
+    users = vars(httpx.HTTPTransport)["handle_request"]
+    outbound("httpx")
+    assert vars(httpx.HTTPTransport)["handle_request"] is users  # not wrapped a second time
+    httpx.get(http_server.url, timeout=None)
+
+    [span] = client_spans(span_exporter)
+    assert [s.context.span_id for s in hooked] == [span.context.span_id]  # their hook, our span
+    assert span.attributes["otel_jobs.timeout.missing"] == ("connect", "read", "write", "pool")
+    otel_jobs.uninstrument()
+    assert HTTPXClientInstrumentor().is_instrumented_by_opentelemetry  # theirs stays
+    assert vars(httpx.HTTPTransport)["handle_request"] is users
+
+
+def test_user_instrumenting_later_replaces_otel_jobs_spans(
+    outbound: Any, http_server: HTTPServer, span_exporter: InMemorySpanExporter
+) -> None:
+    outbound("httpx")
+    hooked: list[Any] = []
+    HTTPXClientInstrumentor().instrument(request_hook=lambda span, request: hooked.append(span))
+    # one wrapper (theirs) around the original, not theirs around otel-jobs'
+    assert not hasattr(vars(httpx.HTTPTransport)["handle_request"].__wrapped__, "__wrapped__")
+    httpx.get(http_server.url, timeout=None)
+
+    [span] = client_spans(span_exporter)
+    assert [s.context.span_id for s in hooked] == [span.context.span_id]
+    assert span.attributes["otel_jobs.call_site"].startswith("tests.outbound.test_httpx:")
+    otel_jobs.uninstrument()
+    assert HTTPXClientInstrumentor().is_instrumented_by_opentelemetry
+
+
+def test_user_instrumenting_one_client_gets_one_span_per_call(
+    outbound: Any, http_server: HTTPServer, span_exporter: InMemorySpanExporter
+) -> None:
+    outbound("httpx")
+    with httpx.Client(timeout=None) as client:
+        HTTPXClientInstrumentor.instrument_client(client)
+        client.get(http_server.url)
+    [span] = client_spans(span_exporter)
+    assert span.attributes["otel_jobs.timeout.policy"] == "warn"
+
+
+def test_uninstrument_restores_the_pool_functions(outbound: Any, http_server: HTTPServer) -> None:
+    sync_before = httpcore.ConnectionPool.handle_request
+    async_before = httpcore.AsyncConnectionPool.handle_async_request
+    outbound("httpx")
+    assert httpcore.ConnectionPool.handle_request is not sync_before
+    otel_jobs.uninstrument()
+    assert httpcore.ConnectionPool.handle_request is sync_before
+    assert httpcore.AsyncConnectionPool.handle_async_request is async_before
+    assert httpx.get(http_server.url, timeout=None).text == "ok"
