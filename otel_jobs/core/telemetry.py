@@ -44,6 +44,7 @@ DURATION_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 
 STALL_STATES = ("blocked", "spinning", "unknown")
+STALL_REASONS = ("no_heartbeat", "max_duration")
 
 
 class LabelCap:
@@ -94,6 +95,9 @@ class Series:
         self.queue_wait = telemetry.queue_wait.labels(job_name, queue)
         self._finished = {o: telemetry.finished.labels(job_name, queue, o) for o in OUTCOMES}
         self._duration = {o: telemetry.duration.labels(job_name, queue, o) for o in OUTCOMES}
+        # Stall counters exist at 0 from the first run, so increase() sees a job's first stall.
+        for reason in STALL_REASONS:
+            telemetry.stalls.labels(job_name, queue, reason)
         self.attrs = {"job_name": job_name, "queue": queue}
         self._outcome_attrs = {
             o: {"job_name": job_name, "queue": queue, "outcome": o} for o in OUTCOMES
