@@ -12,6 +12,7 @@ and prints a summary.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import queue as queue_mod
 import random
@@ -145,7 +146,49 @@ def _worker(
             pass
 
 
-def _render(started: float, duration: float, url: str | None) -> list[str]:
+class _StallLog(logging.Handler):
+    """Keeps the watchdog's verdicts, read from its log records' ``extra`` fields."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.verdicts: list[dict[str, Any]] = []
+        self.started = time.monotonic()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields = record.__dict__
+        if "stall_reason" not in fields:
+            return
+        if fields.get("stall_recovered"):
+            self.verdicts.append({"at": time.monotonic() - self.started, "job": fields["job_name"],
+                                  "verdict": "recovered", "state": "", "where": "", "policy": ""})  # fmt: skip
+            return
+        call = fields.get("stall_call")
+        self.verdicts.append(
+            {
+                "at": time.monotonic() - self.started,
+                "job": fields["job_name"],
+                "verdict": fields["stall_verdict"],
+                "state": fields["stall_state"],
+                "where": fields.get("stall_where") or "?",
+                "policy": fields["stall_policy"],
+                "call": call["description"] if call else None,
+            }
+        )
+
+
+def _verdict_cells(run: Any) -> tuple[str, str, str]:
+    """(verdict, state, line it waits on) of a run in flight, from ``run.diagnosis``."""
+    if not run.verdict:
+        return "ok", "", ""
+    diagnosis = run.diagnosis
+    verdict = getattr(diagnosis, "verdict", run.verdict)
+    where = getattr(diagnosis, "where", None)
+    return verdict, run.state or "unknown", str(where) if where is not None else "?"
+
+
+def _render(
+    started: float, duration: float, url: str | None, stall_log: _StallLog | None = None
+) -> list[str]:
     agent = agent_mod.current()
     lines = [
         f"otel-jobs demo  {time.monotonic() - started:5.1f}s / {duration:.0f}s   metrics: {url or 'off'}",
@@ -153,18 +196,30 @@ def _render(started: float, duration: float, url: str | None) -> list[str]:
     ]
     if agent is None:
         return lines
-    lines.append(f"{'run':<28} {'queue':<13} {'age':>6} {'beat':>6} {'progress':>8}  verdict")
+    lines.append(
+        f"{'run':<24} {'queue':<12} {'age':>6} {'beat':>6} {'progress':>8}  "
+        f"{'verdict':<8} {'state':<9} waiting at"
+    )
     now = time.monotonic()
-    for run in sorted(agent.runs(), key=lambda r: r.start_mono)[:14]:
+    runs = sorted(agent.runs(), key=lambda r: (r.verdict is None, r.start_mono))[:14]
+    for run in runs:
         progress = f"{run.progress:.0%}" if run.progress is not None else "-"
-        verdict = "ok"
-        if run.verdict:
-            diag = getattr(run, "diagnosis", None)
-            where = getattr(diag, "where", "") if diag is not None else ""
-            verdict = f"STUCK {run.verdict} {run.state or ''} {where}".rstrip()
+        verdict, state, where = _verdict_cells(run)
         lines.append(
-            f"{run.name:<28} {run.queue:<13} {now - run.start_mono:5.1f}s {now - run.last_beat:5.1f}s {progress:>8}  {verdict}"
+            f"{run.name:<24} {run.queue:<12} {now - run.start_mono:5.1f}s {now - run.last_beat:5.1f}s "
+            f"{progress:>8}  {verdict:<8} {state:<9} {where}".rstrip()
         )
+    if stall_log is not None and stall_log.verdicts:
+        lines += ["", "watchdog verdicts (its WARNING log records):"]
+        for v in stall_log.verdicts[-10:]:
+            line = (
+                f"  {v['at']:5.1f}s  {v['job']:<24} {v['verdict']:<9} {v['state']:<9} {v['where']}"
+            )
+            if v["policy"] and v["policy"] != "observe":
+                line += f"  [on_stall={v['policy']}]"
+            lines.append(line.rstrip())
+            if v.get("call"):
+                lines.append(f"          outbound call {v['call']}")
     return lines
 
 
@@ -225,6 +280,19 @@ def run_demo(
     for stuck in STUCK:
         threading.Thread(target=_worker_once, args=(stuck, rng), daemon=True).start()
     live = sys.stdout.isatty() if live is None else live
+    # The watchdog's verdicts are shown from its log records; printed as they come only when the
+    # table is not redrawn in place (they carry the full stack).
+    otel_logger = logging.getLogger("otel_jobs")
+    stall_log = _StallLog()
+    saved_level = otel_logger.level
+    otel_logger.setLevel(logging.INFO)
+    otel_logger.addHandler(stall_log)
+    printer: logging.Handler | None = None
+    if not live:
+        printer = logging.StreamHandler(sys.stdout)
+        printer.setLevel(logging.WARNING)
+        printer.setFormatter(logging.Formatter("%(message)s\n"))
+        otel_logger.addHandler(printer)
     started = time.monotonic()
     next_print = 0.0
     while (elapsed := time.monotonic() - started) < duration:
@@ -232,7 +300,7 @@ def run_demo(
             if rng.random() < rate * 0.25:
                 jobs.put(job)
         if elapsed >= next_print:
-            lines = _render(started, duration, url)
+            lines = _render(started, duration, url, stall_log)
             if live:
                 sys.stdout.write("\x1b[H\x1b[J" + "\n".join(lines) + "\n")
             else:
@@ -246,6 +314,10 @@ def run_demo(
         t.join(timeout=10)
     print("\n".join(_summary()), flush=True)
     otel_jobs.uninstrument()
+    otel_logger.removeHandler(stall_log)
+    if printer is not None:
+        otel_logger.removeHandler(printer)
+    otel_logger.setLevel(saved_level)
     _silent.close()
     return 0
 
