@@ -340,17 +340,19 @@ def test_queue_wait_of_a_deferred_job_is_measured_from_its_due_time(worker: ArqW
 
 
 def test_job_runs_as_the_current_run_of_its_own_task_and_uninstrument_restores(
-    instrumented: Callable[..., Any], span_exporter: Any
+    span_exporter: Any,
 ) -> None:
-    """In process: a real Worker in burst mode on the real Redis, then uninstrument."""
+    """In process: a real Worker in burst mode on the real Redis, instrumented from its
+    ``on_startup`` hook (after the worker was created), then uninstrumented."""
     require_redis()
     from arq import create_pool
     from arq.connections import RedisSettings
     from arq.worker import Worker, func
 
     original_run_job = Worker.run_job
-    instrumented(watchdog=False, prometheus=False, frameworks=["arq"])
-    assert Worker.run_job is not original_run_job
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        otel_jobs.instrument(watchdog=False, prometheus=False, frameworks=["arq"])
 
     async def where(ctx: dict[str, Any]) -> tuple[str, bool, int, str]:
         run = otel_jobs.current_run()
@@ -365,7 +367,7 @@ def test_job_runs_as_the_current_run_of_its_own_task_and_uninstrument_restores(
         pool = await create_pool(settings)
         worker = Worker(
             functions, queue_name=queue, redis_pool=pool, burst=True,
-            handle_signals=False, poll_delay=0.05,
+            handle_signals=False, poll_delay=0.05, on_startup=startup,
         )  # fmt: skip
         try:
             job = await pool.enqueue_job("where", _queue_name=queue)
@@ -375,19 +377,22 @@ def test_job_runs_as_the_current_run_of_its_own_task_and_uninstrument_restores(
         finally:
             await worker.close()
 
-    result, worker = asyncio.run(go())
-    assert result == ("where", True, 1, "arq")
-    (span,) = [s for s in span_exporter.get_finished_spans() if s.name == "where"]
-    assert span.attributes["job.framework"] == "arq"
-    assert span.attributes["job.queue"] == queue
-    assert span.attributes["job.outcome"] == "success"
-    assert worker.functions["where"] is not functions[0]  # a wrapped copy; the user's is untouched
-
-    otel_jobs.uninstrument()
+    try:
+        result, worker = asyncio.run(go())
+        assert Worker.run_job is not original_run_job
+        assert result == ("where", True, 1, "arq")
+        (span,) = [s for s in span_exporter.get_finished_spans() if s.name == "where"]
+        assert span.attributes["job.framework"] == "arq"
+        assert span.attributes["job.queue"] == queue
+        assert span.attributes["job.outcome"] == "success"
+        assert worker.functions["where"] is not functions[0]  # a wrapped copy; the user's is intact
+    finally:
+        otel_jobs.uninstrument()
     assert Worker.run_job is original_run_job
     assert worker.functions["where"] is functions[0]
     # Instrumenting again hooks again, and once only.
     otel_jobs.instrument(watchdog=False, prometheus=False, frameworks=["arq"])
     assert Worker.run_job is not original_run_job
+    assert Worker.run_job.__wrapped__ is original_run_job  # type: ignore[attr-defined]
     otel_jobs.uninstrument()
     assert Worker.run_job is original_run_job
