@@ -1,92 +1,38 @@
 """RQ with real ``rq worker`` processes on the real Redis, read through the worker's real /metrics.
 
 Each test starts its own worker (``rq worker -c tests.integrations.rq_settings``, which calls
-``otel_jobs.instrument()`` at start-up) on Redis DB 11 with queue names of its own, so the
+``otel_jobs.instrument()`` at start-up) on Redis DB 9 with queue names of its own, so the
 counts on its /metrics are exactly those of the jobs the test enqueued.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from redis import Redis
 from rq import Queue, Retry
-from rq.job import Job, JobStatus
+from rq.job import JobStatus
 
-from tests.support import Samples, free_port, require_redis, scrape
-
-ROOT = Path(__file__).resolve().parents[2]
-REDIS_URL = "redis://127.0.0.1:6379/11"
-JOBS = "tests.integrations.rq_jobs"
-WAIT = 90.0  # generous: the machine is shared and slow
+from tests.integrations.rq_support import (
+    JOBS,
+    REDIS_URL,
+    WAIT,
+    RQWorker,
+    all_done,
+    launch_workers,
+    statuses,
+    wait_for,
+)
+from tests.support import Samples, require_redis
 
 pytestmark = pytest.mark.broker
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = WAIT) -> Any:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (OSError, AssertionError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what} (last: {last!r})")
-
-
-@dataclass
-class RQWorker:
-    proc: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    def metrics(self) -> Samples:
-        return scrape(self.url)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def finished(self, **labels: str) -> float:
-        return self.metrics().total("otel_jobs_runs_finished_total", **labels)
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == pid:
-            found.append(int(entry))
-    return found
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.fixture
@@ -105,61 +51,8 @@ def queue_name() -> Callable[[str], str]:
 
 @pytest.fixture
 def start_worker(tmp_path: Path) -> Iterator[Callable[..., RQWorker]]:
-    """``start_worker(*queues, worker_class=..., jobs=..., url=..., instrument=True)``."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(
-        *queues: str,
-        worker_class: str = "rq.Worker",
-        jobs: dict[str, Any] | None = None,
-        url: str = REDIS_URL,
-        instrument: bool = True,
-        wait_ready: bool = True,
-    ) -> RQWorker:
-        port = free_port()
-        env = {
-            **os.environ,
-            "OTEL_JOBS_PROMETHEUS_PORT": str(port),
-            "OTEL_JOBS_FRAMEWORKS": "rq",
-            "OTEL_JOBS_TEST_JOBS": json.dumps(jobs or {}),
-            "OTEL_JOBS_TEST_NO_INSTRUMENT": "" if instrument else "1",
-            "PYTHONUNBUFFERED": "1",
-        }
-        env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
-        log = tmp_path / f"worker-{port}.log"
-        command = [
-            sys.executable, "-m", "rq.cli", "worker", "-c", "tests.integrations.rq_settings",
-            "-u", url, "-w", worker_class, "--name", f"otj-{port}", *queues,
-        ]  # fmt: skip
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-            )
-        procs.append(proc)
-        worker = RQWorker(proc, f"http://127.0.0.1:{port}/metrics", log)
-        if wait_ready:
-            wait_for(
-                f"the worker to start (log: {log})",
-                lambda: proc.poll() is None and "Listening on" in worker.output(),
-            )
-            if instrument:
-                wait_for("its /metrics", worker.metrics)
-        return worker
-
-    yield start
-    for proc in procs:
-        for child in _children(proc.pid):  # work horses run in process groups of their own
-            _kill(child)
-        _kill(proc.pid)
-        proc.wait(timeout=30)
-
-
-def statuses(jobs: list[Job]) -> list[str]:
-    return [job.get_status(refresh=True) for job in jobs]
-
-
-def all_done(jobs: list[Job]) -> bool:
-    return all(s in (JobStatus.FINISHED, JobStatus.FAILED) for s in statuses(jobs))
+    with launch_workers(tmp_path) as start:
+        yield start
 
 
 def test_outcomes_counts_and_queue_wait(redis_db, queue_name, start_worker) -> None:
@@ -330,3 +223,135 @@ def test_instrument_inside_a_job_warns(redis_db, queue_name, start_worker) -> No
     wait_for(
         "the warning", lambda: "instrument() was called inside a running RQ job" in worker.output()
     )
+
+
+# --- in this process: spans and the patches themselves ------------------------------------
+
+PATCHED = (
+    ("BaseWorker", "perform_job"),
+    ("BaseWorker", "handle_exception"),
+    ("BaseWorker", "handle_job_retry"),
+    ("BaseWorker", "handle_job_failure"),
+    ("BaseWorker", "handle_work_horse_killed"),
+    ("BaseWorker", "bootstrap"),
+    ("Worker", "monitor_work_horse"),
+)
+
+
+def _rq_classes() -> dict[str, type]:
+    from rq.worker import BaseWorker, Worker
+
+    return {"BaseWorker": BaseWorker, "Worker": Worker}
+
+
+@pytest.fixture
+def keep_signal_handlers() -> Iterator[None]:
+    """rq's work() installs SIGINT/SIGTERM handlers; give pytest its own back."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def test_instrument_twice_then_uninstrument_restores_rq(instrumented) -> None:
+    import otel_jobs
+    from otel_jobs.integrations import rq as rq_integration
+
+    classes = _rq_classes()
+    originals = {(c, a): vars(classes[c])[a] for c, a in PATCHED}
+    agent = instrumented(frameworks=["rq"])
+    otel_jobs.instrument(frameworks=["rq"])  # a second call changes nothing
+    for c, a in PATCHED:
+        assert vars(classes[c])[a] is not originals[(c, a)], (c, a)
+        assert getattr(vars(classes[c])[a], "__otel_jobs_wrapped__", False)
+    again = rq_integration.Integration(agent)
+    again.install()  # refuses to wrap twice
+    for c, a in PATCHED:
+        assert vars(classes[c])[a].__wrapped__ is originals[(c, a)], (c, a)
+    again.uninstall()
+    otel_jobs.uninstrument()
+    for c, a in PATCHED:
+        assert vars(classes[c])[a] is originals[(c, a)], (c, a)
+
+
+def test_spans_of_a_simple_worker(
+    instrumented, span_exporter, redis_db, queue_name, keep_signal_handlers
+) -> None:
+    from opentelemetry.trace import SpanKind, StatusCode
+    from rq import SimpleWorker
+
+    instrumented(frameworks=["rq"])
+    q = Queue(queue_name("spans"), connection=redis_db)
+    good = q.enqueue(f"{JOBS}.ok", 3)
+    bad = q.enqueue(f"{JOBS}.boom")
+    SimpleWorker([q], connection=redis_db).work(burst=True)
+
+    spans = {
+        s.attributes["job.id"]: s
+        for s in span_exporter.get_finished_spans()
+        if s.attributes and s.attributes.get("job.framework") == "rq"
+    }
+    assert set(spans) == {good.id, bad.id}
+    ok_span, boom_span = spans[good.id], spans[bad.id]
+    assert ok_span.name == f"{JOBS}.ok"
+    assert ok_span.kind == SpanKind.CONSUMER
+    assert dict(ok_span.attributes) == {
+        "job.name": f"{JOBS}.ok",
+        "job.id": good.id,
+        "job.queue": q.name,
+        "job.attempt": 1,
+        "job.framework": "rq",
+        "job.outcome": "success",
+    }
+    assert ok_span.status.status_code == StatusCode.UNSET
+    assert boom_span.attributes["job.outcome"] == "failure"
+    assert boom_span.status.status_code == StatusCode.ERROR
+    assert [e.attributes["exception.type"] for e in boom_span.events] == ["ValueError"]
+
+
+def test_span_of_a_horse_killed_mid_job(
+    instrumented, span_exporter, redis_db, queue_name, blackhole, tmp_path, keep_signal_handlers
+) -> None:
+    """The worker (here, this process) records the lost horse's run: one span, outcome failure."""
+    import threading
+
+    from opentelemetry.trace import StatusCode
+    from rq import Worker
+
+    agent = instrumented(frameworks=["rq"], watchdog=False)
+    q = Queue(queue_name("lost"), connection=redis_db)
+    pid_file = tmp_path / "horse.pid"
+    job = q.enqueue(f"{JOBS}.hang", str(pid_file), blackhole, job_timeout=600)
+
+    def kill_the_horse() -> None:
+        wait_for("the horse", lambda: pid_file.exists() and pid_file.read_text())
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_the_horse, daemon=True)
+    killer.start()
+    Worker([q], connection=redis_db).work(burst=True)
+    killer.join(timeout=WAIT)
+
+    spans = [
+        s
+        for s in span_exporter.get_finished_spans()
+        if s.attributes and s.attributes.get("job.id") == job.id
+    ]
+    assert len(spans) == 1  # the horse's own span died with it
+    (span,) = spans
+    assert span.name == f"{JOBS}.hang"
+    assert span.attributes["job.outcome"] == "failure"
+    assert span.attributes["job.queue"] == q.name
+    assert span.status.status_code == StatusCode.ERROR
+    (event,) = span.events
+    assert str(event.attributes["exception.type"]).endswith("WorkHorseLost")
+    assert "signal 9" in event.attributes["exception.message"]
+    assert job.get_status(refresh=True) == JobStatus.FAILED
+    # the worker's own counters: the failure, not a start (the horse counted that)
+    registry = agent.telemetry.registry
+    labels = {"job_name": f"{JOBS}.hang", "queue": q.name}
+    assert (
+        registry.get_sample_value("otel_jobs_runs_finished_total", {**labels, "outcome": "failure"})
+        == 1
+    )
+    assert registry.get_sample_value("otel_jobs_runs_started_total", labels) == 0

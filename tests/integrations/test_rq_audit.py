@@ -1,0 +1,102 @@
+"""The RQ configuration audit on the real Redis: ``audit(url)`` and a real worker's start-up.
+
+Redis DB 10 is this module's own and is emptied before each test, so the queues and jobs the
+audit sees are exactly those the test enqueued.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from rq import Queue, Retry
+
+from otel_jobs.integrations import rq as rq_integration
+from tests.integrations.rq_support import JOBS, RQWorker, launch_workers, wait_for
+from tests.support import require_redis
+
+AUDIT_URL = "redis://127.0.0.1:6379/10"
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+def empty_db() -> Iterator[Redis]:
+    require_redis()
+    connection = Redis.from_url(AUDIT_URL, socket_timeout=10, socket_connect_timeout=10)
+    connection.flushdb()
+    yield connection
+    connection.flushdb()
+    connection.close()
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., RQWorker]]:
+    with launch_workers(tmp_path) as start:
+        yield start
+
+
+def bad_configuration(connection: Redis) -> None:
+    """One queue for everything, a job without a time limit, failures forgotten in a minute."""
+    q = Queue("everything", connection=connection)
+    q.enqueue(f"{JOBS}.ok", 1, job_timeout=-1)
+    q.enqueue(f"{JOBS}.boom", failure_ttl=60)
+
+
+def good_configuration(connection: Redis) -> None:
+    fast = Queue("fast", connection=connection, default_timeout=30)
+    slow = Queue("slow", connection=connection, default_timeout=600)
+    fast.enqueue(f"{JOBS}.ok", 1, retry=Retry(max=3, interval=[1, 5, 30]))
+    slow.enqueue(f"{JOBS}.sleepy", 1, retry=Retry(max=2))
+    slow.enqueue(f"{JOBS}.boom", failure_ttl=7 * 86400)
+
+
+def test_audit_finds_each_mistake(empty_db: Redis) -> None:
+    bad_configuration(empty_db)
+    findings = rq_integration.audit(AUDIT_URL)
+    by_id = {f.finding: f for f in findings}
+    assert sorted(by_id) == ["no_retry_or_dead_letter", "no_time_limit", "single_queue"]
+    assert all(f.framework == "rq" for f in findings)
+    assert f"{JOBS}.ok(1)" in by_id["no_time_limit"].message
+    assert "failure_ttl=60" in by_id["no_retry_or_dead_letter"].message
+    assert "'everything'" in by_id["single_queue"].message
+    assert len(empty_db.lrange("rq:queue:everything", 0, -1)) == 2  # read-only: nothing dequeued
+
+
+def test_audit_of_a_good_configuration_is_empty(empty_db: Redis) -> None:
+    good_configuration(empty_db)
+    assert rq_integration.audit(AUDIT_URL) == []
+
+
+def test_audit_of_an_empty_redis_is_empty(empty_db: Redis) -> None:
+    assert rq_integration.audit(AUDIT_URL) == []
+
+
+def test_worker_reports_findings_at_start(empty_db: Redis, start_worker) -> None:
+    """A real worker audits at start-up: each finding once in its log and on its /metrics."""
+    bad_configuration(empty_db)
+    worker = start_worker("everything", url=AUDIT_URL)
+    m = wait_for(
+        "the findings on /metrics",
+        lambda: (m := worker.metrics()).find("otel_jobs_config_finding", framework="rq") and m,
+    )
+    found = {
+        s.labels["finding"]: s.value
+        for s in m.samples
+        if s.name == "otel_jobs_config_finding" and s.labels.get("framework") == "rq"
+    }
+    assert found == {"no_time_limit": 1, "no_retry_or_dead_letter": 1, "single_queue": 1}
+    wait_for("the jobs to run", lambda: worker.finished() == 2)
+    log = worker.output()
+    for text in ("no execution time limit", "no retry or dead-letter path", "a single queue"):
+        assert log.count(text) == 1, text  # once, though the job without a limit also ran
+
+
+def test_worker_with_a_good_configuration_reports_nothing(empty_db: Redis, start_worker) -> None:
+    good_configuration(empty_db)
+    worker = start_worker("fast", "slow", url=AUDIT_URL)
+    wait_for("the jobs to run", lambda: worker.finished() >= 3)
+    assert worker.metrics().find("otel_jobs_config_finding", framework="rq") == []
+    assert "rq configuration" not in worker.output()
