@@ -30,7 +30,9 @@ How the thresholds work:
 Each alert carries one label, ``severity`` (``critical`` pages a person, ``warning`` goes to the
 work queue, ``info`` helps diagnose), a fixed ``summary``, a ``description`` templated with the
 job, queue, instance and measured value, a ``runbook_url`` (``--runbook-url``/<alert>.md) and a
-``dashboard_url`` (``--dashboard-url`` with the job and queue as dashboard variables).
+``dashboard_url`` into the shipped Grafana dashboards under ``--grafana-url``: the job dashboard
+(uid ``otel-jobs-job``) with the alert's job, queue and instance as dashboard variables, or the
+overview (uid ``otel-jobs-overview``) for the worker and outbound alerts.
 
 The output is YAML written without a YAML library (the package does not depend on one).
 """
@@ -49,7 +51,9 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_RUNBOOK_URL = "https://github.com/otel-jobs/otel-jobs/blob/main/docs/runbooks"
-DEFAULT_DASHBOARD_URL = "http://localhost:3000/d/otel-jobs-overview/otel-jobs"
+DEFAULT_GRAFANA_URL = "http://localhost:3000"
+JOB_DASHBOARD = "otel-jobs-job"
+OVERVIEW_DASHBOARD = "otel-jobs-overview"
 
 _DURATION = re.compile(r"^(?:[0-9]+(?:ms|s|m|h|d|w|y))+$")
 
@@ -182,9 +186,10 @@ class RulesConfig:
     runbook_url: str = _opt(
         DEFAULT_RUNBOOK_URL, "base URL of the runbooks (<base>/<AlertName>.md)", str, "URL"
     )
-    dashboard_url: str = _opt(
-        DEFAULT_DASHBOARD_URL,
-        "URL of the otel-jobs dashboard (job and queue are passed as var-job_name, var-queue)",
+    grafana_url: str = _opt(
+        DEFAULT_GRAFANA_URL,
+        f"base URL of the Grafana holding the otel-jobs dashboards ({JOB_DASHBOARD}, "
+        f"{OVERVIEW_DASHBOARD})",
         str,
         "URL",
     )
@@ -247,6 +252,7 @@ def _by(config: RulesConfig, *extra: str) -> str:
 
 _JOB = "{{ $labels.job_name }} on queue {{ $labels.queue }}"
 _WHERE = "{{ with $labels.instance }} on {{ . }}{{ end }}"
+_RUN_VARS = ("job_name", "queue", "instance")
 
 
 @dataclass(frozen=True)
@@ -256,7 +262,8 @@ class Alert:
     expr: str
     summary: str
     description: str
-    per_job: bool = True  # the dashboard link carries job_name and queue
+    #: The labels passed to the dashboard as variables: with job_name, the job dashboard.
+    dashboard_vars: tuple[str, ...] = ("job_name", "queue")
 
 
 def alerts(config: RulesConfig) -> dict[str, list[Alert]]:
@@ -289,6 +296,7 @@ def alerts(config: RulesConfig) -> dict[str, list[Alert]]:
             "(blocked: waiting without CPU on I/O or a lock; spinning: burning CPU in a loop; "
             "unknown: not diagnosed). The watchdog's WARNING log and the stall span carry the "
             "stack.",
+            dashboard_vars=_RUN_VARS,
         ),
         Alert(
             "OtelJobsRunNotHeartbeating",
@@ -297,6 +305,7 @@ def alerts(config: RulesConfig) -> dict[str, list[Alert]]:
             "A job run has stopped heartbeating.",
             f"The stalest run of {_JOB}{_WHERE} last heartbeated "
             "{{ $value | humanizeDuration }} ago, longer than the job's heartbeat timeout.",
+            dashboard_vars=_RUN_VARS,
         ),
         Alert(
             "OtelJobsRunOverMaxDuration",
@@ -305,6 +314,7 @@ def alerts(config: RulesConfig) -> dict[str, list[Alert]]:
             "A job run is running longer than its max duration.",
             f"The oldest run of {_JOB}{_WHERE} started {{{{ $value | humanizeDuration }}}} "
             "ago, longer than the job's max duration.",
+            dashboard_vars=_RUN_VARS,
         ),
     ]
     workers = [
@@ -317,7 +327,7 @@ def alerts(config: RulesConfig) -> dict[str, list[Alert]]:
             "The watchdog of {{ $labels.instance }} (scrape job {{ $labels.job }}) last ticked "
             "{{ $value | humanizeDuration }} ago: a worker process is frozen or its watchdog "
             "thread is gone, and its stuck runs go unreported.",
-            per_job=False,
+            dashboard_vars=("instance",),
         ),
         Alert(
             "OtelJobsTargetDown",
@@ -326,7 +336,7 @@ def alerts(config: RulesConfig) -> dict[str, list[Alert]]:
             "A worker's otel-jobs metrics target is down.",
             "Prometheus cannot scrape {{ $labels.instance }} (scrape job {{ $labels.job }}): "
             "the worker is down or its /metrics endpoint unreachable, and its jobs are unwatched.",
-            per_job=False,
+            dashboard_vars=("instance",),
         ),
         Alert(
             "OtelJobsTargetAbsent",
@@ -335,7 +345,7 @@ def alerts(config: RulesConfig) -> dict[str, list[Alert]]:
             "No otel-jobs worker target is known to Prometheus.",
             f"Prometheus has no scrape target matching {{{_escape_template(_matchers(s, True))}}}"
             ": no worker is being watched for stuck jobs.",
-            per_job=False,
+            dashboard_vars=(),
         ),
     ]
     jobs = [
@@ -415,7 +425,7 @@ def alerts(config: RulesConfig) -> dict[str, list[Alert]]:
             "{{ $labels.library }} calls to {{ $labels.host }} from {{ $labels.call_site }}"
             f"{_WHERE} had no timeout ({{{{ $value | humanize }}}} in the last "
             f"{s.outbound_window}); one unanswered call hangs its job for ever.",
-            per_job=False,
+            dashboard_vars=("instance",),
         ),
     ]
     return {
@@ -441,10 +451,12 @@ def groups(config: RulesConfig) -> list[dict[str, Any]]:
     for group, rules in alerts(config).items():
         items = []
         for alert in rules:
-            dashboard = config.dashboard_url
-            if alert.per_job:
-                sep = "&" if "?" in dashboard else "?"
-                dashboard += f"{sep}var-job_name={{{{ $labels.job_name }}}}&var-queue={{{{ $labels.queue }}}}"
+            uid = JOB_DASHBOARD if "job_name" in alert.dashboard_vars else OVERVIEW_DASHBOARD
+            dashboard = f"{config.grafana_url.rstrip('/')}/d/{uid}"
+            if alert.dashboard_vars:
+                dashboard += "?" + "&".join(
+                    f"var-{v}={{{{ $labels.{v} }}}}" for v in alert.dashboard_vars
+                )
             items.append(
                 {
                     "alert": alert.name,

@@ -72,7 +72,7 @@ def test_alerts_follow_the_naming_labels_and_annotations_rules() -> None:
         if not re.match(r"(?:absent\()?up\b", rule["expr"]):  # up's value says nothing more
             assert "$value" in notes["description"], rule["alert"]
         assert notes["runbook_url"] == f"{rules.DEFAULT_RUNBOOK_URL}/{rule['alert']}.md"
-        assert notes["dashboard_url"].startswith(rules.DEFAULT_DASHBOARD_URL)
+        assert notes["dashboard_url"].startswith(f"{rules.DEFAULT_GRAFANA_URL}/d/otel-jobs-")
         assert rule["for"] == rules.DEFAULT_FOR[rule["alert"]]
 
 
