@@ -1,0 +1,243 @@
+"""Huey: every task execution becomes one run, from Huey's own signals.
+
+Call ``otel_jobs.instrument()`` in the module that creates your ``Huey`` instance (the module
+``huey_consumer`` imports), after the instance is created or before, it does not matter:
+
+.. code-block:: python
+
+    # app/queue.py
+    from huey import RedisHuey
+    import otel_jobs
+
+    huey = RedisHuey("app")
+    otel_jobs.instrument()
+
+    @huey.task(retries=2, retry_delay=5, timeout=60)
+    def sync_invoices(account_id): ...
+
+``instrument()`` connects a signal receiver to every Huey instance: those created afterwards
+(it wraps ``Huey.__init__``) and those that already exist and are bound to a module-level name
+(the instance itself, or a task of it). An instance created before ``instrument()`` and kept
+nowhere a module can see (in a closure, a dict) is not found: call ``instrument()`` first.
+``uninstrument()`` disconnects the receivers and restores ``Huey.__init__``.
+
+Worker types: with ``-k thread`` (the default) and ``-k greenlet`` everything runs in the
+consumer process, which serves ``/metrics``. With ``-k process`` the consumer forks its
+workers after importing your module, so the consumer serves ``/metrics`` for all of them and
+each worker process runs its own watchdog (see "Forking workers" in the README).
+
+What is recorded
+----------------
+
+``job_name`` is Huey's registry name of the task (``module.function``, as the consumer lists
+it at start-up), ``queue`` the Huey instance's name, ``job.id`` the task id, and
+``job.attempt`` counts from the task's ``retries`` setting (Huey counts retries down).
+
+==============================  ===================================================
+Huey signal                     otel-jobs
+==============================  ===================================================
+``executing``                   the run starts, in the worker thread or process
+``complete``                    outcome success
+``error``                       outcome retry if Huey will retry it, else failure
+``retrying``                    outcome retry (a task that raised ``RetryTask``)
+``timeout``                     outcome timeout (also when it will be retried)
+``canceled``, ``interrupted``   outcome cancelled (``CancelExecution``, a pre-execute
+                                hook, the consumer shutting down)
+``locked``, ``rate-limited``    outcome retry or failure, and
+                                ``otel_jobs_runs_skipped_total{reason="locked"}``
+                                (``"rate_limited"``): the task body never ran
+``revoked``, ``expired``        no run; ``otel_jobs_runs_skipped_total`` with reason
+                                ``revoked`` / ``expired``
+==============================  ===================================================
+
+Time limits: a task's ``timeout`` (``@huey.task(timeout=...)``, Huey 2.6+) is its max duration
+unless ``instrument(jobs=...)`` sets one. Huey enforces it only with ``-k process`` (a
+``SIGALRM`` in the worker) and ``-k greenlet``; with threads it is cooperative
+(``task.check_timeout()``), so the watchdog's verdict is what tells you a threaded task
+overran.
+
+Queue wait: Huey's messages carry no publish time, so the wait is recorded for tasks with a
+due time only (``schedule(delay=...)``/``eta=``, retries with ``retry_delay``), measured from
+that due time.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import logging
+import sys
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import huey as huey_module
+from huey import signals as S
+from huey.api import Huey, TaskWrapper
+
+from ..core import errors
+from ..core.patching import Patches
+from .base import Integration as BaseIntegration
+
+if TYPE_CHECKING:
+    from ..core.agent import Agent
+    from ..core.run import Run
+
+logger = logging.getLogger("otel_jobs")
+
+_RUN_ATTR = "_otel_jobs_run"
+
+# The signals the receiver is connected to (Huey's names; some are missing in old versions).
+_SIGNALS = tuple(
+    getattr(S, name)
+    for name in (
+        "SIGNAL_EXECUTING", "SIGNAL_COMPLETE", "SIGNAL_ERROR", "SIGNAL_RETRYING",
+        "SIGNAL_TIMEOUT", "SIGNAL_CANCELED", "SIGNAL_INTERRUPTED", "SIGNAL_LOCKED",
+        "SIGNAL_RATE_LIMITED", "SIGNAL_REVOKED", "SIGNAL_EXPIRED",
+    )
+    if hasattr(S, name)
+)  # fmt: skip
+
+_SKIPPED_BEFORE_START = {"revoked": "revoked", "expired": "expired"}
+_CONTENTION = {"locked": "locked", "rate-limited": "rate_limited"}
+
+
+def _due_time(huey: Huey, task: Any) -> float | None:
+    eta = getattr(task, "eta", None)
+    if not isinstance(eta, datetime.datetime):
+        return None
+    if eta.tzinfo is None and huey.utc:
+        eta = eta.replace(tzinfo=datetime.timezone.utc)
+    return eta.timestamp()
+
+
+def _attempt(task: Any) -> int:
+    planned = getattr(type(task), "default_retries", 0) or 0
+    left = task.retries or 0
+    return planned - left + 1 if 0 <= left <= planned else 1
+
+
+class Integration(BaseIntegration):
+    """Connects a signal receiver to every Huey instance; disconnects it on uninstall."""
+
+    name = "huey"
+
+    def __init__(self, agent: Agent) -> None:
+        super().__init__(agent)
+        self._patches = Patches()
+        self._receivers: weakref.WeakKeyDictionary[Huey, Any] = weakref.WeakKeyDictionary()
+        self._local = threading.local()
+
+    def install(self) -> None:
+        connect = self.connect
+
+        def make_init(original: Any) -> Any:
+            def __init__(huey: Huey, *args: Any, **kwargs: Any) -> None:
+                original(huey, *args, **kwargs)
+                with errors.guard("integration.huey"):
+                    connect(huey)
+
+            return __init__
+
+        self._patches.wrap(Huey, "__init__", make_init)
+        for huey in _existing_hueys():
+            self.connect(huey)
+
+    def uninstall(self) -> None:
+        self._patches.undo()
+        for huey, receiver in list(self._receivers.items()):
+            with errors.guard("uninstall"):
+                huey.disconnect_signal(receiver)
+        self._receivers = weakref.WeakKeyDictionary()
+
+    def connect(self, huey: Huey) -> None:
+        """Connect the receiver to ``huey`` (once)."""
+        if huey in self._receivers:
+            return
+        receiver = functools.partial(self._on_signal, huey)
+        huey.signal(*_SIGNALS)(receiver)
+        self._receivers[huey] = receiver
+
+    # --- the receiver ------------------------------------------------------------------
+
+    @errors.guarded("integration.huey")
+    def _on_signal(self, huey: Huey, signal: str, task: Any, *args: Any) -> None:
+        if signal == S.SIGNAL_EXECUTING:
+            self._start(huey, task)
+            return
+        if signal in _SKIPPED_BEFORE_START:
+            series = self.agent.telemetry.series(self._name_of(huey, task), huey.name)
+            self.agent.telemetry.record_skipped(series, _SKIPPED_BEFORE_START[signal])
+            return
+        run: Run | None = task.__dict__.pop(_RUN_ATTR, None)
+        if run is None:
+            return  # already finished (an error then retrying), or not started here
+        exc: BaseException | None = None
+        will_retry = bool(task.retries)
+        if signal == S.SIGNAL_COMPLETE:
+            outcome = "success"
+        elif signal == S.SIGNAL_ERROR:
+            exc = args[0] if args and isinstance(args[0], BaseException) else None
+            outcome = "retry" if will_retry else "failure"
+        elif signal == S.SIGNAL_TIMEOUT:
+            outcome = "timeout"
+        elif signal in _CONTENTION:
+            self.agent.telemetry.record_skipped(run.series, _CONTENTION[signal])
+            outcome = "retry" if will_retry else "failure"
+        elif signal == S.SIGNAL_RETRYING:
+            outcome = "retry"
+        else:  # canceled, interrupted
+            outcome = "cancelled"
+        self._end(run, outcome, exc)
+
+    def _start(self, huey: Huey, task: Any) -> None:
+        # A run of this thread that got no closing signal (Huey raised inside its own
+        # bookkeeping) must not stay in flight forever and look stuck.
+        left = getattr(self._local, "run", None)
+        if left is not None and not left.finished and not huey.immediate:
+            self._end(left, "failure", None)
+        timeout = getattr(task, "timeout", None)
+        run = self.agent.start_run(
+            self._name_of(huey, task),
+            queue=huey.name,
+            job_id=task.id,
+            attempt=_attempt(task),
+            framework="huey",
+            native_max_duration=float(timeout) if timeout else None,
+            enqueued_at=_due_time(huey, task),
+        )
+        run.activate()
+        task.__dict__[_RUN_ATTR] = run
+        self._local.run = run
+
+    def _end(self, run: Run, outcome: str, exc: BaseException | None) -> None:
+        try:
+            run.finish(outcome, exc)
+        finally:
+            # "interrupted" may come from the consumer's main thread at shutdown: only the
+            # thread that activated the run can deactivate it.
+            if run.thread_id == threading.get_ident():
+                run.deactivate()
+                if getattr(self._local, "run", None) is run:
+                    self._local.run = None
+
+    @staticmethod
+    def _name_of(huey: Huey, task: Any) -> str:
+        return huey._registry.task_to_string(type(task))
+
+
+def _existing_hueys() -> list[Huey]:
+    """Huey instances bound to module-level names, directly or through one of their tasks."""
+    found: dict[int, Huey] = {}
+    for module in list(sys.modules.values()):
+        namespace = getattr(module, "__dict__", None)
+        if not isinstance(namespace, dict) or module is huey_module:
+            continue
+        if str(namespace.get("__name__", "")).startswith("huey."):
+            continue
+        for value in list(namespace.values()):
+            if isinstance(value, Huey):
+                found[id(value)] = value
+            elif isinstance(value, TaskWrapper) and isinstance(value.huey, Huey):
+                found[id(value.huey)] = value.huey
+    return list(found.values())

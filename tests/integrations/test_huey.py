@@ -1,0 +1,400 @@
+"""Huey: a real ``huey_consumer`` (forked worker processes, and threads) on the real Redis,
+scraped on its real ``/metrics``; plus install/uninstall of the signal receivers."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import otel_jobs
+from tests.support import Samples, free_port, require_redis, scrape
+
+huey_lib = pytest.importorskip("huey")
+
+from huey import RedisHuey  # noqa: E402
+from huey import signals as S  # noqa: E402
+
+pytestmark = pytest.mark.broker
+
+REDIS_URL = "redis://127.0.0.1:6379/13"
+ROOT = Path(__file__).resolve().parents[2]
+
+# The consumer's module: it creates the Huey instance and calls instrument(), as the docs say.
+APP = textwrap.dedent(
+    """
+    import os
+    import threading
+    import time
+
+    from huey import RedisHuey
+
+    import otel_jobs
+
+    huey = RedisHuey(os.environ["HQ_NAME"], url=os.environ["HQ_REDIS"])
+    if os.environ.get("HQ_INSTRUMENT") == "1":
+        otel_jobs.instrument(
+            prometheus_port=int(os.environ["HQ_PORT"]),
+            frameworks=["huey"],
+            outbound=[],
+            watchdog_interval=0.5,
+            jobs={"hq_app.hang": {"heartbeat_timeout": 1}},
+        )
+    STATE = os.environ["HQ_STATE"]
+
+
+    @huey.task()
+    def ok(i):
+        return None
+
+
+    @huey.task()
+    def later():
+        return None
+
+
+    @huey.task()
+    def boom(i):
+        raise RuntimeError("boom")
+
+
+    @huey.task(retries=2)
+    def flaky(key):
+        # Fails on its first attempt only: the marker file survives the retry.
+        try:
+            os.close(os.open(os.path.join(STATE, key), os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return None
+        raise RuntimeError("first attempt fails")
+
+
+    @huey.task(timeout=1)
+    def slow():
+        time.sleep(60)  # Huey's process workers interrupt it with SIGALRM after 1 s
+
+
+    @huey.task()
+    def hang():
+        threading.Event().wait()  # never returns, never heartbeats
+
+
+    @huey.task()
+    @huey.lock_task("otel-jobs-test-lock")
+    def guarded():
+        return None
+
+
+    @huey.task()
+    def gone():
+        return None
+
+
+    @huey.task()
+    def stale():
+        return None
+    """
+)
+
+
+class Consumer:
+    """A huey_consumer in its own session, killed with its worker processes at the end."""
+
+    def __init__(self, tmp_path: Path, worker_type: str) -> None:
+        self.name = f"otel-jobs-test-{uuid.uuid4().hex[:10]}"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/metrics"
+        self.state = tmp_path / "state"
+        self.state.mkdir()
+        (tmp_path / "hq_app.py").write_text(APP)
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+            "HQ_NAME": self.name,
+            "HQ_REDIS": REDIS_URL,
+            "HQ_STATE": str(self.state),
+            "HQ_PORT": str(self.port),
+            "HQ_INSTRUMENT": "1",
+            "OTEL_JOBS_MULTIPROCESS_DIR": str(tmp_path / "mp"),
+            # Not UTC: Huey keeps naive UTC times, which must not be read as local time.
+            "TZ": "Asia/Kolkata",
+        }
+        self.log = tmp_path / "consumer.log"
+        consumer = str(Path(sys.executable).parent / "huey_consumer")
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, consumer, "hq_app.huey", "-k", worker_type, "-w", "2", "-d", "0.1",
+                 "-m", "0.2", "--no-periodic"],
+                cwd=tmp_path, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+
+    def wait_for(self, done: Callable[[Samples], bool], what: str, timeout: float = 120) -> Samples:
+        """Poll /metrics until ``done(samples)``; a generous deadline, not a timing assertion."""
+        deadline = time.monotonic() + timeout
+        last: Samples | None = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"consumer exited ({self.proc.returncode}):\n{self.tail()}")
+            try:
+                last = scrape(self.url)
+            except OSError:
+                last = None
+            if last is not None and done(last):
+                return last
+            time.sleep(0.3)
+        text = last.text if last is not None else "(no scrape)"
+        pytest.fail(f"timed out waiting for {what}\n--- /metrics\n{text}\n--- log\n{self.tail()}")
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-6000:]
+
+    def producer(self) -> RedisHuey:
+        """The same app module, imported here as the producer (not instrumented)."""
+        for key, value in self.env.items():
+            if key.startswith("HQ_"):
+                os.environ[key] = value
+        os.environ["HQ_INSTRUMENT"] = "0"
+        sys.path.insert(0, str(Path(self.state).parent))
+        import hq_app
+
+        return hq_app
+
+
+@pytest.fixture
+def consumer_factory(tmp_path: Path) -> Iterator[Callable[[str], Consumer]]:
+    started: list[Consumer] = []
+
+    def start(worker_type: str) -> Consumer:
+        consumer = Consumer(tmp_path, worker_type)
+        started.append(consumer)
+        return consumer
+
+    yield start
+    for consumer in started:
+        consumer.stop()
+        _purge(consumer.name)
+    for key in [k for k in os.environ if k.startswith("HQ_")]:
+        del os.environ[key]
+    sys.path[:] = [p for p in sys.path if p != str(tmp_path)]
+    sys.modules.pop("hq_app", None)
+
+
+def _purge(name: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(f"huey.*{name}*")) + list(client.scan_iter(f"{name}*"))
+    if keys:
+        client.delete(*keys)
+
+
+def test_process_workers_outcomes_timeout_skips_stall_and_exact_counts(
+    consumer_factory: Callable[[str], Consumer],
+) -> None:
+    require_redis()
+    consumer = consumer_factory("process")
+    consumer.wait_for(
+        lambda s: "otel_jobs_watchdog_last_tick_timestamp_seconds" in s.names(), "/metrics"
+    )
+    app = consumer.producer()
+    q = consumer.name
+
+    lock = app.huey.lock_task("otel-jobs-test-lock")
+    lock.acquire()  # held by the test: the guarded task meets lock contention
+    t_sent = time.time()
+    app.later.schedule(delay=3)
+    for i in range(3):
+        app.ok(i)
+    for i in range(2):
+        app.boom(i)
+    app.flaky("flaky-1")
+    app.slow()
+    app.hang()
+    app.guarded()
+    app.gone.schedule(delay=2).revoke()
+    # An absolute expiry (naive UTC, as Huey keeps time): a relative one restarts at re-enqueue.
+    expiry = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    app.stale.schedule(delay=2, expires=expiry + datetime.timedelta(seconds=1))
+
+    def finished(s: Samples, job: str, outcome: str) -> float:
+        return s.total(
+            "otel_jobs_runs_finished_total", job_name=f"hq_app.{job}", queue=q, outcome=outcome
+        )
+
+    def skipped(s: Samples, job: str, reason: str) -> float:
+        return s.total(
+            "otel_jobs_runs_skipped_total", job_name=f"hq_app.{job}", queue=q, reason=reason
+        )
+
+    def settled(s: Samples) -> bool:
+        return (
+            finished(s, "ok", "success") == 3
+            and finished(s, "later", "success") == 1
+            and finished(s, "boom", "failure") == 2
+            and finished(s, "flaky", "success") == 1
+            and finished(s, "slow", "timeout") == 1
+            and finished(s, "guarded", "failure") == 1
+            and skipped(s, "gone", "revoked") == 1
+            and skipped(s, "stale", "expired") == 1
+            and s.total("otel_jobs_stalls_detected_total", job_name="hq_app.hang", queue=q) >= 1
+        )
+
+    try:
+        s = consumer.wait_for(settled, "every run to finish and the hung run to be stalled")
+        t_seen = time.time()
+        time.sleep(1.5)  # a few more watchdog ticks: nothing counted twice, nothing late
+        s = scrape(consumer.url)
+
+        started = {"ok": 3, "later": 1, "boom": 2, "flaky": 2, "slow": 1, "hang": 1, "guarded": 1}
+        for job, count in started.items():
+            name = f"hq_app.{job}"
+            assert s.value("otel_jobs_runs_started_total", job_name=name, queue=q) == count, job
+        for job in ("gone", "stale"):  # never started
+            assert s.total("otel_jobs_runs_started_total", job_name=f"hq_app.{job}", queue=q) == 0
+        expected = {
+            ("ok", "success"): 3,
+            ("later", "success"): 1,
+            ("boom", "failure"): 2,
+            ("flaky", "retry"): 1,
+            ("flaky", "success"): 1,
+            ("slow", "timeout"): 1,
+            ("guarded", "failure"): 1,
+        }
+        for job in started:
+            for outcome in ("success", "failure", "retry", "timeout", "cancelled"):
+                assert finished(s, job, outcome) == expected.get((job, outcome), 0), (job, outcome)
+        assert skipped(s, "guarded", "locked") == 1
+        assert skipped(s, "gone", "revoked") == 1
+        assert skipped(s, "stale", "expired") == 1
+        assert s.total("otel_jobs_runs_skipped_total", queue=q) == 3
+
+        # The task's timeout is its max duration; tasks without one keep the global default.
+        assert s.value("otel_jobs_run_max_duration_seconds", job_name="hq_app.slow", queue=q) == 1.0
+        assert (
+            s.value("otel_jobs_run_max_duration_seconds", job_name="hq_app.ok", queue=q) == 3600.0
+        )
+
+        # The hung run: in flight in a forked worker, stalled once, seen on the consumer's endpoint.
+        hang = "hq_app.hang"
+        assert s.value("otel_jobs_runs_in_progress", job_name=hang, queue=q) == 1
+        assert s.value("otel_jobs_run_heartbeat_timeout_seconds", job_name=hang, queue=q) == 1.0
+        assert s.total("otel_jobs_runs_stalled", job_name=hang, queue=q) == 1
+        assert (
+            s.value(
+                "otel_jobs_stalls_detected_total", job_name=hang, queue=q, reason="no_heartbeat"
+            )
+            == 1
+        )
+        assert s.total("otel_jobs_stalls_detected_total", job_name=hang, queue=q) == 1
+        assert s.value("otel_jobs_runs_in_progress", job_name="hq_app.ok", queue=q) == 0
+
+        # Queue wait: only tasks with a due time have one (Huey messages carry no publish
+        # time); the scheduled task's wait is measured from its due time (publish + 3 s).
+        assert s.value("otel_jobs_queue_wait_seconds_count", job_name="hq_app.later", queue=q) == 1
+        assert s.total("otel_jobs_queue_wait_seconds_count", job_name="hq_app.ok", queue=q) == 0
+        wait = s.value("otel_jobs_queue_wait_seconds_sum", job_name="hq_app.later", queue=q)
+        assert 0 <= wait <= (t_seen - t_sent) - 3.0 + 0.01, wait
+    finally:
+        lock.release()
+        consumer.stop()
+
+
+def test_thread_workers_share_one_process(consumer_factory: Callable[[str], Consumer]) -> None:
+    require_redis()
+    consumer = consumer_factory("thread")
+    consumer.wait_for(
+        lambda s: "otel_jobs_watchdog_last_tick_timestamp_seconds" in s.names(), "/metrics"
+    )
+    app = consumer.producer()
+    q = consumer.name
+    for i in range(4):
+        app.ok(i)
+    app.boom(1)
+    app.hang()
+
+    def settled(s: Samples) -> bool:
+        return (
+            s.total("otel_jobs_runs_finished_total", job_name="hq_app.ok", queue=q) == 4
+            and s.total("otel_jobs_runs_finished_total", job_name="hq_app.boom", queue=q) == 1
+            and s.total("otel_jobs_runs_stalled", job_name="hq_app.hang", queue=q) == 1
+        )
+
+    s = consumer.wait_for(settled, "the runs of a threaded consumer")
+    f = "otel_jobs_runs_finished_total"
+    assert s.value(f, job_name="hq_app.ok", queue=q, outcome="success") == 4
+    assert s.value(f, job_name="hq_app.boom", queue=q, outcome="failure") == 1
+    assert s.value("otel_jobs_runs_in_progress", job_name="hq_app.hang", queue=q) == 1
+
+
+# --- in process: install/uninstall ------------------------------------------------------------
+
+
+def _receivers(huey: RedisHuey) -> list[object]:
+    return [r for rs in huey._signal.receivers.values() for r in rs]
+
+
+def test_install_twice_and_uninstall_restore_huey(instrumented: Callable[..., object]) -> None:
+    original_init = RedisHuey.__init__
+    from huey.api import Huey
+
+    original_base_init = Huey.__init__
+    before = RedisHuey(f"otel-jobs-test-{uuid.uuid4().hex[:8]}", url=REDIS_URL)
+    globals()["_HUEY_BEFORE"] = before  # exists before instrument(): found through this module
+    try:
+        instrumented(frameworks=["huey"])
+        otel_jobs.instrument(frameworks=["huey"])  # a second call changes nothing
+        assert Huey.__init__ is not original_base_init
+        after = RedisHuey(f"otel-jobs-test-{uuid.uuid4().hex[:8]}", url=REDIS_URL)
+        for huey in (before, after):
+            assert len({id(r) for r in _receivers(huey)}) == 1  # one receiver, connected once
+            for name in (S.SIGNAL_EXECUTING, S.SIGNAL_COMPLETE, S.SIGNAL_ERROR, S.SIGNAL_LOCKED):
+                assert len(huey._signal.receivers[name]) == 1
+        otel_jobs.uninstrument()
+        assert Huey.__init__ is original_base_init
+        assert RedisHuey.__init__ is original_init
+        for huey in (before, after, RedisHuey("otel-jobs-test-x", url=REDIS_URL)):
+            assert _receivers(huey) == []
+    finally:
+        globals().pop("_HUEY_BEFORE", None)
+
+
+def test_immediate_mode_spans(instrumented: Callable[..., object], span_exporter) -> None:
+    """Huey's immediate mode runs tasks in the caller, through the same signals: one span each."""
+    instrumented(frameworks=["huey"])
+    huey = RedisHuey("otel-jobs-immediate", immediate=True)
+
+    @huey.task()
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @huey.task()
+    def fail() -> None:
+        raise ValueError("nope")
+
+    assert add(1, 2)() == 3
+    fail()
+    spans = {s.name: s for s in span_exporter.get_finished_spans()}
+    ok = spans[huey._registry.task_to_string(add.task_class)]
+    bad = spans[huey._registry.task_to_string(fail.task_class)]
+    assert ok.attributes["job.framework"] == "huey"
+    assert ok.attributes["job.queue"] == "otel-jobs-immediate"
+    assert ok.attributes["job.outcome"] == "success"
+    assert ok.attributes["job.attempt"] == 1
+    assert bad.attributes["job.outcome"] == "failure"
+    assert bad.status.status_code.name == "ERROR"
