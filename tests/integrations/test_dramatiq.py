@@ -49,6 +49,10 @@ APP = textwrap.dedent(
 
         broker = RabbitmqBroker(url=os.environ["DQ_BROKER"])
     dramatiq.set_broker(broker)
+    if os.environ.get("DQ_INSTRUMENT") == "1":  # instrument() in the module, not in a launcher
+        import otel_jobs
+
+        otel_jobs.instrument(prometheus_port=int(os.environ["DQ_PORT"]), frameworks=["dramatiq"])
     QUEUE = os.environ["DQ_QUEUE"]
     STATE = os.environ["DQ_STATE"]
 
@@ -131,7 +135,11 @@ class Worker:
             "OTEL_JOBS_MULTIPROCESS_DIR": str(tmp_path / "mp"),
             "OTEL_JOBS_WATCHDOG_INTERVAL": "0.5",
         }
-        if launcher == "module":
+        if launcher == "cli":
+            # The plain dramatiq command: each worker process instruments itself.
+            command = [sys.executable, "-m", "dramatiq"]
+            self.env["DQ_INSTRUMENT"] = "1"
+        elif launcher == "module":
             # The shortcut: options from the environment only.
             command = [sys.executable, "-m", "otel_jobs.integrations.dramatiq"]
             self.env["OTEL_JOBS_FRAMEWORKS"] = "dramatiq"
@@ -323,6 +331,25 @@ def test_real_worker_outcomes_limits_stalls_and_exact_counts(
     finally:
         worker.stop()
         _purge(broker_url, q)
+
+
+def test_plain_cli_with_instrument_in_the_module_says_how_to_fix_it(
+    worker_factory: Callable[[str, str], Worker],
+) -> None:
+    """Two worker processes each call instrument(): the second cannot serve /metrics and says so."""
+    require_redis()
+    worker = worker_factory(REDIS_URL, "cli")
+    try:
+        worker.wait_for(lambda s: True, "the first worker process's /metrics")
+        deadline = time.monotonic() + 90
+        while "python -m otel_jobs.integrations.dramatiq" not in worker.tail():
+            assert worker.proc.poll() is None, worker.tail()
+            assert time.monotonic() < deadline, worker.tail()
+            time.sleep(0.3)
+        assert "another process already serves /metrics" in worker.tail()
+    finally:
+        worker.stop()
+        _purge(REDIS_URL, worker.queue)
 
 
 # --- in process: install/uninstall, and the spans of a real worker on Redis ------------------
