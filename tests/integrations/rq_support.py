@@ -136,10 +136,15 @@ def launch_workers(tmp_path: Path) -> Iterator[Callable[..., RQWorker]]:
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
     for proc in procs:
-        for child in _children(proc.pid):  # work horses run in process groups of their own
-            _kill(child)
-        _kill(proc.pid)
-        proc.wait(timeout=30)
+        kill_tree(proc)
+
+
+def kill_tree(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a worker and its work horses (which run in process groups of their own)."""
+    for child in _children(proc.pid):
+        _kill(child)
+    _kill(proc.pid)
+    proc.wait(timeout=30)
 
 
 def statuses(jobs: list[Job]) -> list[str]:
