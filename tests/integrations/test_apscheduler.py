@@ -292,3 +292,12 @@ def _patched_only_while_instrumented() -> Any:
     original = BaseExecutor.submit_job
     yield
     assert BaseExecutor.submit_job is original
+
+
+def test_not_hooked_when_frameworks_leave_it_out() -> None:
+    original = BaseExecutor.submit_job
+    otel_jobs.instrument(frameworks=["arq"], prometheus=False, watchdog=False)
+    try:
+        assert BaseExecutor.submit_job is original
+    finally:
+        otel_jobs.uninstrument()

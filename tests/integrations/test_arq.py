@@ -396,3 +396,14 @@ def test_job_runs_as_the_current_run_of_its_own_task_and_uninstrument_restores(
     assert Worker.run_job.__wrapped__ is original_run_job  # type: ignore[attr-defined]
     otel_jobs.uninstrument()
     assert Worker.run_job is original_run_job
+
+
+def test_not_hooked_when_frameworks_leave_it_out() -> None:
+    from arq.worker import Worker
+
+    original = Worker.run_job
+    otel_jobs.instrument(frameworks=["apscheduler"], prometheus=False, watchdog=False)
+    try:
+        assert Worker.run_job is original
+    finally:
+        otel_jobs.uninstrument()
