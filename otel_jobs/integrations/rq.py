@@ -36,8 +36,8 @@ included, is covered without changing its base class):
   ``job.enqueued_at`` (for a scheduled job or a retry, the time RQ put it back in the queue).
   The outcome: ``success``; ``timeout`` for ``JobTimeoutException`` (RQ's time limit fired);
   ``retry`` when RQ requeued or scheduled the job again (an exception with ``Retry(max=...)``
-  attempts left, or the job returned a ``Retry``); ``failure`` otherwise. The run's span is
-  exported before the horse exits. The watchdog runs in the horse (each forked horse starts its
+  attempts left, or the job returned a ``Retry``); ``failure`` otherwise. The horse exports the
+  run's span before it exits (waiting at most 2 s for the exporter). The watchdog runs in the horse (each forked horse starts its
   own), and the horse's counts reach the worker's ``/metrics`` (see the README section *Forking
   workers*).
 * ``monitor_work_horse``, ``handle_work_horse_killed`` and ``handle_job_failure`` (in the worker):
@@ -243,7 +243,7 @@ class Integration(base.Integration):
             run.deactivate()
         if worker.is_horse:
             # The horse leaves through os._exit: export its spans now or never.
-            providers.flush(5000)
+            providers.flush(2000)
 
     def _handle_exception(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def handle_exception(worker: Any, job: Any, *exc_info: Any) -> Any:
