@@ -217,3 +217,7 @@ def test_every_alert_has_a_runbook(alert: str) -> None:
     assert text.startswith(f"# {alert}\n")
     for heading in ("## Meaning", "## Confirm", "## Usual causes", "## Fix", "## Verify the fix"):
         assert heading in text, f"{page.name} lacks {heading}"
+    severity = {a.name: a.severity for g in rules.alerts(rules.RulesConfig()).values() for a in g}
+    assert f"Severity: **{severity[alert]}**" in text
+    index = (RUNBOOKS / "README.md").read_text()
+    assert f"| [{alert}]({alert}.md) | {severity[alert]} |" in index
