@@ -184,7 +184,7 @@ class RulesConfig:
         "1d", "how far back 'it normally runs' is looked up", _duration, "DURATION"
     )
     runbook_url: str = _opt(
-        DEFAULT_RUNBOOK_URL, "base URL of the runbooks (<base>/<AlertName>.md)", str, "URL"
+        DEFAULT_RUNBOOK_URL, "base URL of the runbooks (BASE/AlertName.md)", str, "URL"
     )
     grafana_url: str = _opt(
         DEFAULT_GRAFANA_URL,
@@ -572,6 +572,24 @@ def dump_yaml(data: Any) -> str:
 
 
 # --- the command ----------------------------------------------------------------------------
+
+
+def options_table() -> str:
+    """The README table of the generator's options (a test keeps the two equal)."""
+    rows = ["| option | default | meaning |", "|---|---|---|"]
+    for f in fields(RulesConfig):
+        if "help" not in f.metadata:
+            continue
+        default = f.default
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        if shown is None or shown == "":
+            shown = "(none)"
+        elif isinstance(shown, float):
+            shown = f"`{_num(shown)}`"
+        else:
+            shown = f"`{shown}`"
+        rows.append(f"| `{_flag(f.name)}` | {shown} | {f.metadata['help']} |")
+    return "\n".join(rows)
 
 
 def _flag(name: str) -> str:

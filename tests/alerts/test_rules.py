@@ -221,3 +221,13 @@ def test_every_alert_has_a_runbook(alert: str) -> None:
     assert f"Severity: **{severity[alert]}**" in text
     index = (RUNBOOKS / "README.md").read_text()
     assert f"| [{alert}]({alert}.md) | {severity[alert]} |" in index
+
+
+def test_readme_documents_every_generator_option_and_alert() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("<!-- section:alerts:start -->")[1].split("<!-- section:alerts:end -->")[
+        0
+    ]
+    assert rules.options_table() in section
+    for alert in rules.DEFAULT_FOR:
+        assert f"`{alert}`" in section, alert
