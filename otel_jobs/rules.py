@@ -10,7 +10,10 @@ other selectors, ``for`` durations or thresholds instead of editing YAML by hand
     otel-jobs rules --for OtelJobsQueueWaitHigh=30m --queue-wait-p95 120
 
 Every option is a field of :class:`RulesConfig` (``otel-jobs rules --help`` lists them with their
-defaults); from Python, ``render(RulesConfig(selector='namespace="billing"'))`` returns the text.
+defaults, the README's table is :func:`options_table`); from Python,
+``render(RulesConfig(selector='namespace="billing"'))`` returns the text. Selectors are PromQL
+label matchers without braces (``namespace="billing", env!~"dev|test"``), inserted as they are:
+check the result with ``promtool check rules``.
 
 How the thresholds work:
 
@@ -90,6 +93,14 @@ def _positive(text: str) -> float:
     return value
 
 
+def _matchers(text: str) -> str:
+    if "{" in text or "}" in text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give the label matchers without braces, e.g. 'namespace=\"billing\"'"
+        )
+    return text.strip()
+
+
 def _labels(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     for name in names:
@@ -111,13 +122,13 @@ class RulesConfig:
     selector: str = _opt(
         "",
         "label matchers added to every otel-jobs selector, e.g. 'namespace=\"billing\"'",
-        str,
+        _matchers,
         "MATCHERS",
     )
     target_selector: str = _opt(
         'job="otel-jobs"',
         "matchers that pick the worker scrape targets in `up` (target down / absent alerts)",
-        str,
+        _matchers,
         "MATCHERS",
     )
     group_by: tuple[str, ...] = _opt(
@@ -343,7 +354,7 @@ def alerts(config: RulesConfig) -> dict[str, list[Alert]]:
             "warning",
             f"absent({up})",
             "No otel-jobs worker target is known to Prometheus.",
-            f"Prometheus has no scrape target matching {{{_escape_template(_matchers(s, True))}}}"
+            f"Prometheus has no scrape target matching {{{_escape_template(_joined_matchers(s, True))}}}"
             ": no worker is being watched for stuck jobs.",
             dashboard_vars=(),
         ),
@@ -436,7 +447,7 @@ def alerts(config: RulesConfig) -> dict[str, list[Alert]]:
     }
 
 
-def _matchers(config: RulesConfig, target: bool) -> str:
+def _joined_matchers(config: RulesConfig, target: bool) -> str:
     return ", ".join(m for m in (config.target_selector if target else "", config.selector) if m)
 
 
