@@ -21,8 +21,9 @@ What each run records:
   time of ``_defer_by`` / ``_defer_until`` and of ``Retry(defer=...)``. A job retried without a
   delay keeps its score, so its wait then includes the earlier attempts.
 * outcome: ``success``; ``failure`` for an exception; ``retry`` for ``arq.Retry`` (and arq's
-  internal ``RetryJob``) when the worker retries jobs (``retry_jobs=True``, arq's default; with
-  ``retry_jobs=False`` arq records it as a failure, and so does otel-jobs); ``timeout`` when
+  internal ``RetryJob``) when arq will run the job again; a ``Retry`` on the last of its
+  ``max_tries``, or with ``retry_jobs=False``, ends the job in arq, and its run is a ``failure``;
+  ``timeout`` when
   ``job_timeout`` expired (arq then cancels the job) or when the watchdog cancelled it;
   ``cancelled`` when the job was aborted (``Job.abort()``) or cancelled by the worker's shutdown
   (arq enqueues it again, and its next attempt is a new run).
@@ -156,7 +157,7 @@ def _traced(worker: Worker, function: Any) -> Callable[..., Awaitable[Any]]:
             result = await coroutine(ctx, *args, **kwargs)
         except BaseException as exc:
             with errors.guard("integration.arq"):
-                outcome, recorded = _outcome(worker, ctx, timeout, exc)
+                outcome, recorded = _outcome(worker, function, ctx, timeout, exc)
                 run.finish(outcome, recorded)
             raise
         else:
@@ -172,11 +173,15 @@ def _traced(worker: Worker, function: Any) -> Callable[..., Awaitable[Any]]:
 
 
 def _outcome(
-    worker: Worker, ctx: dict[Any, Any], timeout: float | None, exc: BaseException
+    worker: Worker, function: Any, ctx: dict[Any, Any], timeout: float | None, exc: BaseException
 ) -> tuple[str, BaseException]:
     """Map how the job's coroutine ended onto an outcome, the way arq itself treats it."""
     if isinstance(exc, (Retry, RetryJob)):
-        return ("retry" if worker.retry_jobs else "failure"), exc
+        # A retry arq will never run (no retries, or tries used up) ends the job: a failure.
+        max_tries = worker.max_tries if function.max_tries is None else function.max_tries
+        if worker.retry_jobs and int(ctx.get("job_try") or 1) < max_tries:
+            return "retry", exc
+        return "failure", exc
     if not isinstance(exc, asyncio.CancelledError):
         return classify(exc), exc
     if ctx.get("job_id") in worker.aborting_tasks:
