@@ -1,7 +1,7 @@
 """Helpers of the RQ tests: real ``rq worker`` processes started on the real Redis.
 
 ``launch_workers(tmp_path)`` yields ``start(*queues, worker_class=..., jobs=..., url=...,
-instrument=True)``, which starts ``rq worker -c tests.integrations.rq_settings`` (the settings
+instrument=True, env_extra=...)``, which starts ``rq worker -c tests.integrations.rq_settings`` (the settings
 module calls ``otel_jobs.instrument()`` at start-up) on a free /metrics port and waits until it
 listens; every worker and its work horses are killed when the ``with`` block ends.
 """
@@ -97,6 +97,7 @@ def launch_workers(tmp_path: Path) -> Iterator[Callable[..., RQWorker]]:
         url: str = REDIS_URL,
         instrument: bool = True,
         wait_ready: bool = True,
+        env_extra: dict[str, str] | None = None,
     ) -> RQWorker:
         port = free_port()
         env = {
@@ -108,6 +109,7 @@ def launch_workers(tmp_path: Path) -> Iterator[Callable[..., RQWorker]]:
             "PYTHONUNBUFFERED": "1",
         }
         env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+        env.update(env_extra or {})
         log = tmp_path / f"worker-{port}.log"
         command = [
             sys.executable, "-m", "rq.cli", "worker", "-c", "tests.integrations.rq_settings",
@@ -153,3 +155,50 @@ def statuses(jobs: list[Job]) -> list[str]:
 
 def all_done(jobs: list[Job]) -> bool:
     return all(s in (JobStatus.FINISHED, JobStatus.FAILED) for s in statuses(jobs))
+
+
+class SpanReceiver:
+    """A real OTLP/HTTP endpoint on 127.0.0.1 that keeps the spans it receives."""
+
+    def __init__(self) -> None:
+        import gzip
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+        self.spans: list[tuple[str, dict[str, Any]]] = []
+        spans = self.spans
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                request = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
+                for resource in request.resource_spans:
+                    for scope in resource.scope_spans:
+                        for span in scope.spans:
+                            attrs = {a.key: _any_value(a.value) for a in span.attributes}
+                            spans.append((span.name, attrs))
+                reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.traces_endpoint = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _any_value(value: Any) -> Any:
+    return getattr(value, value.WhichOneof("value")) if value.WhichOneof("value") else None

@@ -25,6 +25,7 @@ from tests.integrations.rq_support import (
     REDIS_URL,
     WAIT,
     RQWorker,
+    SpanReceiver,
     all_done,
     launch_workers,
     statuses,
@@ -186,6 +187,31 @@ def test_hung_run_is_stalled_and_a_killed_horse_is_a_failure(
     ok = {"job_name": f"{JOBS}.ok", "queue": q.name}
     wait_for("the next job", lambda: worker.finished(outcome="success", **ok) == 1)
     assert worker.finished(**labels) == 1
+
+
+def test_spans_leave_the_work_horse(redis_db, queue_name, start_worker) -> None:
+    """Each horse exits with os._exit right after its job: its span is exported before that."""
+    receiver = SpanReceiver()
+    try:
+        q = Queue(queue_name("otlp"), connection=redis_db)
+        jobs = [q.enqueue(f"{JOBS}.ok", 1), q.enqueue(f"{JOBS}.boom")]
+        worker = start_worker(
+            q.name,
+            env_extra={
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.traces_endpoint,
+                "OTEL_BSP_SCHEDULE_DELAY": "60000",  # only an explicit flush gets them out in time
+            },
+        )
+        wait_for("2 finished runs", lambda: worker.finished(queue=q.name) == 2)
+        wait_for("RQ to end the jobs", lambda: all_done(jobs))
+        wait_for("2 spans", lambda: len(receiver.spans) == 2)
+        by_id = {attrs["job.id"]: (name, attrs) for name, attrs in receiver.spans}
+        assert by_id[jobs[0].id][0] == f"{JOBS}.ok"
+        assert by_id[jobs[0].id][1]["job.outcome"] == "success"
+        assert by_id[jobs[1].id][1]["job.outcome"] == "failure"
+        assert {attrs["job.framework"] for _, attrs in receiver.spans} == {"rq"}
+    finally:
+        receiver.close()
 
 
 def test_simple_worker(redis_db, queue_name, start_worker) -> None:
