@@ -1,19 +1,17 @@
 """Huey: every task execution becomes one run, from Huey's own signals.
 
-Call ``otel_jobs.instrument()`` in the module that creates your ``Huey`` instance (the module
-``huey_consumer`` imports), after the instance is created or before, it does not matter:
+Call ``otel_jobs.instrument()`` in the module ``huey_consumer`` is pointed at, before or after
+the ``Huey`` instance is created. Keep it out of the module your producers import (a web app
+importing ``tasks.py`` would start a ``/metrics`` endpoint of its own): a small module that
+imports the instance and instruments is enough:
 
 .. code-block:: python
 
-    # app/queue.py
-    from huey import RedisHuey
+    # app/worker.py, run with: huey_consumer app.worker.huey -k process -w 4
     import otel_jobs
+    from app.tasks import huey   # RedisHuey("app"), and the tasks
 
-    huey = RedisHuey("app")
     otel_jobs.instrument()
-
-    @huey.task(retries=2, retry_delay=5, timeout=60)
-    def sync_invoices(account_id): ...
 
 ``instrument()`` connects a signal receiver to every Huey instance: those created afterwards
 (it wraps ``Huey.__init__``) and those that already exist and are bound to a module-level name

@@ -398,3 +398,73 @@ def test_immediate_mode_spans(instrumented: Callable[..., object], span_exporter
     assert ok.attributes["job.attempt"] == 1
     assert bad.attributes["job.outcome"] == "failure"
     assert bad.status.status_code.name == "ERROR"
+
+
+def test_immediate_mode_control_flow_signals(instrumented: Callable[..., object]) -> None:
+    """RetryTask, CancelExecution (task and pre-execute hook), lock contention and revocation,
+    through Huey's real signals in immediate mode; read on this process's real /metrics."""
+    from huey.exceptions import CancelExecution, RetryTask
+
+    agent = instrumented(frameworks=["huey"], outbound=[])
+    name = f"otel-jobs-immediate-{uuid.uuid4().hex[:8]}"
+    huey = RedisHuey(name, immediate=True)
+    attempts: list[int] = []
+
+    @huey.task(retries=1)
+    def again() -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise RetryTask()
+
+    @huey.task()
+    def stop() -> None:
+        raise CancelExecution(retry=False)
+
+    @huey.task()
+    def vetoed() -> None:
+        raise AssertionError("a pre-execute hook cancels it first")
+
+    @huey.pre_execute()
+    def veto(task: object) -> None:
+        if type(task).__name__ == "vetoed":
+            raise CancelExecution()
+
+    @huey.task()
+    @huey.lock_task("held")
+    def locked() -> None:
+        return None
+
+    @huey.task()
+    def revoked() -> None:
+        return None
+
+    again()
+    stop()
+    vetoed()
+    with huey.lock_task("held"):
+        locked()
+    revoked.revoke(revoke_once=True)
+    revoked()
+    locked()  # the lock is free again: success
+
+    s = scrape(agent.server.url)  # type: ignore[attr-defined]
+
+    def job(fn: object) -> str:
+        return huey._registry.task_to_string(fn.task_class)  # type: ignore[attr-defined]
+
+    def finished(fn: object, outcome: str) -> float:
+        return s.total(
+            "otel_jobs_runs_finished_total", job_name=job(fn), queue=name, outcome=outcome
+        )
+
+    assert len(attempts) == 2
+    assert finished(again, "retry") == 1 and finished(again, "success") == 1
+    assert s.value("otel_jobs_runs_started_total", job_name=job(again), queue=name) == 2
+    assert finished(stop, "cancelled") == 1
+    assert finished(vetoed, "cancelled") == 1
+    assert finished(locked, "failure") == 1 and finished(locked, "success") == 1
+    skipped = "otel_jobs_runs_skipped_total"
+    assert s.value(skipped, job_name=job(locked), queue=name, reason="locked") == 1
+    assert s.value(skipped, job_name=job(revoked), queue=name, reason="revoked") == 1
+    assert s.total("otel_jobs_runs_started_total", job_name=job(revoked), queue=name) == 0
+    assert s.total("otel_jobs_runs_in_progress", queue=name) == 0
