@@ -189,6 +189,26 @@ def test_hung_run_is_stalled_and_a_killed_horse_is_a_failure(
     assert worker.finished(**labels) == 1
 
 
+def test_stopped_job_is_cancelled(redis_db, queue_name, start_worker, blackhole, tmp_path) -> None:
+    """rq's stop-job command kills the horse; the worker records the run as cancelled."""
+    from rq.command import send_stop_job_command
+
+    q = Queue(queue_name("stop"), connection=redis_db)
+    pid_file = tmp_path / "horse.pid"
+    job = q.enqueue(f"{JOBS}.hang", str(pid_file), blackhole, job_timeout=600)
+    worker = start_worker(q.name)
+    labels = {"job_name": f"{JOBS}.hang", "queue": q.name}
+    wait_for("the run", lambda: worker.metrics().total("otel_jobs_runs_in_progress", **labels) == 1)
+
+    send_stop_job_command(redis_db, job.id)
+    wait_for("the cancelled run", lambda: worker.finished(outcome="cancelled", **labels) == 1)
+    wait_for("RQ to stop the job", lambda: job.get_status(refresh=True) == JobStatus.STOPPED)
+    m = worker.metrics()
+    assert m.total("otel_jobs_runs_finished_total", **labels) == 1
+    assert m.value("otel_jobs_runs_started_total", **labels) == 1
+    assert m.total("otel_jobs_runs_in_progress", **labels) == 0
+
+
 def test_spans_leave_the_work_horse(redis_db, queue_name, start_worker) -> None:
     """Each horse exits with os._exit right after its job: its span is exported before that."""
     receiver = SpanReceiver()
