@@ -140,6 +140,9 @@ def test_command_line_renders_a_checked_rule_file(
     assert "unknown alert" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["rules", "--stall-for", "two minutes"])
+    with pytest.raises(SystemExit):
+        cli.main(["rules", "--selector", '{namespace="billing"}'])
+    assert "without braces" in capsys.readouterr().err
 
 
 # --- promtool and amtool ---------------------------------------------------------------------
