@@ -12,8 +12,8 @@ is None: ``httpx.get(url, timeout=None)``, ``httpx.Client(timeout=httpx.Timeout(
 
 Spans. HTTP client spans come from opentelemetry-instrumentation-httpx. If nothing
 instrumented httpx, otel-jobs does (``HTTPXClientInstrumentor().instrument()``, with the
-tracer provider in force), so each call has a CLIENT span carrying the ``otel_jobs.timeout.*``
-attributes. Your own instrumentation always wins and is never doubled: if you instrumented
+global tracer provider), so each call has a CLIENT span carrying the ``otel_jobs.timeout.*``
+attributes; the ``url.full`` of these spans is stripped of credentials and query string. Your own instrumentation always wins and is never doubled: if you instrumented
 httpx first, otel-jobs leaves it alone; if you do it later (``instrument()``,
 ``instrument_client()`` or an ``OpenTelemetryTransport``), otel-jobs removes its own first, so
 there is one span per call. ``uninstrument()`` removes only what otel-jobs added.
@@ -70,6 +70,38 @@ def _enforce(request: Any, default: float) -> None:
         if timeout.get(part) is None:
             timeout[part] = default
     request.extensions["timeout"] = timeout
+
+
+_URL_KEYS = ("url.full", "http.url")
+
+
+@errors.guarded("outbound.httpx")
+def _scrub_url(span: Any, request: Any) -> None:
+    """Request hook of the spans otel-jobs creates: their URL without credentials or query."""
+    if not span.is_recording():
+        return
+    url = request.url if hasattr(request, "url") else request[1]
+    try:
+        scheme, host, port, path = url.scheme, url.host, url.port, url.path
+    except AttributeError:  # the raw (bytes) form: scheme, host, port, target
+        scheme, host, port, target = (
+            url[0].decode(),
+            url[1].decode(),
+            url[2],
+            url[3].decode("ascii", "replace"),
+        )
+        path = target.partition("?")[0]
+    if isinstance(scheme, bytes):
+        scheme = scheme.decode()
+    full = f"{scheme}://{format_host(host, port)}{path}"
+    attributes = getattr(span, "attributes", None) or {}
+    for key in _URL_KEYS:
+        if key in attributes:
+            span.set_attribute(key, full)
+
+
+async def _ascrub_url(span: Any, request: Any) -> None:
+    _scrub_url(span, request)
 
 
 class Adapter:
@@ -156,7 +188,7 @@ class Adapter:
         if isinstance(self.agent.tracer, trace.NoOpTracer):
             return  # OTEL_SDK_DISABLED: no spans anyway
         if not instrumentor.is_instrumented_by_opentelemetry:
-            instrumentor.instrument()
+            instrumentor.instrument(request_hook=_scrub_url, async_request_hook=_ascrub_url)
             self.owns_spans = instrumentor.is_instrumented_by_opentelemetry
 
         adapter = self

@@ -7,6 +7,7 @@ import inspect
 import logging
 import selectors
 import socket
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -75,6 +76,8 @@ class SilentServer:
         self._open: list[socket.socket] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._dropping = threading.Event()
+        self._dropped = threading.Event()
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._listener, selectors.EVENT_READ)
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -82,6 +85,12 @@ class SilentServer:
 
     def _serve(self) -> None:
         while not self._stop.is_set():
+            if self._dropping.is_set():
+                for conn in list(self._open):
+                    # linger 0: close with a reset, which every client notices at once
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self._forget(conn)
+                self._dropped.set()
             for key, _ in self._selector.select(timeout=0.05):
                 sock = key.fileobj
                 assert isinstance(sock, socket.socket)
@@ -117,13 +126,14 @@ class SilentServer:
         sock.close()
 
     def drop_all(self) -> None:
-        with self._lock:
-            conns = list(self._open)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        """Once a request has arrived, reset every connection, now and later (clients see errors)."""
+        import time
+
+        deadline = time.monotonic() + 30
+        while self.received == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self._dropping.set()  # from now on, every connection is reset (clients may retry)
+        self._dropped.wait(30)
 
     def close(self) -> None:
         self._stop.set()
