@@ -129,9 +129,6 @@ def test_command_line_renders_a_checked_rule_file(
     assert by_name["OtelJobsRunStalled"]["annotations"]["runbook_url"] == (
         "https://wiki.example.com/rb/OtelJobsRunStalled.md"
     )
-    result = promtool("check", "rules", out)
-    assert result.returncode == 0, result.stdout + result.stderr
-
     assert cli.main(["rules", "--format", "operator", "--operator-label", "release=kps"]) == 0
     manifest = yaml.safe_load(capsys.readouterr().out)
     assert manifest["metadata"]["labels"]["release"] == "kps"
@@ -143,6 +140,9 @@ def test_command_line_renders_a_checked_rule_file(
     with pytest.raises(SystemExit):
         cli.main(["rules", "--selector", '{namespace="billing"}'])
     assert "without braces" in capsys.readouterr().err
+
+    result = promtool("check", "rules", out)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 # --- promtool and amtool ---------------------------------------------------------------------
