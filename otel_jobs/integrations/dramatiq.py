@@ -55,14 +55,12 @@ What is recorded
 * Outcome, decided after every other middleware had its say (the middleware sits first in
   the broker's list, so its ``after_*`` hooks run last):
 
-  ============================================  ===========
-  the actor returned                             success
-  :class:`~dramatiq.middleware.TimeLimitExceeded` timeout (also when it will be retried)
-  an exception, and ``Retries`` re-enqueued it   retry
-  an exception, no retry left (or ``throws``)    failure
-  ``Shutdown`` (worker stopping, notifications)  cancelled
-  skipped by a middleware (``AgeLimit``: too old) cancelled
-  ============================================  ===========
+  - ``success``: the actor returned;
+  - ``timeout``: :class:`~dramatiq.middleware.TimeLimitExceeded` (also when it will be retried);
+  - ``retry``: an exception, and ``Retries`` re-enqueued the message;
+  - ``failure``: an exception with no retry left, ``throws``, or no ``Retries`` middleware;
+  - ``cancelled``: ``Shutdown`` (the worker stopping an actor with ``notify_shutdown``), or a
+    message skipped or failed by a middleware before the actor ran (``AgeLimit``: too old).
 
 * Dead-lettered messages: every message Dramatiq rejects (retries exhausted, ``throws``,
   too old, unknown actor) goes to the dead-letter queue (``<queue>.XQ``) and is counted in
@@ -72,6 +70,11 @@ What is recorded
   message from the delay queue to the work queue, so the middleware copies it into the
   message option ``otel_jobs_due`` as the message leaves the delay queue (this happens in
   the worker; without otel-jobs there, the wait is measured from the publish time).
+
+Async actors (the ``AsyncIO`` middleware) run their coroutine on Dramatiq's event-loop thread
+while the worker thread waits for it: the run belongs to the waiting worker thread, so
+``otel_jobs.heartbeat()`` inside the coroutine does not reach it and the watchdog's stack is
+that of the wait. Give async actors a ``heartbeat_timeout`` as long as their ``time_limit``.
 
 Caveats: a time limit is enforced by Dramatiq with an asynchronous exception that a thread
 blocked in a system call (a socket read with no timeout) does not see until the call
@@ -182,7 +185,8 @@ class OtelJobsMiddleware(Middleware):
 
     def _outcome(self, broker: dramatiq.Broker, message: Any, exc: BaseException | None) -> str:
         if exc is None:
-            return "success"
+            # A middleware may fail the message in its before hook: the actor never ran.
+            return "cancelled" if message.failed else "success"
         if isinstance(exc, TimeLimitExceeded):
             return "timeout"
         if isinstance(exc, Shutdown):

@@ -393,10 +393,15 @@ def test_spans_of_an_in_process_worker(instrumented: Callable[..., object], span
         done.set()
         raise ValueError("nope")
 
+    @dramatiq.actor(broker=broker, queue_name=queue, max_retries=0, actor_name="span_stale")
+    def span_stale() -> None:
+        raise AssertionError("AgeLimit skips it: it never runs")
+
     worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
     worker.start()
     try:
         message = span_ok.send()
+        span_stale.send_with_options(max_age=1)  # older than 1 ms when it is consumed
         span_boom.send()
         assert done.wait(60)
         worker.join()
@@ -414,3 +419,10 @@ def test_spans_of_an_in_process_worker(instrumented: Callable[..., object], span
     assert boom.attributes["job.outcome"] == "failure"
     assert boom.status.status_code.name == "ERROR"
     assert any(e.name == "exception" for e in boom.events)
+    # Too old: AgeLimit skipped it (outcome cancelled) and sent it to the dead-letter queue.
+    assert spans["span_stale"].attributes["job.outcome"] == "cancelled"
+    s = scrape(otel_jobs.metrics_url())  # type: ignore[arg-type]
+    dead = "otel_jobs_runs_dead_lettered_total"
+    assert s.value(dead, job_name="span_stale", queue=queue) == 1
+    assert s.value(dead, job_name="span_boom", queue=queue) == 1
+    assert s.total(dead, job_name="span_ok", queue=queue) == 0
