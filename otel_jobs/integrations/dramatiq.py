@@ -284,8 +284,11 @@ def _existing_brokers() -> list[dramatiq.Broker]:
         if not isinstance(namespace, dict) or namespace.get("__name__", "").startswith("dramatiq"):
             continue
         for value in list(namespace.values()):
-            if isinstance(value, dramatiq.Broker):
-                found[id(value)] = value
+            try:
+                if isinstance(value, dramatiq.Broker):
+                    found[id(value)] = value
+            except Exception:  # a lazy proxy whose __class__ raises outside its context
+                continue
     return list(found.values())
 
 

@@ -234,8 +234,11 @@ def _existing_hueys() -> list[Huey]:
         if str(namespace.get("__name__", "")).startswith("huey."):
             continue
         for value in list(namespace.values()):
-            if isinstance(value, Huey):
-                found[id(value)] = value
-            elif isinstance(value, TaskWrapper) and isinstance(value.huey, Huey):
-                found[id(value.huey)] = value.huey
+            try:
+                if isinstance(value, Huey):
+                    found[id(value)] = value
+                elif isinstance(value, TaskWrapper) and isinstance(value.huey, Huey):
+                    found[id(value.huey)] = value.huey
+            except Exception:  # a lazy proxy whose __class__ raises outside its context
+                continue
     return list(found.values())
