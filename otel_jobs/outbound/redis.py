@@ -48,7 +48,9 @@ def _missing(pool: Any) -> tuple[str, ...]:
         connect = read
     if read is not None and connect is not None:
         return ()
-    return ("connect", "read") if read is None else ("connect",)
+    if connect is None:
+        return ("connect", "read") if read is None else ("connect",)
+    return ("read",)
 
 
 def _host(pool: Any) -> str:
