@@ -138,7 +138,7 @@ class Integration(base.Integration):
         self._watching: dict[int, _Watch] = {}  # by id(worker), in a forking worker
 
     def install(self) -> None:
-        from rq.worker import BaseWorker, Worker
+        from rq.worker import Worker
 
         if _inside_rq_job():
             logger.warning(
@@ -149,15 +149,21 @@ class Integration(base.Integration):
                 "worker class (`rq worker -w`), or in your worker script before Worker.work().",
                 os.getpid(),
             )
-        wrap = self._patches.wrap
-        wrap(BaseWorker, "perform_job", self._perform_job)
-        wrap(BaseWorker, "handle_exception", self._handle_exception)
-        if hasattr(BaseWorker, "handle_job_retry"):
-            wrap(BaseWorker, "handle_job_retry", self._handle_job_retry)
-        wrap(BaseWorker, "handle_job_failure", self._handle_job_failure)
-        wrap(BaseWorker, "handle_work_horse_killed", self._handle_work_horse_killed)
-        wrap(BaseWorker, "bootstrap", self._bootstrap)
-        wrap(Worker, "monitor_work_horse", self._monitor_work_horse)
+        hooks = {
+            "perform_job": self._perform_job,
+            "handle_exception": self._handle_exception,
+            "handle_job_retry": self._handle_job_retry,  # RQ after 2.0: a job may return Retry
+            "handle_job_failure": self._handle_job_failure,
+            "handle_work_horse_killed": self._handle_work_horse_killed,
+            "bootstrap": self._bootstrap,
+            "monitor_work_horse": self._monitor_work_horse,
+        }
+        for attribute, make_wrapper in hooks.items():
+            # Patch the class that defines it (BaseWorker or Worker, depending on the RQ
+            # version): every worker class inherits the wrapper.
+            owner = next((c for c in Worker.__mro__ if attribute in vars(c)), None)
+            if owner is not None:
+                self._patches.wrap(owner, attribute, make_wrapper)
 
     def uninstall(self) -> None:
         self._patches.undo()
@@ -192,7 +198,7 @@ class Integration(base.Integration):
             job.func_name,
             queue=job.origin or getattr(queue, "name", None),
             job_id=job.id,
-            attempt=(job.number_of_retries or 0) + 1,
+            attempt=_attempt(job),
             framework=FRAMEWORK,
             native_max_duration=_time_limit(job, worker),
             enqueued_at=_unix_time(job.enqueued_at),
@@ -328,7 +334,7 @@ class Integration(base.Integration):
             job.func_name,
             queue=job.origin,
             job_id=job.id,
-            attempt=(job.number_of_retries or 0) + 1,
+            attempt=_attempt(job),
             framework=FRAMEWORK,
             started_at=watch.started,
             outcome=outcome,
@@ -390,7 +396,7 @@ def _audit_connection(connection: Any, worker: Any = None) -> list[Finding]:
     for q in queues.values():
         job_ids.extend(q.get_job_ids(0, AUDIT_SAMPLE))
         for registry in (q.scheduled_job_registry, q.started_job_registry, q.deferred_job_registry):
-            job_ids.extend(registry.get_job_ids(0, AUDIT_SAMPLE - 1, cleanup=False))
+            job_ids.extend(_registry_ids(registry))
     fields = ("timeout", "retries_left", "failure_ttl", "description")
     with connection.pipeline(transaction=False) as pipe:
         for job_id in job_ids:
@@ -479,6 +485,21 @@ def _inside_rq_job() -> bool:
             return True
         frame = frame.f_back  # type: ignore[assignment]
     return False
+
+
+def _attempt(job: Any) -> int:
+    return (getattr(job, "number_of_retries", None) or 0) + 1
+
+
+def _registry_ids(registry: Any) -> list[str]:
+    """Job ids of a registry, without the clean-up that ``get_job_ids`` does by default."""
+    try:
+        ids: list[str] = registry.get_job_ids(0, AUDIT_SAMPLE - 1, cleanup=False)
+        return ids
+    except TypeError:  # RQ before 2.0 always cleans up: read the sorted set itself
+        return [
+            _text(i) or "" for i in registry.connection.zrange(registry.key, 0, AUDIT_SAMPLE - 1)
+        ]
 
 
 def _is_spawn_worker(worker: Any) -> bool:

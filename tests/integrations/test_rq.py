@@ -273,21 +273,27 @@ def test_instrument_inside_a_job_warns(redis_db, queue_name, start_worker) -> No
 
 # --- in this process: spans and the patches themselves ------------------------------------
 
-PATCHED = (
-    ("BaseWorker", "perform_job"),
-    ("BaseWorker", "handle_exception"),
-    ("BaseWorker", "handle_job_retry"),
-    ("BaseWorker", "handle_job_failure"),
-    ("BaseWorker", "handle_work_horse_killed"),
-    ("BaseWorker", "bootstrap"),
-    ("Worker", "monitor_work_horse"),
+HOOKS = (
+    "perform_job",
+    "handle_exception",
+    "handle_job_retry",
+    "handle_job_failure",
+    "handle_work_horse_killed",
+    "bootstrap",
+    "monitor_work_horse",
 )
 
 
-def _rq_classes() -> dict[str, type]:
-    from rq.worker import BaseWorker, Worker
+def _patched() -> list[tuple[type, str]]:
+    """Each hook with the RQ class that defines it (BaseWorker or Worker, by RQ version)."""
+    from rq.worker import Worker
 
-    return {"BaseWorker": BaseWorker, "Worker": Worker}
+    found = []
+    for name in HOOKS:
+        owner = next((c for c in Worker.__mro__ if name in vars(c)), None)
+        if owner is not None:
+            found.append((owner, name))
+    return found
 
 
 @pytest.fixture
@@ -303,21 +309,22 @@ def test_instrument_twice_then_uninstrument_restores_rq(instrumented) -> None:
     import otel_jobs
     from otel_jobs.integrations import rq as rq_integration
 
-    classes = _rq_classes()
-    originals = {(c, a): vars(classes[c])[a] for c, a in PATCHED}
+    patched = _patched()
+    assert len(patched) >= 6
+    originals = {(c, a): vars(c)[a] for c, a in patched}
     agent = instrumented(frameworks=["rq"])
     otel_jobs.instrument(frameworks=["rq"])  # a second call changes nothing
-    for c, a in PATCHED:
-        assert vars(classes[c])[a] is not originals[(c, a)], (c, a)
-        assert getattr(vars(classes[c])[a], "__otel_jobs_wrapped__", False)
+    for c, a in patched:
+        assert vars(c)[a] is not originals[(c, a)], (c, a)
+        assert getattr(vars(c)[a], "__otel_jobs_wrapped__", False)
     again = rq_integration.Integration(agent)
     again.install()  # refuses to wrap twice
-    for c, a in PATCHED:
-        assert vars(classes[c])[a].__wrapped__ is originals[(c, a)], (c, a)
+    for c, a in patched:
+        assert vars(c)[a].__wrapped__ is originals[(c, a)], (c, a)
     again.uninstall()
     otel_jobs.uninstrument()
-    for c, a in PATCHED:
-        assert vars(classes[c])[a] is originals[(c, a)], (c, a)
+    for c, a in patched:
+        assert vars(c)[a] is originals[(c, a)], (c, a)
 
 
 def test_spans_of_a_simple_worker(
