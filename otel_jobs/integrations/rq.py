@@ -48,7 +48,10 @@ included, is covered without changing its base class):
   vanish with it.
 * ``bootstrap`` (in the worker, when it starts working): the configuration audit below.
 
-``SimpleWorker`` (no fork) is supported the same way, in the worker process. ``SpawnWorker``
+``SimpleWorker`` (no fork) is supported the same way, in the worker process, and so is
+``rq worker-pool`` (call ``instrument()`` in its ``-c`` settings module: the pool process serves
+``/metrics`` for its workers and their horses). Tested with RQ 1.16, 2.0 and 3.0; a job that
+returns ``Retry`` needs an RQ that supports it (after 2.0). ``SpawnWorker``
 starts each horse as a new interpreter (``posix_spawn``), which inherits nothing: its runs are
 not recorded (a WARNING says so at start-up); use ``Worker`` or ``SimpleWorker``. Jobs run
 synchronously by a ``Queue(is_async=False)`` are not runs of a worker and are not recorded.
