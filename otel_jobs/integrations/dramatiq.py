@@ -20,15 +20,15 @@ before Python 3.14), and each worker process imports your broker module. So:
   The parent serves ``/metrics``; the worker processes are forked from it, record their runs,
   run their own watchdog and leave their metrics for the parent (see "Forking workers" in the
   README), so one scrape shows every process. Options come from the ``OTEL_JOBS_*``
-  environment variables. To pass options in code, write the same three lines yourself::
+  environment variables. To pass options in code, write a launcher script::
 
       # run_worker.py
-      import otel_jobs
-      otel_jobs.instrument(jobs={"reports.build": {"heartbeat_timeout": 60}})
-      from dramatiq.cli import main
-      raise SystemExit(main())
+      from otel_jobs.integrations.dramatiq import main
+      raise SystemExit(main(jobs={"reports.build": {"heartbeat_timeout": 60}}))
 
-  and start ``python run_worker.py app.broker --processes 4``. A call of ``instrument()``
+  and start ``python run_worker.py app.broker --processes 4``. (``main`` takes the keyword
+  arguments of ``instrument()``, then runs Dramatiq's CLI so that a reload with ``SIGHUP`` or
+  ``--watch`` re-executes the launcher.) A call of ``instrument()``
   left in ``app.broker`` then does nothing in the worker processes (they are already
   instrumented by the parent).
 
@@ -292,18 +292,33 @@ def _existing_brokers() -> list[dramatiq.Broker]:
     return list(found.values())
 
 
-def main() -> int:
-    """``python -m otel_jobs.integrations.dramatiq <dramatiq arguments>``: instrument, then run Dramatiq's CLI.
+def main(**options: Any) -> int:
+    """Instrument this process, then run Dramatiq's command line with this process's arguments.
+
+    ``python -m otel_jobs.integrations.dramatiq <dramatiq arguments>`` calls it with no options
+    (they come from the ``OTEL_JOBS_*`` environment variables); a launcher script passes them
+    in code:
+
+    >>> from otel_jobs.integrations.dramatiq import main
+    >>> raise SystemExit(main(jobs={"build_report": {"heartbeat_timeout": 60}}))
 
     The parent process serves ``/metrics`` for every worker process it forks (see the module
-    docstring); options come from the ``OTEL_JOBS_*`` environment variables.
+    docstring). A reload (``SIGHUP``, ``--watch``) re-executes the same command.
     """
     from dramatiq.cli import main as dramatiq_main
+    from dramatiq.cli import make_argument_parser
 
     import otel_jobs
 
-    otel_jobs.instrument()
-    return int(dramatiq_main() or 0)
+    args = make_argument_parser().parse_args(sys.argv[1:])
+    # On reload Dramatiq runs os.execvp(sys.argv[0], sys.argv): make that the interpreter and
+    # this command (a module run as __main__ or a launcher script), not a bare .py path.
+    script = os.path.abspath(sys.argv[0])
+    here = os.path.abspath(__file__)
+    command = ["-m", "otel_jobs.integrations.dramatiq"] if script == here else [script]
+    sys.argv = [sys.executable, *command, *sys.argv[1:]]
+    otel_jobs.instrument(**options)
+    return int(dramatiq_main(args) or 0)
 
 
 if __name__ == "__main__":

@@ -99,16 +99,15 @@ LAUNCHER = textwrap.dedent(
     """
     import os
 
-    import otel_jobs
+    from otel_jobs.integrations.dramatiq import main
 
-    otel_jobs.instrument(
-        prometheus_port=int(os.environ["DQ_PORT"]),
-        frameworks=["dramatiq"],
-        jobs={"hang": {"heartbeat_timeout": 1}},
+    raise SystemExit(
+        main(
+            prometheus_port=int(os.environ["DQ_PORT"]),
+            frameworks=["dramatiq"],
+            jobs={"hang": {"heartbeat_timeout": 1}},
+        )
     )
-    from dramatiq.cli import main
-
-    raise SystemExit(main())
     """
 )
 
@@ -350,6 +349,46 @@ def test_plain_cli_with_instrument_in_the_module_says_how_to_fix_it(
     finally:
         worker.stop()
         _purge(REDIS_URL, worker.queue)
+
+
+def test_reload_with_sighup_reexecutes_the_launcher(
+    worker_factory: Callable[[str, str], Worker],
+) -> None:
+    """Dramatiq reloads with os.execvp(sys.argv[0], sys.argv): the launcher comes back, serves
+    /metrics again, and the runs of the processes before the reload are still counted."""
+    require_redis()
+    worker = worker_factory(REDIS_URL, "module")
+    q = worker.queue
+    global_broker = dramatiq.broker.global_broker
+    os.environ.update(DQ_BROKER=REDIS_URL, DQ_QUEUE=q, DQ_STATE=str(worker.state))
+    try:
+        worker.wait_for(lambda s: True, "/metrics")
+        import dq_app
+
+        def ok_done(count: int) -> Callable[[Samples], bool]:
+            return lambda s: (
+                s.total("otel_jobs_runs_finished_total", job_name="ok", queue=q) == count
+            )
+
+        dq_app.ok.send(1)
+        worker.wait_for(ok_done(1), "the first run")
+        os.kill(worker.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 90
+        while worker.tail().count("is booting up") < 2:
+            if worker.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"no reload:\n{worker.tail()}")
+            time.sleep(0.3)
+        dq_app.ok.send(2)
+        s = worker.wait_for(ok_done(2), "the run after the reload")
+        assert worker.proc.poll() is None  # the same process, re-executed
+        assert s.value("otel_jobs_runs_started_total", job_name="ok", queue=q) == 2
+        dq_app.broker.close()
+    finally:
+        for key in ("DQ_BROKER", "DQ_QUEUE", "DQ_STATE"):
+            os.environ.pop(key, None)
+        dramatiq.set_broker(global_broker)  # type: ignore[arg-type]
+        worker.stop()
+        _purge(REDIS_URL, q)
 
 
 # --- in process: install/uninstall, and the spans of a real worker on Redis ------------------
