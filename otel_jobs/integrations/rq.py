@@ -318,6 +318,8 @@ class Integration(base.Integration):
     def _record_lost_horse(self, worker: Any, job: Any, exc_string: str) -> None:
         # Inside monitor_work_horse, RQ calls handle_job_failure only for a horse that ended
         # without finishing its job (killed, crashed, or stopped on request).
+        if worker.is_horse:
+            return  # a failure inside the horse: its own run records it
         watch = self._watching.pop(id(worker), None)
         if watch is None or watch.job_id != job.id:
             return
