@@ -71,6 +71,13 @@ What is recorded
   message option ``otel_jobs_due`` as the message leaves the delay queue (this happens in
   the worker; without otel-jobs there, the wait is measured from the publish time).
 
+* Trace context: the run's span is a child of the span that was current when the message was
+  sent (same trace: a web request and the actor it queued appear together), and a retry's run
+  a child of the attempt that failed. The context travels in the message option
+  ``otel_jobs_trace`` with the globally configured propagator, so the sending process needs
+  ``instrument()`` too (it adds the middleware to its broker); a message sent without it starts
+  a new trace.
+
 Async actors (the ``AsyncIO`` middleware) run their coroutine on Dramatiq's event-loop thread
 while the worker thread waits for it: the run belongs to the waiting worker thread, so
 ``otel_jobs.heartbeat()`` inside the coroutine does not reach it and the watchdog's stack is
@@ -97,6 +104,7 @@ import dramatiq.broker
 from dramatiq.common import q_name
 from dramatiq.middleware import Middleware, Retries, TimeLimit, TimeLimitExceeded
 from dramatiq.middleware.shutdown import Shutdown
+from opentelemetry import propagate
 
 from ..core import errors
 from ..core.patching import Patches
@@ -111,6 +119,8 @@ logger = logging.getLogger("otel_jobs")
 
 #: The message option that carries a delayed message's due time (ms) to the worker.
 DUE_OPTION = "otel_jobs_due"
+#: The message option that carries the publisher's trace context to the run.
+TRACE_OPTION = "otel_jobs_trace"
 _RUN_ATTR = "_otel_jobs_run"
 
 
@@ -144,6 +154,15 @@ class OtelJobsMiddleware(Middleware):
         self.agent = agent
 
     @errors.guarded("integration.dramatiq")
+    def before_enqueue(self, broker: dramatiq.Broker, message: Any, delay: int | None) -> None:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        # Dramatiq re-enqueues due messages from the delay queue with no span current: keep
+        # the context the message already carries rather than erase it.
+        if carrier:
+            message.options[TRACE_OPTION] = carrier
+
+    @errors.guarded("integration.dramatiq")
     def before_delay_message(self, broker: dramatiq.Broker, message: Any) -> None:
         eta = message.options.get("eta")
         if isinstance(eta, (int, float)):
@@ -153,6 +172,7 @@ class OtelJobsMiddleware(Middleware):
     def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
         options = message.options
         due = options.get(DUE_OPTION) or message.message_timestamp
+        carrier = options.get(TRACE_OPTION)
         run = self.agent.start_run(
             message.actor_name,
             queue=q_name(message.queue_name),
@@ -161,6 +181,7 @@ class OtelJobsMiddleware(Middleware):
             framework="dramatiq",
             native_max_duration=_native_limit(broker, message),
             enqueued_at=due / 1000.0 if isinstance(due, (int, float)) else None,
+            parent=propagate.extract(carrier) if isinstance(carrier, dict) else None,
         )
         run.activate()
         # MessageProxy has a __dict__: the run travels with the message to the after hooks.

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from opentelemetry import trace
 
 import otel_jobs
 from tests.support import Samples, free_port, require_rabbitmq, require_redis, scrape
@@ -436,13 +437,28 @@ def test_spans_of_an_in_process_worker(instrumented: Callable[..., object], span
     def span_stale() -> None:
         raise AssertionError("AgeLimit skips it: it never runs")
 
+    retried = threading.Event()
+    flaky_calls: list[int] = []
+
+    @dramatiq.actor(
+        broker=broker, queue_name=queue, max_retries=1, min_backoff=10, max_backoff=20,
+        actor_name="span_flaky",
+    )  # fmt: skip
+    def span_flaky() -> None:
+        flaky_calls.append(1)
+        if len(flaky_calls) == 1:
+            raise RuntimeError("first attempt fails")
+        retried.set()
+
     worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
     worker.start()
     try:
-        message = span_ok.send()
+        with trace.get_tracer("test").start_as_current_span("publish") as publish:
+            message = span_ok.send()
         span_stale.send_with_options(max_age=1)  # older than 1 ms when it is consumed
         span_boom.send()
-        assert done.wait(60)
+        span_flaky.send()
+        assert done.wait(60) and retried.wait(60)
         worker.join()
     finally:
         worker.stop()
@@ -455,9 +471,20 @@ def test_spans_of_an_in_process_worker(instrumented: Callable[..., object], span
     assert ok.attributes["job.queue"] == queue
     assert ok.attributes["job.attempt"] == 1
     assert ok.attributes["job.outcome"] == "success"
+    # The run is a child of the span current where the message was sent.
+    assert ok.context.trace_id == publish.get_span_context().trace_id
+    assert ok.parent is not None and ok.parent.span_id == publish.get_span_context().span_id
+    assert boom.parent is None  # sent with no span current: a new trace
     assert boom.attributes["job.outcome"] == "failure"
     assert boom.status.status_code.name == "ERROR"
     assert any(e.name == "exception" for e in boom.events)
+    # A retry's run is a child of the attempt that failed, through the delay queue.
+    first, second = sorted(
+        (x for x in span_exporter.get_finished_spans() if x.name == "span_flaky"),
+        key=lambda x: x.attributes["job.attempt"],
+    )
+    assert first.attributes["job.outcome"] == "retry" and second.attributes["job.attempt"] == 2
+    assert second.parent is not None and second.parent.span_id == first.context.span_id
     # Too old: AgeLimit skipped it (outcome cancelled) and sent it to the dead-letter queue.
     assert spans["span_stale"].attributes["job.outcome"] == "cancelled"
     s = scrape(otel_jobs.metrics_url())  # type: ignore[arg-type]
