@@ -56,7 +56,8 @@ overran.
 
 Queue wait: Huey's messages carry no publish time, so the wait is recorded for tasks with a
 due time only (``schedule(delay=...)``/``eta=``, retries with ``retry_delay``), measured from
-that due time.
+that due time. Trace context: Huey's messages have no field for headers, so each run starts a
+new trace.
 """
 
 from __future__ import annotations
