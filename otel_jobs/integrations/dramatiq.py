@@ -233,8 +233,13 @@ class OtelJobsMiddleware(Middleware):
     @errors.guarded("integration.dramatiq")
     def after_nack(self, broker: dramatiq.Broker, message: Any) -> None:
         # A nack is Dramatiq's only road to the dead-letter queue (both brokers).
-        series = self.agent.telemetry.series(message.actor_name, q_name(message.queue_name))
-        self.agent.telemetry.record_dead_lettered(series)
+        agent = self.agent
+        series = agent.telemetry.series(message.actor_name, q_name(message.queue_name))
+        agent.telemetry.record_dead_lettered(series)
+        if agent.share.in_child:
+            # The nack comes after the run's end was written: write again, a worker process
+            # killed before its next watchdog tick must not lose the count.
+            agent.share.flush(agent.telemetry.registry)
 
 
 class Integration(BaseIntegration):
