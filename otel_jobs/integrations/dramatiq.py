@@ -152,6 +152,19 @@ class OtelJobsMiddleware(Middleware):
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
+        self._zeroed: set[tuple[str, str]] = set()
+        self._zeroed_in: Any = None
+
+    def _zero_dead_letters(self, series: Any) -> None:
+        # The dead-letter counter exists at 0 from a job's first run, so that increase() in an
+        # alert sees the first dead letter. Per Telemetry: a forked child starts with its own.
+        telemetry = self.agent.telemetry
+        if self._zeroed_in is not telemetry:
+            self._zeroed_in, self._zeroed = telemetry, set()
+        key = (series.job_name, series.queue)
+        if key not in self._zeroed:
+            telemetry.dead_lettered.labels(*key)
+            self._zeroed.add(key)
 
     @errors.guarded("integration.dramatiq")
     def before_enqueue(self, broker: dramatiq.Broker, message: Any, delay: int | None) -> None:
@@ -183,6 +196,7 @@ class OtelJobsMiddleware(Middleware):
             enqueued_at=due / 1000.0 if isinstance(due, (int, float)) else None,
             parent=propagate.extract(carrier) if isinstance(carrier, dict) else None,
         )
+        self._zero_dead_letters(run.series)
         run.activate()
         # MessageProxy has a __dict__: the run travels with the message to the after hooks.
         message.__dict__[_RUN_ATTR] = run
