@@ -206,8 +206,10 @@ def _purge(broker_url: str, queue: str) -> None:
 
         client = redis.Redis.from_url(broker_url)
         keys = list(client.scan_iter(f"dramatiq:{queue}*"))
+        keys += client.scan_iter(f"dramatiq:__acks__.*.{queue}*")  # per worker, per queue
         if keys:
             client.delete(*keys)
+        client.close()
         return
     import pika
 

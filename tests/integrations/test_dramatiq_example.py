@@ -94,6 +94,7 @@ def test_the_example_shows_its_stuck_actor(tmp_path: Path) -> None:
 
         client = redis.Redis.from_url(REDIS_URL)
         keys = list(client.scan_iter(f"dramatiq:{queue}*"))
+        keys += client.scan_iter(f"dramatiq:__acks__.*.{queue}*")  # per worker, per queue
         if keys:
             client.delete(*keys)
         client.close()

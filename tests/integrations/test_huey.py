@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -198,10 +199,12 @@ def consumer_factory(tmp_path: Path) -> Iterator[Callable[[str], Consumer]]:
 def _purge(name: str) -> None:
     import redis
 
+    clean = re.sub("[^A-Za-z0-9_]", "", name)  # the name RedisStorage uses in its keys
     client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(f"huey.*{name}*")) + list(client.scan_iter(f"{name}*"))
+    keys = list(client.scan_iter(f"huey.*.{clean}"))
     if keys:
         client.delete(*keys)
+    client.close()
 
 
 def test_process_workers_outcomes_timeout_skips_stall_and_exact_counts(

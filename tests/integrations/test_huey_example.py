@@ -4,6 +4,7 @@ its enqueue script, the stuck task seen stalled on /metrics, then Huey's timeout
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -106,7 +107,8 @@ def test_the_example_shows_its_stuck_task_then_its_timeout(tmp_path: Path) -> No
         import redis
 
         client = redis.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(f"*{name}*"))
+        clean = re.sub("[^A-Za-z0-9_]", "", name)  # the name RedisStorage uses in its keys
+        keys = list(client.scan_iter(f"huey.*.{clean}"))
         if keys:
             client.delete(*keys)
         client.close()
