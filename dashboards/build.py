@@ -320,7 +320,7 @@ def _dashboard(uid: str, title: str, description: str, single_job: bool) -> dash
         .link(
             dash.DashboardLink("Runbooks")
             .type(dm.DashboardLinkType.LINK)
-            .url("${runbooks}/")
+            .url("${runbooks}/README.md")
             .icon("doc")
             .target_blank(True)
         )
@@ -374,7 +374,7 @@ def overview() -> dash.Dashboard:
             f"sum(rate(otel_jobs_runs_finished_total{{{FLEET}, {FAILED}}}[$__rate_interval]))"
             f" / (sum(rate(otel_jobs_runs_finished_total{{{FLEET}}}[$__rate_interval])) > 0)",
             _steps((None, GREEN), (0.05, ORANGE), (0.2, RED)),
-            links=[_runbook("OtelJobsHighFailureRatio")],
+            links=[_runbook("OtelJobsFailureRatioHigh")],
         )
     )
     d = d.with_panel(
@@ -395,7 +395,7 @@ def overview() -> dash.Dashboard:
             "short",
             f"sum(otel_jobs_outbound_calls_without_timeout_total{{{INSTANCES}}})",
             _steps((None, GREEN), (1, ORANGE)),
-            links=[_runbook("OtelJobsCallWithoutTimeout")],
+            links=[_runbook("OtelJobsOutboundCallWithoutTimeout")],
         )
     )
     stuck_table = (
@@ -483,7 +483,7 @@ def overview() -> dash.Dashboard:
             ],
             _steps((None, GREEN), (0.8, ORANGE), (1, RED)),
             threshold_lines=True,
-            links=[_runbook("OtelJobsHeartbeatMissing")],
+            links=[_runbook("OtelJobsRunNotHeartbeating")],
             data_links=[_job_link()],
         )
     )
@@ -517,7 +517,7 @@ def overview() -> dash.Dashboard:
             ],
             _steps((None, GREEN), (0.05, ORANGE), (0.2, RED)),
             threshold_lines=True,
-            links=[_runbook("OtelJobsHighFailureRatio")],
+            links=[_runbook("OtelJobsFailureRatioHigh")],
             data_links=[_job_link()],
         )
     )
@@ -530,7 +530,10 @@ def overview() -> dash.Dashboard:
             _quantiles("otel_jobs_run_duration_seconds", FLEET, "", ""),
             _steps((None, GREEN)),
             w=8,
-            links=[_runbook("OtelJobsRunsSlow")],
+            links=[
+                _runbook("OtelJobsDurationAboveMaxDuration"),
+                _runbook("OtelJobsDurationAboveUsual"),
+            ],
         )
     )
     d = d.with_panel(
@@ -591,7 +594,7 @@ def overview() -> dash.Dashboard:
         )
         .sort_by([common_b.TableSortByFieldState().display_name("calls").desc(True)])
         .no_value("no call without a timeout")
-        .links([_runbook("OtelJobsCallWithoutTimeout")])
+        .links([_runbook("OtelJobsOutboundCallWithoutTimeout")])
     )
     d = d.with_row(dash.Row("Workers"))
     d = d.with_panel(
@@ -608,7 +611,7 @@ def overview() -> dash.Dashboard:
             _steps((None, GREEN), (10, ORANGE), (60, RED)),
             w=8,
             threshold_lines=True,
-            links=[_runbook("OtelJobsWatchdogNotTicking")],
+            links=[_runbook("OtelJobsWatchdogNotTicking"), _runbook("OtelJobsTargetDown")],
         )
     )
     d = d.with_panel(
@@ -738,7 +741,7 @@ def job() -> dash.Dashboard:
             f" / (sum(rate(otel_jobs_runs_finished_total{{{ONE_JOB}}}[$__rate_interval])) > 0)",
             _steps((None, GREEN), (0.05, ORANGE), (0.2, RED)),
             "-",
-            [_runbook("OtelJobsHighFailureRatio")],
+            [_runbook("OtelJobsFailureRatioHigh")],
         ),
     ]
     for title, description, unit, expr, steps, no_value, links in stats:
@@ -788,7 +791,7 @@ def job() -> dash.Dashboard:
                 ),
             ],
             _steps((None, GREEN)),
-            links=[_runbook("OtelJobsHeartbeatMissing")],
+            links=[_runbook("OtelJobsRunNotHeartbeating")],
         ).override_by_name("heartbeat timeout", threshold_line)
     )
     d = d.with_panel(
@@ -858,6 +861,7 @@ def job() -> dash.Dashboard:
                 ),
             ],
             _steps((None, GREEN)),
+            links=[_runbook("OtelJobsJobStoppedRunning")],
         )
     )
     d = d.with_panel(
@@ -874,7 +878,7 @@ def job() -> dash.Dashboard:
             ],
             _steps((None, GREEN), (0.05, ORANGE), (0.2, RED)),
             threshold_lines=True,
-            links=[_runbook("OtelJobsHighFailureRatio")],
+            links=[_runbook("OtelJobsFailureRatioHigh")],
         )
     )
     d = d.with_row(dash.Row("Durations and queue wait"))
@@ -893,7 +897,10 @@ def job() -> dash.Dashboard:
             ],
             _steps((None, GREEN)),
             w=8,
-            links=[_runbook("OtelJobsRunsSlow")],
+            links=[
+                _runbook("OtelJobsDurationAboveMaxDuration"),
+                _runbook("OtelJobsDurationAboveUsual"),
+            ],
         ).override_by_name("max duration", threshold_line)
     )
     d = d.with_panel(
