@@ -22,7 +22,8 @@ nowhere a module can see (in a closure, a dict) is not found: call ``instrument(
 Worker types: with ``-k thread`` (the default) and ``-k greenlet`` everything runs in the
 consumer process, which serves ``/metrics``. With ``-k process`` the consumer forks its
 workers after importing your module, so the consumer serves ``/metrics`` for all of them and
-each worker process runs its own watchdog (see "Forking workers" in the README).
+each worker process runs its own watchdog (see "Forking workers" in the README). Greenlet
+workers share one OS thread, so the watchdog cannot tell their stacks apart.
 
 What is recorded
 ----------------
@@ -48,7 +49,7 @@ Huey signal                     otel-jobs
                                 ``revoked`` / ``expired``
 ==============================  ===================================================
 
-Time limits: a task's ``timeout`` (``@huey.task(timeout=...)``, Huey 2.6+) is its max duration
+Time limits: a task's ``timeout`` (``@huey.task(timeout=...)``, Huey 3.0+) is its max duration
 unless ``instrument(jobs=...)`` sets one. Huey enforces it only with ``-k process`` (a
 ``SIGALRM`` in the worker) and ``-k greenlet``; with threads it is cooperative
 (``task.check_timeout()``), so the watchdog's verdict is what tells you a threaded task
@@ -97,8 +98,9 @@ _SIGNALS = tuple(
     if hasattr(S, name)
 )  # fmt: skip
 
-_SKIPPED_BEFORE_START = {"revoked": "revoked", "expired": "expired"}
-_CONTENTION = {"locked": "locked", "rate-limited": "rate_limited"}
+# Signal -> reason label of otel_jobs_runs_skipped_total ("rate-limited" exists from Huey 3.0).
+_SKIPPED_BEFORE_START = {S.SIGNAL_REVOKED: "revoked", S.SIGNAL_EXPIRED: "expired"}
+_CONTENTION = {S.SIGNAL_LOCKED: "locked", "rate-limited": "rate_limited"}
 
 
 def _due_time(huey: Huey, task: Any) -> float | None:
