@@ -220,14 +220,16 @@ class Agent:
                 run.span = self.tracer.start_span(
                     name, context=parent, kind=SpanKind.CONSUMER, attributes=attrs, links=links
                 )
-        with self._lock:
-            self._runs[run.key] = run
+        # Counted before it enters the in-flight table, so that no snapshot (a forked child's
+        # watchdog tick) can show the run in progress without its start.
         with errors.guard("run.start"):
             series.record_start()
             if enqueued_at is not None:
                 wait = run.start_wall - enqueued_at
                 if wait >= 0 and not math.isinf(wait):
                     series.record_queue_wait(wait)
+        with self._lock:
+            self._runs[run.key] = run
         return run
 
     def finish_run(

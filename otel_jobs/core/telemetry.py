@@ -212,6 +212,9 @@ class Telemetry:
         self._runs = runs
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
+        # Registered first, so a collection derives the runs in flight before it reads the
+        # counters: every run it shows in progress has its start counted in the same snapshot.
+        reg.register(_InflightCollector(self))
         self.started = Counter(
             "otel_jobs_runs_started", "Runs started.", ["job_name", "queue"], registry=reg
         )
@@ -258,7 +261,6 @@ class Telemetry:
             registry=reg,
         )
         ProcessCollector(registry=reg)
-        reg.register(_InflightCollector(self))
 
         self.job_names = LabelCap("job_name", settings.max_job_names, self._overflowed)
         self.queues = LabelCap("queue", settings.max_queues, self._overflowed)

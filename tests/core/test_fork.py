@@ -1,0 +1,152 @@
+"""Forked children: their runs reach the parent's one endpoint, nothing counted twice, nothing lingers."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import otel_jobs
+from tests.support import Samples, scrape
+
+ctx = multiprocessing.get_context("fork")
+
+
+@otel_jobs.job(name="fork.work", queue="fq")
+def work(n: int) -> int:
+    if n < 0:
+        raise ValueError(n)
+    return n
+
+
+def _child_runs(count: int, fail: int, report: Any) -> None:
+    for i in range(count):
+        work(i)
+    for _ in range(fail):
+        try:
+            work(-1)
+        except ValueError:
+            pass
+    watchdogs = [t.name for t in threading.enumerate() if t.name == "otel-jobs-watchdog"]
+    report.put((os.getpid(), len(watchdogs)))
+
+
+def _child_hangs(ready: Any) -> None:
+    with otel_jobs.job_run("fork.hang", queue="fq"):
+        ready.set()
+        time.sleep(600)
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def _m() -> Samples:
+    url = otel_jobs.metrics_url()
+    assert url is not None
+    return scrape(url)
+
+
+def test_children_runs_reach_the_parent_endpoint_exactly_once(
+    instrumented: Callable[..., Any],
+) -> None:
+    instrumented(watchdog_interval=0.1)
+    work(1)  # one run in the parent before forking: must not be duplicated by the children
+    report = ctx.Queue()
+    children = [ctx.Process(target=_child_runs, args=(5, 2, report)) for _ in range(3)]
+    for p in children:
+        p.start()
+    results = [report.get(timeout=60) for _ in children]
+    for p in children:
+        p.join(60)
+        assert p.exitcode == 0
+    assert all(watchdogs == 1 for _pid, watchdogs in results)  # exactly one watchdog per child
+    m = _m()
+    assert m.value("otel_jobs_runs_started_total", job_name="fork.work", queue="fq") == 1 + 3 * 7
+    assert (
+        m.value(
+            "otel_jobs_runs_finished_total", job_name="fork.work", queue="fq", outcome="success"
+        )
+        == 1 + 3 * 5
+    )
+    assert (
+        m.value(
+            "otel_jobs_runs_finished_total", job_name="fork.work", queue="fq", outcome="failure"
+        )
+        == 3 * 2
+    )
+    assert (
+        m.value(
+            "otel_jobs_run_duration_seconds_count",
+            job_name="fork.work",
+            queue="fq",
+            outcome="success",
+        )
+        == 16
+    )
+    assert m.value("otel_jobs_runs_in_progress", job_name="fork.work", queue="fq") == 0
+    # Dead children were folded in once: scraping again gives the same totals.
+    assert _m().value("otel_jobs_runs_started_total", job_name="fork.work", queue="fq") == 22
+    from otel_jobs.core import agent
+
+    current = agent.current()
+    assert current is not None
+    assert list(current.share.children()) == []
+
+
+def test_a_killed_child_in_flight_gauges_do_not_linger(instrumented: Callable[..., Any]) -> None:
+    instrumented(watchdog_interval=0.1)
+    ready = ctx.Event()
+    child = ctx.Process(target=_child_hangs, args=(ready,), daemon=True)
+    child.start()
+    try:
+        _watch_killed_child(child, ready)
+    finally:
+        if child.is_alive():
+            child.kill()
+            child.join(10)
+
+
+def _watch_killed_child(child: Any, ready: Any) -> None:
+    assert ready.wait(30)
+    _wait_for(lambda: _m().find("otel_jobs_runs_in_progress", job_name="fork.hang") == [1.0])
+    m = _m()
+    assert m.find("otel_jobs_oldest_run_start_timestamp_seconds", job_name="fork.hang")
+    assert m.value("otel_jobs_runs_started_total", job_name="fork.hang", queue="fq") == 1
+    assert child.pid is not None
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(30)
+    m = _m()
+    assert m.find("otel_jobs_runs_in_progress", job_name="fork.hang") in ([], [0.0])
+    assert m.find("otel_jobs_oldest_run_start_timestamp_seconds", job_name="fork.hang") == []
+    assert (
+        m.value("otel_jobs_runs_started_total", job_name="fork.hang", queue="fq") == 1
+    )  # counts kept
+
+
+def test_raw_os_fork_child_that_exits_immediately_loses_nothing(
+    instrumented: Callable[..., Any],
+) -> None:
+    instrumented(watchdog_interval=5)
+    pid = os.fork()
+    if pid == 0:  # the child: run jobs and leave the way RQ's work horse does
+        try:
+            for i in range(4):
+                work(i)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert (
+        _m().value(
+            "otel_jobs_runs_finished_total", job_name="fork.work", queue="fq", outcome="success"
+        )
+        == 4
+    )
