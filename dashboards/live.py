@@ -111,16 +111,7 @@ class Stack:
             raise FileNotFoundError("prometheus is not installed (apt-get install -y prometheus)")
         self.started = time.time()
         seconds = f"{self.duration:.0f}"
-        self._spawn(
-            [self.python, "-m", "otel_jobs", "demo", "--duration", seconds,
-             "--port", str(self.demo_port), "--no-live"],
-            "demo.log",
-        )  # fmt: skip
-        self._spawn(
-            [self.python, "-m", "dashboards.live", "queue-worker", "--duration", seconds,
-             "--port", str(self.queue_port)],
-            "queue-worker.log",
-        )  # fmt: skip
+        # Prometheus first, as in production: it sees every counter from its first value.
         config = self.tmp / "prometheus.yml"
         config.write_text(
             json.dumps(
@@ -152,6 +143,19 @@ class Stack:
             "prometheus.log",
         )  # fmt: skip
         self._wait(lambda: self._get("/-/ready") is not None, "Prometheus to be ready", 60)
+        # Target discovery reaches the scrape loops a few seconds after start-up: wait until the
+        # (still empty) targets are being scraped, so no early sample of the workers is lost.
+        self.wait_for('count(up{job="otel-jobs"}) == 2', timeout=60)
+        self._spawn(
+            [self.python, "-m", "otel_jobs", "demo", "--duration", seconds,
+             "--port", str(self.demo_port), "--no-live"],
+            "demo.log",
+        )  # fmt: skip
+        self._spawn(
+            [self.python, "-m", "dashboards.live", "queue-worker", "--duration", seconds,
+             "--port", str(self.queue_port)],
+            "queue-worker.log",
+        )  # fmt: skip
         # Both targets scraped successfully at least once.
         self.wait_for('count(up{job="otel-jobs"} == 1) == 2', timeout=60)
 
