@@ -22,6 +22,9 @@ NO_TIMEOUT = "otel_jobs_outbound_calls_without_timeout_total"
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # one write per response, no Nagle: keep-alive calls are not held up by delayed ACKs
+    wbufsize = -1
+    disable_nagle_algorithm = True
 
     def _answer(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
