@@ -284,3 +284,33 @@ def test_no_credentials_or_query_strings_anywhere(
     for item in exposed:
         for secret in ("alice", "hunter2", "s3cr3t", "token"):
             assert secret not in item
+
+
+def test_the_watchdog_says_which_call_a_stuck_run_waits_on(
+    outbound: Any, silent_server: SilentServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    outbound("requests", heartbeat_timeout=0.3, watchdog_interval=0.1)
+    sites: list[str] = []
+
+    def job() -> None:
+        with otel_jobs.job_run("billing.sync", queue="billing"):
+            try:
+                sites.append(here())
+                requests.get(silent_server.url + "/invoices")
+            except requests.RequestException:
+                pass
+
+    thread = threading.Thread(target=job, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    stuck: list[str] = []
+    while not stuck and time.monotonic() < deadline:
+        time.sleep(0.05)
+        stuck = [r.getMessage() for r in caplog.records if "billing.sync" in r.getMessage()]
+    silent_server.drop_all()
+    thread.join(30)
+    assert stuck, "the watchdog never reported the stuck run"
+    assert (
+        f"outbound call GET {silent_server.host} via requests (no connect/read timeout)" in stuck[0]
+    )
+    assert f"from {sites[0]}" in stuck[0]
