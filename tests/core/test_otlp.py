@@ -1,0 +1,128 @@
+"""OTLP export, end to end: the real exporters of a worker process, over the real protocols.
+
+A subprocess is pointed at a local :class:`~tests.otlp_receiver.OtlpReceiver` with
+``OTEL_EXPORTER_OTLP_ENDPOINT`` (and ``OTEL_EXPORTER_OTLP_PROTOCOL``), runs jobs that succeed
+and fail, and uninstruments (which flushes). The receiver must hold each run's span with its
+``job.*`` attributes, and the ``otel_jobs.*`` metrics under their names, in unit ``s`` for
+the durations, with the same counts the runs produced.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.otlp_receiver import OtlpReceiver
+
+WORKER = textwrap.dedent(
+    """
+    import otel_jobs
+
+    otel_jobs.instrument(prometheus=False, watchdog_interval=0.2)
+
+    @otel_jobs.job(name="otlp.ok", queue="otlp-q")
+    def ok(i):
+        otel_jobs.heartbeat(progress=0.5)
+        return i
+
+    @otel_jobs.job(name="otlp.bad", queue="otlp-q")
+    def bad():
+        raise ValueError("boom")
+
+    for i in range(5):
+        ok(i)
+    for _ in range(2):
+        try:
+            bad()
+        except ValueError:
+            pass
+    otel_jobs.uninstrument()
+    print("done", flush=True)
+    """
+)
+
+
+def otlp_env(endpoint: str, protocol: str, **extra: str) -> dict[str, str]:
+    """The environment of a worker exporting to ``endpoint`` only (no inherited OTEL_ settings)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CI_"))}
+    env.update(
+        OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+        OTEL_EXPORTER_OTLP_PROTOCOL=protocol,
+        OTEL_SERVICE_NAME="otlp-test-worker",
+        **extra,
+    )
+    return env
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_runs_reach_an_otlp_receiver(protocol: str) -> None:
+    with OtlpReceiver(protocol) as receiver:
+        out = subprocess.run(
+            [sys.executable, "-c", WORKER],
+            env=otlp_env(receiver.endpoint, protocol),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0 and "done" in out.stdout, out.stderr
+        spans = receiver.wait_for(
+            "7 run spans",
+            lambda: [s for s in receiver.spans() if s.name in ("otlp.ok", "otlp.bad")]
+            if len([s for s in receiver.spans() if s.name.startswith("otlp.")]) >= 7
+            else None,
+        )
+        metrics = receiver.metrics()
+
+    assert sorted(s.name for s in spans) == ["otlp.bad"] * 2 + ["otlp.ok"] * 5
+    assert len({s.span_id for s in spans}) == 7  # each run once
+    for s in spans:
+        assert s.resource.get("service.name") == "otlp-test-worker"
+        assert s.kind == 5  # SPAN_KIND_CONSUMER
+        assert s.attributes["job.name"] == s.name
+        assert s.attributes["job.queue"] == "otlp-q"
+        assert s.attributes["job.attempt"] == 1
+        assert s.attributes["job.framework"] == "otel_jobs"
+    ok = [s for s in spans if s.name == "otlp.ok"]
+    bad = [s for s in spans if s.name == "otlp.bad"]
+    assert all(s.attributes["job.outcome"] == "success" for s in ok)
+    assert all(s.attributes["job.progress"] == 0.5 for s in ok)
+    assert all(s.attributes["job.outcome"] == "failure" and s.status_code == 2 for s in bad)
+    assert all(any(name == "exception" for name, _ in s.events) for s in bad)
+
+    by_name: dict[str, list] = {}
+    for m in metrics:
+        by_name.setdefault(m.name, []).append(m)
+    for name in (
+        "otel_jobs.runs.started",
+        "otel_jobs.runs.finished",
+        "otel_jobs.run.duration",
+        "otel_jobs.runs.in_progress",
+        "otel_jobs.run.max_duration",
+        "otel_jobs.run.heartbeat_timeout",
+        "otel_jobs.watchdog.last_tick.timestamp",
+    ):
+        assert name in by_name, f"{name} not received; got {sorted(by_name)}"
+    assert {m.unit for m in by_name["otel_jobs.run.duration"]} == {"s"}
+    assert {m.kind for m in by_name["otel_jobs.run.duration"]} == {"histogram"}
+    assert {m.unit for m in by_name["otel_jobs.run.max_duration"]} == {"s"}
+
+    def last(name: str, **attrs: str) -> float:
+        # Cumulative temporality: the last export holds the totals.
+        values = [
+            v
+            for m in by_name[name]
+            for a, v in m.points
+            if all(a.get(k) == want for k, want in attrs.items())
+        ]
+        assert values, (name, attrs)
+        return values[-1]
+
+    assert last("otel_jobs.runs.started", job_name="otlp.ok", queue="otlp-q") == 5
+    assert last("otel_jobs.runs.started", job_name="otlp.bad", queue="otlp-q") == 2
+    assert last("otel_jobs.runs.finished", job_name="otlp.ok", outcome="success") == 5
+    assert last("otel_jobs.runs.finished", job_name="otlp.bad", outcome="failure") == 2
+    assert last("otel_jobs.run.duration", job_name="otlp.ok", outcome="success") == 5
