@@ -71,9 +71,11 @@ def test_runs_reach_an_otlp_receiver(protocol: str) -> None:
         assert out.returncode == 0 and "done" in out.stdout, out.stderr
         spans = receiver.wait_for(
             "7 run spans",
-            lambda: [s for s in receiver.spans() if s.name in ("otlp.ok", "otlp.bad")]
-            if len([s for s in receiver.spans() if s.name.startswith("otlp.")]) >= 7
-            else None,
+            lambda: (
+                [s for s in receiver.spans() if s.name in ("otlp.ok", "otlp.bad")]
+                if len([s for s in receiver.spans() if s.name.startswith("otlp.")]) >= 7
+                else None
+            ),
         )
         metrics = receiver.metrics()
 
