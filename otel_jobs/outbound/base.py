@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import threading
 import time
 import weakref
@@ -255,6 +256,18 @@ _reporters: weakref.WeakKeyDictionary[Any, _Reporter] = weakref.WeakKeyDictionar
 _reporters_lock = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    # A lock held by another thread at fork time would stay held forever in the child.
+    global _reporters_lock
+    _reporters_lock = threading.Lock()
+    for reporter in list(_reporters.values()):
+        reporter.lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _reporter_for(agent: Agent) -> _Reporter:
     with _reporters_lock:
         found = _reporters.get(agent)
@@ -266,12 +279,25 @@ def _reporter_for(agent: Agent) -> _Reporter:
 class Checker:
     """One library's view of the policy: report flagged calls, track calls in flight.
 
-    An adapter calls :meth:`begin` for a call that is flagged (``missing`` not empty) or made
-    inside a run, and :meth:`end` when the call returns or raises::
+    An adapter's wrapper does the cheap check itself, then calls :meth:`begin` only for a call
+    that is flagged (``missing`` not empty) or made inside a run, and :meth:`end` when that
+    call returns or raises::
 
-        call = checker.begin(run, "GET", host, missing, sys._getframe())  # may raise
-        if missing and checker.enforce:
-            ...apply checker.default_timeout to the missing parts...
+        run = current_run()
+        checked = False
+        try:
+            missing = ...                      # () when the call has a timeout
+            if missing or run is not None:
+                call = checker.begin(run, method, host, missing, sys._getframe())  # may raise
+                checked = True
+                if missing and checker.enforce:
+                    ...                        # checker.default_timeout on the missing parts
+        except MissingTimeoutError:
+            raise
+        except Exception as exc:               # otel-jobs' own fault: the call goes on as is
+            errors.record("outbound.<library>", exc)
+        if not checked:
+            return original(...)
         try:
             return original(...)
         finally:

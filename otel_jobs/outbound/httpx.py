@@ -13,10 +13,11 @@ is None: ``httpx.get(url, timeout=None)``, ``httpx.Client(timeout=httpx.Timeout(
 Spans. HTTP client spans come from opentelemetry-instrumentation-httpx. If nothing
 instrumented httpx, otel-jobs does (``HTTPXClientInstrumentor().instrument()``, with the
 global tracer provider), so each call has a CLIENT span carrying the ``otel_jobs.timeout.*``
-attributes; the ``url.full`` of these spans is stripped of credentials and query string. Your own instrumentation always wins and is never doubled: if you instrumented
-httpx first, otel-jobs leaves it alone; if you do it later (``instrument()``,
-``instrument_client()`` or an ``OpenTelemetryTransport``), otel-jobs removes its own first, so
-there is one span per call. ``uninstrument()`` removes only what otel-jobs added.
+attributes; a request hook strips the ``url.full`` of these spans of credentials and query
+string. Your own instrumentation always wins and is never doubled: if you instrumented httpx
+first, otel-jobs leaves it alone; if you do it later (``instrument()``, ``instrument_client()``
+or an ``OpenTelemetryTransport``), otel-jobs removes its own first, so there is one span per
+call, with your hooks. ``uninstrument()`` removes only what otel-jobs added.
 
 The check itself runs in httpcore's connection pool, which every httpx transport request
 reaches from inside the instrumentation's span: it sees the very timeout extension the
