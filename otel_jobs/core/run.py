@@ -153,11 +153,11 @@ class Run:
         """Make this the current run of the calling thread or asyncio task."""
         self.thread_id = threading.get_ident()
         self.native_id = threading.get_native_id()
-        try:
-            self.task = asyncio.current_task()
-            self.loop = self.task.get_loop() if self.task is not None else None
-        except RuntimeError:
-            self.task = None
+        # Not asyncio.current_task(): outside a loop it raises, and an exception per run of a
+        # sync job costs more than the rest of this method.
+        loop = asyncio._get_running_loop()
+        self.task = asyncio.current_task(loop) if loop is not None else None
+        self.loop = loop if self.task is not None else None
         run_token = _current.set(self)
         # An adopted span is made current by its owner; attaching it here too would interleave
         # two owners' context tokens, which must be detached in reverse order.
@@ -232,8 +232,10 @@ class Run:
         self.finished = True
         if self.cancelled_by_watchdog and outcome in ("failure", "cancelled"):
             outcome = "timeout"
-        with errors.guard("run.finish"):
+        try:  # not errors.guard(): see Agent.start_run
             self._agent.finish_run(self, outcome, exc, expected)
+        except Exception as err:
+            errors.record("run.finish", err)
 
     def __repr__(self) -> str:
         return f"<Run {self.name} id={self.job_id} queue={self.queue}>"
