@@ -9,8 +9,8 @@ Configured from the environment by the test that starts the worker:
   lines) through a real SDK pipeline; ``OJ_CELERY_CONTRIB=1``: also enable
   opentelemetry-instrumentation-celery, the way its documentation says (``worker_process_init``).
 
-``instrument()`` is called here, in the app module: the worker's main process imports it before
-the prefork pool forks its children.
+With ``OJ_CELERY_WORKER=1`` (set for the worker only), ``instrument()`` is called here, in the
+app module: the worker's main process imports it before the prefork pool forks its children.
 """
 
 from __future__ import annotations
@@ -25,91 +25,108 @@ from kombu import Queue
 import otel_jobs
 
 PREFIX = os.environ.get("OJ_CELERY_PREFIX", "oj-test")
-FAST, SLOW = f"{PREFIX}-fast", f"{PREFIX}-slow"
+BROKER = os.environ.get("OJ_CELERY_BROKER", "redis://127.0.0.1:6379/11")
 
 
 class ExpectedError(Exception):
     """Declared in ``throws``: an expected outcome, not an error."""
 
 
-if os.environ.get("OJ_CELERY_SPANS"):
-    from opentelemetry import trace
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+def queues(prefix: str) -> tuple[str, str]:
+    """The two task queues of a test run: fast tasks, and slow or stuck ones."""
+    return f"{prefix}-fast", f"{prefix}-slow"
 
-    _spans_file = open(os.environ["OJ_CELERY_SPANS"], "a", buffering=1)  # noqa: SIM115
-    _provider = TracerProvider()
-    _provider.add_span_processor(
-        SimpleSpanProcessor(
-            ConsoleSpanExporter(out=_spans_file, formatter=lambda s: s.to_json(indent=None) + "\n")
-        )
+
+def make_app(broker: str, prefix: str) -> Celery:
+    """The app (configuration only): the worker's, and the tests' publishing side."""
+    fast, slow = queues(prefix)
+    celery_app = Celery("oj", broker=broker, set_as_current=False)
+    celery_app.conf.update(
+        # auto_delete: a test run's queues vanish from RabbitMQ with its worker
+        task_queues=[Queue(fast, auto_delete=True), Queue(slow, auto_delete=True)],
+        task_default_queue=fast,
+        task_routes={name: {"queue": slow} for name in ("oj.hang", "oj.sleep_past_limit")},
+        task_time_limit=300,
+        broker_transport_options={"visibility_timeout": 3600},
+        worker_prefetch_multiplier=1,
+        worker_enable_remote_control=False,
+        task_ignore_result=True,
+        broker_connection_retry_on_startup=True,
     )
-    trace.set_tracer_provider(_provider)
-
-if os.environ.get("OJ_CELERY_CONTRIB") == "1":
-
-    @signals.worker_process_init.connect(weak=False)
-    def _contrib(**_: object) -> None:
-        from opentelemetry.instrumentation.celery import CeleryInstrumentor
-
-        CeleryInstrumentor().instrument()
+    return celery_app
 
 
-otel_jobs.instrument(
-    prometheus_port=int(os.environ.get("OJ_CELERY_PORT", "0")),
-    frameworks=["celery"],
-    outbound=[],
-    watchdog_interval=0.2,
-    jobs={"oj.hang": {"heartbeat_timeout": 1}},
-)
+if os.environ.get("OJ_CELERY_WORKER") == "1":
+    if os.environ.get("OJ_CELERY_SPANS"):
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 
-app = Celery("oj", broker=os.environ.get("OJ_CELERY_BROKER", "redis://127.0.0.1:6379/11"))
-app.conf.update(
-    task_queues=[Queue(FAST), Queue(SLOW)],
-    task_default_queue=FAST,
-    task_routes={"oj.hang": {"queue": SLOW}, "oj.sleep_past_limit": {"queue": SLOW}},
-    task_time_limit=300,
-    broker_transport_options={"visibility_timeout": 3600},
-    worker_prefetch_multiplier=1,
-    task_ignore_result=True,
-    broker_connection_retry_on_startup=True,
-)
+        _spans_file = open(os.environ["OJ_CELERY_SPANS"], "a", buffering=1)
+        _provider = TracerProvider()
+        _provider.add_span_processor(
+            SimpleSpanProcessor(
+                ConsoleSpanExporter(
+                    out=_spans_file, formatter=lambda s: s.to_json(indent=None) + "\n"
+                )
+            )
+        )
+        trace.set_tracer_provider(_provider)
+
+    if os.environ.get("OJ_CELERY_CONTRIB") == "1":
+
+        @signals.worker_process_init.connect(weak=False)
+        def _contrib(**_: object) -> None:
+            from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+            CeleryInstrumentor().instrument()
+
+    otel_jobs.instrument(
+        prometheus_port=int(os.environ["OJ_CELERY_PORT"]),
+        frameworks=["celery"],
+        outbound=[],
+        watchdog_interval=0.2,
+        jobs={"oj.hang": {"heartbeat_timeout": 1}},
+    )
+
+app = make_app(BROKER, PREFIX)
 
 
-@app.task(name="oj.ok", autoretry_for=(ConnectionError,))
+@app.task(shared=False, name="oj.ok", autoretry_for=(ConnectionError,))
 def ok(x: int) -> int:
     return x * 2
 
 
-@app.task(name="oj.fail", autoretry_for=(ConnectionError,))
+@app.task(shared=False, name="oj.fail", autoretry_for=(ConnectionError,))
 def fail() -> None:
     raise ValueError("boom")
 
 
-@app.task(name="oj.expected", throws=(ExpectedError,), autoretry_for=(ConnectionError,))
+@app.task(
+    shared=False, name="oj.expected", throws=(ExpectedError,), autoretry_for=(ConnectionError,)
+)
 def expected() -> None:
     raise ExpectedError("declared")
 
 
-@app.task(name="oj.retry_once", bind=True, max_retries=3)
+@app.task(shared=False, name="oj.retry_once", bind=True, max_retries=3)
 def retry_once(self) -> str:  # type: ignore[no-untyped-def]
     if self.request.retries == 0:
         raise self.retry(countdown=0, exc=RuntimeError("try again"))
     return "done"
 
 
-@app.task(name="oj.ignore", autoretry_for=(ConnectionError,))
+@app.task(shared=False, name="oj.ignore", autoretry_for=(ConnectionError,))
 def ignore() -> None:
     raise Ignore()
 
 
-@app.task(name="oj.reject", autoretry_for=(ConnectionError,))
+@app.task(shared=False, name="oj.reject", autoretry_for=(ConnectionError,))
 def reject() -> None:
     raise Reject("bad message", requeue=False)
 
 
-@app.task(name="oj.hang", autoretry_for=(ConnectionError,))
+@app.task(shared=False, name="oj.hang", autoretry_for=(ConnectionError,))
 def hang(token: str) -> str:
     """Blocks without heartbeating until the test creates the release file."""
     path = os.path.join(os.environ["OJ_CELERY_RELEASE_DIR"], token)
@@ -118,11 +135,16 @@ def hang(token: str) -> str:
     return "released"
 
 
-@app.task(name="oj.sleep_past_limit", time_limit=1, autoretry_for=(ConnectionError,))
+@app.task(shared=False, name="oj.sleep_past_limit", time_limit=1, autoretry_for=(ConnectionError,))
 def sleep_past_limit() -> None:
     time.sleep(60)
 
 
-@app.task(name="oj.die", autoretry_for=(ConnectionError,))
+@app.task(shared=False, name="oj.delayed", autoretry_for=(ConnectionError,))
+def delayed() -> str:
+    return "due"
+
+
+@app.task(shared=False, name="oj.die", autoretry_for=(ConnectionError,))
 def die() -> None:
     os._exit(3)  # the pool child vanishes mid-run: WorkerLostError in the main process
