@@ -131,7 +131,6 @@ def _timeseries(
     w: int = 12,
     h: int = 8,
     stacked: bool = False,
-    bars: bool = False,
     threshold_lines: bool = False,
     links: Sequence[dash.DashboardLink] = (),
     data_links: Sequence[dash.DashboardLink] = (),
@@ -154,7 +153,7 @@ def _timeseries(
             .sort(cm.SortOrder.DESCENDING)
         )
         .line_width(1)
-        .fill_opacity(25 if stacked or bars else 10)
+        .fill_opacity(25 if stacked else 10)
         .show_points(cm.VisibilityMode.NEVER)
         .span_nulls(False)
         .thresholds_style(
@@ -169,8 +168,6 @@ def _timeseries(
         panel = panel.min(min_val)
     if stacked:
         panel = panel.stacking(common_b.StackingConfig().mode(cm.StackingMode.NORMAL))
-    if bars:
-        panel = panel.draw_style(cm.GraphDrawStyle.BARS)
     if links:
         panel = panel.links(list(links))
     if data_links:
@@ -189,6 +186,7 @@ def _stat(
     h: int = 4,
     no_value: str = "0",
     links: Sequence[dash.DashboardLink] = (),
+    decimals: int | None = None,
 ) -> stat.Panel:
     panel = _common(stat.Panel(), title, description, unit, w, h)
     panel = (
@@ -202,6 +200,8 @@ def _stat(
     )
     if links:
         panel = panel.links(list(links))
+    if decimals is not None:
+        panel = panel.decimals(decimals)
     return panel
 
 
@@ -745,8 +745,20 @@ def job() -> dash.Dashboard:
         ),
     ]
     for title, description, unit, expr, steps, no_value, links in stats:
+        # increase() extrapolates to the range's edges: a count of events reads best whole.
+        whole = 0 if "[$__range]" in expr else None
         d = d.with_panel(
-            _stat(title, description, unit, expr, steps, w=3, no_value=no_value, links=links)
+            _stat(
+                title,
+                description,
+                unit,
+                expr,
+                steps,
+                w=3,
+                no_value=no_value,
+                links=links,
+                decimals=whole,
+            )  # fmt: skip
         )
     threshold_line = [
         dm.DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": RED}),
@@ -824,7 +836,6 @@ def job() -> dash.Dashboard:
             ],
             _steps((None, GREEN)),
             w=8,
-            bars=True,
             links=[_runbook("OtelJobsRunStalled"), _runbook("OtelJobsRunsTimingOut")],
         )
     )
