@@ -261,7 +261,7 @@ class Stack:
             for proc in self.processes:
                 if proc.poll() is not None and proc.returncode not in (0, -signal.SIGTERM):
                     raise RuntimeError(
-                        f"{proc.args[:3]} exited with {proc.returncode}\n{self.logs()}"
+                        f"{proc.args!r} exited with {proc.returncode}\n{self.logs()}"
                     )
             if time.monotonic() > deadline:
                 raise TimeoutError(

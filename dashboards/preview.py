@@ -21,7 +21,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -275,7 +275,7 @@ def draw_table(ax: Axes, panel: dict[str, Any], result: list[dict[str, Any]]) ->
     ax.grid(False)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    organize = next(
+    organize: dict[str, Any] = next(
         (t["options"] for t in panel.get("transformations", []) if t["id"] == "organize"), {}
     )
     order = sorted(organize.get("indexByName", {}), key=lambda k: organize["indexByName"][k])
@@ -341,7 +341,7 @@ def render(
     fig.text(
         0.99,
         1 - 50 / height_px,
-        datetime.now().strftime("rendered %Y-%m-%d %H:%M UTC"),
+        datetime.now(timezone.utc).strftime("rendered %Y-%m-%d %H:%M UTC"),
         color=MUTED,
         fontsize=8,
         ha="right",
