@@ -277,6 +277,7 @@ class Agent:
         outcome: str = "failure",
         exc: BaseException | None = None,
         parent: otel_context.Context | None = None,
+        native_max_duration: float | None = None,
     ) -> None:
         """Record the end of a run whose process died before finishing it (killed, OOM).
 
@@ -285,10 +286,17 @@ class Agent:
         the run's span, but no start: the dead process counted that, and its last snapshot
         keeps it on ``/metrics``, while its in-flight gauges vanished with it. ``parent``: the
         trace context the run was published with, so that its span stays in that trace.
+        ``native_max_duration``: the framework's limit for the run, so that the thresholds this
+        process exports for the job are the ones the dead process had in force.
         """
         now = time.time()
         seconds = max(0.0, now - started_at) if started_at is not None else 0.0
         series = self.telemetry.series(name, queue or "default")
+        configured = self.settings.for_job(name)
+        series.max_duration = (
+            configured.max_duration or native_max_duration or self.settings.max_duration
+        )
+        series.heartbeat_timeout = configured.heartbeat_timeout or self.settings.heartbeat_timeout
         series.record_finish(outcome, seconds)
         attrs: dict[str, Any] = {
             "job.name": name,

@@ -502,6 +502,8 @@ class Integration(_BaseIntegration):
         if not self._remember_lost(task_id):
             return
         request_dict = getattr(request, "request_dict", None) or {}
+        task = getattr(request, "task", None)
+        limits = _limits(task, getattr(request, "time_limits", None)) if task is not None else []
         parent = None
         if request_dict.get("traceparent"):
             parent = propagate.extract(request_dict)
@@ -515,6 +517,7 @@ class Integration(_BaseIntegration):
             outcome=outcome,
             exc=exc,
             parent=parent,
+            native_max_duration=min(limits) if limits else None,
         )
 
     @errors.guarded("integration.celery")
