@@ -105,6 +105,8 @@ def _merge_into(
             }
         samples = target["samples"]
         for sample_name, labels, value in fam["samples"]:
+            if sample_name.endswith("_created") and kind in ("counter", "histogram", "summary"):
+                continue  # creation timestamps: noise on a worker's endpoint, and wrong once summed
             key: SampleKey = (sample_name, tuple(sorted(labels.items())))
             if key in samples:
                 samples[key] = _combine(fam["name"], sample_name, samples[key], value, kind)
@@ -135,12 +137,15 @@ class ProcessShare:
         pid = os.getpid()
         if pid == self.owner_pid:
             return
-        data = json.dumps({"pid": pid, "families": _serialise(registry)}, separators=(",", ":"))
-        path = os.path.join(self.directory, f"{pid}.json")
-        tmp = f"{path}.{threading.get_ident()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        # One flush at a time: a watchdog tick that read the instruments before a run started
+        # must not replace, after it, the snapshot a later flush took with that run in it.
+        with self._lock:
+            data = json.dumps({"pid": pid, "families": _serialise(registry)}, separators=(",", ":"))
+            path = os.path.join(self.directory, f"{pid}.json")
+            tmp = f"{path}.{threading.get_ident()}.tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(data)
+            os.replace(tmp, path)
 
     def children(self) -> Iterator[tuple[int, str]]:
         try:
