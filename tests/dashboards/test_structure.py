@@ -209,3 +209,18 @@ def test_the_readme_shows_both_previews_and_how_to_import() -> None:
         assert f"dashboards/{name}" in section
     assert "not a Grafana screenshot" in section
     assert "provisioning.example.yml" in section and "Import" in section
+
+
+def test_the_json_reads_back_into_grafanas_typed_model(dashboard: dict[str, Any]) -> None:
+    """Grafana's own schema types (foundation SDK) accept the file: panels, queries, options."""
+    from grafana_foundation_sdk.cog import plugins
+    from grafana_foundation_sdk.models import dashboard as dm
+    from grafana_foundation_sdk.models import prometheus as pm
+
+    plugins.register_default_plugins()
+    model = dm.Dashboard.from_json(dashboard)
+    assert model.uid == dashboard["uid"] and len(model.uid) <= 40
+    data_panels = [p for p in model.panels or [] if isinstance(p, dm.Panel)]
+    assert len(data_panels) == len(list(live.panels(dashboard)))
+    for panel in data_panels:
+        assert panel.targets and all(isinstance(t, pm.Dataquery) for t in panel.targets)
