@@ -403,9 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "job_name": ".*",
             "runbooks": build.DEFAULT_RUNBOOKS,
         }
-        span = (
-            f"last {time.time() - stack.started:.0f} s of `otel-jobs demo` and a queue-fed worker"
-        )
+        span = f"last {time.time() - stack.started:.0f} s of otel-jobs demo and a queue-fed worker"
         for name, variables, subtitle in (
             ("otel-jobs-overview.json", all_, f"instance=All, queue=All, job_name=All; {span}"),
             ("otel-jobs-job.json", {**all_, "job_name": args.job}, f"job_name={args.job}; {span}"),
