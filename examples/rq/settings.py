@@ -1,4 +1,4 @@
-"""The same worker started by RQ's command: ``rq worker -c settings reports billing``.
+"""The same worker started by RQ's command: ``rq worker -c settings --with-scheduler reports billing``.
 
 RQ imports this module when the worker starts, before it forks any work horse.
 """

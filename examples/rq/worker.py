@@ -24,4 +24,5 @@ if __name__ == "__main__":
     print("metrics on", otel_jobs.metrics_url(), flush=True)
     connection = Redis.from_url(REDIS_URL, socket_timeout=30, socket_connect_timeout=10)
     queues = [Queue(name, connection=connection) for name in ("reports", "billing")]
-    Worker(queues, connection=connection).work()
+    # with_scheduler: the scheduler puts retries with an interval back in their queue
+    Worker(queues, connection=connection).work(with_scheduler=True)
