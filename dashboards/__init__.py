@@ -1,0 +1,1 @@
+"""otel-jobs Grafana dashboards: the generator (build), the live stack (live), the preview (preview)."""
