@@ -259,6 +259,20 @@ def test_simple_worker(redis_db, queue_name, start_worker) -> None:
     assert m.value("otel_jobs_run_max_duration_seconds", job_name=f"{JOBS}.ok") == 180
 
 
+def test_instrument_in_a_custom_worker_class_module(redis_db, queue_name, start_worker) -> None:
+    """`rq worker -w module.Worker`: the module's instrument() runs in the worker at start-up."""
+    q = Queue(queue_name("custom"), connection=redis_db)
+    jobs = [q.enqueue(f"{JOBS}.ok", 1), q.enqueue(f"{JOBS}.boom")]
+    worker = start_worker(
+        q.name, worker_class="tests.integrations.rq_worker_class.Worker", instrument=False
+    )
+    wait_for("2 finished runs", lambda: worker.finished(queue=q.name) == 2)
+    wait_for("RQ to end the jobs", lambda: all_done(jobs))
+    m = worker.metrics()
+    assert m.total("otel_jobs_runs_started_total", queue=q.name) == 2
+    assert m.value("otel_jobs_runs_finished_total", job_name=f"{JOBS}.boom", outcome="failure") == 1
+
+
 def test_instrument_inside_a_job_warns(redis_db, queue_name, start_worker) -> None:
     """instrument() in the wrong place (inside the job, in the horse) says so in the log."""
     q = Queue(queue_name("wrong"), connection=redis_db)
