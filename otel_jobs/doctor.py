@@ -9,8 +9,10 @@ Prints the same findings a worker reports at start-up (a WARNING each, and
 ``framework  finding  message``:
 
 * ``--celery-app module:attribute`` imports the module (and the app's task modules, as a worker
-  does) and checks the app's configuration and registered tasks; it connects to no broker. The
-  attribute may be omitted when the module has an ``app`` or ``celery`` attribute.
+  does, from the current directory) and checks the app's configuration and registered tasks; it
+  connects to no broker. The attribute may be omitted when the module has an ``app`` or
+  ``celery`` attribute. If the module calls ``otel_jobs.instrument()``, doctor keeps it from
+  serving ``/metrics`` and from starting a watchdog.
 * ``--rq-redis-url URL`` connects to that Redis and checks the RQ queues and the jobs it holds.
 
 Exit status: 0 when nothing was found, 1 when there are findings, 2 when a configuration could
@@ -53,6 +55,10 @@ def load_celery_app(spec: str) -> Any:
     # `celery -A` finds modules relative to the current directory; so does doctor.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    # An app module that calls otel_jobs.instrument() must not serve /metrics (a running worker
+    # may hold the port) or start a watchdog in this short-lived process.
+    os.environ.setdefault("OTEL_JOBS_PROMETHEUS_ENABLED", "false")
+    os.environ.setdefault("OTEL_JOBS_WATCHDOG_ENABLED", "false")
     module_name, _, attribute = spec.partition(":")
     module = importlib.import_module(module_name)
     if attribute:

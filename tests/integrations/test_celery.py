@@ -503,3 +503,63 @@ def test_instrument_twice_then_uninstrument_leaves_no_receiver() -> None:
     assert [len(s.receivers) for s in tracked] == [n + 1 for n in before]
     otel_jobs.uninstrument()
     assert [len(s.receivers) for s in tracked] == before
+
+
+# --- the example -------------------------------------------------------------------------------
+
+
+def test_the_example_shows_its_stuck_task_on_metrics_and_in_the_log(tmp_path: Path) -> None:
+    """examples/celery as its README runs it, with a partner that accepts and never answers."""
+    import socket
+
+    import redis
+
+    require_redis()
+    example = ROOT / "examples" / "celery"
+    redis.Redis.from_url(REDIS_URL).delete("default", "partners")  # the example's queue names
+    port = free_port()
+    log = tmp_path / "example.log"
+    with socket.create_server(("127.0.0.1", 0)) as partner:
+        env = {
+            **os.environ,
+            "CELERY_BROKER_URL": REDIS_URL,
+            "OTEL_JOBS_PROMETHEUS_PORT": str(port),
+            "PARTNER_URL": f"http://127.0.0.1:{partner.getsockname()[1]}/report",
+        }
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                [CELERY, "-A", "proj", "worker", "-P", "prefork", "-c", "2",
+                 "-Q", "default,partners", "--without-gossip", "--without-mingle",
+                 "--without-heartbeat", "-l", "INFO"],
+                cwd=example, env=env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        url = f"http://127.0.0.1:{port}/metrics"
+        try:
+            wait_for(lambda: "ready." in log.read_text(), "the example worker")
+            sent = subprocess.run(
+                [sys.executable, "send.py"], cwd=example, env=env, capture_output=True,
+                text=True, timeout=120,
+            )  # fmt: skip
+            assert sent.returncode == 0, sent.stderr
+            stuck = {"job_name": "example.fetch_partner_report", "queue": "partners"}
+            m = wait_for(
+                lambda: (
+                    (s := scrape(url)).total("otel_jobs_runs_stalled", **stuck) == 1
+                    and s.total("otel_jobs_runs_finished_total", job_name="example.resize_image")
+                    == 10
+                    and s
+                ),
+                "the stuck task on /metrics",
+            )
+            assert m.value("otel_jobs_runs_in_progress", **stuck) == 1
+            assert m.value("otel_jobs_stalls_detected_total", reason="no_heartbeat", **stuck) == 1
+            assert m.total("otel_jobs_outbound_calls_without_timeout_total", library="urllib") == 1
+            wait_for(
+                lambda: "stalled" in (text := log.read_text()) and "tasks.py:" in text,
+                "the diagnosis in the log",
+            )
+        finally:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+            redis.Redis.from_url(REDIS_URL).delete("default", "partners")
