@@ -273,6 +273,22 @@ def test_instrument_in_a_custom_worker_class_module(redis_db, queue_name, start_
     assert m.value("otel_jobs_runs_finished_total", job_name=f"{JOBS}.boom", outcome="failure") == 1
 
 
+def test_spawn_worker_is_said_to_be_unsupported(redis_db, queue_name, start_worker) -> None:
+    """SpawnWorker's horses are new interpreters: a WARNING says so, and nothing is miscounted."""
+    import rq.worker
+
+    if not hasattr(rq.worker, "SpawnWorker"):
+        pytest.skip("this RQ has no SpawnWorker")
+    q = Queue(queue_name("spawn"), connection=redis_db)
+    job = q.enqueue(f"{JOBS}.ok", 1)
+    worker = start_worker(q.name, worker_class="rq.worker.SpawnWorker")
+    wait_for("the job", lambda: job.get_status(refresh=True) == JobStatus.FINISHED)
+    wait_for(
+        "the warning", lambda: "cannot follow: its job runs are not recorded" in worker.output()
+    )
+    assert worker.metrics().total("otel_jobs_runs_finished_total", queue=q.name) == 0
+
+
 def test_instrument_inside_a_job_warns(redis_db, queue_name, start_worker) -> None:
     """instrument() in the wrong place (inside the job, in the horse) says so in the log."""
     q = Queue(queue_name("wrong"), connection=redis_db)
