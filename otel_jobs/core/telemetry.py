@@ -92,9 +92,15 @@ class Series:
         self.queue = queue
         self._telemetry = telemetry
         self.started = telemetry.started.labels(job_name, queue)
-        self.queue_wait = telemetry.queue_wait.labels(job_name, queue)
         self._finished = {o: telemetry.finished.labels(job_name, queue, o) for o in OUTCOMES}
-        self._duration = {o: telemetry.duration.labels(job_name, queue, o) for o in OUTCOMES}
+        # Histogram children other than the success duration are built at their first
+        # observation: the counters above exist at 0 for increase() and rate(), while a histogram
+        # with no observation would only add 25 zero samples to every scrape, per job and outcome
+        # (bench/bench_scrape.py).
+        self._duration: dict[str, Any] = {
+            "success": telemetry.duration.labels(job_name, queue, "success")
+        }
+        self.queue_wait: Any = None
         # Stall counters exist at 0 from the first run, so increase() sees a job's first stall.
         for reason in STALL_REASONS:
             telemetry.stalls.labels(job_name, queue, reason)
@@ -113,7 +119,12 @@ class Series:
 
     def record_finish(self, outcome: str, seconds: float) -> None:
         self._finished[outcome].inc()
-        self._duration[outcome].observe(seconds)
+        duration = self._duration.get(outcome)
+        if duration is None:
+            duration = self._duration[outcome] = self._telemetry.duration.labels(
+                self.job_name, self.queue, outcome
+            )
+        duration.observe(seconds)
         otel = self._telemetry.otel
         if otel is not None:
             attrs = self._outcome_attrs[outcome]
@@ -121,6 +132,8 @@ class Series:
             otel.duration.record(seconds, attrs)
 
     def record_queue_wait(self, seconds: float) -> None:
+        if self.queue_wait is None:
+            self.queue_wait = self._telemetry.queue_wait.labels(self.job_name, self.queue)
         self.queue_wait.observe(seconds)
         otel = self._telemetry.otel
         if otel is not None:
