@@ -44,8 +44,10 @@ included, is covered without changing its base class):
   a horse that dies mid-job (``SIGKILL``, the OOM killer, a crash in C code) never finishes its
   run, so the worker records it, exactly once: outcome ``failure``, ``timeout`` when the worker
   killed it for overrunning its job timeout, ``cancelled`` when it was stopped with
-  ``rq.command.send_stop_job_command``. Its start was counted by the horse; its in-flight gauges
-  vanish with it.
+  ``rq.command.send_stop_job_command``. Its start was counted by the horse (which saves its
+  snapshot as the run starts); its in-flight gauges vanish with it. A run is never counted twice:
+  the worker records a lost horse only when RQ found the job unfinished, and the horse ends its run
+  after RQ saved the job's result (a kill in that very instant counts the run's end nowhere).
 * ``bootstrap`` (in the worker, when it starts working): the configuration audit below.
 
 ``SimpleWorker`` (no fork) is supported the same way, in the worker process, and so is
