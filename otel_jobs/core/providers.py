@@ -13,12 +13,28 @@
 
 Global providers can be set only once per process, so the providers otel-jobs creates stay for
 the life of the process; ``uninstrument()`` flushes them, and a later ``instrument()`` reuses them.
+
+A collector that is down, refuses connections or never answers does not slow jobs down: spans
+wait in the batch processor's bounded queue (``OTEL_BSP_MAX_QUEUE_SIZE``, 2048; the oldest are
+dropped when it is full) and are sent from its own thread. For the exporters otel-jobs creates,
+the first failed export logs one WARNING on the ``otel_jobs`` logger (endpoint and reason) and
+the exporters' own per-retry messages are held back (a failing signal is warned about at most
+every five minutes); one INFO says when exporting works again.
+Flushing (``uninstrument()``, process exit, the watchdog's ``exit`` policy) waits a bounded
+time, so a hung collector never holds a worker's shutdown for the exporters' retries.
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
+import math
 import os
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
@@ -51,12 +67,109 @@ def _is_unset_meter_provider(provider: metrics.MeterProvider) -> bool:
     return type(provider).__name__ in ("_ProxyMeterProvider", "NoOpMeterProvider")
 
 
+logger = logging.getLogger("otel_jobs")
+
+# Loggers of the OpenTelemetry exporters and batch processor whose failure messages repeat for
+# every batch and retry while a collector is unreachable.
+_EXPORT_LOGGERS = (
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "opentelemetry.sdk._shared_internal",
+    "opentelemetry.sdk.metrics._internal.export",
+)
+
+
+class _ExportHealth(logging.Filter):
+    """One WARNING when OTLP export starts failing, one INFO when it works again.
+
+    Attached as a filter to the exporters' loggers: their WARNING and ERROR records are held
+    back (the last one is kept as the reason) while :meth:`watch` reports the outcome of each
+    export in one line of its own.
+    """
+
+    #: A signal whose export keeps failing and succeeding is warned about at most this often.
+    WARN_EVERY_SECONDS = 300.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing: set[str] = set()
+        self.warned_at: dict[str, float] = {}
+        # Each signal exports from its own thread, which is also where its exporter logs.
+        self.local = threading.local()
+        self.installed = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        try:
+            self.local.reason = record.getMessage()[:300]
+        except Exception:
+            self.local.reason = str(record.msg)[:300]
+        return False
+
+    def install(self) -> None:
+        if not self.installed:
+            self.installed = True
+            for name in _EXPORT_LOGGERS:
+                logging.getLogger(name).addFilter(self)
+
+    def watch(self, exporter: Any, signal: str, endpoint: str | None) -> Any:
+        """Wrap ``exporter.export`` to log failures and recovery once each (see the class)."""
+        self.install()
+        export: Callable[..., Any] = exporter.export
+        health = self
+
+        def watched_export(*args: Any, **kwargs: Any) -> Any:
+            health.local.reason = ""
+            try:
+                result = export(*args, **kwargs)
+            except Exception as exc:
+                health.outcome(signal, endpoint, False, repr(exc))
+                raise
+            ok = getattr(result, "name", "") == "SUCCESS"
+            health.outcome(signal, endpoint, ok, health.local.reason)
+            return result
+
+        exporter.export = watched_export
+        return exporter
+
+    def outcome(self, signal: str, endpoint: str | None, ok: bool, reason: str) -> None:
+        if ok:
+            if signal in self.failing:
+                self.failing.discard(signal)
+                logger.info("otel-jobs: OTLP export of %s to %s works again", signal, endpoint)
+        elif signal not in self.failing:
+            self.failing.add(signal)
+            now = time.monotonic()
+            if now - self.warned_at.get(signal, -math.inf) < self.WARN_EVERY_SECONDS:
+                return
+            self.warned_at[signal] = now
+            logger.warning(
+                "otel-jobs: cannot export %s over OTLP to %s (%s). Jobs are not affected: %s. "
+                "Logged once until an export succeeds.",
+                signal,
+                endpoint,
+                reason or "export failed",
+                _MEANWHILE.get(signal, "nothing waits"),
+            )
+
+
+_MEANWHILE = {
+    "spans": "spans wait in a bounded queue, the oldest dropped when it is full",
+    "metrics": "the totals are sent at the next export that gets through",
+}
+_health = _ExportHealth()
+
+
 def _otlp_span_exporter(settings: Settings):  # type: ignore[no-untyped-def]
     if settings.otlp_protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     else:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # type: ignore[assignment]
-    return OTLPSpanExporter()
+    return _health.watch(OTLPSpanExporter(), "spans", settings.otlp_traces_endpoint)
 
 
 def _otlp_metric_exporter(settings: Settings):  # type: ignore[no-untyped-def]
@@ -64,7 +177,7 @@ def _otlp_metric_exporter(settings: Settings):  # type: ignore[no-untyped-def]
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
     else:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter  # type: ignore[assignment]
-    return OTLPMetricExporter()
+    return _health.watch(OTLPMetricExporter(), "metrics", settings.otlp_metrics_endpoint)
 
 
 def _resource(child: bool = False):  # type: ignore[no-untyped-def]
@@ -78,7 +191,12 @@ def _new_meter_provider(settings: Settings, child: bool = False) -> metrics.Mete
     from opentelemetry.sdk.metrics import MeterProvider
 
     reader = _ForkAwareReader(_otlp_metric_exporter(settings))
-    return MeterProvider(resource=_resource(child), metric_readers=[reader])
+    # Shut down by _shutdown_at_exit, in bounded time, rather than by the SDK's own atexit hook.
+    provider = MeterProvider(
+        resource=_resource(child), metric_readers=[reader], shutdown_on_exit=False
+    )
+    _register_shutdown_at_exit()
+    return provider
 
 
 def setup(
@@ -100,7 +218,8 @@ def setup(
                 from opentelemetry.sdk.trace import TracerProvider
                 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-                provider = TracerProvider(resource=_resource())
+                provider = TracerProvider(resource=_resource(), shutdown_on_exit=False)
+                _register_shutdown_at_exit()
                 if settings.otlp_traces_endpoint:
                     provider.add_span_processor(BatchSpanProcessor(_otlp_span_exporter(settings)))
                 _owned_tracer_provider = provider
@@ -138,8 +257,24 @@ def meter_for_child(settings: Settings, inherited: metrics.Meter | None) -> metr
     return _owned_meter_provider.get_meter("otel_jobs", __version__)
 
 
+def _bounded(work: Callable[[], None], timeout_millis: float) -> None:
+    """Run ``work`` in a helper thread and wait for it at most ``timeout_millis``.
+
+    The SDK's batch processor ignores the flush timeout and waits for every export, each with
+    its own retries: against a collector that never answers that is minutes, not milliseconds.
+    """
+    thread = threading.Thread(target=work, name="otel-jobs-flush", daemon=True)
+    try:
+        thread.start()
+    except RuntimeError:  # no new threads (interpreter shutting down): wait inline
+        work()
+        return
+    thread.join(max(0.0, timeout_millis) / 1000)
+
+
 def flush(timeout_millis: int = 5000) -> None:
     """Export what the providers hold now (spans and metrics), waiting at most ``timeout_millis``."""
+    providers: list[Any] = []
     for provider in (
         trace.get_tracer_provider(),
         metrics.get_meter_provider(),
@@ -147,9 +282,41 @@ def flush(timeout_millis: int = 5000) -> None:
     ):
         if any(provider is inherited for inherited in _inherited_meter_providers):
             continue
-        force_flush = getattr(provider, "force_flush", None)
-        if force_flush is not None:
+        if getattr(provider, "force_flush", None) is not None:
+            providers.append(provider)
+
+    def work() -> None:
+        for provider in providers:
             try:
-                force_flush(timeout_millis)
+                provider.force_flush(timeout_millis)
             except Exception:
                 pass
+
+    if providers:
+        _bounded(work, timeout_millis)
+
+
+_shutdown_registered = False
+#: How long the providers otel-jobs created may take to shut down when the process exits.
+EXIT_SHUTDOWN_MILLIS = 5000
+
+
+def _register_shutdown_at_exit() -> None:
+    global _shutdown_registered
+    if not _shutdown_registered:
+        _shutdown_registered = True
+        atexit.register(_shutdown_at_exit)
+
+
+def _shutdown_at_exit() -> None:
+    owned: list[Any] = [p for p in (_owned_tracer_provider, _owned_meter_provider) if p]
+
+    def work() -> None:
+        for provider in owned:
+            try:
+                provider.shutdown()
+            except Exception:
+                pass
+
+    if owned:
+        _bounded(work, EXIT_SHUTDOWN_MILLIS)
