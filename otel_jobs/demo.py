@@ -1,12 +1,19 @@
 """Run sample jobs in an in-process worker and watch otel-jobs report them (``otel-jobs demo``).
 
-No broker and no collector needed: a pool of worker threads runs a mix of jobs (healthy,
-failing, slow, heartbeating with progress, and stuck ones: a call to a local server that
-never answers, a loop that never heartbeats, a wait on a lock another run holds), serves
-``/metrics`` on 127.0.0.1, shows a live table, stops by itself after ``--duration`` seconds
-and prints a summary.
+No broker and no collector needed: a pool of worker threads takes jobs from an in-memory queue
+(healthy, failing, slow, heartbeating with progress; their queue wait is measured), a tiny
+scheduler runs a job every second that overlaps itself (its overlapping ticks are skipped and
+counted), and three runs get stuck: a call with no timeout to a local server that never answers
+(blocked), a loop that never heartbeats (spinning; its ``on_stall="cancel"`` makes the watchdog
+end it with outcome ``timeout``), and a wait on a lock another run holds (blocked). It serves
+``/metrics`` on 127.0.0.1 and shows a table of the runs in flight, with each stuck run's
+verdict, state and the line it waits on, and the watchdog's verdicts below it; it stops by
+itself after ``--duration`` seconds and prints a summary.
 
     otel-jobs demo --duration 30 --port 9464
+
+``--no-live`` prints a table every 5 s (and the watchdog's WARNING records with their stacks)
+instead of redrawing one in place.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import otel_jobs
@@ -29,24 +37,20 @@ from otel_jobs.core import agent as agent_mod
 # --- the sample jobs ------------------------------------------------------------------------
 
 
-@otel_jobs.job(name="demo.send_email", queue="mail", max_duration=5, heartbeat_timeout=5)
 def send_email(rng: random.Random) -> None:
     time.sleep(rng.uniform(0.02, 0.3))
 
 
-@otel_jobs.job(name="demo.charge_card", queue="billing", max_duration=10, heartbeat_timeout=10)
 def charge_card(rng: random.Random) -> None:
     time.sleep(rng.uniform(0.05, 0.4))
     if rng.random() < 0.3:
         raise RuntimeError("card declined by the sample payment gateway")
 
 
-@otel_jobs.job(name="demo.build_report", queue="reports", max_duration=30, heartbeat_timeout=10)
 def build_report(rng: random.Random) -> None:
     time.sleep(rng.uniform(1.5, 4.0))
 
 
-@otel_jobs.job(name="demo.import_rows", queue="reports", max_duration=30, heartbeat_timeout=2)
 def import_rows(rng: random.Random) -> None:
     steps = 10
     for step in range(steps):
@@ -121,27 +125,86 @@ def _take_lock_forever() -> None:
         time.sleep(3600)
 
 
-HEALTHY: list[tuple[Callable[[random.Random], None], float]] = [
-    (send_email, 5.0),
-    (charge_card, 3.0),
-    (build_report, 0.4),
-    (import_rows, 0.6),
+@dataclass(frozen=True)
+class _Queued:
+    """A healthy job as the demo's queue knows it: what runs, where, its limits, how often."""
+
+    func: Callable[[random.Random], None]
+    name: str
+    queue: str
+    max_duration: float
+    heartbeat_timeout: float
+    rate: float  # new jobs per second
+
+
+HEALTHY: list[_Queued] = [
+    _Queued(send_email, "demo.send_email", "mail", 5, 5, 5.0),
+    _Queued(charge_card, "demo.charge_card", "billing", 10, 10, 3.0),
+    _Queued(build_report, "demo.build_report", "reports", 30, 10, 0.4),
+    _Queued(import_rows, "demo.import_rows", "reports", 30, 2, 0.6),
 ]
 STUCK: list[Callable[[random.Random], None]] = [sync_partner, dedupe_customers, rebuild_index]
+
+
+def _refresh_cache(running: threading.Event) -> None:
+    try:
+        with otel_jobs.job_run(
+            "demo.refresh_cache", queue="scheduled", max_duration=10, heartbeat_timeout=5
+        ):
+            time.sleep(1.6)  # longer than its 1 s schedule: the next tick finds it running
+    finally:
+        running.clear()
+
+
+def _scheduler(stop: threading.Event) -> None:
+    """A tiny scheduler: ``demo.refresh_cache`` every second, at most one instance at a time.
+
+    A tick that finds the previous run still going is skipped, as schedulers do with
+    ``max_instances=1``, and counted in ``otel_jobs_runs_skipped_total{reason="max_instances"}``;
+    runs missed while the worker was down are counted with ``reason="missed"``.
+    """
+    agent = agent_mod.current()
+    if agent is not None:
+        # It starts as if the worker had been down for a few seconds: the two runs due meanwhile
+        # are past their misfire grace time and are skipped as missed, as schedulers do.
+        series = agent.telemetry.series("demo.refresh_cache", "scheduled")
+        for _ in range(2):
+            agent.telemetry.record_skipped(series, "missed")
+    running = threading.Event()
+    while True:
+        agent = agent_mod.current()
+        if agent is None:
+            return
+        if running.is_set():
+            series = agent.telemetry.series("demo.refresh_cache", "scheduled")
+            agent.telemetry.record_skipped(series, "max_instances")
+        else:
+            running.set()
+            threading.Thread(target=_refresh_cache, args=(running,), daemon=True).start()
+        if stop.wait(1.0):
+            return
 
 
 # --- the worker -------------------------------------------------------------------------------
 
 
-def _worker(
-    jobs: queue_mod.Queue[Callable[[random.Random], None] | None], rng: random.Random
-) -> None:
+def _worker(jobs: queue_mod.Queue[tuple[_Queued, float] | None], rng: random.Random) -> None:
     while True:
-        job = jobs.get()
-        if job is None:
+        item = jobs.get()
+        if item is None:
             return
+        job, enqueued_at = item
+        # What a framework integration does for each message: one run, with its queue wait
+        # measured from the time the job was published.
         try:
-            job(rng)
+            with otel_jobs.job_run(
+                job.name,
+                queue=job.queue,
+                max_duration=job.max_duration,
+                heartbeat_timeout=job.heartbeat_timeout,
+                enqueued_at=enqueued_at,
+            ):
+                job.func(rng)
         except Exception:
             pass
 
@@ -274,6 +337,9 @@ def run_demo(
     ]
     for t in threads:
         t.start()
+    stop_scheduler = threading.Event()
+    scheduler = threading.Thread(target=_scheduler, args=(stop_scheduler,), daemon=True)
+    scheduler.start()
     # The stuck runs get worker threads of their own, so the healthy jobs keep flowing.
     threading.Thread(target=_take_lock_forever, daemon=True).start()
     time.sleep(0.1)
@@ -296,9 +362,9 @@ def run_demo(
     started = time.monotonic()
     next_print = 0.0
     while (elapsed := time.monotonic() - started) < duration:
-        for job, rate in HEALTHY:
-            if rng.random() < rate * 0.25:
-                jobs.put(job)
+        for job in HEALTHY:
+            if rng.random() < job.rate * 0.25:
+                jobs.put((job, time.time()))
         if elapsed >= next_print:
             lines = _render(started, duration, url, stall_log)
             if live:
@@ -308,6 +374,8 @@ def run_demo(
             sys.stdout.flush()
             next_print = elapsed + (0.5 if live else 5.0)
         time.sleep(0.25)
+    stop_scheduler.set()
+    scheduler.join(timeout=10)
     for _ in threads:
         jobs.put(None)
     for t in threads:
