@@ -99,19 +99,21 @@ MAX_DIAGNOSES_PER_TICK = 200
 MAX_CPU_LOOKS_PER_TICK = 256
 
 
+_CANCEL_MESSAGE = (
+    "otel-jobs watchdog cancelled this run: it stalled (no heartbeat) or overran its max "
+    "duration; see the stall span and the WARNING log"
+)
+
+
 class WatchdogTimeoutError(JobTimeoutError):
-    """The :class:`~otel_jobs.JobTimeoutError` the ``cancel`` policy raises inside a run."""
+    """The :class:`~otel_jobs.JobTimeoutError` the ``cancel`` policy raises inside a run.
+
+    The C API raises an exception class, instantiated with no arguments inside the run: this
+    subclass gives it a message that says what happened.
+    """
 
     def __init__(self, *args: object) -> None:
-        super().__init__(
-            *(
-                args
-                or (
-                    "otel-jobs watchdog cancelled this run: it stalled (no heartbeat) or "
-                    "overran its max duration; see the stall span and the WARNING log",
-                )
-            )
-        )
+        super().__init__(*(args or (_CANCEL_MESSAGE,)))
 
 
 _set_async_exc = ctypes.pythonapi["PyThreadState_SetAsyncExc"]
