@@ -190,17 +190,31 @@ def _due_time(request: Any) -> float | None:
     return max(published, eta) if eta is not None else published
 
 
-def _limits(task: Any, timelimit: Any) -> list[float]:
-    """The hard and soft time limits in force for one execution (per call, task, app)."""
+_native_limits: dict[tuple[str, Any, Any], float | None] = {}
+
+
+def _native_limit(task: Any, timelimit: Any) -> float | None:
+    """The smaller of the hard and soft time limits in force for one execution (per call, task,
+    app); None: no limit. Cached per task and per-call limits: reading the app's configuration
+    costs more than the rest of a run's start."""
     hard, soft = (
-        (timelimit or (None, None)) if isinstance(timelimit, (list, tuple)) else (None, None)
+        tuple(timelimit or (None, None)) if isinstance(timelimit, (list, tuple)) else (None, None)
     )
+    key = (task.name, hard, soft)
+    try:
+        return _native_limits[key]
+    except KeyError:
+        pass
     conf = task.app.conf
     candidates = (
         hard or getattr(task, "time_limit", None) or conf.get("task_time_limit"),
         soft or getattr(task, "soft_time_limit", None) or conf.get("task_soft_time_limit"),
     )
-    return [n for n in (_number(c) for c in candidates) if n is not None]
+    limits = [n for n in (_number(c) for c in candidates) if n is not None]
+    found = min(limits) if limits else None
+    if len(_native_limits) < 10_000:  # per-call limits are few; never grow without bound
+        _native_limits[key] = found
+    return found
 
 
 class _RequestGetter:
@@ -316,7 +330,6 @@ class Integration(_BaseIntegration):
             return
         agent = self.agent
         request = task.request
-        limits = _limits(task, getattr(request, "timelimit", None))
         span: trace.Span | None = None
         if _contrib_active():
             # One span per run: adopt the contrib instrumentation's span. If its receiver runs
@@ -334,7 +347,7 @@ class Integration(_BaseIntegration):
             job_id=task_id,
             attempt=(getattr(request, "retries", 0) or 0) + 1,
             framework=FRAMEWORK,
-            native_max_duration=min(limits) if limits else None,
+            native_max_duration=_native_limit(task, getattr(request, "timelimit", None)),
             enqueued_at=_due_time(request),
             parent=parent,
             span=span,
@@ -503,7 +516,7 @@ class Integration(_BaseIntegration):
             return
         request_dict = getattr(request, "request_dict", None) or {}
         task = getattr(request, "task", None)
-        limits = _limits(task, getattr(request, "time_limits", None)) if task is not None else []
+        limit = _native_limit(task, getattr(request, "time_limits", None)) if task else None
         parent = None
         if request_dict.get("traceparent"):
             parent = propagate.extract(request_dict)
@@ -517,7 +530,7 @@ class Integration(_BaseIntegration):
             outcome=outcome,
             exc=exc,
             parent=parent,
-            native_max_duration=min(limits) if limits else None,
+            native_max_duration=limit,
         )
 
     @errors.guarded("integration.celery")

@@ -1,0 +1,161 @@
+"""Per-task overhead on a real Celery worker: none vs opentelemetry-instrumentation-celery vs otel-jobs.
+
+One run starts, in turn, a real ``celery worker`` (solo pool, Redis 127.0.0.1:6379 database 11)
+in each mode, on the same trivial task:
+
+* ``none``: no instrumentation;
+* ``contrib``: opentelemetry-instrumentation-celery (``CeleryInstrumentor().instrument()``);
+* ``otel-jobs``: ``otel_jobs.instrument(frameworks=["celery"], outbound=[])``: runs only;
+* ``otel-jobs (default)``: ``otel_jobs.instrument()`` as users call it, outbound checks included
+  (they also watch the broker's own Redis calls).
+
+Every mode has the same SDK ``TracerProvider`` with no exporter (spans are built, not shipped),
+and ``/metrics`` is served but not scraped. Before each worker starts, ``tasks`` messages are
+queued by an uninstrumented publisher; the first and the last task write their ``time.time()`` to
+Redis, so the figure is ``(last - first) / (tasks - 1)``: the worker's time per task, broker
+round trips included, worker start-up excluded. Modes take turns for ``reps`` rounds and the
+median is kept. ``python -m bench.bench_celery [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+try:
+    from bench._timing import row
+except ImportError:  # run as a script from bench/
+    from _timing import row  # type: ignore[no-redef]
+
+BROKER = os.environ.get("OTEL_JOBS_BENCH_REDIS", "redis://127.0.0.1:6379/11")
+ROOT = Path(__file__).resolve().parents[1]
+MODES = ("none", "contrib", "otel-jobs", "otel-jobs (default)")
+_MODE = os.environ.get("OJ_BENCH_CELERY_MODE")
+
+
+def _make_app(queue: str) -> Celery:
+    celery_app = Celery("bench", broker=BROKER, set_as_current=False)
+    celery_app.conf.update(
+        task_default_queue=queue,
+        task_ignore_result=True,
+        worker_enable_remote_control=False,
+        broker_connection_retry_on_startup=True,
+    )
+    return celery_app
+
+
+# --- the worker side (imported by `celery -A bench.bench_celery worker`) ------------------------
+
+if _MODE is not None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    trace.set_tracer_provider(TracerProvider())
+    if _MODE == "contrib":
+        from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+        CeleryInstrumentor().instrument()
+    elif _MODE.startswith("otel-jobs"):
+        import otel_jobs
+
+        options: dict[str, Any] = {"prometheus_port": 0}
+        if _MODE == "otel-jobs":
+            options.update(frameworks=["celery"], outbound=[])
+        otel_jobs.instrument(**options)
+
+app = _make_app(os.environ.get("OJ_BENCH_CELERY_QUEUE", "bench"))
+
+
+@app.task(name="bench.noop", shared=False)
+def noop(mark: str | None = None) -> None:
+    if mark is not None:
+        import redis
+
+        redis.Redis.from_url(BROKER).set(mark, repr(time.time()))
+
+
+# --- the driver -------------------------------------------------------------------------------
+
+
+def _one(mode: str, tasks: int) -> float:
+    """Seconds per task for one worker run in ``mode``."""
+    import redis
+
+    client = redis.Redis.from_url(BROKER)
+    queue = f"oj-bench-{uuid.uuid4().hex[:8]}"
+    first, last = f"{queue}:first", f"{queue}:last"
+    publisher = _make_app(queue)
+    publisher.send_task("bench.noop", args=(first,), queue=queue)
+    for _ in range(tasks - 2):
+        publisher.send_task("bench.noop", queue=queue)
+    publisher.send_task("bench.noop", args=(last,), queue=queue)
+    publisher.close()
+    env = {**os.environ, "OJ_BENCH_CELERY_MODE": mode, "OJ_BENCH_CELERY_QUEUE": queue,
+           "PYTHONPATH": str(ROOT)}  # fmt: skip
+    worker = subprocess.Popen(
+        [str(Path(sys.executable).with_name("celery")), "-A", "bench.bench_celery", "worker",
+         "-P", "solo", "-Q", queue, "--without-gossip", "--without-mingle",
+         "--without-heartbeat", "-l", "WARNING"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while client.get(last) is None:
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the {mode} worker did not finish its {tasks} tasks")
+            time.sleep(0.05)
+        start, end = float(client.get(first) or 0), float(client.get(last) or 0)
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+        client.delete(first, last, queue)
+        client.close()
+    return (end - start) / (tasks - 1)
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    """Measure each mode; one row per instrumented mode, against ``none``."""
+    tasks, reps = (300, 1) if quick else (2000, 3)
+    per_mode: dict[str, list[float]] = {mode: [] for mode in MODES}
+    for r in range(reps):
+        for mode in MODES if r % 2 == 0 else tuple(reversed(MODES)):
+            per_mode[mode].append(_one(mode, tasks))
+    median = {mode: statistics.median(v) for mode, v in per_mode.items()}
+    base = median["none"]
+    rows = [
+        row(
+            "Celery worker, solo pool, Redis: time per trivial task",
+            subject=mode, value=median[mode] * 1e6, unit="us/task",
+            baseline="none", baseline_value=base * 1e6, ratio=median[mode] / base,
+            note=f"+{(median[mode] - base) * 1e6:.0f} us/task over none; {tasks} tasks x {reps} rounds",
+        )
+        for mode in MODES
+        if mode != "none"
+    ]  # fmt: skip
+    return rows
+
+
+def _print(rows: list[dict[str, Any]]) -> None:
+    print(f"{'mode':<22} {'us/task':>9} {'none':>9} {'ratio':>7}  note")
+    for r in rows:
+        print(
+            f"{r['subject']:<22} {r['value']:>9.0f} {r['baseline_value']:>9.0f} "
+            f"{r['ratio']:>6.2f}x  {r['note']}"
+        )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="fewer tasks, one round")
+    _print(run(quick=parser.parse_args().quick))
