@@ -211,29 +211,49 @@ def render(frames: list[Frame]) -> tuple[str, Frame | None, Frame | None]:
     lines = []
     if first_user:
         lines.append(f"({first_user} outer frames of the worker and libraries not shown)")
-    user_part = frames[first_user : last_user + 1]
-    below = frames[last_user + 1 :]
+    user_part = _collapse(frames[first_user : last_user + 1])
+    below = _collapse(frames[last_user + 1 :])
     user_budget = MAX_FRAMES // 2 if below else MAX_FRAMES
     if len(user_part) > user_budget:
         # Keep the innermost user frames: they say what the job is doing now.
         skipped = len(user_part) - user_budget
         user_part = user_part[skipped:]
         lines.append(f"  ... {skipped} frames ...")
-    for f in user_part:
-        lines.append(f"  {f}" if f.user else f"    {f}")
+    lines.extend(_line(item) for item in user_part)
     below_budget = MAX_FRAMES - len(user_part)
     if len(below) > below_budget:
         head = max(below_budget // 3, 1)
         tail = below_budget - head
-        for f in below[:head]:
-            lines.append(f"    {f}")
+        lines.extend(_line(item) for item in below[:head])
         lines.append(f"    ... {len(below) - head - tail} frames ...")
         below = below[-tail:]
-    for f in below:
-        lines.append(f"    {f}")
+    lines.extend(_line(item) for item in below)
     where = frames[last_user]
     waiting = innermost if last_user < len(frames) - 1 else None
     return _cut("\n".join(lines)), where, waiting
+
+
+def _collapse(frames: list[Frame]) -> list[Frame | str]:
+    """Frames with long runs of the same frame (recursion) said once, as tracebacks do."""
+    items: list[Frame | str] = []
+    i = 0
+    while i < len(frames):
+        j = i
+        while j + 1 < len(frames) and frames[j + 1] == frames[i]:
+            j += 1
+        repeated = j - i + 1
+        items.extend(frames[i : i + min(repeated, 3)])
+        if repeated > 3:
+            items.append(f"[the frame above repeated {repeated - 3} more times]")
+        i = j + 1
+    return items
+
+
+def _line(item: Frame | str) -> str:
+    # The user's frames flush left, library frames (and notes) indented.
+    if isinstance(item, Frame) and item.user:
+        return f"  {item}"
+    return f"    {item}"
 
 
 def _cut(text: str) -> str:

@@ -650,3 +650,56 @@ def test_watchdog_survives_an_exception_in_its_tick(
     release.set()
     thread.join(DEADLINE)
     broken.finish()
+
+
+def test_a_deep_stack_is_bounded_and_keeps_the_innermost_frames(
+    instrumented: Callable[..., Any],
+) -> None:
+    from otel_jobs.core.diagnosis import MAX_FRAMES, MAX_STACK_CHARS
+
+    agent = instrumented(watchdog_interval=0.1)
+    release = threading.Event()
+    lines: list[int] = []
+
+    # Two functions calling each other: no frame repeats the one above it.
+    def ping(depth: int) -> None:
+        if depth:
+            pong(depth - 1)
+            return
+        lines.append(here() + 1)
+        release.wait()
+
+    def pong(depth: int) -> None:
+        ping(depth - 1)
+
+    @otel_jobs.job(name="wd.deep", heartbeat_timeout=0.3)
+    def deep() -> None:
+        ping(300)
+
+    thread = in_thread(deep)
+    run = run_named(agent, "wd.deep")
+    wait_for(lambda: run.verdict, "the verdict")
+    diagnosis = run.diagnosis
+    assert len(diagnosis.frames) > 300  # all were read (code locations only) ...
+    shown = diagnosis.stack.splitlines()
+    assert len(shown) <= MAX_FRAMES + 3 and len(diagnosis.stack) <= MAX_STACK_CHARS  # ... few shown
+    assert diagnosis.where.function.endswith("ping") and diagnosis.where.lineno == lines[0]
+    assert any("frames ..." in line for line in shown)  # what was left out is said
+    assert shown[-1].strip() == str(diagnosis.waiting_in)  # the innermost call last
+    release.set()
+    thread.join(DEADLINE)
+
+
+def test_recursion_is_said_once() -> None:
+    from otel_jobs.core.diagnosis import Frame, render
+
+    frames = [Frame("jobs.py", 10, "walk", True)] * 250 + [Frame("jobs.py", 12, "walk", True)]
+    text, where, waiting_in = render(frames)
+    assert text.splitlines() == [
+        "  jobs.py:10 in walk",
+        "  jobs.py:10 in walk",
+        "  jobs.py:10 in walk",
+        "    [the frame above repeated 247 more times]",
+        "  jobs.py:12 in walk",
+    ]
+    assert where == frames[-1] and waiting_in is None
