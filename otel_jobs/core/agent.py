@@ -52,6 +52,7 @@ class Agent:
         self.settings = settings
         pipelines = providers.setup(settings, tracer_provider, meter_provider)
         self.tracer = pipelines.tracer
+        self.tracer_provider = pipelines.tracer_provider
         self._meter = pipelines.meter
         self._runs: dict[int, Run] = {}
         self._lock = threading.Lock()

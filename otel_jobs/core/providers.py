@@ -61,6 +61,7 @@ class _ForkAwareReader(PeriodicExportingMetricReader):
 class Pipelines:
     tracer: trace.Tracer
     meter: metrics.Meter | None
+    tracer_provider: trace.TracerProvider | None = None  # for instrumentations otel-jobs starts
 
 
 def _is_unset_meter_provider(provider: metrics.MeterProvider) -> bool:
@@ -240,7 +241,7 @@ def setup(
             meter_provider = _owned_meter_provider
     if meter_provider is not None:
         meter = meter_provider.get_meter("otel_jobs", __version__)
-    return Pipelines(tracer_provider.get_tracer("otel_jobs", __version__), meter)
+    return Pipelines(tracer_provider.get_tracer("otel_jobs", __version__), meter, tracer_provider)
 
 
 def meter_for_child(settings: Settings, inherited: metrics.Meter | None) -> metrics.Meter | None:

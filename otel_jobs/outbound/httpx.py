@@ -11,8 +11,8 @@ is None: ``httpx.get(url, timeout=None)``, ``httpx.Client(timeout=httpx.Timeout(
   is opened.
 
 Spans. HTTP client spans come from opentelemetry-instrumentation-httpx. If nothing
-instrumented httpx, otel-jobs does (``HTTPXClientInstrumentor().instrument()``, with the
-global tracer provider), so each call has a CLIENT span carrying the ``otel_jobs.timeout.*``
+instrumented httpx, otel-jobs does (``HTTPXClientInstrumentor().instrument()``, with
+otel-jobs' tracer provider), so each call has a CLIENT span carrying the ``otel_jobs.timeout.*``
 attributes; a request hook strips the ``url.full`` of these spans of credentials and query
 string. Your own instrumentation always wins and is never doubled: if you instrumented httpx
 first, otel-jobs leaves it alone; if you do it later (``instrument()``, ``instrument_client()``
@@ -186,10 +186,15 @@ class Adapter:
         from opentelemetry.instrumentation import httpx as contrib
 
         instrumentor = contrib.HTTPXClientInstrumentor()
-        if isinstance(self.agent.tracer, trace.NoOpTracer):
+        provider = getattr(self.agent, "tracer_provider", None)
+        if provider is None or isinstance(self.agent.tracer, trace.NoOpTracer):
             return  # OTEL_SDK_DISABLED: no spans anyway
         if not instrumentor.is_instrumented_by_opentelemetry:
-            instrumentor.instrument(request_hook=_scrub_url, async_request_hook=_ascrub_url)
+            instrumentor.instrument(
+                tracer_provider=provider,
+                request_hook=_scrub_url,
+                async_request_hook=_ascrub_url,
+            )
             self.owns_spans = instrumentor.is_instrumented_by_opentelemetry
 
         adapter = self

@@ -227,3 +227,19 @@ def test_uninstrument_restores_the_pool_functions(outbound: Any, http_server: HT
     assert httpcore.ConnectionPool.handle_request is sync_before
     assert httpcore.AsyncConnectionPool.handle_async_request is async_before
     assert httpx.get(http_server.url, timeout=None).text == "ok"
+
+
+def test_spans_go_to_the_tracer_provider_given_to_instrument(
+    instrumented: Any, http_server: HTTPServer, span_exporter: InMemorySpanExporter
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    own = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(own))
+    instrumented(frameworks=[], outbound=["httpx"], tracer_provider=provider)
+    httpx.get(http_server.url, timeout=None)
+    [span] = client_spans(own)
+    assert span.attributes["otel_jobs.timeout.policy"] == "warn"
+    assert client_spans(span_exporter) == []
