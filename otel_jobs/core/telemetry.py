@@ -299,7 +299,8 @@ class Telemetry:
             if found is None:
                 found = Series(self, *key)
                 self._series[key] = found
-            self._series[(job_name, queue)] = found
+        # An overflowed name is not cached under its own key: the cache would grow with every
+        # distinct name, which is what the cap is for. Its runs go through the caps each time.
         return found
 
     def all_series(self) -> list[Series]:
