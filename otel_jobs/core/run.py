@@ -181,10 +181,13 @@ class Run:
     # --- liveness ------------------------------------------------------------------------
 
     def heartbeat(self, progress: float | None = None, **details: Any) -> None:
-        """Record liveness (see :func:`otel_jobs.heartbeat`)."""
+        """Record liveness (see :func:`otel_jobs.heartbeat`); never raises into the job."""
         self.last_beat = _monotonic()
         if progress is not None or details:
-            self._update(progress, details)
+            try:
+                self._update(progress, details)
+            except Exception as exc:
+                errors.record("heartbeat", exc)
 
     def _update(self, progress: object, details: Mapping[str, Any]) -> None:
         if progress is not None:

@@ -140,6 +140,10 @@ class Series:
             otel.queue_wait.record(seconds, self.attrs)
 
 
+_observed: dict[int, Telemetry] = {}
+"""The Telemetry each meter's observable gauges report (id of the meter: the latest one)."""
+
+
 class _OtelInstruments:
     """The OpenTelemetry side of the instruments (only built when a metrics pipeline exists)."""
 
@@ -176,9 +180,15 @@ class _OtelInstruments:
             description="Outbound calls made without a timeout.",
         )
 
+        # The SDK keeps the first instrument of a name on a meter and ignores the callbacks of
+        # a later one (instrument() after uninstrument(), a forked child on the application's
+        # provider): the gauges observe the latest Telemetry of their meter, not the first.
+        meter_id = id(meter)
+        _observed[meter_id] = telemetry
+
         def gauge(name: str, unit: str, description: str, key: str) -> None:
             def callback(_options: Any) -> Iterable[Observation]:
-                return telemetry.observations(key)
+                return _observed.get(meter_id, telemetry).observations(key)
 
             meter.create_observable_gauge(
                 name, callbacks=[callback], unit=unit, description=description
