@@ -86,6 +86,19 @@ def metrics_url() -> str | None:
     return agent.server.url if agent is not None and agent.server is not None else None
 
 
+def _settle(run: Run) -> None:
+    """Deactivate ``run``, finishing it as ``timeout`` if it is not finished yet.
+
+    That happens only when the watchdog's cancel (an exception raised asynchronously in the
+    thread) lands between the job's last line and the start of ``run.finish``.
+    """
+    try:
+        if not run.finished:
+            run.finish("timeout")
+    finally:
+        run.deactivate()
+
+
 class _NoRun:
     """Stands in for a run when otel-jobs is not instrumented."""
 
@@ -163,7 +176,7 @@ class job_run:
         try:
             run.finish(classify(exc), exc)
         finally:
-            run.deactivate()
+            _settle(run)
 
     async def __aenter__(self) -> Run | _NoRun:
         return self.__enter__()
@@ -247,7 +260,7 @@ def job(
                     run.finish("success")
                     return result
                 finally:
-                    run.deactivate()
+                    _settle(run)
 
             return async_wrapper
 
@@ -267,7 +280,7 @@ def job(
                 run.finish("success")
                 return result
             finally:
-                run.deactivate()
+                _settle(run)
 
         return wrapper
 

@@ -73,6 +73,13 @@ LIBRARY_MODULES: frozenset[str] = frozenset(
     )
 )  # fmt: skip
 
+#: Job frameworks: a call whose call site is in one of them, made outside any run, is the
+#: framework's own (broker polling, worker heartbeats), which a user cannot give a timeout; it is
+#: not flagged. Inside a run, a call through a framework (enqueueing a job) is the job's and is.
+FRAMEWORK_MODULES: frozenset[str] = frozenset(
+    ("celery", "kombu", "billiard", "rq", "dramatiq", "huey", "arq", "apscheduler")
+)
+
 UNKNOWN_SITE = "unknown"
 LOG_INTERVAL = 60.0  # seconds between two logs of the same call site, after the first
 _MAX_CACHED = 10_000  # entries per cache before it is cleared (bounded memory)
@@ -333,6 +340,10 @@ class Checker:
         site: str | None = None
         if missing:
             site = call_site(frame)
+            if run is None and site.partition(".")[0].partition(":")[0] in FRAMEWORK_MODULES:
+                missing = ()  # the framework's own call, outside any run: not the user's to fix
+        if missing:
+            assert site is not None
             with errors.guard(f"outbound.{self.library}"):
                 self._report(run, method, host, missing, site)
             if self.refuse:
