@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -166,3 +167,22 @@ def test_metrics_endpoint_binds_the_configured_address(instrumented: Callable[..
     port = free_port()
     instrumented(prometheus_port=port, prometheus_addr="127.0.0.1", watchdog=False)
     assert otel_jobs.metrics_url() == f"http://127.0.0.1:{port}/metrics"
+
+
+def test_opentelemetry_instrument_command_starts_otel_jobs() -> None:
+    script = pathlib.Path(sys.executable).parent / "opentelemetry-instrument"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(
+        OTEL_JOBS_PROMETHEUS_PORT="0", OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none"
+    )
+    code = "import otel_jobs; print(otel_jobs.is_instrumented(), otel_jobs.metrics_url())"
+    out = subprocess.run(
+        [str(script), sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    instrumented, url = out.stdout.split()
+    assert instrumented == "True" and url.startswith("http://127.0.0.1:")
