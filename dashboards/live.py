@@ -5,7 +5,7 @@
 * ``otel-jobs demo`` (healthy, failing, slow, progress-reporting and stuck jobs);
 * a queue worker (``python -m dashboards.live queue-worker``): producers put jobs on an
   in-process queue in bursts and two consumer threads run them with ``job_run(...,
-  enqueued_at=...)``, so the queue-wait histogram and a second instance have data;
+  enqueued_at=...)``: a second instance, with a queue of its own, for the chained variables;
 * Debian's ``prometheus`` with a temporary TSDB, scraping both every second.
 
 The tests of ``tests/dashboards`` and the preview renderer (:mod:`dashboards.preview`) use
