@@ -123,7 +123,8 @@ def _library_code(frame: FrameType) -> bool:
     known = _is_library.get(code)
     if known is None:
         module = frame.f_globals.get("__name__") or ""
-        known = module.partition(".")[0] in LIBRARY_MODULES
+        # The demo plays the part of a user's code: its frames are call sites.
+        known = module.partition(".")[0] in LIBRARY_MODULES and module != "otel_jobs.demo"
         if len(_is_library) >= _MAX_CACHED:
             _is_library.clear()
         _is_library[code] = known
