@@ -120,7 +120,7 @@ def _seconds(setting: str, value: object, *, allow_inf: bool = True) -> float:
         if isinstance(value, bool):
             raise ValueError
         seconds = float(str(value).strip()) if not isinstance(value, (int, float)) else float(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an int too large for a float
         raise ConfigurationError(setting, value, accepted) from None
     if math.isnan(seconds) or seconds <= 0 or (math.isinf(seconds) and not allow_inf):
         raise ConfigurationError(setting, value, accepted)
@@ -349,10 +349,9 @@ def parse_job_settings(setting: str, value: object) -> JobSettings:
         )
     unknown = set(value) - _JOB_KEYS
     if unknown:
+        first = sorted(unknown, key=str)[0]  # by str: keys may be of mixed types
         raise ConfigurationError(
-            f"{setting}.{sorted(unknown)[0]}",
-            value[sorted(unknown)[0]],
-            "keys max_duration, heartbeat_timeout, on_stall",
+            f"{setting}.{first}", value[first], "keys max_duration, heartbeat_timeout, on_stall"
         )
     parsed: dict[str, Any] = {}
     for key in _JOB_KEYS:
@@ -410,7 +409,28 @@ def load(environ: Mapping[str, str] | None = None, **kwargs: Any) -> Settings:
             values.get("prometheus_keyfile"),
             "both prometheus_certfile and prometheus_keyfile, or neither",
         )
+    if "prometheus_certfile" in values:
+        from_env = "prometheus_certfile" not in kwargs or kwargs["prometheus_certfile"] is None
+        _check_tls(
+            "OTEL_JOBS_PROMETHEUS_CERTFILE" if from_env else "prometheus_certfile",
+            values["prometheus_certfile"],
+            values["prometheus_keyfile"],
+        )
     return Settings(**values)
+
+
+def _check_tls(setting: str, certfile: str, keyfile: str) -> None:
+    """Load the certificate and key once here, so that a bad file fails at ``instrument()``."""
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise ConfigurationError(
+            setting,
+            certfile,
+            f"a readable PEM certificate, with its private key in prometheus_keyfile ({exc})",
+        ) from None
 
 
 def markdown_table() -> str:
@@ -420,7 +440,9 @@ def markdown_table() -> str:
     for option in OPTIONS:
         value = getattr(defaults, option.name)
         if value is None:
-            shown = "(none)" if option.name not in ("frameworks", "outbound") else "every one installed"
+            shown = (
+                "(none)" if option.name not in ("frameworks", "outbound") else "every one installed"
+            )
         elif isinstance(value, bool):
             shown = "true" if value else "false"
         elif isinstance(value, float) and value.is_integer():

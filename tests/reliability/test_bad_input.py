@@ -1,0 +1,300 @@
+"""Bad input: every setting fuzzed, and heartbeats with values a job should never have sent.
+
+Every option of the configuration table gets arbitrary values (hypothesis) as a keyword
+argument and as an environment variable: :func:`otel_jobs.core.config.load` either accepts the
+value, parsed to the documented type and range, or raises :class:`ConfigurationError` naming
+the setting (the keyword or the variable) and the value; never another exception. Through
+``instrument()`` itself, an accepted value leaves a process whose jobs run, and a rejected one
+raises ``ConfigurationError`` before anything starts.
+
+``heartbeat()`` with progress values that are not numbers from 0 to 1, values whose comparison
+raises, or details that cannot be serialised never raises inside the job; each kind of bad
+value is logged once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+import otel_jobs
+from otel_jobs.core import config
+from otel_jobs.core.config import OPTIONS, ConfigurationError
+
+ANY_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=-(10**400), max_value=10**400),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(),
+    st.binary(max_size=8),
+    st.lists(st.one_of(st.text(max_size=10), st.integers()), max_size=4),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+    st.sampled_from(
+        [
+            "0",
+            "1",
+            "-1",
+            "65535",
+            "65536",
+            "inf",
+            "-inf",
+            "nan",
+            "1e309",
+            "true",
+            "off",
+            " ",
+            "observe",
+            "CANCEL",
+            "celery,rq",
+            "celery,,",
+            "httpx",
+            "user:pw",
+            ":",
+            "127.0.0.1",
+            "0.0.0.0",
+            "::1",
+            "http://127.0.0.1:4318",
+            "1_000",
+            "0x10",
+            "١٢",
+        ]
+    ),  # fmt: skip
+)
+ENV_TEXT = st.one_of(
+    st.text().filter(lambda t: "\x00" not in t),
+    st.sampled_from(["0", "1", "-1", "65536", "inf", "nan", "1e309", "yes", "exit", "rq,huey"]),
+)
+NAMES = [o.name for o in OPTIONS]
+ENVS = [o.env for o in OPTIONS]
+_TYPES: dict[str, Callable[[Any], bool]] = {
+    "prometheus": lambda v: isinstance(v, bool),
+    "watchdog": lambda v: isinstance(v, bool),
+    "capture_args": lambda v: isinstance(v, bool),
+    "prometheus_port": lambda v: isinstance(v, int) and 0 <= v <= 65535,
+    "heartbeat_timeout": lambda v: isinstance(v, float) and v > 0,
+    "max_duration": lambda v: isinstance(v, float) and v > 0,
+    "default_timeout": lambda v: isinstance(v, float) and 0 < v < math.inf,
+    "watchdog_interval": lambda v: isinstance(v, float) and 0 < v < math.inf,
+    "on_stall": lambda v: v in config.STALL_POLICIES,
+    "missing_timeout": lambda v: v in config.TIMEOUT_POLICIES,
+    "frameworks": lambda v: isinstance(v, tuple) and set(v) <= set(config.FRAMEWORKS),
+    "outbound": lambda v: isinstance(v, tuple) and set(v) <= set(config.OUTBOUND_LIBRARIES),
+    "max_job_names": lambda v: isinstance(v, int) and v >= 1,
+    "max_queues": lambda v: isinstance(v, int) and v >= 1,
+    "max_hosts": lambda v: isinstance(v, int) and v >= 1,
+    "max_call_sites": lambda v: isinstance(v, int) and v >= 1,
+    "prometheus_addr": lambda v: isinstance(v, str) and v.strip() == v and v != "",
+    "prometheus_basic_auth": lambda v: isinstance(v, str) and ":" in v,
+    "prometheus_certfile": lambda v: isinstance(v, str) and v != "",
+    "prometheus_keyfile": lambda v: isinstance(v, str) and v != "",
+    "multiprocess_dir": lambda v: isinstance(v, str) and v != "",
+}
+
+
+def _check_rejection(error: ConfigurationError, setting: str, value: object) -> None:
+    assert error.setting.startswith(setting), (error.setting, setting)
+    text = str(error)
+    assert setting in text and "accepted" in text
+    if "basic_auth" not in setting.lower():
+        shown = (repr(value), repr(str(value)), repr(str(value).strip()))
+        assert any(v in text for v in shown), text
+
+
+def test_every_option_is_typed() -> None:
+    assert set(_TYPES) == set(NAMES)
+
+
+@settings(max_examples=400, deadline=None)
+@given(name=st.sampled_from(NAMES), value=ANY_VALUE)
+def test_keyword_values_are_accepted_as_documented_or_rejected_by_name(
+    name: str, value: object
+) -> None:
+    extra = {}
+    if name in ("prometheus_certfile", "prometheus_keyfile"):
+        extra = {
+            "prometheus_keyfile" if name == "prometheus_certfile" else "prometheus_certfile": None
+        }
+    try:
+        parsed = config.load(environ={}, **{name: value}, **extra)
+    except ConfigurationError as error:
+        if name in ("prometheus_certfile", "prometheus_keyfile") and value is not None:
+            return  # both or neither (a test of its own in tests/core/test_config.py)
+        _check_rejection(error, name, value)
+        return
+    if value is not None:
+        assert _TYPES[name](getattr(parsed, name)), (name, value, getattr(parsed, name))
+
+
+@settings(max_examples=400, deadline=None)
+@given(env=st.sampled_from(ENVS), text=ENV_TEXT)
+def test_environment_values_are_accepted_as_documented_or_rejected_by_name(
+    env: str, text: str
+) -> None:
+    name = NAMES[ENVS.index(env)]
+    environ = {env: text}
+    if name in ("prometheus_certfile", "prometheus_keyfile"):
+        environ = {"OTEL_JOBS_PROMETHEUS_CERTFILE": text, "OTEL_JOBS_PROMETHEUS_KEYFILE": text}
+    try:
+        parsed = config.load(environ=environ)
+    except ConfigurationError as error:
+        assert error.setting.startswith("OTEL_JOBS_PROMETHEUS_") or error.setting == env
+        _check_rejection(error, error.setting, text)
+        return
+    if text.strip():
+        assert _TYPES[name](getattr(parsed, name)), (env, text, getattr(parsed, name))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    env=st.sampled_from(
+        ["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_SDK_DISABLED", "OTEL_EXPORTER_OTLP_ENDPOINT"]
+    ),
+    text=ENV_TEXT,
+)
+def test_standard_variables_are_accepted_or_rejected_by_name(env: str, text: str) -> None:
+    try:
+        config.load(environ={env: text})
+    except ConfigurationError as error:
+        assert error.setting == env
+        _check_rejection(error, env, text)
+
+
+# Through instrument() itself: one setting at a time, with a free port and no network names to
+# resolve; an accepted value must leave a process whose jobs run.
+_INSTRUMENT_FUZZED = [
+    n for n in NAMES if n not in ("prometheus_port", "prometheus_addr", "multiprocess_dir")
+]
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(name=st.sampled_from(_INSTRUMENT_FUZZED), value=ANY_VALUE)
+def test_instrument_accepts_and_runs_or_rejects_before_starting(name: str, value: object) -> None:
+    if name == "watchdog_interval" and isinstance(value, (int, float)) and 0 < value < 0.01:
+        value = 0.01  # accepted, but a tick every picosecond only burns this test's CPU
+    options: dict[str, Any] = {"prometheus_port": 0, name: value}
+    try:
+        otel_jobs.instrument(**options)
+    except ConfigurationError as error:
+        assert not otel_jobs.is_instrumented()
+        assert error.setting.startswith(("prometheus_", name))
+        return
+    try:
+
+        @otel_jobs.job(name="fuzz.job")
+        def job(x: int) -> int:
+            otel_jobs.heartbeat(progress=0.5)
+            return x + 1
+
+        assert job(1) == 2
+    finally:
+        otel_jobs.uninstrument()
+
+
+def test_a_tls_file_that_cannot_be_loaded_is_rejected_at_instrument() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        bogus = os.path.join(tmp, "cert.pem")
+        with open(bogus, "w") as f:
+            f.write("not a certificate")
+        for certfile in (bogus, os.path.join(tmp, "missing.pem")):
+            with pytest.raises(ConfigurationError) as raised:
+                otel_jobs.instrument(
+                    prometheus_port=0, prometheus_certfile=certfile, prometheus_keyfile=certfile
+                )
+            assert raised.value.setting == "prometheus_certfile"
+            assert certfile in str(raised.value)
+            assert not otel_jobs.is_instrumented()
+
+
+class _Unserialisable:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+    def __reduce__(self) -> Any:
+        raise RuntimeError("no pickle")
+
+
+class _BadNumber(float):
+    def __ge__(self, other: object) -> bool:
+        raise ArithmeticError("cannot compare")
+
+    __le__ = __ge__
+
+
+@pytest.mark.parametrize(
+    "progress",
+    [-0.1, 1.5, math.nan, math.inf, "50%", [0.5], True, object(), 10**400, _BadNumber(0.5)],
+)
+def test_heartbeat_with_bad_values_never_raises_in_the_job(
+    instrumented: Callable[..., Any], caplog: pytest.LogCaptureFixture, progress: object
+) -> None:
+    instrumented(watchdog_interval=0.05)
+    caplog.set_level(logging.WARNING, logger="otel_jobs")
+
+    @otel_jobs.job(name="bad.heartbeat")
+    def job() -> str:
+        for _ in range(3):
+            otel_jobs.heartbeat(progress=progress, obj=_Unserialisable(), **{"k": object()})
+            otel_jobs.heartbeat(**{f"key{i}": i for i in range(100)})  # more keys than kept
+            run = otel_jobs.current_run()
+            assert run is not None
+            run.heartbeat(progress=progress, obj=_Unserialisable())
+        return "result"
+
+    assert job() == "result"
+    messages = [r.getMessage() for r in caplog.records]
+    # Each kind of bad value is logged at most once, however many heartbeats carried it.
+    assert len(messages) == len(set(messages)), messages
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    jobs=st.one_of(
+        ANY_VALUE,
+        st.dictionaries(
+            st.one_of(st.text(max_size=8), st.integers()),
+            st.one_of(
+                ANY_VALUE,
+                st.dictionaries(
+                    st.one_of(
+                        st.sampled_from(["max_duration", "heartbeat_timeout", "on_stall"]),
+                        st.text(max_size=5),
+                        st.integers(),
+                    ),
+                    ANY_VALUE,
+                    max_size=3,
+                ),
+            ),
+            max_size=3,
+        ),
+    )
+)
+@example(jobs={"x": {1: 2, "a": 3}})  # unknown keys of mixed types
+@example(jobs={"x": {"max_duration": 10**400}})
+def test_per_job_settings_are_accepted_or_rejected_by_name(jobs: object) -> None:
+    try:
+        parsed = config.load(environ={}, jobs=jobs)
+    except ConfigurationError as error:
+        assert error.setting.startswith("jobs"), error.setting
+        return
+    for name, job in parsed.jobs.items():
+        assert isinstance(name, str)
+        assert job.max_duration is None or job.max_duration > 0
+        assert job.heartbeat_timeout is None or job.heartbeat_timeout > 0
+        assert job.on_stall in (None, *config.STALL_POLICIES)
