@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import reprlib
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar, overload
@@ -190,6 +191,31 @@ class job_run:
         self.__exit__(exc_type, exc, tb)
 
 
+#: The longest ``job.args`` attribute recorded with ``capture_args`` (longer ones are cut).
+MAX_ARGS_CHARS = 1024
+_args_repr = reprlib.Repr()
+_args_repr.maxstring = _args_repr.maxother = 120
+_args_repr.maxlist = _args_repr.maxtuple = _args_repr.maxdict = _args_repr.maxset = 10
+_args_repr.maxlevel = 3
+
+
+def _args_attributes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, str]:
+    """``{"job.args": "(1, 'x', key=...)"}``: a bounded repr, only with ``capture_args`` on.
+
+    reprlib bounds each value (120 characters, 10 items, 3 levels) and stands in for a value
+    whose ``repr()`` raises; the whole is cut at :data:`MAX_ARGS_CHARS`.
+    """
+    try:
+        parts = [_args_repr.repr(a) for a in args]
+        parts.extend(f"{k}={_args_repr.repr(v)}" for k, v in kwargs.items())
+        text = "(" + ", ".join(parts) + ")"
+    except Exception:
+        text = "(<arguments not representable>)"
+    if len(text) > MAX_ARGS_CHARS:
+        text = text[: MAX_ARGS_CHARS - 3] + "..."
+    return {"job.args": text}
+
+
 @overload
 def job(func: F, /) -> F: ...
 
@@ -222,7 +248,10 @@ def job(
     ...     ...
 
     The job name defaults to ``module.qualname`` of the function. Settings are validated
-    when the decorator is applied.
+    when the decorator is applied. The call's arguments are recorded on the run's span (the
+    ``job.args`` attribute, a repr cut at :data:`MAX_ARGS_CHARS`) only with ``capture_args``
+    (``OTEL_JOBS_CAPTURE_ARGS=true``): off by default, as arguments often hold personal data,
+    tokens or passwords that would then be stored by the tracing backend.
     """
     settings = _config.parse_job_settings(
         "job",
@@ -249,7 +278,8 @@ def job(
                 agent = _agent_mod.current()
                 if agent is None:
                     return await fn(*args, **kw)
-                run = agent.start_run(job_name, **kwargs)  # type: ignore[arg-type]
+                attributes = _args_attributes(args, kw) if agent.settings.capture_args else None
+                run = agent.start_run(job_name, attributes=attributes, **kwargs)  # type: ignore[arg-type]
                 run.activate()
                 try:
                     result = await fn(*args, **kw)
@@ -269,7 +299,8 @@ def job(
             agent = _agent_mod.current()
             if agent is None:
                 return fn(*args, **kw)
-            run = agent.start_run(job_name, **kwargs)  # type: ignore[arg-type]
+            attributes = _args_attributes(args, kw) if agent.settings.capture_args else None
+            run = agent.start_run(job_name, attributes=attributes, **kwargs)  # type: ignore[arg-type]
             run.activate()
             try:
                 result = fn(*args, **kw)
