@@ -112,7 +112,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         server.wait(timeout=10)
 
     def added(name: str) -> float:
-        return statistics.median(s / b - 1 for s, b in zip(rounds[name], rounds["contrib"]))
+        return statistics.median(
+            s / b - 1 for s, b in zip(rounds[name], rounds["contrib"], strict=True)
+        )
 
     base = statistics.median(rounds["contrib"]) * 1e6
     rows = []
