@@ -1,0 +1,1 @@
+"""The otel-jobs benchmark suite: ``python -m bench`` (see :mod:`bench.run` and docs/performance.md)."""
