@@ -66,7 +66,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         span.end()
         floor_hist.observe(monotonic() - start)
 
-    attrs = {
+    attrs: dict[str, Any] = {
         "job.name": "bench.empty",
         "job.queue": "default",
         "job.attempt": 1,
