@@ -249,6 +249,19 @@ def _contrib_span(task: Any, task_id: str) -> trace.Span | None:
     return found[0] if found else None
 
 
+def _in_pool_child() -> bool:
+    """Whether this process is a child of a Celery prefork pool."""
+    prefork = sys.modules.get("celery.concurrency.prefork")
+    if prefork is None:
+        return False
+    if getattr(prefork, "_process_hostname", None) is not None:  # set in children (Celery 5.7)
+        return True
+    process = sys.modules.get("billiard.process")
+    current = process.current_process() if process is not None else None
+    # billiard's main process has no parent pid; a pool child has its parent's.
+    return getattr(current, "_parent_pid", None) not in (None, os.getpid())
+
+
 # --- the adapter ------------------------------------------------------------------------------
 
 
@@ -287,11 +300,7 @@ class Integration(_BaseIntegration):
             # Strong references: bound methods would otherwise be dropped by the weak default.
             signal.connect(receiver, weak=False)
             self._connected.append((signal, receiver))
-        prefork = sys.modules.get("celery.concurrency.prefork")
-        if (
-            getattr(prefork, "_process_hostname", None) is not None
-            and not self.agent.share.in_child
-        ):
+        if _in_pool_child() and not self.agent.share.in_child:
             # instrument() ran inside a pool child (worker_process_init, or a module only
             # the children import): this process is its own owner.
             logger.warning(

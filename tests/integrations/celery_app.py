@@ -7,7 +7,9 @@ Configured from the environment by the test that starts the worker:
 * ``OJ_CELERY_PORT``: the ``/metrics`` port; ``OJ_CELERY_RELEASE_DIR``: where the hanging task
   looks for its release file; ``OJ_CELERY_SPANS``: a file the worker writes its spans to (JSON
   lines) through a real SDK pipeline; ``OJ_CELERY_CONTRIB=1``: also enable
-  opentelemetry-instrumentation-celery, the way its documentation says (``worker_process_init``).
+  opentelemetry-instrumentation-celery, the way its documentation says (``worker_process_init``);
+  ``OJ_CELERY_INSTRUMENT_IN_CHILD=1``: call ``instrument()`` in ``worker_process_init``, the
+  wrong place for otel-jobs.
 
 With ``OJ_CELERY_WORKER=1`` (set for the worker only), ``instrument()`` is called here, in the
 app module: the worker's main process imports it before the prefork pool forks its children.
@@ -81,13 +83,20 @@ if os.environ.get("OJ_CELERY_WORKER") == "1":
 
             CeleryInstrumentor().instrument()
 
-    otel_jobs.instrument(
-        prometheus_port=int(os.environ["OJ_CELERY_PORT"]),
-        frameworks=["celery"],
-        outbound=[],
-        watchdog_interval=0.2,
-        jobs={"oj.hang": {"heartbeat_timeout": 1}},
-    )
+    def _instrument(**_: object) -> None:
+        otel_jobs.instrument(
+            prometheus_port=int(os.environ["OJ_CELERY_PORT"]),
+            frameworks=["celery"],
+            outbound=[],
+            watchdog_interval=0.2,
+            jobs={"oj.hang": {"heartbeat_timeout": 1}},
+        )
+
+    if os.environ.get("OJ_CELERY_INSTRUMENT_IN_CHILD") == "1":
+        # The wrong place, on purpose: every pool child instruments itself.
+        signals.worker_process_init.connect(_instrument, weak=False)
+    else:
+        _instrument()
 
 app = make_app(BROKER, PREFIX)
 

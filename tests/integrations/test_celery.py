@@ -88,7 +88,12 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = WAIT) -> 
 
 
 def start_worker(
-    tmp: Path, broker: str, *, app: str = "tests.integrations.celery_app", **env: str
+    tmp: Path,
+    broker: str,
+    *,
+    app: str = "tests.integrations.celery_app",
+    pool: str = "prefork",
+    **env: str,
 ) -> Worker:
     prefix = f"ojc-{uuid.uuid4().hex[:8]}"
     port = free_port()
@@ -111,7 +116,7 @@ def start_worker(
     queues = f"{prefix}-all" if "bad" in app else f"{fast},{slow}"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [CELERY, "-A", app, "worker", "-P", "prefork", "-c", "2", "-Q", queues,
+            [CELERY, "-A", app, "worker", "-P", pool, "-c", "2", "-Q", queues,
              "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO",
              "-n", f"{prefix}@%h"],
             cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT,
@@ -345,6 +350,55 @@ def test_queue_wait_of_a_delayed_task_counts_from_its_due_time(
     # Measured from the publish time, the wait would be at least the countdown.
     waited = m.value("otel_jobs_queue_wait_seconds_sum", job_name="oj.delayed", queue=fast)
     assert 0 <= waited < countdown
+
+
+# --- other pools, and instrument() in the wrong place ------------------------------------------
+
+
+@pytest.mark.parametrize("pool", ["solo", "threads"])
+def test_runs_in_a_pool_without_children(tmp_path: Path, publisher: None, pool: str) -> None:
+    require_redis()
+    worker = start_worker(tmp_path, REDIS_URL, pool=pool)
+    fast, slow = celery_app.queues(worker.prefix)
+    try:
+        for i in range(5):
+            worker.send("oj.ok", i)
+        worker.send("oj.fail")
+        worker.send("oj.retry_once")
+        worker.send("oj.hang", "hang-pool")
+        wait_for(
+            lambda: worker.metrics().total("otel_jobs_runs_stalled", job_name="oj.hang") == 1,
+            "the stall verdict",
+        )
+        # Released only now: in the solo pool the hung run holds the only slot (the retry of
+        # oj.retry_once waits behind it).
+        (worker.release_dir / "hang-pool").touch()
+        expected = {"oj.ok": {"success": 5}, "oj.fail": {"failure": 1},
+                    "oj.retry_once": {"retry": 1, "success": 1}, "oj.hang": {"success": 1}}  # fmt: skip
+        m = wait_for(lambda: settled(worker, expected), "the runs")
+        assert_exact(m, "oj.ok", fast, 5, success=5)
+        assert_exact(m, "oj.fail", fast, 1, failure=1)
+        assert_exact(m, "oj.retry_once", fast, 2, retry=1, success=1)
+        assert_exact(m, "oj.hang", slow, 1, success=1)
+        assert not m.find("otel_jobs_internal_errors_total")
+    finally:
+        stop_worker(worker)
+
+
+def test_instrument_in_worker_process_init_is_reported(tmp_path: Path) -> None:
+    require_redis()
+    worker = start_worker(tmp_path, REDIS_URL, OJ_CELERY_INSTRUMENT_IN_CHILD="1")
+    try:
+        log = wait_for(
+            lambda: (
+                (text := worker.log.read_text()).count("inside a Celery pool child") == 2 and text
+            ),
+            "a warning from each of the two children",
+        )
+        # Only one child can bind the metrics port; the other says it cannot.
+        assert "cannot serve /metrics" in log
+    finally:
+        stop_worker(worker)
 
 
 # --- with opentelemetry-instrumentation-celery ------------------------------------------------
