@@ -193,9 +193,19 @@ def _basic_auth(setting: str, value: object) -> str:
 
 
 def _endpoint(setting: str, value: object) -> str:
+    from urllib.parse import urlsplit
+
     text = str(value).strip()
+    accepted = "a URL beginning http:// or https:// with a host, such as http://127.0.0.1:4318"
     if not text.startswith(("http://", "https://")):
-        raise ConfigurationError(setting, value, "a URL beginning http:// or https://")
+        raise ConfigurationError(setting, value, accepted)
+    try:
+        url = urlsplit(text)
+        url.port  # noqa: B018 (raises ValueError for a port out of range)
+    except ValueError:
+        raise ConfigurationError(setting, value, accepted) from None
+    if not url.hostname:
+        raise ConfigurationError(setting, value, accepted)
     return text
 
 

@@ -32,14 +32,15 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-from .config import Settings
+from .config import ConfigurationError, Settings
 
 _owned_tracer_provider: trace.TracerProvider | None = None
 _owned_meter_provider: metrics.MeterProvider | None = None
@@ -200,6 +201,26 @@ def _new_meter_provider(settings: Settings, child: bool = False) -> metrics.Mete
     return provider
 
 
+@contextmanager
+def _sdk_settings() -> Iterator[None]:
+    """Turn the SDK's ValueError for a bad ``OTEL_BSP_*`` / ``OTEL_EXPORTER_OTLP_*`` variable
+    into a ConfigurationError at ``instrument()``, naming the variables set."""
+    try:
+        yield
+    except ValueError as exc:
+        given = {
+            k: v
+            for k, v in os.environ.items()
+            if k.startswith(("OTEL_BSP_", "OTEL_EXPORTER_OTLP_", "OTEL_METRIC_EXPORT_"))
+            and "HEADERS" not in k  # headers may hold credentials
+        }
+        raise ConfigurationError(
+            ", ".join(sorted(given)) or "OpenTelemetry SDK settings",
+            given,
+            f"values the OpenTelemetry SDK accepts ({exc})",
+        ) from None
+
+
 def setup(
     settings: Settings,
     tracer_provider: trace.TracerProvider | None = None,
@@ -222,7 +243,9 @@ def setup(
                 provider = TracerProvider(resource=_resource(), shutdown_on_exit=False)
                 _register_shutdown_at_exit()
                 if settings.otlp_traces_endpoint:
-                    provider.add_span_processor(BatchSpanProcessor(_otlp_span_exporter(settings)))
+                    with _sdk_settings():
+                        processor = BatchSpanProcessor(_otlp_span_exporter(settings))
+                    provider.add_span_processor(processor)
                 _owned_tracer_provider = provider
                 trace.set_tracer_provider(provider)
             tracer_provider = trace.get_tracer_provider()
@@ -236,7 +259,8 @@ def setup(
             meter_provider = current_mp
         elif settings.otlp_metrics_endpoint:
             if _owned_meter_provider is None:
-                _owned_meter_provider = _new_meter_provider(settings)
+                with _sdk_settings():
+                    _owned_meter_provider = _new_meter_provider(settings)
                 metrics.set_meter_provider(_owned_meter_provider)
             meter_provider = _owned_meter_provider
     if meter_provider is not None:

@@ -298,3 +298,61 @@ def test_per_job_settings_are_accepted_or_rejected_by_name(jobs: object) -> None
         assert job.max_duration is None or job.max_duration > 0
         assert job.heartbeat_timeout is None or job.heartbeat_timeout > 0
         assert job.on_stall in (None, *config.STALL_POLICIES)
+
+
+_STANDARD_ENV_CHECK = """
+import json, os, sys
+import otel_jobs
+from otel_jobs import ConfigurationError
+
+results = []
+for assignment in json.loads(sys.argv[1]):
+    saved = dict(os.environ)
+    os.environ.update(assignment)
+    try:
+        otel_jobs.instrument(prometheus=False, watchdog=False)
+    except ConfigurationError as error:
+        results.append(["ConfigurationError", error.setting])
+    except Exception as error:
+        results.append([type(error).__name__, str(error)])
+    else:
+        results.append(["accepted", ""])
+        otel_jobs.uninstrument()
+    os.environ.clear()
+    os.environ.update(saved)
+print(json.dumps(results))
+"""
+
+
+def test_bad_standard_opentelemetry_variables_fail_at_instrument_with_their_names() -> None:
+    import json
+    import subprocess
+    import sys
+
+    # Each is rejected before any provider is set up, so one process can try them all.
+    cases = [
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://["}, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://[", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:99999"}, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://:4318"}, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "thrift"}, "OTEL_EXPORTER_OTLP_PROTOCOL"),
+        ({"OTEL_BSP_MAX_QUEUE_SIZE": "10"}, "OTEL_BSP_MAX_QUEUE_SIZE"),
+        ({"OTEL_BSP_MAX_QUEUE_SIZE": "-1"}, "OTEL_BSP_MAX_QUEUE_SIZE"),
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://127.0.0.1:4318"  # overridden by each case
+    out = subprocess.run(
+        [sys.executable, "-c", _STANDARD_ENV_CHECK, json.dumps([c for c, _ in cases])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    results = json.loads(out.stdout)
+    for (case, variable), (kind, setting) in zip(cases, results, strict=True):
+        assert kind == "ConfigurationError", (case, kind, setting)
+        assert variable in setting, (case, setting)
