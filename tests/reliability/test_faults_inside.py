@@ -296,3 +296,30 @@ def test_internal_errors_are_counted_by_component_on_metrics(
     assert url is not None
     s: Samples = scrape(url)
     assert s.value("otel_jobs_internal_errors_total", component="reliability.test") == before + 1
+
+
+def test_otel_gauges_observe_the_current_agent_after_reinstrument(
+    instrumented: Callable[..., Any], metric_reader: InMemoryMetricReader
+) -> None:
+    # The SDK keeps the first observable gauge of a name and ignores later callbacks: the
+    # gauges must still read the runs of the agent in force, not of the first one.
+    instrumented(watchdog=False)
+    otel_jobs.uninstrument()
+    instrumented(watchdog=False)
+
+    def in_progress() -> list[float]:
+        data = metric_reader.get_metrics_data()
+        assert data is not None
+        return [
+            p.value
+            for rm in data.resource_metrics
+            for sm in rm.scope_metrics
+            for m in sm.metrics
+            if m.name == "otel_jobs.runs.in_progress"
+            for p in m.data.data_points
+            if (p.attributes or {}).get("job_name") == "faults.reinstrumented"
+        ]
+
+    with otel_jobs.job_run("faults.reinstrumented"):
+        assert in_progress() == [1]
+    assert in_progress() == [0]
