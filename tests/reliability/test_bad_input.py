@@ -182,7 +182,11 @@ _INSTRUMENT_FUZZED = [
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(name=st.sampled_from(_INSTRUMENT_FUZZED), value=ANY_VALUE)
-def test_instrument_accepts_and_runs_or_rejects_before_starting(name: str, value: object) -> None:
+def test_instrument_accepts_and_runs_or_rejects_before_starting(
+    metric_reader: Any, name: str, value: object
+) -> None:
+    # metric_reader: the suite's SDK providers are set first, so that instrument() uses them
+    # rather than installing providers of its own for the rest of the session.
     if name == "watchdog_interval" and isinstance(value, (int, float)) and 0 < value < 0.01:
         value = 0.01  # accepted, but a tick every picosecond only burns this test's CPU
     options: dict[str, Any] = {"prometheus_port": 0, name: value}
@@ -204,7 +208,7 @@ def test_instrument_accepts_and_runs_or_rejects_before_starting(name: str, value
         otel_jobs.uninstrument()
 
 
-def test_a_tls_file_that_cannot_be_loaded_is_rejected_at_instrument() -> None:
+def test_a_tls_file_that_cannot_be_loaded_is_rejected_at_instrument(metric_reader: Any) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bogus = os.path.join(tmp, "cert.pem")
         with open(bogus, "w") as f:
