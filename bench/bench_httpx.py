@@ -4,9 +4,16 @@ otel-jobs makes httpx's client spans with that same instrumentation and adds its
 check in httpcore's connection pool (see :mod:`otel_jobs.outbound.httpx`), so what is
 measured is what the check adds to an instrumented call. The server is a keep-alive HTTP/1.1
 server in a separate process on 127.0.0.1 (so that it does not compete for this process's
-GIL); one ``httpx.Client(timeout=5)`` makes every call. Each round switches the
-instrumentation: contrib alone, otel-jobs with the call made outside a run, then inside a run
-(where the call is also put in the run's in-flight calls, for the watchdog).
+GIL); one ``httpx.Client(timeout=5)`` makes every call. The spans of both sides go to the
+global tracer provider (set here, if unset, to an SDK one with a batch processor and an
+exporter that drops everything): otel-jobs instruments httpx with that one.
+
+Each round switches the instrumentation: contrib alone (calls outside any span, then inside a
+parent span), otel-jobs with the calls outside a run, then inside a run (where each call is
+also put in the run's in-flight calls, for the watchdog). A run's calls are compared with
+contrib's calls inside a parent span, since a child span costs the SDK a little more than a
+root one. A last row times otel-jobs' own per-call steps alone, which the noise of a network
+call hides.
 """
 
 from __future__ import annotations
@@ -16,14 +23,16 @@ import sys
 from typing import Any
 
 import httpx
+from opentelemetry import trace
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
 import otel_jobs
 
-from ._timing import row
+from ._timing import interleaved, row
 from .bench_core import tracer_provider
 
 TARGET = 0.02
+_PARTS = ("connect", "read", "write", "pool")
 
 _SERVER = r"""
 import http.server, sys
@@ -62,7 +71,11 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     try:
         assert server.stdout is not None
         url = f"http://127.0.0.1:{int(server.stdout.readline())}/"
-        provider = tracer_provider()
+        # otel-jobs instruments httpx with the global tracer provider: both sides use it, so
+        # that both make recording spans through the same batch processor.
+        if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+            trace.set_tracer_provider(tracer_provider())
+        provider = trace.get_tracer_provider()
         client = httpx.Client(timeout=5.0)
         instrumentor = HTTPXClientInstrumentor()
 
@@ -73,10 +86,15 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                 client.get(url, timeout=5.0).raise_for_status()
             return (time.perf_counter() - start) / number
 
-        def contrib() -> float:
+        def contrib(in_span: bool) -> float:
             instrumentor.instrument(tracer_provider=provider)
             try:
-                return calls()
+                if not in_span:
+                    return calls()
+                # What a run's span is to the calls of a run: their parent. A child span costs
+                # the SDK a little more than a root one; both sides pay it.
+                with provider.get_tracer("bench").start_as_current_span("bench.parent"):
+                    return calls()
             finally:
                 instrumentor.uninstrument()
 
@@ -94,7 +112,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                 otel_jobs.uninstrument()
 
         contenders = {
-            "contrib": contrib,
+            "contrib": lambda: contrib(False),
+            "contrib_in_span": lambda: contrib(True),
             "otel_jobs": lambda: with_otel_jobs(False),
             "in_run": lambda: with_otel_jobs(True),
         }
@@ -106,20 +125,21 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             for name in names:
                 rounds[name].append(contenders[name]())
         client.close()
-        provider.shutdown()
     finally:
         server.terminate()
         server.wait(timeout=10)
 
-    def added(name: str) -> float:
-        return statistics.median(
-            s / b - 1 for s, b in zip(rounds[name], rounds["contrib"], strict=True)
-        )
+    def added(name: str, baseline: str) -> float:
+        pairs = zip(rounds[name], rounds[baseline], strict=True)
+        return statistics.median(s / b - 1 for s, b in pairs)
 
     base = statistics.median(rounds["contrib"]) * 1e6
     rows = []
-    for name, label in (("in_run", "inside a run"), ("otel_jobs", "outside a run")):
-        extra = added(name)
+    for name, baseline, label in (
+        ("in_run", "contrib_in_span", "inside a run (contrib: inside a span)"),
+        ("otel_jobs", "contrib", "outside a run"),
+    ):
+        extra = added(name, baseline)
         rows.append(
             row(
                 f"httpx GET with a timeout, {label}",
@@ -127,11 +147,71 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                 value=statistics.median(rounds[name]) * 1e6,
                 unit="us/call",
                 baseline="opentelemetry-instrumentation-httpx alone",
-                baseline_value=base,
+                baseline_value=statistics.median(rounds[baseline]) * 1e6,
                 ratio=1 + extra,
                 target=f"<= +{TARGET:.0%}",
                 met=None if quick else extra <= TARGET,
                 note=f"{extra:+.1%} per call",
             )  # fmt: skip
         )
+    rows.append(_hook_cost(quick, base))
     return rows
+
+
+def _hook_cost(quick: bool, call_us: float) -> dict[str, Any]:
+    """What otel-jobs runs per call, timed alone: far below the noise of a network call.
+
+    The steps of the check in httpcore's pool (the timeout read, the host, the call put in
+    and taken out of the run's in-flight calls, the heartbeat) and the URL hook on the span,
+    on a real httpcore request inside a run, against an empty call.
+    """
+    import httpcore
+
+    from otel_jobs.core import agent as agent_mod
+    from otel_jobs.core.run import current_run
+    from otel_jobs.outbound import httpx as adapter_mod
+
+    reps, number = (3, 200) if quick else (15, 20_000)
+    provider = trace.get_tracer_provider()
+    otel_jobs.instrument(
+        tracer_provider=provider, prometheus=False, watchdog=False, frameworks=[],
+        outbound=["httpx"],
+    )  # fmt: skip
+    try:
+        agent = agent_mod.current()
+        assert agent is not None
+        checker = next(a for a in agent.adapters if a.name == "httpx").checker
+        request = httpcore.Request(
+            "GET", "http://127.0.0.1:8080/", extensions={"timeout": dict.fromkeys(_PARTS, 5.0)}
+        )
+        # The URL hook is given httpx's request (the pool check, httpcore's).
+        hook_request = httpx.Request("GET", "http://127.0.0.1:8080/")
+        span = provider.get_tracer("bench").start_span(
+            "GET", kind=trace.SpanKind.CLIENT, attributes={"url.full": "http://127.0.0.1:8080/"}
+        )
+
+        def hook() -> None:
+            run_ = current_run()
+            missing = adapter_mod._missing(request)
+            method, host = adapter_mod._describe(request)
+            call = checker.begin(run_, method, host, missing, sys._getframe())
+            checker.end(run_, call)
+            adapter_mod._scrub_url(span, hook_request)
+
+        def empty() -> None:
+            pass
+
+        with otel_jobs.job_run("bench.httpx.hook"):
+            results = interleaved({"hook": hook, "empty": empty}, reps=reps, number=number)
+        span.end()
+    finally:
+        otel_jobs.uninstrument()
+    cost = (results["hook"]["median"] - results["empty"]["median"]) * 1e6
+    return row(
+        "otel-jobs' httpx hooks per call, timed alone",
+        subject="check + in-flight call + URL hook", value=cost, unit="us/call",
+        baseline="an httpx call under contrib alone", baseline_value=call_us,
+        ratio=1 + cost / call_us, target=f"<= +{TARGET:.0%}",
+        met=None if quick else cost / call_us <= TARGET,
+        note=f"{cost / call_us:+.2%} of the call",
+    )  # fmt: skip

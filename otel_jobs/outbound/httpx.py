@@ -82,6 +82,8 @@ def _scrub_url(span: Any, request: Any) -> None:
     if not span.is_recording():
         return
     url = request.url if hasattr(request, "url") else request[1]
+    if not (getattr(url, "query", 1) or getattr(url, "userinfo", 1) or getattr(url, "fragment", 1)):
+        return  # an httpx.URL with nothing to take out: the span's URL is already clean
     try:
         scheme, host, port, path = url.scheme, url.host, url.port, url.path
     except AttributeError:  # the raw (bytes) form: scheme, host, port, target
