@@ -72,8 +72,9 @@ def celery_comparison(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ours = by_mode.get(mode)
         if contrib is None or ours is None or contrib["ratio"] is None or ours["ratio"] is None:
             continue
-        ours_extra = ours["value"] - ours["baseline_value"]
-        contrib_extra = contrib["value"] - contrib["baseline_value"]
+        # Extra time per task from the per-round ratios (robust to rounds of different speeds).
+        ours_extra = (ours["ratio"] - 1) * ours["baseline_value"]
+        contrib_extra = (contrib["ratio"] - 1) * contrib["baseline_value"]
         out.append(
             row(
                 "Celery per-task overhead, otel-jobs vs contrib",
