@@ -144,6 +144,8 @@ logger = logging.getLogger("otel_jobs")
 FRAMEWORK = "celery"
 PUBLISHED_HEADER = "otel_jobs_published_at"
 
+_RUN = "_otel_jobs_run"  # attribute of a task's request (one execution): its Run
+_ADOPT_LATER = "_otel_jobs_adopt_later"  # ...: adopt the contrib span when the run ends
 _LOST_MEMORY = 4096  # task ids already recorded as lost, so a second signal for one is ignored
 
 
@@ -272,8 +274,6 @@ class Integration(_BaseIntegration):
 
     def __init__(self, agent: Any) -> None:
         super().__init__(agent)
-        self._runs: dict[str, Run] = {}
-        self._adopt_later: set[str] = set()
         self._requests: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
         self._lost: OrderedDict[str, None] = OrderedDict()
         self._connected: list[tuple[Any, Any]] = []
@@ -319,8 +319,6 @@ class Integration(_BaseIntegration):
         while self._connected:
             signal, receiver = self._connected.pop()
             signal.disconnect(receiver)
-        self._runs.clear()
-        self._adopt_later.clear()
 
     # --- publisher side ------------------------------------------------------------------
 
@@ -346,7 +344,7 @@ class Integration(_BaseIntegration):
             span = _contrib_span(task, task_id)
             if span is None:
                 span = trace.INVALID_SPAN
-                self._adopt_later.add(task_id)
+                setattr(request, _ADOPT_LATER, True)
         parent = None
         if span is None and getattr(request, "traceparent", None):
             parent = propagate.extract(request, getter=_getter)  # type: ignore[arg-type]
@@ -362,7 +360,9 @@ class Integration(_BaseIntegration):
             span=span,
         )
         run.activate()
-        self._runs[task_id] = run
+        # On the request of this execution: the same task id may run twice at once (a retry
+        # picked up by another thread before the first attempt's signals are done).
+        setattr(request, _RUN, run)
         if agent.share.in_child:
             # A child killed mid-run (hard time limit, OOM) still has this start on /metrics,
             # matching the outcome its main process records for it.
@@ -370,18 +370,19 @@ class Integration(_BaseIntegration):
 
     def _finish(
         self,
-        task_id: str | None,
+        request: Any,
         task: Any,
         outcome: str,
         exc: BaseException | None = None,
         *,
         expected: bool = False,
     ) -> None:
-        run = self._runs.get(task_id) if task_id is not None else None
+        run: Run | None = getattr(request, _RUN, None)
         if run is None or run.finished:
             return
-        if task_id in self._adopt_later:
-            self._adopt_later.discard(task_id)
+        task_id = run.job_id
+        if getattr(request, _ADOPT_LATER, False) and task_id is not None:
+            setattr(request, _ADOPT_LATER, False)
             span = _contrib_span(task, task_id) if task is not None else None
             if span is not None:
                 run.span = span
@@ -399,8 +400,7 @@ class Integration(_BaseIntegration):
 
     @errors.guarded("integration.celery")
     def _on_success(self, sender: Any = None, **_: Any) -> None:
-        request = getattr(sender, "request", None)
-        self._finish(getattr(request, "id", None), sender, "success")
+        self._finish(getattr(sender, "request", None), sender, "success")
 
     @errors.guarded("integration.celery")
     def _on_failure(
@@ -412,30 +412,30 @@ class Integration(_BaseIntegration):
     ) -> None:
         if task_id is None:
             return
-        if task_id not in self._runs:
+        request = getattr(sender, "request", None)
+        if getattr(request, _RUN, None) is None:
             self._maybe_lost(sender, task_id, exception)
             return
         outcome = _outcome_of(exception)
         throws = getattr(sender, "throws", ()) or ()
         expected = bool(throws) and isinstance(exception, tuple(throws))
-        self._finish(task_id, sender, outcome, exception, expected=expected)
+        self._finish(request, sender, outcome, exception, expected=expected)
 
     @errors.guarded("integration.celery")
     def _on_retry(
         self, sender: Any = None, request: Any = None, reason: Any = None, **_: Any
     ) -> None:
-        task_id = getattr(request, "id", None)
-        run = self._runs.get(task_id) if task_id is not None else None
+        run = getattr(request, _RUN, None)
         if run is not None and reason is not None and run.span.is_recording():
             run.span.set_attribute("job.retry_reason", str(reason)[:500])
-        self._finish(task_id, sender, "retry")
+        self._finish(request, sender, "retry")
 
     @errors.guarded("integration.celery")
     def _on_internal_error(
-        self, sender: Any = None, task_id: str | None = None, exception: Any = None, **_: Any
+        self, sender: Any = None, request: Any = None, exception: Any = None, **_: Any
     ) -> None:
         self._finish(
-            task_id, sender, "failure", exception if isinstance(exception, BaseException) else None
+            request, sender, "failure", exception if isinstance(exception, BaseException) else None
         )
 
     @errors.guarded("integration.celery")
@@ -447,9 +447,8 @@ class Integration(_BaseIntegration):
         state: str | None = None,
         **_: Any,
     ) -> None:
-        if task_id is None:
-            return
-        run = self._runs.get(task_id)
+        request = getattr(task, "request", None)
+        run: Run | None = getattr(request, _RUN, None)
         if run is None:
             return
         try:
@@ -477,10 +476,9 @@ class Integration(_BaseIntegration):
                     outcome = _outcome_of(exc)
                     if outcome == "success":
                         outcome = "failure"  # ended in no known state, without an exception
-                self._finish(task_id, task, outcome, exc)
+                self._finish(request, task, outcome, exc)
         finally:
-            self._runs.pop(task_id, None)
-            self._adopt_later.discard(task_id)
+            setattr(request, _RUN, None)
             run.deactivate()
 
     # --- the worker's main process: children that never report -----------------------------

@@ -47,11 +47,12 @@ def make_app(broker: str, prefix: str) -> Celery:
         # auto_delete: a test run's queues vanish from RabbitMQ with its worker
         task_queues=[Queue(fast, auto_delete=True), Queue(slow, auto_delete=True)],
         task_default_queue=fast,
-        task_routes={name: {"queue": slow} for name in ("oj.hang", "oj.sleep_past_limit")},
+        task_routes={
+            name: {"queue": slow} for name in ("oj.hang", "oj.sleep_past_limit", "oj.block")
+        },
         task_time_limit=300,
         broker_transport_options={"visibility_timeout": 3600},
         worker_prefetch_multiplier=1,
-        worker_enable_remote_control=False,
         task_ignore_result=True,
         broker_connection_retry_on_startup=True,
     )
@@ -147,6 +148,18 @@ def hang(token: str) -> str:
 @app.task(shared=False, name="oj.sleep_past_limit", time_limit=1, autoretry_for=(ConnectionError,))
 def sleep_past_limit() -> None:
     time.sleep(60)
+
+
+@app.task(shared=False, name="oj.block", autoretry_for=(ConnectionError,))
+def block() -> None:
+    """Runs until revoked with terminate=True."""
+    while True:
+        time.sleep(0.05)
+
+
+@app.task(shared=False, name="oj.later", autoretry_for=(ConnectionError,))
+def later() -> None:
+    """Sent with a countdown, and revoked before it is due."""
 
 
 @app.task(shared=False, name="oj.delayed", autoretry_for=(ConnectionError,))

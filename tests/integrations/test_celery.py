@@ -55,7 +55,7 @@ class Worker:
 
     def send(self, name: str, *args: Any, **options: Any) -> str:
         fast, slow = celery_app.queues(self.prefix)
-        queue = slow if name in ("oj.hang", "oj.sleep_past_limit") else fast
+        queue = slow if name in ("oj.hang", "oj.sleep_past_limit", "oj.block") else fast
         result = self.publisher.send_task(name, args=args, queue=queue, **options)
         return str(result.id)
 
@@ -337,6 +337,36 @@ def test_a_lost_child_is_a_failure_recorded_once(worker: Worker, publisher: None
     time.sleep(0.5)
     assert_exact(worker.metrics(), "oj.die", fast, 1, failure=1)
     assert "WorkerLostError" in worker.log.read_text()
+
+
+def test_revoked_tasks_cancelled_while_running_or_skipped_before(
+    worker: Worker, publisher: None
+) -> None:
+    fast, slow = celery_app.queues(worker.prefix)
+    running = worker.send("oj.block")
+    wait_for(
+        lambda: worker.metrics().total("otel_jobs_runs_in_progress", job_name="oj.block") == 1,
+        "the run in flight",
+    )
+    worker.publisher.control.revoke(running, terminate=True)
+    wait_for(lambda: settled(worker, {"oj.block": {"cancelled": 1}}), "the terminated run")
+    time.sleep(0.5)
+    assert_exact(worker.metrics(), "oj.block", slow, 1, cancelled=1)
+    # Revoked while it waits for its countdown: it never starts, and is counted as skipped.
+    waiting = worker.send("oj.later", countdown=2)
+    wait_for(lambda: f"Task oj.later[{waiting}] received" in worker.log.read_text(), "receipt")
+    worker.publisher.control.revoke(waiting)
+    m = wait_for(
+        lambda: (
+            (s := worker.metrics()).find(
+                "otel_jobs_runs_skipped_total", job_name="oj.later", queue=fast, reason="revoked"
+            )
+            == [1.0]
+            and s
+        ),
+        "the revoked task counted as skipped",
+    )
+    assert m.total("otel_jobs_runs_started_total", job_name="oj.later") == 0
 
 
 def test_queue_wait_of_a_delayed_task_counts_from_its_due_time(
