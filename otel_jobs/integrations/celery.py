@@ -94,8 +94,12 @@ child's span never ended; the exception: a child stopped by the hard time limit 
 first, which lets that instrumentation end its span without an outcome, so such a run may show
 that span next to the main process's one.
 
-**Prefork.** The main process serves ``/metrics``; each child flushes its counts when a run
-starts and ends and at every watchdog tick (see the README section *Forking workers*).
+**Pools.** Prefork: the main process serves ``/metrics``; each child flushes its counts when a
+run starts and ends and at every watchdog tick (see the README section *Forking workers*).
+``solo`` and ``threads``: runs are recorded in the worker process itself (the same task id can
+run twice at once there, a retry beside its first attempt: each execution keeps its own run on
+its request). Celery enforces time limits only in prefork; the watchdog flags an overrun in
+every pool. Tested with Celery 5.6 on Redis and RabbitMQ.
 
 Configuration audit
 -------------------
