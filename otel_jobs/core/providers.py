@@ -87,9 +87,11 @@ _EXPORT_LOGGERS = (
 class _ExportHealth(logging.Filter):
     """One WARNING when OTLP export starts failing, one INFO when it works again.
 
-    Attached as a filter to the exporters' loggers: their WARNING and ERROR records are held
-    back (the last one is kept as the reason) while :meth:`watch` reports the outcome of each
-    export in one line of its own.
+    Attached as a filter to the exporters' loggers: the WARNING and ERROR records logged
+    during an export of a watched exporter are held back (the last one is kept as the reason)
+    while :meth:`watch` reports the outcome of each export in one line of its own; so is the
+    batch processor's "Queue full" while a span export is failing or in progress (the WARNING
+    says the oldest spans are dropped). Any other record of these loggers passes.
     """
 
     #: A signal whose export keeps failing and succeeding is warned about at most this often.
@@ -101,16 +103,21 @@ class _ExportHealth(logging.Filter):
         self.warned_at: dict[str, float] = {}
         # Each signal exports from its own thread, which is also where its exporter logs.
         self.local = threading.local()
+        self.in_export: dict[str, int] = {}  # exports in progress, by signal
         self.installed = False
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True
-        try:
-            self.local.reason = record.getMessage()[:300]
-        except Exception:
-            self.local.reason = str(record.msg)[:300]
-        return False
+        if getattr(self.local, "exporting", False):
+            try:
+                self.local.reason = record.getMessage()[:300]
+            except Exception:
+                self.local.reason = str(record.msg)[:300]
+            return False
+        # A full queue while spans cannot get out is what the WARNING already says.
+        stuck = "spans" in self.failing or self.in_export.get("spans", 0) > 0
+        return not (stuck and str(record.msg).startswith("Queue full"))
 
     def install(self) -> None:
         if not self.installed:
@@ -126,11 +133,16 @@ class _ExportHealth(logging.Filter):
 
         def watched_export(*args: Any, **kwargs: Any) -> Any:
             health.local.reason = ""
+            health.local.exporting = True
+            health.in_export[signal] = health.in_export.get(signal, 0) + 1
             try:
                 result = export(*args, **kwargs)
             except Exception as exc:
                 health.outcome(signal, endpoint, False, repr(exc))
                 raise
+            finally:
+                health.local.exporting = False
+                health.in_export[signal] -= 1
             ok = getattr(result, "name", "") == "SUCCESS"
             health.outcome(signal, endpoint, ok, health.local.reason)
             return result
