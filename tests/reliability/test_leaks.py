@@ -15,6 +15,7 @@ The ``/metrics`` endpoint binds only the address chosen, and serves TLS with HTT
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import socket
@@ -177,12 +178,19 @@ def test_capture_args_records_a_bounded_repr(
     def captured(*args: Any, **kwargs: Any) -> int:
         return len(args)
 
+    @otel_jobs.job(name="leak.captured.async")
+    async def captured_async(value: str) -> str:
+        return value
+
     assert captured(SECRET, 42, flag=True) == 2
     assert captured("x" * 100_000, list(range(10_000)), Unprintable(), nested={"a": [1] * 50}) == 3
-    first, second = (s.attributes["job.args"] for s in span_exporter.get_finished_spans())  # type: ignore[index]
+    assert asyncio.run(captured_async(SECRET)) == SECRET
+    spans = span_exporter.get_finished_spans()
+    first, second, third = (s.attributes["job.args"] for s in spans)  # type: ignore[index]
     assert first == f"('{SECRET}', 42, flag=True)"
     assert isinstance(second, str) and len(second) <= MAX_ARGS_CHARS
     assert "Unprintable" in second and "nested=" in second
+    assert third == f"('{SECRET}',)"
 
 
 def test_capture_args_is_off_by_default(
