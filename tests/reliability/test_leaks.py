@@ -190,7 +190,7 @@ def test_capture_args_records_a_bounded_repr(
     assert first == f"('{SECRET}', 42, flag=True)"
     assert isinstance(second, str) and len(second) <= MAX_ARGS_CHARS
     assert "Unprintable" in second and "nested=" in second
-    assert third == f"('{SECRET}',)"
+    assert third == f"('{SECRET}')"  # the call's arguments, as written
 
 
 def test_capture_args_is_off_by_default(
