@@ -118,7 +118,10 @@ once as a WARNING and set as ``otel_jobs_config_finding{framework="celery", find
   timeout);
 * ``no_retry_or_dead_letter``: tasks with no retry (``autoretry_for``, ``self.retry()``) and no
   dead-letter queue (``x-dead-letter-exchange``): a failed or lost run is simply gone;
-* ``single_queue``: every task goes to one queue, so a slow or stuck task blocks all the others.
+* ``single_queue``: every task goes to one queue, so a slow or stuck task blocks all the others;
+* ``soft_time_limit_above_time_limit``: a soft limit above the hard one (typically an app-wide
+  ``task_soft_time_limit`` over a task's ``time_limit``): the prefork pool arms the hard limit
+  only when the soft one fires, so the task runs until the soft limit.
 """
 
 from __future__ import annotations
@@ -624,10 +627,22 @@ def _names(tasks: Iterable[Any], limit: int = 5) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def _task_limit(task: Any, conf: Any) -> float | None:
-    """The longest a task may run (its hard limit, else its soft one); None: forever."""
+def _hard_soft(task: Any, conf: Any) -> tuple[float | None, float | None]:
     hard = _number(getattr(task, "time_limit", None) or conf.get("task_time_limit"))
     soft = _number(getattr(task, "soft_time_limit", None) or conf.get("task_soft_time_limit"))
+    return hard, soft
+
+
+def _soft_above_hard(task: Any, conf: Any) -> bool:
+    hard, soft = _hard_soft(task, conf)
+    return hard is not None and soft is not None and soft > hard
+
+
+def _task_limit(task: Any, conf: Any) -> float | None:
+    """The longest a task may run; None: forever."""
+    hard, soft = _hard_soft(task, conf)
+    if hard is not None and soft is not None:
+        return max(hard, soft)  # the prefork pool arms the hard limit when the soft one fires
     return hard or soft
 
 
@@ -712,6 +727,19 @@ def audit(app: Any) -> list[Finding]:
                     "or lower the time limit.",
                 )
             )
+
+    inverted = [t for t in tasks if _soft_above_hard(t, conf)]
+    if inverted:
+        findings.append(
+            Finding(
+                FRAMEWORK,
+                "soft_time_limit_above_time_limit",
+                f"task(s) {_names(inverted)} have a soft time limit above their hard one (often "
+                "an app-wide task_soft_time_limit over a task's time_limit): the prefork pool arms "
+                "the hard limit only when the soft one fires, so they run until the soft limit. "
+                "Keep soft_time_limit below time_limit.",
+            )
+        )
 
     late_unlimited = [t for t in tasks if _acks_late(t, conf) and _task_limit(t, conf) is None]
     if late_unlimited:

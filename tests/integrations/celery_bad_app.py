@@ -4,8 +4,9 @@
   has no time limit;
 * ``time_limit_exceeds_visibility_timeout``: ``bad.long`` may run 2 h on Redis, whose visibility
   timeout is 1 h;
-* ``no_retry_or_dead_letter``: neither task retries, and the queue has no dead-letter exchange;
-* ``single_queue``: both tasks go to the default queue.
+* ``no_retry_or_dead_letter``: no task retries, and the queue has no dead-letter exchange;
+* ``single_queue``: every task goes to the default queue;
+* ``soft_time_limit_above_time_limit``: ``bad.inverted`` has a soft limit above its hard one.
 
 With ``OJ_CELERY_WORKER=1`` the module instruments the worker (``OJ_CELERY_PORT``).
 """
@@ -43,4 +44,9 @@ def forever() -> None:
 
 @app.task(shared=False, name="bad.long", time_limit=7200, acks_late=False)
 def long() -> None:
+    pass
+
+
+@app.task(shared=False, name="bad.inverted", time_limit=5, soft_time_limit=10)
+def inverted() -> None:
     pass

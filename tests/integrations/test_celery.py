@@ -487,6 +487,7 @@ BAD_FINDINGS = {
     "late_ack_without_time_limit",
     "no_retry_or_dead_letter",
     "single_queue",
+    "soft_time_limit_above_time_limit",
 }
 
 
@@ -510,7 +511,8 @@ def test_audit_of_a_bad_and_a_good_configuration() -> None:
 
 
 def _task_options(task: Any) -> dict[str, Any]:
-    return {k: getattr(task, k) for k in ("time_limit", "acks_late") if k in vars(type(task))}
+    names = ("time_limit", "soft_time_limit", "acks_late")
+    return {k: getattr(task, k) for k in names if k in vars(type(task))}
 
 
 def test_a_worker_reports_its_configuration_findings_once(tmp_path: Path) -> None:
@@ -523,7 +525,7 @@ def test_a_worker_reports_its_configuration_findings_once(tmp_path: Path) -> Non
         assert all(v == 1 for v in m.find("otel_jobs_config_finding", framework="celery"))
         log = worker.log.read_text()
         for finding in ("can run forever", "visibility timeout (3600s)", "acknowledge late",
-                        "neither retry", "go to one queue"):  # fmt: skip
+                        "neither retry", "go to one queue", "soft time limit above"):  # fmt: skip
             assert log.count(finding) == 1, finding
     finally:
         stop_worker(worker)
