@@ -7,7 +7,8 @@ Configured from the environment by the test that starts the worker:
 * ``OJ_CELERY_PORT``: the ``/metrics`` port; ``OJ_CELERY_RELEASE_DIR``: where the hanging task
   looks for its release file; ``OJ_CELERY_SPANS``: a file the worker writes its spans to (JSON
   lines) through a real SDK pipeline; ``OJ_CELERY_CONTRIB=1``: also enable
-  opentelemetry-instrumentation-celery, the way its documentation says (``worker_process_init``);
+  opentelemetry-instrumentation-celery, the way its documentation says (``worker_process_init``),
+  ``=first``: enable it in the app module before otel-jobs;
   ``OJ_CELERY_INSTRUMENT_IN_CHILD=1``: call ``instrument()`` in ``worker_process_init``, the
   wrong place for otel-jobs.
 
@@ -76,7 +77,12 @@ if os.environ.get("OJ_CELERY_WORKER") == "1":
         )
         trace.set_tracer_provider(_provider)
 
-    if os.environ.get("OJ_CELERY_CONTRIB") == "1":
+    if os.environ.get("OJ_CELERY_CONTRIB") == "first":
+        # Before otel-jobs, in the main process: its receivers come first in every child.
+        from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+        CeleryInstrumentor().instrument()
+    elif os.environ.get("OJ_CELERY_CONTRIB") == "1":
 
         @signals.worker_process_init.connect(weak=False)
         def _contrib(**_: object) -> None:

@@ -434,11 +434,12 @@ def test_instrument_in_worker_process_init_is_reported(tmp_path: Path) -> None:
 # --- with opentelemetry-instrumentation-celery ------------------------------------------------
 
 
+@pytest.mark.parametrize("contrib", ["1", "first"], ids=["in_worker_process_init", "before"])
 def test_with_contrib_celery_instrumentation_a_run_has_one_span(
-    tmp_path: Path, publisher: None
+    tmp_path: Path, publisher: None, contrib: str
 ) -> None:
     require_redis()
-    worker = start_worker(tmp_path, REDIS_URL, OJ_CELERY_CONTRIB="1")
+    worker = start_worker(tmp_path, REDIS_URL, OJ_CELERY_CONTRIB=contrib)
     try:
         ids = {
             "ok": worker.send("oj.ok", 2),
