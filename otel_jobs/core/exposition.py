@@ -111,6 +111,8 @@ def serve(
         context.load_cert_chain(certfile, keyfile)
         httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
         scheme = "https"
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.1,), name="otel-jobs-metrics", daemon=True)
+    thread = threading.Thread(
+        target=httpd.serve_forever, args=(0.1,), name="otel-jobs-metrics", daemon=True
+    )
     thread.start()
     return MetricsServer(httpd, thread, scheme)
