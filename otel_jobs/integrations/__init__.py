@@ -9,12 +9,10 @@ named in ``frameworks=`` / ``OTEL_JOBS_FRAMEWORKS``), and ``uninstrument()`` und
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ..core import errors
+from .._adapters import install_adapters
 
 if TYPE_CHECKING:
     from ..core.agent import Agent
@@ -32,34 +30,18 @@ FRAMEWORKS: dict[str, tuple[str, str]] = {
 }
 
 
-def _available(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def install_frameworks(agent: Agent, names: tuple[str, ...] | None) -> list[Any]:
     """Install the adapters of the named frameworks (None: every installed one)."""
-    installed = []
-    explicit = names is not None
-    for name in names if names is not None else tuple(FRAMEWORKS):
-        library, adapter_module = FRAMEWORKS[name]
-        if not _available(library):
-            if explicit:
-                logger.warning(
-                    "otel-jobs: frameworks=%r names %s, which is not installed", names, name
-                )
-            continue
-        try:
-            module = importlib.import_module(adapter_module)
-        except ModuleNotFoundError as exc:
-            if exc.name == adapter_module:
-                continue  # no adapter written for this framework yet
-            errors.record(f"integration.{name}", exc)
-            continue
-        with errors.guard(f"integration.{name}"):
-            adapter = module.Integration(agent)
-            adapter.install()
-            installed.append(adapter)
-    return installed
+
+    def not_installed(name: str) -> None:
+        if names is not None:  # asked for by name: say so; otherwise simply absent
+            logger.warning("otel-jobs: frameworks=%r names %s, which is not installed", names, name)
+
+    return install_adapters(
+        agent,
+        FRAMEWORKS,
+        names,
+        kind="integration",
+        class_name="Integration",
+        not_installed=not_installed,
+    )

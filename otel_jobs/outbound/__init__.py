@@ -7,11 +7,9 @@ installed is skipped without a word.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from typing import TYPE_CHECKING, Any
 
-from ..core import errors
+from .._adapters import install_adapters
 
 if TYPE_CHECKING:
     from ..core.agent import Agent
@@ -32,23 +30,4 @@ def install_outbound(agent: Agent, names: tuple[str, ...] | None) -> list[Any]:
     """Install the adapters of the named libraries (None: every installed one)."""
     if agent.settings.missing_timeout == "off":
         return []
-    installed = []
-    for name in names if names is not None else tuple(LIBRARIES):
-        library, adapter_module = LIBRARIES[name]
-        try:
-            if importlib.util.find_spec(library) is None:
-                continue
-        except (ImportError, ValueError):
-            continue
-        try:
-            module = importlib.import_module(adapter_module)
-        except ModuleNotFoundError as exc:
-            if exc.name == adapter_module:
-                continue  # no adapter written for this library yet
-            errors.record(f"outbound.{name}", exc)
-            continue
-        with errors.guard(f"outbound.{name}"):
-            adapter = module.Adapter(agent)
-            adapter.install()
-            installed.append(adapter)
-    return installed
+    return install_adapters(agent, LIBRARIES, names, kind="outbound", class_name="Adapter")
