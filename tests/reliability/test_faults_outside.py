@@ -154,9 +154,13 @@ class Worker:
         return last
 
     def kill(self) -> None:
+        """End the worker if it is still running, and close its pipes."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def _baseline(protocol: str) -> float:

@@ -177,6 +177,9 @@ def test_forking_a_busy_worker_neither_deadlocks_nor_duplicates() -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
 
         def children_spans() -> list[ReceivedSpan] | None:
             spans = receiver.spans()
