@@ -2,45 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from tests.integrations.workers import start, stop, wait_for, worker_env
 from tests.support import Samples, free_port, scrape
 
 ROOT = Path(__file__).parents[2]
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except OSError as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
-
-
 def test_the_example_shows_its_stuck_job_and_skipped_runs(tmp_path: Path) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env.update({"OTEL_JOBS_PROMETHEUS_PORT": str(port), "PYTHONPATH": str(ROOT)})
+    env = worker_env(OTEL_JOBS_PROMETHEUS_PORT=str(port), PYTHONPATH=str(ROOT))
     log = tmp_path / "example.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "examples/apscheduler/scheduler.py")],
-            env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    proc = start([sys.executable, str(ROOT / "examples/apscheduler/scheduler.py")], log, env)
     url = f"http://127.0.0.1:{port}/metrics"
     try:
 
@@ -64,11 +40,5 @@ def test_the_example_shows_its_stuck_job_and_skipped_runs(tmp_path: Path) -> Non
         assert s.total("otel_jobs_outbound_calls_without_timeout_total", library="urllib") >= 1
         assert "in sync_inventory" in log.read_text()
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            code = proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise
+        code = stop(proc, signal.SIGINT)
     assert code == 0, log.read_text()

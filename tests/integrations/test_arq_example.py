@@ -4,17 +4,14 @@ the stuck job seen on /metrics, then arq's timeout ending it."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.integrations.workers import start, stop, wait_for, worker_env
 from tests.support import Samples, free_port, require_redis, scrape
 
 pytestmark = pytest.mark.broker
@@ -23,41 +20,19 @@ ROOT = Path(__file__).parents[2]
 EXAMPLE = ROOT / "examples/arq"
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except OSError as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
-
-
 def test_the_example_shows_its_stuck_job_then_its_timeout(tmp_path: Path) -> None:
     require_redis()
     port = free_port()
     queue = f"otel-jobs-test-arq-example-{uuid.uuid4().hex[:8]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env.update(
-        {
-            "OTEL_JOBS_PROMETHEUS_PORT": str(port),
-            "REDIS_URL": "redis://127.0.0.1:6379/14",
-            "ARQ_QUEUE": queue,
-            "PYTHONPATH": os.pathsep.join([str(EXAMPLE), str(ROOT)]),
-        }
+    env = worker_env(
+        OTEL_JOBS_PROMETHEUS_PORT=str(port),
+        REDIS_URL="redis://127.0.0.1:6379/14",
+        ARQ_QUEUE=queue,
+        PYTHONPATH=os.pathsep.join([str(EXAMPLE), str(ROOT)]),
     )
     log = tmp_path / "worker.log"
     url = f"http://127.0.0.1:{port}/metrics"
-    with open(log, "wb") as out:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "arq", "worker.WorkerSettings"],
-            cwd=EXAMPLE, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    worker = start([sys.executable, "-m", "arq", "worker.WorkerSettings"], log, env, EXAMPLE)
     try:
         wait_for("the worker's /metrics", lambda: worker.poll() is None and scrape(url))
         subprocess.run([sys.executable, "enqueue.py"], cwd=EXAMPLE, env=env, check=True, timeout=60)
@@ -88,12 +63,7 @@ def test_the_example_shows_its_stuck_job_then_its_timeout(tmp_path: Path) -> Non
             ),
         )
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        stop(worker)
         import redis
 
         client = redis.Redis(host="127.0.0.1", port=6379, db=14)

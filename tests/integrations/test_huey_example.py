@@ -4,18 +4,14 @@ its enqueue script, the stuck task seen stalled on /metrics, then Huey's timeout
 from __future__ import annotations
 
 import os
-import re
-import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.integrations.workers import kill_group, purge_huey, start, wait_for, worker_env
 from tests.support import Samples, free_port, require_redis, scrape
 
 pytest.importorskip("huey")
@@ -27,47 +23,29 @@ EXAMPLE = ROOT / "examples/huey"
 REDIS_URL = "redis://127.0.0.1:6379/13"
 
 
-def wait_for(what: str, check: Callable[[], Any], log: Path, timeout: float = 90.0) -> Any:
-    """Poll ``check`` until it returns something true; a generous deadline, not a timing test."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except OSError as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}\n{log.read_text()[-4000:]}")
-
-
 def test_the_example_shows_its_stuck_task_then_its_timeout(tmp_path: Path) -> None:
     require_redis()
     port = free_port()
     name = f"otel-jobs-test-huey-example-{uuid.uuid4().hex[:8]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env.update(
-        {
-            "OTEL_JOBS_PROMETHEUS_PORT": str(port),
-            "OTEL_JOBS_MULTIPROCESS_DIR": str(tmp_path / "mp"),
-            "REDIS_URL": REDIS_URL,
-            "HUEY_NAME": name,
-            "APPROVAL_TIMEOUT": "8",  # the README's 30 s, shortened; still after the 5 s stall
-            "PYTHONPATH": os.pathsep.join([str(EXAMPLE), str(ROOT)]),
-        }
+    env = worker_env(
+        OTEL_JOBS_PROMETHEUS_PORT=str(port),
+        OTEL_JOBS_MULTIPROCESS_DIR=str(tmp_path / "mp"),
+        REDIS_URL=REDIS_URL,
+        HUEY_NAME=name,
+        APPROVAL_TIMEOUT="8",  # the README's 30 s, shortened; still after the 5 s stall
+        PYTHONPATH=os.pathsep.join([str(EXAMPLE), str(ROOT)]),
     )
     log = tmp_path / "consumer.log"
     url = f"http://127.0.0.1:{port}/metrics"
     consumer_bin = str(Path(sys.executable).parent / "huey_consumer")
-    with open(log, "wb") as out:
-        consumer = subprocess.Popen(
-            [sys.executable, consumer_bin, "worker.huey", "-k", "process", "-w", "2"],
-            cwd=EXAMPLE, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    consumer = start(
+        [sys.executable, consumer_bin, "worker.huey", "-k", "process", "-w", "2"],
+        log, env, EXAMPLE, new_session=True,
+    )  # fmt: skip
     try:
-        wait_for("the consumer's /metrics", lambda: consumer.poll() is None and scrape(url), log)
+        wait_for(
+            "the consumer's /metrics", lambda: consumer.poll() is None and scrape(url), log=log
+        )
         subprocess.run([sys.executable, "enqueue.py"], cwd=EXAMPLE, env=env, check=True, timeout=60)
         stuck = {"job_name": "tasks.wait_for_approval", "queue": name}
         healthy = {"job_name": "tasks.send_report", "queue": name}
@@ -80,7 +58,7 @@ def test_the_example_shows_its_stuck_task_then_its_timeout(tmp_path: Path) -> No
             )
             return s if ready else None
 
-        s = wait_for("3 reports and the stalled verdict", stalled, log)
+        s = wait_for("3 reports and the stalled verdict", stalled, log=log)
         assert s.value("otel_jobs_runs_in_progress", **stuck) == 1
         assert s.value("otel_jobs_stalls_detected_total", reason="no_heartbeat", **stuck) == 1
         assert s.value("otel_jobs_run_max_duration_seconds", **stuck) == 8
@@ -97,18 +75,10 @@ def test_the_example_shows_its_stuck_task_then_its_timeout(tmp_path: Path) -> No
                 == 1
                 and s
             ),
-            log,
+            log=log,
         )
         assert s.value("otel_jobs_runs_in_progress", **stuck) == 0
         assert s.total("otel_jobs_runs_started_total", **stuck) == 1
     finally:
-        os.killpg(consumer.pid, signal.SIGKILL)
-        consumer.wait(timeout=30)
-        import redis
-
-        client = redis.Redis.from_url(REDIS_URL)
-        clean = re.sub("[^A-Za-z0-9_]", "", name)  # the name RedisStorage uses in its keys
-        keys = list(client.scan_iter(f"huey.*.{clean}"))
-        if keys:
-            client.delete(*keys)
-        client.close()
+        kill_group(consumer)
+        purge_huey(REDIS_URL, name)
