@@ -19,7 +19,8 @@ wait in the batch processor's bounded queue (``OTEL_BSP_MAX_QUEUE_SIZE``, 2048; 
 dropped when it is full) and are sent from its own thread. For the exporters otel-jobs creates,
 the first failed export logs one WARNING on the ``otel_jobs`` logger (endpoint and reason) and
 the exporters' own per-retry messages are held back (a failing signal is warned about at most
-every five minutes); one INFO says when exporting works again.
+every five minutes); one INFO says when exporting works again. A gRPC exporter gets a fresh
+channel after a failed export, so it resumes as soon as the collector is back.
 Flushing (``uninstrument()``, process exit, the watchdog's ``exit`` policy) waits a bounded
 time, so a hung collector never holds a worker's shutdown for the exporters' retries.
 """
@@ -40,6 +41,7 @@ from typing import Any
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
+from . import errors
 from .config import ConfigurationError, Settings
 
 _owned_tracer_provider: trace.TracerProvider | None = None
@@ -125,8 +127,13 @@ class _ExportHealth(logging.Filter):
             for name in _EXPORT_LOGGERS:
                 logging.getLogger(name).addFilter(self)
 
-    def watch(self, exporter: Any, signal: str, endpoint: str | None) -> Any:
-        """Wrap ``exporter.export`` to log failures and recovery once each (see the class)."""
+    def watch(
+        self, exporter: Any, signal: str, endpoint: str | None, *, reconnect: bool = False
+    ) -> Any:
+        """Wrap ``exporter.export`` to log failures and recovery once each (see the class).
+
+        ``reconnect``: after a failed export, give the (gRPC) exporter a fresh channel.
+        """
         self.install()
         export: Callable[..., Any] = exporter.export
         health = self
@@ -145,6 +152,8 @@ class _ExportHealth(logging.Filter):
                 health.in_export[signal] -= 1
             ok = getattr(result, "name", "") == "SUCCESS"
             health.outcome(signal, endpoint, ok, health.local.reason)
+            if not ok and reconnect:
+                _new_channel(exporter)
             return result
 
         exporter.export = watched_export
@@ -171,6 +180,25 @@ class _ExportHealth(logging.Filter):
             )
 
 
+def _new_channel(exporter: Any) -> None:
+    """Replace a gRPC exporter's channel after a failed export.
+
+    The SDK rebuilds the channel after UNAVAILABLE only. After a collector that accepted the
+    connection and never answered (DEADLINE_EXCEEDED), the old channel stays in gRPC's
+    reconnect backoff, up to two minutes, long after the collector is back.
+    """
+    initialize = getattr(exporter, "_initialize_channel_and_stub", None)
+    if initialize is None:  # another SDK version: leave reconnecting to it
+        return
+    try:
+        channel = getattr(exporter, "_channel", None)
+        if channel is not None:
+            channel.close()
+        initialize()
+    except Exception as exc:
+        errors.record("export.reconnect", exc)
+
+
 _MEANWHILE = {
     "spans": "spans wait in a bounded queue, the oldest dropped when it is full",
     "metrics": "the totals are sent at the next export that gets through",
@@ -183,7 +211,12 @@ def _otlp_span_exporter(settings: Settings):  # type: ignore[no-untyped-def]
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     else:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # type: ignore[assignment]
-    return _health.watch(OTLPSpanExporter(), "spans", settings.otlp_traces_endpoint)
+    return _health.watch(
+        OTLPSpanExporter(),
+        "spans",
+        settings.otlp_traces_endpoint,
+        reconnect=settings.otlp_protocol == "grpc",
+    )
 
 
 def _otlp_metric_exporter(settings: Settings):  # type: ignore[no-untyped-def]
@@ -191,7 +224,12 @@ def _otlp_metric_exporter(settings: Settings):  # type: ignore[no-untyped-def]
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
     else:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter  # type: ignore[assignment]
-    return _health.watch(OTLPMetricExporter(), "metrics", settings.otlp_metrics_endpoint)
+    return _health.watch(
+        OTLPMetricExporter(),
+        "metrics",
+        settings.otlp_metrics_endpoint,
+        reconnect=settings.otlp_protocol == "grpc",
+    )
 
 
 def _resource(child: bool = False):  # type: ignore[no-untyped-def]
