@@ -43,15 +43,15 @@ def test_100k_distinct_job_names_keep_memory_and_scrape_bounded(
                 pass
 
     runs(0, 10_000)  # caps full, every series built
+    text_before = scrape_text(url)
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        text_before = scrape_text(url)
         runs(10_000, NAMES)
-        text_after = scrape_text(url)
         growth = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
+    text_after = scrape_text(url)
     record_property("memory_growth_bytes", growth)
     record_property("scrape_bytes", len(text_after))
     print(
