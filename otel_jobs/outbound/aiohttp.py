@@ -21,17 +21,9 @@ only on the run's event, the log and the metric.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..core import errors
-from ..core.patching import Patches
-from ..core.run import current_run
-from .base import Checker, InFlightCall, MissingTimeoutError, host_of
-
-if TYPE_CHECKING:
-    from ..core.agent import Agent
+from .base import Args, CallCheck, Kwargs, MethodAdapter, argument, host_of
 
 LIBRARY = "aiohttp"
 HINT = "pass timeout=aiohttp.ClientTimeout(total=..., sock_connect=..., sock_read=...) to the session or the call"
@@ -47,67 +39,50 @@ def _missing(timeout: Any) -> tuple[str, ...]:
     return ("read",) if read else ()
 
 
-class Adapter:
+def _timeout(args: Args, kwargs: Kwargs) -> tuple[Any, tuple[str, ...]]:
+    from aiohttp import ClientTimeout
+    from aiohttp.helpers import sentinel
+
+    raw = kwargs.get("timeout", sentinel)  # keyword-only in ClientSession._request
+    if raw is sentinel:
+        timeout = args[0].timeout  # the session's
+    elif isinstance(raw, ClientTimeout):
+        timeout = raw
+    else:
+        timeout = ClientTimeout(total=raw)
+    return timeout, _missing(timeout)
+
+
+def _describe(args: Args, kwargs: Kwargs) -> tuple[str, str]:
+    session = args[0]
+    method = argument(args, kwargs, 1, "method", None)
+    url = argument(args, kwargs, 2, "str_or_url", None)
+    if session._base_url is not None and "://" not in str(url):
+        url = session._base_url
+    return str(method).upper(), host_of(url)
+
+
+def _enforce(args: Args, kwargs: Kwargs, timeout: Any, default: float) -> tuple[Args, Kwargs]:
+    import attr
+
+    missing = _missing(timeout)
+    changes = {}
+    if "connect" in missing:
+        changes["sock_connect"] = default
+    if "read" in missing:
+        changes["sock_read"] = default
+    return args, {**kwargs, "timeout": attr.evolve(timeout, **changes)}
+
+
+class Adapter(MethodAdapter):
     """Checks ``ClientSession._request`` (see the module docstring)."""
 
     name = LIBRARY
+    hint = HINT
+    check = CallCheck(_timeout, _describe, _enforce)
+    is_async = True
 
-    def __init__(self, agent: Agent) -> None:
-        self.checker = Checker(agent, LIBRARY, HINT)
-        self.patches = Patches()
+    def target(self) -> tuple[type, str]:
+        from aiohttp import ClientSession
 
-    def install(self) -> None:
-        import attr
-        from aiohttp import ClientSession, ClientTimeout
-        from aiohttp.helpers import sentinel
-
-        checker = self.checker
-
-        def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
-            async def _request(session: Any, method: str, str_or_url: Any, **kwargs: Any) -> Any:
-                run = current_run()
-                checked = False
-                call: InFlightCall | None
-                try:
-                    raw = kwargs.get("timeout", sentinel)
-                    if raw is sentinel:
-                        timeout = session.timeout
-                    elif isinstance(raw, ClientTimeout):
-                        timeout = raw
-                    else:
-                        timeout = ClientTimeout(total=raw)
-                    missing = _missing(timeout)
-                    if missing or run is not None:
-                        url = str_or_url
-                        if session._base_url is not None and "://" not in str(url):
-                            url = session._base_url
-                        call = checker.begin(
-                            run, str(method).upper(), host_of(url), missing, sys._getframe(),
-                            lazy_site=False,
-                        )  # fmt: skip
-                        checked = True
-                        if missing and checker.enforce:
-                            default = checker.default_timeout
-                            changes = {}
-                            if "connect" in missing:
-                                changes["sock_connect"] = default
-                            if "read" in missing:
-                                changes["sock_read"] = default
-                            kwargs["timeout"] = attr.evolve(timeout, **changes)
-                except MissingTimeoutError:
-                    raise
-                except Exception as exc:
-                    errors.record("outbound.aiohttp", exc)
-                if not checked:
-                    return await original(session, method, str_or_url, **kwargs)
-                try:
-                    return await original(session, method, str_or_url, **kwargs)
-                finally:
-                    checker.end(run, call)
-
-            return _request
-
-        self.patches.wrap(ClientSession, "_request", wrap)
-
-    def uninstall(self) -> None:
-        self.patches.undo()
+        return ClientSession, "_request"

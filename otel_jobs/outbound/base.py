@@ -3,7 +3,9 @@
 An adapter (``otel_jobs/outbound/httpx.py``, ``requests.py``, ...) only knows its library: it
 patches the one place where the library's effective timeout of a call is known, computes the
 missing parts cheaply (``()`` when the call has a timeout), and hands a flagged call to
-:class:`Checker`. Everything else happens here:
+:class:`Checker`. An adapter that patches one method says how to read its calls in a
+:class:`CallCheck` and subclasses :class:`MethodAdapter`, whose wrapper (:func:`wrap_sync`,
+:func:`wrap_async`) does the rest. Everything else happens here:
 
 * **Call site.** ``module:function:line`` of the first frame outside the HTTP/DB client
   libraries, OpenTelemetry and otel-jobs itself (:data:`LIBRARY_MODULES`): the line of your
@@ -33,9 +35,12 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -45,7 +50,8 @@ from opentelemetry.trace import SpanKind
 
 from ..core import errors
 from ..core.errors import JobTimeoutError
-from ..core.run import OutboundCall, Run
+from ..core.patching import Patches
+from ..core.run import OutboundCall, Run, current_run
 
 if TYPE_CHECKING:
     from ..core.agent import Agent
@@ -287,9 +293,9 @@ def _reporter_for(agent: Agent) -> _Reporter:
 class Checker:
     """One library's view of the policy: report flagged calls, track calls in flight.
 
-    An adapter's wrapper does the cheap check itself, then calls :meth:`begin` only for a call
-    that is flagged (``missing`` not empty) or made inside a run, and :meth:`end` when that
-    call returns or raises::
+    An adapter's wrapper (:func:`wrap_sync` / :func:`wrap_async`, or its own) does the cheap
+    check itself, then calls :meth:`begin` only for a call that is flagged (``missing`` not
+    empty) or made inside a run, and :meth:`end` when that call returns or raises::
 
         run = current_run()
         checked = False
@@ -422,3 +428,154 @@ def fill(value: float | None, default: float) -> float:
 #: True while a sync HTTP call is being checked: a library that calls another one underneath
 #: (requests over urllib3, urllib3 retrying, urllib following a redirect) is checked once.
 nested: contextvars.ContextVar[bool] = contextvars.ContextVar("otel_jobs_outbound", default=False)
+
+
+# --- the wrappers --------------------------------------------------------------------------
+
+Args = tuple[Any, ...]
+Kwargs = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CallCheck:
+    """How an adapter reads one library call, for :func:`wrap_sync` / :func:`wrap_async`.
+
+    Each function gets the wrapped call's ``args`` (``self`` first) and ``kwargs``:
+
+    * ``timeout(args, kwargs)``: the call's effective timeout and its missing parts (``()``
+      when nothing is missing); called on every call, so it must be cheap.
+    * ``describe(args, kwargs)``: ``(method, host)``, or None for a call that makes no network
+      call (never flagged); called only for a flagged call or one made inside a run.
+    * ``enforce(args, kwargs, timeout, default)``: the ``args`` and ``kwargs`` to call with
+      under ``enforce``, ``default`` on the missing parts only.
+    """
+
+    timeout: Callable[[Args, Kwargs], tuple[Any, tuple[str, ...]]]
+    describe: Callable[[Args, Kwargs], tuple[str, str] | None]
+    enforce: Callable[[Args, Kwargs, Any, float], tuple[Args, Kwargs]]
+
+
+def _begin(
+    checker: Checker,
+    check: CallCheck,
+    run: Run | None,
+    args: Args,
+    kwargs: Kwargs,
+    frame: FrameType,
+    lazy_site: bool,
+) -> tuple[bool, InFlightCall | None, Args, Kwargs]:
+    """Check one call: whether it is checked, its in-flight entry, the arguments to call with."""
+    checked = False
+    call = None
+    try:
+        timeout, missing = check.timeout(args, kwargs)
+        if missing or run is not None:
+            described = check.describe(args, kwargs)
+            if described is not None:
+                method, host = described
+                call = checker.begin(run, method, host, missing, frame, lazy_site=lazy_site)
+                checked = True  # from here on, checker.end must follow the call
+                if missing and checker.enforce:
+                    args, kwargs = check.enforce(args, kwargs, timeout, checker.default_timeout)
+    except MissingTimeoutError:
+        raise
+    except Exception as exc:  # otel-jobs' own fault: the call goes on as it was made
+        errors.record(f"outbound.{checker.library}", exc)
+    return checked, call, args, kwargs
+
+
+def wrap_sync(
+    checker: Checker, check: CallCheck, original: Callable[..., Any]
+) -> Callable[..., Any]:
+    """``original`` checked by ``checker`` (see :class:`CallCheck`); a call made underneath
+    another checked sync call (requests over urllib3, a retry, a redirect) is not checked again.
+
+    >>> patches.wrap(HTTPAdapter, "send", lambda original: wrap_sync(checker, CHECK, original))
+    """
+
+    def checked_call(*args: Any, **kwargs: Any) -> Any:
+        if nested.get():
+            return original(*args, **kwargs)
+        run = current_run()
+        token = nested.set(True)
+        try:
+            checked, call, args, kwargs = _begin(
+                checker, check, run, args, kwargs, sys._getframe(), lazy_site=True
+            )
+            if not checked:
+                return original(*args, **kwargs)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                checker.end(run, call)
+        finally:
+            nested.reset(token)
+
+    return checked_call
+
+
+def wrap_async(
+    checker: Checker, check: CallCheck, original: Callable[..., Any]
+) -> Callable[..., Any]:
+    """The coroutine ``original`` checked by ``checker`` (see :class:`CallCheck`).
+
+    >>> patches.wrap(ClientSession, "_request", lambda original: wrap_async(checker, CHECK, original))
+    """
+
+    async def checked_call(*args: Any, **kwargs: Any) -> Any:
+        run = current_run()
+        # A suspended coroutine's frame has no f_back: the call site is found now.
+        checked, call, args, kwargs = _begin(
+            checker, check, run, args, kwargs, sys._getframe(), lazy_site=False
+        )
+        if not checked:
+            return await original(*args, **kwargs)
+        try:
+            return await original(*args, **kwargs)
+        finally:
+            checker.end(run, call)
+
+    return checked_call
+
+
+def argument(args: Args, kwargs: Kwargs, index: int, name: str, default: Any) -> Any:
+    """The argument at ``args[index]`` or ``kwargs[name]`` (``default`` when not passed)."""
+    return args[index] if len(args) > index else kwargs.get(name, default)
+
+
+def with_argument(
+    args: Args, kwargs: Kwargs, index: int, name: str, value: Any
+) -> tuple[Args, Kwargs]:
+    """``args`` and ``kwargs`` with the argument at ``args[index]`` or ``kwargs[name]`` set."""
+    if len(args) > index:
+        return (*args[:index], value, *args[index + 1 :]), kwargs
+    return args, {**kwargs, name: value}
+
+
+class MethodAdapter:
+    """An adapter that checks the calls of one method of its library: its ``target()``.
+
+    A subclass gives its library's ``name``, its ``hint`` (how to fix a call), its
+    :class:`CallCheck` and ``target()`` (the class and the method's name, imported only at
+    install time); ``is_async`` for a coroutine method.
+    """
+
+    name: str
+    hint: str
+    check: CallCheck
+    is_async = False
+
+    def __init__(self, agent: Agent) -> None:
+        self.checker = Checker(agent, self.name, self.hint)
+        self.patches = Patches()
+
+    def target(self) -> tuple[type, str]:
+        raise NotImplementedError
+
+    def install(self) -> None:
+        owner, method = self.target()
+        wrap = wrap_async if self.is_async else wrap_sync
+        self.patches.wrap(owner, method, lambda original: wrap(self.checker, self.check, original))
+
+    def uninstall(self) -> None:
+        self.patches.undo()

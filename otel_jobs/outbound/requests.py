@@ -17,92 +17,57 @@ The urllib3 check underneath does not count the same call again.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..core import errors
-from ..core.patching import Patches
-from ..core.run import current_run
-from .base import Checker, MissingTimeoutError, host_of, nested
+from .base import (
+    Args,
+    CallCheck,
+    Kwargs,
+    MethodAdapter,
+    argument,
+    host_of,
+    with_argument,
+)
 from .urllib3 import enforced, timeout_missing
-
-if TYPE_CHECKING:
-    from ..core.agent import Agent
 
 LIBRARY = "requests"
 HINT = "pass timeout=(connect, read) to every call, e.g. requests.get(url, timeout=(3.05, 30))"
+_TIMEOUT_AT = 3  # HTTPAdapter.send(self, request, stream, timeout, ...)
 
 
-class Adapter:
+def _timeout(args: Args, kwargs: Kwargs) -> tuple[Any, tuple[str, ...]]:
+    from urllib3.util.timeout import Timeout
+
+    raw = argument(args, kwargs, _TIMEOUT_AT, "timeout", None)
+    if raw is None:
+        return None, ("connect", "read")
+    if isinstance(raw, tuple):
+        timeout = Timeout(connect=raw[0], read=raw[1])
+    elif isinstance(raw, Timeout):
+        timeout = raw
+    else:
+        timeout = Timeout(connect=raw, read=raw)
+    return timeout, timeout_missing(timeout)
+
+
+def _describe(args: Args, kwargs: Kwargs) -> tuple[str, str]:
+    request = argument(args, kwargs, 1, "request", None)
+    return str(request.method), host_of(request.url)
+
+
+def _enforce(args: Args, kwargs: Kwargs, timeout: Any, default: float) -> tuple[Args, Kwargs]:
+    new = (default, default) if timeout is None else enforced(timeout, default)
+    return with_argument(args, kwargs, _TIMEOUT_AT, "timeout", new)
+
+
+class Adapter(MethodAdapter):
     """Checks ``HTTPAdapter.send`` (see the module docstring)."""
 
     name = LIBRARY
+    hint = HINT
+    check = CallCheck(_timeout, _describe, _enforce)
 
-    def __init__(self, agent: Agent) -> None:
-        self.checker = Checker(agent, LIBRARY, HINT)
-        self.patches = Patches()
-
-    def install(self) -> None:
+    def target(self) -> tuple[type, str]:
         from requests.adapters import HTTPAdapter
-        from urllib3.util.timeout import Timeout
 
-        checker = self.checker
-
-        def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
-            def send(adapter: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-                if nested.get():
-                    return original(adapter, request, *args, **kwargs)
-                run = current_run()
-                checked = False
-                token = nested.set(True)
-                try:
-                    try:
-                        raw = args[1] if len(args) >= 2 else kwargs.get("timeout")
-                        if raw is None:
-                            timeout = None
-                            missing: tuple[str, ...] = ("connect", "read")
-                        else:
-                            if isinstance(raw, tuple):
-                                timeout = Timeout(connect=raw[0], read=raw[1])
-                            elif isinstance(raw, Timeout):
-                                timeout = raw
-                            else:
-                                timeout = Timeout(connect=raw, read=raw)
-                            missing = timeout_missing(timeout)
-                        if missing or run is not None:
-                            host = host_of(request.url)
-                            call = checker.begin(
-                                run, str(request.method), host, missing, sys._getframe()
-                            )
-                            checked = True
-                            if missing and checker.enforce:
-                                default = checker.default_timeout
-                                new = (
-                                    (default, default)
-                                    if timeout is None
-                                    else enforced(timeout, default)
-                                )
-                                if len(args) >= 2:
-                                    args = (args[0], new, *args[2:])
-                                else:
-                                    kwargs["timeout"] = new
-                    except MissingTimeoutError:
-                        raise
-                    except Exception as exc:
-                        errors.record("outbound.requests", exc)
-                    if not checked:
-                        return original(adapter, request, *args, **kwargs)
-                    try:
-                        return original(adapter, request, *args, **kwargs)
-                    finally:
-                        checker.end(run, call)
-                finally:
-                    nested.reset(token)
-
-            return send
-
-        self.patches.wrap(HTTPAdapter, "send", wrap)
-
-    def uninstall(self) -> None:
-        self.patches.undo()
+        return HTTPAdapter, "send"

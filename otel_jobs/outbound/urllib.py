@@ -17,90 +17,58 @@ Redirects followed inside one call are not counted again.
 from __future__ import annotations
 
 import socket
-import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..core import errors
-from ..core.patching import Patches
-from ..core.run import current_run
-from .base import Checker, MissingTimeoutError, host_of, nested
-
-if TYPE_CHECKING:
-    from ..core.agent import Agent
+from .base import (
+    Args,
+    CallCheck,
+    Kwargs,
+    MethodAdapter,
+    argument,
+    host_of,
+    with_argument,
+)
 
 LIBRARY = "urllib"
 HINT = "pass timeout= to urlopen() / opener.open(), or call socket.setdefaulttimeout() at start-up"
 _LOCAL_SCHEMES = ("file", "data")
 _MISSING = ("connect", "read")
+_TIMEOUT_AT = 3  # OpenerDirector.open(self, fullurl, data, timeout)
+_UNSET = socket._GLOBAL_DEFAULT_TIMEOUT  # type: ignore[attr-defined]
 
 
-def _describe(fullurl: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str]:
-    """The URL and method of ``open(fullurl, data=None, ...)``."""
+def _timeout(args: Args, kwargs: Kwargs) -> tuple[Any, tuple[str, ...]]:
+    timeout = argument(args, kwargs, _TIMEOUT_AT, "timeout", _UNSET)
+    if timeout is _UNSET:
+        timeout = socket.getdefaulttimeout()
+    return timeout, _MISSING if timeout is None else ()
+
+
+def _describe(args: Args, kwargs: Kwargs) -> tuple[str, str] | None:
+    """The method and host of ``open(fullurl, data=None, ...)``; None for a local URL."""
+    fullurl = argument(args, kwargs, 1, "fullurl", None)
     if isinstance(fullurl, str):
-        data = args[0] if args else kwargs.get("data")
-        return fullurl, "GET" if data is None else "POST"
-    return fullurl.full_url, fullurl.get_method()
+        url = fullurl
+        method = "GET" if argument(args, kwargs, 2, "data", None) is None else "POST"
+    else:
+        url, method = fullurl.full_url, fullurl.get_method()
+    if url.partition(":")[0].lower() in _LOCAL_SCHEMES:
+        return None
+    return method, host_of(url)
 
 
-class Adapter:
+def _enforce(args: Args, kwargs: Kwargs, timeout: Any, default: float) -> tuple[Args, Kwargs]:
+    return with_argument(args, kwargs, _TIMEOUT_AT, "timeout", default)
+
+
+class Adapter(MethodAdapter):
     """Checks ``OpenerDirector.open`` (see the module docstring)."""
 
     name = LIBRARY
+    hint = HINT
+    check = CallCheck(_timeout, _describe, _enforce)
 
-    def __init__(self, agent: Agent) -> None:
-        self.checker = Checker(agent, LIBRARY, HINT)
-        self.patches = Patches()
-
-    def install(self) -> None:
+    def target(self) -> tuple[type, str]:
         import urllib.request
 
-        checker = self.checker
-        default_sentinel = socket._GLOBAL_DEFAULT_TIMEOUT  # type: ignore[attr-defined]
-
-        def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
-            def open(opener: Any, fullurl: Any, *args: Any, **kwargs: Any) -> Any:
-                if nested.get():
-                    return original(opener, fullurl, *args, **kwargs)
-                run = current_run()
-                checked = False
-                token = nested.set(True)
-                try:
-                    try:
-                        timeout = (
-                            args[1] if len(args) >= 2 else kwargs.get("timeout", default_sentinel)
-                        )
-                        if timeout is default_sentinel:
-                            timeout = socket.getdefaulttimeout()
-                        missing = _MISSING if timeout is None else ()
-                        if missing or run is not None:
-                            url, method = _describe(fullurl, args, kwargs)
-                            if url.partition(":")[0].lower() not in _LOCAL_SCHEMES:
-                                call = checker.begin(
-                                    run, method, host_of(url), missing, sys._getframe()
-                                )
-                                checked = True
-                            if checked and missing and checker.enforce:
-                                if len(args) >= 2:
-                                    args = (args[0], checker.default_timeout, *args[2:])
-                                else:
-                                    kwargs["timeout"] = checker.default_timeout
-                    except MissingTimeoutError:
-                        raise
-                    except Exception as exc:
-                        errors.record("outbound.urllib", exc)
-                    if not checked:
-                        return original(opener, fullurl, *args, **kwargs)
-                    try:
-                        return original(opener, fullurl, *args, **kwargs)
-                    finally:
-                        checker.end(run, call)
-                finally:
-                    nested.reset(token)
-
-            return open
-
-        self.patches.wrap(urllib.request.OpenerDirector, "open", wrap)
-
-    def uninstall(self) -> None:
-        self.patches.undo()
+        return urllib.request.OpenerDirector, "open"

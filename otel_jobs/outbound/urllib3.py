@@ -18,20 +18,24 @@ redirects that urllib3 makes inside one call are not counted again.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..core import errors
-from ..core.patching import Patches
-from ..core.run import current_run
-from .base import Checker, MissingTimeoutError, fill, format_host, nested
-
-if TYPE_CHECKING:
-    from ..core.agent import Agent
+from .base import (
+    Args,
+    CallCheck,
+    Kwargs,
+    MethodAdapter,
+    argument,
+    fill,
+    format_host,
+    with_argument,
+)
 
 LIBRARY = "urllib3"
 HINT = "pass timeout=urllib3.Timeout(connect=..., read=...) to the call or to the PoolManager"
+# HTTPConnectionPool.urlopen(self, method, url, body, headers, retries, redirect,
+# assert_same_host, timeout, ...)
+_TIMEOUT_AT = 8
 
 
 def timeout_missing(timeout: Any) -> tuple[str, ...]:
@@ -57,69 +61,37 @@ def enforced(timeout: Any, default: float) -> Any:
     return Timeout(connect=fill(connect, default), read=fill(read, default), total=timeout.total)
 
 
-class Adapter:
+def _timeout(args: Args, kwargs: Kwargs) -> tuple[Any, tuple[str, ...]]:
+    from urllib3.util.timeout import _DEFAULT_TIMEOUT, Timeout
+
+    raw = argument(args, kwargs, _TIMEOUT_AT, "timeout", _DEFAULT_TIMEOUT)
+    if raw is _DEFAULT_TIMEOUT:
+        timeout = args[0].timeout  # the pool's
+    elif isinstance(raw, Timeout):
+        timeout = raw
+    else:
+        timeout = Timeout.from_float(raw)
+    return timeout, timeout_missing(timeout)
+
+
+def _describe(args: Args, kwargs: Kwargs) -> tuple[str, str]:
+    pool = args[0]
+    method = argument(args, kwargs, 1, "method", None)
+    return str(method), format_host(pool.host, pool.port)
+
+
+def _enforce(args: Args, kwargs: Kwargs, timeout: Any, default: float) -> tuple[Args, Kwargs]:
+    return with_argument(args, kwargs, _TIMEOUT_AT, "timeout", enforced(timeout, default))
+
+
+class Adapter(MethodAdapter):
     """Checks ``HTTPConnectionPool.urlopen`` (see the module docstring)."""
 
     name = LIBRARY
+    hint = HINT
+    check = CallCheck(_timeout, _describe, _enforce)
 
-    def __init__(self, agent: Agent) -> None:
-        self.checker = Checker(agent, LIBRARY, HINT)
-        self.patches = Patches()
-
-    def install(self) -> None:
+    def target(self) -> tuple[type, str]:
         from urllib3.connectionpool import HTTPConnectionPool
-        from urllib3.util.timeout import _DEFAULT_TIMEOUT, Timeout
 
-        checker = self.checker
-
-        def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
-            def urlopen(pool: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-                if nested.get():
-                    return original(pool, method, url, *args, **kwargs)
-                run = current_run()
-                checked = False
-                token = nested.set(True)
-                try:
-                    try:
-                        if (
-                            len(args) >= 6
-                        ):  # body, headers, retries, redirect, assert_same_host, timeout
-                            raw = args[5]
-                        else:
-                            raw = kwargs.get("timeout", _DEFAULT_TIMEOUT)
-                        if raw is _DEFAULT_TIMEOUT:
-                            timeout = pool.timeout
-                        elif isinstance(raw, Timeout):
-                            timeout = raw
-                        else:
-                            timeout = Timeout.from_float(raw)
-                        missing = timeout_missing(timeout)
-                        if missing or run is not None:
-                            host = format_host(pool.host, pool.port)
-                            call = checker.begin(run, str(method), host, missing, sys._getframe())
-                            checked = True
-                            if missing and checker.enforce:
-                                new = enforced(timeout, checker.default_timeout)
-                                if len(args) >= 6:
-                                    args = (*args[:5], new, *args[6:])
-                                else:
-                                    kwargs["timeout"] = new
-                    except MissingTimeoutError:
-                        raise
-                    except Exception as exc:
-                        errors.record("outbound.urllib3", exc)
-                    if not checked:
-                        return original(pool, method, url, *args, **kwargs)
-                    try:
-                        return original(pool, method, url, *args, **kwargs)
-                    finally:
-                        checker.end(run, call)
-                finally:
-                    nested.reset(token)
-
-            return urlopen
-
-        self.patches.wrap(HTTPConnectionPool, "urlopen", wrap)
-
-    def uninstall(self) -> None:
-        self.patches.undo()
+        return HTTPConnectionPool, "urlopen"
