@@ -34,6 +34,7 @@ from .exposition import MetricsServer, serve
 from .multiprocess import MergedCollector, ProcessShare
 from .run import Run
 from .telemetry import Telemetry
+from .textformat import TextWriter
 
 logger = logging.getLogger("otel_jobs")
 
@@ -62,6 +63,7 @@ class Agent:
         self.share = ProcessShare(directory, os.getpid())
         self.server: MetricsServer | None = None
         self.server_error: OSError | None = None
+        self.text_writer: TextWriter | None = None
         self.adapters: list[
             Any
         ] = []  # installed integrations and outbound adapters (have .uninstall())
@@ -80,6 +82,13 @@ class Agent:
 
             endpoint = CollectorRegistry(auto_describe=False)
             endpoint.register(MergedCollector(self.share, self.telemetry.registry))
+            share = self.share
+            writer = self.text_writer = TextWriter(self.telemetry)
+
+            def fast() -> bytes | None:
+                # With forked children's snapshots to merge, prometheus-client serves the merge.
+                return writer.render() if share.alone() else None
+
             try:
                 self.server = serve(
                     endpoint,
@@ -88,6 +97,7 @@ class Agent:
                     certfile=settings.prometheus_certfile,
                     keyfile=settings.prometheus_keyfile,
                     basic_auth=settings.prometheus_basic_auth,
+                    fast=fast,
                 )
             except OSError as exc:
                 self.server_error = exc

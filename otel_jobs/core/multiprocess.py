@@ -147,6 +147,13 @@ class ProcessShare:
                 f.write(data)
             os.replace(tmp, path)
 
+    def alone(self) -> bool:
+        """True when no forked child has left metrics (nothing to merge into the owner's)."""
+        try:
+            return not self._archive and all(pid == self.owner_pid for pid, _ in self.children())
+        except Exception:
+            return False
+
     def children(self) -> Iterator[tuple[int, str]]:
         try:
             names = os.listdir(self.directory)
@@ -207,13 +214,7 @@ class MergedCollector:
 
     def collect(self) -> Iterator[Metric]:
         share = self._share
-        try:
-            alone = not share._archive and all(
-                pid == share.owner_pid for pid, _ in share.children()
-            )
-        except Exception:
-            alone = False
-        if alone:
+        if share.alone():
             # No forked child has left metrics: serve the owner's families as they are (minus the
             # creation timestamps, as merging does), without the copy, sort and rebuild of a
             # merge, which doubles the cost of a scrape (bench/bench_scrape.py).

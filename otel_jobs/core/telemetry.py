@@ -447,6 +447,10 @@ class _InflightCollector:
             for labels, value in samples:
                 family.add_metric([labels[k] for k in labelnames], value)
             yield family
+        yield from self.other_families()
+
+    def other_families(self) -> Iterator[Metric]:
+        """The families not derived from the runs (also written so by core/textformat.py)."""
         findings = GaugeMetricFamily(
             "otel_jobs_config_finding", "A queue configuration mistake found at start-up (1 while it stands).",
             labels=["framework", "finding"],
