@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import otel_jobs
+from tests.integrations.workers import start, stop, wait_for, worker_env
 from tests.support import Samples, free_port, require_redis, scrape
 
 pytestmark = pytest.mark.broker
@@ -99,24 +98,6 @@ WORKER_APP = textwrap.dedent(
 )
 
 
-def wait_for(
-    what: str, check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1
-) -> Any:
-    """Poll ``check`` until it returns something truthy (generous deadline: slow machines)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (OSError, AssertionError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
-
-
 class ArqWorker:
     def __init__(self, queue: str, url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
         self.queue = queue
@@ -171,36 +152,20 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArqWorker]:
     (directory / "arq_test_app.py").write_text(WORKER_APP % {"db": REDIS_DB})
     port = free_port()
     queue = f"otel-jobs-test-arq-{uuid.uuid4().hex[:8]}"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(directory), str(Path(__file__).parents[2])]),
-        "TEST_METRICS_PORT": str(port),
-        "TEST_QUEUE": queue,
-    }
-    for name in list(env):
-        if name.startswith("OTEL_"):
-            del env[name]
+    env = worker_env(
+        PYTHONPATH=os.pathsep.join([str(directory), str(Path(__file__).parents[2])]),
+        TEST_METRICS_PORT=str(port),
+        TEST_QUEUE=queue,
+    )
     log = directory / "worker.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "arq", "arq_test_app.WorkerSettings"],
-            cwd=directory,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = start([sys.executable, "-m", "arq", "arq_test_app.WorkerSettings"], log, env, directory)
     url = f"http://127.0.0.1:{port}/metrics"
     running = ArqWorker(queue, url, proc, log)
     try:
         wait_for("the worker's /metrics", lambda: proc.poll() is None and running.scrape())
         yield running
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=30)
         import redis
 
         client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)

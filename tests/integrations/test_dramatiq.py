@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import textwrap
 import threading
@@ -18,6 +17,7 @@ import pytest
 from opentelemetry import trace
 
 import otel_jobs
+from tests.integrations.workers import GroupWorker, purge_dramatiq, start
 from tests.support import Samples, free_port, require_rabbitmq, require_redis, scrape
 
 dramatiq = pytest.importorskip("dramatiq")
@@ -113,7 +113,7 @@ LAUNCHER = textwrap.dedent(
 )
 
 
-class Worker:
+class Worker(GroupWorker):
     """A dramatiq CLI worker in its own session, killed with its processes at the end."""
 
     def __init__(self, tmp_path: Path, broker_url: str, launcher: str) -> None:
@@ -147,41 +147,11 @@ class Worker:
         else:
             command = [sys.executable, str(tmp_path / "dq_launcher.py")]
         self.log = tmp_path / "worker.log"
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [*command, "dq_app", "--processes", "2", "--threads", "2"],
-                cwd=tmp_path, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
+        self.proc = start(
+            [*command, "dq_app", "--processes", "2", "--threads", "2"],
+            self.log, self.env, tmp_path, new_session=True,
+        )  # fmt: skip
         sys.path.insert(0, str(tmp_path))
-
-    def stop(self) -> None:
-        # The hung actor never returns, so a graceful stop would wait for it: kill the group.
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=30)
-
-    def wait_for(self, done: Callable[[Samples], bool], what: str, timeout: float = 120) -> Samples:
-        """Poll /metrics until ``done(samples)``; a generous deadline, not a timing assertion."""
-        deadline = time.monotonic() + timeout
-        last: Samples | None = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"worker exited ({self.proc.returncode}):\n{self.tail()}")
-            try:
-                last = scrape(self.url)
-            except OSError:
-                last = None
-            if last is not None and done(last):
-                return last
-            time.sleep(0.3)
-        text = last.text if last is not None else "(no scrape)"
-        pytest.fail(f"timed out waiting for {what}\n--- /metrics\n{text}\n--- log\n{self.tail()}")
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-6000:]
 
 
 @pytest.fixture
@@ -198,26 +168,6 @@ def worker_factory(tmp_path: Path) -> Iterator[Callable[[str, str], Worker]]:
         worker.stop()
     sys.path[:] = [p for p in sys.path if p != str(tmp_path)]
     sys.modules.pop("dq_app", None)
-
-
-def _purge(broker_url: str, queue: str) -> None:
-    if broker_url.startswith("redis"):
-        import redis
-
-        client = redis.Redis.from_url(broker_url)
-        keys = list(client.scan_iter(f"dramatiq:{queue}*"))
-        keys += client.scan_iter(f"dramatiq:__acks__.*.{queue}*")  # per worker, per queue
-        if keys:
-            client.delete(*keys)
-        client.close()
-        return
-    import pika
-
-    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
-    channel = connection.channel()
-    for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
-        channel.queue_delete(name)
-    connection.close()
 
 
 @pytest.mark.parametrize(
@@ -333,7 +283,7 @@ def test_real_worker_outcomes_limits_stalls_and_exact_counts(
         assert 0 <= wait <= (t_seen - t_sent) - 3.0 + 0.01, wait
     finally:
         worker.stop()
-        _purge(broker_url, q)
+        purge_dramatiq(broker_url, q)
 
 
 def test_plain_cli_with_instrument_in_the_module_says_how_to_fix_it(
@@ -352,7 +302,7 @@ def test_plain_cli_with_instrument_in_the_module_says_how_to_fix_it(
         assert "another process already serves /metrics" in worker.tail()
     finally:
         worker.stop()
-        _purge(REDIS_URL, worker.queue)
+        purge_dramatiq(REDIS_URL, worker.queue)
 
 
 def test_reload_with_sighup_reexecutes_the_launcher(
@@ -392,7 +342,7 @@ def test_reload_with_sighup_reexecutes_the_launcher(
             os.environ.pop(key, None)
         dramatiq.set_broker(global_broker)  # type: ignore[arg-type]
         worker.stop()
-        _purge(REDIS_URL, q)
+        purge_dramatiq(REDIS_URL, q)
 
 
 # --- in process: install/uninstall, and the spans of a real worker on Redis ------------------
@@ -466,7 +416,7 @@ def test_spans_of_an_in_process_worker(instrumented: Callable[..., object], span
     finally:
         worker.stop()
         broker.close()
-        _purge(REDIS_URL, queue)
+        purge_dramatiq(REDIS_URL, queue)
     spans = {s.name: s for s in span_exporter.get_finished_spans()}
     ok, boom = spans["span_ok"], spans["span_boom"]
     assert ok.attributes["job.framework"] == "dramatiq"

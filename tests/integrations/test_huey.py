@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import re
-import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -18,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import otel_jobs
+from tests.integrations.workers import GroupWorker, purge_huey, start
 from tests.support import Samples, free_port, require_redis, scrape
 
 huey_lib = pytest.importorskip("huey")
@@ -106,7 +104,7 @@ APP = textwrap.dedent(
 )
 
 
-class Consumer:
+class Consumer(GroupWorker):
     """A huey_consumer in its own session, killed with its worker processes at the end."""
 
     def __init__(self, tmp_path: Path, worker_type: str) -> None:
@@ -130,40 +128,11 @@ class Consumer:
         }
         self.log = tmp_path / "consumer.log"
         consumer = str(Path(sys.executable).parent / "huey_consumer")
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, consumer, "hq_app.huey", "-k", worker_type, "-w", "2", "-d", "0.1",
-                 "-m", "0.2", "--no-periodic"],
-                cwd=tmp_path, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-
-    def stop(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=30)
-
-    def wait_for(self, done: Callable[[Samples], bool], what: str, timeout: float = 120) -> Samples:
-        """Poll /metrics until ``done(samples)``; a generous deadline, not a timing assertion."""
-        deadline = time.monotonic() + timeout
-        last: Samples | None = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"consumer exited ({self.proc.returncode}):\n{self.tail()}")
-            try:
-                last = scrape(self.url)
-            except OSError:
-                last = None
-            if last is not None and done(last):
-                return last
-            time.sleep(0.3)
-        text = last.text if last is not None else "(no scrape)"
-        pytest.fail(f"timed out waiting for {what}\n--- /metrics\n{text}\n--- log\n{self.tail()}")
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-6000:]
+        self.proc = start(
+            [sys.executable, consumer, "hq_app.huey", "-k", worker_type, "-w", "2", "-d", "0.1",
+             "-m", "0.2", "--no-periodic"],
+            self.log, self.env, tmp_path, new_session=True,
+        )  # fmt: skip
 
     def producer(self) -> RedisHuey:
         """The same app module, imported here as the producer (not instrumented)."""
@@ -189,22 +158,11 @@ def consumer_factory(tmp_path: Path) -> Iterator[Callable[[str], Consumer]]:
     yield start
     for consumer in started:
         consumer.stop()
-        _purge(consumer.name)
+        purge_huey(REDIS_URL, consumer.name)
     for key in [k for k in os.environ if k.startswith("HQ_")]:
         del os.environ[key]
     sys.path[:] = [p for p in sys.path if p != str(tmp_path)]
     sys.modules.pop("hq_app", None)
-
-
-def _purge(name: str) -> None:
-    import redis
-
-    clean = re.sub("[^A-Za-z0-9_]", "", name)  # the name RedisStorage uses in its keys
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(f"huey.*.{clean}"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def test_process_workers_outcomes_timeout_skips_stall_and_exact_counts(

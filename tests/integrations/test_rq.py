@@ -23,14 +23,13 @@ from rq.job import JobStatus
 from tests.integrations.rq_support import (
     JOBS,
     REDIS_URL,
-    WAIT,
     RQWorker,
     SpanReceiver,
     all_done,
     launch_workers,
     statuses,
-    wait_for,
 )
+from tests.integrations.workers import WAIT, wait_for
 from tests.support import Samples, require_redis
 
 pytestmark = pytest.mark.broker

@@ -14,7 +14,8 @@ from redis import Redis
 from rq import Queue, Retry
 
 from otel_jobs.integrations import rq as rq_integration
-from tests.integrations.rq_support import JOBS, RQWorker, launch_workers, wait_for
+from tests.integrations.rq_support import JOBS, RQWorker, launch_workers
+from tests.integrations.workers import wait_for
 from tests.support import require_redis
 
 AUDIT_URL = "redis://127.0.0.1:6379/10"

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from tests.integrations.rq_support import ROOT, kill_tree, wait_for
+from tests.integrations.rq_support import ROOT, kill_tree
+from tests.integrations.workers import wait_for
 from tests.support import free_port, require_redis, scrape
 
 EXAMPLE = ROOT / "examples" / "rq"
