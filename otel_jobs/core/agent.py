@@ -85,9 +85,9 @@ class Agent:
             share = self.share
             writer = self.text_writer = TextWriter(self.telemetry)
 
-            def fast() -> bytes | None:
+            def fast(encoder: Any) -> bytes | None:
                 # With forked children's snapshots to merge, prometheus-client serves the merge.
-                return writer.render() if share.alone() else None
+                return writer.render(encoder) if share.alone() else None
 
             try:
                 self.server = serve(

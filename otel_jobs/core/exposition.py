@@ -4,10 +4,10 @@ Served with prometheus-client's own WSGI app from a daemon thread, on
 ``OTEL_JOBS_PROMETHEUS_ADDR:OTEL_JOBS_PROMETHEUS_PORT`` (``127.0.0.1:9464`` by default: a
 worker's metrics are not published to the network unless you bind another address).
 Optional TLS (``OTEL_JOBS_PROMETHEUS_CERTFILE`` / ``_KEYFILE``) and HTTP basic auth
-(``OTEL_JOBS_PROMETHEUS_BASIC_AUTH="user:password"``). A plain text scrape of a worker with no
-forked children is written by otel-jobs' own writer (:mod:`otel_jobs.core.textformat`, same
-output, several times faster); OpenMetrics, the text format 1.0.0 and ``name[]`` filters are
-served by prometheus-client.
+(``OTEL_JOBS_PROMETHEUS_BASIC_AUTH="user:password"``). A scrape of a worker with no forked
+children (text format or OpenMetrics 1.0.0) is written by otel-jobs' own writer
+(:mod:`otel_jobs.core.textformat`: the same output, about ten times faster); ``name[]`` filters
+and the merge with forked children's metrics are served by prometheus-client.
 
 If the port is taken, :func:`serve` raises ``OSError``; ``instrument()`` logs it with the
 fix and the worker goes on running its jobs without an endpoint.
@@ -28,7 +28,7 @@ from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
-from prometheus_client.exposition import choose_encoder, generate_latest, gzip_accepted
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -96,8 +96,8 @@ class MetricsServer:
             pass
 
 
-def _with_fast_text(app: WSGIApp, fast: Callable[[], bytes | None]) -> WSGIApp:
-    """Serve ``fast()`` for a plain text scrape; anything else (or ``None``) goes to ``app``."""
+def _with_fast_text(app: WSGIApp, fast: Callable[[Any], bytes | None]) -> WSGIApp:
+    """Serve ``fast(encoder)`` for a scrape; ``None`` (or a filter, a HEAD...) goes to ``app``."""
 
     def fast_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if (
@@ -105,10 +105,10 @@ def _with_fast_text(app: WSGIApp, fast: Callable[[], bytes | None]) -> WSGIApp:
             and environ.get("PATH_INFO") != "/favicon.ico"
             and "name[]" not in parse_qs(environ.get("QUERY_STRING", ""))
         ):
-            # The same negotiation as prometheus-client's app: OpenMetrics and the text format
-            # 1.0.0 stay with it; the 0.0.4 text format (what it serves by default) is written here.
+            # The same negotiation as prometheus-client's app (Prometheus asks for OpenMetrics
+            # first, curl gets the text format); ``fast`` declines the encoders it cannot match.
             encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
-            body = fast() if encoder is generate_latest else None
+            body = fast(encoder)
             if body is not None:
                 headers = [("Content-Type", content_type)]
                 if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
@@ -129,12 +129,13 @@ def serve(
     certfile: str | None = None,
     keyfile: str | None = None,
     basic_auth: str | None = None,
-    fast: Callable[[], bytes | None] | None = None,
+    fast: Callable[[Any], bytes | None] | None = None,
 ) -> MetricsServer:
     """Start serving ``registry`` on ``addr:port`` (port 0: a free port).
 
-    ``fast``, if given, is asked first for the body of a plain text scrape (see
-    :mod:`otel_jobs.core.textformat`); when it returns ``None`` the registry is served.
+    ``fast``, if given, is asked first for the body of a scrape, with the encoder
+    prometheus-client chose for it (see :mod:`otel_jobs.core.textformat`); when it returns
+    ``None`` the registry is served by prometheus-client.
     """
     app: WSGIApp = make_wsgi_app(registry)
     if fast is not None:

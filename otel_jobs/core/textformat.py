@@ -25,14 +25,16 @@ output instead, as it did before.
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import values as _pc_values
 from prometheus_client.core import Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.openmetrics import exposition as _om
 from prometheus_client.utils import floatToGoString
 
 from . import errors
@@ -62,9 +64,29 @@ def _labels(names: Any, values: Any) -> str:
     return ",".join(f'{k}="{_escape(v)}"' for k, v in zip(names, values, strict=True))
 
 
-def _header(name: str, help_text: str, kind: str) -> str:
-    help_text = help_text.replace("\\", r"\\").replace("\n", r"\n")
-    return f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"
+Encoder = Callable[[Any], bytes]
+
+# Escaping schemes that leave otel-jobs' metric and label names (legacy names) as they are.
+_PLAIN_NAMES = (_om.UNDERSCORES, _om.VALUES, _om.ALLOWUTF8)
+
+
+def format_of(encoder: Encoder) -> str | None:
+    """``"text"`` or ``"openmetrics"`` for the encoders this writer can stand in for, else None.
+
+    ``encoder`` is what prometheus-client's ``choose_encoder`` picked for the request.
+    """
+    if encoder is generate_latest:
+        return "text"
+    if isinstance(encoder, functools.partial) and not encoder.args:
+        options = encoder.keywords
+        if options.get("escaping", _om.UNDERSCORES) not in _PLAIN_NAMES:
+            return None
+        if encoder.func is generate_latest and set(options) <= {"escaping"}:
+            return "text"
+        if encoder.func is _om.generate_latest and set(options) <= {"escaping", "version"}:
+            if str(options.get("version", "1.0.0")).split(".")[0] in ("0", "1"):
+                return "openmetrics"
+    return None
 
 
 class _WithoutCreated:
@@ -92,39 +114,62 @@ class TextWriter:
         self._le_text: dict[str, list[str]] = {}
         self._lock = threading.Lock()
         self.written = 0
+        self._openmetrics = False
         """Scrapes written by this writer (the others were served by prometheus-client)."""
 
-    def render(self) -> bytes | None:
-        """The registry in the text format, or ``None`` if it cannot be written this way."""
+    def render(self, encoder: Encoder = generate_latest) -> bytes | None:
+        """What ``encoder`` would make of the registry, or ``None`` if it is not written here.
+
+        ``encoder``: prometheus-client's ``generate_latest`` (text format 0.0.4), or what its
+        ``choose_encoder`` returns for the request (text 1.0.0, OpenMetrics 1.0.0).
+        """
         if _pc_values.ValueClass is not _pc_values.MutexValue:
             return None  # prometheus-client's multiprocess mode: values live in mmap files
+        fmt = format_of(encoder)
+        if fmt is None:
+            return None
         try:
             with self._lock:
-                text = self._render()
+                text = self._render(encoder, fmt == "openmetrics")
                 self.written += 1
             return text.encode("utf-8")
         except Exception as exc:
             errors.record("textformat", exc)
             return None
 
-    def _render(self) -> str:
+    def _render(self, encoder: Encoder, openmetrics: bool) -> str:
         registry = self._telemetry.registry
         with registry._lock:
             collectors = list(registry._collector_to_names)
+        self._openmetrics = openmetrics
         out: list[str] = []
+
+        def by_prometheus_client(collector: Any) -> None:
+            text = encoder(collector).decode("utf-8")
+            out.append(text.removesuffix("# EOF\n") if openmetrics else text)
+
         for collector in collectors:
             if isinstance(collector, _InflightCollector):
                 self._inflight(collector, out)
+                by_prometheus_client(_Families(collector))
             elif isinstance(collector, MetricWrapperBase) and collector._labelnames:
                 if collector._type == "counter":
                     self._counter(collector, out)
                 elif collector._type == "histogram":
                     self._histogram(collector, out)
                 else:
-                    out.append(generate_latest(_WithoutCreated(collector)).decode("utf-8"))
+                    by_prometheus_client(_WithoutCreated(collector))
             else:
-                out.append(generate_latest(_WithoutCreated(collector)).decode("utf-8"))
+                by_prometheus_client(_WithoutCreated(collector))
+        if openmetrics:
+            out.append("# EOF\n")
         return "".join(out)
+
+    def _header(self, name: str, help_text: str, kind: str) -> str:
+        help_text = help_text.replace("\\", r"\\").replace("\n", r"\n")
+        if self._openmetrics:
+            help_text = help_text.replace('"', r"\"")
+        return f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"
 
     def _children(self, metric: Any) -> list[tuple[str, Any]]:
         """``(label string, child)`` for every label child of ``metric``."""
@@ -142,8 +187,13 @@ class TextWriter:
         return children
 
     def _counter(self, metric: Any, out: list[str]) -> None:
+        # The text format names the family after its samples; OpenMetrics without the suffix.
         name = metric._name + "_total"
-        out.append(_header(name, metric._documentation, "counter"))
+        out.append(
+            self._header(
+                metric._name if self._openmetrics else name, metric._documentation, "counter"
+            )
+        )
         out.extend(
             f"{name}{{{labels}}} {_fmt(child._value._value)}\n"
             for labels, child in self._children(metric)
@@ -151,7 +201,7 @@ class TextWriter:
 
     def _histogram(self, metric: Any, out: list[str]) -> None:
         name = metric._name
-        out.append(_header(name, metric._documentation, "histogram"))
+        out.append(self._header(name, metric._documentation, "histogram"))
         bucket, count, total = f"{name}_bucket{{", f"{name}_count{{", f"{name}_sum{{"
         for labels, child in self._children(metric):
             bounds = child._upper_bounds
@@ -166,8 +216,8 @@ class TextWriter:
             out.append(f"{total}{labels}}} {_fmt(child._sum._value)}\n")
 
     def _inflight(self, collector: Any, out: list[str]) -> None:
-        # The same families, in the same order, as _InflightCollector.collect(); the gauges are
-        # written here from the same derivation, the two small families by prometheus-client.
+        # The same gauges, in the same order, as _InflightCollector.collect(), from the same
+        # derivation; its other two small families are written by prometheus-client (_render).
         try:
             inflight = self._telemetry.inflight()
         except Exception as exc:
@@ -175,7 +225,7 @@ class TextWriter:
             inflight = {}
         cache = self._gauge_text
         for name, help_text, key in _GAUGES:
-            out.append(_header(name, help_text, "gauge"))
+            out.append(self._header(name, help_text, "gauge"))
             for labels, value in inflight.get(key, []):
                 items = tuple(labels.items())
                 text = cache.get(items)
@@ -184,7 +234,6 @@ class TextWriter:
                     text = "{" + _labels([k for k, _ in pairs], [v for _, v in pairs]) + "}"
                     cache[items] = text = text if pairs else ""
                 out.append(f"{name}{text} {_fmt(value)}\n")
-        out.append(generate_latest(_Families(collector)).decode("utf-8"))
 
 
 class _Families:

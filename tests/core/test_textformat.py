@@ -18,23 +18,35 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 from prometheus_client.parser import text_string_to_metric_families
 
 from otel_jobs.core import errors
 from otel_jobs.core.multiprocess import MergedCollector
 from otel_jobs.core.run import OUTCOMES
 from otel_jobs.core.textformat import TextWriter
-from tests.support import scrape, scrape_text
+from tests.support import scrape
 
 NASTY = 'say "hi" to C:\\new\nall'  # quotes, a backslash and a newline in a label value
 
 Families = dict[str, tuple[str, str, list[tuple[str, tuple[tuple[str, str], ...], float | None]]]]
 
 
-def _families(text: str) -> Families:
+# What a client asks for: curl or a plain GET, the text format 1.0.0, Prometheus 2.x itself.
+ACCEPT = {
+    "text-0.0.4": "",
+    "text-1.0.0": "text/plain; version=1.0.0",
+    "prometheus": "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+    "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+}
+
+
+def _families(text: str, openmetrics: bool = False) -> Families:
     out: Families = {}
-    for fam in text_string_to_metric_families(text):
+    parse = om_parse if openmetrics else text_string_to_metric_families
+    for fam in parse(text):
         # The process collector's values move between two collections (CPU time, memory): its
         # families are written by prometheus-client on both paths, so only their shape is compared.
         moving = fam.name.startswith("process_")
@@ -47,11 +59,20 @@ def _families(text: str) -> Families:
     return out
 
 
-def _served_before(agent: Any) -> str:
+def _served_before(agent: Any, accept: str) -> tuple[str, str]:
     """What the endpoint served before the writer: prometheus-client over the merge collector."""
     endpoint = CollectorRegistry(auto_describe=False)
     endpoint.register(MergedCollector(agent.share, agent.telemetry.registry))
-    return generate_latest(endpoint).decode()
+    encoder, content_type = choose_encoder(accept)
+    return encoder(endpoint).decode(), content_type
+
+
+def _get(url: str, accept: str) -> tuple[str, str]:
+    request = urllib.request.Request(url)
+    if accept:
+        request.add_header("Accept", accept)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.read().decode(), response.headers["Content-Type"]
 
 
 def _workload(agent: Any) -> list[Any]:
@@ -79,7 +100,10 @@ def _workload(agent: Any) -> list[Any]:
     return in_flight
 
 
-def test_writer_serves_the_same_families_and_samples(instrumented: Callable[..., Any]) -> None:
+@pytest.mark.parametrize("client", list(ACCEPT))
+def test_writer_serves_the_same_families_and_samples(
+    instrumented: Callable[..., Any], client: str
+) -> None:
     agent = instrumented(watchdog=False, max_duration=float("inf"))
     in_flight = _workload(agent)
     telemetry = agent.telemetry
@@ -89,13 +113,17 @@ def test_writer_serves_the_same_families_and_samples(instrumented: Callable[...,
     telemetry.inflight = lambda: snapshot
     errors_before = errors.counts().get("textformat", 0)
 
-    served_before = _families(_served_before(agent))
+    before_text, before_type = _served_before(agent, ACCEPT[client])
+    openmetrics = before_type.startswith("application/openmetrics-text")
+    assert openmetrics == (client == "prometheus")
+    served_before = _families(before_text, openmetrics)
     assert agent.text_writer is not None
     written = agent.text_writer.written
-    endpoint_text = scrape_text(agent.server.url)
+    endpoint_text, content_type = _get(agent.server.url, ACCEPT[client])
     assert agent.text_writer.written == written + 1, "the endpoint did not use the writer"
     assert errors.counts().get("textformat", 0) == errors_before
-    served_now = _families(endpoint_text)
+    assert content_type == before_type
+    served_now = _families(endpoint_text, openmetrics)
 
     assert served_now.keys() == served_before.keys()
     for name, family in served_before.items():
@@ -183,13 +211,19 @@ def test_other_formats_and_filters_stay_with_prometheus_client(
         ("otel_jobs_runs_started_total", (("job_name", "reports.nightly"), ("queue", NASTY)), 1.0)
     ]
 
-    # OpenMetrics and name[] filters: prometheus-client's own output, as before.
-    status, headers, body = get(accept="application/openmetrics-text; version=1.0.0")
-    assert status == 200 and body.endswith(b"# EOF\n")
-    assert headers["Content-Type"].startswith("application/openmetrics-text")
+    status, headers, body = get(accept=ACCEPT["prometheus"])
+    assert status == 200 and body.endswith(b"# EOF\n") and body.count(b"# EOF") == 1
+    assert headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert writer.written == written + 2
+
+    # name[] filters, OpenMetrics 2.0.0: prometheus-client's own output, as before.
     status, _, body = get(query="?name[]=otel_jobs_runs_started_total")
     assert status == 200 and b"otel_jobs_runs_finished_total" not in body
-    assert writer.written == written + 1
+    status, headers, body = get(accept="application/openmetrics-text; version=2.0.0")
+    assert status == 200 and headers["Content-Type"].startswith(
+        "application/openmetrics-text; version=2.0.0"
+    )
+    assert writer.written == written + 2
 
 
 def test_children_snapshots_are_merged_by_prometheus_client(
