@@ -28,23 +28,10 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.schedulers.background import BackgroundScheduler
 
 import otel_jobs
+from tests.integrations.workers import wait_for
 from tests.support import Samples, scrape
 
 QUEUE = "default"  # the executor alias is the queue
-
-
-def wait_for(
-    what: str, check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.05
-) -> Any:
-    """Poll ``check`` until it returns something truthy (generous deadline: slow machines)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 class Events:

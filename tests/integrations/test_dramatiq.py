@@ -186,9 +186,7 @@ def test_real_worker_outcomes_limits_stalls_and_exact_counts(
         broker_url = RABBITMQ_URL
     worker = worker_factory(broker_url, launcher)
     # The worker's parent serves /metrics before any worker process exists.
-    worker.wait_for(
-        lambda s: "otel_jobs_watchdog_last_tick_timestamp_seconds" in s.names(), "/metrics"
-    )
+    worker.wait_serving()
     global_broker = dramatiq.broker.global_broker
     os.environ["DQ_BROKER"], os.environ["DQ_QUEUE"] = broker_url, worker.queue
     os.environ["DQ_STATE"] = str(worker.state)

@@ -170,9 +170,7 @@ def test_process_workers_outcomes_timeout_skips_stall_and_exact_counts(
 ) -> None:
     require_redis()
     consumer = consumer_factory("process")
-    consumer.wait_for(
-        lambda s: "otel_jobs_watchdog_last_tick_timestamp_seconds" in s.names(), "/metrics"
-    )
+    consumer.wait_serving()
     app = consumer.producer()
     q = consumer.name
 
@@ -279,9 +277,7 @@ def test_process_workers_outcomes_timeout_skips_stall_and_exact_counts(
 def test_thread_workers_share_one_process(consumer_factory: Callable[[str], Consumer]) -> None:
     require_redis()
     consumer = consumer_factory("thread")
-    consumer.wait_for(
-        lambda s: "otel_jobs_watchdog_last_tick_timestamp_seconds" in s.names(), "/metrics"
-    )
+    consumer.wait_serving()
     app = consumer.producer()
     q = consumer.name
     for i in range(4):

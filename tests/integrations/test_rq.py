@@ -24,12 +24,12 @@ from tests.integrations.rq_support import (
     JOBS,
     REDIS_URL,
     RQWorker,
-    SpanReceiver,
     all_done,
     launch_workers,
     statuses,
 )
 from tests.integrations.workers import WAIT, wait_for
+from tests.otlp_receiver import OtlpReceiver
 from tests.support import Samples, require_redis
 
 pytestmark = pytest.mark.broker
@@ -210,27 +210,24 @@ def test_stopped_job_is_cancelled(redis_db, queue_name, start_worker, blackhole,
 
 def test_spans_leave_the_work_horse(redis_db, queue_name, start_worker) -> None:
     """Each horse exits with os._exit right after its job: its span is exported before that."""
-    receiver = SpanReceiver()
-    try:
+    with OtlpReceiver() as receiver:
         q = Queue(queue_name("otlp"), connection=redis_db)
         jobs = [q.enqueue(f"{JOBS}.ok", 1), q.enqueue(f"{JOBS}.boom")]
         worker = start_worker(
             q.name,
             env_extra={
-                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.traces_endpoint,
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{receiver.endpoint}/v1/traces",
                 "OTEL_BSP_SCHEDULE_DELAY": "60000",  # only an explicit flush gets them out in time
             },
         )
         wait_for("2 finished runs", lambda: worker.finished(queue=q.name) == 2)
         wait_for("RQ to end the jobs", lambda: all_done(jobs))
-        wait_for("2 spans", lambda: len(receiver.spans) == 2)
-        by_id = {attrs["job.id"]: (name, attrs) for name, attrs in receiver.spans}
-        assert by_id[jobs[0].id][0] == f"{JOBS}.ok"
-        assert by_id[jobs[0].id][1]["job.outcome"] == "success"
-        assert by_id[jobs[1].id][1]["job.outcome"] == "failure"
-        assert {attrs["job.framework"] for _, attrs in receiver.spans} == {"rq"}
-    finally:
-        receiver.close()
+        spans = wait_for("2 spans", lambda: len(receiver.spans()) == 2 and receiver.spans())
+        by_id = {span.attributes["job.id"]: span for span in spans}
+        assert by_id[jobs[0].id].name == f"{JOBS}.ok"
+        assert by_id[jobs[0].id].attributes["job.outcome"] == "success"
+        assert by_id[jobs[1].id].attributes["job.outcome"] == "failure"
+        assert {span.attributes["job.framework"] for span in spans} == {"rq"}
 
 
 def test_simple_worker(redis_db, queue_name, start_worker) -> None:

@@ -121,6 +121,12 @@ class GroupWorker:
         text = last.text if last is not None else "(no scrape)"
         pytest.fail(f"timed out waiting for {what}\n--- /metrics\n{text}\n--- log\n{self.tail()}")
 
+    def wait_serving(self) -> Samples:
+        """Until /metrics is served and shows the watchdog's ticks."""
+        return self.wait_for(
+            lambda s: "otel_jobs_watchdog_last_tick_timestamp_seconds" in s.names(), "/metrics"
+        )
+
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-6000:]
 
