@@ -1,9 +1,9 @@
-"""A fast writer of the Prometheus text format (0.0.4) for otel-jobs' own families.
+"""A fast writer of ``/metrics`` (text format and OpenMetrics) for otel-jobs' own families.
 
 ``/metrics`` is scraped every few seconds, and a worker that has run a thousand different jobs
 exposes about 38,000 samples. prometheus-client builds a ``Sample`` per value, then escapes
 and formats every label of every sample at every scrape (about 10 us per sample here:
-``bench/bench_scrape.py``). This writer produces the same text from the same values:
+``bench/bench_scrape.py``). This writer produces the same exposition from the same values:
 
 * label strings (``job_name="...",queue="..."``, escaped) are built once per label child and
   kept, and the ``le`` strings of the histogram buckets once per histogram;
@@ -12,15 +12,22 @@ and formats every label of every sample at every scrape (about 10 us per sample 
 * the in-flight gauges come from :meth:`Telemetry.inflight`, as they do for the collector.
 
 Only otel-jobs' own families are written this way; any other collector of the registry (the
-process collector) is written by prometheus-client's ``generate_latest``. Creation timestamps
+process collector) and the two small families of the in-flight collector (configuration
+findings, internal errors) are written by prometheus-client's own encoder. Creation timestamps
 (``_created``) are left out, as the endpoint has always left them out.
 
-The writer is used only for the plain text format, when no forked child has left metrics (the
-merge of children's snapshots goes through prometheus-client). It relies on prometheus-client's
-private fields (``_metrics``, ``_value``, ``_buckets``, ``_sum``): if one is missing (another
-version of prometheus-client, or its multiprocess mode), :meth:`TextWriter.render` records the
-error under ``textformat`` and returns ``None``, and the endpoint serves prometheus-client's
-output instead, as it did before.
+Which format: the one prometheus-client's ``choose_encoder`` picks for the request's ``Accept``
+header, if it is the text format (0.0.4 or 1.0.0) or OpenMetrics 1.0.0 (what Prometheus asks
+for first), with an escaping scheme that leaves legacy names as they are. Anything else
+(OpenMetrics 2.0.0, ``escaping=dots``) is served by prometheus-client, as are ``name[]``
+filters and the merge with forked children's snapshots (:mod:`otel_jobs.core.multiprocess`).
+
+The writer relies on prometheus-client's private fields (``_collector_to_names``,
+``_metrics``, ``_value``, ``_buckets``, ``_sum``): if one is missing (another version of
+prometheus-client), :meth:`TextWriter.render` records the error under ``textformat`` (in
+``otel_jobs_internal_errors_total``) and returns ``None``, and the endpoint serves
+prometheus-client's output instead, as it did before. In prometheus-client's own multiprocess
+mode (``PROMETHEUS_MULTIPROC_DIR``) it is not used at all.
 """
 
 from __future__ import annotations
