@@ -4,6 +4,7 @@
 instrument=True, env_extra=...)``, which starts ``rq worker -c tests.integrations.rq_settings`` (the settings
 module calls ``otel_jobs.instrument()`` at start-up) on a free /metrics port and waits until it
 listens; every worker and its work horses are killed when the ``with`` block ends.
+``empty_redis_db(url)`` is a connection to a Redis database emptied before and after.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from redis import Redis
 from rq.job import Job, JobStatus
 
 from tests.integrations.workers import wait_for
-from tests.support import Samples, free_port, scrape
+from tests.support import Samples, free_port, require_redis, scrape
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = "redis://127.0.0.1:6379/9"
@@ -129,6 +131,17 @@ def kill_tree(proc: subprocess.Popen[bytes]) -> None:
         _kill(child)
     _kill(proc.pid)
     proc.wait(timeout=30)
+
+
+@contextmanager
+def empty_redis_db(url: str) -> Iterator[Redis]:
+    """A connection to the Redis database ``url``, emptied before and after."""
+    require_redis()
+    connection = Redis.from_url(url, socket_timeout=10, socket_connect_timeout=10)
+    connection.flushdb()
+    yield connection
+    connection.flushdb()
+    connection.close()
 
 
 def statuses(jobs: list[Job]) -> list[str]:

@@ -14,9 +14,8 @@ from redis import Redis
 from rq import Queue, Retry
 
 from otel_jobs.integrations import rq as rq_integration
-from tests.integrations.rq_support import JOBS, RQWorker, launch_workers
+from tests.integrations.rq_support import JOBS, RQWorker, empty_redis_db, launch_workers
 from tests.integrations.workers import wait_for
-from tests.support import require_redis
 
 AUDIT_URL = "redis://127.0.0.1:6379/10"
 
@@ -25,12 +24,8 @@ pytestmark = pytest.mark.broker
 
 @pytest.fixture
 def empty_db() -> Iterator[Redis]:
-    require_redis()
-    connection = Redis.from_url(AUDIT_URL, socket_timeout=10, socket_connect_timeout=10)
-    connection.flushdb()
-    yield connection
-    connection.flushdb()
-    connection.close()
+    with empty_redis_db(AUDIT_URL) as connection:
+        yield connection
 
 
 @pytest.fixture

@@ -11,11 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from redis import Redis
 
-from tests.integrations.rq_support import ROOT, kill_tree
+from tests.integrations.rq_support import ROOT, empty_redis_db, kill_tree
 from tests.integrations.workers import wait_for
-from tests.support import free_port, require_redis, scrape
+from tests.support import free_port, scrape
 
 EXAMPLE = ROOT / "examples" / "rq"
 REDIS_URL = "redis://127.0.0.1:6379/8"
@@ -25,12 +24,8 @@ pytestmark = pytest.mark.broker
 
 @pytest.fixture
 def example_db() -> Iterator[None]:
-    require_redis()
-    connection = Redis.from_url(REDIS_URL, socket_timeout=10, socket_connect_timeout=10)
-    connection.flushdb()
-    yield
-    connection.flushdb()
-    connection.close()
+    with empty_redis_db(REDIS_URL):
+        yield
 
 
 def test_example_shows_the_stuck_job(example_db: None, tmp_path: Path) -> None:
