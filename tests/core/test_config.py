@@ -16,7 +16,12 @@ README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 def test_defaults_are_documented_values() -> None:
     s = config.load(environ={})
     assert (s.prometheus_port, s.prometheus_addr) == (9464, "127.0.0.1")
-    assert (s.heartbeat_timeout, s.max_duration, s.on_stall, s.missing_timeout) == (600, 3600, "observe", "warn")
+    assert (s.heartbeat_timeout, s.max_duration, s.on_stall, s.missing_timeout) == (
+        600,
+        3600,
+        "observe",
+        "warn",
+    )
     assert s.otlp_traces_endpoint is None and s.otlp_metrics_endpoint is None
 
 
@@ -59,7 +64,9 @@ def test_environment_is_read_and_keywords_win() -> None:
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "127.0.0.1:4317", "http://"),
     ],
 )
-def test_bad_environment_value_names_variable_value_and_accepted(env: str, value: str, accepted: str) -> None:
+def test_bad_environment_value_names_variable_value_and_accepted(
+    env: str, value: str, accepted: str
+) -> None:
     with pytest.raises(config.ConfigurationError) as err:
         config.load(environ={env: value})
     message = str(err.value)

@@ -34,7 +34,9 @@ def _metrics() -> Samples:
     return scrape(url)
 
 
-def test_sync_job_success_and_failure(instrumented: Callable[..., Any], span_exporter: InMemorySpanExporter) -> None:
+def test_sync_job_success_and_failure(
+    instrumented: Callable[..., Any], span_exporter: InMemorySpanExporter
+) -> None:
     instrumented()
 
     @otel_jobs.job(name="billing.sync", queue="billing", max_duration=120, heartbeat_timeout=30)
@@ -49,11 +51,36 @@ def test_sync_job_success_and_failure(instrumented: Callable[..., Any], span_exp
 
     m = _metrics()
     assert m.value("otel_jobs_runs_started_total", job_name="billing.sync", queue="billing") == 2
-    assert m.value("otel_jobs_runs_finished_total", job_name="billing.sync", queue="billing", outcome="success") == 1
-    assert m.value("otel_jobs_runs_finished_total", job_name="billing.sync", queue="billing", outcome="failure") == 1
-    assert m.value("otel_jobs_run_duration_seconds_count", job_name="billing.sync", outcome="success") == 1
-    assert m.value("otel_jobs_run_max_duration_seconds", job_name="billing.sync", queue="billing") == 120
-    assert m.value("otel_jobs_run_heartbeat_timeout_seconds", job_name="billing.sync", queue="billing") == 30
+    assert (
+        m.value(
+            "otel_jobs_runs_finished_total",
+            job_name="billing.sync",
+            queue="billing",
+            outcome="success",
+        )
+        == 1
+    )
+    assert (
+        m.value(
+            "otel_jobs_runs_finished_total",
+            job_name="billing.sync",
+            queue="billing",
+            outcome="failure",
+        )
+        == 1
+    )
+    assert (
+        m.value("otel_jobs_run_duration_seconds_count", job_name="billing.sync", outcome="success")
+        == 1
+    )
+    assert (
+        m.value("otel_jobs_run_max_duration_seconds", job_name="billing.sync", queue="billing")
+        == 120
+    )
+    assert (
+        m.value("otel_jobs_run_heartbeat_timeout_seconds", job_name="billing.sync", queue="billing")
+        == 30
+    )
     assert m.value("otel_jobs_runs_in_progress", job_name="billing.sync", queue="billing") == 0
     # Idle job: the timestamp gauges have no series, so staleness alerts cannot fire.
     assert m.find("otel_jobs_oldest_run_start_timestamp_seconds", job_name="billing.sync") == []
@@ -77,7 +104,9 @@ def test_sync_job_success_and_failure(instrumented: Callable[..., Any], span_exp
     assert failed.events[0].attributes["exception.type"] == "ValueError"
 
 
-def test_async_job_and_timeout_outcome(instrumented: Callable[..., Any], span_exporter: InMemorySpanExporter) -> None:
+def test_async_job_and_timeout_outcome(
+    instrumented: Callable[..., Any], span_exporter: InMemorySpanExporter
+) -> None:
     instrumented()
 
     @otel_jobs.job(queue="async")
@@ -98,14 +127,21 @@ def test_async_job_and_timeout_outcome(instrumented: Callable[..., Any], span_ex
     asyncio.run(main())
     name = f"{__name__}.test_async_job_and_timeout_outcome.<locals>.fetch"
     m = _metrics()
-    assert m.value("otel_jobs_runs_finished_total", job_name=name, queue="async", outcome="success") == 1
-    assert m.value("otel_jobs_runs_finished_total", job_name="async.too_slow", outcome="timeout") == 1
+    assert (
+        m.value("otel_jobs_runs_finished_total", job_name=name, queue="async", outcome="success")
+        == 1
+    )
+    assert (
+        m.value("otel_jobs_runs_finished_total", job_name="async.too_slow", outcome="timeout") == 1
+    )
     spans = {s.name: s for s in span_exporter.get_finished_spans()}
     assert spans[name].attributes is not None and spans[name].attributes["job.progress"] == 1.0
     assert spans["async.too_slow"].status.status_code is StatusCode.ERROR
 
 
-def test_context_manager_runs_sync_and_async(instrumented: Callable[..., Any], span_exporter: InMemorySpanExporter) -> None:
+def test_context_manager_runs_sync_and_async(
+    instrumented: Callable[..., Any], span_exporter: InMemorySpanExporter
+) -> None:
     instrumented()
     with otel_jobs.job_run("etl.load", queue="etl", job_id="run-7", attempt=3) as run:
         assert otel_jobs.current_run() is run
@@ -121,8 +157,18 @@ def test_context_manager_runs_sync_and_async(instrumented: Callable[..., Any], s
         raise KeyError("missing")
 
     m = _metrics()
-    assert m.value("otel_jobs_runs_finished_total", job_name="etl.load", queue="etl", outcome="success") == 2
-    assert m.value("otel_jobs_runs_finished_total", job_name="etl.load", queue="etl", outcome="failure") == 1
+    assert (
+        m.value(
+            "otel_jobs_runs_finished_total", job_name="etl.load", queue="etl", outcome="success"
+        )
+        == 2
+    )
+    assert (
+        m.value(
+            "otel_jobs_runs_finished_total", job_name="etl.load", queue="etl", outcome="failure"
+        )
+        == 1
+    )
     first = span_exporter.get_finished_spans()[0]
     assert first.attributes is not None
     assert first.attributes["job.id"] == "run-7" and first.attributes["job.attempt"] == 3
@@ -138,14 +184,20 @@ def test_in_flight_gauges_while_a_run_is_running(instrumented: Callable[..., Any
         beat = time.time()
         m = _metrics()
         assert m.value("otel_jobs_runs_in_progress", job_name="long.job", queue="q") == 1
-        start = m.value("otel_jobs_oldest_run_start_timestamp_seconds", job_name="long.job", queue="q")
-        stalest = m.value("otel_jobs_stalest_heartbeat_timestamp_seconds", job_name="long.job", queue="q")
+        start = m.value(
+            "otel_jobs_oldest_run_start_timestamp_seconds", job_name="long.job", queue="q"
+        )
+        stalest = m.value(
+            "otel_jobs_stalest_heartbeat_timestamp_seconds", job_name="long.job", queue="q"
+        )
         assert before <= start <= beat
         assert start + 0.04 <= stalest <= time.time()
     assert _metrics().value("otel_jobs_runs_in_progress", job_name="long.job", queue="q") == 0
 
 
-def test_heartbeat_records_progress_and_details_and_is_silent_outside_runs(instrumented: Callable[..., Any]) -> None:
+def test_heartbeat_records_progress_and_details_and_is_silent_outside_runs(
+    instrumented: Callable[..., Any],
+) -> None:
     instrumented(watchdog=False)
     otel_jobs.heartbeat(progress=0.3, x=1)  # outside a run: nothing happens, nothing raises
     with otel_jobs.job_run("beat.job") as run:
@@ -162,7 +214,9 @@ def test_heartbeat_records_progress_and_details_and_is_silent_outside_runs(instr
 
 
 def test_thresholds_most_specific_first(instrumented: Callable[..., Any]) -> None:
-    agent = instrumented(watchdog=False, max_duration=100, heartbeat_timeout=10, jobs={"ops.a": {"max_duration": 5}})
+    agent = instrumented(
+        watchdog=False, max_duration=100, heartbeat_timeout=10, jobs={"ops.a": {"max_duration": 5}}
+    )
     a = agent.start_run("ops.a", max_duration=50, native_max_duration=70)
     b = agent.start_run("ops.b", max_duration=50, native_max_duration=70)
     c = agent.start_run("ops.c", native_max_duration=70)
@@ -174,7 +228,9 @@ def test_thresholds_most_specific_first(instrumented: Callable[..., Any]) -> Non
     e = agent.start_run("ops.e", max_duration=math.inf)
     e.finish()
     m = _metrics()
-    assert m.value("otel_jobs_run_max_duration_seconds", job_name="ops.e", queue="default") == math.inf
+    assert (
+        m.value("otel_jobs_run_max_duration_seconds", job_name="ops.e", queue="default") == math.inf
+    )
 
 
 def test_not_instrumented_calls_straight_through() -> None:
