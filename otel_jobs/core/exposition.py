@@ -112,7 +112,9 @@ def _with_fast_text(app: WSGIApp, fast: Callable[[Any], bytes | None]) -> WSGIAp
             if body is not None:
                 headers = [("Content-Type", content_type)]
                 if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
-                    body = gzip.compress(body)
+                    # Level 1, not prometheus-client's 9: for 1,000 jobs (3.9 MB) 6 ms instead
+                    # of 60, for a body 20% larger (150 KB), sent once per scrape.
+                    body = gzip.compress(body, compresslevel=1)
                     headers.append(("Content-Encoding", "gzip"))
                 start_response("200 OK", headers)
                 return [body]

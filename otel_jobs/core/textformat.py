@@ -218,7 +218,7 @@ class TextWriter:
             acc = 0.0
             for le, value in zip(les, child._buckets, strict=True):
                 acc += value._value
-                out.append(f"{bucket}{labels}{le}{_fmt(acc)}\n")
+                out.append(f"{bucket}{labels}{le}{_SMALL.get(acc) or _fmt(acc)}\n")
             out.append(f"{count}{labels}}} {_fmt(acc)}\n")
             out.append(f"{total}{labels}}} {_fmt(child._sum._value)}\n")
 
