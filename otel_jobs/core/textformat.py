@@ -119,6 +119,8 @@ class TextWriter:
         self._label_text: dict[tuple[str, tuple[str, ...]], str] = {}
         self._gauge_text: dict[tuple[tuple[str, str], ...], str] = {}
         self._le_text: dict[str, list[str]] = {}
+        # (histogram, label string) -> (sum and bucket values, the lines written from them)
+        self._blocks: dict[tuple[str, str], tuple[tuple[float, ...], str]] = {}
         self._lock = threading.Lock()
         self.written = 0
         self._openmetrics = False
@@ -210,17 +212,30 @@ class TextWriter:
         name = metric._name
         out.append(self._header(name, metric._documentation, "histogram"))
         bucket, count, total = f"{name}_bucket{{", f"{name}_count{{", f"{name}_sum{{"
+        blocks = self._blocks
         for labels, child in self._children(metric):
+            # Most jobs have not run since the last scrape: their lines are the same as then.
+            # The block is reused only when every bucket and the sum read the same values.
+            values = (child._sum._value, *[b._value for b in child._buckets])
+            key = (name, labels)
+            kept = blocks.get(key)
+            if kept is not None and kept[0] == values:
+                out.append(kept[1])
+                continue
             bounds = child._upper_bounds
             les = self._le_text.get(name)
             if les is None or len(les) != len(bounds):
                 les = self._le_text[name] = [f',le="{floatToGoString(b)}"}} ' for b in bounds]
+            lines = []
             acc = 0.0
-            for le, value in zip(les, child._buckets, strict=True):
-                acc += value._value
-                out.append(f"{bucket}{labels}{le}{_SMALL.get(acc) or _fmt(acc)}\n")
-            out.append(f"{count}{labels}}} {_fmt(acc)}\n")
-            out.append(f"{total}{labels}}} {_fmt(child._sum._value)}\n")
+            for le, value in zip(les, values[1:], strict=True):
+                acc += value
+                lines.append(f"{bucket}{labels}{le}{_SMALL.get(acc) or _fmt(acc)}\n")
+            lines.append(f"{count}{labels}}} {_fmt(acc)}\n")
+            lines.append(f"{total}{labels}}} {_fmt(values[0])}\n")
+            block = "".join(lines)
+            blocks[key] = (values, block)
+            out.append(block)
 
     def _inflight(self, collector: Any, out: list[str]) -> None:
         # The same gauges, in the same order, as _InflightCollector.collect(), from the same

@@ -27,7 +27,7 @@ from otel_jobs.core import errors
 from otel_jobs.core.multiprocess import MergedCollector
 from otel_jobs.core.run import OUTCOMES
 from otel_jobs.core.textformat import TextWriter
-from tests.support import scrape
+from tests.support import scrape, scrape_text
 
 NASTY = 'say "hi" to C:\\new\nall'  # quotes, a backslash and a newline in a label value
 
@@ -81,6 +81,10 @@ def _workload(agent: Any) -> list[Any]:
         for name in ("reports.nightly", "mail.send", NASTY):
             for outcome in OUTCOMES:
                 agent.start_run(name, queue=queue).finish(outcome)
+    # A scrape in between: what the writer kept of it must not be served once values change.
+    scrape_text(agent.server.url)
+    for outcome in OUTCOMES:
+        agent.start_run("mail.send", queue="billing").finish(outcome)
     # A run with a queue wait, one stalled by the watchdog, runs in flight, idle jobs.
     agent.start_run("imports.pull", queue="billing", enqueued_at=time.time() - 3).finish("success")
     stuck = agent.start_run("imports.stuck", queue="billing", max_duration=0.01)
