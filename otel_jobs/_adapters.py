@@ -55,6 +55,9 @@ def install_adapters(
                 continue  # no adapter written for this library yet
             errors.record(f"{kind}.{name}", exc)
             continue
+        except Exception as exc:  # a library that breaks on import: skip it
+            errors.record(f"{kind}.{name}", exc)
+            continue
         with errors.guard(f"{kind}.{name}"):
             adapter = getattr(module, class_name)(agent)
             adapter.install()
