@@ -9,7 +9,10 @@ and formats every label of every sample at every scrape (about 10 us per sample 
   kept, and the ``le`` strings of the histogram buckets once per histogram;
 * values are read from prometheus-client's label children as they stand (the same reads its
   own ``collect()`` makes, without building samples);
-* the in-flight gauges come from :meth:`Telemetry.inflight`, as they do for the collector.
+* the in-flight gauges come from :meth:`Telemetry.inflight`, as they do for the collector;
+* the lines of a histogram child are kept and written again while its values have not changed
+  since the previous scrape. What is kept is about the size of the histogram lines of one
+  scrape (2.7 MB for 1,000 jobs, each with one duration histogram), held by the endpoint's writer.
 
 Only otel-jobs' own families are written this way; any other collector of the registry (the
 process collector) and the two small families of the in-flight collector (configuration
