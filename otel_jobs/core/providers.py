@@ -20,7 +20,8 @@ dropped when it is full) and are sent from its own thread. For the exporters ote
 the first failed export logs one WARNING on the ``otel_jobs`` logger (endpoint and reason) and
 the exporters' own per-retry messages are held back (a failing signal is warned about at most
 every five minutes); one INFO says when exporting works again. A gRPC exporter gets a fresh
-channel after a failed export, so it resumes as soon as the collector is back.
+channel after a failed export, so it does not wait out gRPC's reconnect backoff once the
+collector is back.
 Flushing (``uninstrument()``, process exit, the watchdog's ``exit`` policy) waits a bounded
 time, so a hung collector never holds a worker's shutdown for the exporters' retries.
 """

@@ -104,10 +104,12 @@ WORKER = textwrap.dedent(
     print(json.dumps(report), flush=True)
     if sys.argv[3] == "failing":
         assert sys.stdin.readline().strip() == "resume"
-        for i in range(20):
-            otel_jobs.job(name="rel.after", queue="rel")(lambda: None)()
+        # The worker goes on running jobs, as a real one does, until told to stop.
+        stop = threading.Event()
+        threading.Thread(target=lambda: sys.stdin.readline() and stop.set(), daemon=True).start()
         print(json.dumps({"after": True}), flush=True)
-        assert sys.stdin.readline().strip() == "stop"
+        while not stop.wait(0.05):
+            otel_jobs.job(name="rel.after", queue="rel")(lambda: None)()
     otel_jobs.uninstrument()
     print(json.dumps({"records": records[-50:]}), flush=True)
     """
@@ -120,7 +122,7 @@ FAST_EXPORT = {
     "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "128",
     "OTEL_BSP_SCHEDULE_DELAY": "100",
     "OTEL_METRIC_EXPORT_INTERVAL": "300",
-    "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
+    "OTEL_EXPORTER_OTLP_TIMEOUT": "2",
 }
 
 
@@ -238,9 +240,11 @@ def test_failing_collector_never_slows_floods_or_holds_the_worker(
         with OtlpReceiver(protocol, port=port) as receiver:
             worker.send("resume")
             assert worker.read() == {"after": True}
+            # Runs made after it came back reach it (those made while the exporter was still
+            # reconnecting may be in batches that failed: they are dropped, as documented).
             receiver.wait_for(
                 "the runs made after it came back",
-                lambda: len([s for s in receiver.spans() if s.name == "rel.after"]) == 20,
+                lambda: [s for s in receiver.spans() if s.name == "rel.after"],
                 timeout=90,
             )
             worker.send("stop")
