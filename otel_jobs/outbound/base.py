@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from opentelemetry import trace
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import SpanKind
 
 from ..core import errors
@@ -488,13 +489,14 @@ def wrap_sync(
     checker: Checker, check: CallCheck, original: Callable[..., Any]
 ) -> Callable[..., Any]:
     """``original`` checked by ``checker`` (see :class:`CallCheck`); a call made underneath
-    another checked sync call (requests over urllib3, a retry, a redirect) is not checked again.
+    another checked sync call (requests over urllib3, a retry, a redirect) is not checked again,
+    and neither is a call made while OpenTelemetry suppresses instrumentation (an exporter's own).
 
     >>> patches.wrap(HTTPAdapter, "send", lambda original: wrap_sync(checker, CHECK, original))
     """
 
     def checked_call(*args: Any, **kwargs: Any) -> Any:
-        if nested.get():
+        if nested.get() or not is_instrumentation_enabled():
             return original(*args, **kwargs)
         run = current_run()
         token = nested.set(True)
@@ -523,6 +525,8 @@ def wrap_async(
     """
 
     async def checked_call(*args: Any, **kwargs: Any) -> Any:
+        if not is_instrumentation_enabled():
+            return await original(*args, **kwargs)
         run = current_run()
         # A suspended coroutine's frame has no f_back: the call site is found now.
         checked, call, args, kwargs = _begin(

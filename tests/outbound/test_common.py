@@ -314,3 +314,17 @@ def test_the_watchdog_says_which_call_a_stuck_run_waits_on(
         f"outbound call GET {silent_server.host} via requests (no connect/read timeout)" in stuck[0]
     )
     assert f"from {sites[0]}" in stuck[0]
+
+
+def test_calls_made_while_instrumentation_is_suppressed_are_not_checked(
+    outbound: Any, http_server: HTTPServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An exporter's own HTTP calls (OTLP over requests) run with OpenTelemetry's suppression set.
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    outbound("requests")
+    with suppress_instrumentation():
+        requests.get(http_server.url)
+    assert flagged(library="requests") == 0 and warnings_of(caplog) == []
+    requests.get(http_server.url)  # the same call, not suppressed: flagged
+    assert flagged(library="requests") == 1
