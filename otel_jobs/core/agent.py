@@ -289,6 +289,7 @@ class Agent:
         exc: BaseException | None = None,
         parent: otel_context.Context | None = None,
         native_max_duration: float | None = None,
+        emit_span: bool = True,
     ) -> None:
         """Record the end of a run whose process died before finishing it (killed, OOM).
 
@@ -299,6 +300,8 @@ class Agent:
         trace context the run was published with, so that its span stays in that trace.
         ``native_max_duration``: the framework's limit for the run, so that the thresholds this
         process exports for the job are the ones the dead process had in force.
+        ``emit_span=False``: count only; the run's span is another's, which the dying process
+        ends (an adopted span of another instrumentation, ended on the way out).
         """
         now = time.time()
         seconds = max(0.0, now - started_at) if started_at is not None else 0.0
@@ -309,6 +312,26 @@ class Agent:
         )
         series.heartbeat_timeout = configured.heartbeat_timeout or self.settings.heartbeat_timeout
         series.record_finish(outcome, seconds)
+        if emit_span:
+            self._lost_run_span(
+                name, queue, job_id, attempt, framework, started_at, now, outcome, exc, parent
+            )
+        if self.share.in_child:
+            self.share.flush(self.telemetry.registry)
+
+    def _lost_run_span(
+        self,
+        name: str,
+        queue: str | None,
+        job_id: str | None,
+        attempt: int,
+        framework: str,
+        started_at: float | None,
+        now: float,
+        outcome: str,
+        exc: BaseException | None,
+        parent: otel_context.Context | None,
+    ) -> None:
         attrs: dict[str, Any] = {
             "job.name": name,
             "job.queue": queue or "default",
@@ -327,8 +350,6 @@ class Agent:
                 span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, type(exc).__name__ if exc else outcome))
         span.end()
-        if self.share.in_child:
-            self.share.flush(self.telemetry.registry)
 
 
 # --- the one agent of this process --------------------------------------------------------

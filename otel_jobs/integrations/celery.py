@@ -89,10 +89,22 @@ order, including the recommended ``worker_process_init``), a run still has one s
 adopts that instrumentation's ``run/<task>`` span instead of opening its own, adds its ``job.*``
 attributes and outcome to it, and leaves making it current, its status and its end to its owner
 (so the status of a run that raised an exception listed in ``throws`` is that instrumentation's
-choice). A run recorded by the main process for a child it lost has a span of its own, since the
-child's span never ended; the exception: a child stopped by the hard time limit gets a SIGTERM
-first, which lets that instrumentation end its span without an outcome, so such a run may show
-that span next to the main process's one.
+choice). A child stopped by the hard time limit or by ``revoke(terminate=True)`` gets SIGTERM: on
+its way out, that instrumentation ends its span and otel-jobs sets the span's ``job.outcome``
+(``timeout`` if the run reached its max duration, else ``cancelled``), while the main process
+counts the run and emits no span of its own, so that run too has one span. This holds when the
+instrumentation is enabled only in the pool children: the first run of a child leaves a marker
+file (``celery-contrib-spans``) in the multiprocess directory, which the main process reads.
+What remains:
+
+* a child killed outright (OOM, SIGKILL, ``revoke(..., signal="SIGKILL")``; ``WorkerLostError``)
+  never ends that instrumentation's span: the run's one span is the main process's;
+* enabled *before* otel-jobs (``CeleryInstrumentor().instrument()`` in the main process, ahead
+  of ``instrument()``), its receiver ends the span before otel-jobs sees the stop: the span has
+  the ``job.*`` attributes but no ``job.outcome`` (the metrics have it);
+* billiard sends SIGKILL 0.1 s after SIGTERM: a child stuck in C code that does not return to
+  Python in time, or a batch span processor that does not export before the kill, loses that
+  span (the run is still counted).
 
 **Pools.** Prefork: the main process serves ``/metrics``; each child flushes its counts when a
 run starts and ends and at every watchdog tick (see the README section *Forking workers*).
@@ -130,6 +142,7 @@ import datetime as _dt
 import logging
 import math
 import os
+import signal as _signal
 import sys
 import time
 import weakref
@@ -154,6 +167,9 @@ PUBLISHED_HEADER = "otel_jobs_published_at"
 _RUN = "_otel_jobs_run"  # attribute of a task's request (one execution): its Run
 _ADOPT_LATER = "_otel_jobs_adopt_later"  # ...: adopt the contrib span when the run ends
 _LOST_MEMORY = 4096  # task ids already recorded as lost, so a second signal for one is ignored
+# In the shared directory: the pool children's runs have opentelemetry-instrumentation-celery
+# spans (it may be enabled in the children only, where the main process cannot see it).
+_CONTRIB_MARKER = "celery-contrib-spans"
 
 
 # --- reading a task's request ---------------------------------------------------------------
@@ -284,6 +300,7 @@ class Integration(_BaseIntegration):
         self._requests: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
         self._lost: OrderedDict[str, None] = OrderedDict()
         self._connected: list[tuple[Any, Any]] = []
+        self._marked_pid: int | None = None  # the process that left the contrib marker
 
     # --- install / uninstall -------------------------------------------------------------
 
@@ -307,6 +324,14 @@ class Integration(_BaseIntegration):
             # Strong references: bound methods would otherwise be dropped by the weak default.
             signal.connect(receiver, weak=False)
             self._connected.append((signal, receiver))
+        if not self.agent.share.in_child:
+            # A configured multiprocess_dir outlives the worker: the marker is this worker's
+            # children's to leave (a worker now run without the contrib instrumentation).
+            with errors.guard("integration.celery.marker"):
+                try:
+                    os.unlink(os.path.join(self.agent.share.directory, _CONTRIB_MARKER))
+                except FileNotFoundError:
+                    pass
         if _in_pool_child() and not self.agent.share.in_child:
             # instrument() ran inside a pool child (worker_process_init, or a module only
             # the children import): this process is its own owner.
@@ -346,6 +371,9 @@ class Integration(_BaseIntegration):
         request = task.request
         span: trace.Span | None = None
         if _contrib_active():
+            # Before the task runs, not when its span is adopted (at its end, below): a first
+            # run stopped by the hard time limit must already tell the main process.
+            self._mark_contrib()
             # One span per run: adopt the contrib instrumentation's span. If its receiver runs
             # after ours (connected later, e.g. in worker_process_init), adopt it at the end.
             span = _contrib_span(task, task_id)
@@ -387,23 +415,45 @@ class Integration(_BaseIntegration):
         run: Run | None = getattr(request, _RUN, None)
         if run is None or run.finished:
             return
-        task_id = run.job_id
-        if getattr(request, _ADOPT_LATER, False) and task_id is not None:
-            setattr(request, _ADOPT_LATER, False)
-            span = _contrib_span(task, task_id) if task is not None else None
-            if span is not None:
-                run.span = span
-                if span.is_recording():
-                    span.set_attributes(
-                        {
-                            "job.name": run.name,
-                            "job.queue": run.queue,
-                            "job.attempt": run.attempt,
-                            "job.framework": FRAMEWORK,
-                            "job.id": task_id,
-                        }
-                    )
+        self._adopt_later(request, task, run)
         run.finish(outcome, exc, expected=expected)
+
+    def _adopt_later(self, request: Any, task: Any, run: Run) -> None:
+        """Adopt the contrib span that was not there yet when the run started."""
+        task_id = run.job_id
+        if not getattr(request, _ADOPT_LATER, False) or task_id is None:
+            return
+        setattr(request, _ADOPT_LATER, False)
+        span = _contrib_span(task, task_id) if task is not None else None
+        if span is None:
+            return
+        run.span = span
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    "job.name": run.name,
+                    "job.queue": run.queue,
+                    "job.attempt": run.attempt,
+                    "job.framework": FRAMEWORK,
+                    "job.id": task_id,
+                }
+            )
+
+    def _mark_contrib(self) -> None:
+        share = self.agent.share
+        pid = os.getpid()
+        if self._marked_pid == pid or not share.in_child:
+            return
+        self._marked_pid = pid
+        with errors.guard("integration.celery.marker"):
+            with open(os.path.join(share.directory, _CONTRIB_MARKER), "a"):
+                pass
+
+    def _contrib_spans(self) -> bool:
+        """Whether the runs of this worker have contrib spans (main process or children)."""
+        if _contrib_active():
+            return True
+        return os.path.exists(os.path.join(self.agent.share.directory, _CONTRIB_MARKER))
 
     @errors.guarded("integration.celery")
     def _on_success(self, sender: Any = None, **_: Any) -> None:
@@ -464,6 +514,7 @@ class Integration(_BaseIntegration):
                 # process after a hard time limit or revoke(terminate=True), or an exit. The
                 # main process records this run's end (timeout, cancelled, or WorkerLostError);
                 # recording it here too would count it twice. The child is exiting.
+                self._label_ending_contrib_span(request, task, run)
                 return
             if not run.finished:
                 # No success/failure/retry signal: Ignore, Reject, an escaping BaseException.
@@ -487,6 +538,18 @@ class Integration(_BaseIntegration):
         finally:
             setattr(request, _RUN, None)
             run.deactivate()
+
+    def _label_ending_contrib_span(self, request: Any, task: Any, run: Run) -> None:
+        # The contrib span is ended by its owner on the way out, and the main process emits
+        # no span of its own for this run (see _record_lost): give that one span the outcome
+        # the main process counts. Nothing is counted here.
+        self._adopt_later(request, task, run)
+        if run.owns_span or not run.span.is_recording():
+            return
+        elapsed = time.monotonic() - run.start_mono
+        limit = run.max_duration
+        outcome = "timeout" if limit and elapsed >= limit else "cancelled"
+        run.span.set_attribute("job.outcome", outcome)
 
     # --- the worker's main process: children that never report -----------------------------
 
@@ -515,8 +578,12 @@ class Integration(_BaseIntegration):
         request = self._requests.get(task_id)
         if request is None or not self._ran_elsewhere(request):
             return
-        outcome = "timeout" if isinstance(exception, TimeLimitExceeded) else "failure"
-        self._record_lost(request, task_id, outcome, exception)
+        timeout = isinstance(exception, TimeLimitExceeded)
+        # The hard time limit sends SIGTERM first, so the child ends a contrib span itself;
+        # a child that died (WorkerLostError: OOM, SIGKILL) never ends it.
+        self._record_lost(
+            request, task_id, "timeout" if timeout else "failure", exception, sigterm=timeout
+        )
 
     def _ran_elsewhere(self, request: Any) -> bool:
         # Started (accepted by a pool child) in another process than this one.
@@ -524,8 +591,16 @@ class Integration(_BaseIntegration):
         return getattr(request, "time_start", None) is not None and pid not in (None, os.getpid())
 
     def _record_lost(
-        self, request: Any, task_id: str, outcome: str, exc: BaseException | None
+        self,
+        request: Any,
+        task_id: str,
+        outcome: str,
+        exc: BaseException | None,
+        *,
+        sigterm: bool = False,
     ) -> None:
+        """Record a run its pool child did not finish. ``sigterm``: the child was stopped with
+        SIGTERM, so a contrib span of the run ends in the child and is the run's one span."""
         if not self._remember_lost(task_id):
             return
         request_dict = getattr(request, "request_dict", None) or {}
@@ -545,6 +620,7 @@ class Integration(_BaseIntegration):
             exc=exc,
             parent=parent,
             native_max_duration=limit,
+            emit_span=not (sigterm and self._contrib_spans()),
         )
 
     @errors.guarded("integration.celery")
@@ -554,6 +630,7 @@ class Integration(_BaseIntegration):
         request: Any = None,
         terminated: bool = False,
         expired: bool = False,
+        signum: Any = None,
         **_: Any,
     ) -> None:
         task_id = getattr(request, "id", None)
@@ -563,7 +640,13 @@ class Integration(_BaseIntegration):
         if terminated and worker_request is not None and self._ran_elsewhere(worker_request):
             from celery.exceptions import Terminated
 
-            self._record_lost(worker_request, task_id, "cancelled", Terminated("revoked"))
+            self._record_lost(
+                worker_request,
+                task_id,
+                "cancelled",
+                Terminated("revoked"),
+                sigterm=signum == _signal.SIGTERM,  # revoke(..., signal="SIGKILL"): none ends
+            )
             return
         if worker_request is not None and getattr(worker_request, "time_start", None) is not None:
             return  # it started here: its run records its own end

@@ -480,6 +480,48 @@ def test_with_contrib_celery_instrumentation_a_run_has_one_span(
         stop_worker(worker)
 
 
+def test_with_contrib_in_the_children_a_run_stopped_by_sigterm_has_one_span(
+    tmp_path: Path, publisher: None
+) -> None:
+    # The hard time limit and revoke(terminate=True) send SIGTERM to the child, which lets the
+    # contrib instrumentation end its span there; the main process counts the run but must
+    # not add a span of its own, though it does not run the contrib instrumentation itself.
+    require_redis()
+    worker = start_worker(tmp_path, REDIS_URL, OJ_CELERY_CONTRIB="1")
+    _, slow = celery_app.queues(worker.prefix)
+    try:
+        timed_out = worker.send("oj.sleep_past_limit")
+        wait_for(lambda: settled(worker, {"oj.sleep_past_limit": {"timeout": 1}}), "the killed run")
+        blocked = worker.send("oj.block")
+        wait_for(
+            lambda: worker.metrics().total("otel_jobs_runs_in_progress", job_name="oj.block") == 1,
+            "the run in flight",
+        )
+        worker.publisher.control.revoke(blocked, terminate=True)
+        wait_for(lambda: settled(worker, {"oj.block": {"cancelled": 1}}), "the terminated run")
+        spans = wait_for(
+            lambda: (
+                ((found := worker.spans_by_job_id()) and timed_out in found and blocked in found)
+                and found
+            ),
+            "the runs' spans",
+        )
+        # The main process writes its span when it counts the run: a margin, then no more.
+        time.sleep(0.5)
+        spans = worker.spans_by_job_id()
+        for job_id, outcome in ((timed_out, "timeout"), (blocked, "cancelled")):
+            (span,) = spans[job_id]  # the contrib one, carrying otel-jobs' attributes
+            assert span["name"].startswith("run/")
+            assert span["attributes"]["job.id"] == job_id
+            assert span["attributes"]["job.outcome"] == outcome
+        m = worker.metrics()
+        assert_exact(m, "oj.sleep_past_limit", slow, 1, timeout=1)
+        assert_exact(m, "oj.block", slow, 1, cancelled=1)
+        assert not m.find("otel_jobs_internal_errors_total")
+    finally:
+        stop_worker(worker)
+
+
 # --- configuration audit ----------------------------------------------------------------------
 
 BAD_FINDINGS = {
