@@ -91,7 +91,7 @@ attributes and outcome to it, and leaves making it current, its status and its e
 (so the status of a run that raised an exception listed in ``throws`` is that instrumentation's
 choice). A child stopped by the hard time limit or by ``revoke(terminate=True)`` gets SIGTERM: on
 its way out, that instrumentation ends its span and otel-jobs sets the span's ``job.outcome``
-(``timeout`` if the run reached its max duration, else ``cancelled``), while the main process
+(``timeout`` if the run reached its hard time limit, else ``cancelled``), while the main process
 counts the run and emits no span of its own, so that run too has one span. This holds when the
 instrumentation is enabled only in the pool children: the first run of a child leaves a marker
 file (``celery-contrib-spans``) in the multiprocess directory, which the main process reads.
@@ -240,6 +240,16 @@ def _native_limit(task: Any, timelimit: Any) -> float | None:
     if len(_native_limits) < 10_000:  # per-call limits are few; never grow without bound
         _native_limits[key] = found
     return found
+
+
+def _hard_limit(task: Any, timelimit: Any) -> float | None:
+    """The hard time limit in force for one execution (per call, task, app); None: none."""
+    hard = timelimit[0] if isinstance(timelimit, (list, tuple)) and timelimit else None
+    if task is None:
+        return _number(hard)
+    return _number(
+        hard or getattr(task, "time_limit", None) or task.app.conf.get("task_time_limit")
+    )
 
 
 class _RequestGetter:
@@ -547,9 +557,11 @@ class Integration(_BaseIntegration):
         if run.owns_span or not run.span.is_recording():
             return
         elapsed = time.monotonic() - run.start_mono
-        limit = run.max_duration
-        outcome = "timeout" if limit and elapsed >= limit else "cancelled"
-        run.span.set_attribute("job.outcome", outcome)
+        hard = _hard_limit(task, getattr(request, "timelimit", None))
+        # The pool's clock starts when the child accepts the job, a little before this run's
+        # start: a small tolerance, so that a run stopped by the hard limit is never cancelled.
+        timeout = hard is not None and elapsed >= hard - min(0.5, hard / 10)
+        run.span.set_attribute("job.outcome", "timeout" if timeout else "cancelled")
 
     # --- the worker's main process: children that never report -----------------------------
 

@@ -480,14 +480,16 @@ def test_with_contrib_celery_instrumentation_a_run_has_one_span(
         stop_worker(worker)
 
 
-def test_with_contrib_in_the_children_a_run_stopped_by_sigterm_has_one_span(
-    tmp_path: Path, publisher: None
+@pytest.mark.parametrize("contrib", ["1", "first"], ids=["in_worker_process_init", "before"])
+def test_with_contrib_a_run_stopped_by_sigterm_has_one_span(
+    tmp_path: Path, publisher: None, contrib: str
 ) -> None:
     # The hard time limit and revoke(terminate=True) send SIGTERM to the child, which lets the
     # contrib instrumentation end its span there; the main process counts the run but must
-    # not add a span of its own, though it does not run the contrib instrumentation itself.
+    # not add a span of its own, even when it does not run the contrib instrumentation itself
+    # (enabled in worker_process_init: in the children only).
     require_redis()
-    worker = start_worker(tmp_path, REDIS_URL, OJ_CELERY_CONTRIB="1")
+    worker = start_worker(tmp_path, REDIS_URL, OJ_CELERY_CONTRIB=contrib)
     _, slow = celery_app.queues(worker.prefix)
     try:
         timed_out = worker.send("oj.sleep_past_limit")
@@ -513,7 +515,8 @@ def test_with_contrib_in_the_children_a_run_stopped_by_sigterm_has_one_span(
             (span,) = spans[job_id]  # the contrib one, carrying otel-jobs' attributes
             assert span["name"].startswith("run/")
             assert span["attributes"]["job.id"] == job_id
-            assert span["attributes"]["job.outcome"] == outcome
+            if contrib == "1":  # enabled before otel-jobs, it ends the span first (documented)
+                assert span["attributes"]["job.outcome"] == outcome
         m = worker.metrics()
         assert_exact(m, "oj.sleep_past_limit", slow, 1, timeout=1)
         assert_exact(m, "oj.block", slow, 1, cancelled=1)
