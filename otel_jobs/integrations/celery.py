@@ -103,8 +103,10 @@ What remains:
   of ``instrument()``), its receiver ends the span before otel-jobs sees the stop: the span has
   the ``job.*`` attributes but no ``job.outcome`` (the metrics have it);
 * billiard sends SIGKILL 0.1 s after SIGTERM: a child stuck in C code that does not return to
-  Python in time, or a batch span processor that does not export before the kill, loses that
-  span (the run is still counted).
+  Python in time, or an exporter too slow to send that span before the kill, loses it (the run
+  is still counted). A pool child leaves through ``os._exit``, so otel-jobs flushes the span
+  processors when it exits (``worker_process_shutdown``, at most 2 s): a batch processor's
+  spans are not left behind, on this exit or any other.
 
 **Pools.** Prefork: the main process serves ``/metrics``; each child flushes its counts when a
 run starts and ends and at every watchdog tick (see the README section *Forking workers*).
@@ -152,7 +154,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import propagate, trace
 
-from ..core import errors
+from ..core import errors, providers
 from .base import Finding, report_findings
 from .base import Integration as _BaseIntegration
 
@@ -330,6 +332,7 @@ class Integration(_BaseIntegration):
             (signals.task_unknown, self._on_unknown),
             (signals.task_rejected, self._on_rejected),
             (signals.worker_init, self._on_worker_init),
+            (signals.worker_process_shutdown, self._on_process_shutdown),
         ):
             # Strong references: bound methods would otherwise be dropped by the weak default.
             signal.connect(receiver, weak=False)
@@ -562,6 +565,14 @@ class Integration(_BaseIntegration):
         # start: a small tolerance, so that a run stopped by the hard limit is never cancelled.
         timeout = hard is not None and elapsed >= hard - min(0.5, hard / 10)
         run.span.set_attribute("job.outcome", "timeout" if timeout else "cancelled")
+
+    @errors.guarded("integration.celery")
+    def _on_process_shutdown(self, **_: Any) -> None:
+        # A pool child leaves through os._exit, so no atexit hook exports what a batch span
+        # processor still holds: the spans of its last runs, the contrib span of a run stopped
+        # by SIGTERM (the run's one span) among them. Bounded: SIGKILL may follow.
+        if self.agent.share.in_child:
+            providers.flush(2000)
 
     # --- the worker's main process: children that never report -----------------------------
 

@@ -6,7 +6,9 @@ Configured from the environment by the test that starts the worker:
   run, so that runs never share a queue);
 * ``OJ_CELERY_PORT``: the ``/metrics`` port; ``OJ_CELERY_RELEASE_DIR``: where the hanging task
   looks for its release file; ``OJ_CELERY_SPANS``: a file the worker writes its spans to (JSON
-  lines) through a real SDK pipeline; ``OJ_CELERY_CONTRIB=1``: also enable
+  lines) through a real SDK pipeline (``OJ_CELERY_SPANS_BATCH=1``: a batch span processor that
+  exports only when flushed); ``OJ_CELERY_MAX_TASKS_PER_CHILD``: pool children exit after that
+  many tasks; ``OJ_CELERY_CONTRIB=1``: also enable
   opentelemetry-instrumentation-celery, the way its documentation says (``worker_process_init``),
   ``=first``: enable it in the app module before otel-jobs;
   ``OJ_CELERY_INSTRUMENT_IN_CHILD=1``: call ``instrument()`` in ``worker_process_init``, the
@@ -57,6 +59,10 @@ def make_app(broker: str, prefix: str) -> Celery:
         task_ignore_result=True,
         broker_connection_retry_on_startup=True,
     )
+    if os.environ.get("OJ_CELERY_MAX_TASKS_PER_CHILD"):
+        celery_app.conf.worker_max_tasks_per_child = int(
+            os.environ["OJ_CELERY_MAX_TASKS_PER_CHILD"]
+        )
     return celery_app
 
 
@@ -64,17 +70,23 @@ if os.environ.get("OJ_CELERY_WORKER") == "1":
     if os.environ.get("OJ_CELERY_SPANS"):
         from opentelemetry import trace
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            ConsoleSpanExporter,
+            SimpleSpanProcessor,
+        )
 
         _spans_file = open(os.environ["OJ_CELERY_SPANS"], "a", buffering=1)
         _provider = TracerProvider()
-        _provider.add_span_processor(
-            SimpleSpanProcessor(
-                ConsoleSpanExporter(
-                    out=_spans_file, formatter=lambda s: s.to_json(indent=None) + "\n"
-                )
-            )
+        _exporter = ConsoleSpanExporter(
+            out=_spans_file, formatter=lambda s: s.to_json(indent=None) + "\n"
         )
+        if os.environ.get("OJ_CELERY_SPANS_BATCH") == "1":
+            _provider.add_span_processor(
+                BatchSpanProcessor(_exporter, schedule_delay_millis=600_000)
+            )
+        else:
+            _provider.add_span_processor(SimpleSpanProcessor(_exporter))
         trace.set_tracer_provider(_provider)
 
     if os.environ.get("OJ_CELERY_CONTRIB") == "first":

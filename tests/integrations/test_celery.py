@@ -525,6 +525,23 @@ def test_with_contrib_a_run_stopped_by_sigterm_has_one_span(
         stop_worker(worker)
 
 
+def test_a_pool_child_exports_its_spans_when_it_exits(tmp_path: Path, publisher: None) -> None:
+    # Children leave through os._exit (no atexit): spans a batch processor still holds would be
+    # lost, the one span of a run stopped by SIGTERM among them. This processor exports only
+    # when flushed; each child exits after one task.
+    require_redis()
+    worker = start_worker(
+        tmp_path, REDIS_URL, OJ_CELERY_SPANS_BATCH="1", OJ_CELERY_MAX_TASKS_PER_CHILD="1"
+    )
+    try:
+        job_id = worker.send("oj.ok", 1)
+        wait_for(lambda: settled(worker, {"oj.ok": {"success": 1}}), "the run")
+        (span,) = wait_for(lambda: worker.spans_by_job_id().get(job_id), "the run's span")
+        assert span["attributes"]["job.outcome"] == "success"
+    finally:
+        stop_worker(worker)
+
+
 # --- configuration audit ----------------------------------------------------------------------
 
 BAD_FINDINGS = {
