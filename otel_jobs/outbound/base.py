@@ -366,6 +366,11 @@ class Checker:
 
     def end(self, run: Run | None, call: InFlightCall | None) -> None:
         """The call returned or raised: out of ``run.calls``, and a heartbeat of the run."""
+        if call is not None:
+            # The call kept the frame that made it, and that frame holds the call: a reference
+            # cycle that would keep the caller's objects (a redis Pipeline, say) alive until the
+            # cyclic GC, which may then run their __del__ while their library holds a lock.
+            call._frame = None
         if run is None or call is None:
             return
         run.last_beat = time.monotonic()

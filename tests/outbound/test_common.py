@@ -328,3 +328,29 @@ def test_calls_made_while_instrumentation_is_suppressed_are_not_checked(
     assert flagged(library="requests") == 0 and warnings_of(caplog) == []
     requests.get(http_server.url)  # the same call, not suppressed: flagged
     assert flagged(library="requests") == 1
+
+
+def test_a_checked_call_leaves_no_reference_cycle(outbound: Any, http_server: HTTPServer) -> None:
+    # A cycle through the caller's frame would keep its objects alive until the cyclic GC, which
+    # then runs their __del__ at an arbitrary point: redis-py's Pipeline.__del__ taking the pool
+    # lock while the same thread holds it is a deadlock.
+    import gc
+    import weakref
+
+    outbound("requests")
+
+    class Marker:
+        pass
+
+    def call_in_a_run() -> weakref.ref[Marker]:
+        marker = Marker()
+        with otel_jobs.job_run("cycle.check"):
+            requests.get(http_server.url, timeout=5)
+        return weakref.ref(marker)
+
+    gc.disable()
+    try:
+        ref = call_in_a_run()
+        assert ref() is None  # freed by reference counting alone, no GC pass needed
+    finally:
+        gc.enable()
