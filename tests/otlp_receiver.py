@@ -267,9 +267,10 @@ class _AcceptingServer:
         self._sock.close()
         for conn in self._held:
             try:
-                conn.close()
+                conn.shutdown(socket.SHUT_RDWR)  # wakes a blocked reader; the client reads b""
             except OSError:
                 pass
+            conn.close()
 
     def __enter__(self: Any) -> Any:
         return self

@@ -26,6 +26,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 import otel_jobs
 from otel_jobs.core import errors
 from otel_jobs.core.run import OutboundCall, Run
+from tests.otlp_receiver import SilentServer
 from tests.support import scrape, spans_named
 
 THIS_FILE = os.path.relpath(__file__)
@@ -54,37 +55,10 @@ def here() -> int:
     return sys._getframe(1).f_lineno
 
 
-class SilentServer:
-    """A TCP server on 127.0.0.1 that accepts connections and never answers."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.address = self.sock.getsockname()
-        self.held: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.held.append(conn)
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.held:
-            conn.close()  # the client's read returns b"": the stuck job can end
-
-
 @pytest.fixture
 def silent_server() -> Iterator[SilentServer]:
-    server = SilentServer()
-    yield server
-    server.close()
+    with SilentServer() as server:
+        yield server
 
 
 class Worker:
@@ -290,7 +264,7 @@ def test_socket_wait_is_blocked_and_busy_loop_is_spinning(
 
     @otel_jobs.job(name="wd.socket", heartbeat_timeout=0.5)
     def read_from_silent_partner() -> bytes:
-        with socket.create_connection(silent_server.address) as conn:
+        with socket.create_connection(("127.0.0.1", silent_server.port)) as conn:
             conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
             try:
                 lines["socket"] = here() + 1
@@ -332,7 +306,7 @@ def test_outbound_call_in_flight_is_part_of_the_diagnosis(
     span_exporter: InMemorySpanExporter,
 ) -> None:
     agent = instrumented(watchdog_interval=0.1)
-    host = f"{silent_server.address[0]}:{silent_server.address[1]}"
+    host = f"127.0.0.1:{silent_server.port}"
 
     @otel_jobs.job(name="wd.partner", heartbeat_timeout=0.3)
     def call_partner() -> None:
@@ -342,7 +316,7 @@ def test_outbound_call_in_flight_is_part_of_the_diagnosis(
         call = OutboundCall("socket", "RECV", host, ("read",), f"{__name__}:call_partner:{here()}")
         run.calls.append(call)
         try:
-            with socket.create_connection(silent_server.address) as conn:
+            with socket.create_connection(("127.0.0.1", silent_server.port)) as conn:
                 conn.recv(1)
         except ConnectionResetError:  # the server closing at the end of the test
             pass

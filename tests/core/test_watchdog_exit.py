@@ -9,107 +9,39 @@ and reads the stall from the parent's ``/metrics`` after the child is gone.
 
 from __future__ import annotations
 
-import gzip
 import os
 import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from otel_jobs.core.watchdog import EXIT_STATUS
+from tests.otlp_receiver import OtlpReceiver
 from tests.support import scrape
 
 DEADLINE = 90.0
 
 
-def _value(any_value: Any) -> Any:
-    kind = any_value.WhichOneof("value")
-    return getattr(any_value, kind) if kind else None
+def _span(receiver: OtlpReceiver, name: str) -> dict[str, Any]:
+    found = [s.attributes for s in receiver.spans() if s.name == name]
+    assert len(found) == 1, (
+        f"expected one span {name!r}, received {[s.name for s in receiver.spans()]}"
+    )
+    return found[0]
 
 
-class OtlpReceiver:
-    """A local OTLP/HTTP receiver keeping the spans and metric points it is sent."""
-
-    def __init__(self) -> None:
-        self.spans: list[tuple[str, dict[str, Any]]] = []
-        self.points: list[tuple[str, dict[str, Any], float]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                if self.path == "/v1/traces":
-                    receiver._traces(body)
-                    reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
-                elif self.path == "/v1/metrics":
-                    receiver._metrics(body)
-                    reply = metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString()
-                else:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def _traces(self, body: bytes) -> None:
-        request = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
-        for resource in request.resource_spans:
-            for scope in resource.scope_spans:
-                for span in scope.spans:
-                    attrs = {a.key: _value(a.value) for a in span.attributes}
-                    self.spans.append((span.name, attrs))
-
-    def _metrics(self, body: bytes) -> None:
-        request = metrics_service_pb2.ExportMetricsServiceRequest.FromString(body)
-        for resource in request.resource_metrics:
-            for scope in resource.scope_metrics:
-                for metric in scope.metrics:
-                    kind = metric.WhichOneof("data")
-                    if kind not in ("sum", "gauge"):
-                        continue
-                    for point in getattr(metric, kind).data_points:
-                        attrs = {a.key: _value(a.value) for a in point.attributes}
-                        number = (
-                            point.as_int
-                            if point.WhichOneof("value") == "as_int"
-                            else point.as_double
-                        )
-                        self.points.append((metric.name, attrs, float(number)))
-
-    def span(self, name: str) -> dict[str, Any]:
-        found = [attrs for span_name, attrs in self.spans if span_name == name]
-        assert len(found) == 1, f"expected one span {name!r}, received {[n for n, _ in self.spans]}"
-        return found[0]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def _points(receiver: OtlpReceiver, name: str) -> list[tuple[dict[str, Any], float]]:
+    """The points of metric ``name`` in the order they arrived (the last of a series is its value)."""
+    return [p for m in receiver.metrics() if m.name == name for p in m.points]
 
 
 @pytest.fixture
 def receiver() -> Iterator[OtlpReceiver]:
-    server = OtlpReceiver()
-    yield server
-    server.close()
+    with OtlpReceiver() as server:
+        yield server
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -160,27 +92,25 @@ def test_exit_ends_the_worker_after_its_telemetry_reached_the_receiver(
     assert "started" in proc.stdout and "not reached" not in proc.stdout
     assert "ending worker process" in proc.stderr and "policy exit" in proc.stderr
 
-    stall = receiver.span("exit.stuck stalled")
+    stall = _span(receiver, "exit.stuck stalled")
     assert stall["otel_jobs.stall.policy"] == "exit"
     assert stall["otel_jobs.stall.reason"] == "no_heartbeat"
     assert stall["code.function"] == "stuck"
-    stuck = receiver.span("exit.stuck")
+    stuck = _span(receiver, "exit.stuck")
     assert stuck["job.outcome"] == "timeout"
-    assert receiver.span("exit.bystander")["job.outcome"] == "cancelled"
+    assert _span(receiver, "exit.bystander")["job.outcome"] == "cancelled"
 
     # Cumulative sums: the last point of each series is its value.
     stalls = {
         tuple(sorted(attrs.items())): value
-        for name, attrs, value in receiver.points
-        if name == "otel_jobs.stalls.detected"
+        for attrs, value in _points(receiver, "otel_jobs.stalls.detected")
     }
     assert stalls == {
         (("job_name", "exit.stuck"), ("queue", "exit"), ("reason", "no_heartbeat")): 1.0
     }
     finished = {
         (attrs["job_name"], attrs["outcome"]): value
-        for name, attrs, value in receiver.points
-        if name == "otel_jobs.runs.finished"
+        for attrs, value in _points(receiver, "otel_jobs.runs.finished")
     }
     assert finished == {("exit.stuck", "timeout"): 1.0, ("exit.bystander", "cancelled"): 1.0}
 
