@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -68,7 +68,6 @@ class Agent:
             Any
         ] = []  # installed integrations and outbound adapters (have .uninstall())
         self.stopped = False
-        self._cleanups: list[Callable[[], None]] = []
         from .watchdog import Watchdog
 
         self.watchdog = Watchdog(self)
@@ -131,9 +130,6 @@ class Agent:
         if self.server is not None and not self.share.in_child:
             self.server.stop()
         self.server = None
-        for cleanup in self._cleanups:
-            with errors.guard("uninstall"):
-                cleanup()
         providers.flush()
         if self._own_dir and not self.share.in_child:
             shutil.rmtree(self.share.directory, ignore_errors=True)
@@ -146,9 +142,6 @@ class Agent:
             providers.flush(2000)
             if self._own_dir and not self.share.in_child:
                 shutil.rmtree(self.share.directory, ignore_errors=True)
-
-    def add_cleanup(self, cleanup: Callable[[], None]) -> None:
-        self._cleanups.append(cleanup)
 
     def after_fork_in_child(self) -> None:
         """Called in a forked child: fresh state of its own (see the module docstring)."""

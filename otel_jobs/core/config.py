@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 STALL_POLICIES = ("observe", "cancel", "exit")
@@ -78,9 +78,6 @@ class Settings:
 
     def for_job(self, name: str) -> JobSettings:
         return self.jobs.get(name) or _NO_JOB_SETTINGS
-
-    def with_overrides(self, **changes: Any) -> Settings:
-        return replace(self, **changes)
 
 
 _NO_JOB_SETTINGS = JobSettings()
