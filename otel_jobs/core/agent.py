@@ -14,6 +14,7 @@ in-flight table, fresh locks and its own watchdog thread; the child does not ser
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import math
 import os
@@ -21,7 +22,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -30,6 +31,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from . import errors, providers
 from .config import Settings
+from .deferred import Deferred
 from .exposition import MetricsServer, serve
 from .multiprocess import MergedCollector, ProcessShare
 from .run import Run
@@ -68,6 +70,7 @@ class Agent:
             Any
         ] = []  # installed integrations and outbound adapters (have .uninstall())
         self.stopped = False
+        self.deferred = Deferred()  # adapters' checks that must wait (see core.deferred)
         from .watchdog import Watchdog
 
         self.watchdog = Watchdog(self)
@@ -127,6 +130,7 @@ class Agent:
                 adapter.uninstall()
         self.adapters.clear()
         self.watchdog.stop()
+        self.deferred.run_all()
         if self.server is not None and not self.share.in_child:
             self.server.stop()
         self.server = None
@@ -137,6 +141,7 @@ class Agent:
 
     def _atexit(self) -> None:
         with errors.guard("atexit"):
+            self.deferred.run_all()
             if self.share.in_child:
                 self.share.flush(self.telemetry.registry)
             providers.flush(2000)
@@ -151,6 +156,7 @@ class Agent:
         self._lock = threading.Lock()
         self._runs = {}
         self.share.after_fork_in_child()
+        self.deferred.after_fork_in_child()
         if self.server is not None:
             self.server.close_in_child()
         self._meter = providers.meter_for_child(self.settings, self._meter)
@@ -282,7 +288,7 @@ class Agent:
         exc: BaseException | None = None,
         parent: otel_context.Context | None = None,
         native_max_duration: float | None = None,
-        emit_span: bool = True,
+        span_unless: Callable[[bool], bool | float] | None = None,
     ) -> None:
         """Record the end of a run whose process died before finishing it (killed, OOM).
 
@@ -293,8 +299,12 @@ class Agent:
         trace context the run was published with, so that its span stays in that trace.
         ``native_max_duration``: the framework's limit for the run, so that the thresholds this
         process exports for the job are the ones the dead process had in force.
-        ``emit_span=False``: count only; the run's span is another's, which the dying process
-        ends (an adopted span of another instrumentation, ended on the way out).
+        ``span_unless``: the run's one span may be another's, which the dying process ends on
+        its way out (an adopted span of another instrumentation). The outcome is counted now;
+        the span waits: ``span_unless(final)`` is called on the agent's deferred thread and
+        returns True when the dying process's span was exported (no span here), False when it
+        was not (this process emits the run's span, ended at the time of this call), or the
+        seconds after which to ask again. ``final``: the agent is stopping, decide now.
         """
         now = time.time()
         seconds = max(0.0, now - started_at) if started_at is not None else 0.0
@@ -305,10 +315,24 @@ class Agent:
         )
         series.heartbeat_timeout = configured.heartbeat_timeout or self.settings.heartbeat_timeout
         series.record_finish(outcome, seconds)
-        if emit_span:
-            self._lost_run_span(
-                name, queue, job_id, attempt, framework, started_at, now, outcome, exc, parent
-            )
+        emit = functools.partial(
+            self._lost_run_span,
+            name, queue, job_id, attempt, framework, started_at, now, outcome, exc, parent,
+        )  # fmt: skip
+        if span_unless is None:
+            emit()
+        else:
+
+            def check(final: bool) -> float | None:
+                answer = span_unless(final)
+                if answer is True:
+                    return None
+                if answer is False or final:
+                    emit()
+                    return None
+                return float(answer)
+
+            self.deferred.call_later(0.0, check)
         if self.share.in_child:
             self.share.flush(self.telemetry.registry)
 

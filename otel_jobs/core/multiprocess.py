@@ -48,7 +48,8 @@ Family = dict[str, Any]  # {"name", "type", "help", "samples": {(sample, labels)
 SampleKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -178,7 +179,7 @@ class ProcessShare:
                 except (OSError, ValueError, KeyError) as exc:
                     errors.record("multiprocess.read", exc)
                     continue
-                if _pid_alive(pid):
+                if pid_alive(pid):
                     _merge_into(merged, families)
                 else:
                     _merge_into(self._archive, families, counters_only=True)

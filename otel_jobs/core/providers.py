@@ -333,7 +333,7 @@ def meter_for_child(settings: Settings, inherited: metrics.Meter | None) -> metr
     return _owned_meter_provider.get_meter("otel_jobs", __version__)
 
 
-def _bounded(work: Callable[[], None], timeout_millis: float) -> None:
+def _bounded(work: Callable[[], None], timeout_millis: float) -> bool:
     """Run ``work`` in a helper thread and wait for it at most ``timeout_millis``.
 
     The SDK's batch processor ignores the flush timeout and waits for every export, each with
@@ -344,8 +344,9 @@ def _bounded(work: Callable[[], None], timeout_millis: float) -> None:
         thread.start()
     except RuntimeError:  # no new threads (interpreter shutting down): wait inline
         work()
-        return
+        return True
     thread.join(max(0.0, timeout_millis) / 1000)
+    return not thread.is_alive()
 
 
 def flush(timeout_millis: int = 5000) -> None:
@@ -370,6 +371,23 @@ def flush(timeout_millis: int = 5000) -> None:
 
     if providers:
         _bounded(work, timeout_millis)
+
+
+def flush_spans(timeout_millis: int = 2000) -> bool:
+    """Export the spans the tracer provider holds now; True when all were exported in time."""
+    provider = trace.get_tracer_provider()
+    force_flush = getattr(provider, "force_flush", None)
+    if force_flush is None:
+        return True  # no SDK: no span to export
+    done: list[bool] = []
+
+    def work() -> None:
+        try:
+            done.append(bool(force_flush(timeout_millis)))
+        except Exception:
+            done.append(False)
+
+    return _bounded(work, timeout_millis) and all(done)
 
 
 _shutdown_registered = False

@@ -89,24 +89,24 @@ order, including the recommended ``worker_process_init``), a run still has one s
 adopts that instrumentation's ``run/<task>`` span instead of opening its own, adds its ``job.*``
 attributes and outcome to it, and leaves making it current, its status and its end to its owner
 (so the status of a run that raised an exception listed in ``throws`` is that instrumentation's
-choice). A child stopped by the hard time limit or by ``revoke(terminate=True)`` gets SIGTERM: on
-its way out, that instrumentation ends its span and otel-jobs sets the span's ``job.outcome``
-(``timeout`` if the run reached its hard time limit, else ``cancelled``), while the main process
-counts the run and emits no span of its own, so that run too has one span. This holds when the
-instrumentation is enabled only in the pool children: the first run of a child leaves a marker
-file (``celery-contrib-spans``) in the multiprocess directory, which the main process reads.
-What remains:
+choice). otel-jobs' ``task_postrun`` receiver runs first, so the outcome is on the span before
+that instrumentation ends it, whichever was enabled first.
 
-* a child killed outright (OOM, SIGKILL, ``revoke(..., signal="SIGKILL")``; ``WorkerLostError``)
-  never ends that instrumentation's span: the run's one span is the main process's;
-* enabled *before* otel-jobs (``CeleryInstrumentor().instrument()`` in the main process, ahead
-  of ``instrument()``), its receiver ends the span before otel-jobs sees the stop: the span has
-  the ``job.*`` attributes but no ``job.outcome`` (the metrics have it);
-* billiard sends SIGKILL 0.1 s after SIGTERM: a child stuck in C code that does not return to
-  Python in time, or an exporter too slow to send that span before the kill, loses it (the run
-  is still counted). A pool child leaves through ``os._exit``, so otel-jobs flushes the span
-  processors when it exits (``worker_process_shutdown``, at most 2 s): a batch processor's
-  spans are not left behind, on this exit or any other.
+A child stopped mid-run by the hard time limit or by ``revoke(terminate=True)`` gets SIGTERM: on
+its way out, that instrumentation ends its span, otel-jobs sets the span's ``job.outcome``
+(``timeout`` if the run reached its hard time limit, else ``cancelled``), exports it, and leaves a
+note for that task in the multiprocess directory. The main process counts the run at once, waits
+for the child to exit (at most 30 s), and emits a span of its own only if no note came: a child
+killed outright (OOM, SIGKILL, ``revoke(..., signal="SIGKILL")``, ``WorkerLostError``, billiard's
+``REMAP_SIGTERM``), a child stuck in C code that does not return to Python within billiard's
+0.1 s between SIGTERM and SIGKILL, or an exporter too slow for that window. So the run has one
+span either way, the child's or the main process's, never two and never none. (Its end time is
+when the main process counted the run.) When the worker stops, checks still waiting decide at
+once. The main process knows the children use that instrumentation, even when it is enabled
+only in the children, from a marker file (``celery-contrib-spans``) the first run of a child
+leaves in the multiprocess directory. A pool child leaves through ``os._exit``, so otel-jobs
+flushes the span processors when it exits (``worker_process_shutdown``, at most 2 s): a batch
+processor's spans are not left behind, on this exit or any other.
 
 **Pools.** Prefork: the main process serves ``/metrics``; each child flushes its counts when a
 run starts and ends and at every watchdog tick (see the README section *Forking workers*).
@@ -141,10 +141,10 @@ once as a WARNING and set as ``otel_jobs_config_finding{framework="celery", find
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import logging
 import math
 import os
-import signal as _signal
 import sys
 import time
 import weakref
@@ -155,6 +155,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import propagate, trace
 
 from ..core import errors, providers
+from ..core.multiprocess import pid_alive
 from .base import Finding, report_findings
 from .base import Integration as _BaseIntegration
 
@@ -172,6 +173,9 @@ _LOST_MEMORY = 4096  # task ids already recorded as lost, so a second signal for
 # In the shared directory: the pool children's runs have opentelemetry-instrumentation-celery
 # spans (it may be enabled in the children only, where the main process cannot see it).
 _CONTRIB_MARKER = "celery-contrib-spans"
+# ...: a pool child stopped mid-run exported the run's contrib span (one file per task id).
+_SPAN_NOTE = "celery-span-"
+_CHILD_EXIT_WAIT = 30.0  # how long the main process waits for a stopped child to exit
 
 
 # --- reading a task's request ---------------------------------------------------------------
@@ -313,6 +317,7 @@ class Integration(_BaseIntegration):
         self._lost: OrderedDict[str, None] = OrderedDict()
         self._connected: list[tuple[Any, Any]] = []
         self._marked_pid: int | None = None  # the process that left the contrib marker
+        self._ending: list[str] = []  # a stopped child: task ids whose contrib span it ends
 
     # --- install / uninstall -------------------------------------------------------------
 
@@ -337,14 +342,20 @@ class Integration(_BaseIntegration):
             # Strong references: bound methods would otherwise be dropped by the weak default.
             signal.connect(receiver, weak=False)
             self._connected.append((signal, receiver))
+        with errors.guard("integration.celery.postrun_first"):
+            _move_first(signals.task_postrun, self._on_postrun)
         if not self.agent.share.in_child:
-            # A configured multiprocess_dir outlives the worker: the marker is this worker's
-            # children's to leave (a worker now run without the contrib instrumentation).
+            # A configured multiprocess_dir outlives the worker: the marker and the notes are
+            # this worker's children's to leave (a worker now run without the contrib
+            # instrumentation).
             with errors.guard("integration.celery.marker"):
-                try:
-                    os.unlink(os.path.join(self.agent.share.directory, _CONTRIB_MARKER))
-                except FileNotFoundError:
-                    pass
+                directory = self.agent.share.directory
+                for name in os.listdir(directory):
+                    if name == _CONTRIB_MARKER or name.startswith(_SPAN_NOTE):
+                        try:
+                            os.unlink(os.path.join(directory, name))
+                        except FileNotFoundError:
+                            pass
         if _in_pool_child() and not self.agent.share.in_child:
             # instrument() ran inside a pool child (worker_process_init, or a module only
             # the children import): this process is its own owner.
@@ -557,7 +568,10 @@ class Integration(_BaseIntegration):
         # no span of its own for this run (see _record_lost): give that one span the outcome
         # the main process counts. Nothing is counted here.
         self._adopt_later(request, task, run)
-        if run.owns_span or not run.span.is_recording():
+        if run.owns_span or run.job_id is None:
+            return  # no contrib span: the main process emits the run's span
+        self._ending.append(run.job_id)
+        if not run.span.is_recording():
             return
         elapsed = time.monotonic() - run.start_mono
         hard = _hard_limit(task, getattr(request, "timelimit", None))
@@ -571,8 +585,42 @@ class Integration(_BaseIntegration):
         # A pool child leaves through os._exit, so no atexit hook exports what a batch span
         # processor still holds: the spans of its last runs, the contrib span of a run stopped
         # by SIGTERM (the run's one span) among them. Bounded: SIGKILL may follow.
-        if self.agent.share.in_child:
-            providers.flush(2000)
+        if not self.agent.share.in_child:
+            return
+        ending, self._ending = self._ending, []
+        if providers.flush_spans(2000):
+            # Exported: tell the main process not to emit a span of its own for these runs.
+            for task_id in ending:
+                with errors.guard("integration.celery.note"):
+                    with open(self._note_path(task_id), "a"):
+                        pass
+        providers.flush(2000)
+
+    def _note_path(self, task_id: str) -> str:
+        digest = hashlib.sha1(task_id.encode("utf-8", "replace")).hexdigest()[:24]
+        return os.path.join(self.agent.share.directory, _SPAN_NOTE + digest)
+
+    def _child_span_check(self, task_id: str, pid: Any) -> Any:
+        """For :meth:`Agent.record_lost_run`: whether the stopped child exported the run's
+        contrib span (True), did not (False), or may still (seconds to wait)."""
+        note = self._note_path(task_id)
+        deadline = time.monotonic() + _CHILD_EXIT_WAIT
+        pid = pid if isinstance(pid, int) else None
+        fixed_wait = time.monotonic() + 3.0  # no pid to watch: a child exports within this
+
+        def check(final: bool) -> bool | float:
+            # Alive first, then the note: a child seen dead wrote its note (or never will).
+            now = time.monotonic()
+            alive = pid_alive(pid) if pid is not None else now < fixed_wait
+            if os.path.exists(note):
+                with errors.guard("integration.celery.note"):
+                    os.unlink(note)
+                return True
+            if final or not alive or now >= deadline:
+                return False
+            return 0.2
+
+        return check
 
     # --- the worker's main process: children that never report -----------------------------
 
@@ -602,11 +650,7 @@ class Integration(_BaseIntegration):
         if request is None or not self._ran_elsewhere(request):
             return
         timeout = isinstance(exception, TimeLimitExceeded)
-        # The hard time limit sends SIGTERM first, so the child ends a contrib span itself;
-        # a child that died (WorkerLostError: OOM, SIGKILL) never ends it.
-        self._record_lost(
-            request, task_id, "timeout" if timeout else "failure", exception, sigterm=timeout
-        )
+        self._record_lost(request, task_id, "timeout" if timeout else "failure", exception)
 
     def _ran_elsewhere(self, request: Any) -> bool:
         # Started (accepted by a pool child) in another process than this one.
@@ -619,11 +663,12 @@ class Integration(_BaseIntegration):
         task_id: str,
         outcome: str,
         exc: BaseException | None,
-        *,
-        sigterm: bool = False,
     ) -> None:
-        """Record a run its pool child did not finish. ``sigterm``: the child was stopped with
-        SIGTERM, so a contrib span of the run ends in the child and is the run's one span."""
+        """Record a run its pool child did not finish: counted now. Its span: with the contrib
+        instrumentation, a child stopped by SIGTERM ends the contrib span on its way out (the
+        run's one span) and leaves a note once it is exported; the main process waits for the
+        child to exit and emits a span of its own only when no note came (SIGKILL, a child
+        stuck in C code, an exporter slower than billiard's 0.1 s before SIGKILL)."""
         if not self._remember_lost(task_id):
             return
         request_dict = getattr(request, "request_dict", None) or {}
@@ -643,7 +688,11 @@ class Integration(_BaseIntegration):
             exc=exc,
             parent=parent,
             native_max_duration=limit,
-            emit_span=not (sigterm and self._contrib_spans()),
+            span_unless=(
+                self._child_span_check(task_id, getattr(request, "worker_pid", None))
+                if self._contrib_spans()
+                else None
+            ),
         )
 
     @errors.guarded("integration.celery")
@@ -653,7 +702,6 @@ class Integration(_BaseIntegration):
         request: Any = None,
         terminated: bool = False,
         expired: bool = False,
-        signum: Any = None,
         **_: Any,
     ) -> None:
         task_id = getattr(request, "id", None)
@@ -663,13 +711,7 @@ class Integration(_BaseIntegration):
         if terminated and worker_request is not None and self._ran_elsewhere(worker_request):
             from celery.exceptions import Terminated
 
-            self._record_lost(
-                worker_request,
-                task_id,
-                "cancelled",
-                Terminated("revoked"),
-                sigterm=signum == _signal.SIGTERM,  # revoke(..., signal="SIGKILL"): none ends
-            )
+            self._record_lost(worker_request, task_id, "cancelled", Terminated("revoked"))
             return
         if worker_request is not None and getattr(worker_request, "time_start", None) is not None:
             return  # it started here: its run records its own end
@@ -699,6 +741,18 @@ class Integration(_BaseIntegration):
         app = getattr(sender, "app", None)
         if app is not None:
             report_findings(self.agent, audit(app))
+
+
+def _move_first(signal: Any, receiver: Any) -> None:
+    """Put ``receiver`` first among ``signal``'s receivers. For ``task_postrun``: a run's
+    outcome lands on an adopted contrib span before that instrumentation's receiver ends it,
+    and the run is deactivated before that instrumentation detaches its context."""
+    receivers = signal.receivers
+    for index, (_, connected) in enumerate(receivers):
+        if connected == receiver:
+            receivers.insert(0, receivers.pop(index))
+            signal.sender_receivers_cache.clear()
+            return
 
 
 def _outcome_of(exc: BaseException | None) -> str:

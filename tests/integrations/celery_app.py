@@ -7,7 +7,8 @@ Configured from the environment by the test that starts the worker:
 * ``OJ_CELERY_PORT``: the ``/metrics`` port; ``OJ_CELERY_RELEASE_DIR``: where the hanging task
   looks for its release file; ``OJ_CELERY_SPANS``: a file the worker writes its spans to (JSON
   lines) through a real SDK pipeline (``OJ_CELERY_SPANS_BATCH=1``: a batch span processor that
-  exports only when flushed); ``OJ_CELERY_MAX_TASKS_PER_CHILD``: pool children exit after that
+  exports only when flushed; ``OJ_CELERY_SPANS_SLOW_CHILD=S``: in the pool children, each export
+  takes S seconds more); ``OJ_CELERY_MAX_TASKS_PER_CHILD``: pool children exit after that
   many tasks; ``OJ_CELERY_CONTRIB=1``: also enable
   opentelemetry-instrumentation-celery, the way its documentation says (``worker_process_init``),
   ``=first``: enable it in the app module before otel-jobs;
@@ -21,6 +22,7 @@ app module: the worker's main process imports it before the prefork pool forks i
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 from celery import Celery, signals
@@ -37,6 +39,9 @@ class ExpectedError(Exception):
     """Declared in ``throws``: an expected outcome, not an error."""
 
 
+SLOW_TASKS = ("oj.hang", "oj.sleep_past_limit", "oj.deaf_past_limit", "oj.block")
+
+
 def queues(prefix: str) -> tuple[str, str]:
     """The two task queues of a test run: fast tasks, and slow or stuck ones."""
     return f"{prefix}-fast", f"{prefix}-slow"
@@ -50,9 +55,7 @@ def make_app(broker: str, prefix: str) -> Celery:
         # auto_delete: a test run's queues vanish from RabbitMQ with its worker
         task_queues=[Queue(fast, auto_delete=True), Queue(slow, auto_delete=True)],
         task_default_queue=fast,
-        task_routes={
-            name: {"queue": slow} for name in ("oj.hang", "oj.sleep_past_limit", "oj.block")
-        },
+        task_routes={name: {"queue": slow} for name in SLOW_TASKS},
         task_time_limit=300,
         broker_transport_options={"visibility_timeout": 3600},
         worker_prefetch_multiplier=1,
@@ -81,6 +84,16 @@ if os.environ.get("OJ_CELERY_WORKER") == "1":
         _exporter = ConsoleSpanExporter(
             out=_spans_file, formatter=lambda s: s.to_json(indent=None) + "\n"
         )
+        if os.environ.get("OJ_CELERY_SPANS_SLOW_CHILD"):
+            _main_pid, _slow = os.getpid(), float(os.environ["OJ_CELERY_SPANS_SLOW_CHILD"])
+            _export = _exporter.export
+
+            def _slow_in_children(spans: object) -> object:
+                if os.getpid() != _main_pid:
+                    time.sleep(_slow)
+                return _export(spans)  # type: ignore[arg-type]
+
+            _exporter.export = _slow_in_children  # type: ignore[method-assign]
         if os.environ.get("OJ_CELERY_SPANS_BATCH") == "1":
             _provider.add_span_processor(
                 BatchSpanProcessor(_exporter, schedule_delay_millis=600_000)
@@ -165,6 +178,13 @@ def hang(token: str) -> str:
 
 @app.task(shared=False, name="oj.sleep_past_limit", time_limit=1, autoretry_for=(ConnectionError,))
 def sleep_past_limit() -> None:
+    time.sleep(60)
+
+
+@app.task(shared=False, name="oj.deaf_past_limit", time_limit=1, autoretry_for=(ConnectionError,))
+def deaf_past_limit() -> None:
+    """Holds off SIGTERM, as code stuck in C does: the hard time limit's SIGKILL ends it."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     time.sleep(60)
 
 

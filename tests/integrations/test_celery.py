@@ -55,7 +55,7 @@ class Worker:
 
     def send(self, name: str, *args: Any, **options: Any) -> str:
         fast, slow = celery_app.queues(self.prefix)
-        queue = slow if name in ("oj.hang", "oj.sleep_past_limit", "oj.block") else fast
+        queue = slow if name in celery_app.SLOW_TASKS else fast
         result = self.publisher.send_task(name, args=args, queue=queue, **options)
         return str(result.id)
 
@@ -501,28 +501,63 @@ def test_with_contrib_a_run_stopped_by_sigterm_has_one_span(
         )
         worker.publisher.control.revoke(blocked, terminate=True)
         wait_for(lambda: settled(worker, {"oj.block": {"cancelled": 1}}), "the terminated run")
-        spans = wait_for(
-            lambda: (
-                ((found := worker.spans_by_job_id()) and timed_out in found and blocked in found)
-                and found
-            ),
-            "the runs' spans",
-        )
-        # The main process writes its span when it counts the run: a margin, then no more.
-        time.sleep(0.5)
-        spans = worker.spans_by_job_id()
-        for job_id, outcome in ((timed_out, "timeout"), (blocked, "cancelled")):
-            (span,) = spans[job_id]  # the contrib one, carrying otel-jobs' attributes
-            assert span["name"].startswith("run/")
-            assert span["attributes"]["job.id"] == job_id
-            if contrib == "1":  # enabled before otel-jobs, it ends the span first (documented)
-                assert span["attributes"]["job.outcome"] == outcome
+        wait_for(lambda: {timed_out, blocked} <= set(worker.spans_by_job_id()), "the runs' spans")
         m = worker.metrics()
         assert_exact(m, "oj.sleep_past_limit", slow, 1, timeout=1)
         assert_exact(m, "oj.block", slow, 1, cancelled=1)
         assert not m.find("otel_jobs_internal_errors_total")
     finally:
+        stop_worker(worker)  # a main process still waiting to decide on a span decides now
+    spans = worker.spans_by_job_id()
+    for job_id, outcome in ((timed_out, "timeout"), (blocked, "cancelled")):
+        (span,) = spans[job_id]  # the contrib one, carrying otel-jobs' attributes
+        assert span["name"].startswith("run/")
+        assert span["attributes"]["job.id"] == job_id
+        assert span["attributes"]["job.outcome"] == outcome
+
+
+@pytest.mark.parametrize("cause", ["deaf_child", "slow_exporter"])
+def test_with_contrib_a_stopped_child_that_cannot_export_leaves_the_span_to_the_main_process(
+    tmp_path: Path, publisher: None, cause: str
+) -> None:
+    # Billiard sends SIGKILL 0.1 s after the hard time limit's SIGTERM. A child that holds off
+    # SIGTERM (stuck in C code) or whose exporter is slower than that never exports the contrib
+    # span: the main process, seeing no note from the child, emits the run's one span itself.
+    require_redis()
+    env = {"OJ_CELERY_CONTRIB": "1"}
+    if cause == "slow_exporter":
+        env["OJ_CELERY_SPANS_SLOW_CHILD"] = "0.5"
+    task = "oj.deaf_past_limit" if cause == "deaf_child" else "oj.sleep_past_limit"
+    worker = start_worker(tmp_path, REDIS_URL, **env)
+    _, slow = celery_app.queues(worker.prefix)
+    try:
+        killed = worker.send(task)
+        wait_for(lambda: settled(worker, {task: {"timeout": 1}}), "the killed run")
+        (span,) = wait_for(lambda: worker.spans_by_job_id().get(killed), "the main's span")
+        if cause == "slow_exporter":
+            # Without SIGKILL (revoke terminate) the slow child has time: its span, not the main's.
+            blocked = worker.send("oj.block")
+            wait_for(
+                lambda: worker.metrics().total("otel_jobs_runs_in_progress", job_name="oj.block"),
+                "the run in flight",
+            )
+            worker.publisher.control.revoke(blocked, terminate=True)
+            wait_for(lambda: settled(worker, {"oj.block": {"cancelled": 1}}), "the stopped run")
+            wait_for(lambda: blocked in worker.spans_by_job_id(), "the child's span")
+        m = worker.metrics()
+        assert_exact(m, task, slow, 1, timeout=1)
+        assert not m.find("otel_jobs_internal_errors_total")
+    finally:
         stop_worker(worker)
+    spans = worker.spans_by_job_id()
+    (span,) = spans[killed]
+    assert span["name"] == task  # the main process's own span, not the contrib "run/..." one
+    assert span["attributes"]["job.outcome"] == "timeout"
+    assert span["status"]["status_code"] == "ERROR"
+    if cause == "slow_exporter":
+        (span,) = spans[blocked]
+        assert span["name"].startswith("run/")
+        assert span["attributes"]["job.outcome"] == "cancelled"
 
 
 def test_a_pool_child_exports_its_spans_when_it_exits(tmp_path: Path, publisher: None) -> None:
