@@ -97,8 +97,7 @@ its way out, that instrumentation ends its span, otel-jobs sets the span's ``job
 (``timeout`` if the run reached its hard time limit, else ``cancelled``), exports it, and leaves a
 note for that task in the multiprocess directory. The main process counts the run at once, waits
 for the child to exit (at most 30 s), and emits a span of its own only if no note came: a child
-killed outright (OOM, SIGKILL, ``revoke(..., signal="SIGKILL")``, ``WorkerLostError``, billiard's
-``REMAP_SIGTERM``), a child stuck in C code that does not return to Python within billiard's
+killed outright (OOM, SIGKILL, ``revoke(..., signal="SIGKILL")``, ``WorkerLostError``), a child stuck in C code that does not return to Python within billiard's
 0.1 s between SIGTERM and SIGKILL, or an exporter too slow for that window. So the run has one
 span either way, the child's or the main process's, never two and never none. (Its end time is
 when the main process counted the run.) When the worker stops, checks still waiting decide at

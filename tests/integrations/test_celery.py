@@ -480,36 +480,46 @@ def test_with_contrib_celery_instrumentation_a_run_has_one_span(
         stop_worker(worker)
 
 
-@pytest.mark.parametrize("contrib", ["1", "first"], ids=["in_worker_process_init", "before"])
+@pytest.mark.parametrize(
+    ("contrib", "remap"),
+    [("1", ""), ("first", ""), ("1", "SIGQUIT")],
+    ids=["in_worker_process_init", "before", "remap_sigterm"],
+)
 def test_with_contrib_a_run_stopped_by_sigterm_has_one_span(
-    tmp_path: Path, publisher: None, contrib: str
+    tmp_path: Path, publisher: None, contrib: str, remap: str
 ) -> None:
     # The hard time limit and revoke(terminate=True) send SIGTERM to the child, which lets the
     # contrib instrumentation end its span there; the main process counts the run but must
     # not add a span of its own, even when it does not run the contrib instrumentation itself
-    # (enabled in worker_process_init: in the children only).
+    # (enabled in worker_process_init: in the children only). Also under billiard's
+    # REMAP_SIGTERM, where the hard time limit still sends SIGTERM to the child.
     require_redis()
-    worker = start_worker(tmp_path, REDIS_URL, OJ_CELERY_CONTRIB=contrib)
+    env = {"REMAP_SIGTERM": remap} if remap else {}
+    worker = start_worker(tmp_path, REDIS_URL, OJ_CELERY_CONTRIB=contrib, **env)
     _, slow = celery_app.queues(worker.prefix)
     try:
         timed_out = worker.send("oj.sleep_past_limit")
         wait_for(lambda: settled(worker, {"oj.sleep_past_limit": {"timeout": 1}}), "the killed run")
-        blocked = worker.send("oj.block")
-        wait_for(
-            lambda: worker.metrics().total("otel_jobs_runs_in_progress", job_name="oj.block") == 1,
-            "the run in flight",
-        )
-        worker.publisher.control.revoke(blocked, terminate=True)
-        wait_for(lambda: settled(worker, {"oj.block": {"cancelled": 1}}), "the terminated run")
-        wait_for(lambda: {timed_out, blocked} <= set(worker.spans_by_job_id()), "the runs' spans")
+        stopped = {timed_out: "timeout"}
+        if not remap:  # under REMAP_SIGTERM, revoke(terminate=True) does not stop the child
+            blocked = worker.send("oj.block")
+            wait_for(
+                lambda: worker.metrics().total("otel_jobs_runs_in_progress", job_name="oj.block"),
+                "the run in flight",
+            )
+            worker.publisher.control.revoke(blocked, terminate=True)
+            wait_for(lambda: settled(worker, {"oj.block": {"cancelled": 1}}), "the stopped run")
+            stopped[blocked] = "cancelled"
+        wait_for(lambda: set(stopped) <= set(worker.spans_by_job_id()), "the runs' spans")
         m = worker.metrics()
         assert_exact(m, "oj.sleep_past_limit", slow, 1, timeout=1)
-        assert_exact(m, "oj.block", slow, 1, cancelled=1)
+        if not remap:
+            assert_exact(m, "oj.block", slow, 1, cancelled=1)
         assert not m.find("otel_jobs_internal_errors_total")
     finally:
         stop_worker(worker)  # a main process still waiting to decide on a span decides now
     spans = worker.spans_by_job_id()
-    for job_id, outcome in ((timed_out, "timeout"), (blocked, "cancelled")):
+    for job_id, outcome in stopped.items():
         (span,) = spans[job_id]  # the contrib one, carrying otel-jobs' attributes
         assert span["name"].startswith("run/")
         assert span["attributes"]["job.id"] == job_id
