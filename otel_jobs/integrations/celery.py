@@ -97,15 +97,16 @@ its way out, that instrumentation ends its span, otel-jobs sets the span's ``job
 (``timeout`` if the run reached its hard time limit, else ``cancelled``), exports it, and leaves a
 note for that task in the multiprocess directory. The main process counts the run at once, waits
 for the child to exit (at most 30 s), and emits a span of its own only if no note came: a child
-killed outright (OOM, SIGKILL, ``revoke(..., signal="SIGKILL")``, ``WorkerLostError``), a child stuck in C code that does not return to Python within billiard's
-0.1 s between SIGTERM and SIGKILL, or an exporter too slow for that window. So the run has one
-span either way, the child's or the main process's, never two and never none. (Its end time is
-when the main process counted the run.) When the worker stops, checks still waiting decide at
-once. The main process knows the children use that instrumentation, even when it is enabled
-only in the children, from a marker file (``celery-contrib-spans``) the first run of a child
-leaves in the multiprocess directory. A pool child leaves through ``os._exit``, so otel-jobs
-flushes the span processors when it exits (``worker_process_shutdown``, at most 2 s): a batch
-processor's spans are not left behind, on this exit or any other.
+killed outright (OOM, SIGKILL, ``revoke(..., signal="SIGKILL")``, ``WorkerLostError``), a child
+stuck in C code that does not return to Python within billiard's 0.1 s between SIGTERM and
+SIGKILL, or an exporter too slow for that window. So the run has one span either way, the
+child's or the main process's, never two and never none (the main process's ends when it
+counted the run). When the worker stops, checks still waiting decide at once. The main process
+knows the children use that instrumentation, even when it is enabled only in the children, from
+a marker file (``celery-contrib-spans``) the first run of a child leaves in the multiprocess
+directory. A pool child leaves through ``os._exit``, so otel-jobs flushes the span processors
+when it exits (``worker_process_shutdown``, at most 2 s): a batch processor's spans are not left
+behind, on this exit or any other.
 
 **Pools.** Prefork: the main process serves ``/metrics``; each child flushes its counts when a
 run starts and ends and at every watchdog tick (see the README section *Forking workers*).
