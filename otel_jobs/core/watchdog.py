@@ -165,7 +165,11 @@ class Watchdog:
     def _loop(self) -> None:
         interval = self._agent.settings.watchdog_interval
         stop = self._stop
-        self.tick()
+        if not self._agent.share.in_child:
+            # A forked child starts with no run in flight, and its first runs write their own
+            # snapshots: a tick now would only compete with the job for the GIL (an RQ work
+            # horse lives for one job).
+            self.tick()
         while not stop.wait(interval):
             self.tick()
 
