@@ -24,13 +24,14 @@ from importlib import metadata
 from typing import Any
 
 # Run order: the cheap in-process ones first, the worker processes after.
-BENCHMARKS = ("core", "httpx", "celery", "watchdog", "scrape")
+BENCHMARKS = ("core", "httpx", "celery", "rq", "watchdog", "scrape")
 PACKAGES = (
     "opentelemetry-sdk",
     "opentelemetry-instrumentation-httpx",
     "opentelemetry-instrumentation-celery",
     "prometheus-client",
     "celery",
+    "rq",
     "httpx",
 )
 

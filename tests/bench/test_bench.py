@@ -27,7 +27,7 @@ def test_each_benchmark_runs_and_reports_figures(
 ) -> None:
     # span_exporter: the suite's global SDK pipeline is set before the httpx benchmark looks
     # for one, so that the benchmark never installs its own global provider in this process.
-    if name == "celery":
+    if name in ("celery", "rq"):
         require_redis()
     module = importlib.import_module(f"bench.bench_{name}")
     rows = module.run(quick=True)
