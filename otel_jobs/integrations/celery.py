@@ -588,7 +588,7 @@ class Integration(_BaseIntegration):
         if not self.agent.share.in_child:
             return
         ending, self._ending = self._ending, []
-        if providers.flush_spans(2000):
+        if ending and providers.flush_spans(2000):
             # Exported: tell the main process not to emit a span of its own for these runs.
             for task_id in ending:
                 with errors.guard("integration.celery.note"):
