@@ -36,8 +36,20 @@ _counts: dict[str, int] = {}
 _logged: set[tuple[str, str]] = set()
 
 
+#: Set by the watchdog: settles a run whose ``cancel`` exception landed in otel-jobs' own code
+#: (returns True: not an internal error).
+cancel_landed: Callable[[BaseException], bool] | None = None
+
+
 def record(component: str, exc: BaseException) -> None:
-    """Count an internal error of ``component`` and log it the first time it is seen."""
+    """Count an internal error of ``component`` and log it the first time it is seen.
+
+    The watchdog's ``cancel`` exception is not one: raised asynchronously in the run's thread,
+    it can land in an adapter's hook as the job ends (before the hook finishes the run); the
+    run is then finished as ``timeout`` here, so that it does not stay in flight.
+    """
+    if cancel_landed is not None and cancel_landed(exc):
+        return
     key = (component, type(exc).__name__)
     with _lock:
         _counts[component] = _counts.get(component, 0) + 1

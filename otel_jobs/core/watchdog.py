@@ -36,7 +36,10 @@ Then the run's policy (``on_stall=`` per job, ``OTEL_JOBS_ON_STALL`` globally) a
 * ``cancel``: a run in a thread gets :class:`otel_jobs.JobTimeoutError` raised inside it
   (``PyThreadState_SetAsyncExc``), only while it is still the run in flight in that thread,
   so the exception never lands in the next job; an asyncio run gets ``task.cancel()`` through
-  its loop. Either way it finishes with outcome ``timeout``. Repeated every
+  its loop. Either way it finishes with outcome ``timeout``; if the job ends just as the
+  exception is raised and it lands in an integration's hook instead (before the hook finishes
+  the run), the run is finished there as ``timeout`` and the job's framework sees no error
+  (see :data:`otel_jobs.core.errors.cancel_landed`). Repeated every
   :data:`CANCEL_REPEAT_SECONDS` while the verdict stands, in case the job swallowed it.
   Limits: the exception is raised at the next Python instruction the thread runs, so a thread
   blocked inside a C call (a socket read with no timeout, a lock without timeout, ``time.sleep``)
@@ -79,6 +82,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from . import diagnosis as diag_mod
 from . import errors, providers
 from .errors import JobTimeoutError
+from .run import current_run
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -114,6 +118,19 @@ class WatchdogTimeoutError(JobTimeoutError):
 
     def __init__(self, *args: object) -> None:
         super().__init__(*(args or (_CANCEL_MESSAGE,)))
+
+
+def _settle_landed_cancel(exc: BaseException) -> bool:
+    """For :data:`errors.cancel_landed`: finish the run the cancel was meant for as timeout."""
+    if not isinstance(exc, WatchdogTimeoutError):
+        return False
+    run = current_run()
+    if run is not None and run.cancelled_by_watchdog and not run.finished:
+        run.finish("timeout", exc)
+    return True
+
+
+errors.cancel_landed = _settle_landed_cancel
 
 
 _set_async_exc = ctypes.pythonapi["PyThreadState_SetAsyncExc"]

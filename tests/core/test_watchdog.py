@@ -551,6 +551,47 @@ def test_cancel_never_lands_in_the_next_job_of_the_thread(instrumented: Callable
     worker.stop()
 
 
+def test_a_cancel_landing_in_an_adapters_hook_finishes_the_run_as_timeout(
+    instrumented: Callable[..., Any],
+) -> None:
+    # An adapter finishes its run from a hook guarded by otel-jobs (a framework's "task ended"
+    # signal). The watchdog's cancel, raised asynchronously in the run's thread, can land in
+    # that hook before it finishes the run: the run must not stay in flight, and the exception
+    # is not an internal error. Made deterministic: the cancel is raised in the hook itself.
+    from otel_jobs.core import errors
+
+    agent = instrumented(watchdog=False, frameworks=[], outbound=[])
+    run = agent.start_run("adapter.task", queue="q", job_id="t-9", framework="test")
+    run.activate()
+    before = errors.counts()
+
+    @errors.guarded("integration.test")
+    def on_task_success() -> None:
+        assert agent.watchdog._cancel_thread(run) is True
+        for _ in range(1000):  # bytecode: the pending exception is raised here
+            pass
+        run.finish("success")  # never reached
+
+    try:
+        on_task_success()
+        assert run.finished
+        assert run not in agent.runs()
+        assert errors.counts() == before
+        m = scrape(otel_jobs.metrics_url())
+        assert (
+            m.value(
+                "otel_jobs_runs_finished_total",
+                job_name="adapter.task",
+                queue="q",
+                outcome="timeout",
+            )
+            == 1
+        )
+        assert m.value("otel_jobs_runs_in_progress", job_name="adapter.task", queue="q") == 0
+    finally:
+        run.deactivate()
+
+
 def test_cancel_an_asyncio_run(
     instrumented: Callable[..., Any], span_exporter: InMemorySpanExporter
 ) -> None:
