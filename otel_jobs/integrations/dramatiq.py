@@ -79,9 +79,11 @@ What is recorded
   a new trace.
 
 Async actors (the ``AsyncIO`` middleware) run their coroutine on Dramatiq's event-loop thread
-while the worker thread waits for it: the run belongs to the waiting worker thread, so
-``otel_jobs.heartbeat()`` inside the coroutine does not reach it and the watchdog's stack is
-that of the wait. Give async actors a ``heartbeat_timeout`` as long as their ``time_limit``.
+while the worker thread waits for it. The run follows the coroutine there: it is the current
+run inside it (``otel_jobs.heartbeat()`` works), the watchdog's stack is the coroutine's await
+chain and its blocked/spinning state the loop thread's, and the ``cancel`` policy cancels the
+coroutine's task (Dramatiq then ends the message with the ``CancelledError``: outcome
+``timeout``).
 
 Caveats: a time limit is enforced by Dramatiq with an asynchronous exception that a thread
 blocked in a system call (a socket read with no timeout) does not see until the call
@@ -92,10 +94,12 @@ tell their stacks apart.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import os
 import sys
+import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -108,7 +112,7 @@ from opentelemetry import propagate
 
 from ..core import errors
 from ..core.patching import Patches
-from ..core.run import classify
+from ..core.run import classify, current_run
 from .base import Integration as BaseIntegration
 
 if TYPE_CHECKING:
@@ -256,6 +260,37 @@ class OtelJobsMiddleware(Middleware):
             agent.share.flush(agent.telemetry.registry)
 
 
+def _bind_run_to_coroutine(original: Any) -> Any:
+    """Wrap ``EventLoopThread.run_coroutine``: an async actor's run follows its coroutine.
+
+    The worker thread waits while the coroutine runs on the event-loop thread; bound to the
+    coroutine's task, the run is diagnosed from the coroutine's await chain and the loop
+    thread's CPU time, and the ``cancel`` policy cancels the task.
+    """
+
+    def run_coroutine(loop_thread: Any, coro: Any) -> Any:
+        run = current_run()
+        if run is None or run.finished:
+            return original(loop_thread, coro)
+
+        waiting_native_id = run.native_id  # the worker thread's, which waits meanwhile
+
+        async def bound() -> Any:
+            with errors.guard("integration.dramatiq.async"):
+                run.task = asyncio.current_task()
+                run.loop = asyncio.get_running_loop()
+                run.native_id = threading.get_native_id()
+            try:
+                return await coro
+            finally:
+                run.task = run.loop = None
+                run.native_id = waiting_native_id
+
+        return original(loop_thread, bound())
+
+    return run_coroutine
+
+
 class Integration(BaseIntegration):
     """Adds :class:`OtelJobsMiddleware` to every broker; removes it on uninstall."""
 
@@ -279,6 +314,12 @@ class Integration(BaseIntegration):
             return __init__
 
         self._patches.wrap(dramatiq.Broker, "__init__", make_init)
+        try:
+            from dramatiq.asyncio import EventLoopThread
+        except ImportError:  # a Dramatiq without async actors
+            pass
+        else:
+            self._patches.wrap(EventLoopThread, "run_coroutine", _bind_run_to_coroutine)
         for broker in _existing_brokers():
             self.attach(broker)
         self._warn_if_per_process()

@@ -35,11 +35,13 @@ ROOT = Path(__file__).resolve().parents[2]
 # The worker's module: what the dramatiq CLI imports in each worker process.
 APP = textwrap.dedent(
     """
+    import asyncio
     import os
     import threading
     import time
 
     import dramatiq
+    from dramatiq.middleware.asyncio import AsyncIO
 
     if os.environ["DQ_BROKER"].startswith("redis"):
         from dramatiq.brokers.redis import RedisBroker
@@ -49,6 +51,7 @@ APP = textwrap.dedent(
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
         broker = RabbitmqBroker(url=os.environ["DQ_BROKER"])
+    broker.add_middleware(AsyncIO())
     dramatiq.set_broker(broker)
     if os.environ.get("DQ_INSTRUMENT") == "1":  # instrument() in the module, not in a launcher
         import otel_jobs
@@ -92,6 +95,20 @@ APP = textwrap.dedent(
     @dramatiq.actor(queue_name=QUEUE, max_retries=0)
     def hang():
         threading.Event().wait()  # never returns, never heartbeats
+
+
+    @dramatiq.actor(queue_name=QUEUE, max_retries=0)
+    async def hang_async():
+        await asyncio.Event().wait()  # never returns, never heartbeats
+
+
+    @dramatiq.actor(queue_name=QUEUE, max_retries=0)
+    async def beat_async():
+        import otel_jobs
+
+        for i in range(30):  # 3 s, heartbeating well within its 1 s timeout
+            otel_jobs.heartbeat(progress=i / 30)
+            await asyncio.sleep(0.1)
     """
 )
 
@@ -106,7 +123,7 @@ LAUNCHER = textwrap.dedent(
         main(
             prometheus_port=int(os.environ["DQ_PORT"]),
             frameworks=["dramatiq"],
-            jobs={"hang": {"heartbeat_timeout": 1}},
+            jobs={name: {"heartbeat_timeout": 1} for name in ("hang", "hang_async", "beat_async")},
         )
     )
     """
@@ -282,6 +299,55 @@ def test_real_worker_outcomes_limits_stalls_and_exact_counts(
     finally:
         worker.stop()
         purge_dramatiq(broker_url, q)
+
+
+def test_async_actor_runs_follow_their_coroutine(
+    worker_factory: Callable[[str, str], Worker],
+) -> None:
+    # An async actor's coroutine runs on Dramatiq's event-loop thread while the worker thread
+    # waits: its heartbeats reach the run, and a hung one is diagnosed at its own await.
+    require_redis()
+    worker = worker_factory(REDIS_URL, "custom")
+    worker.wait_serving()
+    global_broker = dramatiq.broker.global_broker
+    os.environ["DQ_BROKER"], os.environ["DQ_QUEUE"] = REDIS_URL, worker.queue
+    os.environ["DQ_STATE"] = str(worker.state)
+    try:
+        import dq_app
+
+        dq_app.hang_async.send()
+        dq_app.beat_async.send()
+        dq_app.broker.close()
+    finally:
+        for key in ("DQ_BROKER", "DQ_QUEUE", "DQ_STATE"):
+            os.environ.pop(key, None)
+        dramatiq.set_broker(global_broker)  # type: ignore[arg-type]
+    q = worker.queue
+    try:
+        s = worker.wait_for(
+            lambda s: (
+                s.total("otel_jobs_runs_finished_total", job_name="beat_async", queue=q) == 1
+                and s.total("otel_jobs_stalls_detected_total", job_name="hang_async", queue=q) >= 1
+            ),
+            "the heartbeating run to finish and the hung one to be stalled",
+        )
+        assert (
+            s.value(
+                "otel_jobs_runs_finished_total", job_name="beat_async", queue=q, outcome="success"
+            )
+            == 1
+        )
+        assert s.total("otel_jobs_stalls_detected_total", job_name="beat_async", queue=q) == 0
+        assert s.total("otel_jobs_runs_stalled", job_name="hang_async", queue=q) == 1
+        log = worker.tail()
+        stalled = [
+            line for line in log.splitlines() if "of hang_async" in line and "stalled" in line
+        ]
+        assert stalled, log
+        assert "in hang_async" in stalled[0], stalled[0]  # its await, not the worker's wait
+    finally:
+        worker.stop()
+        purge_dramatiq(REDIS_URL, q)
 
 
 def test_plain_cli_with_instrument_in_the_module_says_how_to_fix_it(
