@@ -103,6 +103,11 @@ APP = textwrap.dedent(
 
 
     @dramatiq.actor(queue_name=QUEUE, max_retries=0)
+    async def cancel_async():
+        await asyncio.Event().wait()  # hung; its policy is cancel
+
+
+    @dramatiq.actor(queue_name=QUEUE, max_retries=0)
     async def beat_async():
         import otel_jobs
 
@@ -123,7 +128,10 @@ LAUNCHER = textwrap.dedent(
         main(
             prometheus_port=int(os.environ["DQ_PORT"]),
             frameworks=["dramatiq"],
-            jobs={name: {"heartbeat_timeout": 1} for name in ("hang", "hang_async", "beat_async")},
+            jobs={
+                **{name: {"heartbeat_timeout": 1} for name in ("hang", "hang_async", "beat_async")},
+                "cancel_async": {"heartbeat_timeout": 1, "on_stall": "cancel"},
+            },
         )
     )
     """
@@ -305,7 +313,8 @@ def test_async_actor_runs_follow_their_coroutine(
     worker_factory: Callable[[str, str], Worker],
 ) -> None:
     # An async actor's coroutine runs on Dramatiq's event-loop thread while the worker thread
-    # waits: its heartbeats reach the run, and a hung one is diagnosed at its own await.
+    # waits: its heartbeats reach the run, a hung one is diagnosed at its own await, and the
+    # cancel policy cancels its task.
     require_redis()
     worker = worker_factory(REDIS_URL, "custom")
     worker.wait_serving()
@@ -317,6 +326,7 @@ def test_async_actor_runs_follow_their_coroutine(
 
         dq_app.hang_async.send()
         dq_app.beat_async.send()
+        dq_app.cancel_async.send()
         dq_app.broker.close()
     finally:
         for key in ("DQ_BROKER", "DQ_QUEUE", "DQ_STATE"):
@@ -327,6 +337,7 @@ def test_async_actor_runs_follow_their_coroutine(
         s = worker.wait_for(
             lambda s: (
                 s.total("otel_jobs_runs_finished_total", job_name="beat_async", queue=q) == 1
+                and s.total("otel_jobs_runs_finished_total", job_name="cancel_async", queue=q) == 1
                 and s.total("otel_jobs_stalls_detected_total", job_name="hang_async", queue=q) >= 1
             ),
             "the heartbeating run to finish and the hung one to be stalled",
@@ -339,6 +350,14 @@ def test_async_actor_runs_follow_their_coroutine(
         )
         assert s.total("otel_jobs_stalls_detected_total", job_name="beat_async", queue=q) == 0
         assert s.total("otel_jobs_runs_stalled", job_name="hang_async", queue=q) == 1
+        # the cancel policy cancelled the coroutine's task: the run ended as a timeout
+        assert (
+            s.value(
+                "otel_jobs_runs_finished_total", job_name="cancel_async", queue=q, outcome="timeout"
+            )
+            == 1
+        )
+        assert s.value("otel_jobs_runs_in_progress", job_name="cancel_async", queue=q) == 0
         log = worker.tail()
         stalled = [
             line for line in log.splitlines() if "of hang_async" in line and "stalled" in line
