@@ -260,6 +260,11 @@ def test_uninstrument_restores_apscheduler() -> None:
         scheduler.start()
         try:
             assert done.wait(60)
+            # The scheduler removes its "date" job after submitting it; shutting down before
+            # that empties the job store under it (a JobLookupError in its thread).
+            deadline = time.monotonic() + 60
+            while scheduler.get_jobs() and time.monotonic() < deadline:
+                time.sleep(0.01)
             listeners = len(scheduler._listeners)
             assert listeners == 1  # ours, added on the first submission
         finally:
