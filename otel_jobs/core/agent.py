@@ -273,7 +273,7 @@ class Agent:
         if run.owns_span:
             span.end()
         if run.pid != self.share.owner_pid:  # in a forked child (run.pid is this process)
-            self.share.flush(self.telemetry.registry)
+            self.share.changed(self.telemetry.registry)
 
     def record_lost_run(
         self,
@@ -289,6 +289,7 @@ class Agent:
         parent: otel_context.Context | None = None,
         native_max_duration: float | None = None,
         span_unless: Callable[[bool], bool | float] | None = None,
+        count_start: bool = False,
     ) -> None:
         """Record the end of a run whose process died before finishing it (killed, OOM).
 
@@ -305,6 +306,8 @@ class Agent:
         returns True when the dying process's span was exported (no span here), False when it
         was not (this process emits the run's span, ended at the time of this call), or the
         seconds after which to ask again. ``final``: the agent is stopping, decide now.
+        ``count_start``: the dead process's snapshot does not hold the run's start (it started
+        after that process's last snapshot): count it here too.
         """
         now = time.time()
         seconds = max(0.0, now - started_at) if started_at is not None else 0.0
@@ -314,6 +317,8 @@ class Agent:
             configured.max_duration or native_max_duration or self.settings.max_duration
         )
         series.heartbeat_timeout = configured.heartbeat_timeout or self.settings.heartbeat_timeout
+        if count_start:
+            series.record_start()
         series.record_finish(outcome, seconds)
         emit = functools.partial(
             self._lost_run_span,

@@ -9,6 +9,16 @@ leaves a snapshot of them in a shared directory, written atomically:
   job, as RQ's horse does, loses nothing it finished), and
 * at every watchdog tick (so its in-flight gauges and stall verdicts stay current).
 
+A long-lived pool process (Celery's prefork children, Dramatiq's worker processes) runs many
+jobs of many names, and a snapshot holds every series it has: with 50 task names one costs
+about 20 ms to write, which must not be paid twice per task on the task's own thread. Such a
+child is *lazy* (:attr:`ProcessShare.lazy`, set by its integration while the watchdog runs): a
+run's start and end only mark the snapshot stale, and the watchdog's next tick writes it (every
+tick while it is stale or runs are in flight, at least every :data:`IDLE_FLUSH_SECONDS`
+otherwise), as does the child's exit. A lazy child killed outright loses what it counted since
+its last tick; its owner still records the killed run's end, and also its start when the
+child's last snapshot is older than the run (:meth:`ProcessShare.written_at`).
+
 At collection the owner merges its own samples with every child's: counters and histograms
 are summed; gauges of live children are combined per metric (timestamps by minimum, counts
 by sum, thresholds by maximum). A child that has died is folded in once: its counters and
@@ -22,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,6 +54,11 @@ _SUM_GAUGES = {
     "process_virtual_memory_bytes",
     "process_open_fds",
 }
+
+#: A lazy child with nothing new still writes its snapshot this often (its watchdog's last
+#: tick must not look stale on the owner's endpoint).
+IDLE_FLUSH_SECONDS = 10.0
+_WRITTEN_AT_MEMORY = 1024  # dead children whose last snapshot time the owner remembers
 
 Family = dict[str, Any]  # {"name", "type", "help", "samples": {(sample, labels): value}}
 SampleKey = tuple[str, tuple[tuple[str, str], ...]]
@@ -123,6 +139,10 @@ class ProcessShare:
         self.owner_pid = owner_pid
         self._archive: dict[str, Family] = {}
         self._lock = threading.Lock()
+        self.lazy = False  # in a child: runs mark the snapshot stale, the watchdog writes it
+        self.dirty = False  # in a lazy child: something was counted since the last snapshot
+        self.last_flush = 0.0  # monotonic time of this child's last snapshot
+        self._written_at: dict[int, float] = {}  # dead children folded in: their last "at"
         os.makedirs(directory, exist_ok=True)
 
     @property
@@ -132,6 +152,23 @@ class ProcessShare:
     def after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
         self._archive = {}
+        self.lazy = self.dirty = False
+        self.last_flush = 0.0
+        self._written_at = {}
+
+    def changed(self, registry: CollectorRegistry) -> None:
+        """A run started or ended in this (child) process: write the snapshot now, or, in a
+        lazy child, mark it stale for the watchdog's next tick."""
+        if self.lazy:
+            self.dirty = True
+        else:
+            self.flush(registry)
+
+    def due(self) -> bool:
+        """Whether a lazy child's watchdog tick should write the snapshot (always when eager)."""
+        return (
+            not self.lazy or self.dirty or time.monotonic() - self.last_flush >= IDLE_FLUSH_SECONDS
+        )
 
     def flush(self, registry: CollectorRegistry) -> None:
         """Write this (child) process's snapshot; a no-op in the owner."""
@@ -141,12 +178,33 @@ class ProcessShare:
         # One flush at a time: a watchdog tick that read the instruments before a run started
         # must not replace, after it, the snapshot a later flush took with that run in it.
         with self._lock:
-            data = json.dumps({"pid": pid, "families": _serialise(registry)}, separators=(",", ":"))
+            self.dirty = False  # before reading: a change made meanwhile marks it again
+            at = time.time()  # everything counted before this is in the snapshot
+            data = json.dumps(
+                {"pid": pid, "at": at, "families": _serialise(registry)}, separators=(",", ":")
+            )
             path = os.path.join(self.directory, f"{pid}.json")
             tmp = f"{path}.{threading.get_ident()}.tmp"
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(data)
             os.replace(tmp, path)
+            self.last_flush = time.monotonic()
+
+    def written_at(self, pid: int) -> float | None:
+        """The Unix time child ``pid`` took its last snapshot (None: it left none).
+
+        The owner asks when it records the end of a run the child did not finish: a run that
+        started after that time is not counted in the snapshot."""
+        with self._lock:
+            try:
+                with open(os.path.join(self.directory, f"{pid}.json"), encoding="utf-8") as f:
+                    at = json.load(f).get("at")
+            except FileNotFoundError:
+                return self._written_at.get(pid)
+            except (OSError, ValueError) as exc:
+                errors.record("multiprocess.read", exc)
+                return None
+        return float(at) if isinstance(at, (int, float)) else None
 
     def alone(self) -> bool:
         """True when no forked child has left metrics (nothing to merge into the owner's)."""
@@ -175,7 +233,8 @@ class ProcessShare:
                     continue
                 try:
                     with open(path, encoding="utf-8") as f:
-                        families = json.load(f)["families"]
+                        snapshot = json.load(f)
+                    families = snapshot["families"]
                 except (OSError, ValueError, KeyError) as exc:
                     errors.record("multiprocess.read", exc)
                     continue
@@ -183,6 +242,10 @@ class ProcessShare:
                     _merge_into(merged, families)
                 else:
                     _merge_into(self._archive, families, counters_only=True)
+                    if isinstance(snapshot.get("at"), (int, float)):
+                        if len(self._written_at) >= _WRITTEN_AT_MEMORY:
+                            self._written_at.pop(next(iter(self._written_at)))
+                        self._written_at[pid] = float(snapshot["at"])
                     try:
                         os.unlink(path)
                     except OSError:

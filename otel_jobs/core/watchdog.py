@@ -200,9 +200,10 @@ class Watchdog:
         agent = self._agent
         agent.telemetry.watchdog_last_tick = time.time()
         self.ticks += 1
-        if agent.share.in_child:
+        share = agent.share
+        if share.in_child and (agent._runs or share.due()):
             with errors.guard("multiprocess.flush"):
-                agent.share.flush(agent.telemetry.registry)
+                share.flush(agent.telemetry.registry)
 
     # --- decisions ------------------------------------------------------------------------
 

@@ -422,10 +422,13 @@ class Integration(_BaseIntegration):
         # On the request of this execution: the same task id may run twice at once (a retry
         # picked up by another thread before the first attempt's signals are done).
         setattr(request, _RUN, run)
-        if agent.share.in_child:
-            # A child killed mid-run (hard time limit, OOM) still has this start on /metrics,
-            # matching the outcome its main process records for it.
-            agent.share.flush(agent.telemetry.registry)
+        share = agent.share
+        if share.in_child:
+            # A pool child runs many tasks of many names: its snapshot is written by its
+            # watchdog, not twice per task here (see core.multiprocess). A child killed before
+            # its next tick: its main process counts the run's start too (_record_lost).
+            share.lazy = agent.watchdog.running
+            share.changed(agent.telemetry.registry)
 
     def _finish(
         self,
@@ -585,8 +588,11 @@ class Integration(_BaseIntegration):
         # A pool child leaves through os._exit, so no atexit hook exports what a batch span
         # processor still holds: the spans of its last runs, the contrib span of a run stopped
         # by SIGTERM (the run's one span) among them. Bounded: SIGKILL may follow.
-        if not self.agent.share.in_child:
+        agent = self.agent
+        if not agent.share.in_child:
             return
+        with errors.guard("multiprocess.flush"):  # a lazy child's last counts
+            agent.share.flush(agent.telemetry.registry)
         ending, self._ending = self._ending, []
         if ending and providers.flush_spans(2000):
             # Exported: tell the main process not to emit a span of its own for these runs.
@@ -677,6 +683,9 @@ class Integration(_BaseIntegration):
         parent = None
         if request_dict.get("traceparent"):
             parent = propagate.extract(request_dict)
+        # The child counted the start in its snapshot, unless it took none since the run began.
+        pid = getattr(request, "worker_pid", None)
+        written = self.agent.share.written_at(pid) if isinstance(pid, int) else None
         self.agent.record_lost_run(
             request.name,
             queue=_queue_of(getattr(request, "delivery_info", None)),
@@ -684,6 +693,7 @@ class Integration(_BaseIntegration):
             attempt=int(request_dict.get("retries") or 0) + 1,
             framework=FRAMEWORK,
             started_at=request.time_start,
+            count_start=written is None or written < request.time_start,
             outcome=outcome,
             exc=exc,
             parent=parent,

@@ -187,6 +187,11 @@ class OtelJobsMiddleware(Middleware):
 
     @errors.guarded("integration.dramatiq")
     def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        agent = self.agent
+        if agent.share.in_child:
+            # A worker process runs many messages of many actors: its snapshot is written by
+            # its watchdog and when it exits, not at every message's end (core.multiprocess).
+            agent.share.lazy = agent.watchdog.running
         options = message.options
         due = options.get(DUE_OPTION) or message.message_timestamp
         carrier = options.get(TRACE_OPTION)
@@ -255,9 +260,7 @@ class OtelJobsMiddleware(Middleware):
         series = agent.telemetry.series(message.actor_name, q_name(message.queue_name))
         agent.telemetry.record_dead_lettered(series)
         if agent.share.in_child:
-            # The nack comes after the run's end was written: write again, a worker process
-            # killed before its next watchdog tick must not lose the count.
-            agent.share.flush(agent.telemetry.registry)
+            agent.share.changed(agent.telemetry.registry)
 
 
 def _bind_run_to_coroutine(original: Any) -> Any:
