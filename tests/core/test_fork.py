@@ -150,3 +150,53 @@ def test_raw_os_fork_child_that_exits_immediately_loses_nothing(
         )
         == 4
     )
+
+
+def test_a_lazy_child_writes_its_snapshot_at_the_tick_not_at_every_run(
+    instrumented: Callable[..., Any],
+) -> None:
+    # A pool process (Celery's prefork child) is lazy: runs only mark its snapshot stale, its
+    # watchdog's tick writes it. The owner learns when the child's last snapshot was taken,
+    # also once the dead child has been folded into the archive.
+    agent = instrumented(watchdog_interval=60)  # no tick during the test: the child calls it
+    path = os.path.join(agent.share.directory, "{}.json")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            from otel_jobs.core import agent as agent_mod
+
+            child = agent_mod.current()
+            assert child is not None
+            child.share.lazy = True
+            child.watchdog.tick()  # the first tick writes the (empty) snapshot
+            first = os.stat(path.format(os.getpid())).st_mtime_ns
+            time.sleep(0.05)
+            for i in range(3):
+                work(i)
+            assert os.stat(path.format(os.getpid())).st_mtime_ns == first  # not per run
+            assert child.share.dirty
+            child.watchdog.tick()
+            assert not child.share.dirty
+            os.write(write, b"x")
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write)
+    assert os.read(read, 1) == b"x"
+    os.close(read)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    taken = agent.share.written_at(pid)
+    assert taken is not None and taken <= time.time()
+    m = _m()  # folds the dead child into the archive
+    assert (
+        m.value(
+            "otel_jobs_runs_finished_total", job_name="fork.work", queue="fq", outcome="success"
+        )
+        == 3
+    )
+    assert not os.path.exists(path.format(pid))
+    assert agent.share.written_at(pid) == taken  # remembered after the fold
+    assert agent.share.written_at(pid + 10_000_000) is None  # a process that left none
