@@ -16,7 +16,12 @@ Redis, so the figure is ``(last - first) / (tasks - 1)``: the worker's time per 
 round trips included, worker start-up excluded. Modes take turns for ``reps`` rounds; the
 overhead is the median over rounds of each mode against ``none`` in the same round. The machine
 is shared and a worker's time per task swings from round to round: read the figures as orders of
-magnitude. ``python -m bench.bench_celery [--quick]``.
+magnitude.
+
+A second scenario runs the real production pool: ``-P prefork -c 1``, the tasks spread over 50
+task names (a pool child keeps a series per name it ran, and writes them all in its metrics
+snapshot), in modes ``none`` and ``otel-jobs``, measured the same way.
+``python -m bench.bench_celery [--quick]``.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ except ImportError:  # run as a script from bench/
 BROKER = os.environ.get("OTEL_JOBS_BENCH_REDIS", "redis://127.0.0.1:6379/11")
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("none", "contrib", "otel-jobs", "otel-jobs (default)")
+PREFORK_MODES = ("none", "otel-jobs")
+TASK_NAMES = 50  # in the prefork scenario
 _MODE = os.environ.get("OJ_BENCH_CELERY_MODE")
 
 
@@ -86,27 +93,39 @@ def noop(mark: str | None = None) -> None:
         redis.Redis.from_url(BROKER).set(mark, repr(time.time()))
 
 
+def _named(i: int) -> None:
+    app.task(name=f"bench.noop{i}", shared=False)(noop.run)
+
+
+for _i in range(TASK_NAMES):
+    _named(_i)
+
+
 # --- the driver -------------------------------------------------------------------------------
 
 
-def _one(mode: str, tasks: int) -> float:
-    """Seconds per task for one worker run in ``mode``."""
+def _one(mode: str, tasks: int, pool: str = "solo") -> float:
+    """Seconds per task for one worker run in ``mode`` (prefork: one child, 50 task names)."""
     import redis
 
     client = redis.Redis.from_url(BROKER)
     queue = f"oj-bench-{uuid.uuid4().hex[:8]}"
     first, last = f"{queue}:first", f"{queue}:last"
     publisher = _make_app(queue)
-    publisher.send_task("bench.noop", args=(first,), queue=queue)
-    for _ in range(tasks - 2):
-        publisher.send_task("bench.noop", queue=queue)
-    publisher.send_task("bench.noop", args=(last,), queue=queue)
+
+    def name(i: int) -> str:
+        return "bench.noop" if pool == "solo" else f"bench.noop{i % TASK_NAMES}"
+
+    publisher.send_task(name(0), args=(first,), queue=queue)
+    for i in range(tasks - 2):
+        publisher.send_task(name(i + 1), queue=queue)
+    publisher.send_task(name(tasks - 1), args=(last,), queue=queue)
     publisher.close()
     env = {**os.environ, "OJ_BENCH_CELERY_MODE": mode, "OJ_BENCH_CELERY_QUEUE": queue,
            "PYTHONPATH": str(ROOT)}  # fmt: skip
     worker = subprocess.Popen(
         [str(Path(sys.executable).with_name("celery")), "-A", "bench.bench_celery", "worker",
-         "-P", "solo", "-Q", queue, "--without-gossip", "--without-mingle",
+         "-P", pool, *(["-c", "1"] if pool == "prefork" else []), "-Q", queue, "--without-gossip", "--without-mingle",
          "--without-heartbeat", "-l", "WARNING"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -138,7 +157,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         for mode in MODES if r % 2 == 0 else tuple(reversed(MODES)):
             per_mode[mode].append(_one(mode, tasks))
     base = per_mode["none"]
-    rows = []
+    rows = _prefork_rows(tasks, reps)
     for mode in MODES[1:]:
         value = statistics.median(per_mode[mode])
         ratio = statistics.median(m / b for m, b in zip(per_mode[mode], base, strict=True))
@@ -154,11 +173,30 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
+def _prefork_rows(tasks: int, reps: int) -> list[dict[str, Any]]:
+    per_mode: dict[str, list[float]] = {mode: [] for mode in PREFORK_MODES}
+    for r in range(reps):
+        for mode in PREFORK_MODES if r % 2 == 0 else tuple(reversed(PREFORK_MODES)):
+            per_mode[mode].append(_one(mode, tasks, pool="prefork"))
+    base, subject = per_mode["none"], per_mode["otel-jobs"]
+    extra = statistics.median(m - b for m, b in zip(subject, base, strict=True))
+    return [
+        row(
+            f"Celery worker, prefork pool (1 child), Redis, {TASK_NAMES} task names: time per task",
+            subject="otel-jobs", value=statistics.median(subject) * 1e6, unit="us/task",
+            baseline="none", baseline_value=statistics.median(base) * 1e6,
+            ratio=statistics.median(m / b for m, b in zip(subject, base, strict=True)),
+            note=f"+{extra * 1e6:.0f} us/task over none (median of {reps} rounds of {tasks} tasks)",
+        )
+    ]  # fmt: skip
+
+
 def _print(rows: list[dict[str, Any]]) -> None:
     print(f"{'mode':<22} {'us/task':>9} {'none':>9} {'ratio':>7}  note")
     for r in rows:
         print(
-            f"{r['subject']:<22} {r['value']:>9.0f} {r['baseline_value']:>9.0f} "
+            f"{('prefork ' if 'prefork' in r['benchmark'] else '') + r['subject']:<22} "
+            f"{r['value']:>9.0f} {r['baseline_value']:>9.0f} "
             f"{r['ratio']:>6.2f}x  {r['note']}"
         )
 

@@ -108,8 +108,14 @@ directory. A pool child leaves through ``os._exit``, so otel-jobs flushes the sp
 when it exits (``worker_process_shutdown``, at most 2 s): a batch processor's spans are not left
 behind, on this exit or any other.
 
-**Pools.** Prefork: the main process serves ``/metrics``; each child flushes its counts when a
-run starts and ends and at every watchdog tick (see the README section *Forking workers*).
+**Pools.** Prefork: the main process serves ``/metrics``; each child writes its metrics snapshot
+from its watchdog (at the tick after a run starts or ends, so ``/metrics`` lags by at most one
+``watchdog_interval``) and when it exits, not twice per task: a snapshot holds a series per
+task name the child ran and costs about 20 ms with 50 names. A child killed outright loses what
+it counted since its last tick, except the killed run: the main process records its end, and
+its start too when the child's last snapshot is older than the run (see the README section
+*Forking workers*). With the watchdog off, each child writes its snapshot at every run's start
+and end instead.
 ``solo`` and ``threads``: runs are recorded in the worker process itself (the same task id can
 run twice at once there, a retry beside its first attempt: each execution keeps its own run on
 its request). Celery enforces time limits only in prefork; the watchdog flags an overrun in
