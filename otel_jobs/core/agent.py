@@ -119,6 +119,9 @@ class Agent:
         self.adapters.extend(install_frameworks(self, settings.frameworks))
         self.adapters.extend(install_outbound(self, settings.outbound))
         atexit.register(self._atexit)
+        import multiprocessing.util
+
+        multiprocessing.util.register_after_fork(self, Agent._in_multiprocessing_child)
 
     def stop(self) -> None:
         """Undo :meth:`start`: adapters, watchdog, endpoint; flush spans and metrics."""
@@ -162,6 +165,19 @@ class Agent:
         self._meter = providers.meter_for_child(self.settings, self._meter)
         self.telemetry = Telemetry(self.settings, self.runs, self._meter)
         self.watchdog.after_fork_in_child()
+
+    def _in_multiprocessing_child(self) -> None:
+        # Called by multiprocessing in a child it started, after it cleared the finalizers it
+        # inherited. Such a child leaves through os._exit after its finalizers, not atexit: a
+        # lazy child (a pool process, see core.multiprocess) writes its last counts then.
+        import multiprocessing.util
+
+        multiprocessing.util.Finalize(None, self._exit_snapshot, exitpriority=10)
+
+    def _exit_snapshot(self) -> None:
+        if not self.stopped and self.share.in_child:
+            with errors.guard("multiprocess.flush"):
+                self.share.flush(self.telemetry.registry)
 
     # --- the in-flight table -----------------------------------------------------------
 

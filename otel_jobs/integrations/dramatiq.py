@@ -254,6 +254,12 @@ class OtelJobsMiddleware(Middleware):
             run.deactivate()
 
     @errors.guarded("integration.dramatiq")
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        agent = self.agent
+        if agent.share.in_child:  # a lazy worker process's last counts
+            agent.share.flush(agent.telemetry.registry)
+
+    @errors.guarded("integration.dramatiq")
     def after_nack(self, broker: dramatiq.Broker, message: Any) -> None:
         # A nack is Dramatiq's only road to the dead-letter queue (both brokers).
         agent = self.agent

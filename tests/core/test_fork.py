@@ -200,3 +200,33 @@ def test_a_lazy_child_writes_its_snapshot_at_the_tick_not_at_every_run(
     assert not os.path.exists(path.format(pid))
     assert agent.share.written_at(pid) == taken  # remembered after the fold
     assert agent.share.written_at(pid + 10_000_000) is None  # a process that left none
+
+
+def _lazy_child_runs(count: int) -> None:
+    from otel_jobs.core import agent as agent_mod
+
+    child = agent_mod.current()
+    assert child is not None
+    child.share.lazy = True  # as a pool process's integration sets it
+    for i in range(count):
+        work(i)
+
+
+def test_a_lazy_multiprocessing_child_writes_its_last_counts_as_it_exits(
+    instrumented: Callable[..., Any],
+) -> None:
+    # No tick in the child's lifetime: only its exit can write what it counted (multiprocessing
+    # children leave through os._exit after their finalizers, without atexit).
+    instrumented(watchdog_interval=60)
+    process = ctx.Process(target=_lazy_child_runs, args=(5,))
+    process.start()
+    process.join(30)
+    assert process.exitcode == 0
+    m = _m()
+    assert (
+        m.value(
+            "otel_jobs_runs_finished_total", job_name="fork.work", queue="fq", outcome="success"
+        )
+        == 5
+    )
+    assert m.value("otel_jobs_runs_started_total", job_name="fork.work", queue="fq") == 5
