@@ -37,7 +37,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+from prometheus_client import values as _pc_values
 from prometheus_client.core import Metric
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.utils import floatToGoString
 
 from . import errors
 
@@ -80,17 +83,78 @@ def pid_alive(pid: int) -> bool:
 
 
 def _serialise(registry: CollectorRegistry) -> list[dict[str, Any]]:
-    out = []
-    for family in registry.collect():
-        out.append(
-            {
-                "name": family.name,
-                "type": family.type,
-                "help": family.documentation,
-                "samples": [[s.name, s.labels, s.value] for s in family.samples],
-            }
-        )
+    """The registry's families as a snapshot holds them (creation timestamps left out).
+
+    Labelled counters and histograms, nearly all of a worker's samples, are read from their
+    label children directly: building prometheus-client's samples first costs about 3 times as
+    much (a pool child with 50 task names: 9 ms against 2.5 ms). That reads private fields, as
+    :mod:`otel_jobs.core.textformat` does; if one is missing, the error is counted
+    (``multiprocess.serialise``) and prometheus-client's ``collect()`` is used instead.
+    """
+    if _pc_values.ValueClass is _pc_values.MutexValue:
+        try:
+            return _read_directly(registry)
+        except Exception as exc:
+            errors.record("multiprocess.serialise", exc)
+    return _collected(registry)
+
+
+def _read_directly(registry: CollectorRegistry) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    with registry._lock:
+        collectors: list[Any] = list(registry._collector_to_names)
+    for collector in collectors:
+        kind = getattr(collector, "_type", None)
+        if not (
+            isinstance(collector, MetricWrapperBase)
+            and collector._labelnames
+            and kind in ("counter", "histogram")
+        ):
+            out.extend(_families_of(collector.collect()))
+            continue
+        metric: Any = collector
+        name, labelnames = metric._name, metric._labelnames
+        with metric._lock:
+            children: list[tuple[tuple[str, ...], Any]] = list(metric._metrics.items())
+        samples: list[list[Any]] = []
+        if kind == "counter":
+            total = name + "_total"
+            for values, child in children:
+                samples.append(
+                    [total, dict(zip(labelnames, values, strict=True)), child._value.get()]
+                )
+        else:
+            bounds = [floatToGoString(b) for b in metric._upper_bounds]
+            bucket, count, total = name + "_bucket", name + "_count", name + "_sum"
+            for values, child in children:
+                labels = dict(zip(labelnames, values, strict=True))
+                cumulative = 0.0
+                for le, value in zip(bounds, child._buckets, strict=True):
+                    cumulative += value.get()
+                    samples.append([bucket, {**labels, "le": le}, cumulative])
+                samples.append([count, labels, cumulative])
+                samples.append([total, labels, child._sum.get()])
+        out.append({"name": name, "type": kind, "help": metric._documentation, "samples": samples})
     return out
+
+
+def _collected(registry: CollectorRegistry) -> list[dict[str, Any]]:
+    return list(_families_of(registry.collect()))
+
+
+def _families_of(families: Any) -> Iterator[dict[str, Any]]:
+    for family in families:
+        counted = family.type in ("counter", "histogram", "summary")
+        yield {
+            "name": family.name,
+            "type": family.type,
+            "help": family.documentation,
+            "samples": [
+                [s.name, s.labels, s.value]
+                for s in family.samples
+                if not (counted and s.name.endswith("_created"))
+            ],
+        }
 
 
 def _combine(name: str, sample: str, old: float, new: float, kind: str) -> float:

@@ -270,3 +270,49 @@ def test_writer_falls_back_when_prometheus_client_changes(
     before = errors.counts().get("textformat", 0)
     assert TextWriter(agent.telemetry).render() is None
     assert errors.counts().get("textformat", 0) == before + 1
+
+
+def _snapshot_samples(families: list[dict[str, Any]]) -> dict[tuple[str, str], Any]:
+    out = {}
+    for fam in families:
+        # values that move between two readings: the process's, and in-flight timestamps
+        # derived from the monotonic clock at each collection
+        moving = fam["name"].startswith("process_") or fam["name"].endswith("_timestamp_seconds")
+        out[(fam["name"], fam["type"])] = (
+            fam["help"],
+            sorted(
+                (s[0], tuple(sorted(s[1].items())), None if moving else s[2])
+                for s in fam["samples"]
+            ),
+        )
+    return out
+
+
+def test_snapshots_read_the_instruments_as_prometheus_client_collects_them(
+    instrumented: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A forked child's snapshot reads its counters and histograms directly (a pool child with
+    # many task names writes one every watchdog tick): the same families and samples as
+    # prometheus-client's collect(), creation timestamps aside, which snapshots never carry.
+    from otel_jobs.core import multiprocess
+
+    agent = instrumented(watchdog=False)
+    _workload(agent)
+    registry = agent.telemetry.registry
+    direct = multiprocess._serialise(registry)
+    collected = multiprocess._collected(registry)
+    assert _snapshot_samples(direct) == _snapshot_samples(collected)
+    assert sum(len(f["samples"]) for f in direct) > 500
+    assert not any(s[0].endswith("_created") for f in direct for s in f["samples"])
+    # The direct read failing (another prometheus-client's fields): counted, and the snapshot
+    # is collected by prometheus-client instead.
+
+    def changed(value: float) -> str:
+        raise AttributeError("_upper_bounds")
+
+    monkeypatch.setattr(multiprocess, "floatToGoString", changed)
+    before = errors.counts().get("multiprocess.serialise", 0)
+    assert _snapshot_samples(multiprocess._serialise(registry)) == _snapshot_samples(
+        multiprocess._collected(registry)
+    )
+    assert errors.counts().get("multiprocess.serialise", 0) == before + 1
