@@ -11,7 +11,7 @@ leaves a snapshot of them in a shared directory, written atomically:
 
 A long-lived pool process (Celery's prefork children, Dramatiq's worker processes) runs many
 jobs of many names, and a snapshot holds every series it has: with 50 task names one costs
-about 20 ms to write, which must not be paid twice per task on the task's own thread. Such a
+about 9 ms to write, which must not be paid twice per task on the task's own thread. Such a
 child is *lazy* (:attr:`ProcessShare.lazy`, set by its integration while the watchdog runs): a
 run's start and end only mark the snapshot stale, and the watchdog's next tick writes it (every
 tick while it is stale or runs are in flight, at least every :data:`IDLE_FLUSH_SECONDS`

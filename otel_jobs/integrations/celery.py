@@ -111,7 +111,7 @@ behind, on this exit or any other.
 **Pools.** Prefork: the main process serves ``/metrics``; each child writes its metrics snapshot
 from its watchdog (at the tick after a run starts or ends, so ``/metrics`` lags by at most one
 ``watchdog_interval``) and when it exits, not twice per task: a snapshot holds a series per
-task name the child ran and costs about 20 ms with 50 names. A child killed outright loses what
+task name the child ran and costs about 9 ms with 50 names. A child killed outright loses what
 it counted since its last tick, except the killed run: the main process records its end, and
 its start too when the child's last snapshot is older than the run (see the README section
 *Forking workers*). With the watchdog off, each child writes its snapshot at every run's start
