@@ -9,15 +9,16 @@ leaves a snapshot of them in a shared directory, written atomically:
   job, as RQ's horse does, loses nothing it finished), and
 * at every watchdog tick (so its in-flight gauges and stall verdicts stay current).
 
-A long-lived pool process (Celery's prefork children, Dramatiq's worker processes) runs many
-jobs of many names, and a snapshot holds every series it has: with 50 task names one costs
-about 9 ms to write, which must not be paid twice per task on the task's own thread. Such a
-child is *lazy* (:attr:`ProcessShare.lazy`, set by its integration while the watchdog runs): a
-run's start and end only mark the snapshot stale, and the watchdog's next tick writes it (every
-tick while it is stale or runs are in flight, at least every :data:`IDLE_FLUSH_SECONDS`
-otherwise), as does the child's exit. A lazy child killed outright loses what it counted since
-its last tick; its owner still records the killed run's end, and also its start when the
-child's last snapshot is older than the run (:meth:`ProcessShare.written_at`).
+A long-lived pool process (Celery's prefork children, Dramatiq's and Huey's worker processes)
+runs many jobs of many names, and a snapshot holds every series it has: with 50 task names one
+costs about 9 ms to write, which must not be paid twice per task on the task's own thread. Such
+a child is *lazy* (:attr:`ProcessShare.lazy`, set by its integration while the watchdog runs):
+a run's start and end only mark the snapshot stale, and the watchdog's next tick writes it
+(every tick while it is stale or runs are in flight, at least every
+:data:`IDLE_FLUSH_SECONDS` otherwise), as does the child's exit. A lazy child killed outright
+loses what it counted since its last tick; a Celery child's main process still records the
+killed run's end, and also its start when the child's last snapshot is older than the run
+(:meth:`ProcessShare.written_at`).
 
 At collection the owner merges its own samples with every child's: counters and histograms
 are summed; gauges of live children are combined per metric (timestamps by minimum, counts
