@@ -3,6 +3,7 @@ Redis and RabbitMQ servers, scraped on their real ``/metrics``; plus install/uni
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -12,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry import trace
@@ -142,6 +144,7 @@ class Worker(GroupWorker):
     """A dramatiq CLI worker in its own session, killed with its processes at the end."""
 
     def __init__(self, tmp_path: Path, broker_url: str, launcher: str) -> None:
+        self.broker_url = broker_url
         self.queue = f"otel-jobs-test-{uuid.uuid4().hex[:10]}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/metrics"
@@ -179,6 +182,23 @@ class Worker(GroupWorker):
         sys.path.insert(0, str(tmp_path))
 
 
+@contextlib.contextmanager
+def producer(worker: Worker) -> Iterator[Any]:
+    """The worker's module on this (producer) side: same actors, same broker and queue."""
+    global_broker = dramatiq.broker.global_broker
+    os.environ["DQ_BROKER"], os.environ["DQ_QUEUE"] = worker.broker_url, worker.queue
+    os.environ["DQ_STATE"] = str(worker.state)
+    try:
+        import dq_app
+
+        yield dq_app
+        dq_app.broker.close()
+    finally:
+        for key in ("DQ_BROKER", "DQ_QUEUE", "DQ_STATE"):
+            os.environ.pop(key, None)
+        dramatiq.set_broker(global_broker)  # type: ignore[arg-type]
+
+
 @pytest.fixture
 def worker_factory(tmp_path: Path) -> Iterator[Callable[[str, str], Worker]]:
     started: list[Worker] = []
@@ -212,12 +232,7 @@ def test_real_worker_outcomes_limits_stalls_and_exact_counts(
     worker = worker_factory(broker_url, launcher)
     # The worker's parent serves /metrics before any worker process exists.
     worker.wait_serving()
-    global_broker = dramatiq.broker.global_broker
-    os.environ["DQ_BROKER"], os.environ["DQ_QUEUE"] = broker_url, worker.queue
-    os.environ["DQ_STATE"] = str(worker.state)
-    try:
-        import dq_app  # the producer side: same module, same actors, same queue
-
+    with producer(worker) as dq_app:
         t_sent = time.time()
         dq_app.later.send_with_options(delay=3000)
         for i in range(3):
@@ -227,11 +242,6 @@ def test_real_worker_outcomes_limits_stalls_and_exact_counts(
         dq_app.flaky.send("flaky-1")
         dq_app.slow.send()
         dq_app.hang.send()
-        dq_app.broker.close()
-    finally:
-        for key in ("DQ_BROKER", "DQ_QUEUE", "DQ_STATE"):
-            os.environ.pop(key, None)
-        dramatiq.set_broker(global_broker)  # type: ignore[arg-type]
 
     q = worker.queue
 
@@ -318,20 +328,10 @@ def test_async_actor_runs_follow_their_coroutine(
     require_redis()
     worker = worker_factory(REDIS_URL, "custom")
     worker.wait_serving()
-    global_broker = dramatiq.broker.global_broker
-    os.environ["DQ_BROKER"], os.environ["DQ_QUEUE"] = REDIS_URL, worker.queue
-    os.environ["DQ_STATE"] = str(worker.state)
-    try:
-        import dq_app
-
+    with producer(worker) as dq_app:
         dq_app.hang_async.send()
         dq_app.beat_async.send()
         dq_app.cancel_async.send()
-        dq_app.broker.close()
-    finally:
-        for key in ("DQ_BROKER", "DQ_QUEUE", "DQ_STATE"):
-            os.environ.pop(key, None)
-        dramatiq.set_broker(global_broker)  # type: ignore[arg-type]
     q = worker.queue
     try:
         s = worker.wait_for(
@@ -358,7 +358,7 @@ def test_async_actor_runs_follow_their_coroutine(
             == 1
         )
         assert s.value("otel_jobs_runs_in_progress", job_name="cancel_async", queue=q) == 0
-        log = worker.tail()
+        log = worker.log.read_text(errors="replace")
         stalled = [
             line for line in log.splitlines() if "of hang_async" in line and "stalled" in line
         ]
@@ -396,34 +396,28 @@ def test_reload_with_sighup_reexecutes_the_launcher(
     require_redis()
     worker = worker_factory(REDIS_URL, "module")
     q = worker.queue
-    global_broker = dramatiq.broker.global_broker
-    os.environ.update(DQ_BROKER=REDIS_URL, DQ_QUEUE=q, DQ_STATE=str(worker.state))
     try:
         worker.wait_for(lambda s: True, "/metrics")
-        import dq_app
 
         def ok_done(count: int) -> Callable[[Samples], bool]:
             return lambda s: (
                 s.total("otel_jobs_runs_finished_total", job_name="ok", queue=q) == count
             )
 
-        dq_app.ok.send(1)
-        worker.wait_for(ok_done(1), "the first run")
-        os.kill(worker.proc.pid, signal.SIGHUP)
-        deadline = time.monotonic() + 90
-        while worker.tail().count("is booting up") < 2:
-            if worker.proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"no reload:\n{worker.tail()}")
-            time.sleep(0.3)
-        dq_app.ok.send(2)
+        with producer(worker) as dq_app:
+            dq_app.ok.send(1)
+            worker.wait_for(ok_done(1), "the first run")
+            os.kill(worker.proc.pid, signal.SIGHUP)
+            deadline = time.monotonic() + 90
+            while worker.tail().count("is booting up") < 2:
+                if worker.proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"no reload:\n{worker.tail()}")
+                time.sleep(0.3)
+            dq_app.ok.send(2)
         s = worker.wait_for(ok_done(2), "the run after the reload")
         assert worker.proc.poll() is None  # the same process, re-executed
         assert s.value("otel_jobs_runs_started_total", job_name="ok", queue=q) == 2
-        dq_app.broker.close()
     finally:
-        for key in ("DQ_BROKER", "DQ_QUEUE", "DQ_STATE"):
-            os.environ.pop(key, None)
-        dramatiq.set_broker(global_broker)  # type: ignore[arg-type]
         worker.stop()
         purge_dramatiq(REDIS_URL, q)
 
