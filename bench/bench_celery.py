@@ -191,17 +191,12 @@ def _prefork_rows(tasks: int, reps: int) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def _print(rows: list[dict[str, Any]]) -> None:
-    print(f"{'mode':<22} {'us/task':>9} {'none':>9} {'ratio':>7}  note")
-    for r in rows:
-        print(
-            f"{('prefork ' if 'prefork' in r['benchmark'] else '') + r['subject']:<22} "
-            f"{r['value']:>9.0f} {r['baseline_value']:>9.0f} "
-            f"{r['ratio']:>6.2f}x  {r['note']}"
-        )
-
-
 if __name__ == "__main__":
+    try:
+        from bench.run import table
+    except ImportError:  # run as a script from bench/
+        from run import table  # type: ignore[no-redef]
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer tasks, one round")
-    _print(run(quick=parser.parse_args().quick))
+    print(table(run(quick=parser.parse_args().quick)))

@@ -175,16 +175,12 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
-def _print(rows: list[dict[str, Any]]) -> None:
-    print(f"{'benchmark':<52} {'otel-jobs':>10} {'none':>10} {'ratio':>7}  note")
-    for r in rows:
-        print(
-            f"{r['benchmark']:<52} {r['value']:>10.2f} {r['baseline_value']:>10.2f} "
-            f"{r['ratio']:>6.2f}x  {r['note']}"
-        )
-
-
 if __name__ == "__main__":
+    try:
+        from bench.run import table
+    except ImportError:  # run as a script from bench/
+        from run import table  # type: ignore[no-redef]
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer jobs, one round")
     parser.add_argument(
@@ -194,4 +190,4 @@ if __name__ == "__main__":
     if args.worker:
         _work(*args.worker)
     else:
-        _print(run(quick=args.quick))
+        print(table(run(quick=args.quick)))

@@ -66,7 +66,7 @@ def celery_comparison(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The Celery target: otel-jobs' per-task overhead no larger than the contrib instrumentation's."""
     from ._timing import row
 
-    by_mode = {r["subject"]: r for r in rows if r["benchmark"].startswith("Celery")}
+    by_mode = {r["subject"]: r for r in rows if r["benchmark"].startswith("Celery worker, solo")}
     contrib = by_mode.get("contrib")
     out = []
     for mode in ("otel-jobs", "otel-jobs (default)"):
