@@ -59,6 +59,17 @@ class Worker:
         result = self.publisher.send_task(name, args=args, queue=queue, **options)
         return str(result.id)
 
+    def terminate_a_running_block(self) -> str:
+        """Run ``oj.block``, stop it with ``revoke(terminate=True)``, wait for its cancel."""
+        job_id = self.send("oj.block")
+        wait_for(
+            lambda: self.metrics().total("otel_jobs_runs_in_progress", job_name="oj.block") == 1,
+            "the run in flight",
+        )
+        self.publisher.control.revoke(job_id, terminate=True)
+        wait_for(lambda: settled(self, {"oj.block": {"cancelled": 1}}), "the terminated run")
+        return job_id
+
     def spans_by_job_id(self) -> dict[str, list[dict[str, Any]]]:
         found: dict[str, list[dict[str, Any]]] = {}
         if not self.spans.exists():
@@ -343,13 +354,7 @@ def test_revoked_tasks_cancelled_while_running_or_skipped_before(
     worker: Worker, publisher: None
 ) -> None:
     fast, slow = celery_app.queues(worker.prefix)
-    running = worker.send("oj.block")
-    wait_for(
-        lambda: worker.metrics().total("otel_jobs_runs_in_progress", job_name="oj.block") == 1,
-        "the run in flight",
-    )
-    worker.publisher.control.revoke(running, terminate=True)
-    wait_for(lambda: settled(worker, {"oj.block": {"cancelled": 1}}), "the terminated run")
+    worker.terminate_a_running_block()
     time.sleep(0.5)
     assert_exact(worker.metrics(), "oj.block", slow, 1, cancelled=1)
     # Revoked while it waits for its countdown: it never starts, and is counted as skipped.
@@ -502,14 +507,7 @@ def test_with_contrib_a_run_stopped_by_sigterm_has_one_span(
         wait_for(lambda: settled(worker, {"oj.sleep_past_limit": {"timeout": 1}}), "the killed run")
         stopped = {timed_out: "timeout"}
         if not remap:  # under REMAP_SIGTERM, revoke(terminate=True) does not stop the child
-            blocked = worker.send("oj.block")
-            wait_for(
-                lambda: worker.metrics().total("otel_jobs_runs_in_progress", job_name="oj.block"),
-                "the run in flight",
-            )
-            worker.publisher.control.revoke(blocked, terminate=True)
-            wait_for(lambda: settled(worker, {"oj.block": {"cancelled": 1}}), "the stopped run")
-            stopped[blocked] = "cancelled"
+            stopped[worker.terminate_a_running_block()] = "cancelled"
         wait_for(lambda: set(stopped) <= set(worker.spans_by_job_id()), "the runs' spans")
         m = worker.metrics()
         assert_exact(m, "oj.sleep_past_limit", slow, 1, timeout=1)
@@ -546,13 +544,7 @@ def test_with_contrib_a_stopped_child_that_cannot_export_leaves_the_span_to_the_
         (span,) = wait_for(lambda: worker.spans_by_job_id().get(killed), "the main's span")
         if cause == "slow_exporter":
             # Without SIGKILL (revoke terminate) the slow child has time: its span, not the main's.
-            blocked = worker.send("oj.block")
-            wait_for(
-                lambda: worker.metrics().total("otel_jobs_runs_in_progress", job_name="oj.block"),
-                "the run in flight",
-            )
-            worker.publisher.control.revoke(blocked, terminate=True)
-            wait_for(lambda: settled(worker, {"oj.block": {"cancelled": 1}}), "the stopped run")
+            blocked = worker.terminate_a_running_block()
             wait_for(lambda: blocked in worker.spans_by_job_id(), "the child's span")
         m = worker.metrics()
         assert_exact(m, task, slow, 1, timeout=1)
