@@ -145,8 +145,7 @@ class Agent:
     def _atexit(self) -> None:
         with errors.guard("atexit"):
             self.deferred.run_all()
-            if self.share.in_child:
-                self.share.flush(self.telemetry.registry)
+            self.write_snapshot()
             providers.flush(2000)
             if self._own_dir and not self.share.in_child:
                 shutil.rmtree(self.share.directory, ignore_errors=True)
@@ -172,12 +171,21 @@ class Agent:
         # lazy child (a pool process, see core.multiprocess) writes its last counts then.
         import multiprocessing.util
 
-        multiprocessing.util.Finalize(None, self._exit_snapshot, exitpriority=10)
+        multiprocessing.util.Finalize(None, self.write_snapshot, exitpriority=10)
 
-    def _exit_snapshot(self) -> None:
+    def write_snapshot(self) -> None:
+        """In a forked child: write its metrics snapshot now (a no-op in the owner)."""
         if not self.stopped and self.share.in_child:
             with errors.guard("multiprocess.flush"):
                 self.share.flush(self.telemetry.registry)
+
+    def pool_child(self) -> None:
+        """Called by an integration as a run starts in a long-lived pool process (a Celery
+        prefork child, a Dramatiq or Huey worker process): its snapshot is written by its
+        watchdog and when it exits, not at every run's start and end (core.multiprocess)."""
+        share = self.share
+        if share.in_child:
+            share.lazy = self.watchdog.running
 
     # --- the in-flight table -----------------------------------------------------------
 
@@ -354,8 +362,7 @@ class Agent:
                 return float(answer)
 
             self.deferred.call_later(0.0, check)
-        if self.share.in_child:
-            self.share.flush(self.telemetry.registry)
+        self.write_snapshot()
 
     def _lost_run_span(
         self,

@@ -349,44 +349,29 @@ def _bounded(work: Callable[[], None], timeout_millis: float) -> bool:
     return not thread.is_alive()
 
 
-def flush(timeout_millis: int = 5000) -> None:
-    """Export what the providers hold now (spans and metrics), waiting at most ``timeout_millis``."""
-    providers: list[Any] = []
-    for provider in (
-        trace.get_tracer_provider(),
-        metrics.get_meter_provider(),
-        _owned_meter_provider,
-    ):
-        if any(provider is inherited for inherited in _inherited_meter_providers):
-            continue
-        if getattr(provider, "force_flush", None) is not None:
-            providers.append(provider)
+def flush(timeout_millis: int = 5000, *, spans_only: bool = False) -> bool:
+    """Export what the providers hold now (spans and metrics, or ``spans_only``), waiting at
+    most ``timeout_millis``; True when every provider reported its export done in time."""
+    candidates: list[Any] = [trace.get_tracer_provider()]
+    if not spans_only:
+        candidates += [metrics.get_meter_provider(), _owned_meter_provider]
+    providers = [
+        provider
+        for provider in candidates
+        if getattr(provider, "force_flush", None) is not None
+        and not any(provider is inherited for inherited in _inherited_meter_providers)
+    ]
+    done: list[bool] = []
 
     def work() -> None:
         for provider in providers:
             try:
-                provider.force_flush(timeout_millis)
+                done.append(bool(provider.force_flush(timeout_millis)))
             except Exception:
-                pass
+                done.append(False)
 
-    if providers:
-        _bounded(work, timeout_millis)
-
-
-def flush_spans(timeout_millis: int = 2000) -> bool:
-    """Export the spans the tracer provider holds now; True when all were exported in time."""
-    provider = trace.get_tracer_provider()
-    force_flush = getattr(provider, "force_flush", None)
-    if force_flush is None:
-        return True  # no SDK: no span to export
-    done: list[bool] = []
-
-    def work() -> None:
-        try:
-            done.append(bool(force_flush(timeout_millis)))
-        except Exception:
-            done.append(False)
-
+    if not providers:
+        return True  # no SDK: nothing to export
     return _bounded(work, timeout_millis) and all(done)
 
 

@@ -155,7 +155,7 @@ import sys
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import propagate, trace
@@ -428,13 +428,11 @@ class Integration(_BaseIntegration):
         # On the request of this execution: the same task id may run twice at once (a retry
         # picked up by another thread before the first attempt's signals are done).
         setattr(request, _RUN, run)
-        share = agent.share
-        if share.in_child:
-            # A pool child runs many tasks of many names: its snapshot is written by its
-            # watchdog, not twice per task here (see core.multiprocess). A child killed before
-            # its next tick: its main process counts the run's start too (_record_lost).
-            share.lazy = agent.watchdog.running
-            share.changed(agent.telemetry.registry)
+        if agent.share.in_child:
+            # A child killed before its next watchdog tick: its main process counts the run's
+            # start too (_record_lost).
+            agent.pool_child()
+            agent.share.changed(agent.telemetry.registry)
 
     def _finish(
         self,
@@ -597,10 +595,9 @@ class Integration(_BaseIntegration):
         agent = self.agent
         if not agent.share.in_child:
             return
-        with errors.guard("multiprocess.flush"):  # a lazy child's last counts
-            agent.share.flush(agent.telemetry.registry)
+        agent.write_snapshot()  # a lazy child's last counts
         ending, self._ending = self._ending, []
-        if ending and providers.flush_spans(2000):
+        if ending and providers.flush(2000, spans_only=True):
             # Exported: tell the main process not to emit a span of its own for these runs.
             for task_id in ending:
                 with errors.guard("integration.celery.note"):
@@ -612,18 +609,16 @@ class Integration(_BaseIntegration):
         digest = hashlib.sha1(task_id.encode("utf-8", "replace")).hexdigest()[:24]
         return os.path.join(self.agent.share.directory, _SPAN_NOTE + digest)
 
-    def _child_span_check(self, task_id: str, pid: Any) -> Any:
+    def _child_span_check(self, task_id: str, pid: int) -> Callable[[bool], bool | float]:
         """For :meth:`Agent.record_lost_run`: whether the stopped child exported the run's
         contrib span (True), did not (False), or may still (seconds to wait)."""
         note = self._note_path(task_id)
         deadline = time.monotonic() + _CHILD_EXIT_WAIT
-        pid = pid if isinstance(pid, int) else None
-        fixed_wait = time.monotonic() + 3.0  # no pid to watch: a child exports within this
 
         def check(final: bool) -> bool | float:
             # Alive first, then the note: a child seen dead wrote its note (or never will).
             now = time.monotonic()
-            alive = pid_alive(pid) if pid is not None else now < fixed_wait
+            alive = pid_alive(pid)
             if os.path.exists(note):
                 with errors.guard("integration.celery.note"):
                     os.unlink(note)
@@ -690,8 +685,8 @@ class Integration(_BaseIntegration):
         if request_dict.get("traceparent"):
             parent = propagate.extract(request_dict)
         # The child counted the start in its snapshot, unless it took none since the run began.
-        pid = getattr(request, "worker_pid", None)
-        written = self.agent.share.written_at(pid) if isinstance(pid, int) else None
+        pid: int = request.worker_pid  # set: the callers checked _ran_elsewhere
+        written = self.agent.share.written_at(pid)
         self.agent.record_lost_run(
             request.name,
             queue=_queue_of(getattr(request, "delivery_info", None)),
@@ -704,11 +699,7 @@ class Integration(_BaseIntegration):
             exc=exc,
             parent=parent,
             native_max_duration=limit,
-            span_unless=(
-                self._child_span_check(task_id, getattr(request, "worker_pid", None))
-                if self._contrib_spans()
-                else None
-            ),
+            span_unless=(self._child_span_check(task_id, pid) if self._contrib_spans() else None),
         )
 
     @errors.guarded("integration.celery")

@@ -188,14 +188,11 @@ class OtelJobsMiddleware(Middleware):
     @errors.guarded("integration.dramatiq")
     def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
         agent = self.agent
-        if agent.share.in_child:
-            # A worker process runs many messages of many actors: its snapshot is written by
-            # its watchdog and when it exits, not at every message's end (core.multiprocess).
-            agent.share.lazy = agent.watchdog.running
+        agent.pool_child()  # a worker process runs many messages of many actors
         options = message.options
         due = options.get(DUE_OPTION) or message.message_timestamp
         carrier = options.get(TRACE_OPTION)
-        run = self.agent.start_run(
+        run = agent.start_run(
             message.actor_name,
             queue=q_name(message.queue_name),
             job_id=message.message_id,
@@ -252,12 +249,6 @@ class OtelJobsMiddleware(Middleware):
             run.finish("cancelled")
         finally:
             run.deactivate()
-
-    @errors.guarded("integration.dramatiq")
-    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
-        agent = self.agent
-        if agent.share.in_child:  # a lazy worker process's last counts
-            agent.share.flush(agent.telemetry.registry)
 
     @errors.guarded("integration.dramatiq")
     def after_nack(self, broker: dramatiq.Broker, message: Any) -> None:

@@ -192,11 +192,7 @@ class Integration(BaseIntegration):
         self._end(run, outcome, exc)
 
     def _start(self, huey: Huey, task: Any) -> None:
-        agent = self.agent
-        if agent.share.in_child:
-            # A process worker runs many tasks of many names: its snapshot is written by its
-            # watchdog and when it exits, not at every task's end (see core.multiprocess).
-            agent.share.lazy = agent.watchdog.running
+        self.agent.pool_child()  # in a process worker, which runs many tasks of many names
         # A run of this thread that got no closing signal (Huey raised inside its own
         # bookkeeping) must not stay in flight forever and look stuck.
         left = getattr(self._local, "run", None)
