@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import otel_jobs
+from otel_jobs.core.multiprocess import IDLE_FLUSH_SECONDS
 from tests.support import Samples, scrape
 
 ctx = multiprocessing.get_context("fork")
@@ -179,6 +180,15 @@ def test_a_lazy_child_writes_its_snapshot_at_the_tick_not_at_every_run(
             assert child.share.dirty
             child.watchdog.tick()
             assert not child.share.dirty
+            written = os.stat(path.format(os.getpid())).st_mtime_ns
+            assert written != first
+            time.sleep(0.05)
+            child.watchdog.tick()  # nothing new, nothing in flight: no write
+            assert os.stat(path.format(os.getpid())).st_mtime_ns == written
+            # Idle for IDLE_FLUSH_SECONDS: written again, so its last tick does not look stale.
+            child.share.last_flush -= IDLE_FLUSH_SECONDS
+            child.watchdog.tick()
+            assert os.stat(path.format(os.getpid())).st_mtime_ns != written
             os.write(write, b"x")
             status = 0
         finally:
