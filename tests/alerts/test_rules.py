@@ -77,7 +77,7 @@ def test_alerts_follow_the_naming_labels_and_annotations_rules() -> None:
 
 
 def test_rules_use_only_metrics_of_the_readme_contract() -> None:
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "metrics.md").read_text()
     table = readme.split("<!-- metrics-table:start -->")[1].split("<!-- metrics-table:end -->")[0]
     contract = set(re.findall(r"`(otel_jobs_\w+)`", table))
     text = (ALERTS / "otel-jobs.rules.yml").read_text()
@@ -227,7 +227,7 @@ def test_every_alert_has_a_runbook(alert: str) -> None:
 
 
 def test_readme_documents_every_generator_option_and_alert() -> None:
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "alerts.md").read_text()
     section = readme.split("<!-- section:alerts:start -->")[1].split("<!-- section:alerts:end -->")[
         0
     ]

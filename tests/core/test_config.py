@@ -10,7 +10,7 @@ import pytest
 import otel_jobs
 from otel_jobs.core import config
 
-README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
+README = pathlib.Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 
 def test_defaults_are_documented_values() -> None:

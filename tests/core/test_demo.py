@@ -1,4 +1,4 @@
-"""The demo, as the README runs it: every metric of the README table on its /metrics."""
+"""The demo, as the README runs it: every metric of the docs/metrics.md table on its /metrics."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ NOT_IN_THE_DEMO = {
 
 
 def readme_metrics() -> list[tuple[str, str, set[str]]]:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "metrics.md").read_text()
     table = text[
         text.index("<!-- metrics-table:start -->") : text.index("<!-- metrics-table:end -->")
     ]

@@ -198,12 +198,12 @@ def test_provisioning_example_points_at_the_dashboards() -> None:
 
 
 def test_the_readme_shows_both_previews_and_how_to_import() -> None:
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "dashboards.md").read_text()
     start = readme.index("<!-- section:dashboards:start -->")
     section = readme[start : readme.index("<!-- section:dashboards:end -->")]
     for name in NAMES:
         image = f"docs/images/{name.replace('.json', '.png')}"
-        assert f"]({image})" in section
+        assert f"]({image.removeprefix('docs/')})" in section
         data = (ROOT / image).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000, image
         assert f"dashboards/{name}" in section
