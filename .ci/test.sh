@@ -21,4 +21,8 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/ruff check otel_jobs tests bench examples dashboards
 .venv/bin/ruff format --check otel_jobs tests bench examples dashboards
 .venv/bin/mypy
+# the documentation site, built into a temporary directory: no broken link, no page out of the nav
+site=$(mktemp -d)
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$site"
+rm -rf "$site"
 .venv/bin/python -m pytest "$@"
