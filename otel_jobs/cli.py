@@ -4,7 +4,8 @@ Subcommands, each in its own module exposing ``add_arguments(parser)`` and ``run
 
 * ``otel-jobs demo``: an in-process worker running sample jobs, healthy and stuck, with a live table;
 * ``otel-jobs rules``: render the Prometheus alert rules with your selectors and thresholds;
-* ``otel-jobs doctor``: check a Celery or RQ configuration for known queue mistakes.
+* ``otel-jobs doctor``: check a Celery or RQ configuration for known queue mistakes;
+* ``otel-jobs monitor``: a long-running process that watches the queues on the brokers.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ COMMANDS = {
     "demo": ("otel_jobs.demo", "run sample jobs, healthy and stuck, and watch them live"),
     "rules": ("otel_jobs.rules", "render the Prometheus alert rules"),
     "doctor": ("otel_jobs.doctor", "check a Celery or RQ configuration for known queue mistakes"),
+    "monitor": (
+        "otel_jobs.monitor.command",
+        "watch the queues on the brokers: backlog and oldest job",
+    ),
 }
 
 

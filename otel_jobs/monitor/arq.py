@@ -1,0 +1,95 @@
+"""arq: its queues are sorted sets of job ids scored by the time each job is due (ms).
+
+``--arq-redis-url`` gives the Redis; the queue is arq's default (``arq:queue``) unless
+``--queues`` names others (arq keeps no list of queues to discover them from).
+
+A job stays in the sorted set from ``enqueue_job`` until it finishes; while a worker runs it, the
+key ``arq:in-progress:<id>`` exists. So, per queue, one transaction reads how many jobs are due
+(score up to now), how many are deferred to later (``scheduled``) and the ids and scores of the
+:data:`PROBE` oldest due jobs; a second one asks which of those are in progress (``started``).
+``waiting`` is the due jobs minus those started; the oldest waiting age is from the score (the
+enqueue time, or the due time of a deferred job) of the oldest due job not in progress.
+
+Limit: arq workers take the oldest due jobs first, so the running ones are among the oldest; a
+queue with more than :data:`PROBE` jobs running at once counts the excess as ``waiting``.
+arq keeps no index of failed jobs (results are keys of their own), so no ``failed`` state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from arq.constants import default_queue_name, in_progress_key_prefix
+
+from . import _redis
+from .base import Collector, QueueReading
+
+PROBE = 100
+
+
+class ArqCollector(Collector):
+    framework = "arq"
+    states = ("waiting", "scheduled", "started")
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        queues: Sequence[str] = (),
+        timeout: float = 5.0,
+        max_queues: int = 1000,
+        source: str = "--arq-redis-url",
+    ) -> None:
+        self.client = _redis.from_url(url, timeout)
+        super().__init__(_redis.address(self.client), source, max_queues)
+        self.queues = self.capped(list(queues) or [default_queue_name])
+
+    def check(self) -> None:
+        _redis.ping(self.client)
+
+    def poll(self) -> list[QueueReading]:
+        now_ms = int(time.time() * 1000)
+        commands: list[tuple[Any, ...]] = []
+        for q in self.queues:
+            commands += [
+                ("zcount", q, "-inf", now_ms),
+                ("zcount", q, f"({now_ms}", "+inf"),
+                ("zrangebyscore", q, "-inf", now_ms, 0, PROBE, True),
+            ]
+        values = _redis.read(self.client, commands)
+        rows = [values[i : i + 3] for i in range(0, len(values), 3)]
+        probed = [
+            (q, _redis.text(m), s)
+            for q, row in zip(self.queues, rows, strict=True)
+            for m, s in row[2]
+        ]
+        running = _redis.read(
+            self.client, [("exists", in_progress_key_prefix + job_id) for _, job_id, _ in probed]
+        )
+        started = dict.fromkeys(self.queues, 0)
+        oldest: dict[str, float] = {}
+        for (q, _, score), busy in zip(probed, running, strict=True):
+            if busy:
+                started[q] += 1
+            elif q not in oldest:
+                oldest[q] = float(score) / 1000.0
+        return [
+            QueueReading(
+                q,
+                {
+                    "waiting": max(0, int(due) - started[q]),
+                    "scheduled": int(later),
+                    "started": started[q],
+                },
+                oldest.get(q),
+            )
+            for q, (due, later, _) in zip(self.queues, rows, strict=True)
+        ]
+
+    def abort(self) -> None:
+        _redis.close(self.client)
+
+    def close(self) -> None:
+        _redis.close(self.client)
