@@ -37,7 +37,8 @@ def instrument(**options: Any) -> None:
     >>> otel_jobs.instrument(prometheus_port=9464, max_duration=600)
 
     Accepts every setting of the README configuration table as a keyword argument, plus
-    ``jobs={"name": {"max_duration": ..., "heartbeat_timeout": ..., "on_stall": ...}}``,
+    ``jobs={"name": {"max_duration": ..., "heartbeat_timeout": ..., "on_stall": ...,
+    "expected_every": ...}}``,
     ``tracer_provider=`` and ``meter_provider=``. Raises
     :class:`~otel_jobs.ConfigurationError` for an invalid value. A second call does nothing
     (and says so once in the log); call :func:`uninstrument` first to change settings.
@@ -120,6 +121,8 @@ class job_run:
 
     An exception leaving the block ends the run with outcome ``failure`` (``timeout`` for a
     :class:`~otel_jobs.JobTimeoutError` or ``TimeoutError``) and propagates unchanged.
+    ``expected_every``: how often (seconds) the job must succeed, for the
+    ``OtelJobsNoRecentSuccess`` alert (``otel_jobs_run_expected_every_seconds``).
     """
 
     def __init__(
@@ -133,6 +136,7 @@ class job_run:
         heartbeat_timeout: float | None = None,
         on_stall: str | None = None,
         enqueued_at: float | None = None,
+        expected_every: float | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise _config.ConfigurationError("name", name, "a non-empty job name")
@@ -142,6 +146,7 @@ class job_run:
                 "max_duration": max_duration,
                 "heartbeat_timeout": heartbeat_timeout,
                 "on_stall": on_stall,
+                "expected_every": expected_every,
             },
         )
         self._kwargs = {
@@ -152,6 +157,7 @@ class job_run:
             "heartbeat_timeout": job.heartbeat_timeout,
             "on_stall": job.on_stall,
             "enqueued_at": enqueued_at,
+            "expected_every": job.expected_every,
         }
         self._name = name
         self._run: Run | None = None
@@ -228,6 +234,7 @@ def job(
     max_duration: float | None = None,
     heartbeat_timeout: float | None = None,
     on_stall: str | None = None,
+    expected_every: float | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -240,6 +247,7 @@ def job(
     max_duration: float | None = None,
     heartbeat_timeout: float | None = None,
     on_stall: str | None = None,
+    expected_every: float | None = None,
 ) -> Any:
     """Make every call of a function (sync or async) one run of a job.
 
@@ -252,6 +260,12 @@ def job(
     ``job.args`` attribute, a repr cut at :data:`MAX_ARGS_CHARS`) only with ``capture_args``
     (``OTEL_JOBS_CAPTURE_ARGS=true``): off by default, as arguments often hold personal data,
     tokens or passwords that would then be stored by the tracing backend.
+    ``expected_every``: how often (seconds) the job must succeed; a job that has not succeeded
+    for longer (plus a grace) fires ``OtelJobsNoRecentSuccess``:
+
+    >>> @otel_jobs.job(expected_every=24 * 3600)
+    ... def nightly_export():
+    ...     ...
     """
     settings = _config.parse_job_settings(
         "job",
@@ -259,6 +273,7 @@ def job(
             "max_duration": max_duration,
             "heartbeat_timeout": heartbeat_timeout,
             "on_stall": on_stall,
+            "expected_every": expected_every,
         },
     )
 
@@ -269,6 +284,7 @@ def job(
             "max_duration": settings.max_duration,
             "heartbeat_timeout": settings.heartbeat_timeout,
             "on_stall": settings.on_stall,
+            "expected_every": settings.expected_every,
         }
 
         if inspect.iscoroutinefunction(fn):

@@ -210,6 +210,7 @@ class Agent:
         links: Sequence[Link] | None = None,
         attributes: dict[str, Any] | None = None,
         span: trace.Span | None = None,
+        expected_every: float | None = None,
     ) -> Run:
         """Start a run: span, counters and an entry in the in-flight table.
 
@@ -220,6 +221,8 @@ class Agent:
         ``span``: adopt the span another instrumentation already opened for this run (one span
         per run, not two): the ``job.*`` attributes and the outcome are set on it, and its owner
         keeps making it current, setting its status and ending it.
+        ``expected_every``: how often the job must succeed (``instrument(jobs=...)`` wins); left
+        unset, the job keeps what its scheduler's entry says (:mod:`otel_jobs.schedules`).
         """
         settings = self.settings
         queue = queue or "default"
@@ -231,6 +234,9 @@ class Agent:
         beat = configured.heartbeat_timeout or heartbeat_timeout or settings.heartbeat_timeout
         series.max_duration = max_d
         series.heartbeat_timeout = beat
+        every = configured.expected_every or expected_every
+        if every is not None:
+            series.expected_every = every
         run = Run(
             self, name, queue, job_id, attempt, framework, series, max_d, beat,
             configured.on_stall or on_stall or settings.on_stall,
@@ -341,6 +347,8 @@ class Agent:
             configured.max_duration or native_max_duration or self.settings.max_duration
         )
         series.heartbeat_timeout = configured.heartbeat_timeout or self.settings.heartbeat_timeout
+        if configured.expected_every is not None:
+            series.expected_every = configured.expected_every
         if count_start:
             series.record_start()
         series.record_finish(outcome, seconds)

@@ -42,6 +42,7 @@ class JobSettings:
     max_duration: float | None = None
     heartbeat_timeout: float | None = None
     on_stall: str | None = None
+    expected_every: float | None = None
 
 
 @dataclass(frozen=True)
@@ -343,7 +344,10 @@ _STANDARD_ENV = {
 }
 
 _OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
-_JOB_KEYS = {"max_duration", "heartbeat_timeout", "on_stall"}
+_JOB_KEYS = {"max_duration", "heartbeat_timeout", "on_stall", "expected_every"}
+# Per-job keys that are no global option: how often the job must succeed ("inf": not set).
+_JOB_ONLY: dict[str, Callable[[str, object], Any]] = {"expected_every": _seconds}
+_JOB_KEYS_TEXT = "max_duration, heartbeat_timeout, on_stall, expected_every"
 
 
 def parse_job_settings(setting: str, value: object) -> JobSettings:
@@ -351,21 +355,18 @@ def parse_job_settings(setting: str, value: object) -> JobSettings:
     if isinstance(value, JobSettings):
         value = {k: getattr(value, k) for k in _JOB_KEYS}
     if not isinstance(value, Mapping):
-        raise ConfigurationError(
-            setting, value, "a mapping of max_duration, heartbeat_timeout, on_stall"
-        )
+        raise ConfigurationError(setting, value, f"a mapping of {_JOB_KEYS_TEXT}")
     unknown = set(value) - _JOB_KEYS
     if unknown:
         first = sorted(unknown, key=str)[0]  # by str: keys may be of mixed types
-        raise ConfigurationError(
-            f"{setting}.{first}", value[first], "keys max_duration, heartbeat_timeout, on_stall"
-        )
+        raise ConfigurationError(f"{setting}.{first}", value[first], f"keys {_JOB_KEYS_TEXT}")
     parsed: dict[str, Any] = {}
     for key in _JOB_KEYS:
         raw = value.get(key)
         if raw is None:
             continue
-        parsed[key] = _OPTIONS_BY_NAME[key].parse(f"{setting}.{key}", raw)
+        parse = _JOB_ONLY.get(key) or _OPTIONS_BY_NAME[key].parse
+        parsed[key] = parse(f"{setting}.{key}", raw)
     return JobSettings(**parsed)
 
 

@@ -31,6 +31,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from . import errors
 from .config import OVERFLOW_VALUE, Settings
 from .run import OUTCOMES, wall_time_of
+from .streaks import KEEP, STREAK_OUTCOMES, State
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import Meter, Observation
@@ -85,6 +86,10 @@ class Series:
         "max_duration",
         "heartbeat_timeout",
         "queue_wait",
+        "expected_every",
+        "last_success",
+        "failures",
+        "_failure_times",
     )
 
     def __init__(self, telemetry: Telemetry, job_name: str, queue: str) -> None:
@@ -110,6 +115,12 @@ class Series:
         }
         self.max_duration = math.inf
         self.heartbeat_timeout = math.inf
+        # How often the job must succeed (+Inf: not said), the last success (Unix time) and
+        # the failures since it in this process (core/streaks.py merges them across forks).
+        self.expected_every = math.inf
+        self.last_success: float | None = None
+        self.failures = 0
+        self._failure_times: list[float] = []
 
     def record_start(self) -> None:
         self.started.inc()
@@ -130,6 +141,24 @@ class Series:
             attrs = self._outcome_attrs[outcome]
             otel.finished.add(1, attrs)
             otel.duration.record(seconds, attrs)
+        if outcome == "success":
+            self.last_success = _time()
+            if self.failures:
+                self.failures = 0
+                self._failure_times = []
+        elif outcome in STREAK_OUTCOMES:
+            with self._telemetry._series_lock:
+                self.failures += 1
+                times = self._failure_times
+                times.append(_time())
+                if len(times) > KEEP:
+                    del times[0]
+
+    def state(self) -> State:
+        """This process's last success and failure streak of the series (core/streaks.py)."""
+        return State(
+            self.last_success, self.failures, tuple(self._failure_times), self.expected_every
+        )
 
     def record_queue_wait(self, seconds: float) -> None:
         if self.queue_wait is None:
@@ -139,6 +168,8 @@ class Series:
         if otel is not None:
             otel.queue_wait.record(seconds, self.attrs)
 
+
+_time = time.time
 
 _observed: dict[int, Telemetry] = {}
 """The Telemetry each meter's observable gauges report (id of the meter: the latest one)."""
@@ -222,6 +253,24 @@ class _OtelInstruments:
             "s",
             "Last watchdog tick (Unix time).",
             "watchdog",
+        )
+        gauge(
+            "otel_jobs.last_success.timestamp",
+            "s",
+            "End (Unix time) of the last run that succeeded.",
+            "last_success",
+        )
+        gauge(
+            "otel_jobs.consecutive_failures",
+            "{failure}",
+            "Runs ended in failure or timeout since the last success.",
+            "consecutive_failures",
+        )
+        gauge(
+            "otel_jobs.run.expected_every",
+            "s",
+            "How often the job must succeed (+Inf: not set).",
+            "expected_every",
         )
 
 
@@ -363,12 +412,17 @@ class Telemetry:
         out: dict[str, list[tuple[dict[str, str], float]]] = {
             "in_progress": [], "oldest_start": [], "stalest_heartbeat": [],
             "max_duration": [], "heartbeat_timeout": [], "stalled": [], "watchdog": [],
+            "last_success": [], "consecutive_failures": [], "expected_every": [],
         }  # fmt: skip
         series_by_id = {}
         for series in self.all_series():
             series_by_id[id(series)] = series
             out["max_duration"].append((series.attrs, series.max_duration))
             out["heartbeat_timeout"].append((series.attrs, series.heartbeat_timeout))
+            out["expected_every"].append((series.attrs, series.expected_every))
+            out["consecutive_failures"].append((series.attrs, float(series.failures)))
+            if series.last_success is not None:
+                out["last_success"].append((series.attrs, series.last_success))
             entry = per_series.get(id(series))
             out["in_progress"].append((series.attrs, float(entry[1]) if entry else 0.0))
             if entry:
@@ -390,7 +444,10 @@ class Telemetry:
 
         with errors.guard("collect.otel"):
             for labels, value in self.inflight()[key]:
-                yield Observation(value, labels)
+                # The SDK drops +Inf (a limit or an expected_every not set) with a WARNING
+                # at every collection: leave it out here instead.
+                if not math.isinf(value):
+                    yield Observation(value, labels)
 
 
 # name, help, key, labels (besides job_name/queue)
@@ -417,6 +474,21 @@ _GAUGES = (
         "otel_jobs_watchdog_last_tick_timestamp_seconds",
         "Last tick (Unix time) of the stuck-run watchdog.",
         "watchdog",
+    ),
+    (
+        "otel_jobs_last_success_timestamp_seconds",
+        "End (Unix time) of the last run of the job that succeeded; absent before the first.",
+        "last_success",
+    ),
+    (
+        "otel_jobs_consecutive_failures",
+        "Runs of the job ended in failure or timeout since its last success.",
+        "consecutive_failures",
+    ),
+    (
+        "otel_jobs_run_expected_every_seconds",
+        "How often the job must succeed (+Inf: not set).",
+        "expected_every",
     ),
 )
 
