@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -33,7 +32,7 @@ from . import errors, providers
 from .config import Settings
 from .deferred import Deferred
 from .exposition import MetricsServer, serve
-from .multiprocess import MergedCollector, ProcessShare
+from .multiprocess import MergedCollector, ProcessShare, private_directory
 from .run import Run
 from .telemetry import Telemetry
 from .textformat import TextWriter
@@ -61,7 +60,8 @@ class Agent:
         self._lock = threading.Lock()
         self.telemetry = Telemetry(settings, self.runs, self._meter)
         self._own_dir = settings.multiprocess_dir is None
-        directory = settings.multiprocess_dir or tempfile.mkdtemp(prefix="otel-jobs-")
+        # The private default removes those of owners that ended without cleaning up.
+        directory = settings.multiprocess_dir or private_directory()
         self.share = ProcessShare(directory, os.getpid())
         self.server: MetricsServer | None = None
         self.server_error: OSError | None = None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 STALL_POLICIES = ("observe", "cancel", "exit")
@@ -77,11 +77,32 @@ class Settings:
     otlp_metrics_endpoint: str | None = None
     otlp_protocol: str = "http/protobuf"
 
+    def __repr__(self) -> str:
+        # Settings end up in logs and tracebacks: the password of the endpoint's basic auth
+        # (and of an OTLP URL's user:password@) is shown as ***, the user name is kept.
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "prometheus_basic_auth" and value is not None:
+                value = value.partition(":")[0] + ":***"
+            elif f.name.startswith("otlp_") and isinstance(value, str):
+                value = _masked_url(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
     def for_job(self, name: str) -> JobSettings:
         return self.jobs.get(name) or _NO_JOB_SETTINGS
 
 
 _NO_JOB_SETTINGS = JobSettings()
+
+
+def _masked_url(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.partition("@")
+    if not (sep and at and ":" in userinfo) or "/" in userinfo:
+        return url
+    return f"{scheme}://{userinfo.partition(':')[0]}:***@{host}"
 
 
 # --- parsers: each returns the parsed value or raises ConfigurationError -----------------

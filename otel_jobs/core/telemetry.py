@@ -14,7 +14,8 @@ One :class:`Telemetry` per process holds:
 
 The label values ``job_name``, ``queue``, ``host`` and ``call_site`` are capped (see
 :class:`LabelCap`): past the cap a new value becomes ``__overflow__`` and is counted in
-``otel_jobs_label_overflow_total{label}``.
+``otel_jobs_label_overflow_total{label}``. A value is first made valid UTF-8 and cut to 200
+characters (:mod:`otel_jobs.core.labels`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from . import errors
 from .config import OVERFLOW_VALUE, Settings
+from .labels import clean as clean_label
 from .run import OUTCOMES, wall_time_of
 from .streaks import KEEP, STREAK_OUTCOMES, State
 
@@ -61,6 +63,9 @@ class LabelCap:
     def __call__(self, value: str) -> str:
         if value in self._seen:
             return value
+        # Once per new value (or per run of a value that needs cleaning, which is never cached):
+        # every label value is valid UTF-8 and at most 200 characters (core.labels).
+        value = clean_label(value)
         with self._lock:
             if value in self._seen:
                 return value

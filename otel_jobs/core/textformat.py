@@ -48,6 +48,7 @@ from prometheus_client.openmetrics import exposition as _om
 from prometheus_client.utils import floatToGoString
 
 from . import errors
+from .labels import clean as clean_label
 from .telemetry import _GAUGES, _InflightCollector
 
 if TYPE_CHECKING:
@@ -71,7 +72,9 @@ def _escape(value: str) -> str:
 
 
 def _labels(names: Any, values: Any) -> str:
-    return ",".join(f'{k}="{_escape(v)}"' for k, v in zip(names, values, strict=True))
+    # Once per label child (the text is kept): a value that did not come through a cap
+    # (core.labels) is made writable here, so that one bad value never fails a scrape.
+    return ",".join(f'{k}="{_escape(clean_label(v))}"' for k, v in zip(names, values, strict=True))
 
 
 Encoder = Callable[[Any], bytes]
@@ -144,7 +147,9 @@ class TextWriter:
             with self._lock:
                 text = self._render(encoder, fmt == "openmetrics")
                 self.written += 1
-            return text.encode("utf-8")
+            # "replace": the label values are clean (core.labels); should anything else hold a
+            # lone surrogate, it is written as "?" rather than failing the whole scrape.
+            return text.encode("utf-8", "replace")
         except Exception as exc:
             errors.record("textformat", exc)
             return None
@@ -157,7 +162,13 @@ class TextWriter:
         out: list[str] = []
 
         def by_prometheus_client(collector: Any) -> None:
-            text = encoder(collector).decode("utf-8")
+            # One collector that cannot be written (a value prometheus-client cannot encode)
+            # is left out of this scrape, counted; the other families are still served.
+            try:
+                text = encoder(collector).decode("utf-8")
+            except Exception as exc:
+                errors.record("textformat.collector", exc)
+                return
             out.append(text.removesuffix("# EOF\n") if openmetrics else text)
 
         for collector in collectors:
