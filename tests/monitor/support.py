@@ -1,0 +1,259 @@
+"""Helpers of the monitor's tests: a Redis of their own, a TCP proxy to stop and start, the
+monitor in-process (polled on demand, scraped on its real ``/metrics``) or as a subprocess.
+
+* :class:`RedisServer` is ``redis-server --port N --save ''`` on a free port, stopped and
+  restarted at will (the outage tests), and the per-framework tests' Redis: the monitor's
+  tests never touch the shared Redis on 6379.
+* :class:`Proxy` forwards a local port to RabbitMQ; ``stop()`` closes the listener and every
+  connection through it, ``start()`` listens again on the same port.
+* :class:`Polled` is a :class:`~otel_jobs.monitor.Monitor` served on a free port, polled when
+  the test says so: :meth:`Polled.poll` returns the parsed scrape.
+* :class:`MonitorProcess` is ``python -m otel_jobs monitor ...``, scraped until it shows what
+  the test waits for.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from otel_jobs.core.exposition import MetricsServer, serve
+from otel_jobs.monitor import Collector, Monitor
+from tests.support import IN_CI, Samples, free_port, scrape
+
+ROOT = Path(__file__).resolve().parents[2]
+WAIT = 90.0  # generous: the machine is shared and slow
+
+
+def wait_for(
+    what: str, check: Callable[[], Any], timeout: float = WAIT, log: Path | None = None
+) -> Any:
+    """Poll ``check`` until it returns something true (OSError and AssertionError are retried)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except (OSError, AssertionError) as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(0.2)
+    tail = f"\n--- log\n{log.read_text(errors='replace')[-4000:]}" if log else ""
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}{tail}")
+
+
+def depth(samples: Samples, framework: str, queue: str, state: str) -> float:
+    return samples.value("otel_jobs_queue_depth", framework=framework, queue=queue, state=state)
+
+
+def ages(samples: Samples, framework: str, queue: str) -> list[float]:
+    return samples.find(
+        "otel_jobs_queue_oldest_waiting_age_seconds", framework=framework, queue=queue
+    )
+
+
+def require_binary(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed; install it with: apt-get install -y {package}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+class RedisServer:
+    """A ``redis-server`` of the test's own on a free port (no persistence)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.binary = require_binary("redis-server", "redis-server")
+        self.directory = directory
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self) -> RedisServer:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / "redis.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(self.directory)],
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+        def answers() -> bool:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+
+        wait_for(f"redis-server on {self.port}", answers, timeout=30)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=20)
+        self.proc = None
+
+
+class Proxy:
+    """A TCP proxy from a free local port to ``target``; stop it to cut every connection."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = free_port()
+        self._listener: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> Proxy:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        return self
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for s in (source, sink):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+
+
+class Polled:
+    """A Monitor served on a free port, polled when the test asks (``with Polled(...) as m``)."""
+
+    def __init__(self, collectors: Sequence[Collector], timeout: float = 5.0) -> None:
+        self.monitor = Monitor(collectors, interval=3600, timeout=timeout)
+        self.server: MetricsServer = serve(self.monitor.registry, "127.0.0.1", 0)
+
+    def poll(self) -> Samples:
+        self.monitor.poll()
+        return scrape(self.server.url)
+
+    def scrape(self) -> Samples:
+        return scrape(self.server.url)
+
+    def __enter__(self) -> Polled:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop()
+        self.monitor.close()
+
+
+class MonitorProcess:
+    """``python -m otel_jobs monitor <args>`` on a free port, its log in ``log``."""
+
+    def __init__(self, args: Sequence[str], log: Path, cwd: Path | None = None, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/metrics"
+        self.log = log
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(cwd or ""), str(ROOT)) if p)
+        environ.update(env)
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "otel_jobs", "monitor", "--port", str(self.port), *args],
+                stdout=out, stderr=subprocess.STDOUT, env=environ, cwd=cwd or ROOT,
+            )  # fmt: skip
+
+    def wait_for(self, what: str, done: Callable[[Samples], Any], timeout: float = WAIT) -> Samples:
+        """Scrape until ``done(samples)``; fails at once if the monitor exits."""
+        last: list[Samples] = []
+
+        def check() -> Samples | None:
+            if self.proc.poll() is not None:
+                pytest.fail(f"the monitor exited ({self.proc.returncode}):\n{self.tail()}")
+            samples = scrape(self.url)
+            last[:] = [samples]
+            return samples if done(samples) else None
+
+        try:
+            return wait_for(what, check, timeout)
+        except AssertionError:
+            text = last[0].text if last else "(no scrape)"
+            pytest.fail(
+                f"timed out waiting for {what}\n--- /metrics\n{text}\n--- log\n{self.tail()}"
+            )
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-6000:]
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                return self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait(timeout=30)
+
+
+def snapshot(url: str) -> dict[bytes, bytes | None]:
+    """Every key of the database with its serialized value (``DUMP``): equal before and after
+    the monitor polls, if it changed nothing (not even a list's order or a score)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return {key: client.dump(key) for key in client.scan_iter(count=1000)}
+    finally:
+        client.close()

@@ -1,0 +1,236 @@
+"""The monitor on Celery: real ``celery worker`` processes on a real Redis and the real RabbitMQ."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from otel_jobs.monitor import celery as celery_monitor
+from otel_jobs.monitor.celery import collector_for_app
+
+from .conftest import RABBITMQ_URL
+from .support import Polled, ages, depth, snapshot, wait_for
+
+celery = pytest.importorskip("celery")
+
+pytestmark = pytest.mark.broker
+
+REDIS_DB = 2
+
+# The worker's module, and the app the test publishes with (the same tasks, the same queue).
+APP = textwrap.dedent(
+    """
+    import os
+    import time
+
+    from celery import Celery
+
+    app = Celery("mon_celery_app", broker=os.environ["MON_BROKER"])
+    app.conf.task_default_queue = os.environ["MON_QUEUE"]
+    app.conf.broker_connection_retry_on_startup = True
+
+
+    @app.task(name="mon.ok")
+    def ok(i):
+        return i
+
+
+    @app.task(name="mon.sleep")
+    def sleep(seconds):
+        time.sleep(seconds)
+    """
+)
+
+
+def make_app(broker: str, queue: str) -> Any:
+    app = celery.Celery(f"mon-{uuid.uuid4().hex[:6]}", broker=broker)
+    app.conf.task_default_queue = queue
+    return app
+
+
+class Worker:
+    def __init__(self, broker: str, queue: str, directory: Path) -> None:
+        (directory / "mon_celery_app.py").write_text(APP)
+        self.log = directory / "celery-worker.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        env.update(MON_BROKER=broker, MON_QUEUE=queue, PYTHONPATH=str(directory))
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "mon_celery_app", "worker", "-P", "solo",
+                 "-c", "1", "-Q", queue, "--without-gossip", "--without-mingle",
+                 "--without-heartbeat", "-l", "info"],
+                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=directory,
+                start_new_session=True,
+            )  # fmt: skip
+        wait_for("the worker to be ready", lambda: "ready." in self.log.read_text(), log=self.log)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Callable[[str, str], Worker]]:
+    started: list[Worker] = []
+
+    def start(broker: str, queue: str) -> Worker:
+        started.append(Worker(broker, queue, tmp_path))
+        return started[-1]
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+@pytest.fixture
+def publisher(instrumented: Callable[..., Any]) -> None:
+    """This process publishes as an instrumented app does: each message stamped with its time."""
+    instrumented(frameworks=["celery"], outbound=[], prometheus=False, watchdog=False)
+
+
+def send(app: Any, name: str, *args: Any, **options: Any) -> None:
+    app.send_task(name, args=args, **options)
+
+
+# --- Redis -------------------------------------------------------------------------------------
+
+
+def test_redis_backlog_nobody_drains_then_a_worker_drains_it(
+    redis_url: str, workers: Callable[[str, str], Worker], publisher: None
+) -> None:
+    queue = "mon-celery"
+    app = make_app(redis_url, queue)
+    for i in range(6):
+        send(app, "mon.ok", i)
+    before = snapshot(redis_url)
+    with Polled([collector_for_app(app)]) as m:
+        s = m.poll()
+        assert depth(s, "celery", queue, "waiting") == 6
+        assert depth(s, "celery", queue, "reserved") == 0
+        assert depth(s, "celery", queue, "scheduled") == 0
+        (age,) = ages(s, "celery", queue)
+        wait_for("the oldest age to grow", lambda: ages(m.poll(), "celery", queue)[0] > age)
+        assert snapshot(redis_url) == before, "the monitor changed something in Redis"
+
+        workers(redis_url, queue)
+        drained = wait_for(
+            "the worker to drain the queue",
+            lambda: (x := m.poll()) and depth(x, "celery", queue, "waiting") == 0 and x,
+        )
+        wait_for("nothing reserved", lambda: depth(m.poll(), "celery", queue, "reserved") == 0)
+        assert ages(drained, "celery", queue) == []
+
+
+def test_redis_messages_without_a_publish_stamp_have_no_age(redis_url: str) -> None:
+    # No otel-jobs in the publisher and no ETA: the message carries no time to tell an age from.
+    queue = "mon-celery-plain"
+    app = make_app(redis_url, queue)
+    send(app, "mon.ok", 1)
+    send(app, "mon.ok", 2, priority=5)  # another of the queue's priority lists
+    with Polled([collector_for_app(app)]) as m:
+        s = m.poll()
+        assert depth(s, "celery", queue, "waiting") == 2
+        assert ages(s, "celery", queue) == []
+
+
+def test_redis_scheduled_and_reserved_tasks_held_by_a_worker(
+    redis_url: str,
+    workers: Callable[[str, str], Worker],
+    publisher: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    queue = "mon-celery-held"
+    app = make_app(redis_url, queue)
+    workers(redis_url, queue)
+    send(app, "mon.ok", 1, countdown=3600)  # the worker holds it, unacknowledged, until due
+    send(app, "mon.sleep", 600)  # running: delivered and not acknowledged
+    with Polled([collector_for_app(app)]) as m:
+        s = wait_for(
+            "one scheduled, one reserved",
+            lambda: (
+                (x := m.poll())
+                and depth(x, "celery", queue, "scheduled") == 1
+                and depth(x, "celery", queue, "reserved") == 1
+                and x
+            ),
+        )
+        assert depth(s, "celery", queue, "waiting") == 0
+        assert ages(s, "celery", queue) == []
+        assert s.find("otel_jobs_queue_depth", queue=celery_monitor.UNATTRIBUTED) == []
+        # Past the read limit, the unacknowledged messages are counted, not read one by one.
+        monkeypatch.setattr(celery_monitor, "UNACKED_READ_LIMIT", 1)
+        s = m.poll()
+        assert depth(s, "celery", celery_monitor.UNATTRIBUTED, "reserved") == 2
+        assert depth(s, "celery", queue, "reserved") == 0
+
+
+def test_redis_two_monitors_read_the_same_figures(redis_url: str, publisher: None) -> None:
+    queue = "mon-celery-two"
+    app = make_app(redis_url, queue)
+    for i in range(4):
+        send(app, "mon.ok", i, priority=i * 3)
+    with Polled([collector_for_app(app)]) as a, Polled([collector_for_app(app)]) as b:
+        a.poll()
+        b.poll()
+        ((_, one),) = a.monitor.outcomes()
+        ((_, two),) = b.monitor.outcomes()
+        assert one.up and two.up and one.readings == two.readings
+        assert one.readings[0].depths["waiting"] == 4
+
+
+# --- RabbitMQ ----------------------------------------------------------------------------------
+
+
+def test_rabbitmq_backlog_then_drained_and_no_age(
+    rabbit_queue: str, workers: Callable[[str, str], Worker], publisher: None
+) -> None:
+    app = make_app(RABBITMQ_URL, rabbit_queue)
+    for i in range(5):
+        send(app, "mon.ok", i)
+    missing = f"{rabbit_queue}-never-declared"
+    collector = celery_monitor.CeleryAMQPCollector(app, [rabbit_queue, missing], timeout=5)
+    with Polled([collector]) as m:
+        s = m.poll()
+        assert depth(s, "celery", rabbit_queue, "waiting") == 5
+        assert depth(s, "celery", missing, "waiting") == 0
+        # AMQP cannot peek at a message: never an age on RabbitMQ.
+        assert ages(s, "celery", rabbit_queue) == []
+        assert s.value("otel_jobs_monitor_broker_up", framework="celery") == 1
+        # Passive declares only: still 5 after a second look, and the queue was not created.
+        assert depth(m.poll(), "celery", rabbit_queue, "waiting") == 5
+
+        workers(RABBITMQ_URL, rabbit_queue)
+        wait_for(
+            "the worker to drain the queue",
+            lambda: depth(m.poll(), "celery", rabbit_queue, "waiting") == 0,
+        )
+
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+        connection.channel().queue_declare(missing, passive=True)
+    connection.close()
+
+
+def test_rabbitmq_two_monitors_read_the_same_figures(rabbit_queue: str) -> None:
+    app = make_app(RABBITMQ_URL, rabbit_queue)
+    for i in range(3):
+        send(app, "mon.ok", i)
+    with Polled([collector_for_app(app)]) as a, Polled([collector_for_app(app)]) as b:
+        a.poll()
+        b.poll()
+        ((_, one),) = a.monitor.outcomes()
+        ((_, two),) = b.monitor.outcomes()
+        assert one.up and two.up and one.readings == two.readings
+        assert one.readings[0].depths == {"waiting": 3}
