@@ -17,6 +17,8 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[test]'
+# Each extra the README names resolves on a fresh virtualenv (pip dry runs, nothing installed).
+.venv/bin/python .ci/extras_resolve.py
 
 .venv/bin/ruff check otel_jobs tests bench examples dashboards
 .venv/bin/ruff format --check otel_jobs tests bench examples dashboards
