@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import default_for, options
-from .config import RulesConfig, duration
+from .config import DEFAULT_RUNBOOK_URL, RulesConfig, duration
 from .promql import num
 from .render import render
 
@@ -139,6 +139,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"otel-jobs rules: {exc}", file=sys.stderr)
         return 2
     text = render(config, args.format)
+    if config.runbook_url == DEFAULT_RUNBOOK_URL:
+        print(
+            f"otel-jobs rules: runbook_url is a placeholder ({DEFAULT_RUNBOOK_URL}/<Alert>.md); "
+            "pass --runbook-url BASE, where you publish docs/runbooks/",
+            file=sys.stderr,
+        )
     if args.output in (None, "-"):
         sys.stdout.write(text)
     else:

@@ -20,7 +20,9 @@ T = TypeVar("T")
 DEFAULT_GRAFANA_URL = "http://localhost:3000"
 JOB_DASHBOARD = "otel-jobs-job"
 OVERVIEW_DASHBOARD = "otel-jobs-overview"
-DEFAULT_RUNBOOK_URL = "https://github.com/otel-jobs/otel-jobs/blob/main/docs/runbooks"
+#: A placeholder (RFC 2606 reserves ``.invalid``): the runbooks are ``docs/runbooks/`` of the
+#: source, served wherever the user publishes them, which only ``--runbook-url`` can say.
+DEFAULT_RUNBOOK_URL = "https://runbook-url-not-set.invalid"
 
 DURATION = re.compile(r"^(?:[0-9]+(?:ms|s|m|h|d|w|y))+$")
 
@@ -180,7 +182,11 @@ class RulesConfig:
         "1d", "how far back 'it normally runs' is looked up", duration, "DURATION"
     )
     runbook_url: str = _opt(
-        DEFAULT_RUNBOOK_URL, "base URL of the runbooks (BASE/AlertName.md)", str, "URL"
+        DEFAULT_RUNBOOK_URL,
+        "base URL where you publish the runbooks of docs/runbooks/ (BASE/AlertName.md); set it "
+        "once: the default is a placeholder",
+        str,
+        "URL",
     )
     grafana_url: str = _opt(
         DEFAULT_GRAFANA_URL,
