@@ -233,20 +233,24 @@ class _Exposition:
             "1 when the last poll of the broker succeeded.",
             labels=["framework", "broker"],
         )
-        seen: set[tuple[str, ...]] = set()
+        brokers: dict[tuple[str, str], bool] = {}
+        queues: set[tuple[str, str]] = set()
         for collector, outcome in outcomes:
             key = (collector.framework, collector.broker)
-            if key in seen:
-                continue
-            seen.add(key)
-            up.add_metric(list(key), 1.0 if outcome.up else 0.0)
+            # Several collectors on one broker (two Huey instances): up only if all answered.
+            brokers[key] = brokers.get(key, True) and outcome.up
             for reading in outcome.readings:
+                if (collector.framework, reading.queue) in queues:
+                    continue  # the same queue read twice: one series
+                queues.add((collector.framework, reading.queue))
                 for state, count in reading.depths.items():
                     depth.add_metric([collector.framework, reading.queue, state], float(count))
                 if reading.oldest_due is not None and reading.depths.get("waiting"):
                     age.add_metric(
                         [collector.framework, reading.queue], max(0.0, now - reading.oldest_due)
                     )
+        for (framework, broker), answered in brokers.items():
+            up.add_metric([framework, broker], 1.0 if answered else 0.0)
         errors_family = CounterMetricFamily(
             "otel_jobs_internal_errors",
             "Errors inside otel-jobs, caught so that the monitor goes on.",

@@ -247,13 +247,24 @@ class MonitorProcess:
         return self.proc.wait(timeout=30)
 
 
-def snapshot(url: str) -> dict[bytes, bytes | None]:
-    """Every key of the database with its serialized value (``DUMP``): equal before and after
-    the monitor polls, if it changed nothing (not even a list's order or a score)."""
+def snapshot(url: str) -> dict[bytes, object]:
+    """Every key of the database with its content (a list in order, a sorted set with its scores,
+    a hash, a set, a string): equal before and after the monitor polls if it changed nothing."""
     import redis
 
     client = redis.Redis.from_url(url)
+    read = {
+        b"list": lambda k: client.lrange(k, 0, -1),
+        b"zset": lambda k: client.zrange(k, 0, -1, withscores=True),
+        b"hash": client.hgetall,
+        b"set": client.smembers,
+        b"string": client.get,
+    }
     try:
-        return {key: client.dump(key) for key in client.scan_iter(count=1000)}
+        return {
+            key: (kind, read[kind](key) if kind in read else None)
+            for key in client.scan_iter(count=1000)
+            for kind in [client.type(key)]
+        }
     finally:
         client.close()

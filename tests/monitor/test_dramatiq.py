@@ -1,0 +1,251 @@
+"""The monitor on Dramatiq: real ``dramatiq`` workers on a real Redis and the real RabbitMQ."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from otel_jobs.monitor.dramatiq import collector_for_broker, message_due
+
+from .conftest import RABBITMQ_URL
+from .support import Polled, ages, depth, snapshot, wait_for
+
+dramatiq = pytest.importorskip("dramatiq")
+
+from dramatiq.brokers.rabbitmq import RabbitmqBroker  # noqa: E402
+from dramatiq.brokers.redis import RedisBroker  # noqa: E402
+
+pytestmark = pytest.mark.broker
+
+REDIS_DB = 3
+
+APP = textwrap.dedent(
+    """
+    import os
+    import time
+
+    import dramatiq
+
+    if os.environ["MON_BROKER"].startswith("redis"):
+        from dramatiq.brokers.redis import RedisBroker
+
+        broker = RedisBroker(url=os.environ["MON_BROKER"])
+    else:
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        broker = RabbitmqBroker(url=os.environ["MON_BROKER"])
+    dramatiq.set_broker(broker)
+    QUEUE = os.environ["MON_QUEUE"]
+
+
+    @dramatiq.actor(queue_name=QUEUE, max_retries=0)
+    def ok(i):
+        return None
+
+
+    @dramatiq.actor(queue_name=QUEUE, max_retries=0)
+    def boom():
+        raise RuntimeError("boom")
+
+
+    @dramatiq.actor(queue_name=QUEUE, max_retries=0, time_limit=3_600_000)
+    def sleep(seconds):
+        time.sleep(seconds)
+    """
+)
+
+
+def message(queue: str, actor: str, *args: Any) -> Any:
+    return dramatiq.Message(queue_name=queue, actor_name=actor, args=args, kwargs={}, options={})
+
+
+class Worker:
+    def __init__(self, broker_url: str, queue: str, directory: Path) -> None:
+        (directory / "mon_dramatiq_app.py").write_text(APP)
+        self.log = directory / "dramatiq-worker.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        env.update(MON_BROKER=broker_url, MON_QUEUE=queue, PYTHONPATH=str(directory))
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "dramatiq", "mon_dramatiq_app", "--processes", "1",
+                 "--threads", "2", "--queues", queue],
+                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=directory,
+                start_new_session=True,
+            )  # fmt: skip
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Callable[[str, str], Worker]]:
+    started: list[Worker] = []
+
+    def start(broker_url: str, queue: str) -> Worker:
+        started.append(Worker(broker_url, queue, tmp_path))
+        return started[-1]
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+@pytest.fixture
+def redis_broker(redis_url: str) -> Iterator[RedisBroker]:
+    broker = RedisBroker(url=redis_url)
+    yield broker
+    broker.close()
+
+
+@pytest.fixture
+def rabbit_broker(rabbit_queue: str) -> Iterator[RabbitmqBroker]:
+    broker = RabbitmqBroker(url=RABBITMQ_URL)
+    yield broker
+    broker.close()
+
+
+# --- Redis -------------------------------------------------------------------------------------
+
+
+def test_redis_backlog_nobody_drains_then_a_worker_drains_it(
+    redis_url: str, redis_broker: RedisBroker, workers: Callable[[str, str], Worker]
+) -> None:
+    queue = "mon-dq"
+    redis_broker.declare_queue(queue)
+    for i in range(5):
+        redis_broker.enqueue(message(queue, "ok", i))
+    before = snapshot(redis_url)
+    with Polled([collector_for_broker(redis_broker)]) as m:
+        s = m.poll()
+        assert depth(s, "dramatiq", queue, "waiting") == 5
+        for state in ("scheduled", "reserved", "dead"):
+            assert depth(s, "dramatiq", queue, state) == 0
+        (age,) = ages(s, "dramatiq", queue)
+        wait_for("the oldest age to grow", lambda: ages(m.poll(), "dramatiq", queue)[0] > age)
+        assert snapshot(redis_url) == before, "the monitor changed something in Redis"
+
+        workers(redis_url, queue)
+        drained = wait_for(
+            "the worker to drain the queue",
+            lambda: (
+                (x := m.poll())
+                and depth(x, "dramatiq", queue, "waiting") == 0
+                and depth(x, "dramatiq", queue, "reserved") == 0
+                and x
+            ),
+        )
+        assert ages(drained, "dramatiq", queue) == []
+
+
+def test_redis_delayed_dead_and_reserved_messages_in_their_state(
+    redis_url: str, redis_broker: RedisBroker, workers: Callable[[str, str], Worker]
+) -> None:
+    queue = "mon-dq-states"
+    redis_broker.declare_queue(queue)
+    redis_broker.enqueue(message(queue, "ok", 1), delay=3_600_000)
+    redis_broker.enqueue(message(queue, "boom"))
+    redis_broker.enqueue(message(queue, "sleep", 600))
+    with Polled([collector_for_broker(redis_broker)]) as m:
+        s = m.poll()
+        assert depth(s, "dramatiq", queue, "scheduled") == 1
+        assert depth(s, "dramatiq", queue, "waiting") == 2
+        workers(redis_url, queue)
+        s = wait_for(
+            "boom dead-lettered, sleep running, the delayed one still delayed",
+            lambda: (
+                (x := m.poll())
+                and depth(x, "dramatiq", queue, "dead") == 1
+                and depth(x, "dramatiq", queue, "reserved") == 1
+                and x
+            ),
+        )
+        # The worker holds the delayed message until it is due: still scheduled, not waiting.
+        assert depth(s, "dramatiq", queue, "scheduled") == 1
+        assert depth(s, "dramatiq", queue, "waiting") == 0
+        assert ages(s, "dramatiq", queue) == []
+
+
+def test_redis_two_monitors_read_the_same_figures(redis_broker: RedisBroker) -> None:
+    queue = "mon-dq-two"
+    redis_broker.declare_queue(queue)
+    for i in range(3):
+        redis_broker.enqueue(message(queue, "ok", i))
+    redis_broker.enqueue(message(queue, "ok", 9), delay=60_000)
+    collectors = [collector_for_broker(redis_broker) for _ in range(2)]
+    with Polled(collectors[:1]) as a, Polled(collectors[1:]) as b:
+        a.poll()
+        b.poll()
+        ((_, one),) = a.monitor.outcomes()
+        ((_, two),) = b.monitor.outcomes()
+        assert one.up and two.up and one.readings == two.readings
+        assert one.readings[0].depths["waiting"] == 3
+
+
+def test_a_delayed_message_made_due_ages_from_its_due_time() -> None:
+    # The otel-jobs middleware stamps otel_jobs_due (ms) as a delayed message becomes due.
+    published = message("q", "ok").copy(message_timestamp=1_000_000, options={})
+    assert message_due(published.encode()) == 1000.0
+    due = published.copy(options={"otel_jobs_due": 5_000_000})
+    assert message_due(due.encode()) == 5000.0
+    assert message_due(b"not a message") is None
+
+
+# --- RabbitMQ ----------------------------------------------------------------------------------
+
+
+def test_rabbitmq_backlog_delayed_dead_then_drained_and_no_age(
+    rabbit_queue: str, rabbit_broker: RabbitmqBroker, workers: Callable[[str, str], Worker]
+) -> None:
+    queue = rabbit_queue
+    rabbit_broker.declare_queue(queue)
+    for i in range(4):
+        rabbit_broker.enqueue(message(queue, "ok", i))
+    rabbit_broker.enqueue(message(queue, "boom"))
+    rabbit_broker.enqueue(message(queue, "ok", 9), delay=3_600_000)
+    with Polled([collector_for_broker(rabbit_broker)]) as m:
+        s = m.poll()
+        assert depth(s, "dramatiq", queue, "waiting") == 5
+        assert depth(s, "dramatiq", queue, "scheduled") == 1
+        assert depth(s, "dramatiq", queue, "dead") == 0
+        assert ages(s, "dramatiq", queue) == []
+        assert depth(m.poll(), "dramatiq", queue, "waiting") == 5  # passive: nothing taken
+
+        workers(RABBITMQ_URL, queue)
+        s = wait_for(
+            "the worker to drain the queue and dead-letter boom",
+            lambda: (
+                (x := m.poll())
+                and depth(x, "dramatiq", queue, "waiting") == 0
+                and depth(x, "dramatiq", queue, "dead") == 1
+                and x
+            ),
+        )
+        assert ages(s, "dramatiq", queue) == []
+
+
+def test_rabbitmq_two_monitors_read_the_same_figures(
+    rabbit_queue: str, rabbit_broker: RabbitmqBroker
+) -> None:
+    rabbit_broker.declare_queue(rabbit_queue)
+    for i in range(2):
+        rabbit_broker.enqueue(message(rabbit_queue, "ok", i))
+    with (
+        Polled([collector_for_broker(rabbit_broker)]) as a,
+        Polled([collector_for_broker(rabbit_broker)]) as b,
+    ):
+        a.poll()
+        b.poll()
+        ((_, one),) = a.monitor.outcomes()
+        ((_, two),) = b.monitor.outcomes()
+        assert one.up and two.up and one.readings == two.readings
+        assert one.readings[0].depths == {"waiting": 2, "scheduled": 0, "dead": 0}
