@@ -71,6 +71,7 @@ class Agent:
         ] = []  # installed integrations and outbound adapters (have .uninstall())
         self.stopped = False
         self.deferred = Deferred()  # adapters' checks that must wait (see core.deferred)
+        self.pusher: Any = None  # a pushgateway.Pusher with pushgateway_url set
         from .watchdog import Watchdog
 
         self.watchdog = Watchdog(self)
@@ -113,6 +114,11 @@ class Agent:
                 )
         if settings.watchdog:
             self.watchdog.start()
+        if settings.pushgateway_url:
+            from ..pushgateway import Pusher
+
+            self.pusher = Pusher(self, settings.pushgateway_url, settings.pushgateway_timeout)
+            self.pusher.start()
         from ..integrations import install_frameworks
         from ..outbound import install_outbound
 
@@ -134,6 +140,9 @@ class Agent:
         self.adapters.clear()
         self.watchdog.stop()
         self.deferred.run_all()
+        if self.pusher is not None:
+            with errors.guard("pushgateway"):
+                self.pusher.close()
         if self.server is not None and not self.share.in_child:
             self.server.stop()
         self.server = None
@@ -146,6 +155,8 @@ class Agent:
         with errors.guard("atexit"):
             self.deferred.run_all()
             self.write_snapshot()
+            if self.pusher is not None:
+                self.pusher.close()  # bounded by pushgateway_timeout
             providers.flush(2000)
             if self._own_dir and not self.share.in_child:
                 shutil.rmtree(self.share.directory, ignore_errors=True)
@@ -286,6 +297,8 @@ class Agent:
         with self._lock:
             self._runs.pop(run.key, None)
         run.series.record_finish(outcome, seconds)
+        if self.pusher is not None:
+            self.pusher.run_finished(run.series.job_name)
         span = run.span
         if span.is_recording():
             span.set_attribute("job.outcome", outcome)
@@ -352,6 +365,8 @@ class Agent:
         if count_start:
             series.record_start()
         series.record_finish(outcome, seconds)
+        if self.pusher is not None:
+            self.pusher.run_finished(series.job_name)
         emit = functools.partial(
             self._lost_run_span,
             name, queue, job_id, attempt, framework, started_at, now, outcome, exc, parent,

@@ -70,6 +70,8 @@ class Settings:
     max_call_sites: int = 500
     capture_args: bool = False
     multiprocess_dir: str | None = None
+    pushgateway_url: str | None = None
+    pushgateway_timeout: float = 2.0
     jobs: Mapping[str, JobSettings] = field(default_factory=dict)
     # Standard OpenTelemetry variables, read here so that a bad value fails at instrument().
     sdk_disabled: bool = False
@@ -85,7 +87,7 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "prometheus_basic_auth" and value is not None:
                 value = value.partition(":")[0] + ":***"
-            elif f.name.startswith("otlp_") and isinstance(value, str):
+            elif f.name.startswith(("otlp_", "pushgateway_url")) and isinstance(value, str):
                 value = _masked_url(value)
             shown.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(shown)})"
@@ -356,6 +358,18 @@ OPTIONS: tuple[Option, ...] = (
         "OTEL_JOBS_MULTIPROCESS_DIR",
         _path,
         "directory where forked children leave their metrics for the endpoint; default: a private temporary directory",
+    ),
+    Option(
+        "pushgateway_url",
+        "OTEL_JOBS_PUSHGATEWAY_URL",
+        _endpoint,
+        "Prometheus Pushgateway that each job's metrics are pushed to at the end of every run and at exit (cron scripts, short-lived processes)",
+    ),
+    Option(
+        "pushgateway_timeout",
+        "OTEL_JOBS_PUSHGATEWAY_TIMEOUT",
+        lambda s, v: _seconds(s, v, allow_inf=False),
+        "seconds a push may take; also the most a process waits at exit for its last push",
     ),
 )
 
