@@ -21,6 +21,7 @@ import os
 import shutil
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ from .config import Settings
 from .deferred import Deferred
 from .exposition import MetricsServer, serve
 from .multiprocess import MergedCollector, ProcessShare, private_directory
+from .redaction import redact
 from .run import Run
 from .telemetry import Telemetry
 from .textformat import TextWriter
@@ -292,29 +294,44 @@ class Agent:
     def finish_run(
         self, run: Run, outcome: str, exc: BaseException | None, expected: bool = False
     ) -> None:
-        """Called once by :meth:`Run.finish`."""
+        """Called once by :meth:`Run.finish`.
+
+        The span is ended whatever recording it raises, even a ``BaseException`` (a
+        ``__str__`` of the job's exception that raises ``SystemExit``): that is counted as an
+        internal error and never replaces the job's own exception for the caller.
+        """
         seconds = time.monotonic() - run.start_mono
         with self._lock:
             self._runs.pop(run.key, None)
-        run.series.record_finish(outcome, seconds)
+        try:
+            run.series.record_finish(outcome, seconds)
+        except Exception as err:
+            errors.record("run.finish", err)
         if self.pusher is not None:
             self.pusher.run_finished(run.series.job_name)
         span = run.span
-        if span.is_recording():
-            span.set_attribute("job.outcome", outcome)
-            if run.progress is not None:
-                span.set_attribute("job.progress", run.progress)
-            if not run.owns_span:
-                pass  # status and exception are the owner's to set
-            elif exc is not None and expected:
-                span.record_exception(exc, attributes={"job.expected_exception": True})
-            elif exc is not None and outcome in _FAILED:
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-            elif outcome in _FAILED:
-                span.set_status(Status(StatusCode.ERROR, outcome))
-        if run.owns_span:
-            span.end()
+        try:
+            if span.is_recording():
+                span.set_attribute("job.outcome", outcome)
+                if run.progress is not None:
+                    span.set_attribute("job.progress", run.progress)
+                if not run.owns_span:
+                    pass  # status and exception are the owner's to set
+                elif exc is not None and expected:
+                    record_exception(span, exc, {"job.expected_exception": True})
+                elif exc is not None and outcome in _FAILED:
+                    record_exception(span, exc)
+                    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                elif outcome in _FAILED:
+                    span.set_status(Status(StatusCode.ERROR, outcome))
+        except BaseException as err:  # noqa: B036 - see the docstring
+            errors.record("run.span", err)
+        finally:
+            if run.owns_span:
+                try:
+                    span.end()
+                except BaseException as err:  # noqa: B036
+                    errors.record("run.span", err)
         if run.pid != self.share.owner_pid:  # in a forked child (run.pid is this process)
             self.share.changed(self.telemetry.registry)
 
@@ -413,11 +430,46 @@ class Agent:
         span = self.tracer.start_span(
             name, context=parent, kind=SpanKind.CONSUMER, attributes=attrs, start_time=start_ns
         )
-        if span.is_recording() and outcome in _FAILED:
-            if exc is not None:
-                span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, type(exc).__name__ if exc else outcome))
-        span.end()
+        try:
+            if span.is_recording() and outcome in _FAILED:
+                if exc is not None:
+                    record_exception(span, exc)
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__ if exc else outcome))
+        finally:
+            span.end()
+
+
+def record_exception(
+    span: trace.Span, exc: BaseException, attributes: dict[str, Any] | None = None
+) -> None:
+    """Add ``exc`` to ``span`` as the OpenTelemetry ``exception`` event, safely.
+
+    What the SDK's ``Span.record_exception`` records, with two differences: the message and
+    the traceback go through :func:`~otel_jobs.core.redaction.redact` (a requests
+    ``ConnectionError`` carries the URL's ``?token=...``), and an exception whose ``__str__``
+    raises (anything, ``SystemExit`` included) is recorded with a placeholder message instead
+    of raising out of here.
+    """
+    kind = type(exc)
+    module = kind.__module__
+    name = f"{module}.{kind.__qualname__}" if module and module != "builtins" else kind.__qualname__
+    try:
+        message = redact(str(exc))
+    except BaseException:  # noqa: B036 - a __str__ that raises, whatever it raises
+        message = f"<{kind.__qualname__}: str() failed>"
+    try:
+        stacktrace = redact("".join(traceback.format_exception(kind, exc, exc.__traceback__)))
+    except BaseException:  # noqa: B036
+        stacktrace = ""
+    event: dict[str, Any] = {
+        "exception.type": name,
+        "exception.message": message,
+        "exception.stacktrace": stacktrace,
+        "exception.escaped": "False",
+    }
+    if attributes:
+        event.update(attributes)
+    span.add_event("exception", event)
 
 
 # --- the one agent of this process --------------------------------------------------------
