@@ -407,3 +407,27 @@ def test_directories_that_are_not_a_dead_owners_are_left_alone(
                 path.unlink()
             else:
                 path.rmdir()
+
+
+def test_celery_markers_and_notes_go_through_the_checked_helpers(tmp_path: Path) -> None:
+    # The Celery integration's files in the directory: a span note planted by someone else
+    # (here a symlink) never tells the main process that a child exported the run's span, and
+    # leaving a note or the marker never follows a symlink planted at its name.
+    pytest.importorskip("celery")
+    from otel_jobs.integrations.celery import shared_files
+
+    share, _registry = _share_of_a_child(str(tmp_path / "mp"))
+    planted_target = tmp_path / "created-through-the-link"
+    note = shared_files._note_name("task-1")
+    os.symlink(planted_target, tmp_path / "mp" / note)
+    os.symlink(planted_target, tmp_path / "mp" / shared_files.CONTRIB_MARKER)
+    assert not shared_files.span_note_left(share, "task-1")
+    assert not shared_files.contrib_marker_left(share)
+    shared_files.leave_span_note(share, "task-1")
+    shared_files.leave_contrib_marker(share)
+    assert not planted_target.exists()
+    assert shared_files.span_note_left(share, "task-1")
+    assert shared_files.contrib_marker_left(share)
+    shared_files.remove_leftovers(share)
+    assert not shared_files.span_note_left(share, "task-1")
+    assert os.listdir(tmp_path / "mp") == []

@@ -98,13 +98,13 @@ class ContribSpans:
             return
         self._marked_pid = pid
         with errors.guard("integration.celery.marker"):
-            shared_files.leave_contrib_marker(share.directory)
+            shared_files.leave_contrib_marker(share)
 
     def in_use(self) -> bool:
         """Whether the runs of this worker have contrib spans (main process or children)."""
         if active():
             return True
-        return shared_files.contrib_marker_left(self.agent.share.directory)
+        return shared_files.contrib_marker_left(self.agent.share)
 
     def label_ending(self, request: Any, task: Any, run: Run) -> None:
         """A pool child stopped mid-run: give the contrib span, which its owner ends on the way
@@ -129,21 +129,21 @@ class ContribSpans:
             # Exported: tell the main process not to emit a span of its own for these runs.
             for task_id in ending:
                 with errors.guard("integration.celery.note"):
-                    shared_files.leave_span_note(self.agent.share.directory, task_id)
+                    shared_files.leave_span_note(self.agent.share, task_id)
 
     def child_span_check(self, task_id: str, pid: int) -> Callable[[bool], bool | float]:
         """For :meth:`Agent.record_lost_run`: whether the stopped child exported the run's
         contrib span (True), did not (False), or may still (seconds to wait)."""
-        directory = self.agent.share.directory
+        share = self.agent.share
         deadline = time.monotonic() + CHILD_EXIT_WAIT
 
         def check(final: bool) -> bool | float:
             # Alive first, then the note: a child seen dead wrote its note (or never will).
             now = time.monotonic()
             alive = pid_alive(pid)
-            if shared_files.span_note_left(directory, task_id):
+            if shared_files.span_note_left(share, task_id):
                 with errors.guard("integration.celery.note"):
-                    shared_files.remove_span_note(directory, task_id)
+                    shared_files.remove_span_note(share, task_id)
                 return True
             if final or not alive or now >= deadline:
                 return False

@@ -72,6 +72,7 @@ class Integration(_BaseIntegration):
             (signals.task_unknown, self._on_unknown),
             (signals.task_rejected, self._on_rejected),
             (signals.worker_init, self._on_worker_init),
+            (signals.celeryd_after_setup, self._on_after_setup),
             (signals.worker_process_shutdown, self._on_process_shutdown),
         ):
             # Strong references: bound methods would otherwise be dropped by the weak default.
@@ -84,7 +85,7 @@ class Integration(_BaseIntegration):
             # this worker's children's to leave (a worker now run without the contrib
             # instrumentation).
             with errors.guard("integration.celery.marker"):
-                shared_files.remove_leftovers(self.agent.share.directory)
+                shared_files.remove_leftovers(self.agent.share)
         if in_pool_child() and not self.agent.share.in_child:
             # instrument() ran inside a pool child (worker_process_init, or a module only
             # the children import): this process is its own owner.
@@ -307,7 +308,20 @@ class Integration(_BaseIntegration):
 
     @errors.guarded("integration.celery.audit")
     def _on_worker_init(self, sender: Any = None, **_: Any) -> None:
-        app = getattr(sender, "app", None)
+        from celery.apps.worker import Worker as WorkerProgram
+
+        if isinstance(sender, WorkerProgram):
+            # `celery worker` sets up logging after worker_init: logged now, the findings
+            # would be bare lines on stderr. It sends celeryd_after_setup once it has.
+            return
+        self._audit(sender)
+
+    @errors.guarded("integration.celery.audit")
+    def _on_after_setup(self, instance: Any = None, **_: Any) -> None:
+        self._audit(instance)
+
+    def _audit(self, worker: Any) -> None:
+        app = getattr(worker, "app", None)
         if app is not None:
             report_findings(self.agent, audit(app))
 

@@ -9,61 +9,54 @@ Two kinds, both empty files whose existence is the message:
   that run's contrib span, so the main process emits none of its own.
 
 The main process removes both kinds when it installs (a configured directory outlives the
-worker). Errors are the caller's to guard: every function may raise ``OSError``.
+worker). Every access goes through the checked helpers of the share
+(:class:`otel_jobs.core.multiprocess.ProcessShare`): a file counts only if it is a regular file
+of this user, symlinks are never followed, new files are created 0600. Errors are the caller's
+to guard: every function may raise ``OSError``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
+
+from ...core.multiprocess import ProcessShare
 
 CONTRIB_MARKER = "celery-contrib-spans"
 SPAN_NOTE = "celery-span-"
 
 
-def remove_leftovers(directory: str) -> None:
-    """Remove the marker and the notes a previous worker left in ``directory``."""
-    for name in os.listdir(directory):
+def remove_leftovers(share: ProcessShare) -> None:
+    """Remove the marker and the notes a previous worker left in the share's directory."""
+    for name in share.names():
         if name == CONTRIB_MARKER or name.startswith(SPAN_NOTE):
-            try:
-                os.unlink(os.path.join(directory, name))
-            except FileNotFoundError:
-                pass
+            share.remove(name)
 
 
-def leave_contrib_marker(directory: str) -> None:
+def leave_contrib_marker(share: ProcessShare) -> None:
     """Say that this worker's runs have contrib spans."""
-    _touch(os.path.join(directory, CONTRIB_MARKER))
+    share.touch(CONTRIB_MARKER)
 
 
-def contrib_marker_left(directory: str) -> bool:
+def contrib_marker_left(share: ProcessShare) -> bool:
     """Whether a pool child left the contrib marker."""
-    return os.path.exists(os.path.join(directory, CONTRIB_MARKER))
+    return share.exists(CONTRIB_MARKER)
 
 
-def leave_span_note(directory: str, task_id: str) -> None:
+def leave_span_note(share: ProcessShare, task_id: str) -> None:
     """Say that the contrib span of ``task_id``'s run was exported."""
-    _touch(_note_path(directory, task_id))
+    share.touch(_note_name(task_id))
 
 
-def span_note_left(directory: str, task_id: str) -> bool:
+def span_note_left(share: ProcessShare, task_id: str) -> bool:
     """Whether a note for ``task_id`` was left."""
-    return os.path.exists(_note_path(directory, task_id))
+    return share.exists(_note_name(task_id))
 
 
-def remove_span_note(directory: str, task_id: str) -> None:
+def remove_span_note(share: ProcessShare, task_id: str) -> None:
     """Remove the note for ``task_id`` (read once)."""
-    try:
-        os.unlink(_note_path(directory, task_id))
-    except FileNotFoundError:
-        pass
+    share.remove(_note_name(task_id))
 
 
-def _note_path(directory: str, task_id: str) -> str:
+def _note_name(task_id: str) -> str:
     digest = hashlib.sha1(task_id.encode("utf-8", "replace")).hexdigest()[:24]
-    return os.path.join(directory, SPAN_NOTE + digest)
-
-
-def _touch(path: str) -> None:
-    with open(path, "a"):
-        pass
+    return SPAN_NOTE + digest
