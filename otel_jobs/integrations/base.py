@@ -36,6 +36,38 @@ class Finding:
     message: str  # what is wrong and how to fix it, for a person
 
 
+class _WorkerLogForward(logging.Handler):
+    """Hands otel-jobs' records to a worker's own logger while nothing else would show them."""
+
+    def __init__(self, target: logging.Logger) -> None:
+        super().__init__()
+        self.target = target
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if logging.getLogger().handlers or any(h is not self for h in logger.handlers):
+            return  # the application's logging shows them
+        self.target.handle(record)
+
+
+def follow_worker_logging(target: logging.Logger) -> None:
+    """Show otel-jobs' log records (stall verdicts, audit findings) through ``target``'s
+    handlers while the application configured none for them.
+
+    For frameworks whose worker sets up a logger of its own and leaves the root logger bare
+    (``rq worker`` sets up ``rq.worker``): otherwise Python's last-resort handler prints them as
+    bare lines on stderr. Undone by :func:`unfollow_worker_logging`.
+    """
+    unfollow_worker_logging()
+    logger.addHandler(_WorkerLogForward(target))
+
+
+def unfollow_worker_logging() -> None:
+    """Undo :func:`follow_worker_logging`."""
+    for handler in list(logger.handlers):
+        if isinstance(handler, _WorkerLogForward):
+            logger.removeHandler(handler)
+
+
 def report_findings(agent: Agent, findings: list[Finding]) -> None:
     """Log each finding once (WARNING) and set ``otel_jobs_config_finding{framework, finding}`` to 1."""
     for f in findings:

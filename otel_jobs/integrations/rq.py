@@ -172,6 +172,7 @@ class Integration(base.Integration):
 
     def uninstall(self) -> None:
         self._patches.undo()
+        base.unfollow_worker_logging()
         self._executions.clear()
         self._watching.clear()
 
@@ -353,6 +354,8 @@ class Integration(base.Integration):
     def _bootstrap(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def bootstrap(worker: Any, *args: Any, **kwargs: Any) -> Any:
             result = original(worker, *args, **kwargs)
+            with errors.guard("integration.rq.logging"):
+                base.follow_worker_logging(worker.log)  # set up by RQ's bootstrap
             with errors.guard("integration.rq.audit"):
                 if _is_spawn_worker(worker):
                     logger.warning(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -627,6 +628,12 @@ def test_a_worker_reports_its_configuration_findings_once(tmp_path: Path) -> Non
         for finding in ("can run forever", "visibility timeout (3600s)", "acknowledge late",
                         "neither retry", "go to one queue", "soft time limit above"):  # fmt: skip
             assert log.count(finding) == 1, finding
+        # Through Celery's logging, as WARNINGs of the main process (not bare lines on stderr
+        # before Celery has set up its logging).
+        lines = [line for line in log.splitlines() if "otel-jobs: celery configuration:" in line]
+        assert len(lines) == len(BAD_FINDINGS)
+        for line in lines:
+            assert re.match(r"\[[^]]+: WARNING/MainProcess\] otel-jobs: celery config", line), line
     finally:
         stop_worker(worker)
 
