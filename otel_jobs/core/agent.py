@@ -29,7 +29,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from . import errors, providers
+from . import errors, providers, streaks
 from .config import Settings
 from .deferred import Deferred
 from .exposition import MetricsServer, serve
@@ -65,6 +65,7 @@ class Agent:
         # The private default removes those of owners that ended without cleaning up.
         directory = settings.multiprocess_dir or private_directory()
         self.share = ProcessShare(directory, os.getpid())
+        self.share.outcomes = self._outcomes
         self.server: MetricsServer | None = None
         self.server_error: OSError | None = None
         self.text_writer: TextWriter | None = None
@@ -185,6 +186,10 @@ class Agent:
         import multiprocessing.util
 
         multiprocessing.util.Finalize(None, self.write_snapshot, exitpriority=10)
+
+    def _outcomes(self) -> list[list[Any]]:
+        """Last success and failure streak of each series, for the snapshot (core.streaks)."""
+        return streaks.encode(self.telemetry.all_series())
 
     def write_snapshot(self) -> None:
         """In a forked child: write its metrics snapshot now (a no-op in the owner)."""

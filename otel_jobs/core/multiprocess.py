@@ -65,7 +65,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -74,7 +74,7 @@ from prometheus_client.core import Metric
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.utils import floatToGoString
 
-from . import errors
+from . import errors, streaks
 from .labels import MAX_LABEL_CHARS, needs_cleaning, utf8
 from .labels import clean as clean_label
 
@@ -460,6 +460,10 @@ class ProcessShare:
         self.directory = directory
         self.owner_pid = owner_pid
         self._archive: dict[str, Family] = {}
+        # Last success and failure streak per series (core/streaks.py): this process's own
+        # (``outcomes``, set by the agent) go in its snapshot; dead children's are folded here.
+        self.outcomes: Callable[[], list[list[Any]]] | None = None
+        self._streaks: dict[streaks.Key, streaks.State] = {}
         self._lock = threading.Lock()
         self.lazy = False  # in a child: runs mark the snapshot stale, the watchdog writes it
         self.dirty = False  # in a lazy child: something was counted since the last snapshot
@@ -487,6 +491,7 @@ class ProcessShare:
     def after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
         self._archive = {}
+        self._streaks = {}
         self.lazy = self.dirty = False
         self.last_flush = 0.0
         self._written_at = {}
@@ -601,14 +606,18 @@ class ProcessShare:
         with self._lock:
             self.dirty = False  # before reading: a change made meanwhile marks it again
             at = time.time()  # everything counted before this is in the snapshot
-            data = json.dumps(
-                {"pid": pid, "at": at, "families": _serialise(registry)}, separators=(",", ":")
-            )
+            snapshot = {"pid": pid, "at": at, "families": _serialise(registry)}
+            if self.outcomes is not None:
+                snapshot["streaks"] = self.outcomes()
+            data = json.dumps(snapshot, separators=(",", ":"))
             self.write(f"{pid}.json", data.encode("utf-8"))
             self.last_flush = time.monotonic()
 
-    def _snapshot(self, pid: int) -> tuple[float | None, list[dict[str, Any]]] | None:
-        """The checked snapshot of child ``pid`` (None: none, or a bad one, counted)."""
+    def _snapshot(
+        self, pid: int
+    ) -> tuple[float | None, list[dict[str, Any]], dict[streaks.Key, streaks.State]] | None:
+        """The checked snapshot of child ``pid``: its time, families and outcome states (None:
+        none, or a bad one, counted)."""
         name = f"{pid}.json"
         if self._known_bad(name):
             return None
@@ -616,7 +625,10 @@ class ProcessShare:
         if data is None:
             return None
         try:
-            return checked_snapshot(json.loads(data), pid)
+            snapshot = json.loads(data)
+            at, families = checked_snapshot(snapshot, pid)
+            states = streaks.decode(snapshot.get("streaks", []), clean_label)
+            return at, families, states
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             self._reject(name, exc)
             return None
@@ -652,6 +664,11 @@ class ProcessShare:
         """The owner's families merged with every child's (dead children folded into the archive)."""
         merged: dict[str, Family] = {}
         _merge_into(merged, _serialise(local))
+        views: dict[streaks.Key, list[streaks.State]] = {}
+        for key, state in (
+            streaks.decode(self.outcomes(), str) if self.outcomes is not None else {}
+        ).items():
+            views.setdefault(key, []).append(state)
         with self._lock:
             for pid, path in sorted(self.children()):
                 if pid == self.owner_pid:
@@ -659,11 +676,16 @@ class ProcessShare:
                 snapshot = self._snapshot(pid)
                 if snapshot is None:
                     continue  # a bad file: never merged, never folded, and left where it is
-                at, families = snapshot
+                at, families, states = snapshot
                 if pid_alive(pid):
                     _merge_into(merged, families)
+                    for key, state in states.items():
+                        views.setdefault(key, []).append(state)
                     continue
                 _merge_into(self._archive, families, counters_only=True)
+                for key, state in states.items():  # its last success and streak stay
+                    kept = self._streaks.get(key)
+                    self._streaks[key] = state if kept is None else streaks.merge([kept, state])
                 if at is not None:
                     if len(self._written_at) >= _WRITTEN_AT_MEMORY:
                         self._written_at.pop(next(iter(self._written_at)))
@@ -678,7 +700,10 @@ class ProcessShare:
                  "samples": [[k[0], dict(k[1]), v] for k, v in f["samples"].items()]}
                 for f in self._archive.values()
             ]  # fmt: skip
+            for key, state in self._streaks.items():
+                views.setdefault(key, []).append(state)
         _merge_into(merged, archive)
+        streaks.apply(merged, views)
         return merged
 
     def _remove_dead_writers_files(self) -> None:

@@ -76,3 +76,78 @@ def merge(states: Iterable[State]) -> State:
     after.sort()
     every = min((s.expected_every for s in states), default=math.inf)
     return State(last, len(after) + hidden, tuple(after[-KEEP:]), every)
+
+
+# --- in snapshots and at the merge (core/multiprocess.py) ----------------------------------
+
+LAST_SUCCESS = "otel_jobs_last_success_timestamp_seconds"
+FAILURES = "otel_jobs_consecutive_failures"
+EXPECTED_EVERY = "otel_jobs_run_expected_every_seconds"
+_HELP = {
+    LAST_SUCCESS: "End (Unix time) of the last run of the job that succeeded; absent before the first.",
+    FAILURES: "Runs of the job ended in failure or timeout since its last success.",
+    EXPECTED_EVERY: "How often the job must succeed (+Inf: not set).",
+}
+
+Key = tuple[str, str]  # (job_name, queue)
+
+
+def encode(series: Iterable[Any]) -> list[list[Any]]:
+    """The states worth a snapshot's space: series with an outcome or an expected_every."""
+    out = []
+    for s in series:
+        state: State = s.state()
+        if state.last_success is not None or state.failures or not math.isinf(state.expected_every):
+            out.append([s.job_name, s.queue, state.to_json()])
+    return out
+
+
+def decode(data: Any, clean: Any) -> dict[Key, State]:
+    """A snapshot's states, type-checked (``ValueError`` names what is wrong); ``clean``
+    makes a label value valid (core/labels.py)."""
+    if not isinstance(data, list):
+        raise ValueError("streaks: not a list")
+    out: dict[Key, State] = {}
+    for item in data:
+        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[2], list)):
+            raise ValueError("streaks: an entry is not [job_name, queue, state]")
+        job_name, queue, raw = item
+        if not (isinstance(job_name, str) and isinstance(queue, str) and len(raw) == 4):
+            raise ValueError("streaks: an entry is not [job_name, queue, state]")
+        last, failures, times, every = raw
+        if not isinstance(times, list):
+            raise ValueError(f"streaks: a state of {job_name!r} is not numbers")
+        numbers = [*times, *(v for v in (last, every) if v is not None)]
+        if not (
+            all(_finite(n) for n in numbers)
+            and isinstance(failures, int)
+            and not isinstance(failures, bool)
+            and 0 <= failures
+            and len(numbers) <= KEEP + 2
+        ):
+            raise ValueError(f"streaks: a state of {job_name!r} is not numbers")
+        out[(clean(job_name), clean(queue))] = State.from_json(raw)
+    return out
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def apply(families: dict[str, Any], states: dict[Key, list[State]]) -> None:
+    """Set the three gauges of merged ``families`` (core/multiprocess.py's form) from the
+    processes' ``states`` of each series, merged (a series absent from ``states`` keeps its
+    samples)."""
+    for name in (LAST_SUCCESS, FAILURES, EXPECTED_EVERY):
+        if name not in families:
+            families[name] = {"name": name, "type": "gauge", "help": _HELP[name], "samples": {}}
+    for (job_name, queue), views in states.items():
+        merged = merge(views)
+        labels = (("job_name", job_name), ("queue", queue))
+        last = families[LAST_SUCCESS]["samples"]
+        if merged.last_success is None:
+            last.pop((LAST_SUCCESS, labels), None)
+        else:
+            last[(LAST_SUCCESS, labels)] = merged.last_success
+        families[FAILURES]["samples"][(FAILURES, labels)] = float(merged.failures)
+        families[EXPECTED_EVERY]["samples"][(EXPECTED_EVERY, labels)] = merged.expected_every

@@ -7,6 +7,7 @@ real OpenTelemetry SDK's in-memory reader.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -202,3 +203,84 @@ def test_merge_of_pool_children_whose_streaks_straddle_a_success() -> None:
     assert merge([long, child_b]).failures == KEEP + 5
     assert merge([]).failures == 0
     assert math.isinf(merge([State(None, 0, (), 60.0), State(None, 0, ())]).expected_every) is False
+
+
+# --- forked children: RQ's work horse per job, a pool's long-lived children ------------------
+
+
+@otel_jobs.job(name="fork.nightly", queue="fq", expected_every=300)
+def _nightly(fail: bool) -> None:
+    if fail:
+        raise ValueError("failed in a child")
+
+
+def _horse(fail: bool) -> float:
+    """Run one job in a forked child that leaves with os._exit, as RQ's work horse does;
+    return the Unix time just after the child ended."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            try:
+                _nightly(fail)
+            except ValueError:
+                pass
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return time.time()
+
+
+def test_a_horse_per_job_keeps_the_streak_and_the_last_success_of_the_job(
+    instrumented: Callable[..., Any],
+) -> None:
+    instrumented(watchdog_interval=5)
+    before = time.time()
+    after = _horse(fail=False)
+    m = _metrics()
+    last = m.value(LAST, job_name="fork.nightly", queue="fq")
+    assert before <= last <= after
+    assert m.value(EVERY, job_name="fork.nightly", queue="fq") == 300
+    for streak in (1, 2, 3):
+        _horse(fail=True)
+        m = _metrics()  # each scrape folds the dead horse in
+        assert m.value(FAILURES, job_name="fork.nightly", queue="fq") == streak
+        assert m.value(LAST, job_name="fork.nightly", queue="fq") == last
+        assert m.value(EVERY, job_name="fork.nightly", queue="fq") == 300
+    # Two horses that die between two scrapes, then one more success.
+    _horse(fail=True)
+    _horse(fail=True)
+    assert _metrics().value(FAILURES, job_name="fork.nightly", queue="fq") == 5
+    before = time.time()
+    after = _horse(fail=False)
+    m = _metrics()
+    assert m.value(FAILURES, job_name="fork.nightly", queue="fq") == 0
+    assert before <= m.value(LAST, job_name="fork.nightly", queue="fq") <= after
+
+
+def test_the_owner_and_a_live_child_are_merged(instrumented: Callable[..., Any]) -> None:
+    instrumented(watchdog_interval=5)
+    with pytest.raises(ValueError):
+        _nightly(True)  # in the owner
+    ready, release = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            try:
+                _nightly(True)
+            except ValueError:
+                pass
+            os.write(ready[1], b"x")
+            os.read(release[0], 1)  # stay alive until the owner has scraped
+        finally:
+            os._exit(0)
+    try:
+        os.read(ready[0], 1)
+        m = _metrics()
+        assert m.value(FAILURES, job_name="fork.nightly", queue="fq") == 2
+        assert m.find(LAST, job_name="fork.nightly") == []
+    finally:
+        os.write(release[1], b"x")
+        os.waitpid(pid, 0)
+    _nightly(False)
+    assert _metrics().value(FAILURES, job_name="fork.nightly", queue="fq") == 0
