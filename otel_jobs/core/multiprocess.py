@@ -100,8 +100,9 @@ IDLE_FLUSH_SECONDS = 10.0
 _WRITTEN_AT_MEMORY = 1024  # dead children whose last snapshot time the owner remembers
 _BAD_MEMORY = 1024  # bad files already counted (a file that stays is counted once)
 
-#: The largest file read from the directory. A pool child's snapshot with 1,000 task names
-#: is about 4 MB; a bigger file is skipped, not read at every scrape.
+#: The largest file read from the directory; a bigger one is skipped, not read at every
+#: scrape. A pool child's snapshot with 1,000 task names that each succeeded, failed and timed
+#: out is about 12 MB (30 MB with 200-character names).
 MAX_FILE_BYTES = 64 * 1024 * 1024
 
 _PRIVATE_PREFIX = "otel-jobs-"
@@ -610,7 +611,13 @@ class ProcessShare:
             if self.outcomes is not None:
                 snapshot["streaks"] = self.outcomes()
             data = json.dumps(snapshot, separators=(",", ":"))
-            self.write(f"{pid}.json", data.encode("utf-8"))
+            encoded = data.encode("utf-8")
+            if len(encoded) > MAX_FILE_BYTES:  # the owner would skip it: say why, here
+                raise ValueError(
+                    f"otel-jobs: the metrics snapshot of process {pid} has {len(encoded)} bytes, "
+                    f"more than the {MAX_FILE_BYTES} the endpoint reads; lower max_job_names"
+                )
+            self.write(f"{pid}.json", encoded)
             self.last_flush = time.monotonic()
 
     def _snapshot(
