@@ -171,10 +171,11 @@ def run(args: argparse.Namespace) -> int:
         settings = load(given)
     except ConfigurationError as exc:
         return _refuse(exc)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s"
-    )
+    # Our own log at the level asked; the brokers' clients only when they have trouble to tell
+    # (pika logs every connection step at INFO, and each failure is in our own line anyway).
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("otel_jobs").setLevel(settings.log_level.upper())
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
     try:
         collectors = build_collectors(settings)
     except ConfigurationError as exc:

@@ -160,8 +160,7 @@ class Monitor:
         if not outcome.up and (before is None or before.up):
             logger.warning(
                 "otel-jobs monitor: cannot read %s (%s); otel_jobs_monitor_broker_up"
-                '{framework="%s", broker="%s"} is 0 and its queues have no series until it '
-                "answers again",
+                '{framework="%s", broker="%s"} is 0 and its queues have no series; polling on',
                 collector.label,
                 outcome.reason,
                 collector.framework,

@@ -134,11 +134,15 @@ class Proxy:
         return self
 
     def _accept(self, listener: socket.socket) -> None:
-        while True:
+        listener.settimeout(0.1)  # a blocked accept() would keep the port bound after close()
+        while self._listener is listener:
             try:
                 client, _ = listener.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
+            client.settimeout(None)
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
                 upstream.settimeout(None)
@@ -164,9 +168,10 @@ class Proxy:
                 pass
 
     def stop(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            time.sleep(0.3)  # let the accept loop see that it is stopped (0.1 s timeout)
+            listener.close()
         with self._lock:
             conns, self._conns = self._conns, []
         for conn in conns:

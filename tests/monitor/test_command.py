@@ -1,0 +1,221 @@
+"""``otel-jobs monitor`` as a real process: its settings, its exit codes, its endpoint, and two
+monitors on one broker giving the same figures."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from otel_jobs.core.config import ConfigurationError
+from otel_jobs.monitor import settings as monitor_settings
+from otel_jobs.monitor.settings import MonitorSettings, load
+from tests.otlp_receiver import unused_port
+from tests.support import Samples, free_port
+
+from .support import ROOT, MonitorProcess, ages, depth
+
+pytestmark = pytest.mark.broker
+
+REDIS_DB = 6
+
+
+def command(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    environ.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "otel_jobs", "monitor", *args],
+        capture_output=True, text=True, timeout=120, env=environ, cwd=ROOT,
+    )  # fmt: skip
+
+
+# --- settings ------------------------------------------------------------------------------------
+
+
+def test_flags_over_variables_over_the_workers_variables() -> None:
+    env = {
+        "OTEL_JOBS_MONITOR_RQ_REDIS_URL": "redis://10.0.0.1:6379/0",
+        "OTEL_JOBS_MONITOR_INTERVAL": "30",
+        "OTEL_JOBS_PROMETHEUS_ADDR": "0.0.0.0",
+        "OTEL_JOBS_PROMETHEUS_PORT": "9464",  # the worker's port is not the monitor's
+    }
+    s = load({"interval": "20"}, env)
+    assert s.rq_redis_url == "redis://10.0.0.1:6379/0"
+    assert s.interval == 20.0 and s.poll_timeout == 5.0
+    assert s.addr == "0.0.0.0" and s.port == 9465
+    assert s.source("interval") == "--interval"
+    assert s.source("addr") == "OTEL_JOBS_PROMETHEUS_ADDR"
+    assert load({"addr": "127.0.0.2"}, env).addr == "127.0.0.2"
+    assert load({}, {**env, "OTEL_JOBS_MONITOR_ADDR": "::1"}).addr == "::1"
+    # The poll's deadline defaults to the interval when that is shorter than 5 s.
+    assert load({"interval": "2"}, env).poll_timeout == 2.0
+
+
+def test_queues_for_each_framework() -> None:
+    s = MonitorSettings(queues=("default", "rq=high", "arq=arq:low"))
+    assert s.queues_for("rq") == ("default", "high")
+    assert s.queues_for("arq") == ("default", "arq:low")
+    assert s.queues_for("celery") == ("default",)
+
+
+@pytest.mark.parametrize(
+    ("given", "env", "named"),
+    [
+        ({"rq_redis_url": "localhost:6379"}, {}, "--rq-redis-url='localhost:6379'"),
+        ({"rq_redis_url": "redis://h:99999/0"}, {}, "--rq-redis-url='redis://h:99999/0'"),
+        ({"arq_redis_url": "redis://h/0", "interval": "0"}, {}, "--interval='0'"),
+        ({"arq_redis_url": "redis://h/0", "interval": "inf"}, {}, "--interval='inf'"),
+        ({"arq_redis_url": "redis://h/0", "poll_timeout": "20"}, {}, "--poll-timeout=20.0"),
+        ({"arq_redis_url": "redis://h/0"}, {"OTEL_JOBS_MONITOR_PORT": "70000"}, "OTEL_JOBS_MONITOR_PORT='70000'"),
+        ({"arq_redis_url": "redis://h/0"}, {"OTEL_JOBS_PROMETHEUS_ADDR": "a b"}, "OTEL_JOBS_PROMETHEUS_ADDR='a b'"),
+        ({"arq_redis_url": "redis://h/0", "basic_auth": "nopassword"}, {}, "--basic-auth='<hidden>'"),
+        ({"arq_redis_url": "redis://h/0", "certfile": "/nonexistent.pem"}, {}, "--keyfile=None"),
+        ({"arq_redis_url": "redis://h/0", "queues": "celery=a,nope=b"}, {}, "--queues='celery=a,nope=b'"),
+        ({"arq_redis_url": "redis://h/0", "max_queues": "0"}, {}, "--max-queues='0'"),
+        ({"arq_redis_url": "redis://h/0", "log_level": "loud"}, {}, "--log-level='loud'"),
+        ({"celery_app": ":app"}, {}, "--celery-app=':app'"),
+    ],
+)  # fmt: skip
+def test_a_bad_value_is_refused_naming_its_flag_or_variable(
+    given: dict[str, str], env: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        load(given, env)
+    assert named in str(caught.value)
+
+
+def test_the_options_table_lists_every_flag_and_variable() -> None:
+    table = monitor_settings.markdown_table()
+    for option in monitor_settings.OPTIONS:
+        assert f"| `{option.flag}` | `{option.env}`" in table
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        ((), {}, "no broker to watch"),
+        (("--interval", "soon", "--rq-redis-url", "redis://h/0"), {}, "--interval='soon' is not valid"),
+        (("--celery-app", "no_such_module:app"), {}, "--celery-app='no_such_module:app' is not valid"),
+        (("--huey", "os.path"), {}, "--huey='os.path' is not valid; accepted: a Huey instance"),
+        (("--dramatiq-broker", "os:sep"), {}, "--dramatiq-broker='os:sep' is not valid"),
+        ((), {"OTEL_JOBS_MONITOR_ARQ_REDIS_URL": "http://h"}, "OTEL_JOBS_MONITOR_ARQ_REDIS_URL='http://h'"),
+    ],
+)  # fmt: skip
+def test_bad_settings_are_one_line_and_exit_code_2(
+    args: tuple[str, ...], env: dict[str, str], expected: str
+) -> None:
+    done = command(*args, **env)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("otel-jobs monitor: "), done.stderr
+    assert expected in lines[0]
+
+
+def test_an_unreachable_broker_at_start_is_exit_code_2_naming_the_flag() -> None:
+    url = f"redis://127.0.0.1:{unused_port()}/0"
+    done = command("--rq-redis-url", url)
+    assert done.returncode == 2
+    assert f"--rq-redis-url={url}: cannot reach the broker" in done.stderr
+    done = command(OTEL_JOBS_MONITOR_ARQ_REDIS_URL=url)
+    assert done.returncode == 2
+    assert f"OTEL_JOBS_MONITOR_ARQ_REDIS_URL={url}: cannot reach the broker" in done.stderr
+
+
+def test_a_taken_port_is_exit_code_2(redis_url: str) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        done = command("--rq-redis-url", redis_url, "--port", str(port))
+    assert done.returncode == 2
+    assert f"--port={port}: cannot serve /metrics" in done.stderr
+
+
+def test_the_installed_command_serves_with_the_workers_basic_auth_and_stops_on_sigterm(
+    redis_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(OTEL_JOBS_PROMETHEUS_BASIC_AUTH="prom:secret", OTEL_JOBS_MONITOR_INTERVAL="0.5")
+    log = tmp_path / "monitor.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "otel-jobs"), "monitor", "--rq-redis-url", redis_url,
+             "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=5)
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 401
+                break
+            except OSError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+        request = urllib.request.Request(
+            url, headers={"Authorization": "Basic " + base64.b64encode(b"prom:secret").decode()}
+        )
+        while True:
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                samples = Samples(resp.read().decode())
+            if samples.find("otel_jobs_monitor_broker_up"):
+                break
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        assert samples.value("otel_jobs_monitor_broker_up", framework="rq") == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    assert code == 0, log.read_text()
+    text = log.read_text()
+    assert "watching rq at redis://127.0.0.1" in text and "stopped" in text
+    assert "secret" not in text
+
+
+def test_two_monitor_processes_on_one_broker_agree(redis_url: str, tmp_path: Path) -> None:
+    rq = pytest.importorskip("rq")
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    queue = rq.Queue("agree", connection=client)
+    for _ in range(4):
+        queue.enqueue("os.getpid")
+    client.close()
+    args = ["--rq-redis-url", redis_url, "--interval", "0.5"]
+    one = MonitorProcess(args, tmp_path / "one.log")
+    two = MonitorProcess(args, tmp_path / "two.log")
+    try:
+        ready = lambda s: s.find("otel_jobs_queue_depth", queue="agree")  # noqa: E731
+        one.wait_for("the first monitor's poll", ready)
+        two.wait_for("the second monitor's poll", ready)
+        # Each age is scraped between two clock readings: the due time it implies lies in
+        # [before - age, after - age]; the two monitors agree if those intervals meet.
+        spans = []
+        for monitor in (one, two):
+            before = time.time()
+            samples = monitor.wait_for("a scrape", lambda s: s)
+            after = time.time()
+            assert depth(samples, "rq", "agree", "waiting") == 4
+            (age,) = ages(samples, "rq", "agree")
+            spans.append((before - age, after - age))
+        (lo1, hi1), (lo2, hi2) = spans
+        assert lo1 <= hi2 and lo2 <= hi1, spans
+    finally:
+        assert one.stop() == 0 and two.stop() == 0
