@@ -29,7 +29,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from . import errors, providers, streaks
+from . import errors, providers, sigterm, streaks
 from .config import Settings
 from .deferred import Deferred
 from .exposition import MetricsServer, serve
@@ -127,7 +127,8 @@ class Agent:
 
         self.adapters.extend(install_frameworks(self, settings.frameworks))
         self.adapters.extend(install_outbound(self, settings.outbound))
-        atexit.register(self._atexit)
+        atexit.register(self.flush_before_exit)
+        sigterm.install()
         import multiprocessing.util
 
         multiprocessing.util.register_after_fork(self, Agent._in_multiprocessing_child)
@@ -152,9 +153,11 @@ class Agent:
         providers.flush()
         if self._own_dir and not self.share.in_child:
             shutil.rmtree(self.share.directory, ignore_errors=True)
-        atexit.unregister(self._atexit)
+        atexit.unregister(self.flush_before_exit)
+        sigterm.uninstall()
 
-    def _atexit(self) -> None:
+    def flush_before_exit(self) -> None:
+        """What this process does on its way out (at exit, and on SIGTERM, see core.sigterm)."""
         with errors.guard("atexit"):
             self.deferred.run_all()
             self.write_snapshot()
