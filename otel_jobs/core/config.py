@@ -62,6 +62,7 @@ class Settings:
     default_timeout: float = 30.0
     watchdog: bool = True
     watchdog_interval: float = 1.0
+    loop_blocked_timeout: float = 5.0
     frameworks: tuple[str, ...] | None = None
     outbound: tuple[str, ...] | None = None
     max_job_names: int = 1000
@@ -310,6 +311,12 @@ OPTIONS: tuple[Option, ...] = (
         "OTEL_JOBS_WATCHDOG_INTERVAL",
         lambda s, v: _seconds(s, v, allow_inf=False),
         "seconds between two watchdog ticks",
+    ),
+    Option(
+        "loop_blocked_timeout",
+        "OTEL_JOBS_LOOP_BLOCKED_TIMEOUT",
+        _seconds,
+        "seconds an asyncio event loop running runs may go without running anything before the watchdog gives a `loop_blocked` verdict (`inf`: never)",
     ),
     Option(
         "frameworks",
