@@ -73,18 +73,25 @@ class Frame:
 
 
 def _library_roots() -> tuple[str, ...]:
-    roots: set[str] = set()
-    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
-        path = sysconfig.get_paths().get(key)
-        if path:
-            roots.add(os.path.abspath(path))
+    """Where installed code lives: the standard library, site-packages and the script
+    directories (console scripts such as ``celery`` or ``rq``: their frame is at the bottom of
+    every stack a worker forks, and is never the user's)."""
+    paths = sysconfig.get_paths()
+    found = {paths.get(key) for key in ("stdlib", "platstdlib", "purelib", "platlib", "scripts")}
+    user = sysconfig.get_paths(sysconfig.get_preferred_scheme("user"))  # pip install --user
+    found.update((user.get("purelib"), user.get("scripts")))
     try:
-        roots.update(os.path.abspath(p) for p in site.getsitepackages())
+        found.update(site.getsitepackages())
     except AttributeError:  # some virtualenv versions lack it
         pass
-    user_site = getattr(site, "USER_SITE", None)
-    if user_site:
-        roots.add(os.path.abspath(user_site))
+    found.add(getattr(site, "USER_SITE", None))
+    # The interpreter's own directory: /usr/bin/celery of a system Python, whose `scripts`
+    # scheme path is /usr/local/bin.
+    found.add(os.path.dirname(sys.executable) if sys.executable else None)
+    roots: set[str] = set()
+    for path in filter(None, found):
+        # Both spellings: frames may name a file through a symbolic link or its target.
+        roots.update((os.path.abspath(path), os.path.realpath(path)))
     # Longest first, so that site-packages inside the stdlib tree wins when shortening paths.
     return tuple(sorted((r.rstrip(os.sep) + os.sep for r in roots), key=len, reverse=True))
 
@@ -100,9 +107,10 @@ def _classify(filename: str, module: str) -> tuple[str, bool]:
     absolute = os.path.abspath(filename)
     if module.startswith("otel_jobs") and module not in _USER_MODULES_INSIDE:
         return os.path.relpath(absolute, os.path.dirname(_PACKAGE_DIR)), False
-    for root in _ROOTS:
-        if absolute.startswith(root):
-            return absolute[len(root) :], False
+    for candidate in (absolute, os.path.realpath(absolute)):
+        for root in _ROOTS:
+            if candidate.startswith(root):
+                return candidate[len(root) :], False
     try:
         relative = os.path.relpath(absolute)
     except ValueError:  # another drive (Windows)
