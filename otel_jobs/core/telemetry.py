@@ -47,7 +47,15 @@ DURATION_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 
 STALL_STATES = ("blocked", "spinning", "unknown")
-STALL_REASONS = ("no_heartbeat", "max_duration")
+STALL_REASONS = ("no_heartbeat", "max_duration", "loop_blocked")
+
+#: Event-loop lag buckets: from 1 ms (a loop that keeps up) to a minute (a loop held by
+#: synchronous work).
+LOOP_LAG_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+#: Distinct ``thread`` label values (event loops' threads) kept before overflow.
+MAX_LOOP_THREADS = 32
 
 
 class LabelCap:
@@ -215,6 +223,11 @@ class _OtelInstruments:
             unit="{call}",
             description="Outbound calls made without a timeout.",
         )
+        self.loop_lag = meter.create_histogram(
+            "otel_jobs.event_loop.lag", unit="s",
+            description="How late an asyncio event loop running runs ran the watchdog's probe.",
+            explicit_bucket_boundaries_advisory=list(LOOP_LAG_BUCKETS),
+        )  # fmt: skip
 
         # The SDK keeps the first instrument of a name on a meter and ignores the callbacks of
         # a later one (instrument() after uninstrument(), a forked child on the application's
@@ -277,6 +290,12 @@ class _OtelInstruments:
             "How often the job must succeed (+Inf: not set).",
             "expected_every",
         )
+        gauge(
+            "otel_jobs.event_loop.blocked",
+            "s",
+            "How long an asyncio event loop running runs has been unable to run anything.",
+            "loop_blocked",
+        )
 
 
 class Telemetry:
@@ -331,6 +350,11 @@ class Telemetry:
             "otel_jobs_outbound_calls_without_timeout", "Outbound calls made without an effective timeout.",
             ["library", "host", "call_site"], registry=reg,
         )  # fmt: skip
+        self.loop_lag = Histogram(
+            "otel_jobs_event_loop_lag_seconds",
+            "How late an asyncio event loop running runs ran the watchdog's probe.",
+            ["thread"], buckets=LOOP_LAG_BUCKETS, registry=reg,
+        )  # fmt: skip
         self.overflow = Counter(
             "otel_jobs_label_overflow",
             "Label values replaced by __overflow__ past their cap.",
@@ -343,6 +367,9 @@ class Telemetry:
         self.queues = LabelCap("queue", settings.max_queues, self._overflowed)
         self.hosts = LabelCap("host", settings.max_hosts, self._overflowed)
         self.call_sites = LabelCap("call_site", settings.max_call_sites, self._overflowed)
+        self.loop_threads = LabelCap("thread", MAX_LOOP_THREADS, self._overflowed)
+        #: Set by the watchdog: ``[(labels, seconds)]`` of each event loop it probes.
+        self.loops_blocked: Callable[[], list[tuple[dict[str, str], float]]] | None = None
         self._series: dict[tuple[str, str], Series] = {}
         self._series_lock = threading.Lock()
         self.watchdog_last_tick: float | None = None
@@ -418,6 +445,7 @@ class Telemetry:
             "in_progress": [], "oldest_start": [], "stalest_heartbeat": [],
             "max_duration": [], "heartbeat_timeout": [], "stalled": [], "watchdog": [],
             "last_success": [], "consecutive_failures": [], "expected_every": [],
+            "loop_blocked": self.loops_blocked() if self.loops_blocked is not None else [],
         }  # fmt: skip
         series_by_id = {}
         for series in self.all_series():
@@ -494,6 +522,11 @@ _GAUGES = (
         "otel_jobs_run_expected_every_seconds",
         "How often the job must succeed (+Inf: not set).",
         "expected_every",
+    ),
+    (
+        "otel_jobs_event_loop_blocked_seconds",
+        "How long an asyncio event loop running runs has been unable to run anything (0: it runs).",
+        "loop_blocked",
     ),
 )
 
