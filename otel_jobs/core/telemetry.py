@@ -47,7 +47,10 @@ DURATION_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 
 STALL_STATES = ("blocked", "spinning", "unknown")
-STALL_REASONS = ("no_heartbeat", "max_duration", "loop_blocked")
+# Stall counters at 0 from a job's first run. The third reason, ``loop_blocked`` (an asyncio
+# loop held by synchronous work), gets its series at its first verdict: only async jobs can
+# have it, and a zero series for every job would cost each one a series.
+STALL_REASONS = ("no_heartbeat", "max_duration")
 
 #: Event-loop lag buckets: from 1 ms (a loop that keeps up) to a minute (a loop held by
 #: synchronous work).
