@@ -161,10 +161,17 @@ def _scheduler(stop: threading.Event) -> None:
 
     A tick that finds the previous run still going is skipped, as schedulers do with
     ``max_instances=1``, and counted in ``otel_jobs_runs_skipped_total{reason="max_instances"}``;
-    runs missed while the worker was down are counted with ``reason="missed"``.
+    runs missed while the worker was down are counted with ``reason="missed"``. Its one entry is
+    on the schedule gauges (next due time, last start, 1 s interval).
     """
+    from otel_jobs.core.schedules import Entry
+
+    due = [time.time()]
     agent = agent_mod.current()
     if agent is not None:
+        agent.telemetry.schedules.add_source(
+            lambda: [Entry("demo.refresh_cache", "refresh-every-second", due[0], 1.0)]
+        )
         # It starts as if the worker had been down for a few seconds: the two runs due meanwhile
         # are past their misfire grace time and are skipped as missed, as schedulers do.
         series = agent.telemetry.series("demo.refresh_cache", "scheduled")
@@ -180,7 +187,9 @@ def _scheduler(stop: threading.Event) -> None:
             agent.telemetry.record_skipped(series, "max_instances")
         else:
             running.set()
+            agent.telemetry.schedules.sent("demo.refresh_cache", "refresh-every-second")
             threading.Thread(target=_refresh_cache, args=(running,), daemon=True).start()
+        due[0] = time.time() + 1.0
         if stop.wait(1.0):
             return
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from . import errors
+from . import errors, schedules
 from .config import OVERFLOW_VALUE, Settings
 from .labels import clean as clean_label
 from .run import OUTCOMES, wall_time_of
@@ -237,6 +237,7 @@ class _OtelInstruments:
         # provider): the gauges observe the latest Telemetry of their meter, not the first.
         meter_id = id(meter)
         _observed[meter_id] = telemetry
+        schedules.observe_with(meter, lambda: _observed.get(meter_id, telemetry).schedules)
 
         def gauge(name: str, unit: str, description: str, key: str) -> None:
             def callback(_options: Any) -> Iterable[Observation]:
@@ -373,6 +374,11 @@ class Telemetry:
         self.loop_threads = LabelCap("thread", MAX_LOOP_THREADS, self._overflowed)
         #: Set by the watchdog: ``[(labels, seconds)]`` of each event loop it probes.
         self.loops_blocked: Callable[[], list[tuple[dict[str, str], float]]] | None = None
+        # Scheduler-side gauges (core/schedules.py), fed by the scheduler adapters.
+        self.schedules = schedules.Schedules(
+            self.job_names, LabelCap("schedule", settings.max_job_names, self._overflowed)
+        )
+        reg.register(schedules.ScheduleCollector(self.schedules))
         self._series: dict[tuple[str, str], Series] = {}
         self._series_lock = threading.Lock()
         self.watchdog_last_tick: float | None = None

@@ -33,8 +33,16 @@ Runs that never started, in ``otel_jobs_runs_skipped_total{job_name, queue, reas
   were still running (``EVENT_JOB_MAX_INSTANCES``), the usual sign that the previous run is
   stuck; one per skipped submission.
 
+Scheduler-side metrics (:mod:`otel_jobs.core.schedules`), per job with a recurring trigger
+(``schedule`` is the job id; date-triggered one-off jobs are left out): the next run time
+APScheduler holds (absent while the job is paused), the last submission, and the interval (an
+``IntervalTrigger``'s own; for a ``CronTrigger`` the gap to the next fire time from the one
+before, which is also each run's ``expected_every``).
+
 How it hooks APScheduler, and why: schedulers are created by your code, so otel-jobs patches one
-method shared by every executor, ``apscheduler.executors.base.BaseExecutor.submit_job``. On a
+method shared by every executor, ``apscheduler.executors.base.BaseExecutor.submit_job``, and the
+loop method of every scheduler, ``BaseScheduler._process_jobs``, whose first call (at start and
+at each due time) lets otel-jobs read that scheduler's jobs when the metrics are collected. On a
 scheduler's first submission it adds a listener (``add_listener``) for the missed and
 max-instances events, so schedulers started before ``instrument()`` are covered too. Each
 submission hands the executor a thin view of the job whose ``func`` is wrapped (the stored
@@ -67,6 +75,7 @@ from ..core import agent as _agent_mod
 from ..core import errors
 from ..core.patching import Patches
 from ..core.run import Run, classify
+from ..core.schedules import Entry, gap, unix
 from .base import Integration as _Base
 
 logger = logging.getLogger("otel_jobs")
@@ -87,6 +96,11 @@ class Integration(_Base):
         # date-triggered job has already left its job store when its event arrives.
         self._jobs: dict[str, tuple[str, str]] = {}
         self._lock = threading.Lock()
+        # scheduler -> the function that stops reading its jobs for the schedule gauges
+        self._sources: weakref.WeakKeyDictionary[Any, Callable[[], None]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._last_due: dict[str, float] = {}  # job id -> due time of its last submitted run
 
     def install(self) -> None:
         if int(apscheduler.version_info[0]) >= 4:
@@ -97,8 +111,10 @@ class Integration(_Base):
             )
             return
         from apscheduler.executors.base import BaseExecutor
+        from apscheduler.schedulers.base import BaseScheduler
 
         self._patches.wrap(BaseExecutor, "submit_job", self._patch_submit_job)
+        self._patches.wrap(BaseScheduler, "_process_jobs", self._patch_process_jobs)
 
     def uninstall(self) -> None:
         self._patches.undo()
@@ -107,6 +123,44 @@ class Integration(_Base):
                 scheduler.remove_listener(self._on_event)
         self._schedulers = weakref.WeakSet()
         self._jobs.clear()
+        for remove in list(self._sources.values()):
+            remove()
+        self._sources = weakref.WeakKeyDictionary()
+        self._last_due.clear()
+
+    def _patch_process_jobs(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def _process_jobs(scheduler: Any) -> Any:
+            agent = _agent_mod.current()
+            if agent is not None and scheduler not in self._sources:
+                with errors.guard("integration.apscheduler"):
+                    ref = weakref.ref(scheduler)
+                    self._sources[scheduler] = agent.telemetry.schedules.add_source(
+                        lambda: self._entries(ref())
+                    )
+            return original(scheduler)
+
+        return _process_jobs
+
+    def _entries(self, scheduler: Any) -> list[Entry]:
+        """The scheduler's recurring jobs as the schedule gauges show them (core.schedules)."""
+        from apscheduler.triggers.date import DateTrigger
+
+        if scheduler is None:
+            return []
+        out = []
+        for job in scheduler.get_jobs():
+            if isinstance(job.trigger, DateTrigger):
+                continue
+            next_run = job.next_run_time
+            out.append(
+                Entry(
+                    str(job.name or job.id),
+                    str(job.id),
+                    unix(next_run),
+                    _interval(job.trigger, next_run, self._last_due.get(job.id)),
+                )
+            )
+        return out
 
     def _patch_submit_job(self, original: Callable[..., None]) -> Callable[..., None]:
         def submit_job(executor: Any, job: Any, run_times: list[datetime]) -> None:
@@ -132,6 +186,11 @@ class Integration(_Base):
             self._jobs[job.id] = (name, queue)
             if len(self._jobs) > _MAX_REMEMBERED_JOBS:
                 del self._jobs[next(iter(self._jobs))]
+            if run_times:
+                self._last_due[job.id] = run_times[-1].timestamp()
+                if len(self._last_due) > _MAX_REMEMBERED_JOBS:
+                    del self._last_due[next(iter(self._last_due))]
+        self.agent.telemetry.schedules.sent(name, str(job.id))
         from apscheduler.executors.pool import ProcessPoolExecutor
 
         if isinstance(executor, ProcessPoolExecutor):
@@ -194,9 +253,26 @@ class _Execution:
             job_id=str(self._job.id),
             framework="apscheduler",
             enqueued_at=scheduled.timestamp() if scheduled is not None else None,
+            expected_every=_interval(self._job.trigger, scheduled, None),
         )
         run.activate()
         return run
+
+
+def _interval(trigger: Any, due: datetime | None, previous: float | None) -> float | None:
+    """A trigger's interval; for a calendar trigger, the gap to ``due`` from ``previous`` (the
+    due time before it, if known) or else from ``due`` to the fire time after it."""
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    if isinstance(trigger, IntervalTrigger):
+        return float(trigger.interval_length)
+    if due is None:
+        return None
+    try:
+        following = trigger.get_next_fire_time(due, due + timedelta(microseconds=1))
+    except Exception:  # a trigger of the application's own that cannot say
+        following = None
+    return gap(due.timestamp(), previous, unix(following))
 
 
 def _wrap(func: Callable[..., Any], start: Callable[[], Run | None]) -> Callable[..., Any]:
