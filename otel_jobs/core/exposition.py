@@ -254,7 +254,6 @@ def serve(
     base = _IPv6Server if ":" in addr else _Server
     handler = type("_Handler", (_QuietHandler,), {"timeout": idle_timeout})
     httpd = make_server(addr, port, app, server_class=base, handler_class=handler)
-    assert isinstance(httpd, _Server)
     httpd.set_bound(max_connections)
     httpd.handshake_timeout = handshake_timeout
     scheme = "http"
