@@ -161,15 +161,16 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 def _hook_cost(quick: bool, call_us: float) -> dict[str, Any]:
     """What otel-jobs runs per call, timed alone: far below the noise of a network call.
 
-    The steps of the check in httpcore's pool (the timeout read, the host, the call put in
-    and taken out of the run's in-flight calls, the heartbeat) and the URL hook on the span,
-    on a real httpcore request inside a run, against an empty call.
+    The check in httpcore's pool (the wrapper otel-jobs installs there: the timeout read, the
+    call put in and taken out of the run's in-flight calls, the heartbeat) around an empty pool
+    method, and the URL hook on the span, on a real httpcore request inside a run, against the
+    empty pool method alone.
     """
     import httpcore
 
     from otel_jobs.core import agent as agent_mod
-    from otel_jobs.core.run import current_run
     from otel_jobs.outbound import httpx as adapter_mod
+    from otel_jobs.outbound.adapter import wrap_sync
 
     reps, number = (3, 200) if quick else (15, 20_000)
     provider = trace.get_tracer_provider()
@@ -190,19 +191,20 @@ def _hook_cost(quick: bool, call_us: float) -> dict[str, Any]:
             "GET", kind=trace.SpanKind.CLIENT, attributes={"url.full": "http://127.0.0.1:8080/"}
         )
 
-        def hook() -> None:
-            run_ = current_run()
-            missing = adapter_mod._missing(request)
-            method, host = adapter_mod._describe(request)
-            call = checker.begin(run_, method, host, missing, sys._getframe())
-            checker.end(run_, call)
-            adapter_mod._scrub_url(span, hook_request)
-
-        def empty() -> None:
+        def empty(pool: Any = None, request: Any = None) -> None:
             pass
 
+        checked = wrap_sync(checker, adapter_mod.CHECK, empty)
+
+        def hook() -> None:
+            checked(None, request)
+            adapter_mod._scrub_url(span, hook_request)
+
+        def pool_method() -> None:
+            empty(None, request)
+
         with otel_jobs.job_run("bench.httpx.hook"):
-            results = interleaved({"hook": hook, "empty": empty}, reps=reps, number=number)
+            results = interleaved({"hook": hook, "empty": pool_method}, reps=reps, number=number)
         span.end()
     finally:
         otel_jobs.uninstrument()

@@ -11,6 +11,7 @@ Wrapping twice is refused (the second ``wrap`` of the same attribute is a no-op)
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -26,20 +27,31 @@ class Patches:
     def wrap(
         self, owner: Any, attribute: str, make_wrapper: Callable[[Any], Callable[..., Any]]
     ) -> bool:
-        """Replace ``owner.attribute`` by ``make_wrapper(original)``; False if already wrapped."""
-        had_own = attribute in vars(owner) if isinstance(owner, type) else hasattr(owner, attribute)
+        """Replace ``owner.attribute`` by ``make_wrapper(original)``; False if already wrapped.
+
+        A classmethod or staticmethod of a class stays one: ``make_wrapper`` is given its plain
+        function (which takes the class first, for a classmethod) and the wrapper is made the
+        same kind of method, wherever in the class's MRO the original is defined.
+        """
+        is_class = isinstance(owner, type)
+        had_own = attribute in vars(owner) if is_class else hasattr(owner, attribute)
         original = getattr(owner, attribute)
         if getattr(original, _MARK, False):
             return False
+        kind = None
+        if is_class:
+            found = inspect.getattr_static(owner, attribute)
+            if isinstance(found, (classmethod, staticmethod)):
+                kind, original = type(found), found.__func__
         wrapper = make_wrapper(original)
-        if callable(original) and not isinstance(original, (staticmethod, classmethod)):
+        if callable(original):
             try:
                 functools.update_wrapper(wrapper, original)
             except (AttributeError, TypeError):
                 pass
         setattr(wrapper, _MARK, True)
-        raw = vars(owner)[attribute] if isinstance(owner, type) and had_own else original
-        setattr(owner, attribute, wrapper)
+        raw = vars(owner)[attribute] if is_class and had_own else original
+        setattr(owner, attribute, wrapper if kind is None else kind(wrapper))
         self._undo.append((owner, attribute, raw, had_own))
         return True
 

@@ -23,13 +23,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Args, CallCheck, Kwargs, MethodAdapter, argument, host_of
+from . import _internals
+from .adapter import CallCheck, MethodAdapter, Target, argument
+from .base import Args, Kwargs, Missing, host_of
 
 LIBRARY = "aiohttp"
 HINT = "pass timeout=aiohttp.ClientTimeout(total=..., sock_connect=..., sock_read=...) to the session or the call"
 
 
-def _missing(timeout: Any) -> tuple[str, ...]:
+def _missing(timeout: Any) -> Missing:
     if timeout.total is not None:
         return ()
     connect = timeout.connect is None and timeout.sock_connect is None
@@ -39,12 +41,12 @@ def _missing(timeout: Any) -> tuple[str, ...]:
     return ("read",) if read else ()
 
 
-def _timeout(args: Args, kwargs: Kwargs) -> tuple[Any, tuple[str, ...]]:
+def _timeout(args: Args, kwargs: Kwargs) -> tuple[Any, Missing]:
     from aiohttp import ClientTimeout
-    from aiohttp.helpers import sentinel
 
-    raw = kwargs.get("timeout", sentinel)  # keyword-only in ClientSession._request
-    if raw is sentinel:
+    unset = _internals.aiohttp_session_timeout_marker()
+    raw = kwargs.get("timeout", unset)  # keyword-only in ClientSession._request
+    if raw is unset:
         timeout = args[0].timeout  # the session's
     elif isinstance(raw, ClientTimeout):
         timeout = raw
@@ -53,36 +55,35 @@ def _timeout(args: Args, kwargs: Kwargs) -> tuple[Any, tuple[str, ...]]:
     return timeout, _missing(timeout)
 
 
-def _describe(args: Args, kwargs: Kwargs) -> tuple[str, str]:
+def _describe(args: Args, kwargs: Kwargs, timeout: Any) -> tuple[str, str]:
     session = args[0]
     method = argument(args, kwargs, 1, "method", None)
     url = argument(args, kwargs, 2, "str_or_url", None)
-    if session._base_url is not None and "://" not in str(url):
-        url = session._base_url
+    base_url = _internals.aiohttp_base_url(session)
+    if base_url is not None and "://" not in str(url):
+        url = base_url
     return str(method).upper(), host_of(url)
 
 
-def _enforce(args: Args, kwargs: Kwargs, timeout: Any, default: float) -> tuple[Args, Kwargs]:
-    import attr
-
-    missing = _missing(timeout)
+def _enforce(
+    args: Args, kwargs: Kwargs, timeout: Any, missing: Missing, default: float
+) -> tuple[Args, Kwargs]:
     changes = {}
     if "connect" in missing:
         changes["sock_connect"] = default
     if "read" in missing:
         changes["sock_read"] = default
-    return args, {**kwargs, "timeout": attr.evolve(timeout, **changes)}
+    return args, {**kwargs, "timeout": _internals.aiohttp_timeout_with(timeout, **changes)}
 
 
 class Adapter(MethodAdapter):
     """Checks ``ClientSession._request`` (see the module docstring)."""
 
-    name = LIBRARY
-    hint = HINT
-    check = CallCheck(_timeout, _describe, _enforce)
-    is_async = True
+    name, hint = LIBRARY, HINT
 
-    def target(self) -> tuple[type, str]:
+    def targets(self) -> list[Target]:
         from aiohttp import ClientSession
 
-        return ClientSession, "_request"
+        _internals.verify_aiohttp()
+        check = CallCheck(_timeout, _describe, _enforce, outermost_only=True)
+        return [Target(ClientSession, _internals.AIOHTTP_REQUEST, check, is_async=True)]

@@ -1,11 +1,9 @@
-"""What every outbound adapter shares: the policy, the call site, the report, the in-flight list.
+"""What every outbound check shares: the policy, the call site, the report, the in-flight list.
 
-An adapter (``otel_jobs/outbound/httpx.py``, ``requests.py``, ...) only knows its library: it
-patches the one place where the library's effective timeout of a call is known, computes the
-missing parts cheaply (``()`` when the call has a timeout), and hands a flagged call to
-:class:`Checker`. An adapter that patches one method says how to read its calls in a
-:class:`CallCheck` and subclasses :class:`MethodAdapter`, whose wrapper (:func:`wrap_sync`,
-:func:`wrap_async`) does the rest. Everything else happens here:
+An adapter (``otel_jobs/outbound/httpx.py``, ``redis.py``, ...) only knows its library: it says
+how to read the calls of the methods it patches (:mod:`otel_jobs.outbound.adapter`), and the
+one wrapper there hands every flagged call, and every call made inside a run, to a
+:class:`Checker`. Everything else happens here, the same way for every library:
 
 * **Call site.** ``module:function:line`` of the first frame outside the HTTP/DB client
   libraries, OpenTelemetry and otel-jobs itself (:data:`LIBRARY_MODULES`): the line of your
@@ -20,8 +18,9 @@ missing parts cheaply (``()`` when the call has a timeout), and hands a flagged 
   a WARNING log the first time a call site is seen, then at most one a minute per call site
   (with the number of calls in between).
 * **Policy** (``OTEL_JOBS_MISSING_TIMEOUT``): ``warn`` reports; ``enforce`` reports and the
-  adapter applies ``OTEL_JOBS_DEFAULT_TIMEOUT`` to the missing parts only; ``raise`` reports
-  and raises :class:`MissingTimeoutError` before anything is sent; ``off`` installs nothing.
+  adapter applies ``OTEL_JOBS_DEFAULT_TIMEOUT`` to the missing parts only (but for the parts a
+  :class:`Checker` is told never to enforce); ``raise`` reports and raises
+  :class:`MissingTimeoutError` before anything is sent; ``off`` installs nothing.
 * **In-flight calls.** Inside a run, every call (flagged or not) is in ``run.calls`` while it
   is in flight, so the watchdog can say "stuck 120 s in GET billing.internal (no read timeout)
   from jobs.sync:push:42"; the call site of a call with a timeout is looked up only if the
@@ -32,27 +31,21 @@ Hosts are ``host`` or ``host:port``, never a user name, password, path or query 
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import os
-import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
-from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from opentelemetry import trace
-from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import SpanKind
 
 from ..core import errors
 from ..core.errors import JobTimeoutError
-from ..core.patching import Patches
-from ..core.run import OutboundCall, Run, current_run
+from ..core.run import OutboundCall, Run
 
 if TYPE_CHECKING:
     from ..core.agent import Agent
@@ -86,6 +79,11 @@ LIBRARY_MODULES: frozenset[str] = frozenset(
 FRAMEWORK_MODULES: frozenset[str] = frozenset(
     ("celery", "kombu", "billiard", "rq", "dramatiq", "huey", "arq", "apscheduler")
 )
+
+#: A library call's positional and keyword arguments, and the parts of its timeout it misses.
+Args = tuple[Any, ...]
+Kwargs = dict[str, Any]
+Missing = tuple[str, ...]
 
 UNKNOWN_SITE = "unknown"
 LOG_INTERVAL = 60.0  # seconds between two logs of the same call site, after the first
@@ -240,7 +238,7 @@ class _Reporter:
             weakref.WeakKeyDictionary()
         )
 
-    def should_log(self, site: str, now: float) -> int | None:
+    def log_due(self, site: str, now: float) -> int | None:
         """None: stay quiet; else the number of calls not logged since the last log."""
         with self.lock:
             if site not in self.logged and len(self.logged) >= _MAX_LOGGED_SITES:
@@ -256,7 +254,7 @@ class _Reporter:
             state[0], state[1] = now + LOG_INTERVAL, 0
             return skipped
 
-    def first_event(self, run: Run, key: tuple[str, str, str]) -> bool:
+    def first_in_run(self, run: Run, key: tuple[str, str, str]) -> bool:
         with self.lock:
             seen = self.run_events.get(run)
             if seen is None:
@@ -294,39 +292,26 @@ def _reporter_for(agent: Agent) -> _Reporter:
 class Checker:
     """One library's view of the policy: report flagged calls, track calls in flight.
 
-    An adapter's wrapper (:func:`wrap_sync` / :func:`wrap_async`, or its own) does the cheap
-    check itself, then calls :meth:`begin` only for a call that is flagged (``missing`` not
-    empty) or made inside a run, and :meth:`end` when that call returns or raises::
-
-        run = current_run()
-        checked = False
-        try:
-            missing = ...                      # () when the call has a timeout
-            if missing or run is not None:
-                call = checker.begin(run, method, host, missing, sys._getframe())  # may raise
-                checked = True
-                if missing and checker.enforce:
-                    ...                        # checker.default_timeout on the missing parts
-        except MissingTimeoutError:
-            raise
-        except Exception as exc:               # otel-jobs' own fault: the call goes on as is
-            errors.record("outbound.<library>", exc)
-        if not checked:
-            return original(...)
-        try:
-            return original(...)
-        finally:
-            checker.end(run, call)
+    The wrapper (:func:`wrap_sync` / :func:`wrap_async`) reads a call's timeout itself, then
+    calls :meth:`begin` only for a call that is flagged (``missing`` not empty) or made inside a
+    run, and :meth:`end` when that call returns or raises. ``never_enforced`` names the parts
+    that ``enforce`` leaves as they are (a lock's expiry: one chosen by otel-jobs could end a
+    lock while its holder still works); they are reported all the same.
     """
 
-    def __init__(self, agent: Agent, library: str, hint: str) -> None:
+    def __init__(
+        self, agent: Agent, library: str, hint: str, *, never_enforced: tuple[str, ...] = ()
+    ) -> None:
         self.agent = agent
         self.library = library
         self.hint = hint
+        self.never_enforced = never_enforced
         settings = agent.settings
         self.policy = settings.missing_timeout
-        self.enforce = self.policy == "enforce"
-        self.refuse = self.policy == "raise"
+        #: ``enforce``: the adapter gives the missing parts ``default_timeout``.
+        self.applies_default_timeout = self.policy == "enforce"
+        #: ``raise``: a flagged call is refused with MissingTimeoutError before it is sent.
+        self.refuses_flagged_calls = self.policy == "raise"
         self.default_timeout = settings.default_timeout
         self._reporter = _reporter_for(agent)
 
@@ -354,7 +339,7 @@ class Checker:
             assert site is not None
             with errors.guard(f"outbound.{self.library}"):
                 self._report(run, method, host, missing, site)
-            if self.refuse:
+            if self.refuses_flagged_calls:
                 raise MissingTimeoutError(self.library, method, host, missing, site)
         if run is None:
             return None
@@ -397,7 +382,7 @@ class Checker:
             span.set_attribute("otel_jobs.timeout.policy", policy)
             span.set_attribute("otel_jobs.call_site", site)
         if run is not None and run.span.is_recording():
-            if self._reporter.first_event(run, (library, host, site)):
+            if self._reporter.first_in_run(run, (library, host, site)):
                 run.span.add_event(
                     "otel_jobs.outbound.no_timeout",
                     {
@@ -409,182 +394,29 @@ class Checker:
                         "otel_jobs.call_site": site,
                     },
                 )
-        skipped = self._reporter.should_log(site, time.monotonic())
+        skipped = self._reporter.log_due(site, time.monotonic())
         if skipped is None:
             return
-        parts = "/".join(missing)
-        if policy == "enforce":
-            outcome = f"otel-jobs applied {self.default_timeout:g} s to the missing parts"
-        elif policy == "raise":
-            outcome = "otel-jobs refused it"
-        else:
-            outcome = "it can hang forever"
         more = f" ({skipped} more such calls from there in the last minute)" if skipped else ""
         logger.warning(
             "otel-jobs: %s %s via %s has no %s timeout, from %s: %s%s. Fix: %s",
-            method, host, library, parts, site, outcome, more, self.hint,
+            method, host, library, "/".join(missing), site, self._outcome(missing), more,
+            self.hint,
         )  # fmt: skip
 
-
-def fill(value: float | None, default: float) -> float:
-    """``value`` when the caller set it, else the enforced default."""
-    return default if value is None else value
-
-
-#: True while a sync HTTP call is being checked: a library that calls another one underneath
-#: (requests over urllib3, urllib3 retrying, urllib following a redirect) is checked once.
-nested: contextvars.ContextVar[bool] = contextvars.ContextVar("otel_jobs_outbound", default=False)
-
-
-# --- the wrappers --------------------------------------------------------------------------
-
-Args = tuple[Any, ...]
-Kwargs = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class CallCheck:
-    """How an adapter reads one library call, for :func:`wrap_sync` / :func:`wrap_async`.
-
-    Each function gets the wrapped call's ``args`` (``self`` first) and ``kwargs``:
-
-    * ``timeout(args, kwargs)``: the call's effective timeout and its missing parts (``()``
-      when nothing is missing); called on every call, so it must be cheap.
-    * ``describe(args, kwargs)``: ``(method, host)``, or None for a call that makes no network
-      call (never flagged); called only for a flagged call or one made inside a run.
-    * ``enforce(args, kwargs, timeout, default)``: the ``args`` and ``kwargs`` to call with
-      under ``enforce``, ``default`` on the missing parts only.
-    """
-
-    timeout: Callable[[Args, Kwargs], tuple[Any, tuple[str, ...]]]
-    describe: Callable[[Args, Kwargs], tuple[str, str] | None]
-    enforce: Callable[[Args, Kwargs, Any, float], tuple[Args, Kwargs]]
-
-
-def _begin(
-    checker: Checker,
-    check: CallCheck,
-    run: Run | None,
-    args: Args,
-    kwargs: Kwargs,
-    frame: FrameType,
-    lazy_site: bool,
-) -> tuple[bool, InFlightCall | None, Args, Kwargs]:
-    """Check one call: whether it is checked, its in-flight entry, the arguments to call with."""
-    checked = False
-    call = None
-    try:
-        timeout, missing = check.timeout(args, kwargs)
-        if missing or run is not None:
-            described = check.describe(args, kwargs)
-            if described is not None:
-                method, host = described
-                call = checker.begin(run, method, host, missing, frame, lazy_site=lazy_site)
-                checked = True  # from here on, checker.end must follow the call
-                if missing and checker.enforce:
-                    args, kwargs = check.enforce(args, kwargs, timeout, checker.default_timeout)
-    except MissingTimeoutError:
-        raise
-    except Exception as exc:  # otel-jobs' own fault: the call goes on as it was made
-        errors.record(f"outbound.{checker.library}", exc)
-    return checked, call, args, kwargs
-
-
-def wrap_sync(
-    checker: Checker, check: CallCheck, original: Callable[..., Any]
-) -> Callable[..., Any]:
-    """``original`` checked by ``checker`` (see :class:`CallCheck`); a call made underneath
-    another checked sync call (requests over urllib3, a retry, a redirect) is not checked again,
-    and neither is a call made while OpenTelemetry suppresses instrumentation (an exporter's own).
-
-    >>> patches.wrap(HTTPAdapter, "send", lambda original: wrap_sync(checker, CHECK, original))
-    """
-
-    def checked_call(*args: Any, **kwargs: Any) -> Any:
-        if nested.get() or not is_instrumentation_enabled():
-            return original(*args, **kwargs)
-        run = current_run()
-        token = nested.set(True)
-        try:
-            checked, call, args, kwargs = _begin(
-                checker, check, run, args, kwargs, sys._getframe(), lazy_site=True
-            )
-            if not checked:
-                return original(*args, **kwargs)
-            try:
-                return original(*args, **kwargs)
-            finally:
-                checker.end(run, call)
-        finally:
-            nested.reset(token)
-
-    return checked_call
-
-
-def wrap_async(
-    checker: Checker, check: CallCheck, original: Callable[..., Any]
-) -> Callable[..., Any]:
-    """The coroutine ``original`` checked by ``checker`` (see :class:`CallCheck`).
-
-    >>> patches.wrap(ClientSession, "_request", lambda original: wrap_async(checker, CHECK, original))
-    """
-
-    async def checked_call(*args: Any, **kwargs: Any) -> Any:
-        if not is_instrumentation_enabled():
-            return await original(*args, **kwargs)
-        run = current_run()
-        # A suspended coroutine's frame has no f_back: the call site is found now.
-        checked, call, args, kwargs = _begin(
-            checker, check, run, args, kwargs, sys._getframe(), lazy_site=False
+    def _outcome(self, missing: tuple[str, ...]) -> str:
+        """What the policy does to a call missing these parts, for the log."""
+        if self.policy == "raise":
+            return "otel-jobs refused it"
+        if self.policy != "enforce":
+            return "it can hang forever"
+        kept = [part for part in missing if part in self.never_enforced]
+        if not kept:
+            return f"otel-jobs applied {self.default_timeout:g} s to the missing parts"
+        applied = [part for part in missing if part not in self.never_enforced]
+        left = f"otel-jobs does not choose a {'/'.join(kept)} timeout"
+        if not applied:
+            return left
+        return (
+            f"otel-jobs applied {self.default_timeout:g} s to the {'/'.join(applied)} part; {left}"
         )
-        if not checked:
-            return await original(*args, **kwargs)
-        try:
-            return await original(*args, **kwargs)
-        finally:
-            checker.end(run, call)
-
-    return checked_call
-
-
-def argument(args: Args, kwargs: Kwargs, index: int, name: str, default: Any) -> Any:
-    """The argument at ``args[index]`` or ``kwargs[name]`` (``default`` when not passed)."""
-    return args[index] if len(args) > index else kwargs.get(name, default)
-
-
-def with_argument(
-    args: Args, kwargs: Kwargs, index: int, name: str, value: Any
-) -> tuple[Args, Kwargs]:
-    """``args`` and ``kwargs`` with the argument at ``args[index]`` or ``kwargs[name]`` set."""
-    if len(args) > index:
-        return (*args[:index], value, *args[index + 1 :]), kwargs
-    return args, {**kwargs, name: value}
-
-
-class MethodAdapter:
-    """An adapter that checks the calls of one method of its library: its ``target()``.
-
-    A subclass gives its library's ``name``, its ``hint`` (how to fix a call), its
-    :class:`CallCheck` and ``target()`` (the class and the method's name, imported only at
-    install time); ``is_async`` for a coroutine method.
-    """
-
-    name: str
-    hint: str
-    check: CallCheck
-    is_async = False
-
-    def __init__(self, agent: Agent) -> None:
-        self.checker = Checker(agent, self.name, self.hint)
-        self.patches = Patches()
-
-    def target(self) -> tuple[type, str]:
-        raise NotImplementedError
-
-    def install(self) -> None:
-        owner, method = self.target()
-        wrap = wrap_async if self.is_async else wrap_sync
-        self.patches.wrap(owner, method, lambda original: wrap(self.checker, self.check, original))
-
-    def uninstall(self) -> None:
-        self.patches.undo()

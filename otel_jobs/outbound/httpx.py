@@ -24,18 +24,21 @@ reaches from inside the instrumentation's span: it sees the very timeout extensi
 instrumentation's request hooks see, whoever instrumented first, and leaves your hooks alone.
 Caveat: a call is in its run's ``calls`` until the response headers arrive; reading a
 streamed body afterwards is not tracked.
+
+Only public names of opentelemetry-instrumentation-httpx are used: the hand-over wraps
+``HTTPXClientInstrumentor.instrument`` / ``instrument_client`` and the ``__init__`` of
+``SyncOpenTelemetryTransport`` / ``AsyncOpenTelemetryTransport``, the three ways to instrument
+httpx (``tests/outbound/test_internals.py`` checks that they still are).
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..core import errors
-from ..core.patching import Patches
-from ..core.run import current_run
-from .base import Checker, InFlightCall, MissingTimeoutError, format_host
+from .adapter import CallCheck, MethodAdapter, Target
+from .base import Args, Kwargs, Missing, format_host
 
 if TYPE_CHECKING:
     from ..core.agent import Agent
@@ -47,16 +50,18 @@ HINT = (
 _PARTS = ("connect", "read", "write", "pool")
 
 
-def _missing(request: Any) -> tuple[str, ...]:
+def _timeout(args: Args, kwargs: Kwargs) -> tuple[Any, Missing]:
+    """The pool's ``handle_request(request)``: the request and its timeout's missing parts."""
+    request = args[1]
     timeout = request.extensions.get("timeout")
     if not timeout:
-        return _PARTS  # no extension: httpcore waits forever
+        return request, _PARTS  # no extension: httpcore waits forever
     if None not in timeout.values():
-        return ()
-    return tuple(part for part in _PARTS if timeout.get(part) is None)
+        return request, ()
+    return request, tuple(part for part in _PARTS if timeout.get(part) is None)
 
 
-def _describe(request: Any) -> tuple[str, str]:
+def _describe(args: Args, kwargs: Kwargs, request: Any) -> tuple[str, str]:
     url = request.url
     method = request.method
     return (
@@ -65,13 +70,18 @@ def _describe(request: Any) -> tuple[str, str]:
     )
 
 
-def _enforce(request: Any, default: float) -> None:
+def _enforce(
+    args: Args, kwargs: Kwargs, request: Any, missing: Missing, default: float
+) -> tuple[Args, Kwargs]:
     timeout = dict(request.extensions.get("timeout") or {})
     for part in _PARTS:
         if timeout.get(part) is None:
             timeout[part] = default
     request.extensions["timeout"] = timeout
+    return args, kwargs
 
+
+CHECK = CallCheck(_timeout, _describe, _enforce)
 
 _URL_KEYS = ("url.full", "http.url")
 
@@ -107,77 +117,25 @@ async def _ascrub_url(span: Any, request: Any) -> None:
     _scrub_url(span, request)
 
 
-class Adapter:
+class Adapter(MethodAdapter):
     """Checks every httpx request in httpcore's pools; instruments httpx spans if nobody did."""
 
-    name = LIBRARY
+    name, hint = LIBRARY, HINT
 
     def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-        self.checker = Checker(agent, LIBRARY, HINT)
-        self.patches = Patches()
+        super().__init__(agent)
         self.owns_spans = False  # otel-jobs called HTTPXClientInstrumentor().instrument()
 
-    def install(self) -> None:
+    def targets(self) -> list[Target]:
         import httpcore
 
-        checker = self.checker
+        return [
+            Target(httpcore.ConnectionPool, "handle_request", CHECK),
+            Target(httpcore.AsyncConnectionPool, "handle_async_request", CHECK, is_async=True),
+        ]
 
-        def wrap_sync(original: Callable[..., Any]) -> Callable[..., Any]:
-            def handle_request(pool: Any, request: Any) -> Any:
-                run = current_run()
-                checked = False
-                try:
-                    missing = _missing(request)
-                    if missing or run is not None:
-                        method, host = _describe(request)
-                        call = checker.begin(run, method, host, missing, sys._getframe())
-                        checked = True
-                        if missing and checker.enforce:
-                            _enforce(request, checker.default_timeout)
-                except MissingTimeoutError:
-                    raise
-                except Exception as exc:
-                    errors.record("outbound.httpx", exc)
-                if not checked:
-                    return original(pool, request)
-                try:
-                    return original(pool, request)
-                finally:
-                    checker.end(run, call)
-
-            return handle_request
-
-        def wrap_async(original: Callable[..., Any]) -> Callable[..., Any]:
-            async def handle_async_request(pool: Any, request: Any) -> Any:
-                run = current_run()
-                checked = False
-                call: InFlightCall | None
-                try:
-                    missing = _missing(request)
-                    if missing or run is not None:
-                        method, host = _describe(request)
-                        call = checker.begin(
-                            run, method, host, missing, sys._getframe(), lazy_site=False
-                        )
-                        checked = True
-                        if missing and checker.enforce:
-                            _enforce(request, checker.default_timeout)
-                except MissingTimeoutError:
-                    raise
-                except Exception as exc:
-                    errors.record("outbound.httpx", exc)
-                if not checked:
-                    return await original(pool, request)
-                try:
-                    return await original(pool, request)
-                finally:
-                    checker.end(run, call)
-
-            return handle_async_request
-
-        self.patches.wrap(httpcore.ConnectionPool, "handle_request", wrap_sync)
-        self.patches.wrap(httpcore.AsyncConnectionPool, "handle_async_request", wrap_async)
+    def install(self) -> None:
+        super().install()
         with errors.guard("outbound.httpx"):
             self._install_spans()
 
@@ -205,31 +163,21 @@ class Adapter:
 
         adapter = self
 
-        def hand_over(original: Callable[..., Any]) -> Callable[..., Any]:
+        def make_way(original: Callable[..., Any]) -> Callable[..., Any]:
             # Whatever the user instruments replaces otel-jobs' own spans (never two per call).
             def before_user_instrumentation(*args: Any, **kwargs: Any) -> Any:
-                adapter._release_spans()
+                adapter._remove_own_spans()
                 return original(*args, **kwargs)
 
             return before_user_instrumentation
 
-        def hand_over_classmethod(original: Any) -> Any:
-            function = original.__func__  # the bound classmethod's function
+        instrumentor_class = contrib.HTTPXClientInstrumentor
+        self.patches.wrap(instrumentor_class, "instrument", make_way)
+        self.patches.wrap(instrumentor_class, "instrument_client", make_way)  # stays a classmethod
+        self.patches.wrap(contrib.SyncOpenTelemetryTransport, "__init__", make_way)
+        self.patches.wrap(contrib.AsyncOpenTelemetryTransport, "__init__", make_way)
 
-            def before_user_instrumentation(cls: Any, *args: Any, **kwargs: Any) -> Any:
-                adapter._release_spans()
-                return function(cls, *args, **kwargs)
-
-            before_user_instrumentation.__otel_jobs_wrapped__ = True  # type: ignore[attr-defined]
-            return classmethod(before_user_instrumentation)
-
-        base = contrib._BaseHTTPXClientInstrumentor
-        self.patches.wrap(base, "instrument", hand_over)
-        self.patches.wrap(base, "instrument_client", hand_over_classmethod)
-        self.patches.wrap(contrib._SyncOpenTelemetryTransportBase, "__init__", hand_over)
-        self.patches.wrap(contrib._AsyncOpenTelemetryTransportBase, "__init__", hand_over)
-
-    def _release_spans(self) -> None:
+    def _remove_own_spans(self) -> None:
         if not self.owns_spans:
             return
         self.owns_spans = False
@@ -241,5 +189,5 @@ class Adapter:
                 instrumentor.uninstrument()
 
     def uninstall(self) -> None:
-        self.patches.undo()
-        self._release_spans()
+        super().uninstall()
+        self._remove_own_spans()

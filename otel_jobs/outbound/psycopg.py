@@ -35,15 +35,13 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..core import errors
-from ..core.patching import Patches
-from ..core.run import current_run
-from .base import Checker, InFlightCall, MissingTimeoutError, format_host
+from .adapter import CallCheck, MethodAdapter, Target, argument
+from .base import Args, Kwargs, Missing, format_host
 
 if TYPE_CHECKING:
     from ..core.agent import Agent
@@ -53,11 +51,25 @@ HINT = "connect with connect_timeout=... and options='-c statement_timeout=...' 
 _STATEMENT = ("statement",)
 _SHOW = "SHOW statement_timeout"
 
+# What a connection's session is known to miss, and its host: (missing, host).
+Session = tuple[Missing, str]
 
-def _connect_missing(conninfo: str, kwargs: dict[str, Any]) -> tuple[str, ...]:
+
+# --- connect -----------------------------------------------------------------------------
+
+
+def _connect_params(args: Args, kwargs: Kwargs) -> dict[str, Any]:
+    """The connection parameters of ``connect(conninfo="", **kwargs)``."""
     from psycopg.conninfo import conninfo_to_dict
 
-    params = conninfo_to_dict(conninfo, **kwargs)
+    conninfo = argument(args, kwargs, 1, "conninfo", "")
+    if "conninfo" in kwargs:
+        kwargs = {k: v for k, v in kwargs.items() if k != "conninfo"}
+    return conninfo_to_dict(conninfo, **kwargs)
+
+
+def _connect_timeout(args: Args, kwargs: Kwargs) -> tuple[Any, Missing]:
+    params = _connect_params(args, kwargs)
     value = params.get("connect_timeout")
     if value is None:
         value = os.environ.get("PGCONNECT_TIMEOUT")
@@ -65,18 +77,24 @@ def _connect_missing(conninfo: str, kwargs: dict[str, Any]) -> tuple[str, ...]:
         seconds = float(value) if value is not None else 0.0
     except ValueError:
         seconds = 0.0
-    return () if seconds > 0 else ("connect",)
+    return params, () if seconds > 0 else ("connect",)
 
 
-def _connect_host(conninfo: str, kwargs: dict[str, Any]) -> str:
-    from psycopg.conninfo import conninfo_to_dict
-
-    params = conninfo_to_dict(conninfo, **kwargs)
+def _connect_describe(args: Args, kwargs: Kwargs, params: dict[str, Any]) -> tuple[str, str]:
     host = str(params.get("host") or os.environ.get("PGHOST") or "localhost").split(",")[0]
     port = str(params.get("port") or os.environ.get("PGPORT") or "5432").split(",")[0]
     if host.startswith("/"):
-        return f"unix:{host}"
-    return format_host(host, int(port) if port.isdigit() else None)
+        return "CONNECT", f"unix:{host}"
+    return "CONNECT", format_host(host, int(port) if port.isdigit() else None)
+
+
+def _connect_enforce(
+    args: Args, kwargs: Kwargs, params: Any, missing: Missing, default: float
+) -> tuple[Args, Kwargs]:
+    return args, {**kwargs, "connect_timeout": max(2, math.ceil(default))}  # libpq's minimum: 2
+
+
+# --- statements --------------------------------------------------------------------------
 
 
 def _conn_host(conn: Any) -> str:
@@ -105,235 +123,158 @@ def _mentions_timeout(query: Any) -> bool:
     return False
 
 
-class Adapter:
+def _statement_describe(args: Args, kwargs: Kwargs, found: Any) -> tuple[str, str]:
+    session, conn = found
+    host = session[1] if session is not None else _conn_host(conn)
+    return _verb(argument(args, kwargs, 1, "query", None)), host
+
+
+def _can_probe(conn: Any) -> bool:
+    from psycopg import pq
+
+    info = conn.info
+    return (
+        not conn.closed
+        and info.transaction_status == pq.TransactionStatus.IDLE
+        and info.pipeline_status == pq.PipelineStatus.OFF
+    )
+
+
+class Adapter(MethodAdapter):
     """Checks connects and cursor statements, sync and async (see the module docstring)."""
 
-    name = LIBRARY
+    name, hint = LIBRARY, HINT
 
     def __init__(self, agent: Agent) -> None:
-        self.checker = Checker(agent, LIBRARY, HINT)
-        self.patches = Patches()
-        # connection -> (missing parts of its statements, host); absent: not probed yet
-        self.sessions: weakref.WeakKeyDictionary[Any, tuple[tuple[str, ...], str]] = (
-            weakref.WeakKeyDictionary()
-        )
+        super().__init__(agent)
+        # connection -> its Session; absent: not probed yet
+        self.sessions: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()
         self._execute: Callable[..., Any] | None = None  # the original Cursor.execute
         self._aexecute: Callable[..., Any] | None = None  # the original AsyncCursor.execute
 
     # --- the session's statement_timeout ------------------------------------------------
 
-    def _probe_sql(self) -> tuple[str, int]:
-        return _SHOW, max(1, math.ceil(self.checker.default_timeout * 1000))
+    def _set_statement_timeout(self) -> str | None:
+        """The SET that ``enforce`` runs on a session without a statement_timeout."""
+        if not self.checker.applies_default_timeout:
+            return None
+        return f"SET statement_timeout = {max(1, math.ceil(self.checker.default_timeout * 1000))}"
 
-    def _can_probe(self, conn: Any) -> bool:
-        from psycopg import pq
+    def _remember(self, conn: Any, row: Any) -> Session:
+        missing = _STATEMENT if row is not None and row[0] == "0" else ()
+        session = self.sessions[conn] = (missing, _conn_host(conn))
+        return session
 
-        info = conn.info
-        return (
-            not conn.closed
-            and info.transaction_status == pq.TransactionStatus.IDLE
-            and info.pipeline_status == pq.PipelineStatus.OFF
-        )
-
-    def _probe(self, conn: Any) -> tuple[tuple[str, ...], str] | None:
+    def _probe(self, conn: Any) -> None:
         """``SHOW statement_timeout`` outside any transaction (enforce: ``SET`` it too)."""
         from psycopg.rows import tuple_row
 
-        if self._execute is None or not self._can_probe(conn):
-            return None
-        show, ms = self._probe_sql()
+        if self._execute is None or not _can_probe(conn):
+            return
         autocommit = conn.autocommit
         if not autocommit:
             conn.autocommit = True  # no transaction opened by otel-jobs; SET is session-wide
         try:
             with conn.cursor(row_factory=tuple_row) as cur:
-                self._execute(cur, show)
-                row = cur.fetchone()
-                missing = _STATEMENT if row is not None and row[0] == "0" else ()
-                if missing and self.checker.enforce:
-                    self._execute(cur, f"SET statement_timeout = {ms}")
+                self._execute(cur, _SHOW)
+                missing, _ = self._remember(conn, cur.fetchone())
+                setting = self._set_statement_timeout()
+                if missing and setting:
+                    self._execute(cur, setting)
         finally:
             if not autocommit:
                 conn.autocommit = False
-        state = (missing, _conn_host(conn))
-        self.sessions[conn] = state
-        return state
 
-    async def _aprobe(self, conn: Any) -> tuple[tuple[str, ...], str] | None:
+    async def _aprobe(self, conn: Any) -> None:
         from psycopg.rows import tuple_row
 
-        if self._aexecute is None or not self._can_probe(conn):
-            return None
-        show, ms = self._probe_sql()
+        if self._aexecute is None or not _can_probe(conn):
+            return
         autocommit = conn.autocommit
         if not autocommit:
             await conn.set_autocommit(True)
         try:
             async with conn.cursor(row_factory=tuple_row) as cur:
-                await self._aexecute(cur, show)
+                await self._aexecute(cur, _SHOW)
                 row = await cur.fetchone()
-                missing = _STATEMENT if row is not None and row[0] == "0" else ()
-                if missing and self.checker.enforce:
-                    await self._aexecute(cur, f"SET statement_timeout = {ms}")
+                setting = self._set_statement_timeout()
+                if self._remember(conn, row)[0] and setting:
+                    await self._aexecute(cur, setting)
         finally:
             if not autocommit:
                 await conn.set_autocommit(False)
-        state = (missing, _conn_host(conn))
-        self.sessions[conn] = state
-        return state
+
+    # --- hooks of the checks ------------------------------------------------------------------
+
+    def _probe_new(self, args: Args, kwargs: Kwargs, conn: Any, enforced: Missing) -> Any:
+        with errors.guard("outbound.psycopg"):
+            self._probe(conn)
+        return conn
+
+    async def _aprobe_new(self, args: Args, kwargs: Kwargs, conn: Any, enforced: Missing) -> Any:
+        with errors.guard("outbound.psycopg"):
+            await self._aprobe(conn)
+        return conn
+
+    def _probe_unknown(self, args: Args, kwargs: Kwargs) -> None:
+        conn = args[0].connection
+        if conn not in self.sessions:
+            with errors.guard("outbound.psycopg"):
+                self._probe(conn)
+
+    async def _aprobe_unknown(self, args: Args, kwargs: Kwargs) -> None:
+        conn = args[0].connection
+        if conn not in self.sessions:
+            with errors.guard("outbound.psycopg"):
+                await self._aprobe(conn)
+
+    def _statement_timeout(self, args: Args, kwargs: Kwargs) -> tuple[Any, Missing]:
+        conn = args[0].connection
+        session = self.sessions.get(conn)
+        if _mentions_timeout(argument(args, kwargs, 1, "query", None)):
+            self.sessions.pop(conn, None)  # probe again at the next statement
+        return (session, conn), session[0] if session is not None else ()
 
     # --- patches ------------------------------------------------------------------------------
 
-    def install(self) -> None:
+    def targets(self) -> list[Target]:
         import psycopg
-        from psycopg._server_cursor import ServerCursor
-        from psycopg._server_cursor_async import AsyncServerCursor
-
-        checker = self.checker
-        adapter = self
-        sessions = self.sessions
-
-        def wrap_connect(original: Any) -> Any:
-            function = original.__func__
-
-            def connect(cls: Any, conninfo: str = "", **kwargs: Any) -> Any:
-                run = current_run()
-                call = None
-                try:
-                    missing = _connect_missing(conninfo, kwargs)
-                    if missing or run is not None:
-                        host = _connect_host(conninfo, kwargs)
-                        call = checker.begin(run, "CONNECT", host, missing, sys._getframe())
-                        if missing and checker.enforce:
-                            kwargs["connect_timeout"] = max(2, math.ceil(checker.default_timeout))
-                except MissingTimeoutError:
-                    raise
-                except Exception as exc:
-                    errors.record("outbound.psycopg", exc)
-                try:
-                    conn = function(cls, conninfo, **kwargs)
-                finally:
-                    checker.end(run, call)
-                with errors.guard("outbound.psycopg"):
-                    adapter._probe(conn)
-                return conn
-
-            connect.__otel_jobs_wrapped__ = True  # type: ignore[attr-defined]
-            return classmethod(connect)
-
-        def wrap_aconnect(original: Any) -> Any:
-            function = original.__func__
-
-            async def connect(cls: Any, conninfo: str = "", **kwargs: Any) -> Any:
-                run = current_run()
-                call = None
-                try:
-                    missing = _connect_missing(conninfo, kwargs)
-                    if missing or run is not None:
-                        host = _connect_host(conninfo, kwargs)
-                        call = checker.begin(
-                            run, "CONNECT", host, missing, sys._getframe(), lazy_site=False
-                        )
-                        if missing and checker.enforce:
-                            kwargs["connect_timeout"] = max(2, math.ceil(checker.default_timeout))
-                except MissingTimeoutError:
-                    raise
-                except Exception as exc:
-                    errors.record("outbound.psycopg", exc)
-                try:
-                    conn = await function(cls, conninfo, **kwargs)
-                finally:
-                    checker.end(run, call)
-                with errors.guard("outbound.psycopg"):
-                    await adapter._aprobe(conn)
-                return conn
-
-            connect.__otel_jobs_wrapped__ = True  # type: ignore[attr-defined]
-            return classmethod(connect)
-
-        def wrap_execute(original: Callable[..., Any]) -> Callable[..., Any]:
-            def execute(cur: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-                run = current_run()
-                checked = False
-                conn = cur._conn
-                call: InFlightCall | None
-                try:
-                    state = sessions.get(conn)
-                    if state is None:
-                        state = adapter._probe(conn)
-                    missing = state[0] if state is not None else ()
-                    if _mentions_timeout(query):
-                        sessions.pop(conn, None)  # probe again at the next statement
-                    if missing or run is not None:
-                        host = state[1] if state is not None else _conn_host(conn)
-                        call = checker.begin(run, _verb(query), host, missing, sys._getframe())
-                        checked = True
-                except MissingTimeoutError:
-                    raise
-                except Exception as exc:
-                    errors.record("outbound.psycopg", exc)
-                if not checked:
-                    return original(cur, query, *args, **kwargs)
-                try:
-                    return original(cur, query, *args, **kwargs)
-                finally:
-                    checker.end(run, call)
-
-            return execute
-
-        def wrap_aexecute(original: Callable[..., Any]) -> Callable[..., Any]:
-            async def execute(cur: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-                run = current_run()
-                checked = False
-                conn = cur._conn
-                call: InFlightCall | None
-                try:
-                    state = sessions.get(conn)
-                    if state is None:
-                        state = await adapter._aprobe(conn)
-                    missing = state[0] if state is not None else ()
-                    if _mentions_timeout(query):
-                        sessions.pop(conn, None)
-                    if missing or run is not None:
-                        host = state[1] if state is not None else _conn_host(conn)
-                        call = checker.begin(
-                            run, _verb(query), host, missing, sys._getframe(), lazy_site=False
-                        )
-                        checked = True
-                except MissingTimeoutError:
-                    raise
-                except Exception as exc:
-                    errors.record("outbound.psycopg", exc)
-                if not checked:
-                    return await original(cur, query, *args, **kwargs)
-                try:
-                    return await original(cur, query, *args, **kwargs)
-                finally:
-                    checker.end(run, call)
-
-            return execute
 
         self._execute = psycopg.Cursor.execute
         self._aexecute = psycopg.AsyncCursor.execute
-        wrap = self.patches.wrap
-        wrap(psycopg.Connection, "connect", wrap_connect)
-        wrap(psycopg.AsyncConnection, "connect", wrap_aconnect)
+        read = (_connect_timeout, _connect_describe, _connect_enforce)
+        connect = CallCheck(*read, after=self._probe_new)
+        aconnect = CallCheck(*read, after=self._aprobe_new)
+        read_statement = (self._statement_timeout, _statement_describe)
+        statement = CallCheck(*read_statement, before=self._probe_unknown)
+        astatement = CallCheck(*read_statement, before=self._aprobe_unknown)
+        targets = [
+            Target(psycopg.Connection, "connect", connect),
+            Target(psycopg.AsyncConnection, "connect", aconnect, is_async=True),
+        ]
+        for cls in (psycopg.Cursor, psycopg.ServerCursor):
+            targets += [Target(cls, "execute", statement), Target(cls, "executemany", statement)]
+        for acls in (psycopg.AsyncCursor, psycopg.AsyncServerCursor):
+            targets += [
+                Target(acls, "execute", astatement, is_async=True),
+                Target(acls, "executemany", astatement, is_async=True),
+            ]
+        return targets
+
+    def install(self) -> None:
+        import psycopg
+
+        super().install()
 
         # psycopg.connect is Connection.connect bound at import: rebind it to the patched one.
-        def wrap_module_connect(original: Callable[..., Any]) -> Callable[..., Any]:
+        def call_the_patched_connect(original: Callable[..., Any]) -> Callable[..., Any]:
             def connect(conninfo: str = "", **kwargs: Any) -> Any:
                 return psycopg.Connection.connect(conninfo, **kwargs)
 
             return connect
 
-        wrap(psycopg, "connect", wrap_module_connect)
-        for cls in (psycopg.Cursor, ServerCursor):
-            wrap(cls, "execute", wrap_execute)
-            wrap(cls, "executemany", wrap_execute)
-        for acls in (psycopg.AsyncCursor, AsyncServerCursor):
-            wrap(acls, "execute", wrap_aexecute)
-            wrap(acls, "executemany", wrap_aexecute)
+        self.patches.wrap(psycopg, "connect", call_the_patched_connect)
 
     def uninstall(self) -> None:
-        self.patches.undo()
+        super().uninstall()
         self.sessions.clear()

@@ -19,23 +19,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import (
-    Args,
-    CallCheck,
-    Kwargs,
-    MethodAdapter,
-    argument,
-    host_of,
-    with_argument,
-)
-from .urllib3 import enforced, timeout_missing
+from .adapter import CallCheck, MethodAdapter, Target, argument, replace_argument
+from .base import Args, Kwargs, Missing, host_of
+from .urllib3 import missing_parts, with_defaults
 
 LIBRARY = "requests"
 HINT = "pass timeout=(connect, read) to every call, e.g. requests.get(url, timeout=(3.05, 30))"
 _TIMEOUT_AT = 3  # HTTPAdapter.send(self, request, stream, timeout, ...)
 
 
-def _timeout(args: Args, kwargs: Kwargs) -> tuple[Any, tuple[str, ...]]:
+def _timeout(args: Args, kwargs: Kwargs) -> tuple[Any, Missing]:
     from urllib3.util.timeout import Timeout
 
     raw = argument(args, kwargs, _TIMEOUT_AT, "timeout", None)
@@ -47,27 +40,30 @@ def _timeout(args: Args, kwargs: Kwargs) -> tuple[Any, tuple[str, ...]]:
         timeout = raw
     else:
         timeout = Timeout(connect=raw, read=raw)
-    return timeout, timeout_missing(timeout)
+    return timeout, missing_parts(timeout)
 
 
-def _describe(args: Args, kwargs: Kwargs) -> tuple[str, str]:
+def _describe(args: Args, kwargs: Kwargs, timeout: Any) -> tuple[str, str]:
     request = argument(args, kwargs, 1, "request", None)
     return str(request.method), host_of(request.url)
 
 
-def _enforce(args: Args, kwargs: Kwargs, timeout: Any, default: float) -> tuple[Args, Kwargs]:
-    new = (default, default) if timeout is None else enforced(timeout, default)
-    return with_argument(args, kwargs, _TIMEOUT_AT, "timeout", new)
+def _enforce(
+    args: Args, kwargs: Kwargs, timeout: Any, missing: Missing, default: float
+) -> tuple[Args, Kwargs]:
+    new = (default, default) if timeout is None else with_defaults(timeout, default)
+    return replace_argument(args, kwargs, _TIMEOUT_AT, "timeout", new)
+
+
+CHECK = CallCheck(_timeout, _describe, _enforce, outermost_only=True)
 
 
 class Adapter(MethodAdapter):
     """Checks ``HTTPAdapter.send`` (see the module docstring)."""
 
-    name = LIBRARY
-    hint = HINT
-    check = CallCheck(_timeout, _describe, _enforce)
+    name, hint = LIBRARY, HINT
 
-    def target(self) -> tuple[type, str]:
+    def targets(self) -> list[Target]:
         from requests.adapters import HTTPAdapter
 
-        return HTTPAdapter, "send"
+        return [Target(HTTPAdapter, "send", CHECK)]

@@ -19,32 +19,26 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from .base import (
-    Args,
-    CallCheck,
-    Kwargs,
-    MethodAdapter,
-    argument,
-    host_of,
-    with_argument,
-)
+from . import _internals
+from .adapter import CallCheck, MethodAdapter, Target, argument, replace_argument
+from .base import Args, Kwargs, Missing, host_of
 
 LIBRARY = "urllib"
 HINT = "pass timeout= to urlopen() / opener.open(), or call socket.setdefaulttimeout() at start-up"
 _LOCAL_SCHEMES = ("file", "data")
 _MISSING = ("connect", "read")
 _TIMEOUT_AT = 3  # OpenerDirector.open(self, fullurl, data, timeout)
-_UNSET = socket._GLOBAL_DEFAULT_TIMEOUT  # type: ignore[attr-defined]
+_UNSET = _internals.URLLIB_UNSET
 
 
-def _timeout(args: Args, kwargs: Kwargs) -> tuple[Any, tuple[str, ...]]:
+def _timeout(args: Args, kwargs: Kwargs) -> tuple[Any, Missing]:
     timeout = argument(args, kwargs, _TIMEOUT_AT, "timeout", _UNSET)
     if timeout is _UNSET:
         timeout = socket.getdefaulttimeout()
     return timeout, _MISSING if timeout is None else ()
 
 
-def _describe(args: Args, kwargs: Kwargs) -> tuple[str, str] | None:
+def _describe(args: Args, kwargs: Kwargs, timeout: Any) -> tuple[str, str] | None:
     """The method and host of ``open(fullurl, data=None, ...)``; None for a local URL."""
     fullurl = argument(args, kwargs, 1, "fullurl", None)
     if isinstance(fullurl, str):
@@ -57,18 +51,19 @@ def _describe(args: Args, kwargs: Kwargs) -> tuple[str, str] | None:
     return method, host_of(url)
 
 
-def _enforce(args: Args, kwargs: Kwargs, timeout: Any, default: float) -> tuple[Args, Kwargs]:
-    return with_argument(args, kwargs, _TIMEOUT_AT, "timeout", default)
+def _enforce(
+    args: Args, kwargs: Kwargs, timeout: Any, missing: Missing, default: float
+) -> tuple[Args, Kwargs]:
+    return replace_argument(args, kwargs, _TIMEOUT_AT, "timeout", default)
 
 
 class Adapter(MethodAdapter):
     """Checks ``OpenerDirector.open`` (see the module docstring)."""
 
-    name = LIBRARY
-    hint = HINT
-    check = CallCheck(_timeout, _describe, _enforce)
+    name, hint = LIBRARY, HINT
 
-    def target(self) -> tuple[type, str]:
+    def targets(self) -> list[Target]:
         import urllib.request
 
-        return urllib.request.OpenerDirector, "open"
+        check = CallCheck(_timeout, _describe, _enforce, outermost_only=True)
+        return [Target(urllib.request.OpenerDirector, "open", check)]

@@ -20,16 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import (
-    Args,
-    CallCheck,
-    Kwargs,
-    MethodAdapter,
-    argument,
-    fill,
-    format_host,
-    with_argument,
-)
+from .adapter import CallCheck, MethodAdapter, Target, argument, replace_argument, value_or_default
+from .base import Args, Kwargs, Missing, format_host
 
 LIBRARY = "urllib3"
 HINT = "pass timeout=urllib3.Timeout(connect=..., read=...) to the call or to the PoolManager"
@@ -38,7 +30,7 @@ HINT = "pass timeout=urllib3.Timeout(connect=..., read=...) to the call or to th
 _TIMEOUT_AT = 8
 
 
-def timeout_missing(timeout: Any) -> tuple[str, ...]:
+def missing_parts(timeout: Any) -> Missing:
     """The parts of a ``urllib3.Timeout`` that resolve to no timeout at all."""
     from urllib3.util.timeout import Timeout
 
@@ -52,46 +44,52 @@ def timeout_missing(timeout: Any) -> tuple[str, ...]:
     return missing + ("read",) if read is None else missing
 
 
-def enforced(timeout: Any, default: float) -> Any:
+def with_defaults(timeout: Any, default: float) -> Any:
     """``timeout`` with its unset parts set to ``default``."""
     from urllib3.util.timeout import Timeout
 
     connect = Timeout.resolve_default_timeout(timeout.connect_timeout)
-    read = timeout.read_timeout
-    return Timeout(connect=fill(connect, default), read=fill(read, default), total=timeout.total)
+    return Timeout(
+        connect=value_or_default(connect, default),
+        read=value_or_default(timeout.read_timeout, default),
+        total=timeout.total,
+    )
 
 
-def _timeout(args: Args, kwargs: Kwargs) -> tuple[Any, tuple[str, ...]]:
-    from urllib3.util.timeout import _DEFAULT_TIMEOUT, Timeout
+def _timeout(args: Args, kwargs: Kwargs) -> tuple[Any, Missing]:
+    from urllib3.util.timeout import Timeout
 
-    raw = argument(args, kwargs, _TIMEOUT_AT, "timeout", _DEFAULT_TIMEOUT)
-    if raw is _DEFAULT_TIMEOUT:
+    # Timeout.DEFAULT_TIMEOUT: urlopen's "not given" default (urllib3 2), the pool's then applies.
+    raw = argument(args, kwargs, _TIMEOUT_AT, "timeout", Timeout.DEFAULT_TIMEOUT)
+    if raw is Timeout.DEFAULT_TIMEOUT:
         timeout = args[0].timeout  # the pool's
     elif isinstance(raw, Timeout):
         timeout = raw
     else:
         timeout = Timeout.from_float(raw)
-    return timeout, timeout_missing(timeout)
+    return timeout, missing_parts(timeout)
 
 
-def _describe(args: Args, kwargs: Kwargs) -> tuple[str, str]:
+def _describe(args: Args, kwargs: Kwargs, timeout: Any) -> tuple[str, str]:
     pool = args[0]
     method = argument(args, kwargs, 1, "method", None)
     return str(method), format_host(pool.host, pool.port)
 
 
-def _enforce(args: Args, kwargs: Kwargs, timeout: Any, default: float) -> tuple[Args, Kwargs]:
-    return with_argument(args, kwargs, _TIMEOUT_AT, "timeout", enforced(timeout, default))
+def _enforce(
+    args: Args, kwargs: Kwargs, timeout: Any, missing: Missing, default: float
+) -> tuple[Args, Kwargs]:
+    new = with_defaults(timeout, default)
+    return replace_argument(args, kwargs, _TIMEOUT_AT, "timeout", new)
 
 
 class Adapter(MethodAdapter):
     """Checks ``HTTPConnectionPool.urlopen`` (see the module docstring)."""
 
-    name = LIBRARY
-    hint = HINT
-    check = CallCheck(_timeout, _describe, _enforce)
+    name, hint = LIBRARY, HINT
 
-    def target(self) -> tuple[type, str]:
+    def targets(self) -> list[Target]:
         from urllib3.connectionpool import HTTPConnectionPool
 
-        return HTTPConnectionPool, "urlopen"
+        check = CallCheck(_timeout, _describe, _enforce, outermost_only=True)
+        return [Target(HTTPConnectionPool, "urlopen", check)]
