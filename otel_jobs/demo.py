@@ -14,11 +14,17 @@ itself after ``--duration`` seconds and prints a summary.
 
 ``--no-live`` prints a table every 5 s (and the watchdog's WARNING records with their stacks)
 instead of redrawing one in place.
+
+Next to the worker, an in-process ``otel-jobs monitor`` (:mod:`otel_jobs.monitor`) watches the
+demo's queues from the outside and serves its own ``/metrics`` (``--monitor-port``, the port
+after ``--port`` by default): the worker pool's queue, drained, and ``exports``, where jobs are
+published and that no worker takes: its depth and the age of its oldest job only grow.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import os
 import queue as queue_mod
@@ -281,6 +287,12 @@ def _render(
             f"{run.name:<24} {run.queue:<12} {now - run.start_mono:5.1f}s {now - run.last_beat:5.1f}s "
             f"{progress:>8}  {verdict:<8} {state:<9} {where}".rstrip()
         )
+    if _backlog:
+        lines += [
+            "",
+            f"queue {BACKLOG_QUEUE!r}: {len(_backlog)} waiting, the oldest for "
+            f"{time.time() - _backlog[0]:.0f}s: no worker takes it (see the monitor's /metrics)",
+        ]
     if stall_log is not None and stall_log.verdicts:
         lines += ["", "watchdog verdicts (its WARNING log records):"]
         for v in stall_log.verdicts[-10:]:
@@ -322,12 +334,43 @@ def _summary() -> list[str]:
     return lines
 
 
+#: Jobs published on ``exports``, a queue no worker of the demo takes: their publish times.
+_backlog: collections.deque[float] = collections.deque()
+BACKLOG_QUEUE = "exports"
+
+
+def _start_monitor(jobs: queue_mod.Queue[Any], port: int) -> tuple[Any, Any, threading.Event]:
+    """The monitor of the demo's two queues, polled every second, and its endpoint."""
+    from .core.exposition import serve
+    from .monitor import Monitor
+    from .monitor.memory import MemoryCollector
+
+    def pool_queue() -> tuple[int, float | None]:
+        with jobs.mutex:  # the head of queue.Queue's own deque, read under its lock
+            head = jobs.queue[0] if jobs.queue else None
+            return len(jobs.queue), head[1] if isinstance(head, tuple) else None
+
+    def exports() -> tuple[int, float | None]:
+        return len(_backlog), _backlog[0] if _backlog else None
+
+    collector = MemoryCollector({"pool": pool_queue, BACKLOG_QUEUE: exports}, framework="demo")
+    monitor = Monitor([collector], interval=1.0, timeout=1.0)
+    try:
+        server = serve(monitor.registry, "127.0.0.1", port)
+    except OSError:
+        server = serve(monitor.registry, "127.0.0.1", 0)  # its port is taken: any free one
+    stop = threading.Event()
+    threading.Thread(target=monitor.run, args=(stop,), name="demo-monitor", daemon=True).start()
+    return monitor, server, stop
+
+
 def run_demo(
     duration: float = 30.0,
     port: int = 9464,
     workers: int = 4,
     seed: int = 7,
     live: bool | None = None,
+    monitor_port: int | None = None,
 ) -> int:
     global _silent
     rng = random.Random(seed)
@@ -338,8 +381,16 @@ def run_demo(
         otel_jobs.uninstrument()
         otel_jobs.instrument(prometheus_port=0, watchdog_interval=0.5)
     url = otel_jobs.metrics_url()
-    print(f"otel-jobs demo: serving {url}; running for {duration:.0f}s", flush=True)
     jobs: queue_mod.Queue[Any] = queue_mod.Queue()
+    _backlog.clear()
+    if monitor_port is None:
+        monitor_port = port + 1 if port else 0
+    monitor, monitor_server, stop_monitor = _start_monitor(jobs, monitor_port)
+    print(
+        f"otel-jobs demo: serving {url} (monitor: {monitor_server.url}); running for "
+        f"{duration:.0f}s",
+        flush=True,
+    )
     threads = [
         threading.Thread(target=_worker, args=(jobs, random.Random(seed + i)), daemon=True)
         for i in range(workers)
@@ -374,6 +425,8 @@ def run_demo(
         for job in HEALTHY:
             if rng.random() < job.rate * 0.25:
                 jobs.put((job, time.time()))
+        if rng.random() < 0.5:  # about 2 a second on a queue no worker takes
+            _backlog.append(time.time())
         if elapsed >= next_print:
             lines = _render(started, duration, url, stall_log)
             if live:
@@ -390,6 +443,9 @@ def run_demo(
     for t in threads:
         t.join(timeout=10)
     print("\n".join(_summary()), flush=True)
+    stop_monitor.set()
+    monitor_server.stop()
+    monitor.close()
     otel_jobs.uninstrument()
     otel_logger.removeHandler(stall_log)
     if printer is not None:
@@ -415,6 +471,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="port of /metrics on 127.0.0.1 (default 9464; 0: any free port)",
     )
     parser.add_argument(
+        "--monitor-port",
+        type=int,
+        default=None,
+        help="port of the demo monitor's /metrics on 127.0.0.1 (default: --port + 1; 0: any)",
+    )
+    parser.add_argument(
         "--workers", type=int, default=4, help="worker threads for the healthy jobs"
     )
     parser.add_argument(
@@ -431,4 +493,5 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         live=False if args.no_live else None,
+        monitor_port=args.monitor_port,
     )
