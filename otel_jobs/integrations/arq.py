@@ -40,6 +40,12 @@ job's task, starts and activates the run, and finishes it with the outcome. ``un
 restores ``Worker.run_job`` and puts each worker's original functions back; a wrapper still held
 by a running job calls straight through once otel-jobs is uninstrumented.
 
+Cron jobs (``cron_jobs``): the worker is their scheduler, so it also exports the schedule gauges
+(:mod:`otel_jobs.core.schedules`; ``job_name`` and ``schedule`` are the cron job's name): its
+``next_run`` as arq holds it, the last time ``run_cron`` enqueued it (``Worker.run_cron`` is
+patched: a cron job whose ``next_run`` moved on was sent), and the gap between two due times,
+which each run of a cron job also carries as its ``expected_every``.
+
 Caveats: arq's ``job_timeout`` is enforced by cancelling the task, which interrupts an ``await``
 but not blocking synchronous code inside a coroutine (that blocks the whole event loop: the
 watchdog still sees the run stall, from its thread). Jobs arq rejects before running them
@@ -54,14 +60,17 @@ import dataclasses
 import functools
 import weakref
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
 from typing import Any
 
+from arq.cron import CronJob
 from arq.worker import Retry, RetryJob, Worker
 
 from ..core import agent as _agent_mod
 from ..core import errors
 from ..core.patching import Patches
 from ..core.run import classify
+from ..core.schedules import Entry, gap, unix
 from .base import Integration as _Base
 
 _WRAPPED = "__otel_jobs_arq_original__"
@@ -82,9 +91,14 @@ class Integration(_Base):
         super().__init__(agent)
         self._patches = Patches()
         self._workers: weakref.WeakSet[Worker] = weakref.WeakSet()
+        # worker -> the function that stops reading its cron jobs for the schedule gauges
+        self._cron_sources: weakref.WeakKeyDictionary[Worker, Callable[[], None]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def install(self) -> None:
         self._patches.wrap(Worker, "run_job", self._patch_run_job)
+        self._patches.wrap(Worker, "run_cron", self._patch_run_cron)
 
     def uninstall(self) -> None:
         self._patches.undo()
@@ -92,6 +106,34 @@ class Integration(_Base):
             with errors.guard("integration.arq"):
                 _unwrap_functions(worker)
         self._workers = weakref.WeakSet()
+        for remove in list(self._cron_sources.values()):
+            remove()
+        self._cron_sources = weakref.WeakKeyDictionary()
+
+    def _patch_run_cron(
+        self, original: Callable[..., Awaitable[None]]
+    ) -> Callable[..., Awaitable[None]]:
+        async def run_cron(worker: Worker, *args: Any, **kwargs: Any) -> None:
+            agent = _agent_mod.current()
+            if agent is None or not worker.cron_jobs:
+                return await original(worker, *args, **kwargs)
+            due = {}
+            with errors.guard("integration.arq"):
+                if worker not in self._cron_sources:
+                    ref = weakref.ref(worker)
+                    self._cron_sources[worker] = agent.telemetry.schedules.add_source(
+                        lambda: _cron_entries(ref())
+                    )
+                due = {id(cj): cj.next_run for cj in worker.cron_jobs}
+            await original(worker, *args, **kwargs)
+            with errors.guard("integration.arq"):
+                for cron_job in worker.cron_jobs:
+                    before = due.get(id(cron_job))
+                    if before is not None and cron_job.next_run != before:
+                        agent.telemetry.schedules.sent(cron_job.name, cron_job.name)
+                        setattr(cron_job, _PREVIOUS_DUE, before)
+
+        return run_cron
 
     def _patch_run_job(
         self, original: Callable[..., Awaitable[None]]
@@ -149,6 +191,7 @@ def _traced(worker: Worker, function: Any) -> Callable[..., Awaitable[Any]]:
                 framework="arq",
                 native_max_duration=float(timeout) if timeout else None,
                 enqueued_at=score / 1000.0 if score else None,
+                expected_every=_cron_every(function, score),
             )
             run.activate()
         if run is None:
@@ -170,6 +213,45 @@ def _traced(worker: Worker, function: Any) -> Callable[..., Awaitable[Any]]:
 
     setattr(job, _WRAPPED, function)
     return job
+
+
+_PREVIOUS_DUE = "_otel_jobs_previous_due"  # on a CronJob: the due time of its last send
+
+
+def _following(cron_job: CronJob, after: datetime) -> datetime | None:
+    """The cron job's due time after ``after`` (arq's own calculation, on a copy)."""
+    copy = dataclasses.replace(cron_job)
+    copy.calculate_next(after)
+    return copy.next_run
+
+
+def _cron_entries(worker: Worker | None) -> list[Entry]:
+    if worker is None:
+        return []
+    out = []
+    for cron_job in worker.cron_jobs:
+        next_run = cron_job.next_run
+        previous = getattr(cron_job, _PREVIOUS_DUE, None)
+        following = _following(cron_job, next_run) if next_run is not None else None
+        out.append(
+            Entry(
+                cron_job.name,
+                cron_job.name,
+                unix(next_run),
+                gap(unix(next_run), unix(previous), unix(following)),
+            )
+        )
+    return out
+
+
+def _cron_every(function: Any, score: int | None) -> float | None:
+    """A cron job's gap between the two due times that follow this run's (its score)."""
+    if not isinstance(function, CronJob) or not score:
+        return None
+    first = _following(function, datetime.fromtimestamp(score / 1000.0, tz=timezone.utc))
+    if first is None:
+        return None
+    return gap(unix(first), None, unix(_following(function, first)))
 
 
 def _outcome(
