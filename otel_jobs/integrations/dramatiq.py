@@ -4,6 +4,15 @@ Call ``otel_jobs.instrument()`` and every Dramatiq broker, the global one and th
 afterwards (Redis, RabbitMQ, or any :class:`dramatiq.Broker` subclass), gets the
 :class:`OtelJobsMiddleware`. ``uninstrument()`` removes it from those brokers again.
 
+Where it goes: first in the broker's middleware list, the outermost one. Dramatiq runs the
+``before_*`` hooks in list order and the ``after_*`` hooks in reverse, so otel-jobs starts a run
+before any other middleware can skip the message and decides its outcome after ``Retries`` has
+chosen between a retry and the dead-letter queue. ``add_middleware(m, before=X)`` and
+``after=X`` still put ``m`` right before or after ``X``; only positions counted from the start of
+the list are one more than without otel-jobs. A broker created with ``middleware=[]`` (no
+middleware, asked for explicitly) is left as it is: :func:`attach` adds otel-jobs to it, and
+:func:`detach` takes it off any broker (a test suite that checks exact list positions).
+
 Where to call ``instrument()``
 ------------------------------
 
@@ -148,10 +157,11 @@ def _has_retries(broker: dramatiq.Broker) -> bool:
 class OtelJobsMiddleware(Middleware):
     """Maps Dramatiq's message hooks onto otel-jobs runs (see the module docstring).
 
-    ``instrument()`` adds it to every broker; adding it by hand is only needed for a broker
-    created before ``instrument()`` that is not the global broker nor a module-level name:
+    ``instrument()`` adds it to every broker; adding it by hand (:func:`attach`) is only needed
+    for a broker created with ``middleware=[]``, or created before ``instrument()`` and bound to
+    neither the global broker nor a module-level name:
 
-    >>> broker.middleware.insert(0, OtelJobsMiddleware(otel_jobs_agent))
+    >>> otel_jobs.integrations.dramatiq.attach(broker)
     """
 
     def __init__(self, agent: Agent) -> None:
@@ -309,7 +319,8 @@ class Integration(BaseIntegration):
             def __init__(broker: dramatiq.Broker, *args: Any, **kwargs: Any) -> None:
                 original(broker, *args, **kwargs)
                 with errors.guard("integration.dramatiq"):
-                    attach(broker)
+                    if not _no_middleware_asked(args, kwargs):
+                        attach(broker)
 
             return __init__
 
@@ -320,11 +331,17 @@ class Integration(BaseIntegration):
             pass
         else:
             self._patches.wrap(EventLoopThread, "run_coroutine", _bind_run_to_coroutine)
+        global _installed
+        _installed = self
         for broker in _existing_brokers():
-            self.attach(broker)
+            if broker.middleware:  # an empty list can only have been asked for: left alone
+                self.attach(broker)
         self._warn_if_per_process()
 
     def uninstall(self) -> None:
+        global _installed
+        if _installed is self:
+            _installed = None
         self._patches.undo()
         for broker in list(self._brokers):
             with errors.guard("uninstall"):
@@ -340,6 +357,13 @@ class Integration(BaseIntegration):
         broker.middleware.insert(0, self.middleware)
         self._brokers.add(broker)
 
+    def detach(self, broker: dramatiq.Broker) -> None:
+        """Take the middleware off ``broker``."""
+        broker.middleware[:] = [
+            m for m in broker.middleware if not isinstance(m, OtelJobsMiddleware)
+        ]
+        self._brokers.discard(broker)
+
     def _warn_if_per_process(self) -> None:
         # instrument() called in a process the dramatiq CLI started, and the port was taken
         # by a sibling: this process's runs are on no endpoint. Say how to fix it.
@@ -353,6 +377,43 @@ class Integration(BaseIntegration):
                 "<dramatiq arguments>` so that one endpoint serves every worker process.",
                 os.getpid(),
             )
+
+
+_installed: Integration | None = None
+
+
+def attach(broker: dramatiq.Broker) -> None:
+    """Record the runs of ``broker`` too: one created with ``middleware=[]``, which otel-jobs
+    leaves alone, or one it could not find (see the module docstring). Does nothing when
+    otel-jobs is not instrumented.
+
+    >>> broker = RedisBroker(url=REDIS_URL, middleware=[])
+    >>> otel_jobs.integrations.dramatiq.attach(broker)
+    """
+    if _installed is not None:
+        _installed.attach(broker)
+
+
+def detach(broker: dramatiq.Broker) -> None:
+    """Take otel-jobs' middleware off ``broker``: its messages are no longer runs.
+
+    >>> otel_jobs.integrations.dramatiq.detach(stub_broker)  # list positions as without otel-jobs
+    """
+    if _installed is not None:
+        _installed.detach(broker)
+    else:
+        broker.middleware[:] = [
+            m for m in broker.middleware if not isinstance(m, OtelJobsMiddleware)
+        ]
+
+
+def _no_middleware_asked(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether ``Broker.__init__`` was given an empty middleware list (``middleware=[]``)."""
+    given = kwargs["middleware"] if "middleware" in kwargs else (args[0] if args else None)
+    try:
+        return given is not None and len(given) == 0
+    except TypeError:  # an iterator, used up by now: not an explicit empty list
+        return False
 
 
 def _existing_brokers() -> list[dramatiq.Broker]:
