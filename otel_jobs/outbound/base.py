@@ -410,13 +410,13 @@ class Checker:
             return "otel-jobs refused it"
         if self.policy != "enforce":
             return "it can hang forever"
-        kept = [part for part in missing if part in self.never_enforced]
+        kept = "/".join(part for part in missing if part in self.never_enforced)
         if not kept:
             return f"otel-jobs applied {self.default_timeout:g} s to the missing parts"
-        applied = [part for part in missing if part not in self.never_enforced]
-        left = f"otel-jobs does not choose a {'/'.join(kept)} timeout"
+        applied = "/".join(part for part in missing if part not in self.never_enforced)
         if not applied:
-            return left
+            return f"otel-jobs never enforces the {kept} part: set it yourself"
         return (
-            f"otel-jobs applied {self.default_timeout:g} s to the {'/'.join(applied)} part; {left}"
+            f"otel-jobs applied {self.default_timeout:g} s to the {applied} part; it never "
+            f"enforces the {kept} part: set it yourself"
         )
