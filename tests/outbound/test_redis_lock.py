@@ -29,7 +29,7 @@ pytestmark = pytest.mark.broker
 DB = 15
 HOST = "127.0.0.1:6379"
 # Socket timeouts on every client: only the locks are under test, not the commands they send.
-OPTIONS = {"host": "127.0.0.1", "port": 6379, "db": DB, "socket_timeout": 10}
+OPTIONS: dict[str, Any] = {"host": "127.0.0.1", "port": 6379, "db": DB, "socket_timeout": 10}
 
 
 @pytest.fixture
