@@ -55,6 +55,15 @@ unless ``instrument(jobs=...)`` sets one. Huey enforces it only with ``-k proces
 (``task.check_timeout()``), so the watchdog's verdict is what tells you a threaded task
 overran.
 
+Periodic tasks: the consumer's scheduler exports the schedule gauges
+(:mod:`otel_jobs.core.schedules`; ``job_name`` and ``schedule`` are the task's registry name):
+the next time the scheduler will check periodic tasks at which the task's ``validate_datetime``
+holds (from the scheduler's own next check time, a minute apart by default), the last time
+``read_periodic`` returned it (patched: what the scheduler is about to enqueue), and the gap to
+its next due time. With ``-k process`` the scheduler is a process of its own, whose gauges reach
+the consumer's ``/metrics`` like a worker process's. A run of a periodic task carries no
+``expected_every``: the alerts take the schedule's interval for it.
+
 Queue wait: Huey's messages carry no publish time, so the wait is recorded for tasks with a
 due time only (``schedule(delay=...)``/``eta=``, retries with ``retry_delay``), measured from
 that due time. Trace context: Huey's messages have no field for headers, so each run starts a
@@ -68,6 +77,7 @@ import functools
 import logging
 import sys
 import threading
+import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +87,7 @@ from huey.api import Huey, TaskWrapper
 
 from ..core import errors
 from ..core.patching import Patches
+from ..core.schedules import Entry
 from .base import Integration as BaseIntegration
 
 if TYPE_CHECKING:
@@ -128,6 +139,9 @@ class Integration(BaseIntegration):
         self._patches = Patches()
         self._receivers: weakref.WeakKeyDictionary[Huey, Any] = weakref.WeakKeyDictionary()
         self._local = threading.local()
+        # consumer scheduler -> the function that stops reading it for the schedule gauges
+        self._schedulers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        self._due: dict[str, tuple[float, float | None]] = {}  # task: (next run, interval)
 
     def install(self) -> None:
         connect = self.connect
@@ -141,6 +155,10 @@ class Integration(BaseIntegration):
             return __init__
 
         self._patches.wrap(Huey, "__init__", make_init)
+        self._patches.wrap(Huey, "read_periodic", self._patch_read_periodic)
+        from huey.consumer import Scheduler
+
+        self._patches.wrap(Scheduler, "enqueue_periodic_tasks", self._patch_enqueue_periodic)
         for huey in _existing_hueys():
             self.connect(huey)
 
@@ -150,6 +168,56 @@ class Integration(BaseIntegration):
             with errors.guard("uninstall"):
                 huey.disconnect_signal(receiver)
         self._receivers = weakref.WeakKeyDictionary()
+        for remove in list(self._schedulers.values()):
+            remove()
+        self._schedulers = weakref.WeakKeyDictionary()
+
+    # --- periodic tasks: the schedule gauges ------------------------------------------
+
+    def _patch_read_periodic(self, original: Any) -> Any:
+        def read_periodic(huey: Huey, timestamp: Any) -> Any:
+            due = original(huey, timestamp)
+            with errors.guard("integration.huey"):
+                for task in due:
+                    name = self._name_of(huey, task)
+                    self.agent.telemetry.schedules.sent(name, name)
+            return due
+
+        return read_periodic
+
+    def _patch_enqueue_periodic(self, original: Any) -> Any:
+        def enqueue_periodic_tasks(scheduler: Any, now: Any) -> Any:
+            if scheduler not in self._schedulers:
+                with errors.guard("integration.huey"):
+                    ref = weakref.ref(scheduler)
+                    self._schedulers[scheduler] = self.agent.telemetry.schedules.add_source(
+                        lambda: self._periodic_entries(ref())
+                    )
+            return original(scheduler, now)
+
+        return enqueue_periodic_tasks
+
+    def _periodic_entries(self, scheduler: Any) -> list[Entry]:
+        if scheduler is None or not scheduler.periodic:
+            return []
+        huey = scheduler.huey
+        step = float(scheduler.periodic_task_seconds)
+        # The scheduler's next check, as Unix time (it keeps it on the monotonic clock).
+        first = time.time() + (scheduler._next_periodic - time.monotonic())
+        out = []
+        for task in huey._registry.periodic_tasks:
+            name = self._name_of(huey, task)
+            cached = self._due.get(name)
+            if cached is None or cached[0] < first:
+                following = _valid_checks(huey, task, first, step, 2)
+                next_run = following[0] if following else None
+                every = following[1] - following[0] if len(following) > 1 else None
+                if next_run is not None:
+                    self._due[name] = (next_run, every)
+            else:
+                next_run, every = cached
+            out.append(Entry(name, name, next_run, every))
+        return out
 
     def connect(self, huey: Huey) -> None:
         """Connect the receiver to ``huey`` (once)."""
@@ -226,6 +294,27 @@ class Integration(BaseIntegration):
     @staticmethod
     def _name_of(huey: Huey, task: Any) -> str:
         return huey._registry.task_to_string(type(task))
+
+
+#: Check times scanned for a periodic task's next due time (a year of minute checks).
+_MAX_CHECKS = 527_040
+
+
+def _valid_checks(huey: Huey, task: Any, first: float, step: float, count: int) -> list[float]:
+    """The first ``count`` check times from ``first`` (every ``step`` seconds) at which the
+    task's ``validate_datetime`` holds, as the scheduler will pass them (Huey's clock)."""
+    found: list[float] = []
+    for k in range(_MAX_CHECKS):
+        at = first + k * step
+        if huey.utc:
+            moment = datetime.datetime.fromtimestamp(at, datetime.timezone.utc).replace(tzinfo=None)
+        else:
+            moment = datetime.datetime.fromtimestamp(at)
+        if task.validate_datetime(moment):
+            found.append(at)
+            if len(found) == count:
+                break
+    return found
 
 
 def _existing_hueys() -> list[Huey]:

@@ -1,0 +1,110 @@
+"""Huey periodic tasks: the schedule gauges match what a real consumer's scheduler holds.
+
+A real consumer (worker threads, its scheduler thread) on the real Redis runs in this process, so
+that its scheduler's next check can be compared with the gauges; its periodic checks are 2 s
+apart instead of Huey's 60 s (a subclass of its scheduler), and the task is due at every check.
+Redis DB 4 is this module's own, emptied before and after.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from huey import RedisHuey
+from huey.consumer import Consumer, Scheduler
+
+import otel_jobs
+from tests.support import Samples, require_redis, scrape
+
+from .conftest import wait_for
+
+pytestmark = pytest.mark.broker
+
+REDIS_URL = "redis://127.0.0.1:6379/4"
+NEXT = "otel_jobs_schedule_next_run_timestamp_seconds"
+SENT = "otel_jobs_schedule_last_sent_timestamp_seconds"
+INTERVAL = "otel_jobs_schedule_interval_seconds"
+
+
+def metrics() -> Samples:
+    url = otel_jobs.metrics_url()
+    assert url is not None
+    return scrape(url)
+
+
+@pytest.fixture
+def clean_db() -> Iterator[None]:
+    require_redis()
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=10, socket_connect_timeout=10)
+    client.flushdb()
+    yield
+    client.flushdb()
+    client.close()
+
+
+class FastScheduler(Scheduler):
+    periodic_task_seconds = 2
+    instances: list[Scheduler] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        FastScheduler.instances.append(self)
+
+
+class FastConsumer(Consumer):
+    scheduler_class = FastScheduler
+
+
+def test_next_run_last_sent_and_interval_match_the_scheduler(
+    instrumented: Callable[..., Any], clean_db: None
+) -> None:
+    instrumented(frameworks=["huey"])
+    huey = RedisHuey(f"schedules-{uuid.uuid4().hex[:8]}", url=REDIS_URL, utc=True)
+    starts: list[float] = []
+
+    @huey.periodic_task(lambda moment: True)
+    def refresh() -> None:
+        starts.append(time.time())
+
+    name = huey._registry.task_to_string(type(refresh.s()))
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    FastScheduler.instances.clear()
+    consumer = FastConsumer(huey, workers=1, worker_type="thread", scheduler_interval=1)
+    consumer.start()
+    try:
+        scheduler = FastScheduler.instances[0]
+        wait_for("the gauges", lambda: metrics().find(NEXT, schedule=name))
+        for _ in range(50):  # a scrape taken while the scheduler's next check did not move
+            before = scheduler._next_periodic
+            offset = time.time() - time.monotonic()
+            m = metrics()
+            if scheduler._next_periodic == before:
+                break
+        # The scheduler keeps its next check on the monotonic clock; the gauge is that instant
+        # as Unix time (the two conversions differ by the clocks' read jitter only).
+        assert m.value(NEXT, job_name=name, schedule=name) == pytest.approx(
+            before + offset, abs=0.01
+        )
+        assert m.value(INTERVAL, job_name=name, schedule=name) == pytest.approx(2, abs=1e-6)
+
+        wait_for("two runs", lambda: len(starts) >= 2, timeout=60)
+        for _ in range(50):
+            count = len(starts)
+            m = metrics()
+            if len(starts) == count:
+                break
+        sent = m.value(SENT, job_name=name, schedule=name)
+        assert starts[count - 2] < sent  # after the previous run started
+        assert m.value(NEXT, job_name=name, schedule=name) > sent
+        last = m.value("otel_jobs_last_success_timestamp_seconds", job_name=name)
+        assert last >= starts[count - 1]
+    finally:
+        consumer.stop(graceful=True)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
