@@ -69,6 +69,10 @@ class Settings:
     max_queues: int = 100
     max_hosts: int = 200
     max_call_sites: int = 500
+    # The histograms' buckets (upper bounds, seconds): telemetry.DURATION_BUCKETS and
+    # QUEUE_WAIT_BUCKETS, written out here because telemetry imports this module.
+    duration_buckets: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0, 28800.0)
+    queue_wait_buckets: tuple[float, ...] = (1.0, 30.0, 300.0, 1800.0)
     capture_args: bool = False
     multiprocess_dir: str | None = None
     pushgateway_url: str | None = None
@@ -159,6 +163,30 @@ def _positive_int(setting: str, value: object) -> int:
     if number < 1:
         raise ConfigurationError(setting, value, "a whole number of at least 1")
     return number
+
+
+def _buckets(setting: str, value: object) -> tuple[float, ...]:
+    accepted = "increasing positive finite numbers of seconds, comma-separated, e.g. 1,10,60,300"
+    items: Iterable[object]
+    if isinstance(value, str):
+        items = [v for v in value.split(",") if v.strip()]
+    elif isinstance(value, Iterable):
+        items = value
+    else:
+        raise ConfigurationError(setting, value, accepted)
+    try:
+        bounds = tuple(
+            float(str(v).strip()) if not isinstance(v, (int, float)) else float(v) for v in items
+        )
+    except (ValueError, OverflowError):
+        raise ConfigurationError(setting, value, accepted) from None
+    if (
+        not bounds
+        or any(math.isnan(b) or math.isinf(b) or b <= 0 for b in bounds)
+        or any(a >= b for a, b in zip(bounds, bounds[1:], strict=False))
+    ):
+        raise ConfigurationError(setting, value, accepted)
+    return bounds
 
 
 def _choice(choices: tuple[str, ...]) -> Callable[[str, object], str]:
@@ -355,6 +383,18 @@ OPTIONS: tuple[Option, ...] = (
         "distinct `call_site` label values kept before overflow",
     ),
     Option(
+        "duration_buckets",
+        "OTEL_JOBS_DURATION_BUCKETS",
+        _buckets,
+        "upper bounds (seconds) of the run duration histogram's buckets; each bucket costs one series per job, queue and outcome",
+    ),
+    Option(
+        "queue_wait_buckets",
+        "OTEL_JOBS_QUEUE_WAIT_BUCKETS",
+        _buckets,
+        "upper bounds (seconds) of the queue wait histogram's buckets; each bucket costs one series per job and queue",
+    ),
+    Option(
         "capture_args",
         "OTEL_JOBS_CAPTURE_ARGS",
         _bool,
@@ -497,6 +537,8 @@ def markdown_table() -> str:
             shown = "true" if value else "false"
         elif isinstance(value, float) and value.is_integer():
             shown = str(int(value))
+        elif isinstance(value, tuple) and all(isinstance(v, float) for v in value):
+            shown = ",".join(str(int(v)) if v.is_integer() else str(v) for v in value)
         else:
             shown = str(value)
         rows.append(f"| `{option.name}` | `{option.env}` | `{shown}` | {option.help} |")

@@ -40,11 +40,18 @@ if TYPE_CHECKING:
 
     from .run import Run
 
-#: Histogram buckets for background jobs: from 10 ms to 8 hours.
-DURATION_BUCKETS: tuple[float, ...] = (
-    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
-    600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0,
-)  # fmt: skip
+#: Default buckets of the run duration histogram (``duration_buckets``): 10 ms to 8 hours in
+#: eight buckets, which keeps a job within the series budget (docs: performance,
+#: ``bench/bench_series.py``). 60 s (the rules' "far above usual" floor) and 3600 s (the default
+#: max duration) are boundaries: "p95 above it" then reads that bucket exactly.
+DURATION_BUCKETS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0, 28800.0)
+#: Default buckets of the queue wait histogram (``queue_wait_buckets``). 300 s, the rules' default
+#: "p95 queue wait is high", is a boundary, with one bucket above it.
+QUEUE_WAIT_BUCKETS: tuple[float, ...] = (1.0, 30.0, 300.0, 1800.0)
+#: Outcomes whose counter exists at 0 from a job's first run: the rules' increase() and rate()
+#: see their first run (failure ratio, timeouts). Retries and cancellations get their series at
+#: their first run, which keeps an all-success job within the series budget.
+ZERO_OUTCOMES = ("success", "failure", "timeout")
 
 STALL_STATES = ("blocked", "spinning", "unknown")
 # Stall counters at 0 from a job's first run. The third reason, ``loop_blocked`` (an asyncio
@@ -106,6 +113,7 @@ class Series:
         "last_success",
         "failures",
         "_failure_times",
+        "stalled_once",
     )
 
     def __init__(self, telemetry: Telemetry, job_name: str, queue: str) -> None:
@@ -113,7 +121,7 @@ class Series:
         self.queue = queue
         self._telemetry = telemetry
         self.started = telemetry.started.labels(job_name, queue)
-        self._finished = {o: telemetry.finished.labels(job_name, queue, o) for o in OUTCOMES}
+        self._finished = {o: telemetry.finished.labels(job_name, queue, o) for o in ZERO_OUTCOMES}
         # Histogram children other than the success duration are built at their first
         # observation: the counters above exist at 0 for increase() and rate(), while a histogram
         # with no observation would only add 25 zero samples to every scrape, per job and outcome
@@ -137,6 +145,9 @@ class Series:
         self.last_success: float | None = None
         self.failures = 0
         self._failure_times: list[float] = []
+        # The runs_stalled gauges (one per state) exist from the job's first stall verdict
+        # on, not before: zero-valued series per state of every job cost 3 series each.
+        self.stalled_once = False
 
     def record_start(self) -> None:
         self.started.inc()
@@ -145,7 +156,12 @@ class Series:
             otel.started.add(1, self.attrs)
 
     def record_finish(self, outcome: str, seconds: float) -> None:
-        self._finished[outcome].inc()
+        finished = self._finished.get(outcome)
+        if finished is None:
+            finished = self._finished[outcome] = self._telemetry.finished.labels(
+                self.job_name, self.queue, outcome
+            )
+        finished.inc()
         duration = self._duration.get(outcome)
         if duration is None:
             duration = self._duration[outcome] = self._telemetry.duration.labels(
@@ -195,7 +211,9 @@ class _OtelInstruments:
     """The OpenTelemetry side of the instruments (only built when a metrics pipeline exists)."""
 
     def __init__(self, meter: Meter, telemetry: Telemetry) -> None:
-        advice = list(DURATION_BUCKETS)
+        settings = telemetry.settings
+        duration_advice = list(settings.duration_buckets)
+        wait_advice = list(settings.queue_wait_buckets)
         self.started = meter.create_counter(
             "otel_jobs.runs.started", unit="{run}", description="Runs started."
         )
@@ -204,11 +222,11 @@ class _OtelInstruments:
         )
         self.duration = meter.create_histogram(
             "otel_jobs.run.duration", unit="s", description="Wall time of finished runs.",
-            explicit_bucket_boundaries_advisory=advice,
+            explicit_bucket_boundaries_advisory=duration_advice,
         )  # fmt: skip
         self.queue_wait = meter.create_histogram(
             "otel_jobs.queue.wait", unit="s", description="Time from publish (or due time) to start.",
-            explicit_bucket_boundaries_advisory=advice,
+            explicit_bucket_boundaries_advisory=wait_advice,
         )  # fmt: skip
         self.stalls = meter.create_counter(
             "otel_jobs.stalls.detected", unit="{stall}", description="Stall verdicts."
@@ -326,11 +344,11 @@ class Telemetry:
         )
         self.duration = Histogram(
             "otel_jobs_run_duration_seconds", "Wall time of finished runs.", ["job_name", "queue", "outcome"],
-            buckets=DURATION_BUCKETS, registry=reg,
+            buckets=settings.duration_buckets, registry=reg,
         )  # fmt: skip
         self.queue_wait = Histogram(
             "otel_jobs_queue_wait_seconds", "Time from publish (or due time) to start of a run.", ["job_name", "queue"],
-            buckets=DURATION_BUCKETS, registry=reg,
+            buckets=settings.queue_wait_buckets, registry=reg,
         )  # fmt: skip
         self.stalls = Counter(
             "otel_jobs_stalls_detected",
@@ -409,6 +427,7 @@ class Telemetry:
     # --- event counters used by the watchdog, schedulers and outbound checks ---------
 
     def record_stall(self, series: Series, reason: str) -> None:
+        series.stalled_once = True
         self.stalls.labels(series.job_name, series.queue, reason).inc()
         if self.otel is not None:
             self.otel.stalls.add(1, {**series.attrs, "reason": reason})
@@ -448,6 +467,7 @@ class Telemetry:
                 if run.last_beat < entry[3]:
                     entry[3] = run.last_beat
             if run.verdict is not None:
+                series.stalled_once = True
                 key = (id(series), run.state or "unknown")
                 stalled[key] = stalled.get(key, 0) + 1
         out: dict[str, list[tuple[dict[str, str], float]]] = {
@@ -474,6 +494,8 @@ class Telemetry:
                 out["stalest_heartbeat"].append(
                     (series.attrs, wall_time_of(entry[3], now_mono, now_wall))
                 )
+            if not series.stalled_once:
+                continue
             for state in STALL_STATES:
                 count = stalled.get((id(series), state), 0)
                 out["stalled"].append(({**series.attrs, "state": state}, float(count)))

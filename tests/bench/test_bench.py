@@ -67,3 +67,17 @@ def test_an_unknown_benchmark_is_refused() -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert "unknown benchmark(s) nope" in done.stderr
+
+
+def test_the_series_budget_holds() -> None:
+    """A job whose runs all succeed costs at most 30 series per worker (counts, not timings)."""
+    from bench import bench_series
+
+    found = bench_series.measure(runs=2)
+    assert found["success"] <= bench_series.BUDGET
+    assert found["success_no_wait"] < found["success"]
+    assert set(found["forked"].values()) == {found["success"]}
+    # Each further outcome adds its duration histogram (and retry/cancelled their counter).
+    assert found["further"]["failure"] == found["further"]["timeout"]
+    assert found["further"]["retry"] == found["further"]["failure"] + 1
+    assert found["further"]["stall verdict"] == 3
