@@ -99,8 +99,7 @@ def alerts(s: RulesConfig) -> list[Alert]:
         Alert(
             "OtelJobsMonitorAbsent",
             "warning",
-            f"count by (job) (max_over_time({up}[{lookback}]))\nunless\n"
-            f"count by (job) ({up} == 1)",
+            f"count by (job) (max_over_time({up}[{lookback}]))\nunless\ncount by (job) ({up} == 1)",
             "No otel-jobs monitor is up any more.",
             f"{{{{ $value }}}} target(s) matching {{{escape_template(s.option(MONITOR_TARGET_SELECTOR))}}} "
             f"were scraped in the last {lookback} and none is up now: the queues are no longer "
