@@ -57,6 +57,7 @@ class Entry(NamedTuple):
     schedule: str
     next_run: float | None  # Unix time; None: not due again (paused, or a finished one-off)
     interval: float | None  # seconds; None: not known
+    last_sent: float | None = None  # Unix time, for a scheduler that keeps it itself
 
 
 SourceFn = Callable[[], Iterable[Entry]]
@@ -99,19 +100,25 @@ class Schedules:
         """Every entry with its values, read from the sources now."""
         with self._lock:
             sources = list(self._sources.values())
-        found: dict[tuple[str, str], tuple[float | None, float | None]] = {}
+        found: dict[tuple[str, str], Entry] = {}
         for source in sources:
             try:
                 for entry in source():
-                    found[(entry.job_name, entry.schedule)] = (entry.next_run, entry.interval)
+                    found[(entry.job_name, entry.schedule)] = entry
             except Exception as exc:
                 errors.record("schedules", exc)
         sent = dict(self._sent)
         out = []
         for key in sorted(found.keys() | sent.keys()):
-            next_run, interval = found.get(key, (None, None))
+            held = found.get(key)
+            last_sent = sent.get(key)
+            if held is not None and held.last_sent is not None:
+                last_sent = max(last_sent or held.last_sent, held.last_sent)
             labels = {"job_name": self._cap(key[0]), "schedule": self._cap_schedule(key[1])}
-            out.append(Row(labels, (next_run, sent.get(key), interval)))
+            if held is None:
+                out.append(Row(labels, (None, last_sent, None)))
+            else:
+                out.append(Row(labels, (held.next_run, last_sent, held.interval)))
         return out
 
     def observations(self, index: int) -> Iterator[Observation]:

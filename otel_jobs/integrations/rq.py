@@ -91,7 +91,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core import errors, providers
 from ..core.patching import Patches
-from . import base
+from . import base, rq_cron
 from .base import Finding, report_findings
 
 if TYPE_CHECKING:
@@ -169,6 +169,7 @@ class Integration(base.Integration):
             owner = next((c for c in Worker.__mro__ if attribute in vars(c)), None)
             if owner is not None:
                 self._patches.wrap(owner, attribute, make_wrapper)
+        rq_cron.patch(self._patches)  # RQ's CronScheduler, where the installed RQ has one
 
     def uninstall(self) -> None:
         self._patches.undo()
