@@ -23,6 +23,20 @@ run without stopping it and builds a :class:`Diagnosis`:
   that holds the loop (it is running at the moment of the look) is measured like a thread.
 * **call**: the outbound call the run is inside, when an outbound adapter recorded one in
   ``run.calls``: library, method, host, seconds elapsed, and whether it has a timeout.
+* **wait** (:mod:`otel_jobs.core.waits`): what a blocked run waits on (a lock, an event, a
+  queue), whether it can wait forever, and, for an ``RLock``, the run that holds it; a chain of
+  holders that comes back to the run is reported as a deadlock. That module is the one place
+  that reads an object a frame holds: for its type, owner and timeout only, never rendered.
+* **loop** (:mod:`otel_jobs.core.loop_probe`): for an asyncio run whose event loop has run
+  nothing for more than a watchdog tick, the loop's thread, for how long, and the runs held up.
+  The reason ``loop_blocked`` is the verdict on the loop itself, given to the run holding it
+  (else to the oldest run on it): its stack is the loop thread's, the synchronous line that
+  blocks it, and its state that thread's CPU use.
+* **db** (:mod:`otel_jobs.core.pg_locks`): for a run inside a psycopg statement, the sessions
+  that block its backend; the watchdog fills it in, off its own thread, before the verdict is
+  emitted.
+* **last logs** (:mod:`otel_jobs.core.logtail`): the run's last log records (redacted), with
+  their age.
 
 A diagnosis renders itself as a log message (:meth:`Diagnosis.message`), span attributes
 (:meth:`Diagnosis.attributes`) and log ``extra`` fields (:meth:`Diagnosis.extra`).
@@ -40,6 +54,8 @@ import threading
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
+
+from . import logtail, waits
 
 if TYPE_CHECKING:
     from .run import Run
@@ -182,6 +198,14 @@ def task_stack(
     has its coroutines on the loop thread's stack, which is then used from the task's own
     coroutine frame inwards (so a coroutine stuck in a blocking call shows where).
     """
+    frames, awaiting = task_frames(task, thread_frame)
+    return [_frame(f) for f in frames], awaiting
+
+
+def task_frames(
+    task: asyncio.Task[Any], thread_frame: FrameType | None
+) -> tuple[list[FrameType], str | None]:
+    """:func:`task_stack` as the frames themselves."""
     coro = task.get_coro()
     if task_running(task) and thread_frame is not None:
         outer = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
@@ -193,9 +217,8 @@ def task_stack(
                 break
             frame = frame.f_back
         walked.reverse()
-        return [_frame(f) for f in walked], None
-    frames, awaiting = _coroutine_chain(coro)
-    return [_frame(f) for f in frames], awaiting
+        return walked, None
+    return _coroutine_chain(coro)
 
 
 def render(frames: list[Frame]) -> tuple[str, Frame | None, Frame | None]:
@@ -305,7 +328,11 @@ _STATE_WORDS = {
     "spinning": "spinning (burning CPU: a loop or heavy computation)",
     "unknown": "state unknown",
 }
-_REASON_WORDS = {"no_heartbeat": "stalled", "max_duration": "overran"}
+_REASON_WORDS = {
+    "no_heartbeat": "stalled",
+    "max_duration": "overran",
+    "loop_blocked": "loop blocked",
+}
 
 
 @dataclass
@@ -327,6 +354,14 @@ class Diagnosis:
     thread: str | None = None
     asyncio: bool = False
     call: dict[str, Any] | None = None
+    #: What it waits on (core.waits), rendered: kind, timeout, holder, deadlock.
+    wait: dict[str, Any] | None = None
+    #: Its event loop when that has run nothing for more than a tick (core.loop_probe).
+    loop: dict[str, Any] | None = None
+    #: The PostgreSQL sessions blocking its statement (core.pg_locks), set before the signals.
+    db: dict[str, Any] | None = None
+    #: Its last log records (core.logtail), oldest first.
+    last_logs: list[dict[str, Any]] = field(default_factory=list)
     given_at: float = 0.0  # monotonic time of the verdict
     acted_at: float | None = None  # monotonic time of the last cancel
 
@@ -339,6 +374,11 @@ class Diagnosis:
         """One line: the verdict, for how long, the state and the line it waits on."""
         if self.reason == "max_duration":
             what = f"running for {self.elapsed:.1f}s (max duration {self.threshold:g}s)"
+        elif self.reason == "loop_blocked" and self.loop is not None:
+            what = (
+                f"its event loop (thread {self.loop['thread']}) has run nothing for "
+                f"{self.loop['blocked_s']:.1f}s (timeout {self.threshold:g}s)"
+            )
         else:
             what = f"no heartbeat for {self.since_heartbeat:.1f}s (timeout {self.threshold:g}s)"
         parts = [f"{self.verdict}: {what}", _STATE_WORDS.get(self.state, self.state)]
@@ -349,14 +389,32 @@ class Diagnosis:
             elif self.awaiting:
                 at += f", awaiting a {self.awaiting}"
             parts.append(at)
+        if self.wait is not None:
+            parts.append(self.wait["description"])
+        if self.loop is not None:
+            parts.append(_loop_words(self.reason, self.loop))
         if self.call is not None:
             parts.append(f"outbound call {self.call['description']}")
+        if self.db is not None:
+            from .pg_locks import describe as describe_db
+
+            parts.append(describe_db(self.db))
+        if self.last_logs:
+            last = self.last_logs[-1]
+            parts.append(f"last log {_age(last['age_s'])} ago: {last['level']} {last['message']}")
         return "; ".join(parts)
 
     def message(self, run: Run) -> str:
         """The human-readable log message, with the stack below it."""
         who = f"run {run.job_id or run.key} of {run.name} (queue {run.queue})"
-        return f"otel-jobs: {who} {self.summary()}; policy {self.policy}\n{self.stack}"
+        text = f"otel-jobs: {who} {self.summary()}; policy {self.policy}\n{self.stack}"
+        if self.last_logs:
+            lines = [
+                f"  {_age(r['age_s'])} ago {r['level']} {r['logger']}: {r['message']}"
+                for r in self.last_logs
+            ]
+            text += "\nlast log records of the run:\n" + "\n".join(lines)
+        return text
 
     def attributes(self) -> dict[str, Any]:
         """Span attributes (OpenTelemetry ``code.*`` names for the location)."""
@@ -386,6 +444,18 @@ class Diagnosis:
             for key in ("library", "method", "host", "has_timeout", "call_site"):
                 attrs[f"otel_jobs.stall.call.{key}"] = self.call[key]
             attrs["otel_jobs.stall.call.elapsed_s"] = round(self.call["elapsed"], 3)
+        attrs.update(_wait_attributes(self.wait))
+        attrs.update(_loop_attributes(self.loop))
+        attrs.update(_db_attributes(self.db))
+        if self.last_logs:
+            last = self.last_logs[-1]
+            attrs["otel_jobs.stall.last_log"] = (
+                f"{last['level']} {last['logger']}: {last['message']}"
+            )
+            attrs["otel_jobs.stall.last_log_age_s"] = last["age_s"]
+            attrs["otel_jobs.stall.last_logs"] = [
+                f"{r['level']} {r['logger']}: {r['message']}" for r in self.last_logs
+            ]
         return attrs
 
     def extra(self, run: Run) -> dict[str, Any]:
@@ -406,7 +476,97 @@ class Diagnosis:
             "stall_stack": self.stack,
             "stall_call": self.call,
             "stall_policy": self.policy,
+            "stall_wait": self.wait,
+            "stall_loop": self.loop,
+            "stall_db": self.db,
+            "stall_last_logs": self.last_logs,
         }
+
+
+def _age(seconds: float) -> str:
+    """``4m12s``, ``1h03m``, ``12.3s``."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def _run_words(entry: dict[str, Any]) -> str:
+    return f"run {entry['job_id']} of {entry['job_name']}"
+
+
+def _loop_words(reason: str, loop: dict[str, Any]) -> str:
+    held = loop["held_up"]
+    others = ", ".join(_run_words(r) for r in held[:5]) + (" ..." if len(held) > 5 else "")
+    if reason == "loop_blocked":
+        if loop["culprit"] is None:
+            who = "code outside any run holds the loop"
+        else:
+            who = "this run holds the loop"
+        return f"{who}; runs held up: {others or 'none'}"
+    holder = loop["culprit"]
+    by = f" by {_run_words(holder)}" if holder is not None else ""
+    return (
+        f"its event loop (thread {loop['thread']}) has run nothing for {loop['blocked_s']:.1f}s{by}"
+    )
+
+
+def _wait_attributes(wait: dict[str, Any] | None) -> dict[str, Any]:
+    if wait is None:
+        return {}
+    attrs: dict[str, Any] = {
+        "otel_jobs.stall.wait.kind": wait["kind"],
+        "otel_jobs.stall.wait.description": wait["description"],
+        "otel_jobs.stall.wait.deadlock": wait["deadlock"] is not None,
+    }
+    if wait["timeout"] is not None:
+        attrs["otel_jobs.stall.wait.has_timeout"] = wait["timeout"]
+    holder = wait["holder"]
+    if holder is not None:
+        attrs["otel_jobs.stall.wait.holder_thread"] = holder["thread"] or ""
+        if holder["job_name"] is not None:
+            attrs["otel_jobs.stall.wait.holder_job_name"] = holder["job_name"]
+            attrs["otel_jobs.stall.wait.holder_job_id"] = holder["job_id"]
+    return attrs
+
+
+def _loop_attributes(loop: dict[str, Any] | None) -> dict[str, Any]:
+    if loop is None:
+        return {}
+    attrs: dict[str, Any] = {
+        "otel_jobs.stall.loop.thread": loop["thread"],
+        "otel_jobs.stall.loop.blocked_s": loop["blocked_s"],
+        "otel_jobs.stall.loop.held_up_job_names": [r["job_name"] for r in loop["held_up"]],
+        "otel_jobs.stall.loop.held_up_job_ids": [r["job_id"] for r in loop["held_up"]],
+    }
+    if loop["culprit"] is not None:
+        attrs["otel_jobs.stall.loop.holder_job_name"] = loop["culprit"]["job_name"]
+        attrs["otel_jobs.stall.loop.holder_job_id"] = loop["culprit"]["job_id"]
+    return attrs
+
+
+def _db_attributes(db: dict[str, Any] | None) -> dict[str, Any]:
+    if db is None:
+        return {}
+    attrs: dict[str, Any] = {"otel_jobs.stall.db.backend_pid": db["backend_pid"]}
+    if db.get("error"):
+        attrs["otel_jobs.stall.db.error"] = db["error"]
+    if db.get("wait_event"):
+        attrs["otel_jobs.stall.db.wait_event"] = db["wait_event"]
+    blockers = db.get("blockers") or []
+    if blockers:
+        attrs["otel_jobs.stall.db.blocker_pids"] = [b["pid"] for b in blockers]
+        attrs["otel_jobs.stall.db.blocker_states"] = [b["state"] or "" for b in blockers]
+        attrs["otel_jobs.stall.db.blocker_xact_age_s"] = [
+            b["xact_age_s"] if b["xact_age_s"] is not None else -1.0 for b in blockers
+        ]
+        attrs["otel_jobs.stall.db.blocker_queries"] = [b["query"] or "" for b in blockers]
+        attrs["otel_jobs.stall.db.blocker_job_names"] = [b["job_name"] or "" for b in blockers]
+        attrs["otel_jobs.stall.db.blocker_job_ids"] = [b["job_id"] or "" for b in blockers]
+    return attrs
 
 
 def describe_call(run: Run, now: float) -> dict[str, Any] | None:
@@ -440,23 +600,38 @@ def diagnose(
     now: float,
     thread_frames: dict[int, FrameType],
     cpu: tuple[str, float | None],
+    *,
+    runs: list[Run] | None = None,
+    loop: Any = None,
 ) -> Diagnosis:
     """Build the diagnosis of ``run`` (see the module docstring).
 
     ``thread_frames`` is one ``sys._current_frames()`` taken for the whole tick; ``cpu`` is
-    the ``(state, ratio)`` the watchdog measured for the run's thread.
+    the ``(state, ratio)`` the watchdog measured for the run's thread. ``runs``: the runs in
+    flight (to name the run holding a lock); ``loop``: the run's event loop when it has run
+    nothing for more than a tick (a :class:`otel_jobs.core.loop_probe.Blocked`).
     """
-    threshold = run.max_duration if reason == "max_duration" else run.heartbeat_timeout
+    if reason == "loop_blocked" and loop is not None:
+        threshold = loop.threshold
+    else:
+        threshold = run.max_duration if reason == "max_duration" else run.heartbeat_timeout
     thread_frame = thread_frames.get(run.thread_id) if run.thread_id is not None else None
     task = run.task
     awaiting: str | None = None
     state, ratio = cpu
-    if task is not None:
-        frames, awaiting = task_stack(task, thread_frame)
-        if not task_running(task):
+    if task is not None and reason == "loop_blocked" and not task_running(task):
+        # The verdict on the loop: what its thread runs, not the suspended task.
+        raw = waits.thread_frames(thread_frame, _MAX_WALK)
+        task = None
+    elif task is not None:
+        raw, awaiting = task_frames(task, thread_frame)
+        if not task_running(task) and reason != "loop_blocked":
             state, ratio = "unknown", None
     else:
-        frames = thread_stack(thread_frame)
+        raw = waits.thread_frames(thread_frame, _MAX_WALK)
+    frames = [_frame(f) for f in raw]
+    # A task suspended at an await waits on what its chain awaits; a running one, like a thread.
+    suspended = task if task is not None and not task_running(task) else None
     text, where, waiting_in = render(frames)
     thread_name = None
     if run.thread_id is not None:
@@ -476,9 +651,99 @@ def diagnose(
         waiting_in=waiting_in,
         awaiting=awaiting,
         thread=thread_name,
-        asyncio=task is not None,
+        asyncio=run.task is not None,
         call=describe_call(run, now),
+        wait=_describe_wait(run, raw, frames, suspended, thread_frames, runs),
+        loop=_describe_loop(run, loop, now),
+        last_logs=logtail.last_lines(run),
     )
+
+
+def _holder(ident: int, by_thread: dict[int, Run]) -> dict[str, Any]:
+    holder = by_thread.get(ident)
+    return {
+        "thread": waits.thread_owner_name(ident),
+        "job_name": holder.name if holder is not None else None,
+        "job_id": (holder.job_id or str(holder.key)) if holder is not None else None,
+    }
+
+
+def _describe_wait(
+    run: Run,
+    raw: list[FrameType],
+    frames: list[Frame],
+    task: asyncio.Task[Any] | None,
+    thread_frames: dict[int, FrameType],
+    runs: list[Run] | None,
+) -> dict[str, Any] | None:
+    """What the run waits on (core.waits), with the run holding it and a deadlock named."""
+    found = waits.find(raw, [f.user for f in frames], task)
+    if found is None:
+        return None
+    by_thread: dict[int, Run] = {}
+    for other in sorted(runs or (), key=lambda r: r.start_mono):
+        if other.thread_id is not None and other.task is None and not other.finished:
+            by_thread[other.thread_id] = other  # the innermost (latest) run of a thread
+    description = found.describe()
+    holder = deadlock = None
+    if found.owner is not None and found.owner != run.thread_id:
+        holder = _holder(found.owner, by_thread)
+        if holder["job_name"] is not None:
+            description += f"; held by run {holder['job_id']} of {holder['job_name']}"
+        else:
+            description += f"; held by thread {holder['thread'] or found.owner}"
+        deadlock = _deadlock(run, found.owner, thread_frames, by_thread)
+        if deadlock is not None:
+            chain = [f"run {d['job_id']} of {d['job_name']}" for d in deadlock]
+            description += "; deadlock: this run waits on " + ", which waits on ".join(
+                [*chain, "this run"]
+            )
+    return {
+        "kind": found.kind,
+        "timeout": found.timeout,
+        "holder": holder,
+        "deadlock": deadlock,
+        "description": description,
+    }
+
+
+def _deadlock(
+    run: Run, owner: int, thread_frames: dict[int, FrameType], by_thread: dict[int, Run]
+) -> list[dict[str, Any]] | None:
+    """The runs holding what each next one waits on, when that comes back to ``run``."""
+    chain: list[dict[str, Any]] = []
+    seen = {run.thread_id}
+    while len(chain) < 8:
+        holder = by_thread.get(owner)
+        if holder is None or owner in seen:
+            return None
+        chain.append(_holder(owner, by_thread))
+        seen.add(owner)
+        raw = waits.thread_frames(thread_frames.get(owner), _MAX_WALK)
+        found = waits.find(raw, [_frame(f).user for f in raw])
+        if found is None or found.owner is None:
+            return None
+        if found.owner == run.thread_id:
+            return chain
+        owner = found.owner
+    return None
+
+
+def _describe_loop(run: Run, loop: Any, now: float) -> dict[str, Any] | None:
+    if loop is None:
+        return None
+    culprit = loop.culprit
+    held = [r for r in loop.runs if r is not culprit and r is not run]
+    return {
+        "thread": loop.probe.thread_name,
+        "blocked_s": round(loop.seconds, 3),
+        "culprit": (
+            {"job_name": culprit.name, "job_id": culprit.job_id or str(culprit.key)}
+            if culprit is not None
+            else None
+        ),
+        "held_up": [{"job_name": r.name, "job_id": r.job_id or str(r.key)} for r in held],
+    }
 
 
 def current_frames() -> dict[int, FrameType]:

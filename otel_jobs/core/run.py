@@ -89,6 +89,7 @@ class Run:
         "task",
         "loop",
         "calls",
+        "logs",
         "verdict",
         "state",
         "diagnosis",
@@ -135,7 +136,8 @@ class Run:
         self.task: asyncio.Task[Any] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.calls: list[OutboundCall] = []
-        self.verdict: str | None = None  # None, "no_heartbeat" or "max_duration"
+        self.logs: Any = None  # its last log records (core.logtail), a bounded deque
+        self.verdict: str | None = None  # None, "no_heartbeat", "max_duration", "loop_blocked"
         self.state: str | None = None  # "blocked", "spinning" or "unknown" while a verdict stands
         self.diagnosis: Any = None  # set by the watchdog with its verdict
         self.cancelled_by_watchdog = False

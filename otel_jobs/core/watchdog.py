@@ -8,14 +8,24 @@ each run in flight and gives it a verdict:
   timeout. A run's start, each ``heartbeat()`` and each completed instrumented outbound call
   count as heartbeats.
 * *overran* (reason ``max_duration``): running for longer than the run's max duration.
+* *loop blocked* (reason ``loop_blocked``): the asyncio event loop the run is on has run
+  nothing for longer than ``OTEL_JOBS_LOOP_BLOCKED_TIMEOUT`` (a ``time.sleep()`` or a CPU loop
+  inside a coroutine). The loops are found through the runs in flight and probed once per tick
+  (:mod:`otel_jobs.core.loop_probe`, which also feeds ``otel_jobs_event_loop_lag_seconds`` and
+  ``otel_jobs_event_loop_blocked_seconds``). One verdict per blocked loop, given to the run whose
+  task holds the loop (else to the oldest run on it), naming the runs it holds up; it clears
+  when the loop runs again. A deadline verdict comes first: a run already stalled keeps it.
 
 The thresholds are resolved once per run when it starts (``run.max_duration``,
 ``run.heartbeat_timeout``, ``run.on_stall``: most specific first, see the README). A verdict
 is given within the threshold plus one tick.
 
 On a new verdict the watchdog diagnoses the run without stopping it (its stack, ``blocked`` /
-``spinning`` / ``unknown``, the outbound call in flight: see :mod:`otel_jobs.core.diagnosis`)
-and emits:
+``spinning`` / ``unknown``, the outbound call in flight, the lock or queue it waits on and who
+holds it, its blocked loop, its last log records: see :mod:`otel_jobs.core.diagnosis`) and
+emits the signals below. A run inside a psycopg statement first has PostgreSQL asked who blocks
+it (:mod:`otel_jobs.core.pg_locks`), on a thread of its own so that a tick never waits on a
+database; its signals and policy follow the answer (a few seconds at most). The signals:
 
 * a short span named ``"<job name> stalled"`` or ``"<job name> overran"``, a child of the run's
   span and linked to it, ended at once, with the diagnosis as attributes, so that a tracing
@@ -80,8 +90,9 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from . import diagnosis as diag_mod
-from . import errors, providers
+from . import errors, logtail, pg_locks, providers
 from .errors import JobTimeoutError
+from .loop_probe import Blocked, LoopProbes
 from .run import current_run
 
 if TYPE_CHECKING:
@@ -153,6 +164,8 @@ class Watchdog:
         # native thread id -> (monotonic time, CPU seconds) of the previous look at it.
         self._cpu: dict[int, tuple[float, float]] = {}
         self.ticks = 0
+        self.loops = LoopProbes(agent.telemetry)
+        agent.telemetry.loops_blocked = self.loops.samples
 
     @property
     def running(self) -> bool:
@@ -162,11 +175,13 @@ class Watchdog:
         if self.running:
             return
         self._stop = threading.Event()
+        logtail.install()
         self._thread = threading.Thread(target=self._loop, name="otel-jobs-watchdog", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        logtail.uninstall()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
@@ -176,6 +191,8 @@ class Watchdog:
         self._thread = None
         self._tick_lock = threading.Lock()
         self._cpu = {}
+        self.loops.rebind(self._agent.telemetry)
+        self._agent.telemetry.loops_blocked = self.loops.samples
         if was_running:
             self.start()
 
@@ -214,6 +231,16 @@ class Watchdog:
             runs = list(agent._runs.values())
         now = time.monotonic()
         horizon = now + interval
+        # Event loops: last tick's probes read, this tick's sent; the loops that ran nothing
+        # for more than a tick (usually none), and the runs given a loop_blocked verdict.
+        loops = self.loops
+        loops.watch(runs)
+        loops.tick(now)
+        blocked = loops.blocked(now, interval, runs)
+        on_blocked: dict[int, Blocked] = {}
+        loop_verdicts: dict[int, Blocked] = {}
+        if blocked:
+            on_blocked, loop_verdicts = _blocked_loops(blocked, agent.settings.loop_blocked_timeout)
         changed: list[tuple[Run, str | None]] = []
         watched: list[Run] = []  # verdict standing, or a deadline before the next tick
         for run in runs:
@@ -223,6 +250,7 @@ class Watchdog:
                     verdict is None
                     and run.start_mono + run.max_duration > horizon
                     and run.last_beat + run.heartbeat_timeout > horizon
+                    and not (loop_verdicts and run.key in loop_verdicts)
                 ):
                     continue  # healthy and not due before the next tick: the common case
                 if run.finished:
@@ -231,6 +259,8 @@ class Watchdog:
                     reason: str | None = "max_duration"
                 elif now - run.last_beat > run.heartbeat_timeout:
                     reason = "no_heartbeat"
+                elif run.key in loop_verdicts:
+                    reason = "loop_blocked"
                 else:
                     reason = None
                 if reason != verdict:
@@ -253,7 +283,9 @@ class Watchdog:
             frames = diag_mod.current_frames()
             for run, reason in fresh:
                 with errors.guard("watchdog"):
-                    self._give_verdict(run, reason, now, frames, states)
+                    self._give_verdict(
+                        run, reason, now, frames, states, runs, on_blocked.get(run.key)
+                    )
         for run in watched:
             if run.verdict is not None and run.diagnosis is not None:
                 with errors.guard("watchdog"):
@@ -317,20 +349,43 @@ class Watchdog:
         now: float,
         frames: dict[int, Any],
         states: dict[int, tuple[str, float | None]],
+        runs: list[Run] | None = None,
+        loop: Blocked | None = None,
     ) -> None:
         cpu = states.get(run.native_id) if run.native_id is not None else None
-        diagnosis = diag_mod.diagnose(run, reason, now, frames, cpu or ("unknown", None))
+        diagnosis = diag_mod.diagnose(
+            run, reason, now, frames, cpu or ("unknown", None), runs=runs, loop=loop
+        )
         diagnosis.given_at = now
         # The state before the verdict: a scrape never sees a verdict without its state.
         run.diagnosis = diagnosis
         run.state = diagnosis.state
         run.verdict = reason
         self._agent.telemetry.record_stall(run.series, reason)
+        if pg_locks.wanted(run):
+            # Who blocks its statement, asked on a connection of its own: never on this thread.
+            threading.Thread(
+                target=self._act_after_lookup,
+                args=(run, diagnosis, now),
+                name="otel-jobs-pg-lookup",
+                daemon=True,
+            ).start()
+        else:
+            self._act(run, diagnosis, now)
+
+    def _act(self, run: Run, diagnosis: Diagnosis, now: float) -> None:
+        """The signals of a new verdict, then the run's policy."""
         self._signal(run, diagnosis)
         if run.on_stall == "cancel":
             self._cancel(run, diagnosis, now)
         elif run.on_stall == "exit":
             self._exit(run, diagnosis)
+
+    def _act_after_lookup(self, run: Run, diagnosis: Diagnosis, now: float) -> None:
+        with errors.guard("watchdog.pg_locks"):
+            diagnosis.db = pg_locks.lookup(run)
+        with errors.guard("watchdog"):
+            self._act(run, diagnosis, now)
 
     def _restate(self, run: Run, states: dict[int, tuple[str, float | None]], now: float) -> None:
         """A standing verdict: the state may change (blocked, then spinning); cancel again."""
@@ -367,11 +422,11 @@ class Watchdog:
                 },
             )
         logger.info(
-            "otel-jobs: run %s of %s (queue %s) recovered: it heartbeats again after %.1fs under "
-            "a %s verdict",
+            "otel-jobs: run %s of %s (queue %s) recovered: %s after %.1fs under a %s verdict",
             run.job_id or run.key,
             run.name,
             run.queue,
+            "its event loop runs again" if previous == "loop_blocked" else "it heartbeats again",
             stalled_for,
             previous,
             extra={"job_name": run.name, "job_id": run.job_id, "job_queue": run.queue,
@@ -493,3 +548,23 @@ class Watchdog:
             with errors.guard("watchdog.exit"):
                 handler.flush()
         os._exit(EXIT_STATUS)
+
+
+def _blocked_loops(
+    blocked: dict[int, Blocked], timeout: float
+) -> tuple[dict[int, Blocked], dict[int, Blocked]]:
+    """``(run key -> its blocked loop, for every run on one; run key -> the loop it gets a
+    loop_blocked verdict for)``: the run whose task holds the loop, else the oldest on it."""
+    on_blocked: dict[int, Blocked] = {}
+    verdicts: dict[int, Blocked] = {}
+    for entry in blocked.values():
+        entry.threshold = timeout
+        entry.culprit = next(
+            (r for r in entry.runs if r.task is not None and diag_mod.task_running(r.task)), None
+        )
+        for run in entry.runs:
+            on_blocked[run.key] = entry
+        if entry.seconds > timeout and entry.runs:
+            chosen = entry.culprit or min(entry.runs, key=lambda r: r.start_mono)
+            verdicts[chosen.key] = entry
+    return on_blocked, verdicts
