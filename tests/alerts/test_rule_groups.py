@@ -51,7 +51,7 @@ def run_with_group(tmp_path: Path, code: str, **group: object) -> subprocess.Com
     values = {
         "name": "OtelJobsTestBacklogOld",
         "group": "otel-jobs.test",
-        "order": 50,
+        "order": 10_000,  # after every group of the package
         "default_for": {"OtelJobsTestBacklogOld": "10m"},
         **group,
     }
