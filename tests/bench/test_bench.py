@@ -29,6 +29,10 @@ def test_each_benchmark_runs_and_reports_figures(
     # for one, so that the benchmark never installs its own global provider in this process.
     if name in ("celery", "rq"):
         require_redis()
+    if name == "monitor":  # a redis-server of its own, loaded with its queues
+        from tests.monitor.support import require_binary
+
+        require_binary("redis-server", "redis-server")
     module = importlib.import_module(f"bench.bench_{name}")
     rows = module.run(quick=True)
     assert rows, f"bench_{name} reported nothing"

@@ -49,6 +49,7 @@ APP = textwrap.dedent(
         queue_name = os.environ["MON_QUEUE"]
         poll_delay = 0.1
         job_timeout = 3600
+        max_jobs = 20
     """
 )
 
@@ -130,6 +131,31 @@ def test_deferred_and_running_jobs_are_counted_in_their_state(
         assert depth(s, "arq", QUEUE, "waiting") == 0
         assert depth(s, "arq", QUEUE, "scheduled") == 1
         assert ages(s, "arq", QUEUE) == []
+
+
+def test_more_running_jobs_than_the_first_probe_are_all_started(
+    redis_url: str, worker: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    from otel_jobs.monitor.arq import PROBES
+
+    running = PROBES[0] + 4  # the worker runs 20 at once: past the first probe of 16
+    enqueue(redis_url, *[("sleep", 600)] * running)
+    enqueue(redis_url, *[("ok", i) for i in range(3)])  # younger: they wait for a free slot
+    with Polled([ArqCollector(redis_url, queues=[QUEUE])]) as m:
+        worker(redis_url)
+        s = wait_for(
+            f"{running} jobs started",
+            lambda: (x := m.poll()) and depth(x, "arq", QUEUE, "started") == running and x,
+        )
+        assert depth(s, "arq", QUEUE, "waiting") == 3
+        # The oldest waiting job is the first "ok", not one of the running sleeps.
+        ((_, outcome),) = m.monitor.outcomes()
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        scores = [score for _, score in client.zrange(QUEUE, 0, -1, withscores=True)]
+        client.close()
+        assert outcome.readings[0].oldest_due == sorted(scores)[running] / 1000.0
 
 
 def test_two_monitors_read_the_same_figures_and_the_default_queue(redis_url: str) -> None:
