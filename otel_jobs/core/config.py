@@ -77,6 +77,9 @@ class Settings:
     multiprocess_dir: str | None = None
     pushgateway_url: str | None = None
     pushgateway_timeout: float = 2.0
+    lease: bool = True
+    lease_url: str | None = None
+    lease_ttl: float = 30.0
     jobs: Mapping[str, JobSettings] = field(default_factory=dict)
     # Standard OpenTelemetry variables, read here so that a bad value fails at instrument().
     sdk_disabled: bool = False
@@ -92,7 +95,9 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "prometheus_basic_auth" and value is not None:
                 value = value.partition(":")[0] + ":***"
-            elif f.name.startswith(("otlp_", "pushgateway_url")) and isinstance(value, str):
+            elif f.name.startswith(("otlp_", "pushgateway_url", "lease_url")) and isinstance(
+                value, str
+            ):
                 value = _masked_url(value)
             shown.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(shown)})"
@@ -259,6 +264,23 @@ def _endpoint(setting: str, value: object) -> str:
     return text
 
 
+def _redis_url(setting: str, value: object) -> str:
+    from urllib.parse import urlsplit
+
+    text = str(value).strip()
+    accepted = "a Redis URL such as redis://127.0.0.1:6379/0 (rediss:// for TLS, unix:///path)"
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigurationError(setting, value, accepted)
+    try:
+        url = urlsplit(text)
+        url.port  # noqa: B018 (raises ValueError for a port out of range)
+    except ValueError:
+        raise ConfigurationError(setting, value, accepted) from None
+    if url.scheme != "unix" and not url.hostname:
+        raise ConfigurationError(setting, value, accepted)
+    return text
+
+
 @dataclass(frozen=True)
 class Option:
     """One setting: its keyword, its environment variable, how it is parsed, what it means."""
@@ -418,6 +440,24 @@ OPTIONS: tuple[Option, ...] = (
         lambda s, v: _seconds(s, v, allow_inf=False),
         "seconds a push may take; also the most a process waits at exit for its last push",
     ),
+    Option(
+        "lease",
+        "OTEL_JOBS_LEASE_ENABLED",
+        _bool,
+        "keep a lease in Redis listing this process's runs in flight, renewed by the watchdog, so that `otel-jobs monitor` finds the runs lost with their worker (Redis brokers, or `lease_url`)",
+    ),
+    Option(
+        "lease_url",
+        "OTEL_JOBS_LEASE_URL",
+        _redis_url,
+        "Redis for the leases where the broker is not Redis (RabbitMQ); default: the broker's own Redis",
+    ),
+    Option(
+        "lease_ttl",
+        "OTEL_JOBS_LEASE_TTL",
+        lambda s, v: _seconds(s, v, allow_inf=False),
+        "seconds a lease lasts without renewal: a dead worker's runs are found lost within this plus one monitor poll; at least twice the watchdog interval",
+    ),
 )
 
 _STANDARD_ENV = {
@@ -505,6 +545,17 @@ def load(environ: Mapping[str, str] | None = None, **kwargs: Any) -> Settings:
             "OTEL_JOBS_PROMETHEUS_CERTFILE" if from_env else "prometheus_certfile",
             values["prometheus_certfile"],
             values["prometheus_keyfile"],
+        )
+    interval = values.get("watchdog_interval", Settings.watchdog_interval)
+    if "lease_ttl" not in values:  # a slow watchdog renews less often: a longer lease
+        values["lease_ttl"] = max(Settings.lease_ttl, 3 * interval)
+    lease_ttl = values["lease_ttl"]
+    if lease_ttl < 2 * interval:
+        from_env = "lease_ttl" not in kwargs or kwargs["lease_ttl"] is None
+        raise ConfigurationError(
+            "OTEL_JOBS_LEASE_TTL" if from_env else "lease_ttl",
+            lease_ttl,
+            f"at least twice the watchdog interval ({2 * interval:g} s): the watchdog renews it",
         )
     return Settings(**values)
 
