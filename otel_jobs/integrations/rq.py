@@ -26,10 +26,13 @@ How RQ maps onto otel-jobs
 RQ's ``Worker`` forks a *work horse* per job (``Worker.execute_job`` → ``fork_work_horse`` →
 ``main_work_horse`` → ``perform_job``), and the horse ends with ``os._exit``. otel-jobs patches
 RQ's worker classes (the patches are undone by ``uninstrument()``, so any worker class, yours
-included, is covered without changing its base class):
+included, is covered without changing its base class). It patches them when the application
+imports ``rq`` (:func:`otel_jobs.core.imports.when_imported`), never importing RQ itself: RQ
+reads ``RQ_KEY_PREFIX`` at import, which code may set after ``instrument()``.
 
 * ``perform_job`` (in the horse, or in the worker itself for ``SimpleWorker``): one run per
-  execution, named after ``job.func_name``, labelled with the job's queue (``job.origin``), with
+  execution, named after ``job.func_name`` (``<unreadable>`` for a job whose data RQ cannot
+  deserialize: RQ fails it, and the run's outcome is ``failure``), labelled with the job's queue (``job.origin``), with
   ``job.id``, the attempt (1 + ``job.number_of_retries``), the max duration from the job's
   timeout (``job_timeout=``, else the queue's ``default_timeout``, else RQ's 180 s; ``-1``
   means none, so the global ``max_duration`` applies) and the queue wait from
@@ -63,7 +66,10 @@ Configuration audit
 
 When the worker starts, and with ``otel-jobs doctor --rq-redis-url URL`` (:func:`audit`), the
 queues and the jobs waiting, scheduled or running in Redis are checked for known mistakes; each
-finding is logged once (WARNING) and set in ``otel_jobs_config_finding{framework="rq", finding}``:
+finding is logged once (WARNING) and set in ``otel_jobs_config_finding{framework="rq", finding}``.
+The worker reads the queues of its own queue class (``--queue-class``, a ``Queue`` subclass with
+a key prefix of its own) and the doctor those of ``rq.Queue``; the keys of other queue classes
+in the shared ``rq:queues`` set are skipped, not an error:
 
 * ``no_time_limit``: jobs enqueued with ``job_timeout=-1`` (or a queue ``default_timeout=-1``):
   RQ never stops them, so a hung call holds the worker for good;
@@ -89,7 +95,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from ..core import errors, providers
+from ..core import errors, imports, providers
 from ..core.patching import Patches
 from . import base, rq_cron
 from .base import Finding, report_findings
@@ -141,11 +147,12 @@ class Integration(base.Integration):
         self._patches = Patches()
         self._executions: dict[str, _Execution] = {}  # by job id, in the process running it
         self._watching: dict[int, _Watch] = {}  # by id(worker), in a forking worker
+        self._cancel_hook: Callable[[], None] | None = None
 
     def install(self) -> None:
-        from rq.worker import Worker
-
-        if _inside_rq_job():
+        # RQ is patched when the application imports it, not imported here: RQ reads
+        # RQ_KEY_PREFIX when it is imported, which an application may set after instrument().
+        if "rq" in sys.modules and _inside_rq_job():
             logger.warning(
                 "otel-jobs: instrument() was called inside a running RQ job (pid %d). That run is "
                 "not recorded, and in a forking worker this work horse exits after the job, taking "
@@ -154,6 +161,13 @@ class Integration(base.Integration):
                 "worker class (`rq worker -w`), or in your worker script before Worker.work().",
                 os.getpid(),
             )
+        self._cancel_hook = imports.when_imported("rq", self._patch, "integration.rq")
+
+    def _patch(self, module: Any) -> None:
+        if self.agent.stopped:
+            return
+        from rq.worker import Worker
+
         hooks = {
             "perform_job": self._perform_job,
             "handle_exception": self._handle_exception,
@@ -172,6 +186,9 @@ class Integration(base.Integration):
         rq_cron.patch(self._patches)  # RQ's CronScheduler, where the installed RQ has one
 
     def uninstall(self) -> None:
+        if self._cancel_hook is not None:
+            self._cancel_hook()
+            self._cancel_hook = None
         self._patches.undo()
         base.unfollow_worker_logging()
         self._executions.clear()
@@ -202,7 +219,7 @@ class Integration(base.Integration):
         if not worker.is_horse:
             self._check_job(job)  # SimpleWorker: this is the worker process itself
         run = agent.start_run(
-            job.func_name,
+            _job_name(job),
             queue=job.origin or getattr(queue, "name", None),
             job_id=job.id,
             attempt=_attempt(job),
@@ -340,7 +357,7 @@ class Integration(base.Integration):
             outcome = "failure"
         message = (exc_string or "work horse ended without finishing the job").strip()
         self.agent.record_lost_run(
-            job.func_name,
+            _job_name(job),
             queue=job.origin,
             job_id=job.id,
             attempt=_attempt(job),
@@ -398,7 +415,16 @@ def _audit_connection(connection: Any, worker: Any = None) -> list[Finding]:
     from rq.job import Job
     from rq.queue import Queue
 
-    queues: dict[str, Any] = {q.name: q for q in Queue.all(connection=connection)}
+    # The worker's own classes: a Queue subclass keeps its queues under a key prefix of its own
+    # (and a Job subclass its jobs), in the same rq:queues set as every other class's.
+    queue_class = getattr(worker, "queue_class", None) or Queue
+    job_class = getattr(worker, "job_class", None) or Job
+    queues: dict[str, Any] = {
+        q.name: q
+        for q in _registered_queues(
+            connection, queue_class, job_class, getattr(worker, "serializer", None)
+        )
+    }
     if worker is not None:
         for q in worker.queues:
             queues.setdefault(q.name, q)
@@ -411,7 +437,7 @@ def _audit_connection(connection: Any, worker: Any = None) -> list[Finding]:
     fields = ("timeout", "retries_left", "failure_ttl", "description")
     with connection.pipeline(transaction=False) as pipe:
         for job_id in job_ids:
-            pipe.hmget(Job.key_for(job_id), fields)
+            pipe.hmget(job_class.key_for(job_id), fields)
         rows = pipe.execute() if job_ids else []
 
     no_limit: list[str] = []
@@ -496,6 +522,37 @@ def _inside_rq_job() -> bool:
             return True
         frame = frame.f_back  # type: ignore[assignment]
     return False
+
+
+#: The job name of a run whose job data cannot be deserialized (RQ fails such a job).
+UNREADABLE = "<unreadable>"
+
+
+def _job_name(job: Any) -> str:
+    """``job.func_name``, or :data:`UNREADABLE` when RQ cannot deserialize the job's data."""
+    try:
+        name = job.func_name
+    except Exception:  # rq.exceptions.DeserializationError, or whatever a serializer raises
+        return UNREADABLE
+    return str(name) if name else UNREADABLE
+
+
+def _registered_queues(
+    connection: Any, queue_class: Any, job_class: Any, serializer: Any
+) -> list[Any]:
+    """The queues of ``queue_class`` in its ``rq:queues`` set (RQ's ``Queue.all``), skipping
+    the keys of other queue classes, which ``Queue.all`` refuses with a ValueError."""
+    found = []
+    for key in connection.smembers(queue_class.redis_queues_keys):
+        text = _text(key)
+        if not text or not text.startswith(queue_class.redis_queue_namespace_prefix):
+            continue
+        found.append(
+            queue_class.from_queue_key(
+                text, connection=connection, job_class=job_class, serializer=serializer
+            )
+        )
+    return found
 
 
 def _attempt(job: Any) -> int:

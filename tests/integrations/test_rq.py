@@ -434,3 +434,79 @@ def test_span_of_a_horse_killed_mid_job(
         == 1
     )
     assert registry.get_sample_value("otel_jobs_runs_started_total", labels) == 0
+
+
+# --- found by running RQ's own test suite with otel-jobs enabled in every process ---------------
+
+
+def test_a_job_whose_data_cannot_be_deserialized_is_a_failure(
+    redis_db, queue_name, start_worker
+) -> None:
+    """RQ fails a job it cannot deserialize; its run is recorded as <unreadable>, failure."""
+    q = Queue(queue_name("unreadable"), connection=redis_db)
+    job = q.enqueue(f"{JOBS}.ok", 1)
+    redis_db.hset(job.key, "data", b"\x00 neither zlib nor pickle")
+    fine = q.enqueue(f"{JOBS}.ok", 2)
+    worker = start_worker(q.name)
+
+    wait_for("2 finished runs", lambda: worker.finished(queue=q.name) == 2)
+    wait_for("RQ to end both jobs", lambda: all_done([job, fine]))
+    assert statuses([job, fine]) == [JobStatus.FAILED, JobStatus.FINISHED]
+    m = worker.metrics()
+    unreadable = {"job_name": "<unreadable>", "queue": q.name}
+    assert m.value("otel_jobs_runs_started_total", **unreadable) == 1
+    assert m.value("otel_jobs_runs_finished_total", outcome="failure", **unreadable) == 1
+    assert m.value("otel_jobs_runs_finished_total", job_name=f"{JOBS}.ok", outcome="success") == 1
+    assert m.find("otel_jobs_internal_errors_total", component="integration.rq") in ([], [0.0])
+
+
+KEY_PREFIX_PROCESS = """
+import os, sys
+import otel_jobs
+from otel_jobs.core import agent, errors
+
+otel_jobs.instrument(prometheus=False, frameworks=["rq"])
+print("rq imported by instrument():", "rq" in sys.modules)
+os.environ["RQ_KEY_PREFIX"] = sys.argv[1]  # set before the application imports rq
+from redis import Redis
+from rq import Queue, SimpleWorker
+from rq.defaults import RQ_KEY_PREFIX
+
+connection = Redis.from_url(sys.argv[2])
+q = Queue(sys.argv[3], connection=connection)
+q.enqueue("tests.integrations.rq_jobs.ok", 2)
+SimpleWorker([q], connection=connection).work(burst=True)
+registry = agent.current().telemetry.registry
+labels = {"job_name": "tests.integrations.rq_jobs.ok", "queue": q.name, "outcome": "success"}
+print("prefix:", RQ_KEY_PREFIX, q.key)
+print("runs:", registry.get_sample_value("otel_jobs_runs_finished_total", labels))
+print("internal errors:", errors.counts())
+"""
+
+
+def test_rq_key_prefix_set_after_instrument_is_honoured(redis_db, queue_name) -> None:
+    """instrument() does not import RQ: it patches RQ when the application imports it."""
+    import subprocess
+    import sys
+
+    from tests.integrations.rq_support import ROOT
+
+    prefix = f"otj{uuid.uuid4().hex[:8]}"
+    name = queue_name("prefix")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "RQ_"))}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", KEY_PREFIX_PROCESS, prefix, REDIS_URL, name],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=WAIT,
+        )  # fmt: skip
+    finally:
+        keys = list(redis_db.scan_iter(match=f"{prefix}:*"))
+        if keys:
+            redis_db.delete(*keys)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "rq imported by instrument(): False" in lines
+    assert f"prefix: {prefix} {prefix}:queue:{name}" in lines
+    assert "runs: 1.0" in lines  # patched at RQ's import: the run is recorded
+    assert "internal errors: {}" in lines
+    assert keys  # the job's keys were written under the prefix

@@ -96,3 +96,59 @@ def test_worker_with_a_good_configuration_reports_nothing(empty_db: Redis, start
     wait_for("the jobs to run", lambda: worker.finished() >= 3)
     assert worker.metrics().find("otel_jobs_config_finding", framework="rq") == []
     assert "rq configuration" not in worker.output()
+
+
+# --- a Queue subclass with a key prefix of its own (found by running RQ's own suite) ------------
+
+PREFIXED = "tests.integrations.rq_prefixed.PrefixedQueue"
+
+
+def prefixed_configuration(connection: Redis) -> None:
+    """A good configuration of rq.Queue, and in the same rq:queues set a PrefixedQueue whose
+    only job has no time limit."""
+    from tests.integrations.rq_prefixed import PrefixedQueue
+
+    good_configuration(connection)
+    PrefixedQueue("custom", connection=connection).enqueue(f"{JOBS}.ok", 1, job_timeout=-1)
+
+
+def test_audit_skips_the_queues_of_another_queue_class(empty_db: Redis) -> None:
+    prefixed_configuration(empty_db)
+    with pytest.raises(ValueError, match="Not a valid RQ queue key"):
+        Queue.all(connection=empty_db)  # what the audit called
+    assert rq_integration.audit(AUDIT_URL) == []  # rq.Queue's queues, and they are fine
+
+
+def test_doctor_with_a_queue_subclass_in_redis(empty_db: Redis) -> None:
+    import subprocess
+    import sys
+
+    from tests.integrations.rq_support import ROOT
+
+    prefixed_configuration(empty_db)
+    proc = subprocess.run(
+        [sys.executable, "-m", "otel_jobs", "doctor", "--rq-redis-url", AUDIT_URL],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # 2 was "cannot check RQ"
+
+
+def test_worker_audits_the_queues_of_its_own_queue_class(empty_db: Redis, start_worker) -> None:
+    prefixed_configuration(empty_db)
+    worker = start_worker("custom", url=AUDIT_URL, env_extra={"RQ_QUEUE_CLASS": PREFIXED})
+    m = wait_for(
+        "the findings on /metrics",
+        lambda: (m := worker.metrics()).find("otel_jobs_config_finding", framework="rq") and m,
+    )
+    found = {
+        s.labels["finding"]: s.value
+        for s in m.samples
+        if s.name == "otel_jobs_config_finding" and s.labels.get("framework") == "rq"
+    }
+    assert found == {"no_time_limit": 1, "single_queue": 1}  # PrefixedQueue's: one queue
+    assert f"{JOBS}.ok(1)" in worker.output()
+    wait_for("the job to run", lambda: worker.finished(queue="custom") == 1)
+    assert m.find("otel_jobs_internal_errors_total", component="integration.rq.audit") in (
+        [],
+        [0.0],
+    )
