@@ -5,8 +5,9 @@ Two dashboards, written against the metrics table of the README (the contract):
 * ``otel-jobs-overview.json`` (uid ``otel-jobs-overview``): the fleet. What is stuck now and
   where, how old the oldest runs are against their max duration, how stale their heartbeats
   are against their timeout, throughput by outcome, failure ratio, duration percentiles and
-  heatmap, queue wait, outbound calls made without a timeout, and each worker's watchdog,
-  CPU and memory.
+  heatmap, queue wait, the queues as the brokers hold them (depth by state and the oldest
+  waiting job, from ``otel-jobs monitor``), outbound calls made without a timeout, and each
+  worker's watchdog, CPU and memory.
 * ``otel-jobs-job.json`` (uid ``otel-jobs-job``): one ``job_name``, with its own thresholds
   (``otel_jobs_run_max_duration_seconds``, ``otel_jobs_run_heartbeat_timeout_seconds``)
   drawn as lines, its stalls and its timeouts.
@@ -554,6 +555,39 @@ def overview() -> dash.Dashboard:
             _steps((None, GREEN)),
             w=8,
             links=[_runbook("OtelJobsQueueWaitHigh")],
+        )
+    )
+    d = d.with_row(dash.Row("Queues, as the brokers hold them (otel-jobs monitor)"))
+    d = d.with_panel(
+        _timeseries(
+            "Queue depth by state",
+            "Jobs in each queue by state, read from the broker by otel-jobs monitor: waiting, and where the broker keeps them scheduled, reserved, started, deferred, failed, dead. A queue no worker takes shows only under Queue = All (the variable lists the queues workers report). Empty while no monitor runs, or while it cannot read the broker.",
+            "short",
+            [
+                _query(
+                    'max by (framework, queue, state) (otel_jobs_queue_depth{queue=~"$queue"})',
+                    "{{queue}} {{state}}",
+                )
+            ],
+            _steps((None, GREEN)),
+            links=[_runbook("OtelJobsQueueBacklogGrowing"), _runbook("OtelJobsMonitorBrokerDown")],
+        )
+    )
+    d = d.with_panel(
+        _timeseries(
+            "Oldest waiting job, by queue",
+            "How long the job at the head of each queue has waited since it was published (or became due), read from the broker by otel-jobs monitor. The line of a queue nobody drains climbs; it ends when the queue is empty. The dashed line is the default threshold of OtelJobsQueueBacklogOld (600 s).",
+            "s",
+            [
+                _query(
+                    "max by (framework, queue) "
+                    '(otel_jobs_queue_oldest_waiting_age_seconds{queue=~"$queue"})',
+                    "{{queue}} ({{framework}})",
+                )
+            ],
+            _steps((None, GREEN), (600, RED)),
+            threshold_lines=True,
+            links=[_runbook("OtelJobsQueueBacklogOld")],
         )
     )
     d = d.with_row(dash.Row("Outbound calls without a timeout"))

@@ -2,7 +2,9 @@
 
 :class:`Stack` starts, on 127.0.0.1 and free ports:
 
-* ``otel-jobs demo`` (healthy, failing, slow, progress-reporting and stuck jobs);
+* ``otel-jobs demo`` (healthy, failing, slow, progress-reporting and stuck jobs), and the
+  monitor it runs next to its worker (its queues, one of them never drained), scraped as
+  ``otel-jobs-monitor``;
 * a queue worker (``python -m dashboards.live queue-worker``): producers put jobs on an
   in-process queue in bursts and two consumer threads run them with ``job_run(...,
   enqueued_at=...)``: a second instance, with a queue of its own, for the chained variables;
@@ -71,6 +73,7 @@ class Stack:
         self.processes: list[subprocess.Popen[bytes]] = []
         self.tmp = Path(tempfile.mkdtemp(prefix="otel-jobs-dashboards-"))
         self.demo_port = free_port()
+        self.monitor_port = free_port()
         self.queue_port = free_port()
         self.prom_port = free_port()
         self.url = f"http://127.0.0.1:{self.prom_port}"
@@ -132,7 +135,11 @@ class Stack:
                                     ]
                                 }
                             ],
-                        }
+                        },
+                        {
+                            "job_name": "otel-jobs-monitor",
+                            "static_configs": [{"targets": [f"127.0.0.1:{self.monitor_port}"]}],
+                        },
                     ],
                 }
             )
@@ -148,7 +155,7 @@ class Stack:
         self.wait_for('count(up{job="otel-jobs"}) == 2', timeout=60)
         self._spawn(
             [self.python, "-m", "otel_jobs", "demo", "--duration", seconds,
-             "--port", str(self.demo_port), "--no-live"],
+             "--port", str(self.demo_port), "--monitor-port", str(self.monitor_port), "--no-live"],
             "demo.log",
         )  # fmt: skip
         self._spawn(

@@ -207,3 +207,29 @@ def test_a_cancelled_stuck_run_shows_as_a_stall_and_a_timeout(stack: live.Stack)
     for title in ("Stalls in time range", "Timeouts in time range"):
         values = [float(v) for v in _run(stack, panels[title]["targets"][0], healthy)]
         assert values and max(values) == 0, title
+
+
+def test_the_queue_panels_show_a_backlog_nobody_drains(stack: live.Stack) -> None:
+    """The demo's monitor reads its queues: 'exports' is never drained, so its depth and the
+    age of its oldest job climb on the overview's queue panels, and the drained pool's do not."""
+    panels = {p["title"]: p for p in live.panels(_dashboard("otel-jobs-overview.json"))}
+    variables = _variables("otel-jobs-overview.json")
+    age = live.substitute(panels["Oldest waiting job, by queue"]["targets"][0]["expr"], variables)
+    depth = live.substitute(panels["Queue depth by state"]["targets"][0]["expr"], variables)
+
+    def exports_age() -> float:
+        (found,) = [r for r in stack.query(age) if r["metric"]["queue"] == "exports"]
+        assert found["metric"]["framework"] == "demo"
+        return float(found["value"][1])
+
+    first = exports_age()
+    deadline = time.monotonic() + 90
+    while exports_age() <= first:
+        assert time.monotonic() < deadline, "the age of the oldest job on 'exports' never grew"
+        time.sleep(1)
+    states = {
+        (r["metric"]["queue"], r["metric"]["state"]): float(r["value"][1])
+        for r in stack.query(depth)
+    }
+    assert states[("exports", "waiting")] > 0
+    assert ("pool", "waiting") in states
