@@ -46,7 +46,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .catalog import alerts
+from .catalog import alerts, records
 from .cli import STALL_ALERTS, add_arguments, config_from_args, options_table, run
 from .config import (
     DEFAULT_GRAFANA_URL,
@@ -56,8 +56,19 @@ from .config import (
     Option,
     RulesConfig,
 )
-from .promql import Alert, Group
-from .render import DEFAULT_FILES, HEADER, default_files, document, dump_yaml, groups, render
+from .promql import Alert, Group, Record
+from .render import (
+    DEFAULT_FILES,
+    HEADER,
+    PARTS,
+    RECORD_FILES,
+    RECORDS_GROUP,
+    default_files,
+    document,
+    dump_yaml,
+    groups,
+    render,
+)
 
 __all__ = [
     "DEFAULT_FILES",
@@ -67,10 +78,14 @@ __all__ = [
     "HEADER",
     "JOB_DASHBOARD",
     "OVERVIEW_DASHBOARD",
+    "PARTS",
+    "RECORDS_GROUP",
+    "RECORD_FILES",
     "STALL_ALERTS",
     "Alert",
     "Group",
     "Option",
+    "Record",
     "RulesConfig",
     "add_arguments",
     "alerts",
@@ -80,6 +95,7 @@ __all__ = [
     "dump_yaml",
     "groups",
     "options_table",
+    "records",
     "render",
     "run",
 ]

@@ -15,7 +15,7 @@ from typing import Any
 
 from . import alert_groups as _groups_package
 from .config import Option, RulesConfig
-from .promql import Alert, Group
+from .promql import Alert, Group, Record
 
 
 @functools.cache
@@ -71,3 +71,21 @@ def alerts(config: RulesConfig) -> dict[str, list[Alert]]:
             )
         out[group.name] = built
     return out
+
+
+def records(config: RulesConfig) -> list[Record]:
+    """Every group's recording rules, in rendering order, each name once.
+
+    Two groups (or two windows of one) may ask for the same record: it is rendered once. The
+    same name with another expression is a programming error of otel-jobs.
+    """
+    out: dict[str, Record] = {}
+    for group in found():
+        for record in group.records(config):
+            kept = out.setdefault(record.record, record)
+            if kept.expr != record.expr:
+                raise ValueError(
+                    f"rule group {group.name}: record {record.record} is already declared "
+                    "with another expression"
+                )
+    return list(out.values())

@@ -41,7 +41,9 @@ def options_table() -> str:
     rows = ["| option | default | meaning |", "|---|---|---|"]
     for name, default, help_text, _, _ in _settings():
         shown = ",".join(default) if isinstance(default, tuple) else default
-        if shown is None or shown == "":
+        if isinstance(shown, bool):
+            shown = f"`{'on' if shown else 'off'}`"
+        elif shown is None or shown == "":
             shown = "(none)"
         elif isinstance(shown, float):
             shown = f"`{num(shown)}`"
@@ -59,6 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("prometheus", "operator"),
         default="prometheus",
         help="a rule file for `rule_files:`, or a PrometheusRule manifest for the Operator",
+    )
+    parser.add_argument(
+        "--part",
+        choices=("alerts", "records", "all"),
+        default="alerts",
+        help="the alerts, the recording rules they and the dashboards read (a file to load "
+        "beside the alerts), or both in one file",
     )
     parser.add_argument(
         "-o", "--output", metavar="FILE", help="write here instead of stdout ('-': stdout)"
@@ -138,8 +147,8 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, argparse.ArgumentTypeError) as exc:
         print(f"otel-jobs rules: {exc}", file=sys.stderr)
         return 2
-    text = render(config, args.format)
-    if config.runbook_url == DEFAULT_RUNBOOK_URL:
+    text = render(config, args.format, args.part)
+    if args.part != "records" and config.runbook_url == DEFAULT_RUNBOOK_URL:
         print(
             f"otel-jobs rules: runbook_url is a placeholder ({DEFAULT_RUNBOOK_URL}/<Alert>.md); "
             "pass --runbook-url BASE, where you publish docs/runbooks/",

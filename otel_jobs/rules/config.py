@@ -71,6 +71,16 @@ def matchers(text: str) -> str:
     return text.strip()
 
 
+def on_off(text: str) -> bool:
+    """``on`` or ``off`` (also true/false, yes/no, 1/0)."""
+    value = text.strip().lower()
+    if value in ("on", "true", "yes", "1"):
+        return True
+    if value in ("off", "false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r}: accepted on or off")
+
+
 def labels(text: str) -> tuple[str, ...]:
     """A comma-separated list of label names."""
     names = tuple(n.strip() for n in text.split(",") if n.strip())
@@ -123,6 +133,13 @@ class RulesConfig:
         "labels that identify one job across its workers, for the job-level alerts",
         labels,
         "LABELS",
+    )
+    recording_rules: bool = _opt(
+        True,
+        "job-level alerts read the recording rules (otel-jobs rules --part records, loaded beside "
+        "the alerts) instead of every worker's raw series; 'off': self-contained alerts",
+        on_off,
+        "on|off",
     )
     heartbeat_timeout_default: float | None = _opt(
         3600.0,

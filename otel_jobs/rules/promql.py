@@ -34,12 +34,31 @@ class Alert:
 
 
 @dataclass(frozen=True)
+class Record:
+    """One recording rule: ``record`` is ``otel_jobs:<metric>:<operation><window>``.
+
+    Records aggregate a job across its workers (by ``--group-by``): alerts and the dashboards'
+    fleet panels read them instead of every worker's raw series on every evaluation.
+    """
+
+    record: str
+    expr: str
+
+
+#: The window of the records the dashboards' fleet panels read (``...:rate5m``).
+FLEET_WINDOW = "5m"
+
+
+@dataclass(frozen=True)
 class Group:
     """One rule group: what a module of :mod:`otel_jobs.rules.alert_groups` declares as ``GROUP``.
 
     ``default_for`` lists the group's alerts in the order ``alerts(config)`` returns them, with
     their ``for`` by default; ``order`` places the group in the rendered file (built-in groups
-    use 10-40); ``options`` are the group's own thresholds (``--<name>`` options).
+    use 10-40); ``options`` are the group's own thresholds (``--<name>`` options); ``records``
+    are the recording rules its alerts (and the dashboards) read, rendered into the records
+    file (``otel-jobs rules --part records``), all groups' records in one group evaluated
+    before the alerts.
     """
 
     name: str
@@ -47,6 +66,7 @@ class Group:
     default_for: Mapping[str, str]
     alerts: Callable[[RulesConfig], list[Alert]]
     options: tuple[Option[Any], ...] = field(default=())
+    records: Callable[[RulesConfig], list[Record]] = field(default=lambda _config: [])
 
 
 def sel(config: RulesConfig, name: str, extra: str = "", *, target: bool = False) -> str:

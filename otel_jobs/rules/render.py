@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from .catalog import alerts
+from .catalog import alerts, records
 from .config import (
     DEFAULT_RUNBOOK_URL,
     DURATION,
@@ -22,11 +22,33 @@ from .config import (
 )
 from .promql import num
 
+#: What a rule file holds: the alerts, the recording rules, or both.
+PARTS = ("alerts", "records", "all")
+#: The one group holding every recording rule (evaluated before the alerts read them).
+RECORDS_GROUP = "otel-jobs.records"
 
-def groups(config: RulesConfig) -> list[dict[str, Any]]:
-    """The rule groups as plain data (what a rule file's ``groups:`` holds)."""
-    out = []
+
+def groups(config: RulesConfig, part: str = "alerts") -> list[dict[str, Any]]:
+    """The rule groups as plain data (what a rule file's ``groups:`` holds).
+
+    ``part``: ``alerts`` (the alert groups), ``records`` (the recording rules, one group) or
+    ``all`` (the records' group first).
+    """
+    if part not in PARTS:
+        raise ValueError(f"part {part!r}: accepted {', '.join(PARTS)}")
+    out: list[dict[str, Any]] = []
+    if part in ("records", "all"):
+        out.append(
+            {
+                "name": RECORDS_GROUP,
+                "rules": [{"record": r.record, "expr": r.expr} for r in records(config)],
+            }
+        )
+    if part == "records":
+        return out
     for group, rules in alerts(config).items():
+        if not rules:
+            continue
         items = []
         for alert in rules:
             uid = JOB_DASHBOARD if "job_name" in alert.dashboard_vars else OVERVIEW_DASHBOARD
@@ -53,12 +75,13 @@ def groups(config: RulesConfig) -> list[dict[str, Any]]:
     return out
 
 
-def document(config: RulesConfig, fmt: str = "prometheus") -> dict[str, Any]:
+def document(config: RulesConfig, fmt: str = "prometheus", part: str = "alerts") -> dict[str, Any]:
     """The whole file as plain data: a rule file, or a PrometheusRule manifest (``operator``)."""
     if fmt == "prometheus":
-        return {"groups": groups(config)}
+        return {"groups": groups(config, part)}
     if fmt == "operator":
-        metadata: dict[str, Any] = {"name": config.operator_name}
+        name = config.operator_name + ("-records" if part == "records" else "")
+        metadata: dict[str, Any] = {"name": name}
         if config.operator_namespace:
             metadata["namespace"] = config.operator_namespace
         metadata["labels"] = {"app.kubernetes.io/name": "otel-jobs", **config.operator_labels}
@@ -66,7 +89,7 @@ def document(config: RulesConfig, fmt: str = "prometheus") -> dict[str, Any]:
             "apiVersion": "monitoring.coreos.com/v1",
             "kind": "PrometheusRule",
             "metadata": metadata,
-            "spec": {"groups": groups(config)},
+            "spec": {"groups": groups(config, part)},
         }
     raise ValueError(f"format {fmt!r}: accepted prometheus, operator")
 
@@ -81,14 +104,27 @@ _PLACEHOLDER_NOTE = (
 )
 
 
-def render(config: RulesConfig | None = None, fmt: str = "prometheus") -> str:
+_RECORDS_NOTE = (
+    "# Recording rules: per job across its workers. Load them beside the alerts (their job-level\n"
+    "# alerts and the dashboards' fleet panels read them), rendered with the same options.\n"
+)
+
+
+def render(config: RulesConfig | None = None, fmt: str = "prometheus", part: str = "alerts") -> str:
     """The rule file (``fmt="operator"``: a PrometheusRule manifest) as YAML text.
+
+    ``part="records"``: the recording rules the alerts read (a file of their own, loaded beside
+    the alerts); ``"all"``: both in one file.
 
     >>> text = render(RulesConfig(selector='namespace="billing"'), fmt="operator")
     """
     config = config or RulesConfig()
-    note = _PLACEHOLDER_NOTE if config.runbook_url == DEFAULT_RUNBOOK_URL else ""
-    return HEADER + note + dump_yaml(document(config, fmt))
+    note = ""
+    if part != "records" and config.runbook_url == DEFAULT_RUNBOOK_URL:
+        note += _PLACEHOLDER_NOTE
+    if part != "alerts":
+        note += _RECORDS_NOTE
+    return HEADER + note + dump_yaml(document(config, fmt, part))
 
 
 #: The committed files and the format each is rendered in.
@@ -96,11 +132,19 @@ DEFAULT_FILES = {
     "alerts/otel-jobs.rules.yml": "prometheus",
     "alerts/otel-jobs.prometheusrule.yaml": "operator",
 }
+#: The committed recording rules (``--part records``) and the format each is rendered in.
+RECORD_FILES = {
+    "alerts/otel-jobs.records.yml": "prometheus",
+    "alerts/otel-jobs-records.prometheusrule.yaml": "operator",
+}
 
 
 def default_files() -> dict[str, str]:
     """The text of every committed rule file, as the generator renders it by default."""
-    return {path: render(RulesConfig(), fmt) for path, fmt in DEFAULT_FILES.items()}
+    files = {path: render(RulesConfig(), fmt) for path, fmt in DEFAULT_FILES.items()}
+    for path, fmt in RECORD_FILES.items():
+        files[path] = render(RulesConfig(), fmt, "records")
+    return files
 
 
 # --- YAML without a YAML library ------------------------------------------------------------

@@ -7,21 +7,104 @@ instances come and go.
 from __future__ import annotations
 
 from ..config import RulesConfig
-from ..promql import JOB, WHERE, Alert, Group, by, num, sel, threshold
+from ..promql import FLEET_WINDOW, JOB, WHERE, Alert, Group, Record, by, num, sel, threshold
+
+DURATION = "otel_jobs:run_duration_seconds_bucket:rate"
+QUEUE_WAIT = "otel_jobs:queue_wait_seconds_bucket:rate"
+FINISHED_RATE = "otel_jobs:runs_finished:rate"
+FINISHED_INCREASE = "otel_jobs:runs_finished:increase"
+
+
+def records(s: RulesConfig) -> list[Record]:
+    """Per job across its workers: histogram rates (``le`` kept, outcome summed) and finished
+    runs by outcome, over the alerts' windows and the dashboards' (:data:`FLEET_WINDOW`)."""
+    buckets = sel(s, "otel_jobs_run_duration_seconds_bucket")
+    waits = sel(s, "otel_jobs_queue_wait_seconds_bucket")
+    finished = sel(s, "otel_jobs_runs_finished_total")
+    out = [
+        Record(f"{FINISHED_RATE}{FLEET_WINDOW}",
+               f"sum by ({by(s, 'outcome')}) (rate({finished}[{FLEET_WINDOW}]))"),
+    ]  # fmt: skip
+    for window in dict.fromkeys((FLEET_WINDOW, s.duration_window)):
+        out.append(
+            Record(f"{DURATION}{window}", f"sum by ({by(s, 'le')}) (rate({buckets}[{window}]))")
+        )
+    for window in dict.fromkeys((FLEET_WINDOW, s.queue_wait_window)):
+        out.append(
+            Record(f"{QUEUE_WAIT}{window}", f"sum by ({by(s, 'le')}) (rate({waits}[{window}]))")
+        )
+    for window in dict.fromkeys((s.failure_window, s.timeout_window, s.not_running_window)):
+        out.append(
+            Record(
+                f"{FINISHED_INCREASE}{window}",
+                f"sum by ({by(s, 'outcome')}) (increase({finished}[{window}]))",
+            )
+        )
+    return out
 
 
 def alerts(s: RulesConfig) -> list[Alert]:
+    if s.recording_rules:
+        return _alerts(s, *_on_records(s))
+    return _alerts(s, *_on_raw_series(s))
+
+
+def _on_records(s: RulesConfig) -> tuple[str, str, str, str, str, str, str, str]:
+    """The alerts' terms read from the records (re-aggregated by --group-by: a no-op on records
+    of the same rule file, and safe should a record carry more labels)."""
+
+    def increase(window: str, outcome: str = "") -> str:
+        matcher = f"{{{outcome}}}" if outcome else ""
+        return f"sum by ({by(s)}) ({FINISHED_INCREASE}{window}{matcher})"
+
+    duration = f"sum by ({by(s, 'le')}) ({DURATION}{s.duration_window}"
+    bad = increase(s.failure_window, 'outcome=~"failure|timeout"')
+    return (
+        f"histogram_quantile(0.95, {duration}))",
+        f"histogram_quantile(0.95, {duration} offset {s.usual_offset}))",
+        # The ratio of increases over one window is the ratio of rates.
+        f"{bad}\n/\n{increase(s.failure_window)}",
+        increase(s.failure_window),
+        increase(s.timeout_window, 'outcome="timeout"'),
+        f"histogram_quantile(0.95, sum by ({by(s, 'le')}) ({QUEUE_WAIT}{s.queue_wait_window}))",
+        f"{increase(s.not_running_window).removesuffix(')')} offset {s.not_running_offset})",
+        increase(s.not_running_window),
+    )
+
+
+def _on_raw_series(s: RulesConfig) -> tuple[str, str, str, str, str, str, str, str]:
+    """The same terms computed from every worker's series (``--recording-rules off``)."""
     finished = sel(s, "otel_jobs_runs_finished_total")
     bad_finished = sel(s, "otel_jobs_runs_finished_total", 'outcome=~"failure|timeout"')
     timeouts = sel(s, "otel_jobs_runs_finished_total", 'outcome="timeout"')
     buckets = sel(s, "otel_jobs_run_duration_seconds_bucket")
-    duration_p95 = (
-        f"histogram_quantile(0.95, sum by ({by(s, 'le')}) (rate({buckets}[{s.duration_window}])))"
-    )
-    usual_p95 = (
+    waits = sel(s, "otel_jobs_queue_wait_seconds_bucket")
+    return (
+        f"histogram_quantile(0.95, sum by ({by(s, 'le')}) (rate({buckets}[{s.duration_window}])))",
         f"histogram_quantile(0.95, sum by ({by(s, 'le')}) "
-        f"(rate({buckets}[{s.duration_window}] offset {s.usual_offset})))"
+        f"(rate({buckets}[{s.duration_window}] offset {s.usual_offset})))",
+        f"sum by ({by(s)}) (rate({bad_finished}[{s.failure_window}]))\n"
+        f"/\nsum by ({by(s)}) (rate({finished}[{s.failure_window}]))",
+        f"sum by ({by(s)}) (increase({finished}[{s.failure_window}]))",
+        f"sum by ({by(s)}) (increase({timeouts}[{s.timeout_window}]))",
+        f"histogram_quantile(0.95, sum by ({by(s, 'le')}) (rate({waits}[{s.queue_wait_window}])))",
+        f"sum by ({by(s)}) (increase({finished}[{s.not_running_window}] offset "
+        f"{s.not_running_offset}))",
+        f"sum by ({by(s)}) (increase({finished}[{s.not_running_window}]))",
     )
+
+
+def _alerts(
+    s: RulesConfig,
+    duration_p95: str,
+    usual_p95: str,
+    failure_ratio: str,
+    finished_runs: str,
+    timed_out: str,
+    queue_wait_p95: str,
+    finished_before: str,
+    finished_now: str,
+) -> list[Alert]:
     max_duration = threshold(
         f"max by ({by(s)}) ({sel(s, 'otel_jobs_run_max_duration_seconds')})",
         s.max_duration_default,
@@ -49,11 +132,8 @@ def alerts(s: RulesConfig) -> list[Alert]:
         Alert(
             "OtelJobsFailureRatioHigh",
             "warning",
-            f"sum by ({by(s)}) (rate({bad_finished}[{s.failure_window}]))\n"
-            f"/\nsum by ({by(s)}) (rate({finished}[{s.failure_window}]))\n"
-            f"> {num(s.failure_ratio)}\n"
-            f"and\nsum by ({by(s)}) (increase({finished}[{s.failure_window}])) >= "
-            f"{num(s.failure_min_runs)}",
+            f"{failure_ratio}\n> {num(s.failure_ratio)}\n"
+            f"and\n{finished_runs} >= {num(s.failure_min_runs)}",
             "Many runs of a job are failing.",
             f"{{{{ $value | humanizePercentage }}}} of the runs of {JOB}{WHERE} that "
             f"finished in the last {s.failure_window} ended in failure or timeout.",
@@ -61,7 +141,7 @@ def alerts(s: RulesConfig) -> list[Alert]:
         Alert(
             "OtelJobsRunsTimingOut",
             "warning",
-            f"sum by ({by(s)}) (increase({timeouts}[{s.timeout_window}])) > 0",
+            f"{timed_out} > 0",
             "Runs of a job are ending by timeout.",
             f"About {{{{ $value | humanize }}}} run(s) of {JOB}{WHERE} ended by timeout in "
             f"the last {s.timeout_window}.",
@@ -69,9 +149,7 @@ def alerts(s: RulesConfig) -> list[Alert]:
         Alert(
             "OtelJobsQueueWaitHigh",
             "warning",
-            f"histogram_quantile(0.95, sum by ({by(s, 'le')}) "
-            f"(rate({sel(s, 'otel_jobs_queue_wait_seconds_bucket')}[{s.queue_wait_window}])))\n"
-            f"> {num(s.queue_wait_p95)}",
+            f"{queue_wait_p95}\n> {num(s.queue_wait_p95)}",
             "Runs of a job wait long in their queue before they start.",
             f"p95 queue wait of {JOB}{WHERE} over {s.queue_wait_window} is "
             "{{ $value | humanizeDuration }}: the queue is backed up, often behind stuck runs.",
@@ -79,9 +157,7 @@ def alerts(s: RulesConfig) -> list[Alert]:
         Alert(
             "OtelJobsJobStoppedRunning",
             "warning",
-            f"sum by ({by(s)}) (increase({finished}[{s.not_running_window}] offset "
-            f"{s.not_running_offset})) > 0\nunless\n"
-            f"sum by ({by(s)}) (increase({finished}[{s.not_running_window}])) > 0",
+            f"{finished_before} > 0\nunless\n{finished_now} > 0",
             "A job that normally runs has finished no run for a long time.",
             f"{JOB}{WHERE} finished no run in the last {s.not_running_window}; in the same "
             f"window {s.not_running_offset} earlier it finished about "
@@ -102,4 +178,5 @@ GROUP = Group(
         "OtelJobsJobStoppedRunning": "15m",
     },
     alerts=alerts,
+    records=records,
 )

@@ -7,7 +7,22 @@ Each run's limits come from the worker's gauges (the job's declared values); the
 from __future__ import annotations
 
 from ..config import RulesConfig
-from ..promql import JOB, RUN_VARS, WHERE, Alert, Group, sel, threshold
+from ..promql import JOB, RUN_VARS, WHERE, Alert, Group, Record, by, sel, threshold
+
+
+def records(s: RulesConfig) -> list[Record]:
+    """Runs in flight and stalled per job across its workers (the dashboards' fleet panels);
+    the alerts stay per worker, where the stuck run is."""
+    return [
+        Record(
+            "otel_jobs:runs_in_progress:sum",
+            f"sum by ({by(s)}) ({sel(s, 'otel_jobs_runs_in_progress')})",
+        ),
+        Record(
+            "otel_jobs:runs_stalled:sum",
+            f"sum by ({by(s, 'state')}) ({sel(s, 'otel_jobs_runs_stalled')})",
+        ),
+    ]
 
 
 def alerts(s: RulesConfig) -> list[Alert]:
@@ -61,4 +76,5 @@ GROUP = Group(
         "OtelJobsRunOverMaxDuration": "2m",
     },
     alerts=alerts,
+    records=records,
 )
