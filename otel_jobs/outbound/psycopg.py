@@ -40,6 +40,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..core import errors
+from ..core.pg_locks import note as note_connection
 from .adapter import CallCheck, MethodAdapter, Target, argument
 from .base import Args, Kwargs, Missing, format_host
 
@@ -125,6 +126,7 @@ def _mentions_timeout(query: Any) -> bool:
 
 def _statement_describe(args: Args, kwargs: Kwargs, found: Any) -> tuple[str, str]:
     session, conn = found
+    note_connection(conn)  # the run's backend, should it stall on a lock (core.pg_locks)
     host = session[1] if session is not None else _conn_host(conn)
     return _verb(argument(args, kwargs, 1, "query", None)), host
 
@@ -160,10 +162,11 @@ class Adapter(MethodAdapter):
             return None
         return f"SET statement_timeout = {max(1, math.ceil(self.checker.default_timeout * 1000))}"
 
-    def _remember(self, conn: Any, row: Any) -> Session:
+    def _remember(self, conn: Any, row: Any) -> Missing:
+        """Keep what ``SHOW statement_timeout`` answered (``row``) for ``conn``'s statements."""
         missing = _STATEMENT if row is not None and row[0] == "0" else ()
-        session = self.sessions[conn] = (missing, _conn_host(conn))
-        return session
+        self.sessions[conn] = (missing, _conn_host(conn))
+        return missing
 
     def _probe(self, conn: Any) -> None:
         """``SHOW statement_timeout`` outside any transaction (enforce: ``SET`` it too)."""
@@ -177,7 +180,7 @@ class Adapter(MethodAdapter):
         try:
             with conn.cursor(row_factory=tuple_row) as cur:
                 self._execute(cur, _SHOW)
-                missing, _ = self._remember(conn, cur.fetchone())
+                missing = self._remember(conn, cur.fetchone())
                 setting = self._set_statement_timeout()
                 if missing and setting:
                     self._execute(cur, setting)
@@ -196,9 +199,9 @@ class Adapter(MethodAdapter):
         try:
             async with conn.cursor(row_factory=tuple_row) as cur:
                 await self._aexecute(cur, _SHOW)
-                row = await cur.fetchone()
+                missing = self._remember(conn, await cur.fetchone())
                 setting = self._set_statement_timeout()
-                if self._remember(conn, row)[0] and setting:
+                if missing and setting:
                     await self._aexecute(cur, setting)
         finally:
             if not autocommit:
@@ -206,23 +209,25 @@ class Adapter(MethodAdapter):
 
     # --- hooks of the checks ------------------------------------------------------------------
 
-    def _probe_new(self, args: Args, kwargs: Kwargs, conn: Any, enforced: Missing) -> Any:
+    def _probe_connected(self, args: Args, kwargs: Kwargs, conn: Any, enforced: Missing) -> Any:
         with errors.guard("outbound.psycopg"):
             self._probe(conn)
         return conn
 
-    async def _aprobe_new(self, args: Args, kwargs: Kwargs, conn: Any, enforced: Missing) -> Any:
+    async def _aprobe_connected(
+        self, args: Args, kwargs: Kwargs, conn: Any, enforced: Missing
+    ) -> Any:
         with errors.guard("outbound.psycopg"):
             await self._aprobe(conn)
         return conn
 
-    def _probe_unknown(self, args: Args, kwargs: Kwargs) -> None:
+    def _probe_if_unknown(self, args: Args, kwargs: Kwargs) -> None:
         conn = args[0].connection
         if conn not in self.sessions:
             with errors.guard("outbound.psycopg"):
                 self._probe(conn)
 
-    async def _aprobe_unknown(self, args: Args, kwargs: Kwargs) -> None:
+    async def _aprobe_if_unknown(self, args: Args, kwargs: Kwargs) -> None:
         conn = args[0].connection
         if conn not in self.sessions:
             with errors.guard("outbound.psycopg"):
@@ -243,11 +248,11 @@ class Adapter(MethodAdapter):
         self._execute = psycopg.Cursor.execute
         self._aexecute = psycopg.AsyncCursor.execute
         read = (_connect_timeout, _connect_describe, _connect_enforce)
-        connect = CallCheck(*read, after=self._probe_new)
-        aconnect = CallCheck(*read, after=self._aprobe_new)
+        connect = CallCheck(*read, after=self._probe_connected)
+        aconnect = CallCheck(*read, after=self._aprobe_connected)
         read_statement = (self._statement_timeout, _statement_describe)
-        statement = CallCheck(*read_statement, before=self._probe_unknown)
-        astatement = CallCheck(*read_statement, before=self._aprobe_unknown)
+        statement = CallCheck(*read_statement, before=self._probe_if_unknown)
+        astatement = CallCheck(*read_statement, before=self._aprobe_if_unknown)
         targets = [
             Target(psycopg.Connection, "connect", connect),
             Target(psycopg.AsyncConnection, "connect", aconnect, is_async=True),
