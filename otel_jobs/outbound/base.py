@@ -123,7 +123,7 @@ _is_library: dict[Any, bool] = {}  # code object -> whether its module is in LIB
 _sites: dict[tuple[Any, int], str] = {}  # (code object, line) -> "module:function:line"
 
 
-def _library_code(frame: FrameType) -> bool:
+def _in_library(frame: FrameType) -> bool:
     code = frame.f_code
     known = _is_library.get(code)
     if known is None:
@@ -143,7 +143,7 @@ def call_site(frame: FrameType | None) -> str:
     'jobs.sync:push:42'
     """
     while frame is not None:
-        if not _library_code(frame):
+        if not _in_library(frame):
             code = frame.f_code
             key = (code, frame.f_lineno)
             site = _sites.get(key)

@@ -59,7 +59,7 @@ _MAX_LOCK_NAME = 100  # characters of a lock's name in its method
 # --- commands ----------------------------------------------------------------------------
 
 
-def _missing(pool: Any) -> Missing:
+def _pool_missing(pool: Any) -> Missing:
     enforced = pool.__dict__.get(_ENFORCED)
     if enforced is not None:
         return enforced
@@ -105,17 +105,17 @@ def _enforce_on_pool(pool: Any, missing: Missing, default: float) -> None:
 
 def _client_timeout(args: Args, kwargs: Kwargs) -> tuple[Any, Missing]:
     pool = args[0].connection_pool
-    return pool, _missing(pool)
+    return pool, _pool_missing(pool)
 
 
-def _command(args: Args, kwargs: Kwargs, pool: Any) -> tuple[str, str]:
+def _describe_command(args: Args, kwargs: Kwargs, pool: Any) -> tuple[str, str]:
     name = args[1] if len(args) > 1 else "COMMAND"
     if isinstance(name, bytes):
         name = name.decode("ascii", "replace")
     return str(name).upper(), _host(pool)
 
 
-def _pipeline(args: Args, kwargs: Kwargs, pool: Any) -> tuple[str, str]:
+def _describe_pipeline(args: Args, kwargs: Kwargs, pool: Any) -> tuple[str, str]:
     return ("MULTI" if getattr(args[0], "transaction", False) else "PIPELINE"), _host(pool)
 
 
@@ -126,8 +126,8 @@ def _enforce(
     return args, kwargs
 
 
-COMMAND = CallCheck(_client_timeout, _command, _enforce)
-PIPELINE = CallCheck(_client_timeout, _pipeline, _enforce)
+COMMAND = CallCheck(_client_timeout, _describe_command, _enforce)
+PIPELINE = CallCheck(_client_timeout, _describe_pipeline, _enforce)
 
 
 # --- locks -------------------------------------------------------------------------------
