@@ -66,6 +66,12 @@ DS = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 FLEET = 'instance=~"$instance", queue=~"$queue", job_name=~"$job_name"'
 ONE_JOB = 'instance=~"$instance", queue=~"$queue", job_name="$job_name"'
 INSTANCES = 'instance=~"$instance"'
+# The overview's fleet panels read the recording rules (alerts/otel-jobs.records.yml): one
+# series per job and queue summed across workers, so they take no instance matcher. Per-worker
+# detail (the stalled-runs table, the ages, the workers row) and the job dashboard read the
+# workers' own series.
+RECORDED = 'queue=~"$queue", job_name=~"$job_name"'
+FINISHED_RATE = "otel_jobs:runs_finished:rate5m"
 FAILED = 'outcome=~"failure|timeout"'
 
 GREEN, ORANGE, RED, BLUE = "green", "orange", "red", "blue"
@@ -221,12 +227,30 @@ def _quantiles(
     ]
 
 
-def _heatmap(title: str, description: str, selector: str, *, w: int, h: int) -> heatmap.Panel:
+def _recorded_quantiles(
+    record: str, selector: str, by: str, legend_prefix: str
+) -> list[prometheus.Dataquery]:
+    """p50/p95/p99 from a recording rule of bucket rates (``le`` kept)."""
+    group = f"{by}, le" if by else "le"
+    return [
+        _query(
+            f"histogram_quantile({q}, sum by ({group}) ({record}{{{selector}}}))",
+            f"{legend_prefix}p{int(q * 100)}",
+            ref,
+        )
+        for q, ref in ((0.5, "A"), (0.95, "B"), (0.99, "C"))
+    ]
+
+
+def _heatmap(
+    title: str, description: str, selector: str, *, w: int, h: int, expr: str | None = None
+) -> heatmap.Panel:
     panel = _common(heatmap.Panel(), title, description, "s", w, h)
     return (
         panel.with_target(
             _query(
-                "sum by (le) (increase(otel_jobs_run_duration_seconds_bucket"
+                expr
+                or "sum by (le) (increase(otel_jobs_run_duration_seconds_bucket"
                 f"{{{selector}}}[$__rate_interval]))",
                 "{{le}}",
                 fmt=pm.PromQueryFormat.HEATMAP,
@@ -344,7 +368,7 @@ def overview() -> dash.Dashboard:
             "Runs stalled now",
             "Runs the watchdog has given a stall verdict (no heartbeat within the timeout, or over the max duration) and that are still in flight.",
             "short",
-            f"sum(otel_jobs_runs_stalled{{{FLEET}}})",
+            f"sum(otel_jobs:runs_stalled:sum{{{RECORDED}}})",
             _steps((None, GREEN), (1, RED)),
             links=[_runbook("OtelJobsRunStalled")],
         )
@@ -354,7 +378,7 @@ def overview() -> dash.Dashboard:
             "Runs in progress",
             "Runs in flight now.",
             "short",
-            f"sum(otel_jobs_runs_in_progress{{{FLEET}}})",
+            f"sum(otel_jobs:runs_in_progress:sum{{{RECORDED}}})",
             _steps((None, BLUE)),
         )
     )
@@ -363,7 +387,7 @@ def overview() -> dash.Dashboard:
             "Runs finished per second",
             "Runs finished per second, any outcome.",
             "ops",
-            f"sum(rate(otel_jobs_runs_finished_total{{{FLEET}}}[$__rate_interval]))",
+            f"sum({FINISHED_RATE}{{{RECORDED}}})",
             _steps((None, BLUE)),
         )
     )
@@ -372,8 +396,8 @@ def overview() -> dash.Dashboard:
             "Failure ratio",
             "Share of finished runs that failed or timed out.",
             "percentunit",
-            f"sum(rate(otel_jobs_runs_finished_total{{{FLEET}, {FAILED}}}[$__rate_interval]))"
-            f" / (sum(rate(otel_jobs_runs_finished_total{{{FLEET}}}[$__rate_interval])) > 0)",
+            f"sum({FINISHED_RATE}{{{RECORDED}, {FAILED}}})"
+            f" / (sum({FINISHED_RATE}{{{RECORDED}}}) > 0)",
             _steps((None, GREEN), (0.05, ORANGE), (0.2, RED)),
             links=[_runbook("OtelJobsFailureRatioHigh")],
         )
@@ -446,7 +470,7 @@ def overview() -> dash.Dashboard:
             "Runs stalled now, by state",
             "Runs under a stall verdict, by the watchdog's diagnosis: blocked (no CPU: I/O or a lock), spinning (CPU: a loop), unknown.",
             "short",
-            [_query(f"sum by (state) (otel_jobs_runs_stalled{{{FLEET}}})", "{{state}}")],
+            [_query(f"sum by (state) (otel_jobs:runs_stalled:sum{{{RECORDED}}})", "{{state}}")],
             _steps((None, GREEN), (1, RED)),
             stacked=True,
             links=[_runbook("OtelJobsRunStalled")],
@@ -496,7 +520,7 @@ def overview() -> dash.Dashboard:
             "ops",
             [
                 _query(
-                    f"sum by (outcome) (rate(otel_jobs_runs_finished_total{{{FLEET}}}[$__rate_interval]))",
+                    f"sum by (outcome) ({FINISHED_RATE}{{{RECORDED}}})",
                     "{{outcome}}",
                 )
             ],
@@ -511,8 +535,8 @@ def overview() -> dash.Dashboard:
             "percentunit",
             [
                 _query(
-                    f"sum by (job_name) (rate(otel_jobs_runs_finished_total{{{FLEET}, {FAILED}}}[$__rate_interval]))"
-                    f" / (sum by (job_name) (rate(otel_jobs_runs_finished_total{{{FLEET}}}[$__rate_interval])) > 0)",
+                    f"sum by (job_name) ({FINISHED_RATE}{{{RECORDED}, {FAILED}}})"
+                    f" / (sum by (job_name) ({FINISHED_RATE}{{{RECORDED}}}) > 0)",
                     "{{job_name}}",
                 )
             ],
@@ -528,7 +552,7 @@ def overview() -> dash.Dashboard:
             "Run duration p50 / p95 / p99",
             "Wall time of finished runs, over every selected job.",
             "s",
-            _quantiles("otel_jobs_run_duration_seconds", FLEET, "", ""),
+            _recorded_quantiles("otel_jobs:run_duration_seconds_bucket:rate5m", RECORDED, "", ""),
             _steps((None, GREEN)),
             w=8,
             links=[
@@ -540,10 +564,11 @@ def overview() -> dash.Dashboard:
     d = d.with_panel(
         _heatmap(
             "Run duration heatmap",
-            "Finished runs per duration bucket.",
-            FLEET,
+            "Finished runs per second in each duration bucket (over 5 minutes).",
+            RECORDED,
             w=8,
             h=8,
+            expr=f"sum by (le) (otel_jobs:run_duration_seconds_bucket:rate5m{{{RECORDED}}})",
         )
     )
     d = d.with_panel(
@@ -551,7 +576,9 @@ def overview() -> dash.Dashboard:
             "Queue wait p50 / p95 / p99, by queue",
             "Time from publish (or due time) to start. A queue whose wait climbs while its workers are busy is often blocked by stuck runs.",
             "s",
-            _quantiles("otel_jobs_queue_wait_seconds", FLEET, "queue", "{{queue}} "),
+            _recorded_quantiles(
+                "otel_jobs:queue_wait_seconds_bucket:rate5m", RECORDED, "queue", "{{queue}} "
+            ),
             _steps((None, GREEN)),
             w=8,
             links=[_runbook("OtelJobsQueueWaitHigh")],

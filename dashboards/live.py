@@ -124,6 +124,8 @@ class Stack:
                         "scrape_timeout": f"{SCRAPE_INTERVAL}s",
                         "evaluation_interval": f"{SCRAPE_INTERVAL}s",
                     },
+                    # The recording rules the overview's fleet panels read.
+                    "rule_files": [str(ROOT / "alerts" / "otel-jobs.records.yml")],
                     "scrape_configs": [
                         {
                             "job_name": "otel-jobs",
