@@ -69,11 +69,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client import values as _pc_values
 from prometheus_client.core import Metric
-from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.utils import floatToGoString
 
+from . import _prometheus_internals as _pc
 from . import errors, streaks
 from .labels import MAX_LABEL_CHARS, needs_cleaning, utf8
 from .labels import clean as clean_label
@@ -343,11 +342,12 @@ def _serialise(registry: CollectorRegistry) -> list[dict[str, Any]]:
 
     Labelled counters and histograms, nearly all of a worker's samples, are read from their
     label children directly: building prometheus-client's samples first costs about 3 times as
-    much (a pool child with 50 task names: 9 ms against 2.5 ms). That reads private fields, as
-    :mod:`otel_jobs.core.textformat` does; if one is missing, the error is counted
-    (``multiprocess.serialise``) and prometheus-client's ``collect()`` is used instead.
+    much (a pool child with 50 task names: 9 ms against 2.5 ms). That reads private fields
+    (:mod:`otel_jobs.core._prometheus_internals`), as :mod:`otel_jobs.core.textformat` does; if
+    one fails, the error is counted (``multiprocess.serialise``) and prometheus-client's
+    ``collect()`` is used instead.
     """
-    if _pc_values.ValueClass is _pc_values.MutexValue:
+    if _pc.direct_reads():
         try:
             return _read_directly(registry)
         except Exception as exc:
@@ -357,43 +357,36 @@ def _serialise(registry: CollectorRegistry) -> list[dict[str, Any]]:
 
 def _read_directly(registry: CollectorRegistry) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    with registry._lock:
-        collectors: list[Any] = list(registry._collector_to_names)
-    for collector in collectors:
-        kind = getattr(collector, "_type", None)
-        if not (
-            isinstance(collector, MetricWrapperBase)
-            and collector._labelnames
-            and kind in ("counter", "histogram")
-        ):
+    for collector in _pc.collectors(registry):
+        kind = _pc.labelled_kind(collector)
+        if kind not in ("counter", "histogram"):
             try:
                 out.extend(_families_of(collector.collect()))
             except Exception as exc:  # one collector that fails leaves the others in
                 errors.record("collect", exc)
             continue
-        metric: Any = collector
-        name, labelnames = metric._name, metric._labelnames
-        with metric._lock:
-            children: list[tuple[tuple[str, ...], Any]] = list(metric._metrics.items())
+        name, help_text, labelnames = _pc.family(collector)
+        children = _pc.label_children(collector)
         samples: list[list[Any]] = []
         if kind == "counter":
-            total = name + "_total"
+            total, value = name + "_total", _pc.counter_value
             for values, child in children:
-                samples.append(
-                    [total, dict(zip(labelnames, values, strict=True)), child._value.get()]
-                )
+                samples.append([total, dict(zip(labelnames, values, strict=True)), value(child)])
         else:
-            bounds = [floatToGoString(b) for b in metric._upper_bounds]
+            bounds: list[str] | None = None
             bucket, count, total = name + "_bucket", name + "_count", name + "_sum"
             for values, child in children:
+                if bounds is None:
+                    bounds = [floatToGoString(b) for b in _pc.histogram_bounds(child)]
                 labels = dict(zip(labelnames, values, strict=True))
+                child_sum, *counts = _pc.histogram_values(child)
                 cumulative = 0.0
-                for le, value in zip(bounds, child._buckets, strict=True):
-                    cumulative += value.get()
+                for le, counted in zip(bounds, counts, strict=True):
+                    cumulative += counted
                     samples.append([bucket, {**labels, "le": le}, cumulative])
                 samples.append([count, labels, cumulative])
-                samples.append([total, labels, child._sum.get()])
-        out.append({"name": name, "type": kind, "help": metric._documentation, "samples": samples})
+                samples.append([total, labels, child_sum])
+        out.append({"name": name, "type": kind, "help": help_text, "samples": samples})
     return out
 
 
@@ -765,8 +758,7 @@ def _each_collected(registry: CollectorRegistry) -> Iterator[Metric]:
     """The families of ``registry``, collector by collector: one that raises is left out
     (counted under ``collect``), the others are served."""
     try:
-        with registry._lock:
-            collectors: list[Any] = list(registry._collector_to_names)
+        collectors = _pc.collectors(registry)
     except AttributeError:  # another prometheus-client: all or nothing, as it collects
         yield from registry.collect()
         return

@@ -25,28 +25,25 @@ for first), with an escaping scheme that leaves legacy names as they are. Anythi
 (OpenMetrics 2.0.0, ``escaping=dots``) is served by prometheus-client, as are ``name[]``
 filters and the merge with forked children's snapshots (:mod:`otel_jobs.core.multiprocess`).
 
-The writer relies on prometheus-client's private fields (``_collector_to_names``,
-``_metrics``, ``_value``, ``_buckets``, ``_sum``): if one is missing (another version of
-prometheus-client), :meth:`TextWriter.render` records the error under ``textformat`` (in
-``otel_jobs_internal_errors_total``) and returns ``None``, and the endpoint serves
-prometheus-client's output instead, as it did before. In prometheus-client's own multiprocess
+The writer reads prometheus-client's label children through
+:mod:`otel_jobs.core._prometheus_internals` only (the one place that knows its private
+fields). With a prometheus-client those reads do not fit (checked once per process), or should
+one fail anyway (counted under ``textformat``), :meth:`TextWriter.render` returns ``None`` and
+the endpoint serves prometheus-client's output instead. In prometheus-client's own multiprocess
 mode (``PROMETHEUS_MULTIPROC_DIR``) it is not used at all.
 """
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import values as _pc_values
 from prometheus_client.core import Metric
 from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics import MetricWrapperBase
-from prometheus_client.openmetrics import exposition as _om
 from prometheus_client.utils import floatToGoString
 
+from . import _prometheus_internals as _pc
 from . import errors
 from .labels import clean as clean_label
 from .telemetry import _GAUGES, _InflightCollector
@@ -79,27 +76,13 @@ def _labels(names: Any, values: Any) -> str:
 
 Encoder = Callable[[Any], bytes]
 
-# Escaping schemes that leave otel-jobs' metric and label names (legacy names) as they are.
-_PLAIN_NAMES = (_om.UNDERSCORES, _om.VALUES, _om.ALLOWUTF8)
-
 
 def format_of(encoder: Encoder) -> str | None:
     """``"text"`` or ``"openmetrics"`` for the encoders this writer can stand in for, else None.
 
     ``encoder`` is what prometheus-client's ``choose_encoder`` picked for the request.
     """
-    if encoder is generate_latest:
-        return "text"
-    if isinstance(encoder, functools.partial) and not encoder.args:
-        options = encoder.keywords
-        if options.get("escaping", _om.UNDERSCORES) not in _PLAIN_NAMES:
-            return None
-        if encoder.func is generate_latest and set(options) <= {"escaping"}:
-            return "text"
-        if encoder.func is _om.generate_latest and set(options) <= {"escaping", "version"}:
-            if str(options.get("version", "1.0.0")).split(".")[0] in ("0", "1"):
-                return "openmetrics"
-    return None
+    return _pc.encoder_format(encoder)
 
 
 class _WithoutCreated:
@@ -138,8 +121,8 @@ class TextWriter:
         ``encoder``: prometheus-client's ``generate_latest`` (text format 0.0.4), or what its
         ``choose_encoder`` returns for the request (text 1.0.0, OpenMetrics 1.0.0).
         """
-        if _pc_values.ValueClass is not _pc_values.MutexValue:
-            return None  # prometheus-client's multiprocess mode: values live in mmap files
+        if not _pc.direct_reads():
+            return None  # its multiprocess mode (values in mmap files), or fields it lacks
         fmt = format_of(encoder)
         if fmt is None:
             return None
@@ -156,8 +139,7 @@ class TextWriter:
 
     def _render(self, encoder: Encoder, openmetrics: bool) -> str:
         registry = self._telemetry.registry
-        with registry._lock:
-            collectors = list(registry._collector_to_names)
+        collectors = _pc.collectors(registry)
         self._openmetrics = openmetrics
         out: list[str] = []
 
@@ -175,15 +157,14 @@ class TextWriter:
             if isinstance(collector, _InflightCollector):
                 self._inflight(collector, out)
                 by_prometheus_client(_Families(collector))
-            elif isinstance(collector, MetricWrapperBase) and collector._labelnames:
-                if collector._type == "counter":
+            else:
+                kind = _pc.labelled_kind(collector)
+                if kind == "counter":
                     self._counter(collector, out)
-                elif collector._type == "histogram":
+                elif kind == "histogram":
                     self._histogram(collector, out)
                 else:
                     by_prometheus_client(_WithoutCreated(collector))
-            else:
-                by_prometheus_client(_WithoutCreated(collector))
         if openmetrics:
             out.append("# EOF\n")
         return "".join(out)
@@ -196,9 +177,8 @@ class TextWriter:
 
     def _children(self, metric: Any) -> list[tuple[str, Any]]:
         """``(label string, child)`` for every label child of ``metric``."""
-        name, labelnames = metric._name, metric._labelnames
-        with metric._lock:
-            items = list(metric._metrics.items())
+        name, _, labelnames = _pc.family(metric)
+        items = _pc.label_children(metric)
         cache = self._label_text
         children = []
         for values, child in items:
@@ -211,32 +191,29 @@ class TextWriter:
 
     def _counter(self, metric: Any, out: list[str]) -> None:
         # The text format names the family after its samples; OpenMetrics without the suffix.
-        name = metric._name + "_total"
-        out.append(
-            self._header(
-                metric._name if self._openmetrics else name, metric._documentation, "counter"
-            )
-        )
+        family, help_text, _ = _pc.family(metric)
+        name = family + "_total"
+        out.append(self._header(family if self._openmetrics else name, help_text, "counter"))
+        value = _pc.counter_value
         out.extend(
-            f"{name}{{{labels}}} {_fmt(child._value._value)}\n"
-            for labels, child in self._children(metric)
+            f"{name}{{{labels}}} {_fmt(value(child))}\n" for labels, child in self._children(metric)
         )
 
     def _histogram(self, metric: Any, out: list[str]) -> None:
-        name = metric._name
-        out.append(self._header(name, metric._documentation, "histogram"))
+        name, help_text, _ = _pc.family(metric)
+        out.append(self._header(name, help_text, "histogram"))
         bucket, count, total = f"{name}_bucket{{", f"{name}_count{{", f"{name}_sum{{"
         blocks = self._blocks
         for labels, child in self._children(metric):
             # Most jobs have not run since the last scrape: their lines are the same as then.
             # The block is reused only when every bucket and the sum read the same values.
-            values = (child._sum._value, *[b._value for b in child._buckets])
+            values = _pc.histogram_values(child)
             key = (name, labels)
             kept = blocks.get(key)
             if kept is not None and kept[0] == values:
                 out.append(kept[1])
                 continue
-            bounds = child._upper_bounds
+            bounds = _pc.histogram_bounds(child)
             les = self._le_text.get(name)
             if les is None or len(les) != len(bounds):
                 les = self._le_text[name] = [f',le="{floatToGoString(b)}"}} ' for b in bounds]
