@@ -75,6 +75,9 @@ class CallCheck:
     * ``outermost_only``: a call made while OpenTelemetry suppresses instrumentation (an
       exporter's own) is not checked, nor, for a sync call, one made underneath another
       checked call of such a check (requests over urllib3, a retry, a redirect).
+    * ``waits``: the call waits for something (a lock) by polling: the calls it makes
+      underneath are not heartbeats of the run, so a run stuck waiting is seen as stalled; the
+      call itself, once it returns, is.
     """
 
     timeout: Callable[[Args, Kwargs], tuple[Any, Missing]]
@@ -83,6 +86,7 @@ class CallCheck:
     before: Callable[[Args, Kwargs], Any] | None = None
     after: Callable[[Args, Kwargs, Any, Missing], Any] | None = None
     outermost_only: bool = False
+    waits: bool = False
 
 
 Started = tuple[Run | None, InFlightCall | None, Args, Kwargs, Missing]
@@ -101,7 +105,7 @@ def _starter(
     given the default. Called by the wrapper itself, so that the wrapper's frame is the caller's
     (``lazy_site`` False for a coroutine: a suspended coroutine's frame has no ``f_back``).
     """
-    read, describe, enforce = check.timeout, check.describe, check.enforce
+    read, describe, enforce, waits = check.timeout, check.describe, check.enforce, check.waits
     component = f"outbound.{checker.library}"
 
     def start(args: Args, kwargs: Kwargs) -> Started | None:
@@ -120,7 +124,9 @@ def _starter(
             if described is not None:
                 method, host = described
                 frame = sys._getframe(1)  # the wrapper's
-                call = checker.begin(run, method, host, missing, frame, lazy_site=lazy_site)
+                call = checker.begin(
+                    run, method, host, missing, frame, lazy_site=lazy_site, waits=waits
+                )
                 if missing and enforce is not None and checker.applies_default_timeout:
                     args, kwargs = enforce(args, kwargs, found, missing, checker.default_timeout)
                     enforced = missing

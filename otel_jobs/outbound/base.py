@@ -31,6 +31,7 @@ Hosts are ``host`` or ``host:port``, never a user name, password, path or query 
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
@@ -197,7 +198,7 @@ class InFlightCall(OutboundCall):
     from it on demand, so a call with a timeout costs no stack walk at all.
     """
 
-    __slots__ = ("_frame", "_site")
+    __slots__ = ("_frame", "_site", "_waiting")
 
     def __init__(
         self,
@@ -210,6 +211,7 @@ class InFlightCall(OutboundCall):
     ) -> None:
         self._frame = frame
         self._site = site
+        self._waiting: contextvars.Token[bool] | None = None  # set while the call waits
         super().__init__(library, method, host, missing, site or "")
 
     @property
@@ -223,6 +225,11 @@ class InFlightCall(OutboundCall):
     def call_site(self, value: str) -> None:
         if value:
             self._site = value
+
+
+#: True while a call that waits (a lock acquire polling Redis) is in flight: the calls it makes
+#: underneath are answered, but the run is still waiting, so they are not heartbeats of the run.
+waiting: contextvars.ContextVar[bool] = contextvars.ContextVar("otel_jobs_waiting", default=False)
 
 
 # --- the checker -------------------------------------------------------------------------
@@ -324,11 +331,13 @@ class Checker:
         frame: FrameType | None,
         *,
         lazy_site: bool = True,
+        waits: bool = False,
     ) -> InFlightCall | None:
         """Report a flagged call (policy ``raise``: refuse it) and put it in ``run.calls``.
 
         ``frame`` is the adapter's own frame (the call site is found above it). ``lazy_site``
         must be False for a coroutine: a suspended coroutine's frame has no ``f_back``.
+        ``waits``: the call waits (polls) for something, until :meth:`end` (see :data:`waiting`).
         """
         site: str | None = None
         if missing:
@@ -346,11 +355,14 @@ class Checker:
         if site is None and not lazy_site:
             site = call_site(frame)
         call = InFlightCall(self.library, method, host, missing, site, frame)
+        if waits:
+            call._waiting = waiting.set(True)
         run.calls.append(call)
         return call
 
     def end(self, run: Run | None, call: InFlightCall | None) -> None:
-        """The call returned or raised: out of ``run.calls``, and a heartbeat of the run."""
+        """The call returned or raised: out of ``run.calls``, and a heartbeat of the run (but
+        for a call made underneath one that waits, see :data:`waiting`)."""
         if call is not None:
             # The call kept the frame that made it, and that frame holds the call: a reference
             # cycle that would keep the caller's objects (a redis Pipeline, say) alive until the
@@ -358,7 +370,14 @@ class Checker:
             call._frame = None
         if run is None or call is None:
             return
-        run.last_beat = time.monotonic()
+        if call._waiting is not None:
+            try:
+                waiting.reset(call._waiting)
+            except (ValueError, RuntimeError):  # ended in another context: nothing to undo here
+                pass
+            call._waiting = None
+        if not waiting.get():
+            run.last_beat = time.monotonic()
         try:
             run.calls.remove(call)
         except ValueError:

@@ -24,7 +24,8 @@ too) of the sync and asyncio clients. Two parts can be missing:
 * ``expiry``: the lock has no ``timeout``, so it is never released if its holder dies.
 
 Each acquire is one call (method ``ACQUIRE <lock name>``), flagged at the line that acquires;
-the commands it sends are checked as commands. ``enforce`` gives the acquire a
+the commands it sends are checked as commands, but while it waits they are not heartbeats of the
+run: a run waiting on a lock is seen as stalled, waiting in ``ACQUIRE``. ``enforce`` gives the acquire a
 ``blocking_timeout`` of ``OTEL_JOBS_DEFAULT_TIMEOUT``; a lock not acquired by then raises
 redis-py's ``LockError`` (the caller asked to wait for it, so it cannot expect ``False``).
 ``enforce`` never gives a lock an expiry (one shorter than the work would let a second holder
@@ -184,7 +185,7 @@ def lock_check(acquire: Any) -> CallCheck:
             return args, kwargs  # an expiry is never enforced (see the module docstring)
         return replace_argument(args, kwargs, timeout_at, "blocking_timeout", default)
 
-    return CallCheck(timeout, _describe_lock, enforce, after=_acquired)
+    return CallCheck(timeout, _describe_lock, enforce, after=_acquired, waits=True)
 
 
 class Adapter(MethodAdapter):

@@ -239,3 +239,32 @@ def test_uninstrument_restores_acquire(instrumented: Any, client: redis.Redis) -
     assert (vars(redis.lock.Lock)["acquire"], vars(redis.asyncio.lock.Lock)["acquire"]) == before
     with client.lock(lock_name()):  # behaviour restored
         pass
+
+
+def test_the_watchdog_sees_a_run_waiting_on_a_lock_as_stalled(
+    outbound: Any, client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The acquire polls Redis (SET NX every 0.1 s): those answered commands are not heartbeats.
+    outbound("redis", heartbeat_timeout=0.3, watchdog_interval=0.1)
+    name = lock_name()
+    client.set(name, "held by someone else")
+    sites: list[str] = []
+
+    def job() -> None:
+        with otel_jobs.job_run("locks.stuck"):
+            sites.append(here())
+            with client.lock(name, timeout=30, sleep=0.05):
+                pass
+
+    thread = threading.Thread(target=job, daemon=True)
+    thread.start()
+    stuck: list[str] = []
+    deadline = time.monotonic() + 30
+    while not stuck and time.monotonic() < deadline:
+        time.sleep(0.05)
+        stuck = [r.getMessage() for r in caplog.records if "locks.stuck" in r.getMessage()]
+    client.delete(name)
+    thread.join(30)
+    assert stuck, "the watchdog never reported the run waiting on the lock"
+    assert f"outbound call ACQUIRE {name} {HOST} via redis-lock (no blocking timeout)" in stuck[0]
+    assert f"from {sites[0]}" in stuck[0]
