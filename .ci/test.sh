@@ -21,8 +21,8 @@ PYTHON=${PYTHON:-python3}
 # Each extra the README names resolves on a fresh virtualenv (pip dry runs, nothing installed).
 .venv/bin/python .ci/extras_resolve.py
 
-.venv/bin/ruff check otel_jobs tests bench examples dashboards
-.venv/bin/ruff format --check otel_jobs tests bench examples dashboards
+.venv/bin/ruff check otel_jobs tests bench examples dashboards deploy
+.venv/bin/ruff format --check otel_jobs tests bench examples dashboards deploy
 .venv/bin/mypy
 # the documentation site, built into a temporary directory: no broken link, no page out of the nav
 site=$(mktemp -d)
