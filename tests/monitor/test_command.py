@@ -226,3 +226,30 @@ def test_two_monitor_processes_on_one_broker_agree(redis_url: str, tmp_path: Pat
         assert lo1 <= hi2 and lo2 <= hi1, spans
     finally:
         assert one.stop() == 0 and two.stop() == 0
+
+
+def test_the_broker_label_never_carries_credentials() -> None:
+    celery = pytest.importorskip("celery")
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    from otel_jobs.monitor.arq import ArqCollector
+    from otel_jobs.monitor.celery import collector_for_app
+    from otel_jobs.monitor.dramatiq import collector_for_broker
+    from otel_jobs.monitor.rq import RQCollector
+
+    # Built, never connected: the labels come from the settings alone.
+    labels = {
+        RQCollector("redis://alice:s3cret@10.0.0.5:6380/2").broker: "redis://10.0.0.5:6380/2",
+        ArqCollector("rediss://:s3cret@cache.internal:6379/0").broker: "rediss://cache.internal:6379/0",
+        collector_for_app(celery.Celery("x", broker="amqp://bob:s3cret@mq.internal:5672/prod")).broker:
+            "amqp://mq.internal:5672/prod",
+        collector_for_app(celery.Celery("y", broker="redis://:s3cret@10.0.0.6:6379/4")).broker:
+            "redis://10.0.0.6:6379/4",
+    }  # fmt: skip
+    broker = RabbitmqBroker(url="amqp://carol:s3cret@mq.internal:5672/%2F")
+    try:
+        labels[collector_for_broker(broker).broker] = "amqp://mq.internal:5672/%2F"
+    finally:
+        broker.close()
+    assert labels == {label: label for label in labels.values()}
+    assert not any("s3cret" in label or "@" in label for label in labels)
