@@ -31,8 +31,12 @@ from typing import Any
 import dramatiq
 from dramatiq.common import dq_name, xq_name
 
-from . import _redis
 from .base import BrokerUnavailable, Collector, QueueReading, due_time
+
+try:
+    from . import _redis
+except ImportError:  # Dramatiq on RabbitMQ, without redis-py: only the RabbitMQ collector
+    _redis = None  # type: ignore[assignment]
 
 DUE_OPTION = "otel_jobs_due"  # the option otel_jobs.integrations.dramatiq stamps
 
