@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.fleet                  # 100 then 200 targets x 50 jobs (minutes)
     .venv/bin/python -m bench.fleet --targets 20     # one size
-    .venv/bin/python -m bench --only fleet --quick   # 20 targets, seconds (tests/bench)
+    .venv/bin/python -m bench --only fleet --quick   # 20 targets, a minute (tests/bench)
 
 What runs, on 127.0.0.1 and free ports:
 
