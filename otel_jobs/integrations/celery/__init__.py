@@ -15,6 +15,7 @@ Modules, one idea each:
 * :mod:`.shared_files`: the marker and notes in the multiprocess directory (every file
   operation of this integration there).
 * :mod:`.audit`: the configuration audit (worker start and ``otel-jobs doctor``).
+* :mod:`.beat`: beat's entries on the schedule gauges (``celery beat`` and ``worker -B``).
 
 Invariants: a receiver never raises into Celery (guarded, counted); a run is finished exactly
 once, by the process that ran it or, for a child stopped mid-run, by the main process; nothing

@@ -22,6 +22,7 @@ from ..base import Integration as _BaseIntegration
 from ..base import report_findings
 from . import shared_files
 from .audit import audit
+from .beat import BeatHooks
 from .contrib import ContribSpans
 from .lost import LostRuns, in_pool_child, ran_elsewhere
 from .request import (
@@ -53,6 +54,7 @@ class Integration(_BaseIntegration):
         self._contrib = ContribSpans(agent)
         self._lost = LostRuns(agent, self._contrib)
         self._connected: list[tuple[Any, Any]] = []
+        self._beat = BeatHooks()  # beat's entries on the schedule gauges (.beat)
 
     # --- install / uninstall -------------------------------------------------------------
 
@@ -80,6 +82,7 @@ class Integration(_BaseIntegration):
             self._connected.append((signal, receiver))
         with errors.guard("integration.celery.postrun_first"):
             _move_first(signals.task_postrun, self._on_postrun)
+        self._beat.install()
         if not self.agent.share.in_child:
             # A configured multiprocess_dir outlives the worker: the marker and the notes are
             # this worker's children's to leave (a worker now run without the contrib
@@ -105,6 +108,7 @@ class Integration(_BaseIntegration):
         while self._connected:
             signal, receiver = self._connected.pop()
             signal.disconnect(receiver)
+        self._beat.uninstall()
 
     # --- publisher side ------------------------------------------------------------------
 
