@@ -1,22 +1,41 @@
 """Loading the adapters: shared by the job-framework integrations and the outbound checks.
 
-Both keep a table ``name: (module that must be importable, adapter module)`` and install, for
-each name asked for (None: every one in the table), the adapter of a library that is installed.
-An adapter that fails to import or install is recorded as otel-jobs' own error
-(:mod:`otel_jobs.core.errors`) and skipped: instrumentation never breaks the application.
+Both install, for each name asked for (None: every one of their kind in
+:data:`otel_jobs.support.LIBRARIES`), the adapter of a library that is installed:
+
+* not installed: skipped (``not_installed(name)`` is told);
+* installed outside the range otel-jobs supports: one :class:`~otel_jobs.OtelJobsWarning`
+  naming the version and the range, and skipped, rather than half-working;
+* an adapter that fails to import or install is recorded as otel-jobs' own error
+  (:mod:`otel_jobs.core.errors`) and skipped: instrumentation never breaks the application.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 from .core import errors
+from .core.errors import OtelJobsWarning
+from .support import of_kind, outside_range
 
 if TYPE_CHECKING:
     from .core.agent import Agent
+
+
+class Adapter(Protocol):
+    """What the agent keeps of an installed adapter: a framework integration
+    (:class:`~otel_jobs.integrations.base.Integration`) or an outbound check
+    (:class:`~otel_jobs.outbound.adapter.MethodAdapter`). ``uninstall`` undoes ``install``."""
+
+    name: str
+
+    def install(self) -> None: ...
+
+    def uninstall(self) -> None: ...
 
 
 def available(module: str) -> bool:
@@ -29,36 +48,41 @@ def available(module: str) -> bool:
 
 def install_adapters(
     agent: Agent,
-    table: dict[str, tuple[str, str]],
+    kind: str,
     names: tuple[str, ...] | None,
     *,
-    kind: str,
     class_name: str,
     not_installed: Callable[[str], None] | None = None,
-) -> list[Any]:
-    """Install ``module.<class_name>(agent)`` for each name whose library is installed.
+) -> list[Adapter]:
+    """Install ``<adapter module>.<class_name>(agent)`` for each library of ``kind`` installed.
 
-    ``kind`` prefixes the names of the recorded errors (``integration.celery``,
-    ``outbound.httpx``); ``not_installed(name)`` is called for a name whose library is not.
+    ``kind``: :data:`~otel_jobs.support.FRAMEWORK` or :data:`~otel_jobs.support.OUTBOUND`;
+    errors are recorded as ``integration.<name>`` or ``outbound.<name>``.
     """
-    installed = []
+    table = {lib.name: lib for lib in of_kind(kind)}
+    installed: list[Adapter] = []
     for name in names if names is not None else tuple(table):
-        library, adapter_module = table[name]
-        if not available(library):
+        lib = table[name]
+        if not available(lib.module):
             if not_installed is not None:
                 not_installed(name)
             continue
+        refusal = outside_range(lib)
+        if refusal is not None:
+            warnings.warn(refusal, OtelJobsWarning, stacklevel=2)
+            continue
+        component = f"{'integration' if kind == 'framework' else kind}.{name}"
         try:
-            module = importlib.import_module(adapter_module)
+            module = importlib.import_module(lib.adapter)
         except ModuleNotFoundError as exc:
-            if exc.name == adapter_module:
+            if exc.name == lib.adapter:
                 continue  # no adapter written for this library yet
-            errors.record(f"{kind}.{name}", exc)
+            errors.record(component, exc)
             continue
         except Exception as exc:  # a library that breaks on import: skip it
-            errors.record(f"{kind}.{name}", exc)
+            errors.record(component, exc)
             continue
-        with errors.guard(f"{kind}.{name}"):
+        with errors.guard(component):
             adapter = getattr(module, class_name)(agent)
             adapter.install()
             installed.append(adapter)

@@ -15,14 +15,23 @@ from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
-from . import api
+from . import api, support
 
 
 class OtelJobsInstrumentor(BaseInstrumentor):
     """``BaseInstrumentor`` front for :func:`otel_jobs.instrument` / :func:`otel_jobs.uninstrument`."""
 
     def instrumentation_dependencies(self) -> Collection[str]:
-        return ()
+        """The supported range of each framework and client library installed here
+        (:mod:`otel_jobs.support`), e.g. ``["celery>=5.3,<6", "redis>=4.2,<9"]``."""
+        return support.requirements()
+
+    def instrument(self, **kwargs: Any) -> Any:
+        # otel-jobs checks each library's range as it installs that library's adapter (outside
+        # it: warned and skipped, the others installed) instead of refusing them all, as
+        # BaseInstrumentor's check would; skip_dep_check=False asks for that check anyway.
+        kwargs.setdefault("skip_dep_check", True)
+        return super().instrument(**kwargs)
 
     def _instrument(self, **kwargs: Any) -> None:
         api.instrument(**kwargs)

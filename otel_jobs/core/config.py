@@ -17,10 +17,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .. import support
+
 STALL_POLICIES = ("observe", "cancel", "exit")
 TIMEOUT_POLICIES = ("warn", "enforce", "raise", "off")
-FRAMEWORKS = ("celery", "rq", "dramatiq", "arq", "huey", "apscheduler")
-OUTBOUND_LIBRARIES = ("httpx", "requests", "urllib3", "urllib", "aiohttp", "redis", "psycopg")
+FRAMEWORKS = tuple(lib.name for lib in support.of_kind(support.FRAMEWORK))
+OUTBOUND_LIBRARIES = tuple(lib.name for lib in support.of_kind(support.OUTBOUND))
 OVERFLOW_VALUE = "__overflow__"
 """The label value that replaces any value past a label's cardinality cap."""
 

@@ -10,27 +10,23 @@ named in ``frameworks=`` / ``OTEL_JOBS_FRAMEWORKS``), and ``uninstrument()`` und
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from .._adapters import install_adapters
+from .._adapters import Adapter, install_adapters
+from ..support import FRAMEWORK, of_kind
 
 if TYPE_CHECKING:
     from ..core.agent import Agent
 
 logger = logging.getLogger("otel_jobs")
 
-# framework name: (module that must be importable, adapter module)
+#: framework name: (module that must be importable, adapter module), from otel_jobs.support
 FRAMEWORKS: dict[str, tuple[str, str]] = {
-    "celery": ("celery", "otel_jobs.integrations.celery"),
-    "rq": ("rq", "otel_jobs.integrations.rq"),
-    "dramatiq": ("dramatiq", "otel_jobs.integrations.dramatiq"),
-    "arq": ("arq", "otel_jobs.integrations.arq"),
-    "huey": ("huey", "otel_jobs.integrations.huey"),
-    "apscheduler": ("apscheduler", "otel_jobs.integrations.apscheduler"),
+    lib.name: (lib.module, lib.adapter) for lib in of_kind(FRAMEWORK)
 }
 
 
-def install_frameworks(agent: Agent, names: tuple[str, ...] | None) -> list[Any]:
+def install_frameworks(agent: Agent, names: tuple[str, ...] | None) -> list[Adapter]:
     """Install the adapters of the named frameworks (None: every installed one)."""
 
     def not_installed(name: str) -> None:
@@ -38,10 +34,5 @@ def install_frameworks(agent: Agent, names: tuple[str, ...] | None) -> list[Any]
             logger.warning("otel-jobs: frameworks=%r names %s, which is not installed", names, name)
 
     return install_adapters(
-        agent,
-        FRAMEWORKS,
-        names,
-        kind="integration",
-        class_name="Integration",
-        not_installed=not_installed,
+        agent, FRAMEWORK, names, class_name="Integration", not_installed=not_installed
     )

@@ -7,27 +7,22 @@ installed is skipped without a word.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from .._adapters import install_adapters
+from .._adapters import Adapter, install_adapters
+from ..support import OUTBOUND, of_kind
 
 if TYPE_CHECKING:
     from ..core.agent import Agent
 
-# library name: (module that must be importable, adapter module)
+#: library name: (module that must be importable, adapter module), from otel_jobs.support
 LIBRARIES: dict[str, tuple[str, str]] = {
-    "httpx": ("httpx", "otel_jobs.outbound.httpx"),
-    "requests": ("requests", "otel_jobs.outbound.requests"),
-    "urllib3": ("urllib3", "otel_jobs.outbound.urllib3"),
-    "urllib": ("urllib.request", "otel_jobs.outbound.urllib"),
-    "aiohttp": ("aiohttp", "otel_jobs.outbound.aiohttp"),
-    "redis": ("redis", "otel_jobs.outbound.redis"),
-    "psycopg": ("psycopg", "otel_jobs.outbound.psycopg"),
+    lib.name: (lib.module, lib.adapter) for lib in of_kind(OUTBOUND)
 }
 
 
-def install_outbound(agent: Agent, names: tuple[str, ...] | None) -> list[Any]:
+def install_outbound(agent: Agent, names: tuple[str, ...] | None) -> list[Adapter]:
     """Install the adapters of the named libraries (None: every installed one)."""
     if agent.settings.missing_timeout == "off":
         return []
-    return install_adapters(agent, LIBRARIES, names, kind="outbound", class_name="Adapter")
+    return install_adapters(agent, OUTBOUND, names, class_name="Adapter")

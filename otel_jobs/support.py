@@ -1,0 +1,141 @@
+"""What otel-jobs supports: every job framework and client library it adapts, with the range of
+versions each adapter is written and tested for. The one table of them.
+
+Read by the adapters' installer (:mod:`otel_jobs._adapters`: a library installed outside its
+range gets one :class:`~otel_jobs.OtelJobsWarning` and its adapter is skipped rather than left
+half-working), by :mod:`otel_jobs.core.config` (the names ``frameworks=`` / ``outbound=``
+accept), by the instrumentor's ``instrumentation_dependencies()``, and by the docs table
+``docs/supported-versions.md`` (``python -m otel_jobs.support`` prints it;
+``tests/core/test_support.py`` keeps it, and the extras of ``pyproject.toml``, equal to this).
+
+A range moves only after the adapter has been run against the new version: the lower bound is
+the oldest version whose API the adapter uses (``.ci/test.sh`` runs the Celery and RQ tests
+against the oldest Celery and RQ in a second virtualenv), the upper bound the next major version.
+
+>>> from otel_jobs.support import LIBRARIES
+>>> [lib.requirement for lib in LIBRARIES if lib.name == "celery"]
+['celery>=5.3,<6']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+FRAMEWORK = "framework"
+OUTBOUND = "outbound"
+
+
+@dataclass(frozen=True)
+class Library:
+    """One framework or client library otel-jobs adapts."""
+
+    name: str  # the name frameworks= / outbound= take
+    kind: str  # FRAMEWORK or OUTBOUND
+    module: str  # importable when the library is installed
+    adapter: str  # the otel-jobs module that adapts it
+    distribution: str | None  # its name on PyPI; None: the standard library
+    versions: str  # the supported range (PEP 440 specifiers); "" for the standard library
+    note: str  # what sets the range, for the docs table
+
+    @property
+    def requirement(self) -> str:
+        """``celery>=5.3,<6``: the distribution with its range (empty for the standard library)."""
+        return f"{self.distribution}{self.versions}" if self.distribution else ""
+
+
+LIBRARIES: tuple[Library, ...] = (
+    Library("celery", FRAMEWORK, "celery", "otel_jobs.integrations.celery", "celery",
+            ">=5.3,<6", "5.3.0 is run by the test command"),
+    Library("rq", FRAMEWORK, "rq", "otel_jobs.integrations.rq", "rq",
+            ">=1.16,<4", "1.16.0 is run by the test command"),
+    Library("dramatiq", FRAMEWORK, "dramatiq", "otel_jobs.integrations.dramatiq", "dramatiq",
+            ">=1.16,<3", ""),
+    Library("arq", FRAMEWORK, "arq", "otel_jobs.integrations.arq", "arq",
+            ">=0.25,<1", ""),
+    Library("huey", FRAMEWORK, "huey", "otel_jobs.integrations.huey", "huey",
+            ">=2.5,<4", ""),
+    Library("apscheduler", FRAMEWORK, "apscheduler", "otel_jobs.integrations.apscheduler",
+            "apscheduler", ">=3.10,<4", "4.x has another API, not hooked"),
+    Library("httpx", OUTBOUND, "httpx", "otel_jobs.outbound.httpx", "httpx",
+            ">=0.23,<1", "checked in httpcore's ConnectionPool (httpcore 0.15 and later)"),
+    Library("requests", OUTBOUND, "requests", "otel_jobs.outbound.requests", "requests",
+            ">=2.30,<3", "2.30: the first on urllib3 2"),
+    Library("urllib3", OUTBOUND, "urllib3", "otel_jobs.outbound.urllib3", "urllib3",
+            ">=2,<3", "urllib3 2's Timeout.DEFAULT_TIMEOUT"),
+    Library("urllib", OUTBOUND, "urllib.request", "otel_jobs.outbound.urllib", None,
+            "", ""),
+    Library("aiohttp", OUTBOUND, "aiohttp", "otel_jobs.outbound.aiohttp", "aiohttp",
+            ">=3.8,<4", "private names read, checked by tests/outbound/test_internals.py"),
+    Library("redis", OUTBOUND, "redis", "otel_jobs.outbound.redis", "redis",
+            ">=4.2,<9", "private names read, checked by tests/outbound/test_internals.py"),
+    Library("psycopg", OUTBOUND, "psycopg", "otel_jobs.outbound.psycopg", "psycopg",
+            ">=3.1,<4", ""),
+)  # fmt: skip
+
+
+def of_kind(kind: str) -> tuple[Library, ...]:
+    """The libraries of one kind (:data:`FRAMEWORK` or :data:`OUTBOUND`), in table order."""
+    return tuple(lib for lib in LIBRARIES if lib.kind == kind)
+
+
+def installed_version(lib: Library) -> str | None:
+    """The installed version of ``lib``'s distribution (None: not installed, or no metadata)."""
+    if lib.distribution is None:
+        return None
+    try:
+        return version(lib.distribution)
+    except PackageNotFoundError:
+        return None
+
+
+def outside_range(lib: Library) -> str | None:
+    """What is wrong when ``lib`` is installed outside its range (None: supported, or unknown).
+
+    >>> outside_range(LIBRARIES[0]) is None  # the installed Celery is supported
+    True
+    """
+    found = installed_version(lib)
+    if found is None or not lib.versions:
+        return None
+    from packaging.specifiers import SpecifierSet  # at install only
+
+    if SpecifierSet(lib.versions).contains(found, prereleases=True):
+        return None
+    return (
+        f"otel-jobs: {lib.distribution} {found} is outside the versions otel-jobs supports "
+        f"({lib.requirement}); its {lib.kind} adapter is not installed, so its "
+        f"{'runs' if lib.kind == FRAMEWORK else 'calls'} are not recorded. Install a supported "
+        f"version, or leave {lib.name} out of {'frameworks' if lib.kind == FRAMEWORK else 'outbound'}= "
+        "to silence this."
+    )
+
+
+def requirements(installed_only: bool = True) -> list[str]:
+    """The supported range of every library (only those installed, by default), as requirements.
+
+    >>> "psycopg>=3.1,<4" in requirements(installed_only=False)
+    True
+    """
+    return [
+        lib.requirement
+        for lib in LIBRARIES
+        if lib.distribution and (not installed_only or installed_version(lib) is not None)
+    ]
+
+
+def markdown_table() -> str:
+    """The table of ``docs/supported-versions.md`` (between its ``support-table`` markers)."""
+    lines = [
+        "| name | kind | PyPI distribution | supported versions | note |",
+        "|---|---|---|---|---|",
+    ]
+    for lib in LIBRARIES:
+        distribution = f"`{lib.distribution}`" if lib.distribution else "(standard library)"
+        versions = f"`{lib.versions}`" if lib.versions else "every Python otel-jobs runs on"
+        lines.append(f"| `{lib.name}` | {lib.kind} | {distribution} | {versions} | {lib.note} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())
