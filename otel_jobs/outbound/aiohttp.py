@@ -23,9 +23,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.redaction import host_of
 from . import _internals
 from .adapter import CallCheck, MethodAdapter, Target, argument
-from .base import Args, Kwargs, Missing, host_of
+from .base import Args, Kwargs, Missing
 
 LIBRARY = "aiohttp"
 HINT = "pass timeout=aiohttp.ClientTimeout(total=..., sock_connect=..., sock_read=...) to the session or the call"

@@ -39,13 +39,13 @@ import time
 import weakref
 from types import FrameType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from ..core import errors
 from ..core.errors import JobTimeoutError
+from ..core.redaction import host_of  # re-exported: part of this module's names
 from ..core.run import OutboundCall, Run
 
 if TYPE_CHECKING:
@@ -107,11 +107,8 @@ class MissingTimeoutError(JobTimeoutError):
     def __init__(
         self, library: str, method: str, host: str, missing: tuple[str, ...], call_site: str
     ) -> None:
-        self.library = library
-        self.method = method
-        self.host = host
-        self.missing = missing
-        self.call_site = call_site
+        self.library, self.method, self.host = library, method, host
+        self.missing, self.call_site = missing, call_site
         super().__init__(
             f"otel-jobs refused {method} {host} via {library}: no {'/'.join(missing)} timeout, "
             f"from {call_site} (OTEL_JOBS_MISSING_TIMEOUT=raise); give the call or its client a timeout"
@@ -158,34 +155,6 @@ def call_site(frame: FrameType | None) -> str:
             return site
         frame = frame.f_back
     return UNKNOWN_SITE
-
-
-# --- hosts -------------------------------------------------------------------------------
-
-
-def format_host(host: str | bytes | None, port: int | None = None) -> str:
-    """``host`` or ``host:port`` (IPv6 in brackets); ``unknown`` without a host."""
-    if isinstance(host, bytes):
-        host = host.decode("ascii", "replace")
-    if not host:
-        return "unknown"
-    host = host.lower()
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"{host}:{port}" if port is not None else host
-
-
-def host_of(url: object) -> str:
-    """The host (and port, if given) of a URL, without credentials, path or query string.
-
-    >>> host_of("https://user:secret@api.example.com:8443/v1/items?token=abc")
-    'api.example.com:8443'
-    """
-    try:
-        parts = urlsplit(str(url))
-        return format_host(parts.hostname, parts.port)
-    except ValueError:
-        return "unknown"
 
 
 # --- in-flight calls ---------------------------------------------------------------------

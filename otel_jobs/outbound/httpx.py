@@ -37,8 +37,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..core import errors
+from ..core.redaction import format_host
 from .adapter import CallCheck, MethodAdapter, Target
-from .base import Args, Kwargs, Missing, format_host
+from .base import Args, Kwargs, Missing
 
 if TYPE_CHECKING:
     from ..core.agent import Agent

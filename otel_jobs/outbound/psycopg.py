@@ -41,8 +41,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..core import errors
 from ..core.pg_locks import note as note_connection
+from ..core.redaction import format_host
 from .adapter import CallCheck, MethodAdapter, Target, argument
-from .base import Args, Kwargs, Missing, format_host
+from .base import Args, Kwargs, Missing
 
 if TYPE_CHECKING:
     from ..core.agent import Agent

@@ -39,9 +39,10 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any
 
+from ..core.redaction import format_host
 from . import _internals
 from .adapter import CallCheck, MethodAdapter, Target, argument, replace_argument
-from .base import Args, Checker, Kwargs, Missing, format_host
+from .base import Args, Checker, Kwargs, Missing
 
 if TYPE_CHECKING:
     from ..core.agent import Agent

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.redaction import host_of
 from .adapter import CallCheck, MethodAdapter, Target, argument, replace_argument
-from .base import Args, Kwargs, Missing, host_of
+from .base import Args, Kwargs, Missing
 from .urllib3 import missing_parts, with_defaults
 
 LIBRARY = "requests"

@@ -19,9 +19,10 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from ..core.redaction import host_of
 from . import _internals
 from .adapter import CallCheck, MethodAdapter, Target, argument, replace_argument
-from .base import Args, Kwargs, Missing, host_of
+from .base import Args, Kwargs, Missing
 
 LIBRARY = "urllib"
 HINT = "pass timeout= to urlopen() / opener.open(), or call socket.setdefaulttimeout() at start-up"

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.redaction import format_host
 from .adapter import CallCheck, MethodAdapter, Target, argument, replace_argument, value_or_default
-from .base import Args, Kwargs, Missing, format_host
+from .base import Args, Kwargs, Missing
 
 LIBRARY = "urllib3"
 HINT = "pass timeout=urllib3.Timeout(connect=..., read=...) to the call or to the PoolManager"
