@@ -167,7 +167,11 @@ class job_run:
         if agent is None:
             return _NoRun()
         run = agent.start_run(self._name, **self._kwargs)  # type: ignore[arg-type]
-        run.activate()
+        try:
+            run.activate()
+        except BaseException as exc:  # out of stack, say: never leave the run in flight
+            run.finish(classify(exc), exc)
+            raise
         self._run = run
         return run
 
@@ -296,8 +300,8 @@ def job(
                     return await fn(*args, **kw)
                 attributes = _args_attributes(args, kw) if agent.settings.capture_args else None
                 run = agent.start_run(job_name, attributes=attributes, **kwargs)  # type: ignore[arg-type]
-                run.activate()
                 try:
+                    run.activate()
                     result = await fn(*args, **kw)
                 except BaseException as exc:
                     run.finish(classify(exc), exc)
@@ -317,8 +321,8 @@ def job(
                 return fn(*args, **kw)
             attributes = _args_attributes(args, kw) if agent.settings.capture_args else None
             run = agent.start_run(job_name, attributes=attributes, **kwargs)  # type: ignore[arg-type]
-            run.activate()
             try:
+                run.activate()
                 result = fn(*args, **kw)
             except BaseException as exc:
                 run.finish(classify(exc), exc)

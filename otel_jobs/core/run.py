@@ -97,6 +97,8 @@ class Run:
         "finished",
         "owns_span",
         "pid",
+        "parent",
+        "recorded",
         "_agent",
         "_tokens",
         "__weakref__",
@@ -146,6 +148,8 @@ class Run:
         # its owner makes it current, sets its status and ends it.
         self.owns_span = True
         self.pid = os.getpid()
+        self.parent: Run | None = None  # the run current where this one was activated
+        self.recorded = 0  # the steps of Agent.finish_run done (it may be called again)
         self._agent = agent
         self._tokens: list[Any] = []
 
@@ -160,6 +164,9 @@ class Run:
         loop = asyncio._get_running_loop()
         self.task = asyncio.current_task(loop) if loop is not None else None
         self.loop = loop if self.task is not None else None
+        parent = _current.get()
+        # Not a finished one: a run left current by mistake must not chain the next ones to it.
+        self.parent = parent if parent is not None and not parent.finished else None
         run_token = _current.set(self)
         # An adopted span is made current by its owner; attaching it here too would interleave
         # two owners' context tokens, which must be detached in reverse order.
@@ -237,13 +244,51 @@ class Run:
         self.finished = True
         if self.cancelled_by_watchdog and outcome in ("failure", "cancelled"):
             outcome = "timeout"
+        ended = (_monotonic(), time.time_ns())
+        if isinstance(exc, RecursionError):
+            # Unwinding from the recursion limit, with hardly any stack left: recording here
+            # could fail halfway (an exporter that swallows the error drops the span). Recorded
+            # from a shallower frame or the watchdog's thread, with the time it ended.
+            _unrecorded.append((self, outcome, exc, expected, ended))
+            return
         try:  # not errors.guard(): see Agent.start_run
-            self._agent.finish_run(self, outcome, exc, expected)
+            self._agent.finish_run(self, outcome, exc, expected, ended)
+        except RecursionError:
+            _unrecorded.append((self, outcome, exc, expected, ended))  # no stack left: later
+            return
         except Exception as err:
             errors.record("run.finish", err)
+        if _unrecorded:
+            record_unrecorded()
 
     def __repr__(self) -> str:
         return f"<Run {self.name} id={self.job_id} queue={self.queue}>"
+
+
+#: Runs finished without stack left to record them (see Run.finish), recorded later.
+_unrecorded: list[tuple[Run, str, BaseException | None, bool, tuple[float, int]]] = []
+
+
+def record_unrecorded() -> None:
+    """Record the runs whose :meth:`Run.finish` ran out of stack, with the time they ended.
+
+    Called by the next run's finish, the watchdog's tick (another thread, every
+    ``OTEL_JOBS_WATCHDOG_INTERVAL``), ``uninstrument()`` and the exit flush, so that a
+    recursive job that hits the recursion limit leaves no span unended and no run in flight.
+    """
+    while _unrecorded:
+        try:
+            item = _unrecorded.pop()
+        except IndexError:  # taken by another thread meanwhile
+            return
+        run = item[0]
+        try:
+            run._agent.finish_run(*item)
+        except RecursionError:
+            _unrecorded.append(item)
+            return
+        except Exception as err:
+            errors.record("run.finish", err)
 
 
 def current_run() -> Run | None:
@@ -298,3 +343,11 @@ def wall_time_of(monotonic: float, now_mono: float, now_wall: float) -> float:
     if math.isinf(monotonic):
         return monotonic
     return now_wall - (now_mono - monotonic)
+
+
+def _after_fork_in_child() -> None:
+    _unrecorded.clear()  # the parent's runs, recorded by the parent
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

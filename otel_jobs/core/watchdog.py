@@ -80,6 +80,7 @@ whose Python threads are frozen (a C call holding the GIL) shows by that gauge g
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import os
 import threading
@@ -91,6 +92,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from . import diagnosis as diag_mod
 from . import errors, logtail, pg_locks, providers
+from . import run as run_mod
 from .errors import JobTimeoutError
 from .loop_probe import Blocked, LoopProbes
 from .run import current_run
@@ -163,6 +165,8 @@ class Watchdog:
         self._tick_lock = threading.Lock()
         # native thread id -> (monotonic time, CPU seconds) of the previous look at it.
         self._cpu: dict[int, tuple[float, float]] = {}
+        # run key -> (run, the inner run its verdict was given under, when that one went away)
+        self._covered: dict[int, tuple[Run, Run, float | None]] = {}
         self.ticks = 0
         self.loops = LoopProbes(agent.telemetry)
         agent.telemetry.loops_blocked = self.loops.samples
@@ -191,6 +195,7 @@ class Watchdog:
         self._thread = None
         self._tick_lock = threading.Lock()
         self._cpu = {}
+        self._covered = {}
         self.loops.rebind(self._agent.telemetry)
         self._agent.telemetry.loops_blocked = self.loops.samples
         if was_running:
@@ -270,8 +275,12 @@ class Watchdog:
             except Exception as exc:
                 errors.record("watchdog", exc)
         fresh = [(run, reason) for run, reason in changed if reason is not None]
+        # A run stuck inside another (nested @job runs, a recursive job) takes the ones that
+        # enclose it with it: one diagnosis and one WARNING for the innermost of them.
+        fresh, enclosing = _nested(fresh)
         if len(fresh) > MAX_DIAGNOSES_PER_TICK:
             fresh = fresh[:MAX_DIAGNOSES_PER_TICK]
+        run_mod.record_unrecorded()
         recovered = [run for run, reason in changed if reason is None]
 
         # --- actions: after the decisions, nothing above waits on them ------------------------
@@ -286,6 +295,11 @@ class Watchdog:
                     self._give_verdict(
                         run, reason, now, frames, states, runs, on_blocked.get(run.key)
                     )
+        if enclosing:
+            self._enclosing_verdicts(enclosing, now)
+        due = self._uncovered(now, interval)
+        if due:
+            self._report_uncovered(due, now, states, runs)
         for run in watched:
             if run.verdict is not None and run.diagnosis is not None:
                 with errors.guard("watchdog"):
@@ -372,6 +386,105 @@ class Watchdog:
             ).start()
         else:
             self._act(run, diagnosis, now)
+
+    def _enclosing_verdicts(self, enclosing: list[tuple[Run, str, Run]], now: float) -> None:
+        """Verdicts on runs that enclose a run with a new verdict of its own (its cover).
+
+        Counted, marked on their spans and acted on by their policies like any verdict, but
+        with the cover's stack (the same thread's) and one INFO record per cover instead of a
+        diagnosis and a WARNING each. Reported in full if they are still stuck a tick after
+        their cover is gone (:meth:`_uncovered`).
+        """
+        per_cover: dict[int, tuple[Run, int]] = {}
+        for run, reason, cover in enclosing:
+            with errors.guard("watchdog"):
+                inner: Diagnosis | None = cover.diagnosis
+                if inner is None or cover.verdict is None:
+                    continue  # the cover got no verdict: decided again at the next tick
+                diagnosis = dataclasses.replace(
+                    inner,
+                    reason=reason,
+                    elapsed=run.elapsed(now),
+                    since_heartbeat=run.seconds_since_heartbeat(now),
+                    threshold=run.max_duration
+                    if reason == "max_duration"
+                    else run.heartbeat_timeout,
+                    policy=run.on_stall,
+                    given_at=now,
+                    acted_at=None,
+                )
+                run.diagnosis = diagnosis
+                run.state = diagnosis.state
+                run.verdict = reason
+                self._agent.telemetry.record_stall(run.series, reason)
+                self._covered[run.key] = (run, cover, None)
+                if run.span.is_recording():
+                    run.span.add_event(
+                        "otel_jobs.stall",
+                        {
+                            "otel_jobs.stall.reason": reason,
+                            "otel_jobs.stall.state": diagnosis.state,
+                            "otel_jobs.stall.inner_run": str(cover.job_id or cover.key),
+                        },
+                    )
+                seen = per_cover.get(cover.key)
+                per_cover[cover.key] = (cover, seen[1] + 1 if seen else 1)
+                if run.on_stall == "cancel":
+                    self._cancel(run, diagnosis, now)
+                elif run.on_stall == "exit":
+                    self._exit(run, diagnosis)
+        for cover, count in per_cover.values():
+            logger.info(
+                "otel-jobs: %d run(s) enclosing run %s of %s are stuck with it (counted in "
+                "otel_jobs_stalls_detected_total and marked on their spans, not logged one by one)",
+                count,
+                cover.job_id or cover.key,
+                cover.name,
+                extra={
+                    "job_name": cover.name,
+                    "job_id": cover.job_id,
+                    "stall_enclosing_runs": count,
+                },
+            )
+
+    def _uncovered(self, now: float, interval: float) -> list[Run]:
+        """Enclosing runs still stuck a whole tick after their cover finished or recovered."""
+        due: list[Run] = []
+        for key, (run, cover, gone_at) in list(self._covered.items()):
+            if run.finished or run.verdict is None:
+                del self._covered[key]
+            elif cover.finished or cover.verdict is None:
+                if gone_at is None:
+                    self._covered[key] = (run, cover, now)
+                elif now - gone_at >= interval:
+                    del self._covered[key]
+                    due.append(run)
+        return due
+
+    def _report_uncovered(
+        self,
+        due: list[Run],
+        now: float,
+        states: dict[int, tuple[str, float | None]],
+        runs: list[Run],
+    ) -> None:
+        """The innermost of ``due`` reported in full; the others covered by it in turn."""
+        inner, outer = _nested([(run, run.verdict or "") for run in due])
+        frames = diag_mod.current_frames()
+        for run, reason in inner[:MAX_DIAGNOSES_PER_TICK]:
+            with errors.guard("watchdog"):
+                cpu = states.get(run.native_id) if run.native_id is not None else None
+                diagnosis = diag_mod.diagnose(
+                    run, reason, now, frames, cpu or ("unknown", None), runs=runs
+                )
+                previous = run.diagnosis
+                diagnosis.given_at = previous.given_at if previous is not None else now
+                diagnosis.acted_at = previous.acted_at if previous is not None else None
+                run.diagnosis = diagnosis
+                run.state = diagnosis.state
+                self._signal(run, diagnosis)
+        for run, _, cover in outer:
+            self._covered[run.key] = (run, cover, None)
 
     def _act(self, run: Run, diagnosis: Diagnosis, now: float) -> None:
         """The signals of a new verdict, then the run's policy."""
@@ -568,3 +681,37 @@ def _blocked_loops(
             chosen = entry.culprit or min(entry.runs, key=lambda r: r.start_mono)
             verdicts[chosen.key] = entry
     return on_blocked, verdicts
+
+
+#: Verdicts that an enclosing run shares with the run stuck inside it.
+_NESTABLE = ("no_heartbeat", "max_duration")
+
+
+def _nested(
+    fresh: list[tuple[Run, str]],
+) -> tuple[list[tuple[Run, str]], list[tuple[Run, str, Run]]]:
+    """Split new verdicts: those of innermost runs, and those of runs that enclose one of them
+    (``run.parent``, within one thread or task), each with the innermost run it encloses.
+
+    In start order, an inner run comes after the runs enclosing it: walked from the last, each
+    chain of parents is visited once (a recursive job 500 runs deep costs 500 steps).
+    """
+    candidates = {run.key for run, reason in fresh if reason in _NESTABLE}
+    if len(candidates) < 2:
+        return fresh, []
+    cover_of: dict[int, Run] = {}
+    visited: set[int] = set()
+    for run, _ in reversed(fresh):
+        if run.key not in candidates or run.key in cover_of:
+            continue
+        parent = run.parent
+        while parent is not None and parent.key not in visited:
+            visited.add(parent.key)
+            if parent.key in candidates:
+                cover_of[parent.key] = run
+            parent = parent.parent
+    if not cover_of:
+        return fresh, []
+    inner = [(run, reason) for run, reason in fresh if run.key not in cover_of]
+    outer = [(run, reason, cover_of[run.key]) for run, reason in fresh if run.key in cover_of]
+    return inner, outer
