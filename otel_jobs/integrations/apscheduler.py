@@ -41,8 +41,9 @@ before, which is also each run's ``expected_every``).
 
 How it hooks APScheduler, and why: schedulers are created by your code, so otel-jobs patches one
 method shared by every executor, ``apscheduler.executors.base.BaseExecutor.submit_job``, and the
-loop method of every scheduler, ``BaseScheduler._process_jobs``, whose first call (at start and
-at each due time) lets otel-jobs read that scheduler's jobs when the metrics are collected. On a
+loop method of every scheduler, ``BaseScheduler._process_jobs``: after each call (at start, at
+each due time, and whenever a job is added, changed or paused) otel-jobs reads that scheduler's
+jobs, in its own thread, for the next collections of the metrics. On a
 scheduler's first submission it adds a listener (``add_listener``) for the missed and
 max-instances events, so schedulers started before ``instrument()`` are covered too. Each
 submission hands the executor a thin view of the job whose ``func`` is wrapped (the stored
@@ -101,6 +102,7 @@ class Integration(_Base):
             weakref.WeakKeyDictionary()
         )
         self._last_due: dict[str, float] = {}  # job id -> due time of its last submitted run
+        self._snapshots: weakref.WeakKeyDictionary[Any, list[Entry]] = weakref.WeakKeyDictionary()
 
     def install(self) -> None:
         if int(apscheduler.version_info[0]) >= 4:
@@ -126,18 +128,24 @@ class Integration(_Base):
         for remove in list(self._sources.values()):
             remove()
         self._sources = weakref.WeakKeyDictionary()
+        self._snapshots = weakref.WeakKeyDictionary()
         self._last_due.clear()
 
     def _patch_process_jobs(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def _process_jobs(scheduler: Any) -> Any:
+            wait = original(scheduler)
             agent = _agent_mod.current()
-            if agent is not None and scheduler not in self._sources:
+            if agent is not None:
                 with errors.guard("integration.apscheduler"):
-                    ref = weakref.ref(scheduler)
-                    self._sources[scheduler] = agent.telemetry.schedules.add_source(
-                        lambda: self._entries(ref())
-                    )
-            return original(scheduler)
+                    # Read in the scheduler's own thread, once per wakeup (a job added, changed
+                    # or due): the collection never waits on the scheduler's lock or job store.
+                    self._snapshots[scheduler] = self._entries(scheduler)
+                    if scheduler not in self._sources:
+                        ref = weakref.ref(scheduler)
+                        self._sources[scheduler] = agent.telemetry.schedules.add_source(
+                            lambda: self._snapshots.get(ref(), []) if ref() is not None else []
+                        )
+            return wait
 
         return _process_jobs
 
