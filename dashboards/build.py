@@ -16,7 +16,7 @@ Usage, from the repository root::
 
     python -m dashboards.build            # rewrite dashboards/*.json
     python -m dashboards.build --check    # exit 1 if the committed JSON differs
-    python -m dashboards.build --runbooks https://git.example.com/ops/otel-jobs/blob/main/docs/runbooks
+    python -m dashboards.build --runbook-url https://git.example.com/ops/otel-jobs/blob/main/docs/runbooks
 
 Conventions every panel follows (tests/dashboards checks them): the ``datasource``
 variable on every panel and target; the chained ``instance`` -> ``queue`` -> ``job_name``
@@ -24,7 +24,9 @@ variables (``label_values()``, multi-value with All as ``.*``; the job dashboard
 job); ``$__rate_interval`` in every ``rate()``/``increase()`` over time; a unit and
 thresholds on every panel; titles beginning ``OTel Jobs /``; links between the two
 dashboards and from panels to the runbooks (``$runbooks/<AlertName>.md``, a constant
-variable you can change in the dashboard settings or with ``--runbooks``).
+variable you can change in the dashboard settings or with ``--runbook-url``). Its default is the
+rules' placeholder (``otel_jobs.rules.DEFAULT_RUNBOOK_URL``): a dashboard and an alert rendered
+with the same base link to the same runbook, and neither points anywhere until the user sets it.
 
 ``schemaVersion`` is 41, the schema Grafana 12 writes. Grafana 13 reads it and applies
 its one later migration (42, which rewrites ``hideFrom`` field options these dashboards
@@ -52,13 +54,16 @@ from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import heatmap as hm
 from grafana_foundation_sdk.models import prometheus as pm
 
+from otel_jobs.rules.config import DEFAULT_RUNBOOK_URL
+
 HERE = Path(__file__).resolve().parent
 SCHEMA_VERSION = 41
 TAGS = ["otel-jobs", "jobs", "prometheus"]
 OVERVIEW_UID = "otel-jobs-overview"
 JOB_UID = "otel-jobs-job"
 #: Where the runbooks are published; ``$runbooks/<AlertName>.md`` is each panel's runbook link.
-DEFAULT_RUNBOOKS = "https://github.com/otel-jobs/otel-jobs/blob/main/docs/runbooks"
+#: The alert rules' own placeholder, so that one ``--runbook-url BASE`` means the same on both.
+DEFAULT_RUNBOOKS = DEFAULT_RUNBOOK_URL
 
 DS = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 
@@ -281,7 +286,8 @@ def _variables(single_job: bool) -> list[Any]:
         dash.ConstantVariable("runbooks")
         .label("Runbooks URL")
         .description(
-            "Where the otel-jobs runbooks are published (panel links end in <AlertName>.md)."
+            "Where you publish otel-jobs' docs/runbooks/ (links end in /<AlertName>.md): the "
+            "base given to otel-jobs rules --runbook-url. The default is a placeholder."
         )
         .value(DEFAULT_RUNBOOKS)
     )
@@ -1054,12 +1060,20 @@ def _finish(data: dict[str, Any], runbooks: str) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if the committed JSON differs")
-    parser.add_argument("--runbooks", default=DEFAULT_RUNBOOKS, help="base URL of the runbooks")
+    parser.add_argument(
+        "--runbook-url",
+        "--runbooks",
+        dest="runbooks",
+        default=DEFAULT_RUNBOOKS,
+        help="base URL where you publish docs/runbooks/ (BASE/AlertName.md), as given to "
+        "otel-jobs rules --runbook-url (default: the same placeholder)",
+    )
     parser.add_argument("--out", type=Path, default=HERE, help="directory to write to")
     args = parser.parse_args(argv)
     stale = []
+    runbooks = args.runbooks.rstrip("/")
     for name in DASHBOARDS:
-        text = render(name, args.runbooks)
+        text = render(name, runbooks)
         path = args.out / name
         if args.check:
             if not path.exists() or path.read_text() != text:

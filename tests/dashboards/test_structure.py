@@ -188,6 +188,57 @@ def test_runbook_links_name_shipped_alerts(dashboard: dict[str, Any]) -> None:
     assert runbooks["type"] == "constant" and runbooks["query"] == build.DEFAULT_RUNBOOKS
 
 
+def _runbook_links(dashboard: dict[str, Any]) -> list[str]:
+    """Every runbook link of a dashboard, its ``${runbooks}`` resolved as Grafana would."""
+    base = next(v for v in dashboard["templating"]["list"] if v["name"] == "runbooks")
+    assert base["current"]["value"] == base["query"]
+    links = [link for p in live.panels(dashboard) for link in p.get("links", [])]
+    links += dashboard["links"]
+    return [
+        link["url"].replace("${runbooks}", base["query"])
+        for link in links
+        if link["url"].startswith("${runbooks}/")
+    ]
+
+
+def _rule_runbook_urls(text: str) -> dict[str, str]:
+    doc = yaml.safe_load(text)
+    return {
+        r["alert"]: r["annotations"]["runbook_url"]
+        for g in doc["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    }
+
+
+def test_runbook_links_are_the_alert_rules_runbook_urls(dashboard: dict[str, Any]) -> None:
+    # The links once pointed to a repository that does not exist, while the rules said
+    # "placeholder": a panel's link and its alert's runbook_url are the same URL.
+    shipped = _rule_runbook_urls((ROOT / "alerts" / "otel-jobs.rules.yml").read_text())
+    urls = _runbook_links(dashboard)
+    assert urls
+    for url in urls:
+        alert = url.rsplit("/", 1)[1].removesuffix(".md")
+        if alert != "README":
+            assert url == shipped[alert]
+        assert url.startswith(build.DEFAULT_RUNBOOKS + "/")
+
+
+def test_one_runbook_url_for_rules_and_dashboards(tmp_path: Path) -> None:
+    from otel_jobs import cli
+
+    base = "https://wiki.example.com/ops/otel-jobs/runbooks"
+    assert cli.main(["rules", "--runbook-url", base, "-o", str(tmp_path / "rules.yml")]) == 0
+    rendered = _rule_runbook_urls((tmp_path / "rules.yml").read_text())
+    assert build.main(["--runbook-url", base + "/", "--out", str(tmp_path)]) == 0
+    for name in NAMES:
+        urls = _runbook_links(json.loads((tmp_path / name).read_text()))
+        assert f"{base}/README.md" in urls
+        for url in urls:
+            alert = url.rsplit("/", 1)[1].removesuffix(".md")
+            assert url == rendered.get(alert, f"{base}/README.md")
+
+
 def test_provisioning_example_points_at_the_dashboards() -> None:
     config = yaml.safe_load((ROOT / "dashboards" / "provisioning.example.yml").read_text())
     assert config["apiVersion"] == 1
