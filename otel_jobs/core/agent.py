@@ -33,6 +33,7 @@ from . import errors, providers, sigterm, streaks
 from .config import Settings
 from .deferred import Deferred
 from .exposition import MetricsServer, serve
+from .lease import LeaseKeeper
 from .multiprocess import MergedCollector, ProcessShare, private_directory
 from .redaction import redact
 from .run import Run, record_unrecorded
@@ -77,6 +78,7 @@ class Agent:
         self.stopped = False
         self.deferred = Deferred()  # adapters' checks that must wait (see core.deferred)
         self.pusher: Any = None  # a pushgateway.Pusher with pushgateway_url set
+        self.lease = LeaseKeeper(self)  # this process's runs in flight, in Redis
         from .watchdog import Watchdog
 
         self.watchdog = Watchdog(self)
@@ -145,6 +147,7 @@ class Agent:
                 adapter.uninstall()
         self.adapters.clear()
         self.watchdog.stop()
+        self.lease.close()
         record_unrecorded()
         self.deferred.run_all()
         if self.pusher is not None:
@@ -161,6 +164,7 @@ class Agent:
 
     def flush_before_exit(self) -> None:
         """What this process does on its way out (at exit, and on SIGTERM, see core.sigterm)."""
+        self.lease.release()  # bounded (core.lease.RELEASE_TIMEOUT)
         with errors.guard("atexit"):
             record_unrecorded()
             self.deferred.run_all()
@@ -180,6 +184,7 @@ class Agent:
         self._runs = {}
         self.share.after_fork_in_child()
         self.deferred.after_fork_in_child()
+        self.lease.after_fork_in_child()
         if self.server is not None:
             self.server.close_in_child()
         self._meter = providers.meter_for_child(self.settings, self._meter)
@@ -331,6 +336,7 @@ class Agent:
         end_mono, end_ns = ended if ended is not None else (time.monotonic(), None)
         with self._lock:
             self._runs.pop(run.key, None)
+        self.lease.ended(run)  # a set lookup; wakes the lease thread if it lists the run
         done = run.recorded
         if not done & _COUNTED:
             try:

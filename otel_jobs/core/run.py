@@ -31,6 +31,7 @@ from . import errors
 
 if TYPE_CHECKING:
     from .agent import Agent
+    from .lease import PreviousAttempt
     from .telemetry import Series
 
 logger = logging.getLogger("otel_jobs")
@@ -260,6 +261,24 @@ class Run:
             errors.record("run.finish", err)
         if _unrecorded:
             record_unrecorded()
+
+    @property
+    def previous_attempt(self) -> PreviousAttempt | None:
+        """What the last lost attempt of this job reached, if a run of it was lost with its worker.
+
+        ``progress``, ``details`` (its last ``heartbeat()``), ``at``, ``worker`` (``host:pid``) and
+        ``lost`` (how many times the job was lost); None when no run of the job was lost (or
+        the lease's Redis cannot say). A run requeued by ``otel-jobs monitor`` carries it in its
+        message; a run its broker redelivered asks Redis once, when this is first read.
+
+        >>> previous = otel_jobs.current_run().previous_attempt
+        >>> start_page = previous.details.get("page", 0) if previous else 0
+        """
+        try:
+            return self._agent.lease.previous_attempt(self)
+        except Exception as exc:
+            errors.record("lease", exc)
+            return None
 
     def __repr__(self) -> str:
         return f"<Run {self.name} id={self.job_id} queue={self.queue}>"

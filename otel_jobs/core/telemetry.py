@@ -239,6 +239,11 @@ class _OtelInstruments:
             unit="{run}",
             description="Jobs sent to the dead-letter queue, not to be retried.",
         )
+        self.redelivered = meter.create_counter(
+            "otel_jobs.runs.redelivered",
+            unit="{run}",
+            description="Runs of a job handed out again after a run of it was lost.",
+        )
         self.no_timeout = meter.create_counter(
             "otel_jobs.outbound.calls_without_timeout",
             unit="{call}",
@@ -368,6 +373,13 @@ class Telemetry:
             ["job_name", "queue"],
             registry=reg,
         )
+        self.redelivered = Counter(
+            "otel_jobs_runs_redelivered",
+            "Runs of a job handed out again after a run of it was lost (broker redelivery, "
+            "or a requeue by otel-jobs monitor).",
+            ["job_name", "queue"],
+            registry=reg,
+        )
         self.no_timeout = Counter(
             "otel_jobs_outbound_calls_without_timeout", "Outbound calls made without an effective timeout.",
             ["library", "host", "call_site"], registry=reg,
@@ -441,6 +453,11 @@ class Telemetry:
         self.dead_lettered.labels(series.job_name, series.queue).inc()
         if self.otel is not None:
             self.otel.dead_lettered.add(1, series.attrs)
+
+    def record_redelivered(self, series: Series) -> None:
+        self.redelivered.labels(series.job_name, series.queue).inc()
+        if self.otel is not None:
+            self.otel.redelivered.add(1, series.attrs)
 
     def record_no_timeout(self, library: str, host: str, call_site: str) -> None:
         host, call_site = self.hosts(host), self.call_sites(call_site)

@@ -222,6 +222,10 @@ class Watchdog:
         agent = self._agent
         agent.telemetry.watchdog_last_tick = time.time()
         self.ticks += 1
+        try:  # the lease is renewed from here (no I/O: core.lease wakes its own thread)
+            agent.lease.tick()
+        except Exception as exc:
+            errors.record("lease", exc)
         share = agent.share
         if share.in_child and (agent._runs or share.due()):
             with errors.guard("multiprocess.flush"):

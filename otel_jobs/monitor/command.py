@@ -24,6 +24,7 @@ from typing import Any
 
 from ..core.config import ConfigurationError
 from .base import BrokerUnavailable, Collector
+from .lost import with_lost_runs
 from .settings import OPTIONS, MonitorSettings, load, load_object
 
 logger = logging.getLogger("otel_jobs.monitor")
@@ -33,17 +34,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per :data:`~otel_jobs.monitor.settings.OPTIONS` row (strings, parsed by ``load``)."""
     for option in OPTIONS:
         extra = f"; else ${option.fallback_env}" if option.fallback_env else ""
+        kind: dict[str, Any] = (
+            {"action": "store_const", "const": "true"}
+            if option.switch
+            else {"metavar": option.metavar}
+        )
         parser.add_argument(
             option.flag,
             dest=option.name,
-            metavar=option.metavar,
             default=None,
             help=f"{option.help} (${option.env}{extra})",
+            **kind,
         )
 
 
 def build_collectors(settings: MonitorSettings) -> list[Collector]:
-    """One collector per framework configured; ``ConfigurationError`` naming the flag if not."""
+    """One collector per framework configured; ``ConfigurationError`` naming the flag if not.
+
+    Each comes with the lost-run detector of its framework (:mod:`.lost`) where it can read the
+    workers' leases."""
     common: dict[str, Any] = {"timeout": settings.poll_timeout, "max_queues": settings.max_queues}
     collectors: list[Collector] = []
     if settings.celery_app:
@@ -52,11 +61,14 @@ def build_collectors(settings: MonitorSettings) -> list[Collector]:
         from .rq import RQCollector
 
         collectors.append(
-            RQCollector(
-                settings.rq_redis_url,
-                queues=settings.queues_for("rq"),
-                source=settings.source("rq_redis_url"),
-                **common,
+            with_lost_runs(
+                RQCollector(
+                    settings.rq_redis_url,
+                    queues=settings.queues_for("rq"),
+                    source=settings.source("rq_redis_url"),
+                    **common,
+                ),
+                settings,
             )
         )
     if settings.dramatiq_broker:
@@ -65,11 +77,14 @@ def build_collectors(settings: MonitorSettings) -> list[Collector]:
         from .arq import ArqCollector
 
         collectors.append(
-            ArqCollector(
-                settings.arq_redis_url,
-                queues=settings.queues_for("arq"),
-                source=settings.source("arq_redis_url"),
-                **common,
+            with_lost_runs(
+                ArqCollector(
+                    settings.arq_redis_url,
+                    queues=settings.queues_for("arq"),
+                    source=settings.source("arq_redis_url"),
+                    **common,
+                ),
+                settings,
             )
         )
     if settings.huey:
@@ -103,7 +118,7 @@ def _celery(settings: MonitorSettings, common: dict[str, Any]) -> Collector:
     except ValueError as exc:
         raise ConfigurationError(setting, ref, str(exc)) from None
     collector.source = setting
-    return collector
+    return with_lost_runs(collector, settings, app)
 
 
 def _dramatiq(settings: MonitorSettings, common: dict[str, Any]) -> Collector:
@@ -130,7 +145,7 @@ def _dramatiq(settings: MonitorSettings, common: dict[str, Any]) -> Collector:
     except ValueError as exc:
         raise ConfigurationError(setting, ref, str(exc)) from None
     collector.source = setting
-    return collector
+    return with_lost_runs(collector, settings, broker)
 
 
 def _huey(settings: MonitorSettings) -> Collector:
@@ -149,7 +164,7 @@ def _huey(settings: MonitorSettings) -> Collector:
     except ValueError as exc:
         raise ConfigurationError(setting, ref, str(exc)) from None
     collector.source = setting
-    return collector
+    return with_lost_runs(collector, settings, found)
 
 
 def _value_of(settings: MonitorSettings, collector: Collector) -> str:
@@ -176,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("otel_jobs").setLevel(settings.log_level.upper())
     logging.getLogger("pika").setLevel(logging.CRITICAL)
+    _tracing()  # the lost runs' spans, exported where OTEL_EXPORTER_OTLP_* says
     try:
         collectors = build_collectors(settings)
     except ConfigurationError as exc:
@@ -193,6 +209,17 @@ def run(args: argparse.Namespace) -> int:
                 c.close()
             return 2
     return serve_until_stopped(settings, collectors)
+
+
+def _tracing() -> None:
+    """The OpenTelemetry providers of a worker (:mod:`otel_jobs.core.providers`), from the same
+    variables; spans go nowhere unless an OTLP endpoint is set."""
+    from ..core import config, providers
+
+    try:
+        providers.setup(config.load())
+    except ConfigurationError as exc:  # a worker-only variable the monitor does not need
+        logger.warning("otel-jobs monitor: lost-run spans are not exported (%s)", exc)
 
 
 def serve_until_stopped(settings: MonitorSettings, collectors: list[Collector]) -> int:
@@ -239,5 +266,8 @@ def serve_until_stopped(settings: MonitorSettings, collectors: list[Collector]) 
             signal.signal(sig, handler)
         server.stop()
         monitor.close()
+        from ..core import providers
+
+        providers.flush(2000)
     logger.info("otel-jobs monitor: stopped")
     return 0

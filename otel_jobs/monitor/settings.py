@@ -19,16 +19,17 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from ..core.config import (
     ConfigurationError,
     _address,
     _basic_auth,
+    _bool,
     _check_tls,
     _path,
     _port,
     _positive_int,
+    _redis_url,
     _seconds,
 )
 
@@ -67,6 +68,9 @@ class MonitorSettings:
     keyfile: str | None = None
     basic_auth: str | None = None
     log_level: str = "info"
+    lease_url: str | None = None
+    requeue_lost: bool = False
+    max_lost: int = 2
     #: Where each value given came from (``--port`` or ``OTEL_JOBS_MONITOR_PORT``), for errors.
     sources: Mapping[str, str] = field(default_factory=dict)
 
@@ -83,21 +87,6 @@ class MonitorSettings:
             elif prefix == framework:
                 chosen.append(name)
         return tuple(chosen)
-
-
-def _redis_url(setting: str, value: object) -> str:
-    text = str(value).strip()
-    accepted = "a Redis URL such as redis://127.0.0.1:6379/0 (rediss:// for TLS, unix:///path)"
-    if not text.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigurationError(setting, value, accepted)
-    try:
-        parts = urlsplit(text)
-        parts.port  # noqa: B018 (raises ValueError for a port out of range)
-    except ValueError:
-        raise ConfigurationError(setting, value, accepted) from None
-    if not parts.scheme.startswith("unix") and not parts.hostname:
-        raise ConfigurationError(setting, value, accepted)
-    return text
 
 
 def _reference(setting: str, value: object) -> str:
@@ -136,6 +125,8 @@ class MonitorOption:
     help: str
     metavar: str
     fallback_env: str | None = None
+    #: A flag without a value (``--requeue-lost``); its variable takes true or false.
+    switch: bool = False
 
     @property
     def flag(self) -> str:
@@ -144,6 +135,18 @@ class MonitorOption:
     @property
     def env(self) -> str:
         return "OTEL_JOBS_MONITOR_" + self.name.upper()
+
+
+def _non_negative_int(setting: str, value: object) -> int:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = int(str(value).strip())
+    except ValueError:
+        raise ConfigurationError(setting, value, "a whole number of at least 0") from None
+    if number < 0:
+        raise ConfigurationError(setting, value, "a whole number of at least 0")
+    return number
 
 
 def _finite_seconds(setting: str, value: object) -> float:
@@ -213,6 +216,29 @@ OPTIONS: tuple[MonitorOption, ...] = (
         "OTEL_JOBS_PROMETHEUS_BASIC_AUTH",
     ),
     MonitorOption("log_level", _level, "level of the monitor's log on stderr", "LEVEL"),
+    MonitorOption(
+        "lease_url",
+        _redis_url,
+        "the Redis where the workers keep their leases, for lost runs where the broker is not "
+        "a Redis (default: each Redis broker)",
+        "URL",
+        "OTEL_JOBS_LEASE_URL",
+    ),
+    MonitorOption(
+        "requeue_lost",
+        _bool,
+        "put a lost run back on its queue (same id, arguments and attempt count), unless its "
+        "broker redelivers it",
+        "",
+        switch=True,
+    ),
+    MonitorOption(
+        "max_lost",
+        _non_negative_int,
+        "with --requeue-lost, how many times one job is requeued at most; lost once more, it "
+        "goes to its framework's failed jobs",
+        "N",
+    ),
 )
 
 
@@ -294,6 +320,8 @@ def markdown_table() -> str:
         value = getattr(defaults, option.name)
         if value in (None, ()):
             shown = "(none)"
+        elif isinstance(value, bool):
+            shown = f"`{str(value).lower()}`"
         elif isinstance(value, float) and value.is_integer():
             shown = f"`{int(value)}`"
         else:

@@ -1,0 +1,533 @@
+"""Leases: each worker process lists its runs in flight in Redis, renewed by its watchdog, so that
+another process (``otel-jobs monitor``) can tell a run lost with its worker from one still running.
+
+Where (the broker's own Redis, as the framework integration offers it, unless ``lease_url``):
+
+* ``otel_jobs:leases``: a sorted set, one member per process with runs in flight (its lease id,
+  ``host:pid:start``), scored by the lease's expiry in milliseconds *on the Redis server's
+  clock* (``TIME`` inside the script), so that no two hosts' clocks are ever compared;
+* ``otel_jobs:lease:<id>``: a hash: ``worker`` (host, pid, TTL) and one field ``run:<key>`` per
+  run in flight (JSON: framework, job id, name, queue, attempt, start, and the checkpoint: the
+  last ``heartbeat(progress, **details)`` and when it was written; for a framework whose broker
+  forgets a message once it is delivered, what putting it back takes). Kept
+  :data:`KEEP_SECONDS` after its last renewal, for a monitor to find what a dead process had;
+* ``otel_jobs:attempt:<framework>:<job id>``: written by the monitor when it counts a run lost
+  (its checkpoint, worker, how many times the job was lost), read by
+  :attr:`otel_jobs.Run.previous_attempt`.
+
+What it costs, and must never cost more:
+
+* On the job's path, a dict store when an integration tracks a run (:meth:`LeaseKeeper.track`)
+  and a set lookup when a run ends (:meth:`LeaseKeeper.ended`); no I/O, no serialization.
+* The watchdog's tick (:meth:`LeaseKeeper.tick`) compares the runs in flight with what was last
+  written and wakes the lease thread only when the lease must change or be renewed (every third
+  of the TTL): at most one Redis round trip (one script) per tick per process, none at all for a
+  process with nothing in flight and nothing to take back. ``bench/bench_lease.py`` measures both.
+* The lease thread does the I/O with one-second socket timeouts. Redis unreachable is logged once
+  (and once when it answers again) and retried at the next tick; it never blocks the watchdog or
+  a job. A bug here is an internal error (``otel_jobs_internal_errors_total{component="lease"}``).
+
+What a lease can and cannot tell:
+
+* A process with no run in flight holds no lease (taken back when its last run ends, and at a
+  graceful exit: :meth:`LeaseKeeper.release`). A forked child keeps a lease of its own.
+* A run killed within one watchdog tick of its start is not in the lease yet.
+* A run that ended within moments of its process's death may still be listed: the monitor asks
+  the framework where it can (RQ's job status) before it counts a run lost.
+* A worker that is alive but cannot renew for longer than the TTL (frozen, cut off from Redis)
+  looks dead: its runs are counted lost (and requeued, if the monitor is asked to).
+* The checkpoint is what the job gave ``heartbeat()``, nothing else of the job; details whose
+  JSON exceeds :data:`MAX_CHECKPOINT_BYTES` are left out (the progress is kept, and the entry
+  says so). Values JSON cannot hold are written as their ``repr()``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import errors
+
+if TYPE_CHECKING:
+    import redis
+
+    from .agent import Agent
+    from .run import Run
+
+logger = logging.getLogger("otel_jobs")
+
+KEY_LEASES = "otel_jobs:leases"
+KEY_LEASE = "otel_jobs:lease:"
+KEY_ATTEMPT = "otel_jobs:attempt:"
+#: The message header (Celery), job meta key (RQ) or message option a requeued job carries its
+#: previous attempt in (the attempt record's JSON): its run reads it without a round trip.
+REQUEUE_MARK = "otel_jobs_previous_attempt"
+WORKER_FIELD = "worker"
+RUN_FIELD = "run:"
+#: How long a lease's content is kept after its last renewal (a monitor down for a day still
+#: finds what a dead worker had in flight); also how long the monitor keeps an attempt record.
+KEEP_SECONDS = 86400
+#: The most JSON a run's checkpoint details may take in the lease (and the lost span, the log
+#: record and ``previous_attempt``); beyond it the details are left out, the progress kept.
+MAX_CHECKPOINT_BYTES = 2048
+#: The most JSON an integration's requeue data (a Celery message) may take; beyond it the run
+#: is still watched, but a monitor cannot put it back.
+MAX_REQUEUE_BYTES = 65536
+#: Socket timeouts of the lease's Redis client (seconds), and the most a release waits at exit.
+SOCKET_TIMEOUT = 1.0
+RELEASE_TIMEOUT = 0.5
+
+# KEYS: the set of leases, this lease's hash. ARGV: lease id, TTL (ms), seconds kept, then
+# field/value pairs. No pairs: the lease is taken back. Returns the Redis time (ms) and whether
+# the lease had expired before this renewal (a monitor may have counted its runs lost).
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local before = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local expired = 0
+if before and tonumber(before) < now then expired = 1 end
+redis.call('DEL', KEYS[2])
+if #ARGV > 3 then
+  for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+else
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]) * 1000)
+return {now, expired}
+"""
+
+#: What an integration gives :meth:`LeaseKeeper.track`: where its broker's Redis is (a URL, or
+#: a redis-py ``ConnectionPool`` whose address and credentials to use), or None.
+Source = Callable[[], Any]
+#: ... and the entry's extra fields, computed on the lease thread once per run (JSON-able).
+Extra = Callable[[], Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class PreviousAttempt:
+    """What the last lost attempt of this job reached, as its worker's lease last said.
+
+    ``progress`` and ``details``: its last ``heartbeat(progress, **details)`` (``details`` is
+    empty if it gave none, or if they were over :data:`MAX_CHECKPOINT_BYTES`); ``at``: when that
+    checkpoint was written to the lease (Unix time); ``host``, ``pid``: the worker process it
+    ran in; ``lost``: how many times this job was lost so far; ``expired_at``: when that
+    worker's lease expired (Unix time, the Redis server's clock).
+    """
+
+    progress: float | None
+    details: Mapping[str, Any] = field(default_factory=dict)
+    at: float | None = None
+    host: str = ""
+    pid: int = 0
+    lost: int = 1
+    expired_at: float | None = None
+
+    @property
+    def worker(self) -> str:
+        """``host:pid`` of the worker process the attempt was lost with."""
+        return f"{self.host}:{self.pid}"
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> PreviousAttempt | None:
+        """Read an attempt record (``None`` for anything that is not one)."""
+        try:
+            data = json.loads(text)
+            progress = data.get("progress")
+            details = data.get("details") or {}
+            return cls(
+                progress=float(progress) if isinstance(progress, (int, float)) else None,
+                details=dict(details) if isinstance(details, dict) else {},
+                at=_number(data.get("at")),
+                host=str(data.get("host") or ""),
+                pid=int(data.get("pid") or 0),
+                lost=int(data.get("lost") or 1),
+                expired_at=_number(data.get("expired_at")),
+            )
+        except (ValueError, TypeError, AttributeError):
+            return None
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def checkpoint(run: Run) -> dict[str, Any]:
+    """The run's checkpoint as the lease writes it: progress, details (bounded), when."""
+    from .run import wall_time_of
+
+    entry: dict[str, Any] = {
+        "progress": run.progress,
+        "at": round(wall_time_of(run.last_beat, time.monotonic(), time.time()), 3),
+    }
+    details = run.details
+    if details:
+        text = json.dumps(details, default=repr, separators=(",", ":"))
+        if len(text.encode("utf-8", "replace")) <= MAX_CHECKPOINT_BYTES:
+            entry["details"] = json.loads(text)
+        else:
+            entry["details_left_out"] = len(text)
+    return entry
+
+
+def redis_client(source: Any, timeout: float = SOCKET_TIMEOUT) -> redis.Redis:
+    """A client for ``source`` (a URL, or a pool to copy the address and credentials of) whose
+    every call gives up after ``timeout`` seconds and is never retried."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    bounded: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry_on_timeout": False,
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 0,
+    }
+    if isinstance(source, str):
+        return redis.Redis.from_url(source, **bounded)
+    kwargs = dict(getattr(source, "connection_kwargs", {}) or {})
+    for key in ("retry", "retry_on_timeout", "socket_timeout", "socket_connect_timeout"):
+        kwargs.pop(key, None)
+    kwargs.update(bounded)
+    pool = redis.ConnectionPool(
+        connection_class=getattr(source, "connection_class", redis.Connection), **kwargs
+    )
+    return redis.Redis(connection_pool=pool)
+
+
+def describe(source: Any) -> str:
+    """Where ``source`` points, without credentials (for the log)."""
+    if isinstance(source, str):
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(source)
+        return f"{parts.scheme}://{parts.hostname or ''}{':' if parts.port else ''}{parts.port or ''}{parts.path}"
+    kw = getattr(source, "connection_kwargs", {}) or {}
+    if kw.get("path"):
+        return f"unix://{kw['path']}?db={kw.get('db', 0)}"
+    return f"redis://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+
+
+class LeaseKeeper:
+    """This process's lease (see the module docstring). One per agent, rebuilt in a forked child."""
+
+    def __init__(self, agent: Agent) -> None:
+        settings = agent.settings
+        self.agent = agent
+        self.enabled = settings.lease
+        self.url = settings.lease_url
+        self.ttl = settings.lease_ttl
+        #: Redis round trips made (lease writes and releases): the bench's figure.
+        self.writes = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.id = f"{self.host}:{self.pid}:{time.time_ns():x}"
+        self._tracked: dict[int, tuple[Source | None, Extra | None]] = {}
+        self._given: dict[int, PreviousAttempt | None] = {}
+        self._stale: set[int] = set()
+        self._entries: dict[int, tuple[Any, str]] = {}  # run key -> (signature, JSON)
+        self._extras: dict[int, dict[str, Any]] = {}
+        #: Run keys in the lease as last written.
+        self.written: frozenset[int] = frozenset()
+        self._last: tuple[Any, ...] = ()
+        self._renewed = -math.inf
+        self._wake = threading.Event()
+        self._io = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._client: redis.Redis | None = None
+        self._source: Any = self.url
+        self._down = False
+        self._said_no_source = False
+        self._said_expired = False
+
+    # --- on the job's path ----------------------------------------------------------------
+
+    def track(self, run: Run, source: Source | None = None, extra: Extra | None = None) -> None:
+        """Called by an integration as ``run`` starts: where its broker's Redis is, and what the
+        run's entry adds (both called later, on the lease thread). A dict store."""
+        if self.enabled:
+            self._tracked[run.key] = (source, extra)
+
+    def given(self, run: Run, attempt: PreviousAttempt | None) -> None:
+        """The previous attempt a requeued message carries (read at its start, no I/O)."""
+        self._given[run.key] = attempt
+
+    def ended(self, run: Run) -> None:
+        """Called as ``run`` finishes: if the lease lists it, have it taken out now."""
+        if run.key in self.written:
+            self._wake.set()
+
+    # --- the watchdog's tick --------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Wake the lease thread if the lease must change or be renewed (no I/O here)."""
+        if not self.enabled:
+            return
+        runs = self.agent.runs()
+        signature = tuple((r.key, r.progress, r.details) for r in runs)
+        now = time.monotonic()
+        if signature != self._last or (runs and now - self._renewed >= self.ttl / 3):
+            if self._thread is None or not self._thread.is_alive():
+                self._start()
+            self._wake.set()
+        if len(self._tracked) > len(runs) or len(self._given) > len(runs) or self._stale:
+            # Forgotten once not in flight at two ticks in a row: a run tracked just after
+            # this tick's look at the table is in flight at the next one.
+            keys = {r.key for r in runs}
+            stale = {k for k in (*self._tracked, *self._given) if k not in keys}
+            for key in stale & self._stale:
+                self._tracked.pop(key, None)
+                self._given.pop(key, None)
+            self._stale = stale
+
+    def _start(self) -> None:
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="otel-jobs-lease", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                self.write()
+            except Exception as exc:
+                errors.record("lease", exc)
+
+    # --- the I/O ------------------------------------------------------------------------------
+
+    def write(self, timeout: float | None = None) -> bool:
+        """Write the lease as the runs in flight stand now (take it back if none); True if done.
+
+        Called on the lease thread, and at exit or at the end of a forked child's run with a
+        ``timeout`` (seconds to wait for a write in progress)."""
+        if not self._io.acquire(timeout=-1 if timeout is None else timeout):
+            return False
+        try:
+            return self._write()
+        finally:
+            self._io.release()
+
+    def _write(self) -> bool:
+        runs = self.agent.runs()
+        signature = tuple((r.key, r.progress, r.details) for r in runs)
+        if not runs and not self.written:
+            self._last = signature
+            return True
+        client = self._connect(runs)
+        if client is None:
+            return False
+        pairs: list[str] = []
+        if runs:
+            pairs += [WORKER_FIELD, self._worker_json()]
+            for run in runs:
+                pairs += [RUN_FIELD + str(run.key), self._entry(run)]
+        try:
+            answer: Any = client.eval(
+                _RENEW,
+                2,
+                KEY_LEASES,
+                KEY_LEASE + self.id,
+                self.id,
+                str(int(self.ttl * 1000)),
+                str(KEEP_SECONDS),
+                *pairs,
+            )
+            _, expired = answer
+        except _redis_errors() as exc:
+            self.writes += 1
+            if not self._down:
+                self._down = True
+                logger.warning(
+                    "otel-jobs: cannot write this process's lease to %s (%s: %s): a monitor "
+                    "would count its runs lost after %gs; retrying at each watchdog tick",
+                    describe(self._source),
+                    type(exc).__name__,
+                    exc,
+                    self.ttl,
+                )
+            return False
+        self.writes += 1
+        if self._down:
+            self._down = False
+            logger.warning(
+                "otel-jobs: the lease's Redis at %s answers again", describe(self._source)
+            )
+        if expired and not self._said_expired:
+            self._said_expired = True
+            logger.warning(
+                "otel-jobs: this process's lease had expired before it was renewed (more than "
+                "%gs without renewal: a frozen process, or Redis out of reach); a monitor may "
+                "have counted its runs lost (and requeued them with --requeue-lost)",
+                self.ttl,
+            )
+        self.written = frozenset(r.key for r in runs)
+        self._last = signature
+        self._renewed = time.monotonic()
+        live = set(self.written)
+        for table in (self._entries, self._extras):
+            for key in [k for k in table if k not in live]:
+                table.pop(key, None)
+        return True
+
+    def _connect(self, runs: list[Run]) -> redis.Redis | None:
+        if self._client is not None:
+            return self._client
+        source = self._source
+        if source is None:
+            for run in runs:
+                found = self._tracked.get(run.key)
+                if found is not None and found[0] is not None:
+                    source = found[0]()
+                    if source is not None:
+                        break
+        if source is None:
+            if runs and not self._said_no_source:
+                self._said_no_source = True
+                logger.info(
+                    "otel-jobs: no lease is kept for this process's runs: their broker is not a "
+                    "Redis otel-jobs knows of; set OTEL_JOBS_LEASE_URL (a Redis) for "
+                    "`otel-jobs monitor` to find runs lost with their worker"
+                )
+            return None
+        self._source = source
+        self._client = redis_client(source)
+        return self._client
+
+    def _worker_json(self) -> str:
+        return json.dumps(
+            {"host": self.host, "pid": self.pid, "ttl": self.ttl, "lease": self.id},
+            separators=(",", ":"),
+        )
+
+    def _entry(self, run: Run) -> str:
+        signature = (run.progress, run.details)
+        cached = self._entries.get(run.key)
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        extra = self._extras.get(run.key)
+        if extra is None:
+            extra = self._extras[run.key] = self._extra(run)
+        entry: dict[str, Any] = {
+            "framework": run.framework,
+            "job_id": run.job_id,
+            "name": run.name,
+            "queue": run.queue,
+            "attempt": run.attempt,
+            "started": round(run.start_wall, 3),
+            "host": self.host,
+            "pid": self.pid,
+            "checkpoint": checkpoint(run),
+            **extra,
+        }
+        text = json.dumps(entry, default=repr, separators=(",", ":"))
+        self._entries[run.key] = (signature, text)
+        return text
+
+    def _extra(self, run: Run) -> dict[str, Any]:
+        tracked = self._tracked.get(run.key)
+        if tracked is None or tracked[1] is None:
+            return {}
+        try:
+            extra = dict(tracked[1]())
+        except Exception as exc:
+            errors.record("lease", exc)
+            return {}
+        requeue = extra.get("requeue")
+        if requeue is not None:
+            size = len(json.dumps(requeue, default=repr))
+            if size > MAX_REQUEUE_BYTES:
+                extra["requeue"] = None
+                extra["requeue_left_out"] = size
+        return extra
+
+    # --- the end of a process -----------------------------------------------------------------
+
+    def release(self, timeout: float = RELEASE_TIMEOUT) -> None:
+        """Bring the lease up to date now (taken back if no run is in flight): at a graceful exit,
+        and where a process ends by ``os._exit`` right after a run (an RQ work horse)."""
+        if not self.enabled or (not self.written and not self.agent.runs()):
+            return
+        with errors.guard("lease"):
+            self.write(timeout)
+
+    def close(self) -> None:
+        """Stop the lease thread and take the lease back (``uninstrument()``)."""
+        self._stopping = True
+        self._wake.set()
+        self.release()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=2)
+        if self._client is not None:
+            try:
+                self._client.connection_pool.disconnect()
+            except Exception:
+                pass
+
+    def after_fork_in_child(self) -> None:
+        """A forked child: a lease of its own (its parent's runs are not its to list)."""
+        self._reset()
+
+    # --- previous attempts ---------------------------------------------------------------------
+
+    def previous_attempt(self, run: Run) -> PreviousAttempt | None:
+        """The last lost attempt of ``run``'s job (see :attr:`otel_jobs.Run.previous_attempt`)."""
+        key = run.key
+        if key in self._given:
+            return self._given[key]
+        found: PreviousAttempt | None = None
+        if self.enabled and run.job_id is not None:
+            answered, found = self._lookup(run)
+            if not answered:
+                return None  # asked again next time
+        self._given[key] = found
+        return found
+
+    def _lookup(self, run: Run) -> tuple[bool, PreviousAttempt | None]:
+        client = self._client
+        if client is None:
+            tracked = self._tracked.get(run.key)
+            source = self._source
+            if source is None and tracked is not None and tracked[0] is not None:
+                with errors.guard("lease"):
+                    source = tracked[0]()
+            if source is None:
+                return True, None
+            client = self._client = redis_client(source)
+            self._source = source
+        try:
+            raw: Any = client.get(f"{KEY_ATTEMPT}{run.framework}:{run.job_id}")
+        except _redis_errors() as exc:
+            logger.warning(
+                "otel-jobs: previous_attempt of run %s of %s unknown: its lease's Redis at %s "
+                "did not answer (%s)",
+                run.job_id,
+                run.name,
+                describe(self._source),
+                exc,
+            )
+            return False, None
+        return True, (PreviousAttempt.from_json(raw) if raw else None)
+
+
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    import redis
+
+    return (redis.exceptions.RedisError, OSError)
