@@ -124,6 +124,18 @@ def requirements(installed_only: bool = True) -> list[str]:
     ]
 
 
+def oldest(name: str, extras: str = "") -> str:
+    """The lowest version of ``name``'s range as a pip requirement (``.ci/test.sh`` installs
+    it in ``.venv-oldest``).
+
+    >>> oldest("celery", "[redis]")
+    'celery[redis]==5.3'
+    """
+    (lib,) = [lib for lib in LIBRARIES if lib.name == name]
+    (floor,) = [spec[2:] for spec in lib.versions.split(",") if spec.startswith(">=")]
+    return f"{lib.distribution}{extras}=={floor}"
+
+
 def markdown_table() -> str:
     """The table of ``docs/supported-versions.md`` (between its ``support-table`` markers)."""
     lines = [
