@@ -30,6 +30,7 @@ PostgreSQL shows another role's query text only to a superuser or a member of
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import weakref
@@ -110,6 +111,10 @@ def forget_after_fork() -> None:
     _run_connection.clear()
     _pid_runs.clear()
     _looked_up.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=forget_after_fork)
 
 
 def wanted(run: Run) -> bool:
