@@ -11,6 +11,8 @@ Modules, one idea each:
   context, outcome of an exception.
 * :mod:`.lost`: the prefork main process recording the runs its children did not finish
   (hard time limit, ``revoke(terminate=True)``, ``WorkerLostError``), once per task id.
+* :mod:`.leases`: what a run adds to its worker process's lease (core/lease.py) for
+  ``otel-jobs monitor``'s lost runs, and the redelivery count.
 * :mod:`.contrib`: adopting opentelemetry-instrumentation-celery's span, so a run has one span.
 * :mod:`.shared_files`: the marker and notes in the multiprocess directory (every file
   operation of this integration there).

@@ -20,7 +20,7 @@ from opentelemetry import propagate
 from ...core import errors, providers
 from ..base import Integration as _BaseIntegration
 from ..base import report_findings
-from . import shared_files
+from . import leases, shared_files
 from .audit import audit
 from .beat import BeatHooks
 from .contrib import ContribSpans
@@ -146,6 +146,7 @@ class Integration(_BaseIntegration):
         # On the request of this execution: the same task id may run twice at once (a retry
         # picked up by another thread before the first attempt's signals are done).
         setattr(request, _RUN, run)
+        leases.started(agent, run, task, request)
         if agent.share.in_child:
             # A child killed before its next watchdog tick: its main process counts the run's
             # start too (LostRuns.record).
@@ -260,6 +261,7 @@ class Integration(_BaseIntegration):
         if not agent.share.in_child:
             return
         agent.write_snapshot()  # a lazy child's last counts
+        agent.lease.release()  # its last run's end, before os._exit (bounded)
         self._contrib.flush_ending()
         providers.flush(2000)
 

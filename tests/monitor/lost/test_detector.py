@@ -9,6 +9,7 @@ run reads what the lost one reached as ``previous_attempt``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -70,7 +71,7 @@ def detector(url: str, spans: InMemorySpanExporter) -> PlainDetector:
 
 
 def leases(url: str) -> dict[str, dict[str, Any]]:
-    client = redis.Redis.from_url(url, decode_responses=True)
+    client: Any = redis.Redis.from_url(url, decode_responses=True)
     found = {}
     for lease in client.zrange(KEY_LEASES, 0, -1):
         found[lease] = {k: json.loads(v) for k, v in client.hgetall(KEY_LEASE + lease).items()}
@@ -127,7 +128,9 @@ def test_a_run_in_flight_is_in_its_lease_and_taken_out_when_it_ends(
         otel_jobs.heartbeat(progress=0.5, page=4)
         wait_for(
             "the new checkpoint",
-            lambda: listed(redis_url, "in-flight-1")["checkpoint"]["details"] == {"page": 4},
+            lambda: (
+                (listed(redis_url, "in-flight-1") or {})["checkpoint"]["details"] == {"page": 4}
+            ),
         )
     wait_for("the lease taken back once no run is in flight", lambda: leases(redis_url) == {})
     assert agent.lease.writes >= 3
@@ -204,7 +207,7 @@ def test_two_monitors_at_once_count_a_lost_run_once(
 ) -> None:
     procs = [worker(f"twice-{i}") for i in range(4)]
     for i in range(4):  # killed before its first lease, a run would not be seen (module docs)
-        wait_for("the worker's lease", lambda i=i: listed(redis_url, f"twice-{i}"))
+        wait_for("the worker's lease", functools.partial(listed, redis_url, f"twice-{i}"))
     for proc in procs:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)

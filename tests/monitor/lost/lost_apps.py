@@ -1,0 +1,57 @@
+"""The jobs the lost-run tests run in real workers, for each framework.
+
+Configured from the environment: ``LOST_BROKER`` (broker URL), ``LOST_QUEUE`` (a queue of the
+test's own), ``LOST_DIR`` (where the jobs leave their traces) and ``LOST_RESULTS`` (Celery's
+result backend, for the failed place of a poison task). Every job:
+
+* ``page(name)``: heartbeats ``progress=0.4, page=7``; a first attempt then waits to be killed
+  (its file ``<name>.started`` says it is running); an attempt whose ``previous_attempt`` is set
+  writes it to ``<name>.previous`` and appends one line to ``<name>.done`` (its side effect);
+* ``poison(name)``: heartbeats, appends a line to ``<name>.attempts``, then kills its worker's
+  whole process group (each time it runs);
+* ``quick(name)``: appends a line to ``<name>.done``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import otel_jobs
+
+DIR = Path(os.environ.get("LOST_DIR", "/tmp"))
+QUEUE = os.environ.get("LOST_QUEUE", "lost")
+
+
+def _append(name: str, suffix: str, line: str = "x") -> None:
+    with open(DIR / f"{name}.{suffix}", "a") as out:
+        out.write(line + "\n")
+
+
+def page_body(name: str) -> None:
+    otel_jobs.heartbeat(progress=0.4, page=7)
+    run = otel_jobs.current_run()
+    previous = run.previous_attempt if run is not None else None
+    if previous is None:
+        (DIR / f"{name}.started").write_text(str(os.getpid()))
+        time.sleep(3600)  # until killed
+        return
+    (DIR / f"{name}.previous").write_text(
+        json.dumps({"progress": previous.progress, "details": dict(previous.details),
+                    "lost": previous.lost, "pid": previous.pid})
+    )  # fmt: skip
+    _append(name, "done")
+
+
+def poison_body(name: str) -> None:
+    otel_jobs.heartbeat(progress=0.1)
+    _append(name, "attempts", str(os.getpid()))
+    time.sleep(float(os.environ.get("LOST_POISON_AFTER", "2.5")))  # past the first lease write
+    os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def quick_body(name: str) -> None:
+    _append(name, "done")
