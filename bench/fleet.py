@@ -283,7 +283,7 @@ def rows_of(found: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
         out.append(
             row(
                 f"Fleet, {size}",
-                subject=f"rule group {group} (max last evaluation)",
+                subject=f"rule group {group} (median evaluation)",
                 value=max(seconds * 1e3, 1e-3),
                 unit="ms",
                 target="" if quick else f"< {RULE_TARGET:g} s",
