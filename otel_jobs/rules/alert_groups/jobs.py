@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..config import RulesConfig
 from ..promql import FLEET_WINDOW, JOB, WHERE, Alert, Group, Record, by, num, sel, threshold
+from .schedules import watched
 
 DURATION = "otel_jobs:run_duration_seconds_bucket:rate"
 QUEUE_WAIT = "otel_jobs:queue_wait_seconds_bucket:rate"
@@ -157,7 +158,9 @@ def _alerts(
         Alert(
             "OtelJobsJobStoppedRunning",
             "warning",
-            f"{finished_before} > 0\nunless\n{finished_now} > 0",
+            # A job with an expected_every or a schedule entry is OtelJobsNoRecentSuccess's.
+            f"{finished_before} > 0\nunless\n{finished_now} > 0\n"
+            f"unless on ({watched(s)[0]})\n{watched(s)[1]}",
             "A job that normally runs has finished no run for a long time.",
             f"{JOB}{WHERE} finished no run in the last {s.not_running_window}; in the same "
             f"window {s.not_running_offset} earlier it finished about "
