@@ -131,6 +131,9 @@ class PreviousAttempt:
     pid: int = 0
     lost: int = 1
     expired_at: float | None = None
+    #: The attempt number of the lost run (a requeued run keeps it: the same number is the
+    #: requeued run itself, a higher one a later retry).
+    attempt: int | None = None
 
     @property
     def worker(self) -> str:
@@ -152,6 +155,7 @@ class PreviousAttempt:
                 pid=int(data.get("pid") or 0),
                 lost=int(data.get("lost") or 1),
                 expired_at=_number(data.get("expired_at")),
+                attempt=int(data["attempt"]) if isinstance(data.get("attempt"), int) else None,
             )
         except (ValueError, TypeError, AttributeError):
             return None
@@ -265,6 +269,18 @@ class LeaseKeeper:
     def given(self, run: Run, attempt: PreviousAttempt | None) -> None:
         """The previous attempt a requeued message carries (read at its start, no I/O)."""
         self._given[run.key] = attempt
+
+    def requeued(self, run: Run, mark: object) -> bool:
+        """``mark``: the :data:`REQUEUE_MARK` a job carries, if any. True when ``run`` is the run
+        a monitor requeued (the same attempt number as the lost one; a later retry of the job
+        keeps the mark but not the number); its previous attempt is then known without I/O."""
+        if not mark or not isinstance(mark, (str, bytes)):
+            return False
+        attempt = PreviousAttempt.from_json(mark)
+        if attempt is None:
+            return False
+        self._given[run.key] = attempt
+        return attempt.attempt in (None, run.attempt)
 
     def ended(self, run: Run) -> None:
         """Called as ``run`` finishes: if the lease lists it, have it taken out now."""

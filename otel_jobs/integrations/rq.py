@@ -97,7 +97,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core import errors, imports, providers
 from ..core.patching import Patches
-from . import base, rq_cron
+from . import base, rq_cron, rq_leases
 from .base import Finding, report_findings
 
 if TYPE_CHECKING:
@@ -229,6 +229,7 @@ class Integration(base.Integration):
         )
         run.activate()
         execution = self._executions[job.id] = _Execution(run)
+        rq_leases.started(agent, run, job)
         if agent.share.in_child:
             # A horse killed right away still has its start on /metrics, matching the
             # failure its worker records for it.
@@ -272,7 +273,9 @@ class Integration(base.Integration):
         finally:
             run.deactivate()
         if worker.is_horse:
-            # The horse leaves through os._exit: export its spans now or never.
+            # The horse leaves through os._exit: export its spans now or never, and take its
+            # run out of its lease.
+            rq_leases.ended(self.agent)
             providers.flush(2000)
 
     def _handle_exception(self, original: Callable[..., Any]) -> Callable[..., Any]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ...core.lease import REQUEUE_MARK, PreviousAttempt
+from ...core.lease import REQUEUE_MARK
 
 if TYPE_CHECKING:
     from ...core.agent import Agent
@@ -48,11 +48,10 @@ def started(agent: Agent, run: Run, task: Any, request: Any) -> None:
     if lease.enabled:
         app = task.app
         lease.track(run, lambda: broker_redis_url(app), lambda: _extra(task, request, run))
-    mark = getattr(request, REQUEUE_MARK, None)
     delivery = getattr(request, "delivery_info", None) or {}
-    if mark:
-        lease.given(run, PreviousAttempt.from_json(mark))
-    if mark or (isinstance(delivery, dict) and delivery.get("redelivered")):
+    if lease.requeued(run, getattr(request, REQUEUE_MARK, None)) or (
+        isinstance(delivery, dict) and delivery.get("redelivered")
+    ):
         agent.telemetry.record_redelivered(run.series)
 
 

@@ -8,7 +8,8 @@ result backend, for the failed place of a poison task). Every job:
   (its file ``<name>.started`` says it is running); an attempt whose ``previous_attempt`` is set
   writes it to ``<name>.previous`` and appends one line to ``<name>.done`` (its side effect);
 * ``poison(name)``: heartbeats, appends a line to ``<name>.attempts``, then kills its worker's
-  whole process group (each time it runs);
+  whole process group (each time it runs; with ``LOST_KILL_PARENT_GROUP=1``, an RQ work horse,
+  which RQ puts in a session of its own, also its parent's);
 * ``quick(name)``: appends a line to ``<name>.done``.
 """
 
@@ -50,7 +51,11 @@ def poison_body(name: str) -> None:
     otel_jobs.heartbeat(progress=0.1)
     _append(name, "attempts", str(os.getpid()))
     time.sleep(float(os.environ.get("LOST_POISON_AFTER", "2.5")))  # past the first lease write
-    os.killpg(os.getpgrp(), signal.SIGKILL)
+    groups = {os.getpgrp()}
+    if os.environ.get("LOST_KILL_PARENT_GROUP") == "1":  # an RQ horse: its worker's too
+        groups.add(os.getpgid(os.getppid()))
+    for group in sorted(groups, key=lambda g: g == os.getpgrp()):  # its own last
+        os.killpg(group, signal.SIGKILL)
 
 
 def quick_body(name: str) -> None:

@@ -128,7 +128,7 @@ def wait_lost(
         return samples if expired else None
 
     result: Samples = wait_for(f"{job_id} counted lost", check)
-    assert wrong == []
+    assert wrong == [], wrong
     return result
 
 
