@@ -30,6 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from ..core import errors
 from .base import BrokerUnavailable, Collector, QueueReading
+from .lost.detector import lost_counters
 
 logger = logging.getLogger("otel_jobs.monitor")
 
@@ -118,6 +119,9 @@ class Monitor:
             registry=self.registry,
         )
         ProcessCollector(registry=self.registry)
+        # The lost-run counters are part of every monitor's /metrics (no series before the first
+        # lost run), whichever frameworks it watches: the rules read them (monitor/lost).
+        lost_counters(self.registry)
         for collector in self.collectors:
             collector.register(self.registry)
         self._runners = [_Runner(c) for c in self.collectors]

@@ -197,6 +197,11 @@ class _Counters:
             return found
 
 
+def lost_counters(registry: CollectorRegistry) -> None:
+    """Register ``otel_jobs_runs_lost_total`` and ``otel_jobs_runs_requeued_total`` (once)."""
+    _Counters.of(registry)
+
+
 class Detector:
     """The lost runs of one framework on one Redis; subclasses override the framework hooks."""
 
