@@ -1,0 +1,291 @@
+"""Event loops held by synchronous work: lag, blocked time and the ``loop_blocked`` verdict.
+
+Real asyncio loops in real threads running async ``@job`` runs, the real watchdog, the real
+``/metrics`` endpoint parsed with prometheus-client's parser and the real SDK. Nothing is
+timed: every wait polls a condition with a generous deadline, and the thresholds below only
+decide when a verdict is due, never how fast anything ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import otel_jobs
+from tests.support import Samples, scrape, spans_named
+from tests.watchdog.support import DEADLINE, here, run_named, wait_for
+
+THREAD = "test-blocked-loop"
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name=THREAD, daemon=True)
+    thread.start()
+    yield loop
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(DEADLINE)
+    loop.close()
+
+
+def metrics() -> Samples:
+    url = otel_jobs.metrics_url()
+    assert url is not None
+    return scrape(url)
+
+
+def lag_count(samples: Samples, le: str | None = None) -> float:
+    if le is None:
+        return samples.total("otel_jobs_event_loop_lag_seconds_count", thread=THREAD)
+    return samples.total("otel_jobs_event_loop_lag_seconds_bucket", thread=THREAD, le=le)
+
+
+async def until(event: threading.Event) -> None:
+    """A coroutine that keeps its loop free while it waits (it awaits between looks)."""
+    while not event.is_set():
+        await asyncio.sleep(0.02)
+
+
+def test_a_coroutine_blocking_its_loop_gets_the_verdict_naming_its_line_and_the_runs_held_up(
+    instrumented: Callable[..., Any],
+    span_exporter: InMemorySpanExporter,
+    caplog: pytest.LogCaptureFixture,
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    agent = instrumented(watchdog_interval=0.1, loop_blocked_timeout=0.5)
+    caplog.set_level(logging.INFO, logger="otel_jobs")
+    release, done = threading.Event(), threading.Event()
+    lines: list[int] = []
+
+    @otel_jobs.job(name="lb.waiting", queue="async", heartbeat_timeout=120)
+    async def waiting() -> None:
+        await until(done)
+
+    @otel_jobs.job(name="lb.blocks_its_loop", queue="async", heartbeat_timeout=120)
+    async def blocks_its_loop() -> None:
+        await asyncio.sleep(0)
+        lines.append(here() + 1)
+        release.wait()  # synchronous: nothing else on the loop runs meanwhile
+        await until(done)  # the loop runs again, the run stays in flight
+
+    futures = [asyncio.run_coroutine_threadsafe(waiting(), loop) for _ in range(2)]
+    held = [run_named(agent, "lb.waiting")]
+    held = wait_for(
+        lambda: (
+            [r for r in agent.runs() if r.name == "lb.waiting"][1:]
+            and [r for r in agent.runs() if r.name == "lb.waiting"]
+        ),
+        "both waiting runs",
+    )
+    wait_for(lambda: lag_count(metrics()) >= 2, "a probe answered by the free loop")
+    futures.append(asyncio.run_coroutine_threadsafe(blocks_its_loop(), loop))
+    blocker = run_named(agent, "lb.blocks_its_loop")
+    wait_for(lambda: blocker.verdict == "loop_blocked", "the loop_blocked verdict")
+
+    diagnosis = blocker.diagnosis
+    assert diagnosis.reason == "loop_blocked" and diagnosis.verdict == "loop blocked"
+    assert diagnosis.where.function.endswith("blocks_its_loop")
+    assert diagnosis.where.lineno == lines[0]
+    assert diagnosis.state == "blocked"  # Event.wait uses no CPU
+    assert diagnosis.loop["thread"] == THREAD
+    assert diagnosis.loop["blocked_s"] > 0.5
+    assert diagnosis.loop["culprit"] == {
+        "job_name": "lb.blocks_its_loop",
+        "job_id": str(blocker.key),
+    }
+    assert sorted(r["job_id"] for r in diagnosis.loop["held_up"]) == sorted(
+        str(r.key) for r in held
+    )
+    assert all(r.verdict is None for r in held)  # one verdict, on the run holding the loop
+    summary = diagnosis.summary()
+    assert f"its event loop (thread {THREAD}) has run nothing for" in summary
+    assert "this run holds the loop; runs held up: run" in summary
+    assert "waiting on a threading.Event without a timeout" in summary
+
+    while_blocked = metrics()
+    assert (
+        while_blocked.value(
+            "otel_jobs_stalls_detected_total",
+            job_name="lb.blocks_its_loop",
+            queue="async",
+            reason="loop_blocked",
+        )
+        == 1
+    )
+    assert (
+        while_blocked.value(
+            "otel_jobs_runs_stalled", job_name="lb.blocks_its_loop", queue="async", state="blocked"
+        )
+        == 1
+    )
+    assert while_blocked.value("otel_jobs_event_loop_blocked_seconds", thread=THREAD) > 0.5
+    warning = next(r for r in caplog.records if getattr(r, "stall_reason", None) == "loop_blocked")
+    assert warning.stall_loop["held_up"] == diagnosis.loop["held_up"]
+    span = wait_for(
+        lambda: next(
+            iter(
+                spans_named(span_exporter.get_finished_spans(), "lb.blocks_its_loop loop blocked")
+            ),
+            None,
+        ),
+        "the stall span",
+    )
+    assert span.attributes["otel_jobs.stall.reason"] == "loop_blocked"
+    assert span.attributes["code.lineno"] == lines[0]
+    assert sorted(span.attributes["otel_jobs.stall.loop.held_up_job_names"]) == ["lb.waiting"] * 2
+
+    release.set()  # the loop runs again: the verdict clears
+    wait_for(lambda: blocker.verdict is None, "the verdict to clear")
+    recovered = wait_for(
+        lambda: next((r for r in caplog.records if getattr(r, "stall_recovered", False)), None),
+        "the recovery record",
+    )
+    assert "its event loop runs again" in recovered.getMessage()
+    after = wait_for(
+        lambda: (
+            (s := metrics()).value("otel_jobs_event_loop_blocked_seconds", thread=THREAD) == 0 and s
+        ),
+        "the blocked gauge back to 0",
+    )
+    assert (
+        after.value(
+            "otel_jobs_runs_stalled", job_name="lb.blocks_its_loop", queue="async", state="blocked"
+        )
+        == 0
+    )
+    # The lag histogram holds the probe that waited for the blocked loop: above 0.5 s.
+    assert lag_count(after) > lag_count(after, le="0.5")
+    done.set()
+    for future in futures:
+        future.result(DEADLINE)
+
+
+def test_a_cpu_loop_in_a_coroutine_is_spinning(
+    instrumented: Callable[..., Any], loop: asyncio.AbstractEventLoop
+) -> None:
+    agent = instrumented(watchdog_interval=0.1, loop_blocked_timeout=0.5)
+    release = threading.Event()
+    lines: list[int] = []
+
+    @otel_jobs.job(name="lb.spins", heartbeat_timeout=120)
+    async def spins() -> int:
+        await asyncio.sleep(0)
+        total = 0
+        lines.append(here() + 1)
+        while not release.is_set():
+            total += 1
+        return total
+
+    future = asyncio.run_coroutine_threadsafe(spins(), loop)
+    run = run_named(agent, "lb.spins")
+    wait_for(lambda: run.verdict == "loop_blocked", "the loop_blocked verdict")
+    assert run.diagnosis.state == "spinning"
+    assert run.diagnosis.where.function.endswith("spins")
+    assert run.diagnosis.where.lineno in (lines[0], lines[0] + 1)
+    assert run.diagnosis.loop["held_up"] == []
+    release.set()
+    future.result(DEADLINE)
+
+
+def test_code_outside_any_run_blocking_the_loop_is_reported_on_the_oldest_run(
+    instrumented: Callable[..., Any], loop: asyncio.AbstractEventLoop
+) -> None:
+    agent = instrumented(watchdog_interval=0.1, loop_blocked_timeout=0.5)
+    release, done = threading.Event(), threading.Event()
+
+    @otel_jobs.job(name="lb.innocent", heartbeat_timeout=120)
+    async def innocent() -> None:
+        await until(done)
+
+    futures = [asyncio.run_coroutine_threadsafe(innocent(), loop) for _ in range(2)]
+    wait_for(lambda: len([r for r in agent.runs() if r.name == "lb.innocent"]) == 2, "two runs")
+    oldest = min(agent.runs(), key=lambda r: r.start_mono)
+    line = here() + 1
+    loop.call_soon_threadsafe(lambda: release.wait())  # a callback of no run holds the loop
+    wait_for(lambda: oldest.verdict == "loop_blocked", "the verdict on the oldest run")
+    diagnosis = oldest.diagnosis
+    assert diagnosis.loop["culprit"] is None
+    assert "code outside any run holds the loop" in diagnosis.summary()
+    assert diagnosis.where.lineno == line  # the loop thread's stack: the callback's line
+    assert len(diagnosis.loop["held_up"]) == 1
+    assert [r for r in agent.runs() if r.verdict is not None] == [oldest]
+    release.set()
+    wait_for(lambda: oldest.verdict is None, "the verdict to clear")
+    done.set()
+    for future in futures:
+        future.result(DEADLINE)
+
+
+def test_a_busy_but_responsive_loop_never_gets_the_verdict(
+    instrumented: Callable[..., Any], loop: asyncio.AbstractEventLoop
+) -> None:
+    agent = instrumented(watchdog_interval=0.1, loop_blocked_timeout=1.0)
+    done = threading.Event()
+
+    async def burst_worker() -> None:
+        while not done.is_set():
+            end = time.perf_counter() + 0.002
+            while time.perf_counter() < end:  # 2 ms of CPU, then the loop's turn
+                pass
+            await asyncio.sleep(0)
+
+    @otel_jobs.job(name="lb.busy", heartbeat_timeout=120)
+    async def busy() -> None:
+        await asyncio.gather(*(burst_worker() for _ in range(10)))
+
+    before = lag_count(metrics())
+    future = asyncio.run_coroutine_threadsafe(busy(), loop)
+    run = run_named(agent, "lb.busy")
+    ticks = agent.watchdog.ticks
+    wait_for(lambda: agent.watchdog.ticks >= ticks + 40, "forty ticks of the busy loop")
+    samples = metrics()
+    assert lag_count(samples) - before >= 20  # it was probed all along, and answered
+    assert run.verdict is None and run.diagnosis is None
+    assert samples.total("otel_jobs_stalls_detected_total", job_name="lb.busy") == 0
+    done.set()
+    future.result(DEADLINE)
+
+
+def test_a_stopped_loop_is_not_blocked_and_its_pause_is_no_lag(
+    instrumented: Callable[..., Any],
+) -> None:
+    agent = instrumented(watchdog_interval=0.1, loop_blocked_timeout=0.5)
+    paused_loop = asyncio.new_event_loop()
+
+    @otel_jobs.job(name="lb.paused", heartbeat_timeout=120)
+    async def paused() -> None:
+        ticks = agent.watchdog.ticks
+        while agent.watchdog.ticks < ticks + 3:  # a probe is sent while this holds the loop
+            time.sleep(0.01)
+        asyncio.get_running_loop().stop()  # ... and the loop stops before it could answer
+        await asyncio.sleep(0)  # the run stays in flight until the loop runs again
+        await asyncio.sleep(0.5)  # ... and then goes on a while with a loop that is free
+
+    label = threading.current_thread().name
+    try:
+        task = paused_loop.create_task(paused())
+        paused_loop.run_forever()
+        run = run_named(agent, "lb.paused")
+        ticks = agent.watchdog.ticks
+        wait_for(lambda: agent.watchdog.ticks >= ticks + 30, "thirty ticks while stopped")
+        assert run.verdict is None
+        assert metrics().value("otel_jobs_event_loop_blocked_seconds", thread=label) == 0
+        paused_loop.run_until_complete(task)
+        ticks = agent.watchdog.ticks
+        wait_for(lambda: agent.watchdog.ticks >= ticks + 3, "ticks after the run")
+    finally:
+        paused_loop.close()
+    samples = metrics()
+    total = samples.total("otel_jobs_event_loop_lag_seconds_count", thread=label)
+    assert total >= 1
+    # The three seconds the loop was stopped were never counted as lag.
+    assert samples.total("otel_jobs_event_loop_lag_seconds_bucket", thread=label, le="2.5") == total
+    assert samples.total("otel_jobs_stalls_detected_total", job_name="lb.paused") == 0
