@@ -72,7 +72,7 @@ _MAX_WALK = 400
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The demo plays the part of a user's code: its frames count as the user's.
-_USER_MODULES_INSIDE = ("otel_jobs.demo",)
+_USER_MODULES_INSIDE = ("otel_jobs.demo.jobs",)
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,7 @@ def _in_library(frame: FrameType) -> bool:
     if known is None:
         module = frame.f_globals.get("__name__") or ""
         # The demo plays the part of a user's code: its frames are call sites.
-        known = module.partition(".")[0] in LIBRARY_MODULES and module != "otel_jobs.demo"
+        known = module.partition(".")[0] in LIBRARY_MODULES and module != "otel_jobs.demo.jobs"
         if len(_is_library) >= _MAX_CACHED:
             _is_library.clear()
         _is_library[code] = known

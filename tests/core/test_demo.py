@@ -3,6 +3,11 @@
 The table lists the workers' metrics, then (after ``<!-- metrics-table:monitor -->``) those of
 ``otel-jobs monitor``: the first on the demo's worker endpoint, the second on the endpoint of
 the monitor the demo runs next to it, and neither on the other's.
+
+``otel-jobs demo --prometheus`` (marked ``prometheus``): the real command with Debian's
+Prometheus fires a stall alert before its two minutes are over, shows it next to the stuck run,
+and leaves neither the Prometheus process nor its directory behind, whichever way it ends;
+without a ``prometheus`` on PATH it says how to install it and runs as without the flag.
 """
 
 from __future__ import annotations
@@ -10,13 +15,17 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import free_port, scrape_text
+from tests.support import IN_CI, free_port, scrape_text
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 _SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
@@ -145,3 +154,140 @@ def test_demo_serves_every_metric_of_the_readme_table_and_exits_cleanly() -> Non
             assert found, f"the demo produced no sample of {name} on the {endpoint}'s endpoint"
             for s in found:
                 assert set(s.labels) - {"le"} == labels, (name, s.labels)
+
+
+# --- otel-jobs demo --prometheus ------------------------------------------------------------
+
+
+def _prometheus_on_path() -> None:
+    if shutil.which("prometheus") is None:
+        message = "prometheus is not installed; install it with: apt-get install -y prometheus"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+class _Demo:
+    """``otel-jobs demo`` in a process of its own, its output read line by line as it comes."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        env = dict(env or os.environ, PYTHONUNBUFFERED="1")
+        env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "otel_jobs", "demo", "--no-live", "--port", "0",
+             "--monitor-port", "0", *args],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, pattern: str) -> re.Match[str]:
+        """The first line matching ``pattern``; fails if the demo ends without one."""
+        seen = 0
+        while True:
+            for line in self.lines[seen:]:
+                if m := re.search(pattern, line):
+                    return m
+            seen = len(self.lines)
+            if self.proc.poll() is not None:
+                self._reader.join(timeout=10)
+                if not any(re.search(pattern, line) for line in self.lines):
+                    pytest.fail(f"the demo ended without {pattern!r}:\n{self.output[-6000:]}")
+            time.sleep(0.2)
+
+    def prometheus(self) -> tuple[int, pathlib.Path]:
+        """The Prometheus process and the directory the demo says it started."""
+        directory = pathlib.Path(self.wait_for(r"files in (\S+), removed at exit").group(1))
+        pid = int(
+            self.wait_for(r"Prometheus http://127\.0\.0\.1:\d+/alerts \(pid (\d+)\)").group(1)
+        )
+        return pid, directory
+
+    def end(self) -> int:
+        try:
+            self.proc.wait(timeout=150)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(timeout=10)
+        return self.proc.returncode
+
+
+def _running(pid: int) -> bool:
+    try:
+        cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"prometheus" in cmdline
+
+
+@pytest.mark.prometheus
+def test_demo_prometheus_fires_a_stall_alert_shown_next_to_the_run() -> None:
+    _prometheus_on_path()
+    # --duration 120: the demo ends after two minutes, so a stall alert must fire before.
+    demo = _Demo("--prometheus", "--duration", "120")
+    try:
+        pid, directory = demo.prometheus()
+        assert _running(pid) and (directory / "prometheus.yml").is_file()
+        # In the alerts section, then next to the stuck run it is about in the table.
+        alert = demo.wait_for(r"^  firing\s+OtelJobsRunStalled\s+(demo\.\w+) / (\w+)\s")
+        job, queue = alert.groups()
+        row = demo.wait_for(rf"^{re.escape(job)}\s+{queue}\s.*\bstalled\b.*RunStalled firing")
+        assert "RunStalled firing" in row.group(0)
+        # Healthy jobs are never in an alert about a run.
+        for line in demo.lines:
+            if line.startswith(("demo.send_email ", "demo.import_rows ", "demo.build_report ")):
+                assert "firing" not in line and "pending" not in line, line
+        demo.proc.send_signal(signal.SIGTERM)
+        assert demo.end() == 0, demo.output[-4000:]
+    finally:
+        if demo.proc.poll() is None:
+            demo.proc.kill()
+            demo.proc.wait()
+    assert "SIGTERM, stopping" in demo.output
+    summary = demo.output.rsplit("alerts seen", 1)[1]
+    assert re.search(rf"firing\s+OtelJobsRunStalled\s+{re.escape(job)} / ", summary), summary
+    assert not directory.exists(), f"{directory} left behind"
+    assert not _running(pid), f"Prometheus (pid {pid}) left running"
+
+
+@pytest.mark.prometheus
+@pytest.mark.parametrize("ending", ["its duration", "Ctrl-C"])
+def test_demo_prometheus_is_stopped_and_removed_at_exit(ending: str) -> None:
+    _prometheus_on_path()
+    demo = _Demo("--prometheus", "--duration", "6" if ending == "its duration" else "120")
+    try:
+        pid, directory = demo.prometheus()
+        assert _running(pid) and directory.is_dir()
+        if ending == "Ctrl-C":
+            demo.wait_for(r"^otel-jobs demo\s+\d")  # the first table: the jobs are running
+            demo.proc.send_signal(signal.SIGINT)
+        assert demo.end() == 0, demo.output[-4000:]
+    finally:
+        if demo.proc.poll() is None:
+            demo.proc.kill()
+            demo.proc.wait()
+    assert "summary (finished runs" in demo.output
+    assert not directory.exists(), f"{directory} left behind"
+    assert not _running(pid), f"Prometheus (pid {pid}) left running"
+
+
+def test_demo_without_prometheus_says_how_to_install_it_and_runs(tmp_path: pathlib.Path) -> None:
+    env = dict(os.environ, PATH=str(tmp_path))  # no prometheus there
+    demo = _Demo("--prometheus", "--duration", "3", env=env)
+    assert demo.end() == 0, demo.output
+    hints = [line for line in demo.lines if "prometheus" in line.lower() and "install" in line]
+    assert len(hints) == 1 and "apt-get install prometheus" in hints[0], demo.output
+    assert "summary (finished runs" in demo.output
+    assert not any(line.startswith("Prometheus alerts") for line in demo.lines)

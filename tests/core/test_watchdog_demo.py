@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from otel_jobs import demo
+from otel_jobs.demo import jobs as demo
 
 
 def _line_of(func: Callable[..., Any], needle: str) -> int:
@@ -40,7 +40,7 @@ def test_demo_shows_verdict_state_and_line_of_each_stuck_run() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    path = "otel_jobs/demo.py"
+    path = "otel_jobs/demo/jobs.py"
     expected = {
         "demo.sync_partner": ("blocked", _line_of(demo.sync_partner, "urlopen("), "sync_partner"),
         "demo.rebuild_index": (
