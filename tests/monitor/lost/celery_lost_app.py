@@ -46,3 +46,8 @@ def poison(name: str) -> None:
 @app.task(name="lost.quick")
 def quick(name: str) -> None:
     lost_apps.quick_body(name)
+
+
+@app.task(name="lost.sleepy")
+def sleepy(name: str, line: str, seconds: float) -> None:
+    lost_apps.sleepy_body(name, line, seconds)

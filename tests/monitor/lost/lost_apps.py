@@ -10,7 +10,8 @@ result backend, for the failed place of a poison task). Every job:
 * ``poison(name)``: heartbeats, appends a line to ``<name>.attempts``, then kills its worker's
   whole process group (each time it runs; with ``LOST_KILL_PARENT_GROUP=1``, an RQ work horse,
   which RQ puts in a session of its own, also its parent's);
-* ``quick(name)``: appends a line to ``<name>.done``.
+* ``quick(name)``: appends a line to ``<name>.done``;
+* ``sleepy(name, line, seconds)``: sleeps, then appends ``line`` to ``<name>.done``.
 """
 
 from __future__ import annotations
@@ -60,3 +61,9 @@ def poison_body(name: str) -> None:
 
 def quick_body(name: str) -> None:
     _append(name, "done")
+
+
+def sleepy_body(name: str, line: str, seconds: float) -> None:
+    otel_jobs.heartbeat(progress=0.5)
+    time.sleep(seconds)
+    _append(name, "done", line)
