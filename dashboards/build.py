@@ -623,6 +623,8 @@ def overview() -> dash.Dashboard:
             links=[_runbook("OtelJobsQueueBacklogOld")],
         )
     )
+    d = d.with_row(dash.Row("Scheduled jobs"))
+    d = d.with_panel(_scheduled_jobs())
     d = d.with_row(dash.Row("Outbound calls without a timeout"))
     d = d.with_panel(
         _common(
@@ -714,6 +716,100 @@ def overview() -> dash.Dashboard:
         )
     )
     return d
+
+
+def _scheduled_jobs() -> Any:
+    """One row per scheduled job: a job with an expected_every, or sent by a schedule entry."""
+    entries = 'job_name=~"$job_name"'  # the schedulers' series: no worker instance or queue
+    scheduled = (
+        f"(max by (job_name) (otel_jobs_run_expected_every_seconds{{{RECORDED}}} < +Inf)"
+        f" or max by (job_name) (otel_jobs_schedule_interval_seconds{{{entries}}}))"
+    )
+    columns = {
+        "A": ("last success, ago", "s"),
+        "B": ("must succeed every", "s"),
+        "C": ("next due in", "s"),
+        "D": ("failures in a row", "short"),
+    }
+    queries = {
+        # Across every worker, restarted ones and the Pushgateway (no instance matcher).
+        "A": f"(time() - max by (job_name) (otel_jobs_last_success_timestamp_seconds{{{RECORDED}}}))"
+        f" and on (job_name) {scheduled}",
+        "B": scheduled,
+        # Negative: overdue (the scheduler sent nothing since; OtelJobsScheduledRunLate).
+        "C": f"min by (job_name) (otel_jobs_schedule_next_run_timestamp_seconds{{{entries}}})"
+        " - time()",
+        "D": f"max by (job_name) (otel_jobs_consecutive_failures{{{RECORDED}}})"
+        f" and on (job_name) {scheduled}",
+    }
+    panel = _common(
+        table.Panel(),
+        "Scheduled jobs: last success, expected every, next due, failures in a row",
+        "Jobs that must succeed every so often (expected_every) or that a scheduler sends (Celery "
+        "beat, APScheduler, arq cron jobs, Huey periodic tasks, rq cron). Last success: the latest "
+        "of all workers and the Pushgateway. Next due in: negative when the entry is overdue and "
+        "its scheduler sent nothing. Click a job to open its dashboard.",
+        "s",
+        24,
+        7,
+    )
+    for ref, expr in queries.items():
+        panel = panel.with_target(_query(expr, "", ref, instant=True, fmt=pm.PromQueryFormat.TABLE))
+    panel = (
+        panel.thresholds(_steps((None, GREEN)))
+        .with_transformation(dm.DataTransformerConfig(id_val="merge", options={}))
+        .with_transformation(
+            dm.DataTransformerConfig(
+                id_val="organize",
+                options={
+                    "excludeByName": {"Time": True},
+                    "renameByName": {f"Value #{r}": name for r, (name, _) in columns.items()},
+                    "indexByName": {
+                        "job_name": 0,
+                        **{f"Value #{r}": i for i, r in enumerate(columns, start=1)},
+                    },
+                },
+            )
+        )
+        .sort_by([common_b.TableSortByFieldState().display_name("last success, ago").desc(True)])
+        .override_by_name("job_name", [dm.DynamicConfigValue(id_val="links", value=[_link_dict()])])
+        .override_by_name(
+            "failures in a row",
+            [
+                dm.DynamicConfigValue(id_val="unit", value="short"),
+                dm.DynamicConfigValue(
+                    id_val="thresholds",
+                    value={
+                        "mode": "absolute",
+                        "steps": [{"value": None, "color": GREEN}, {"value": 3, "color": RED}],
+                    },
+                ),
+                dm.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-text"}),
+            ],
+        )
+        .override_by_name(
+            "next due in",
+            [
+                dm.DynamicConfigValue(
+                    id_val="thresholds",
+                    value={
+                        "mode": "absolute",
+                        "steps": [{"value": None, "color": RED}, {"value": -60, "color": GREEN}],
+                    },
+                ),
+                dm.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-text"}),
+            ],
+        )
+        .no_value("no scheduled job")
+        .links(
+            [
+                _runbook("OtelJobsNoRecentSuccess"),
+                _runbook("OtelJobsScheduledRunLate"),
+                _runbook("OtelJobsFailingRepeatedly"),
+            ]
+        )
+    )
+    return panel
 
 
 def _link_dict() -> dict[str, Any]:

@@ -2,13 +2,17 @@
 
 ``OJ_METRICS_PORT`` set: the module instruments at import, as the docs say (``celery beat`` and
 ``celery worker`` both import it). ``OJ_FAIL_FLAG``: while that file exists, ``refresh`` fails.
+``OJ_TIMES``: ``refresh`` appends "ending <time>" on its last line, and a ``task_postrun`` receiver
+(connected after otel-jobs', which finishes the run first) "ended <time>": the run's end lies
+between the two.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
-from celery import Celery
+from celery import Celery, signals
 from celery.schedules import crontab
 
 import otel_jobs
@@ -32,12 +36,26 @@ if os.environ.get("OJ_METRICS_PORT"):
     otel_jobs.instrument(prometheus_port=int(os.environ["OJ_METRICS_PORT"]), watchdog_interval=0.5)
 
 
+def _note(what: str) -> None:
+    path = os.environ.get("OJ_TIMES")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"{what} {time.time()!r}\n")
+
+
 @app.task(name="beat_app.refresh")
 def refresh() -> str:
     flag = os.environ.get("OJ_FAIL_FLAG")
     if flag and os.path.exists(flag):
         raise RuntimeError("refresh failed (the flag file exists)")
+    _note("ending")
     return "refreshed"
+
+
+@signals.task_postrun.connect(weak=False)
+def _after(sender: object = None, state: str | None = None, **_: object) -> None:
+    if getattr(sender, "name", None) == "beat_app.refresh" and state == "SUCCESS":
+        _note("ended")
 
 
 @app.task(name="beat_app.nightly")
