@@ -246,10 +246,18 @@ class Run:
         if self.cancelled_by_watchdog and outcome in ("failure", "cancelled"):
             outcome = "timeout"
         ended = (_monotonic(), time.time_ns())
-        if isinstance(exc, RecursionError):
-            # Unwinding from the recursion limit, with hardly any stack left: recording here
-            # could fail halfway (an exporter that swallows the error drops the span). Recorded
-            # from a shallower frame or the watchdog's thread, with the time it ended.
+        # (Not activated, if activate() itself ran out of stack: then the run current here.)
+        parent = self.parent if self.parent is not None else _current.get()
+        if (
+            isinstance(exc, RecursionError)
+            and parent is not None
+            and parent is not self
+            and not parent.finished
+        ):
+            # A nested run unwinding from the recursion limit, with hardly any stack left:
+            # recording here could fail halfway (an exporter that swallows the error drops the
+            # span). Recorded by the outermost run's finish, or the watchdog's thread, with the
+            # time it ended.
             _unrecorded.append((self, outcome, exc, expected, ended))
             return
         try:  # not errors.guard(): see Agent.start_run
@@ -286,6 +294,7 @@ class Run:
 
 #: Runs finished without stack left to record them (see Run.finish), recorded later.
 _unrecorded: list[tuple[Run, str, BaseException | None, bool, tuple[float, int]]] = []
+_recording = threading.RLock()
 
 
 def record_unrecorded() -> None:
@@ -295,19 +304,18 @@ def record_unrecorded() -> None:
     ``OTEL_JOBS_WATCHDOG_INTERVAL``), ``uninstrument()`` and the exit flush, so that a
     recursive job that hits the recursion limit leaves no span unended and no run in flight.
     """
-    while _unrecorded:
-        try:
+    # One thread at a time, so that a finish that returns has every earlier one recorded, also
+    # those the watchdog's thread was recording meanwhile.
+    with _recording:
+        while _unrecorded:
             item = _unrecorded.pop()
-        except IndexError:  # taken by another thread meanwhile
-            return
-        run = item[0]
-        try:
-            run._agent.finish_run(*item)
-        except RecursionError:
-            _unrecorded.append(item)
-            return
-        except Exception as err:
-            errors.record("run.finish", err)
+            try:
+                item[0]._agent.finish_run(*item)
+            except RecursionError:
+                _unrecorded.append(item)
+                return
+            except Exception as err:
+                errors.record("run.finish", err)
 
 
 def current_run() -> Run | None:
@@ -365,6 +373,8 @@ def wall_time_of(monotonic: float, now_mono: float, now_wall: float) -> float:
 
 
 def _after_fork_in_child() -> None:
+    global _recording
+    _recording = threading.RLock()
     _unrecorded.clear()  # the parent's runs, recorded by the parent
 
 

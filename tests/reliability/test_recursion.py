@@ -2,8 +2,9 @@
 
 * A recursive ``@job`` that hits the recursion limit: every call of the function leaves its
   span (outcome failure, ended) and is counted once, nothing stays in flight and no internal
-  error is counted, although the runs end with hardly any stack left (they are recorded by the
-  watchdog's thread, with the time they ended).
+  error is counted, although the nested runs end with hardly any stack left (the outermost
+  run's finish records them, with the time they ended). A single run whose job fails with a
+  RecursionError is recorded at once (an RQ work horse exits right after).
 * 150 nested runs stalled together (heartbeat timeout far below the watchdog's interval): one
   WARNING and one stall span, for the innermost; every run's stall is still counted in
   ``otel_jobs_stalls_detected_total`` and marked on its span.
@@ -69,7 +70,6 @@ def test_a_recursive_job_at_the_recursion_limit_loses_no_span(
 
     with pytest.raises(RecursionError):
         down(0)
-    _wait_ticks(agent, 2)  # runs that ended out of stack are recorded by the watchdog's tick
 
     assert calls > 100, calls  # deep enough to have hit the limit
     spans = [s for s in span_exporter.get_finished_spans() if s.name == "recursion.down"]
@@ -84,6 +84,27 @@ def test_a_recursive_job_at_the_recursion_limit_loses_no_span(
     labels = {"job_name": "recursion.down"}
     assert samples.total("otel_jobs_runs_finished_total", outcome="failure", **labels) == calls
     assert samples.total("otel_jobs_runs_in_progress", **labels) == 0
+
+
+def test_a_single_run_failing_with_recursion_error_is_recorded_at_once(
+    instrumented: Callable[..., Any], span_exporter: InMemorySpanExporter
+) -> None:
+    instrumented(watchdog=False)
+
+    def helper(n: int) -> int:
+        return helper(n + 1)
+
+    @otel_jobs.job(name="recursion.helper")
+    def job() -> int:
+        return helper(0)
+
+    with pytest.raises(RecursionError):
+        job()
+    (span,) = [s for s in span_exporter.get_finished_spans() if s.name == "recursion.helper"]
+    assert span.attributes["job.outcome"] == "failure"
+    (event,) = [e for e in span.events if e.name == "exception"]
+    assert event.attributes["exception.type"] == "RecursionError"
+    assert "outer frames left out" in str(event.attributes["exception.stacktrace"])
 
 
 def test_nested_runs_stuck_together_log_one_warning(
