@@ -312,9 +312,6 @@ class Agent:
             self._runs[run.key] = run
         return run
 
-    # FIXME(working tree, not for commit): this file was truncated by a faulty edit script at
-    # 18:56 and restored from HEAD plus the record_unrecorded()/ended hunks seen at ~18:48; edits
-    # made to it after that (finish_run's steps kept in run.recorded, say) must be made again.
     def finish_run(
         self,
         run: Run,
