@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from apscheduler.events import EVENT_JOB_SUBMITTED, JobSubmissionEvent
+from apscheduler.events import EVENT_JOB_EXECUTED, EVENT_JOB_SUBMITTED, JobEvent, JobSubmissionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
@@ -57,7 +57,14 @@ def test_next_run_last_sent_and_interval_match_the_scheduler(
                 submitted.append(time.time())
 
     scheduler.add_listener(on_submitted, EVENT_JOB_SUBMITTED)
-    ran: list[float] = []
+    ran: list[float] = []  # the job's last line
+    executed: list[float] = []  # the scheduler's event once the run is over
+
+    def on_executed(event: JobEvent) -> None:
+        if event.job_id == "every-2s":
+            executed.append(time.time())
+
+    scheduler.add_listener(on_executed, EVENT_JOB_EXECUTED)
 
     def report() -> None:
         ran.append(time.time())
@@ -106,7 +113,16 @@ def test_next_run_last_sent_and_interval_match_the_scheduler(
             assert sent <= last_event
             assert submitted[-2] < sent
         # Each run carries the trigger's interval as its expected_every.
-        wait_for("a finished run", lambda: ran, timeout=60)
+        wait_for("a finished run", lambda: executed, timeout=60)
+        # The last success is the end of the run: after the job's last line, before the
+        # scheduler's event that the run is over (a scrape between two runs).
+        for _ in range(50):
+            count = len(executed)
+            m = metrics()
+            if len(executed) == count == len(ran):
+                break
+        last = m.value("otel_jobs_last_success_timestamp_seconds", job_name="reports.refresh")
+        assert ran[count - 1] <= last <= executed[count - 1]
         wait_for(
             "the run's expected_every",
             lambda: metrics().find(

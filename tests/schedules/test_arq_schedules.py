@@ -57,6 +57,8 @@ class InProcessWorker:
 
     def __init__(self) -> None:
         self.runs: list[tuple[float, float]] = []  # (enqueue time, start) of each run
+        self.ending: list[float] = []  # each run's last line
+        self.ended: list[float] = []  # arq's after_job_end hook, once the run is over
         self.loop = asyncio.new_event_loop()
         self._created = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -68,6 +70,10 @@ class InProcessWorker:
 
         async def tick(ctx: dict[str, Any]) -> None:
             self.runs.append((ctx["enqueue_time"].timestamp(), time.time()))
+            self.ending.append(time.time())
+
+        async def after_job_end(ctx: dict[str, Any]) -> None:
+            self.ended.append(time.time())
 
         self.worker = Worker(
             functions=[],
@@ -76,6 +82,7 @@ class InProcessWorker:
             queue_name=f"schedules-{uuid.uuid4().hex[:8]}",
             poll_delay=0.1,
             handle_signals=False,
+            after_job_end=after_job_end,
         )
         self._created.set()
         try:
@@ -126,6 +133,13 @@ def test_next_run_last_sent_and_interval_match_the_worker(
         assert m.value(NEXT, job_name=NAME, schedule=NAME) > sent
         # Each run of the cron job carries its gap as expected_every.
         assert m.value("otel_jobs_run_expected_every_seconds", job_name=NAME) == 2
-        assert m.value("otel_jobs_last_success_timestamp_seconds", job_name=NAME) >= started
+        # The last success is the end of the run: after its last line, before arq's hook.
+        for _ in range(50):
+            done = len(worker.ended)
+            m = metrics()
+            if len(worker.ended) == done == len(worker.ending):
+                break
+        last = m.value("otel_jobs_last_success_timestamp_seconds", job_name=NAME)
+        assert worker.ending[done - 1] <= last <= worker.ended[done - 1]
     finally:
         worker.stop()

@@ -68,9 +68,17 @@ def test_next_run_last_sent_and_interval_match_the_scheduler(
     huey = RedisHuey(f"schedules-{uuid.uuid4().hex[:8]}", url=REDIS_URL, utc=True)
     starts: list[float] = []
 
+    ending: list[float] = []  # the task's last line
+    completed: list[float] = []  # Huey's "complete" signal, sent once the run is over
+
     @huey.periodic_task(lambda moment: True)
     def refresh() -> None:
         starts.append(time.time())
+        ending.append(time.time())
+
+    @huey.signal("complete")
+    def on_complete(signal_name: str, task: Any, *args: Any) -> None:
+        completed.append(time.time())
 
     name = huey._registry.task_to_string(type(refresh.s()))
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
@@ -102,8 +110,15 @@ def test_next_run_last_sent_and_interval_match_the_scheduler(
         sent = m.value(SENT, job_name=name, schedule=name)
         assert starts[count - 2] < sent  # after the previous run started
         assert m.value(NEXT, job_name=name, schedule=name) > sent
+        # The last success is the end of the run: after its last line, before Huey's signal
+        # (otel-jobs' receiver, connected first, finishes the run).
+        for _ in range(50):
+            done = len(completed)
+            m = metrics()
+            if len(completed) == done == len(ending):
+                break
         last = m.value("otel_jobs_last_success_timestamp_seconds", job_name=name)
-        assert last >= starts[count - 1]
+        assert ending[done - 1] <= last <= completed[done - 1]
     finally:
         consumer.stop(graceful=True)
         for sig, handler in handlers.items():
