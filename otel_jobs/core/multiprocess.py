@@ -25,7 +25,9 @@ are summed; gauges of live children are combined per metric (timestamps by minim
 by sum, thresholds by maximum). A child that has died is folded in once: its counters and
 histograms are added to an archive kept by the owner, its gauges (runs in flight, stalls)
 dropped, and its file removed, so a dead child's in-flight values never linger and the
-directory does not grow with every RQ horse.
+directory does not grow with every RQ horse. A job's last success and failures in a row are the
+exception (:mod:`otel_jobs.core.streaks`): each snapshot carries them per series, they are merged
+across the owner and its children, live and dead, and a dead child's are kept in the archive.
 
 The directory may be one other users can write to (``OTEL_JOBS_MULTIPROCESS_DIR`` is the
 operator's choice), so every file in it is untrusted until checked, and every access goes
