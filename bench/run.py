@@ -24,7 +24,18 @@ from importlib import metadata
 from typing import Any
 
 # Run order: the cheap in-process ones first, the worker processes after.
-BENCHMARKS = ("core", "httpx", "celery", "rq", "watchdog", "scrape", "series", "monitor", "fleet")
+BENCHMARKS = (
+    "core",
+    "httpx",
+    "celery",
+    "rq",
+    "watchdog",
+    "loop",
+    "scrape",
+    "series",
+    "monitor",
+    "fleet",
+)
 PACKAGES = (
     "opentelemetry-sdk",
     "opentelemetry-instrumentation-httpx",
