@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import otel_jobs
+from otel_jobs.core import errors
 
 _span_exporter = InMemorySpanExporter()
 _metric_reader = InMemoryMetricReader()
@@ -62,3 +63,36 @@ def _never_left_instrumented() -> Iterator[None]:
     yield
     if otel_jobs.is_instrumented():
         otel_jobs.uninstrument()
+
+
+def _allowed(component: str, expected: tuple[str, ...]) -> bool:
+    return any(component == e or component.startswith(e + ".") for e in expected)
+
+
+@pytest.fixture(autouse=True)
+def _no_unexpected_internal_errors(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test in which otel-jobs counted an internal error (caught, counted and logged, so
+    the job went on) that the test does not expect.
+
+    A test that provokes them says which: ``@pytest.mark.internal_errors("watchdog", ...)`` (a
+    component and its sub-components: "watchdog" covers "watchdog.span"); with no argument, any.
+    Errors counted in this process only: a worker process counts its own.
+    """
+    before = errors.counts()
+    yield
+    marker = request.node.get_closest_marker("internal_errors")
+    if marker is not None and not marker.args:
+        return
+    expected: tuple[str, ...] = marker.args if marker is not None else ()
+    unexpected = {
+        component: count - before.get(component, 0)
+        for component, count in errors.counts().items()
+        if count > before.get(component, 0) and not _allowed(component, expected)
+    }
+    if unexpected:
+        pytest.fail(
+            f"otel-jobs counted internal errors this test does not expect: {unexpected} (their "
+            "tracebacks are in the ERROR records of the otel_jobs logger). Fix the cause, or mark "
+            f"a test that provokes them: @pytest.mark.internal_errors({', '.join(map(repr, unexpected))})",
+            pytrace=False,
+        )

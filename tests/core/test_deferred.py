@@ -50,6 +50,7 @@ def test_run_all_decides_every_pending_check_at_once_and_later_ones_immediately(
     assert deferred.pending() == 0
 
 
+@pytest.mark.internal_errors("deferred")
 def test_a_failing_check_is_counted_and_the_thread_goes_on() -> None:
     deferred = Deferred()
     before = errors.counts().get("deferred", 0)

@@ -105,6 +105,7 @@ class _ValueKeptElsewhere(prom_values.MutexValue):
             return self._kept
 
 
+@pytest.mark.internal_errors("prometheus_client")
 def test_an_incompatible_version_is_refused_once_and_the_endpoint_still_serves(
     instrumented: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

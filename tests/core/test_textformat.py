@@ -259,6 +259,7 @@ def test_children_snapshots_are_merged_by_prometheus_client(
         child.wait()
 
 
+@pytest.mark.internal_errors("textformat")
 def test_writer_falls_back_when_prometheus_client_changes(
     instrumented: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -288,6 +289,7 @@ def _snapshot_samples(families: list[dict[str, Any]]) -> dict[tuple[str, str], A
     return out
 
 
+@pytest.mark.internal_errors("multiprocess.serialise")
 def test_snapshots_read_the_instruments_as_prometheus_client_collects_them(
     instrumented: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

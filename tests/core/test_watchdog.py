@@ -631,6 +631,7 @@ class _CorruptThreshold:
     __add__ = __radd__
 
 
+@pytest.mark.internal_errors("watchdog")
 def test_watchdog_survives_an_exception_in_its_tick(
     instrumented: Callable[..., Any], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -64,6 +64,7 @@ def checker(instrumented: Any) -> Checker:
     return checker_with(instrumented)
 
 
+@pytest.mark.internal_errors("outbound.test-library")
 def test_a_call_whose_timeout_cannot_be_read_goes_on_untracked_and_is_counted(
     checker: Checker,
 ) -> None:
@@ -77,6 +78,7 @@ def test_a_call_whose_timeout_cannot_be_read_goes_on_untracked_and_is_counted(
     assert flagged(library=LIBRARY) == 0
 
 
+@pytest.mark.internal_errors("outbound.test-library")
 def test_an_enforce_that_fails_leaves_no_call_in_flight(instrumented: Any) -> None:
     client = Client()
     checker = checker_with(instrumented, missing_timeout="enforce")

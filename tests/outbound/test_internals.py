@@ -73,6 +73,7 @@ def test_aiohttp_private_names() -> None:
     assert (changed.sock_connect, changed.sock_read, original.sock_read) == (3, 7, None)
 
 
+@pytest.mark.internal_errors("outbound.aiohttp")
 def test_an_incompatible_aiohttp_is_refused_at_install_not_half_checked(
     instrumented: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -245,6 +245,7 @@ class _BadNumber(float):
     "progress",
     [-0.1, 1.5, math.nan, math.inf, "50%", [0.5], True, object(), 10**400, _BadNumber(0.5)],
 )
+@pytest.mark.internal_errors("heartbeat")
 def test_heartbeat_with_bad_values_never_raises_in_the_job(
     instrumented: Callable[..., Any], caplog: pytest.LogCaptureFixture, progress: object
 ) -> None:

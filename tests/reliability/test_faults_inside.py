@@ -68,6 +68,7 @@ class _RaisingProcessor(SpanProcessor):
 
 
 @pytest.mark.parametrize(("on", "component"), [("start", "run.start"), ("end", "run.finish")])
+@pytest.mark.internal_errors("run.start", "run.finish")
 def test_a_span_processor_that_raises(
     instrumented: Callable[..., Any],
     errors_logged: pytest.LogCaptureFixture,
@@ -103,6 +104,7 @@ def test_a_span_processor_that_raises(
     )
 
 
+@pytest.mark.internal_errors("collect")
 def test_the_collectors_raise_at_scrape(
     instrumented: Callable[..., Any],
     errors_logged: pytest.LogCaptureFixture,
@@ -134,6 +136,7 @@ def test_the_collectors_raise_at_scrape(
     assert len(logged(errors_logged, "collect.otel")) == 1
 
 
+@pytest.mark.internal_errors("watchdog")
 def test_the_watchdog_tick_raises(
     instrumented: Callable[..., Any],
     errors_logged: pytest.LogCaptureFixture,
@@ -165,6 +168,7 @@ def test_the_watchdog_tick_raises(
     assert scrape(url).find("otel_jobs_watchdog_last_tick_timestamp_seconds")
 
 
+@pytest.mark.internal_errors("heartbeat")
 def test_a_heartbeat_update_raises(
     instrumented: Callable[..., Any], errors_logged: pytest.LogCaptureFixture
 ) -> None:
@@ -190,6 +194,7 @@ def test_a_heartbeat_update_raises(
     assert len(logged(errors_logged, "heartbeat")) == 1
 
 
+@pytest.mark.internal_errors("integration.apscheduler")
 def test_a_framework_hook_raises(
     instrumented: Callable[..., Any],
     errors_logged: pytest.LogCaptureFixture,
@@ -257,6 +262,7 @@ def http_server() -> Iterator[str]:
     server.server_close()
 
 
+@pytest.mark.internal_errors("outbound.requests")
 def test_an_outbound_hook_raises(
     instrumented: Callable[..., Any],
     errors_logged: pytest.LogCaptureFixture,
@@ -284,6 +290,7 @@ def test_an_outbound_hook_raises(
     assert len(logged(errors_logged, "outbound.requests")) == 1
 
 
+@pytest.mark.internal_errors("reliability.test")
 def test_internal_errors_are_counted_by_component_on_metrics(
     instrumented: Callable[..., Any],
 ) -> None:

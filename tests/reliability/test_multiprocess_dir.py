@@ -109,6 +109,7 @@ def _in_thread(call: Callable[[], Any]) -> Any:
     return result[0]
 
 
+@pytest.mark.internal_errors("multiprocess.read")
 def test_a_fifo_never_hangs_a_scrape_or_the_lost_run_path(
     instrumented: Callable[..., Any], live_pids: list[int]
 ) -> None:
@@ -127,6 +128,7 @@ def test_a_fifo_never_hangs_a_scrape_or_the_lost_run_path(
     assert _bad_files() == before + 1  # counted once, however often it is met
 
 
+@pytest.mark.internal_errors("multiprocess.read")
 def test_a_file_larger_than_the_cap_is_skipped_not_read_at_every_scrape(
     instrumented: Callable[..., Any], live_pids: list[int]
 ) -> None:
@@ -167,6 +169,7 @@ def test_a_file_larger_than_the_cap_is_skipped_not_read_at_every_scrape(
         "\udcff",
     ],
 )
+@pytest.mark.internal_errors("multiprocess.read")
 def test_a_malformed_snapshot_is_skipped_and_the_others_are_merged(
     instrumented: Callable[..., Any], live_pids: list[int], content: str
 ) -> None:
@@ -188,6 +191,7 @@ def test_a_malformed_snapshot_is_skipped_and_the_others_are_merged(
     assert agent.share.written_at(bad) is None
 
 
+@pytest.mark.internal_errors("multiprocess.read")
 def test_another_users_snapshot_is_never_merged_nor_folded_into_the_archive(
     instrumented: Callable[..., Any], live_pids: list[int]
 ) -> None:
@@ -210,6 +214,7 @@ def test_another_users_snapshot_is_never_merged_nor_folded_into_the_archive(
     assert _bad_files() == before + 2
 
 
+@pytest.mark.internal_errors("multiprocess.read")
 def test_a_symlink_is_never_followed_on_read(
     instrumented: Callable[..., Any], live_pids: list[int], tmp_path: Path
 ) -> None:
@@ -282,6 +287,7 @@ def test_a_configured_directory_is_made_0700_and_files_0600(
     os.unlink(directory / f"{os.getpid()}.json")
 
 
+@pytest.mark.internal_errors("multiprocess.read")
 def test_markers_of_another_user_or_not_regular_do_not_count(tmp_path: Path) -> None:
     # Celery's main process reads the markers and notes its children leave (integrations).
     share, _registry = _share_of_a_child(str(tmp_path / "mp"))
@@ -409,6 +415,7 @@ def test_directories_that_are_not_a_dead_owners_are_left_alone(
                 path.rmdir()
 
 
+@pytest.mark.internal_errors("multiprocess.read")
 def test_celery_markers_and_notes_go_through_the_checked_helpers(tmp_path: Path) -> None:
     # The Celery integration's files in the directory: a span note planted by someone else
     # (here a symlink) never tells the main process that a child exported the run's span, and
