@@ -48,8 +48,23 @@ _active = False
 _in_chain = False  # _keeping_factory is in the chain of record factories
 
 
-def _keeping_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
-    record = _previous(*args, **kwargs)
+def _keeping_factory(
+    name: str,
+    level: int,
+    fn: str,
+    lno: int,
+    msg: object,
+    args: Any,
+    exc_info: Any,
+    func: str | None = None,
+    sinfo: str | None = None,
+    **kwargs: Any,
+) -> logging.LogRecord:
+    # LogRecord's own signature, passed on positionally: packing *args costs more than the rest.
+    if kwargs:
+        record = _previous(name, level, fn, lno, msg, args, exc_info, func, sinfo, **kwargs)
+    else:
+        record = _previous(name, level, fn, lno, msg, args, exc_info, func, sinfo)
     if _active:
         run = _current.get()
         if run is not None:
