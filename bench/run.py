@@ -33,6 +33,7 @@ BENCHMARKS = (
     "loop",
     "scrape",
     "series",
+    "lease",
     "monitor",
     "fleet",
 )

@@ -19,10 +19,12 @@ What it costs, and must never cost more:
 
 * On the job's path, a dict store when an integration tracks a run (:meth:`LeaseKeeper.track`)
   and a set lookup when a run ends (:meth:`LeaseKeeper.ended`); no I/O, no serialization.
-* The watchdog's tick (:meth:`LeaseKeeper.tick`) compares the runs in flight with what was last
-  written and wakes the lease thread only when the lease must change or be renewed (every third
-  of the TTL): at most one Redis round trip (one script) per tick per process, none at all for a
-  process with nothing in flight and nothing to take back. ``bench/bench_lease.py`` measures both.
+* The watchdog's tick (:meth:`LeaseKeeper.tick`) compares the runs in flight with those last
+  written and wakes the lease thread only when that set changed or the lease is due for renewal
+  (every third of the TTL; the checkpoints are written then, so a checkpoint is at most a third
+  of the TTL old). The thread writes at most once per watchdog interval (one script, one round
+  trip), however many runs start and end; a process with nothing in flight and nothing to take
+  back writes nothing. ``bench/bench_lease.py`` measures the cost per run and per tick.
 * The lease thread does the I/O with one-second socket timeouts. Redis unreachable is logged once
   (and once when it answers again) and retried at the next tick; it never blocks the watchdog or
   a job. A bug here is an internal error (``otel_jobs_internal_errors_total{component="lease"}``).
@@ -231,6 +233,7 @@ class LeaseKeeper:
         self.enabled = settings.lease
         self.url = settings.lease_url
         self.ttl = settings.lease_ttl
+        self.interval = settings.watchdog_interval
         #: Redis round trips made (lease writes and releases): the bench's figure.
         self.writes = 0
         self._reset()
@@ -248,6 +251,7 @@ class LeaseKeeper:
         self.written: frozenset[int] = frozenset()
         self._last: tuple[Any, ...] = ()
         self._renewed = -math.inf
+        self._written_at = -math.inf
         self._wake = threading.Event()
         self._io = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -291,24 +295,24 @@ class LeaseKeeper:
 
     def tick(self) -> None:
         """Wake the lease thread if the lease must change or be renewed (no I/O here)."""
-        if not self.enabled:
-            return
         runs = self.agent.runs()
-        signature = tuple((r.key, r.progress, r.details) for r in runs)
-        now = time.monotonic()
-        if signature != self._last or (runs and now - self._renewed >= self.ttl / 3):
-            if self._thread is None or not self._thread.is_alive():
-                self._start()
-            self._wake.set()
+        keys = tuple(r.key for r in runs)
         if len(self._tracked) > len(runs) or len(self._given) > len(runs) or self._stale:
             # Forgotten once not in flight at two ticks in a row: a run tracked just after
             # this tick's look at the table is in flight at the next one.
-            keys = {r.key for r in runs}
-            stale = {k for k in (*self._tracked, *self._given) if k not in keys}
+            live = set(keys)
+            stale = {k for k in (*self._tracked, *self._given) if k not in live}
             for key in stale & self._stale:
                 self._tracked.pop(key, None)
                 self._given.pop(key, None)
             self._stale = stale
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if keys != self._last or (runs and now - self._renewed >= self.ttl / 3):
+            if self._thread is None or not self._thread.is_alive():
+                self._start()
+            self._wake.set()
 
     def _start(self) -> None:
         self._stopping = False
@@ -318,6 +322,13 @@ class LeaseKeeper:
     def _loop(self) -> None:
         while True:
             self._wake.wait()
+            if self._stopping:
+                return
+            # At most one write per watchdog interval: the runs that start and end meanwhile
+            # are written together.
+            gap = self._written_at + self.interval - time.monotonic()
+            if gap > 0:
+                time.sleep(gap)
             self._wake.clear()
             if self._stopping:
                 return
@@ -342,9 +353,9 @@ class LeaseKeeper:
 
     def _write(self) -> bool:
         runs = self.agent.runs()
-        signature = tuple((r.key, r.progress, r.details) for r in runs)
+        keys = tuple(r.key for r in runs)
         if not runs and not self.written:
-            self._last = signature
+            self._last = keys
             return True
         client = self._connect(runs)
         if client is None:
@@ -368,6 +379,7 @@ class LeaseKeeper:
             _, expired = answer
         except _redis_errors() as exc:
             self.writes += 1
+            self._written_at = time.monotonic()
             if not self._down:
                 self._down = True
                 logger.warning(
@@ -380,6 +392,7 @@ class LeaseKeeper:
                 )
             return False
         self.writes += 1
+        self._written_at = time.monotonic()
         if self._down:
             self._down = False
             logger.warning(
@@ -393,8 +406,8 @@ class LeaseKeeper:
                 "have counted its runs lost (and requeued them with --requeue-lost)",
                 self.ttl,
             )
-        self.written = frozenset(r.key for r in runs)
-        self._last = signature
+        self.written = frozenset(keys)
+        self._last = keys
         self._renewed = time.monotonic()
         live = set(self.written)
         for table in (self._entries, self._extras):

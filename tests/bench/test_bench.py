@@ -27,7 +27,7 @@ def test_each_benchmark_runs_and_reports_figures(
 ) -> None:
     # span_exporter: the suite's global SDK pipeline is set before the httpx benchmark looks
     # for one, so that the benchmark never installs its own global provider in this process.
-    if name in ("celery", "rq"):
+    if name in ("celery", "rq", "lease"):
         require_redis()
     if name == "monitor":  # a redis-server of its own, loaded with its queues
         from tests.monitor.support import require_binary

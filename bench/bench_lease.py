@@ -1,0 +1,202 @@
+"""What the lease (``otel_jobs/core/lease.py``) costs a worker: per run, and in Redis round trips.
+
+* **Per run, on the job's path**: a run as a framework integration records it (``start_run``,
+  ``activate``, the lease's ``track``, ``finish``, ``deactivate``) in a process whose lease is on
+  (a real Redis, its watchdog ticking), against the same process with the lease off
+  (``OTEL_JOBS_LEASE_ENABLED=false``), interleaved; the difference is the lease's cost per run
+  (target: under 5 us). Also the lease's own calls alone (``track`` and ``ended``).
+* **Per watchdog tick**: a process whose watchdog ticks every 50 ms, its lease renewed every
+  third of a 0.6 s TTL: Redis round trips (lease writes) per tick with four long runs
+  heartbeating all the time, and with runs of four ticks each, one after the other (the set of
+  runs in flight changes twice per run); target under 1. An idle process writes nothing.
+
+Needs a Redis (``BENCH_REDIS_URL``, default ``redis://127.0.0.1:6379/2``); only otel-jobs' own
+``otel_jobs:*`` keys are written there, and deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import otel_jobs
+from otel_jobs.core import agent as agent_mod
+
+from ._timing import interleaved, ratio, row, us
+
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/2")
+RUN_TARGET_US = 5.0
+TICK_TARGET = 1.0
+
+
+def _agent(**options: Any) -> Any:
+    otel_jobs.instrument(
+        prometheus=False, frameworks=[], outbound=[], lease_url=REDIS_URL, **options
+    )
+    return agent_mod.current()
+
+
+def _clean() -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter("otel_jobs:*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def per_run(quick: bool) -> list[dict[str, Any]]:
+    reps, number = (3, 300) if quick else (21, 5000)
+    agent = _agent()
+    lease = agent.lease
+
+    def source() -> str:
+        return REDIS_URL
+
+    def recorded() -> None:
+        run = agent.start_run("bench.lease", queue="default", job_id="j", framework="bench")
+        run.activate()
+        lease.track(run, source)
+        run.finish("success")
+        run.deactivate()
+
+    def with_lease() -> None:
+        lease.enabled = True
+        recorded()
+
+    def without_lease() -> None:
+        lease.enabled = False
+        recorded()
+
+    class _Run:
+        key = 0
+
+    fake = _Run()
+
+    def calls_alone() -> None:
+        lease.track(fake, source)  # type: ignore[arg-type]
+        lease.ended(fake)  # type: ignore[arg-type]
+
+    try:
+        results = interleaved(
+            {"with": with_lease, "without": without_lease, "calls": calls_alone},
+            reps=reps,
+            number=number,
+        )
+    finally:
+        lease.enabled = True
+        otel_jobs.uninstrument()
+        _clean()
+    on, off = results["with"]["median"], results["without"]["median"]
+    ratio_on = ratio(results, "with", "without")
+    # The difference taken from the per-round ratio (both sides of a round see the same
+    # machine), as the other benchmarks do: medians of each side alone move with the load.
+    extra = us(off) * (ratio_on - 1.0)
+    return [
+        row(
+            "lease: cost per run on the job's path",
+            subject="run with the lease on (start, track, finish)",
+            value=us(on),
+            unit="us/run",
+            baseline="the same with OTEL_JOBS_LEASE_ENABLED=false",
+            baseline_value=us(off),
+            ratio=ratio_on,
+            target=f"difference < {RUN_TARGET_US:g} us",
+            met=extra < RUN_TARGET_US,
+            note=f"difference {extra:.2f} us per run (per-round ratio x baseline)",
+        ),
+        row(
+            "lease: track() + ended() alone",
+            subject="the two calls an integration adds per run",
+            value=max(us(results["calls"]["median"]), 0.001),
+            unit="us/run",
+            target=f"< {RUN_TARGET_US:g} us",
+            met=us(results["calls"]["median"]) < RUN_TARGET_US,
+            note="what the difference above is made of, without the run around it",
+        ),
+    ]
+
+
+def _ticks(agent: Any, seconds: float, work: Any) -> tuple[int, int]:
+    """Lease writes and watchdog ticks while ``work(stop)`` runs for ``seconds``."""
+    stop = threading.Event()
+    threads = work(stop)
+    time.sleep(0.3)  # the first writes of the runs' start
+    writes, ticks = agent.lease.writes, agent.watchdog.ticks
+    time.sleep(seconds)
+    writes, ticks = agent.lease.writes - writes, agent.watchdog.ticks - ticks
+    stop.set()
+    for thread in threads:
+        thread.join()
+    return writes, ticks
+
+
+def _steady(stop: threading.Event) -> list[threading.Thread]:
+    def long_run(i: int) -> None:
+        with otel_jobs.job_run("bench.steady", job_id=f"steady-{i}"):
+            n = 0
+            while not stop.is_set():
+                n += 1
+                otel_jobs.heartbeat(progress=(n % 100) / 100, row=n)
+                time.sleep(0.005)
+
+    threads = [threading.Thread(target=long_run, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def _churn(stop: threading.Event) -> list[threading.Thread]:
+    def runs() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            with otel_jobs.job_run("bench.churn", job_id=f"churn-{n}"):
+                time.sleep(0.2)  # four ticks
+
+    thread = threading.Thread(target=runs)
+    thread.start()
+    return [thread]
+
+
+def per_tick(quick: bool) -> list[dict[str, Any]]:
+    seconds = 1.5 if quick else 10.0
+    agent = _agent(watchdog_interval=0.05, lease_ttl=0.6)
+    try:
+        idle_writes, idle_ticks = _ticks(agent, min(seconds, 2.0), lambda stop: [])
+        steady_writes, steady_ticks = _ticks(agent, seconds, _steady)
+        churn_writes, churn_ticks = _ticks(agent, seconds, _churn)
+    finally:
+        otel_jobs.uninstrument()
+        _clean()
+    rows = []
+    for subject, writes, ticks in (
+        ("four long runs heartbeating all the time", steady_writes, steady_ticks),
+        ("runs of four ticks, one after the other", churn_writes, churn_ticks),
+    ):
+        per = writes / max(ticks, 1)
+        rows.append(
+            row(
+                "lease: Redis round trips per watchdog tick",
+                subject=subject,
+                value=max(per, 0.001),
+                unit="round trips/tick",
+                target=f"< {TICK_TARGET:g}",
+                met=per < TICK_TARGET,
+                note=f"{writes} writes in {ticks} ticks (50 ms ticks, 0.6 s lease TTL); "
+                f"idle: {idle_writes} in {idle_ticks}",
+            )
+        )
+    return rows
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    return per_run(quick) + per_tick(quick)
+
+
+if __name__ == "__main__":
+    for found in run():
+        print(found)
