@@ -14,31 +14,34 @@ in-flight table, fresh locks and its own watchdog thread; the child does not ser
 from __future__ import annotations
 
 import atexit
-import functools
 import logging
 import math
 import os
 import shutil
 import threading
 import time
-import traceback
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from . import errors, providers, sigterm, streaks
+from . import errors, lost_runs, providers, sigterm, streaks
 from .config import Settings
 from .deferred import Deferred
+from .exceptions import record_exception
 from .exposition import MetricsServer, serve
 from .lease import LeaseKeeper
 from .multiprocess import MergedCollector, ProcessShare, private_directory
-from .redaction import redact
 from .run import Run, record_unrecorded
 from .telemetry import Telemetry
 from .textformat import TextWriter
+
+if TYPE_CHECKING:
+    from .._adapters import Adapter
+
+T = TypeVar("T")
 
 logger = logging.getLogger("otel_jobs")
 
@@ -72,9 +75,7 @@ class Agent:
         self.server: MetricsServer | None = None
         self.server_error: OSError | None = None
         self.text_writer: TextWriter | None = None
-        self.adapters: list[
-            Any
-        ] = []  # installed integrations and outbound adapters (have .uninstall())
+        self.adapters: list[Adapter] = []  # installed integrations and outbound adapters
         self.stopped = False
         self.deferred = Deferred()  # adapters' checks that must wait (see core.deferred)
         self.pusher: Any = None  # a pushgateway.Pusher with pushgateway_url set
@@ -220,8 +221,25 @@ class Agent:
     # --- the in-flight table -----------------------------------------------------------
 
     def runs(self) -> list[Run]:
-        """The runs in flight in this process now."""
-        return list(self._runs.values())
+        """The runs in flight in this process now (a copy of the in-flight table)."""
+        with self._lock:
+            return list(self._runs.values())
+
+    def has_runs(self) -> bool:
+        """Whether any run is in flight in this process now."""
+        return bool(self._runs)
+
+    def if_in_flight(self, run: Run, action: Callable[[], T]) -> T | None:
+        """``action()`` if ``run`` is still in flight, else None, under the in-flight table's lock.
+
+        :meth:`finish_run` takes the run out of the table under the same lock, so ``action``
+        cannot overlap the run's end (the watchdog raises its cancel in the run's thread so:
+        never into the thread's next job). ``action`` must be short and must not block.
+        """
+        with self._lock:
+            if run.finished or self._runs.get(run.key) is not run:
+                return None
+            return action()
 
     def start_run(
         self,
@@ -352,15 +370,8 @@ class Agent:
                     span.set_attribute("job.outcome", outcome)
                     if run.progress is not None:
                         span.set_attribute("job.progress", run.progress)
-                    if not run.owns_span:
-                        pass  # status and exception are the owner's to set
-                    elif exc is not None and expected:
-                        record_exception(span, exc, {"job.expected_exception": True})
-                    elif exc is not None and outcome in _FAILED:
-                        record_exception(span, exc)
-                        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                    elif outcome in _FAILED:
-                        span.set_status(Status(StatusCode.ERROR, outcome))
+                    if run.owns_span:  # an adopted span's status and exception are its owner's
+                        _record_outcome(span, outcome, exc, expected)
             except RecursionError:
                 raise
             except BaseException as err:  # noqa: B036 - see the docstring
@@ -377,189 +388,21 @@ class Agent:
         if run.pid != self.share.owner_pid:  # in a forked child (run.pid is this process)
             self.share.changed(self.telemetry.registry)
 
-    def record_lost_run(
-        self,
-        name: str,
-        *,
-        queue: str | None = None,
-        job_id: str | None = None,
-        attempt: int = 1,
-        framework: str = "otel_jobs",
-        started_at: float | None = None,
-        outcome: str = "failure",
-        exc: BaseException | None = None,
-        parent: otel_context.Context | None = None,
-        native_max_duration: float | None = None,
-        span_unless: Callable[[bool], bool | float] | None = None,
-        count_start: bool = False,
-    ) -> None:
-        """Record the end of a run whose process died before finishing it (killed, OOM).
-
-        Called by the process that saw it die (RQ's worker for its work horse, a pool for its
-        child). Counts the outcome and the duration (from ``started_at``, Unix time) and emits
-        the run's span, but no start: the dead process counted that, and its last snapshot
-        keeps it on ``/metrics``, while its in-flight gauges vanished with it. ``parent``: the
-        trace context the run was published with, so that its span stays in that trace.
-        ``native_max_duration``: the framework's limit for the run, so that the thresholds this
-        process exports for the job are the ones the dead process had in force.
-        ``span_unless``: the run's one span may be another's, which the dying process ends on
-        its way out (an adopted span of another instrumentation). The outcome is counted now;
-        the span waits: ``span_unless(final)`` is called on the agent's deferred thread and
-        returns True when the dying process's span was exported (no span here), False when it
-        was not (this process emits the run's span, ended at the time of this call), or the
-        seconds after which to ask again. ``final``: the agent is stopping, decide now.
-        ``count_start``: the dead process's snapshot does not hold the run's start (it started
-        after that process's last snapshot): count it here too.
-        """
-        now = time.time()
-        seconds = max(0.0, now - started_at) if started_at is not None else 0.0
-        series = self.telemetry.series(name, queue or "default")
-        configured = self.settings.for_job(name)
-        series.max_duration = (
-            configured.max_duration or native_max_duration or self.settings.max_duration
-        )
-        series.heartbeat_timeout = configured.heartbeat_timeout or self.settings.heartbeat_timeout
-        if configured.expected_every is not None:
-            series.expected_every = configured.expected_every
-        if count_start:
-            series.record_start()
-        series.record_finish(outcome, seconds)
-        if self.pusher is not None:
-            self.pusher.run_finished(series.job_name)
-        emit = functools.partial(
-            self._lost_run_span,
-            name, queue, job_id, attempt, framework, started_at, now, outcome, exc, parent,
-        )  # fmt: skip
-        if span_unless is None:
-            emit()
-        else:
-
-            def check(final: bool) -> float | None:
-                answer = span_unless(final)
-                if answer is True:
-                    return None
-                if answer is False or final:
-                    emit()
-                    return None
-                return float(answer)
-
-            self.deferred.call_later(0.0, check)
-        self.write_snapshot()
-
-    def _lost_run_span(
-        self,
-        name: str,
-        queue: str | None,
-        job_id: str | None,
-        attempt: int,
-        framework: str,
-        started_at: float | None,
-        now: float,
-        outcome: str,
-        exc: BaseException | None,
-        parent: otel_context.Context | None,
-    ) -> None:
-        attrs: dict[str, Any] = {
-            "job.name": name,
-            "job.queue": queue or "default",
-            "job.attempt": attempt,
-            "job.framework": framework,
-            "job.outcome": outcome,
-        }
-        if job_id is not None:
-            attrs["job.id"] = job_id
-        start_ns = int((started_at if started_at is not None else now) * 1e9)
-        span = self.tracer.start_span(
-            name, context=parent, kind=SpanKind.CONSUMER, attributes=attrs, start_time=start_ns
-        )
-        try:
-            if span.is_recording() and outcome in _FAILED:
-                if exc is not None:
-                    record_exception(span, exc)
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__ if exc else outcome))
-        finally:
-            span.end()
+    #: Record the end of a run whose process died: :func:`otel_jobs.core.lost_runs.record_lost_run`.
+    record_lost_run = lost_runs.record_lost_run
 
 
-#: Frames of a traceback recorded on a span at most: the innermost, where it was raised.
-MAX_STACK_FRAMES = 64
-#: Exceptions of a chain (``raise ... from``, or raised while handling another) recorded at most.
-MAX_CHAINED = 4
-
-
-def format_stacktrace(exc: BaseException) -> str:
-    """``exc``'s traceback as Python prints it, bounded: at most :data:`MAX_STACK_FRAMES` frames
-    of each exception of its chain (the innermost; a line says how many outer ones are left
-    out), at most :data:`MAX_CHAINED` exceptions, and no column carets.
-
-    Formatting every frame, as ``traceback.format_exception`` does, costs in proportion to the
-    depth: a recursive job at the recursion limit ends about 500 runs, each with the traceback
-    of the same RecursionError, and spent 20 to 40 s formatting them (quadratic). Bounded, a run
-    costs at most a walk along the traceback and 64 formatted frames.
-    """
-    chain: list[tuple[BaseException, str]] = []
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    link = ""
-    while current is not None and id(current) not in seen and len(chain) < MAX_CHAINED:
-        seen.add(id(current))
-        chain.append((current, link))
-        if current.__cause__ is not None:
-            current, link = current.__cause__, _CAUSE
-        elif current.__context__ is not None and not current.__suppress_context__:
-            current, link = current.__context__, _CONTEXT
-        else:
-            current = None
-    parts: list[str] = []
-    for error, link in reversed(chain):
-        entries = list(traceback.walk_tb(error.__traceback__))
-        left_out = len(entries) - MAX_STACK_FRAMES
-        if entries:
-            parts.append("Traceback (most recent call last):\n")
-            if left_out > 0:
-                parts.append(f"  [{left_out} outer frames left out]\n")
-                entries = entries[left_out:]
-            parts.extend(traceback.StackSummary.extract(iter(entries)).format())
-        parts.extend(traceback.format_exception_only(type(error), error))
-        parts.append(link)
-    return "".join(parts)
-
-
-_CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
-_CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
-
-
-def record_exception(
-    span: trace.Span, exc: BaseException, attributes: dict[str, Any] | None = None
+def _record_outcome(
+    span: trace.Span, outcome: str, exc: BaseException | None, expected: bool
 ) -> None:
-    """Add ``exc`` to ``span`` as the OpenTelemetry ``exception`` event, safely.
-
-    What the SDK's ``Span.record_exception`` records, with two differences: the message and
-    the traceback go through :func:`~otel_jobs.core.redaction.redact` (a requests
-    ``ConnectionError`` carries the URL's ``?token=...``), and an exception whose ``__str__``
-    raises (anything, ``SystemExit`` included) is recorded with a placeholder message instead
-    of raising out of here.
-    """
-    kind = type(exc)
-    module = kind.__module__
-    name = f"{module}.{kind.__qualname__}" if module and module != "builtins" else kind.__qualname__
-    try:
-        message = redact(str(exc))
-    except BaseException:  # noqa: B036 - a __str__ that raises, whatever it raises
-        message = f"<{kind.__qualname__}: str() failed>"
-    try:
-        stacktrace = redact(format_stacktrace(exc))
-    except BaseException:  # noqa: B036
-        stacktrace = ""
-    event: dict[str, Any] = {
-        "exception.type": name,
-        "exception.message": message,
-        "exception.stacktrace": stacktrace,
-        "exception.escaped": "False",
-    }
-    if attributes:
-        event.update(attributes)
-    span.add_event("exception", event)
+    """The status and exception event of a run's own span, from its outcome."""
+    if exc is not None and expected:
+        record_exception(span, exc, {"job.expected_exception": True})
+    elif exc is not None and outcome in _FAILED:
+        record_exception(span, exc)
+        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+    elif outcome in _FAILED:
+        span.set_status(Status(StatusCode.ERROR, outcome))
 
 
 # --- the one agent of this process --------------------------------------------------------

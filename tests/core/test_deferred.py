@@ -86,7 +86,7 @@ def test_a_lost_runs_span_waits_for_the_dying_process_answer(
         job_id="t-1",
         started_at=1_700_000_000.0,
         outcome="timeout",
-        span_unless=other_span_exported,
+        span_exported_elsewhere=other_span_exported,
     )
     # Counted at once, whatever becomes of the span.
     url = otel_jobs.metrics_url()
@@ -127,7 +127,9 @@ def test_a_lost_run_still_waiting_when_the_agent_stops_gets_its_span(
         finals.append(final)
         return False if final else 3600.0
 
-    agent.record_lost_run("reports.build", started_at=1.0, outcome="failure", span_unless=undecided)
+    agent.record_lost_run(
+        "reports.build", started_at=1.0, outcome="failure", span_exported_elsewhere=undecided
+    )
     assert agent.deferred.pending() == 1
     otel_jobs.uninstrument()
     assert finals[-1] is True

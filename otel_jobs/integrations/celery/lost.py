@@ -101,7 +101,7 @@ class LostRuns:
             exc=exc,
             parent=parent,
             native_max_duration=limit,
-            span_unless=(
+            span_exported_elsewhere=(
                 self.contrib.child_span_check(task_id, pid) if self.contrib.in_use() else None
             ),
         )

@@ -1,0 +1,131 @@
+"""The end of a run whose process died before finishing it (killed, OOM), recorded by the process
+that saw it die: RQ's worker for its work horse, a Celery pool for its child.
+
+:func:`record_lost_run` is bound as :meth:`Agent.record_lost_run <otel_jobs.core.agent.Agent>`.
+It counts the outcome at once and emits the run's span (now, or, when the dying process may have
+exported the run's one span itself, once the agent's deferred thread knows: :mod:`.deferred`).
+It never counts a start the dead process's snapshot already holds.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from .exceptions import record_exception
+
+if TYPE_CHECKING:
+    from .agent import Agent
+
+_FAILED = ("failure", "timeout")
+
+
+def record_lost_run(
+    agent: Agent,
+    name: str,
+    *,
+    queue: str | None = None,
+    job_id: str | None = None,
+    attempt: int = 1,
+    framework: str = "otel_jobs",
+    started_at: float | None = None,
+    outcome: str = "failure",
+    exc: BaseException | None = None,
+    parent: otel_context.Context | None = None,
+    native_max_duration: float | None = None,
+    span_exported_elsewhere: Callable[[bool], bool | float] | None = None,
+    count_start: bool = False,
+) -> None:
+    """Record the end of a run whose process died before finishing it (killed, OOM).
+
+    Called by the process that saw it die (RQ's worker for its work horse, a pool for its
+    child). Counts the outcome and the duration (from ``started_at``, Unix time) and emits
+    the run's span, but no start: the dead process counted that, and its last snapshot
+    keeps it on ``/metrics``, while its in-flight gauges vanished with it. ``parent``: the
+    trace context the run was published with, so that its span stays in that trace.
+    ``native_max_duration``: the framework's limit for the run, so that the thresholds this
+    process exports for the job are the ones the dead process had in force.
+    ``span_exported_elsewhere``: the run's one span may be another's, which the dying process ends on
+    its way out (an adopted span of another instrumentation). The outcome is counted now;
+    the span waits: ``span_exported_elsewhere(final)`` is called on the agent's deferred thread and
+    returns True when the dying process's span was exported (no span here), False when it
+    was not (this process emits the run's span, ended at the time of this call), or the
+    seconds after which to ask again. ``final``: the agent is stopping, decide now.
+    ``count_start``: the dead process's snapshot does not hold the run's start (it started
+    after that process's last snapshot): count it here too.
+    """
+    now = time.time()
+    seconds = max(0.0, now - started_at) if started_at is not None else 0.0
+    series = agent.telemetry.series(name, queue or "default")
+    configured = agent.settings.for_job(name)
+    series.max_duration = (
+        configured.max_duration or native_max_duration or agent.settings.max_duration
+    )
+    series.heartbeat_timeout = configured.heartbeat_timeout or agent.settings.heartbeat_timeout
+    if configured.expected_every is not None:
+        series.expected_every = configured.expected_every
+    if count_start:
+        series.record_start()
+    series.record_finish(outcome, seconds)
+    if agent.pusher is not None:
+        agent.pusher.run_finished(series.job_name)
+    emit = functools.partial(
+        _lost_run_span,
+        agent,
+        name, queue, job_id, attempt, framework, started_at, now, outcome, exc, parent,
+    )  # fmt: skip
+    if span_exported_elsewhere is None:
+        emit()
+    else:
+
+        def check(final: bool) -> float | None:
+            answer = span_exported_elsewhere(final)
+            if answer is True:
+                return None
+            if answer is False or final:
+                emit()
+                return None
+            return float(answer)
+
+        agent.deferred.call_later(0.0, check)
+    agent.write_snapshot()
+
+
+def _lost_run_span(
+    agent: Agent,
+    name: str,
+    queue: str | None,
+    job_id: str | None,
+    attempt: int,
+    framework: str,
+    started_at: float | None,
+    now: float,
+    outcome: str,
+    exc: BaseException | None,
+    parent: otel_context.Context | None,
+) -> None:
+    attrs: dict[str, Any] = {
+        "job.name": name,
+        "job.queue": queue or "default",
+        "job.attempt": attempt,
+        "job.framework": framework,
+        "job.outcome": outcome,
+    }
+    if job_id is not None:
+        attrs["job.id"] = job_id
+    start_ns = int((started_at if started_at is not None else now) * 1e9)
+    span = agent.tracer.start_span(
+        name, context=parent, kind=SpanKind.CONSUMER, attributes=attrs, start_time=start_ns
+    )
+    try:
+        if span.is_recording() and outcome in _FAILED:
+            if exc is not None:
+                record_exception(span, exc)
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__ if exc else outcome))
+    finally:
+        span.end()
