@@ -123,3 +123,68 @@ def test_next_run_last_sent_and_interval_match_the_scheduler(
         consumer.stop(graceful=True)
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+
+
+APP = """
+import os
+
+from huey import RedisHuey, crontab
+
+import otel_jobs
+
+huey = RedisHuey(os.environ["HUEY_NAME"], url=os.environ["REDIS_URL"], utc=True)
+otel_jobs.instrument(prometheus_port=int(os.environ["METRICS_PORT"]), watchdog_interval=0.5)
+
+
+@huey.periodic_task(crontab(minute="*"))
+def every_minute():
+    return "ran"
+"""
+
+
+def test_process_workers_the_schedulers_process_reaches_the_consumers_metrics(
+    clean_db: None, tmp_path: Any
+) -> None:
+    """``-k process``: the scheduler is a process of its own, forked from the consumer."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.support import free_port
+
+    from .conftest import stop
+
+    (tmp_path / "periodic_app.py").write_text(APP)
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parents[2])]),
+        "HUEY_NAME": f"schedules-{uuid.uuid4().hex[:8]}",
+        "REDIS_URL": REDIS_URL,
+        "METRICS_PORT": str(port),
+    }
+    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    log = (tmp_path / "consumer.log").open("wb")
+    consumer = str(Path(sys.executable).parent / "huey_consumer")
+    proc = subprocess.Popen(
+        [sys.executable, consumer, "periodic_app.huey", "-k", "process", "-w", "1"],
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        name = "periodic_app.every_minute"
+        m = wait_for(
+            "the scheduler process's entry on the consumer's /metrics",
+            lambda: (s := scrape(url)).find(NEXT, job_name=name, schedule=name) and s,
+            timeout=60,
+        )
+        assert m.value(INTERVAL, job_name=name, schedule=name) == 60
+        assert m.value(NEXT, job_name=name, schedule=name) > time.time() - 60
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        stop(proc)
+        log.close()

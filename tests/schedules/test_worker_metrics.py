@@ -284,3 +284,40 @@ def test_the_owner_and_a_live_child_are_merged(instrumented: Callable[..., Any])
         os.waitpid(pid, 0)
     _nightly(False)
     assert _metrics().value(FAILURES, job_name="fork.nightly", queue="fq") == 0
+
+
+@pytest.mark.internal_errors("schedules")
+def test_the_schedule_gauges_reach_opentelemetry_and_a_failing_source_is_counted(
+    instrumented: Callable[..., Any], metric_reader: InMemoryMetricReader
+) -> None:
+    from otel_jobs.core.schedules import Entry
+
+    agent = instrumented()
+    schedules = agent.telemetry.schedules
+    schedules.add_source(lambda: [Entry("otel.sched", "every-minute", 1_000_060.0, 60.0)])
+
+    def broken() -> list[Entry]:
+        raise RuntimeError("the scheduler's state cannot be read")
+
+    schedules.add_source(broken)
+    schedules.sent("otel.sched", "every-minute", at=1_000_000.0)
+    seen: dict[str, float] = {}
+    data = metric_reader.get_metrics_data()
+    assert data is not None
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:  # type: ignore[attr-defined]
+                    if point.attributes.get("schedule") == "every-minute":
+                        assert point.attributes["job_name"] == "otel.sched"
+                        seen[f"{metric.name} {metric.unit}"] = point.value
+    assert seen == {
+        "otel_jobs.schedule.next_run.timestamp s": 1_000_060.0,
+        "otel_jobs.schedule.last_sent.timestamp s": 1_000_000.0,
+        "otel_jobs.schedule.interval s": 60.0,
+    }
+    m = _metrics()
+    assert m.value("otel_jobs_schedule_next_run_timestamp_seconds", schedule="every-minute") == (
+        1_000_060.0
+    )
+    assert m.value("otel_jobs_internal_errors_total", component="schedules") >= 1
