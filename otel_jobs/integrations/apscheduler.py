@@ -68,16 +68,18 @@ import threading
 import weakref
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apscheduler
 
-from ..core import agent as _agent_mod
 from ..core import errors
 from ..core.patching import Patches
 from ..core.run import Run, classify
 from ..core.schedules import Entry, gap, unix
 from .base import Integration as _Base
+
+if TYPE_CHECKING:
+    from ..core.agent import Agent
 
 logger = logging.getLogger("otel_jobs")
 
@@ -134,15 +136,14 @@ class Integration(_Base):
     def _patch_process_jobs(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def _process_jobs(scheduler: Any) -> Any:
             wait = original(scheduler)
-            agent = _agent_mod.current()
-            if agent is not None:
+            if self.active:
                 with errors.guard("integration.apscheduler"):
                     # Read in the scheduler's own thread, once per wakeup (a job added, changed
                     # or due): the collection never waits on the scheduler's lock or job store.
                     self._snapshots[scheduler] = self._entries(scheduler)
                     if scheduler not in self._sources:
                         ref = weakref.ref(scheduler)
-                        self._sources[scheduler] = agent.telemetry.schedules.add_source(
+                        self._sources[scheduler] = self.agent.telemetry.schedules.add_source(
                             lambda: self._snapshots.get(ref(), []) if ref() is not None else []
                         )
             return wait
@@ -172,7 +173,7 @@ class Integration(_Base):
 
     def _patch_submit_job(self, original: Callable[..., None]) -> Callable[..., None]:
         def submit_job(executor: Any, job: Any, run_times: list[datetime]) -> None:
-            if _agent_mod.current() is None:
+            if not self.active:
                 return original(executor, job, run_times)
             execution = job
             with errors.guard("integration.apscheduler"):
@@ -203,15 +204,15 @@ class Integration(_Base):
 
         if isinstance(executor, ProcessPoolExecutor):
             return job  # pickled to another process: see the module docstring
-        return _Execution(job, name, queue, run_times)
+        return _Execution(self.agent, job, name, queue, run_times)
 
     def _on_event(self, event: Any) -> None:
         with errors.guard("integration.apscheduler"):
             from apscheduler.events import EVENT_JOB_MISSED
 
-            agent = _agent_mod.current()
-            if agent is None:
+            if not self.active:
                 return
+            agent = self.agent
             name, queue = self._jobs.get(event.job_id) or (str(event.job_id), "default")
             reason = "missed" if event.code == EVENT_JOB_MISSED else "max_instances"
             agent.telemetry.record_skipped(agent.telemetry.series(name, queue), reason)
@@ -220,9 +221,12 @@ class Integration(_Base):
 class _Execution:
     """The job as one executor submission sees it: the same job, with ``func`` wrapped."""
 
-    __slots__ = ("_job", "_name", "_queue", "_pending", "func")
+    __slots__ = ("_agent", "_job", "_name", "_queue", "_pending", "func")
 
-    def __init__(self, job: Any, name: str, queue: str, run_times: list[datetime]) -> None:
+    def __init__(
+        self, agent: Agent, job: Any, name: str, queue: str, run_times: list[datetime]
+    ) -> None:
+        self._agent = agent
         self._job = job
         self._name = name
         self._queue = queue
@@ -251,8 +255,8 @@ class _Execution:
         return pending.pop(0) if pending else None
 
     def _start(self) -> Run | None:
-        agent = _agent_mod.current()
-        if agent is None:
+        agent = self._agent
+        if agent.stopped:  # uninstrumented since the job was submitted
             return None
         scheduled = self._scheduled_time()
         run = agent.start_run(

@@ -61,17 +61,19 @@ import functools
 import weakref
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from arq.cron import CronJob
 from arq.worker import Retry, RetryJob, Worker
 
-from ..core import agent as _agent_mod
 from ..core import errors
 from ..core.patching import Patches
 from ..core.run import classify
 from ..core.schedules import Entry, gap, unix
 from .base import Integration as _Base
+
+if TYPE_CHECKING:
+    from ..core.agent import Agent
 
 _WRAPPED = "__otel_jobs_arq_original__"
 
@@ -114,8 +116,8 @@ class Integration(_Base):
         self, original: Callable[..., Awaitable[None]]
     ) -> Callable[..., Awaitable[None]]:
         async def run_cron(worker: Worker, *args: Any, **kwargs: Any) -> None:
-            agent = _agent_mod.current()
-            if agent is None or not worker.cron_jobs:
+            agent = self.agent
+            if not self.active or not worker.cron_jobs:
                 return await original(worker, *args, **kwargs)
             due = {}
             with errors.guard("integration.arq"):
@@ -138,14 +140,14 @@ class Integration(_Base):
     def _patch_run_job(
         self, original: Callable[..., Awaitable[None]]
     ) -> Callable[..., Awaitable[None]]:
-        workers = self._workers
+        workers, agent = self._workers, self.agent
 
         async def run_job(worker: Worker, job_id: str, score: int) -> None:
-            if _agent_mod.current() is None:
+            if agent.stopped:
                 return await original(worker, job_id, score)
             with errors.guard("integration.arq"):
                 if worker not in workers:
-                    _wrap_functions(worker)
+                    _wrap_functions(worker, agent)
                     workers.add(worker)
                 _run_job_started.set(asyncio.get_running_loop().time())
             # run_job runs in a task of its own, so the value set above never leaks out of it.
@@ -154,11 +156,11 @@ class Integration(_Base):
         return run_job
 
 
-def _wrap_functions(worker: Worker) -> None:
+def _wrap_functions(worker: Worker, agent: Agent) -> None:
     for name, function in list(worker.functions.items()):
         if getattr(function.coroutine, _WRAPPED, None) is not None:
             continue
-        traced: Any = _traced(worker, function)
+        traced: Any = _traced(worker, function, agent)
         worker.functions[name] = dataclasses.replace(function, coroutine=traced)
 
 
@@ -169,15 +171,14 @@ def _unwrap_functions(worker: Worker) -> None:
             worker.functions[name] = original
 
 
-def _traced(worker: Worker, function: Any) -> Callable[..., Awaitable[Any]]:
+def _traced(worker: Worker, function: Any, agent: Agent) -> Callable[..., Awaitable[Any]]:
     """The job coroutine, run as one otel-jobs run in the job's own task."""
     coroutine = function.coroutine
     name: str = function.name
 
     @functools.wraps(coroutine)
     async def job(ctx: dict[Any, Any], *args: Any, **kwargs: Any) -> Any:
-        agent = _agent_mod.current()
-        if agent is None:
+        if agent.stopped:  # uninstrumented: the worker keeps its functions until unwrapped
             return await coroutine(ctx, *args, **kwargs)
         run = None
         with errors.guard("integration.arq"):

@@ -20,6 +20,12 @@ class Integration:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
 
+    @property
+    def active(self) -> bool:
+        """Whether the agent that installed this integration still runs: a patched hook that
+        outlives ``uninstrument()`` (a job submitted before it) calls straight through."""
+        return not self.agent.stopped
+
     def install(self) -> None:
         """Connect to the framework's hooks."""
 
