@@ -5,7 +5,10 @@ No broker and no collector needed: a pool of worker threads takes jobs from an i
 scheduler runs a job every second that overlaps itself (its overlapping ticks are skipped and
 counted), and three runs get stuck: a call with no timeout to a local server that never answers
 (blocked), a loop that never heartbeats (spinning; its ``on_stall="cancel"`` makes the watchdog
-end it with outcome ``timeout``), and a wait on a lock another run holds (blocked). It serves
+end it with outcome ``timeout``), and a wait on a lock another run holds (blocked, named as a
+``threading.Lock`` waited on without a timeout). On an asyncio loop of its own, async jobs run
+until one of them calls ``time.sleep()``-like blocking code inside its coroutine: a
+``loop_blocked`` verdict naming that line and the runs it holds up, then its recovery. It serves
 ``/metrics`` on 127.0.0.1 and shows a table of the runs in flight, with each stuck run's
 verdict, state and the line it waits on, and the watchdog's verdicts below it; it stops by
 itself after ``--duration`` seconds (or at Ctrl-C or SIGTERM) and prints a summary.
@@ -54,6 +57,7 @@ from .jobs import (
     STUCK,
     _take_lock_forever,
     backlog,
+    event_loop,
     open_silent_server,
     scheduler,
     worker,
@@ -157,11 +161,12 @@ def run_demo(
         duration = DURATION_WITH_PROMETHEUS if prometheus else DURATION
     rng = random.Random(seed)
     silent = open_silent_server()
-    otel_jobs.instrument(prometheus_port=port, watchdog_interval=0.5)
+    options: dict[str, Any] = {"watchdog_interval": 0.5, "loop_blocked_timeout": 2.0}
+    otel_jobs.instrument(prometheus_port=port, **options)
     agent = agent_mod.current()
     if agent is not None and agent.server is None and port != 0:
         otel_jobs.uninstrument()
-        otel_jobs.instrument(prometheus_port=0, watchdog_interval=0.5)
+        otel_jobs.instrument(prometheus_port=0, **options)
     url = otel_jobs.metrics_url()
     jobs: queue_mod.Queue[Any] = queue_mod.Queue()
     backlog.clear()
@@ -193,6 +198,13 @@ def run_demo(
         stop_scheduler = threading.Event()
         scheduling = threading.Thread(target=scheduler, args=(stop_scheduler,), daemon=True)
         scheduling.start()
+        asyncio_worker = threading.Thread(
+            target=event_loop,
+            args=(stop_scheduler, random.Random(seed + 100)),
+            name="demo-asyncio",
+            daemon=True,
+        )
+        asyncio_worker.start()
         # The stuck runs get worker threads of their own, so the healthy jobs keep flowing.
         threading.Thread(target=_take_lock_forever, daemon=True).start()
         time.sleep(0.1)
@@ -230,6 +242,7 @@ def run_demo(
             stop.wait(0.25)
         stop_scheduler.set()
         scheduling.join(timeout=10)
+        asyncio_worker.join(timeout=10)
         for _ in threads:
             jobs.put(None)
         for t in threads:

@@ -3,13 +3,16 @@
 Healthy jobs (:data:`HEALTHY`, taken from an in-memory queue by :func:`worker` threads, their
 queue wait measured), a scheduler ticking every second (:func:`scheduler`), and the stuck runs
 (:data:`STUCK` and :func:`take_lock_forever`): a call with no timeout to a server that never
-answers, a loop that never heartbeats, a wait on a lock another run holds. The line each stuck
+answers, a loop that never heartbeats, a wait on a lock another run holds; and an asyncio loop
+(:func:`event_loop`) running async jobs until one of them (``demo.resize_images``) holds it with
+a blocking call for a few seconds. The line each stuck
 run waits on is what the watchdog names (``tests/core/test_watchdog_demo.py`` reads it from this
 file): moving a stuck job's body moves that line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import queue as queue_mod
 import random
@@ -110,6 +113,43 @@ def rebuild_index(rng: random.Random) -> None:
     """Waits for a lock that another run took and never releases."""
     with _shared_lock:
         pass
+
+
+@otel_jobs.job(name="demo.fetch_feed", queue="feeds", max_duration=60, heartbeat_timeout=30)
+async def fetch_feed(seconds: float) -> None:
+    """A healthy async job: it awaits, so the loop stays free for the others."""
+    await asyncio.sleep(seconds)
+
+
+@otel_jobs.job(name="demo.resize_images", queue="feeds", max_duration=60, heartbeat_timeout=30)
+async def resize_images(release: threading.Event) -> None:
+    """Calls a blocking function inside a coroutine: the whole event loop waits with it."""
+    await asyncio.sleep(0)
+    release.wait(4.0)  # synchronous: no other coroutine of the loop runs meanwhile
+    await asyncio.sleep(1.0)  # the loop runs again: its loop_blocked verdict clears
+
+
+def event_loop(stop: threading.Event, rng: random.Random) -> None:
+    """The demo's asyncio worker: async runs on one loop, two seconds in one of them blocks it."""
+
+    async def main() -> None:
+        started = time.monotonic()
+        release = threading.Event()
+        pending: set[asyncio.Future[None]] = set()
+        blocking = None
+        while not stop.is_set():
+            pending.add(asyncio.ensure_future(fetch_feed(rng.uniform(0.1, 1.5))))
+            if blocking is None and time.monotonic() - started > 2.0:
+                blocking = asyncio.ensure_future(resize_images(release))
+                pending.add(blocking)
+            pending = {f for f in pending if not f.done()}
+            await asyncio.sleep(0.3)
+        release.set()
+        for future in pending:
+            future.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    asyncio.run(main())
 
 
 def _take_lock_forever() -> None:

@@ -34,6 +34,7 @@ class StallLog(logging.Handler):
                                   "verdict": "recovered", "state": "", "where": "", "policy": ""})  # fmt: skip
             return
         call = fields.get("stall_call")
+        wait, loop, db = fields.get("stall_wait"), fields.get("stall_loop"), fields.get("stall_db")
         self.verdicts.append(
             {
                 "at": time.monotonic() - self.started,
@@ -43,6 +44,10 @@ class StallLog(logging.Handler):
                 "where": fields.get("stall_where") or "?",
                 "policy": fields["stall_policy"],
                 "call": call["description"] if call else None,
+                # What it waits on, without the holder (one line per job name in this list).
+                "wait": wait["description"].split(";")[0] if wait else None,
+                "held_up": len(loop["held_up"]) if loop else None,
+                "db": db,
             }
         )
 
@@ -125,6 +130,14 @@ def render(
             lines.append(line.rstrip())
             if v.get("call"):
                 lines.append(f"          outbound call {v['call']}")
+            if v.get("wait"):
+                lines.append(f"          {v['wait']}")
+            if v["verdict"] == "loop blocked" and v.get("held_up") is not None:
+                lines.append(f"          it holds up {v['held_up']} other run(s) of its event loop")
+            if v.get("db"):
+                from otel_jobs.core.pg_locks import describe
+
+                lines.append(f"          {describe(v['db'])}")
     return lines
 
 
