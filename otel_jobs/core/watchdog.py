@@ -73,6 +73,9 @@ runs within one interval of a deadline have their thread's CPU time read, and on
 new verdict are diagnosed (at most :data:`MAX_DIAGNOSES_PER_TICK` per tick, the rest on the
 next ones).
 
+A worker asked to stop while a stalled run is in flight waits for that run: each tick lets
+:mod:`otel_jobs.core.shutdown` say so, once per run, with how to force the framework's shutdown.
+
 Its own last tick is exported as ``otel_jobs_watchdog_last_tick_timestamp_seconds``; a process
 whose Python threads are frozen (a C call holding the GIL) shows by that gauge going stale.
 """
@@ -91,7 +94,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from . import diagnosis as diag_mod
-from . import errors, logtail, pg_locks, providers
+from . import errors, logtail, pg_locks, providers, shutdown
 from . import run as run_mod
 from .errors import JobTimeoutError
 from .loop_probe import Blocked, LoopProbes
@@ -220,6 +223,8 @@ class Watchdog:
         except Exception as exc:
             errors.record("watchdog", exc)
         agent = self._agent
+        with errors.guard("shutdown"):  # a warm shutdown waiting for a stalled run: say so
+            shutdown.check(agent)
         agent.telemetry.watchdog_last_tick = time.time()
         self.ticks += 1
         try:  # the lease is renewed from here (no I/O: core.lease wakes its own thread)

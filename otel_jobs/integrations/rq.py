@@ -95,7 +95,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from ..core import errors, imports, providers
+from ..core import errors, imports, providers, shutdown
 from ..core.patching import Patches
 from . import base, rq_cron, rq_leases
 from .base import Finding, report_findings
@@ -111,6 +111,12 @@ FRAMEWORK = "rq"
 AUDIT_SAMPLE = 200
 #: Failures kept for less than this (``failure_ttl``, seconds) count as forgotten.
 MIN_FAILURE_TTL = 86400
+#: How to end a warm shutdown that waits for a stalled job (RQ ignores a second signal that
+#: comes within a second of the first).
+FORCE_SHUTDOWN = (
+    "To stop the worker without waiting, send it SIGTERM or SIGINT (Ctrl+C) again, a second "
+    "or more after the first: RQ's cold shutdown kills the work horse."
+)
 
 
 class WorkHorseLost(Exception):
@@ -176,6 +182,7 @@ class Integration(base.Integration):
             "handle_work_horse_killed": self._handle_work_horse_killed,
             "bootstrap": self._bootstrap,
             "monitor_work_horse": self._monitor_work_horse,
+            "request_stop": self._request_stop,  # SIGTERM/SIGINT: the warm shutdown
         }
         for attribute, make_wrapper in hooks.items():
             # Patch the class that defines it (BaseWorker or Worker, depending on the RQ
@@ -371,6 +378,16 @@ class Integration(base.Integration):
         )
 
     # --- configuration audit -------------------------------------------------------------
+
+    def _request_stop(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def request_stop(worker: Any, *args: Any, **kwargs: Any) -> Any:
+            # RQ's signal handler (shutdown.begin only records): the worker now waits for
+            # the job in flight, then its next SIGTERM/SIGINT is the cold shutdown.
+            with errors.guard("integration.rq"):
+                shutdown.begin(self.agent, "RQ", FORCE_SHUTDOWN)
+            return original(worker, *args, **kwargs)
+
+        return request_stop
 
     def _bootstrap(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def bootstrap(worker: Any, *args: Any, **kwargs: Any) -> Any:

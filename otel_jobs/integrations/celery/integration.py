@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import propagate
 
-from ...core import errors, providers
+from ...core import errors, providers, shutdown
 from ..base import Integration as _BaseIntegration
 from ..base import report_findings
 from . import leases, shared_files
@@ -42,6 +42,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger("otel_jobs")
 
 _RUN = "_otel_jobs_run"  # attribute of a task's request (one execution): its Run
+#: How to end a warm shutdown that waits for a stalled task (Celery 5.3-5.6: a second SIGTERM
+#: only repeats the warm shutdown; SIGQUIT, or a second Ctrl+C, starts the cold one).
+FORCE_SHUTDOWN = (
+    "To stop the worker without waiting, send its main process SIGQUIT (or press Ctrl+C "
+    "twice): Celery's cold shutdown terminates the running tasks. A second SIGTERM does not."
+)
 
 
 class Integration(_BaseIntegration):
@@ -76,6 +82,7 @@ class Integration(_BaseIntegration):
             (signals.worker_init, self._on_worker_init),
             (signals.celeryd_after_setup, self._on_after_setup),
             (signals.worker_process_shutdown, self._on_process_shutdown),
+            (signals.worker_shutting_down, self._on_shutting_down),
         ):
             # Strong references: bound methods would otherwise be dropped by the weak default.
             signal.connect(receiver, weak=False)
@@ -264,6 +271,13 @@ class Integration(_BaseIntegration):
         agent.lease.release()  # its last run's end, before os._exit (bounded)
         self._contrib.flush_ending()
         providers.flush(2000)
+
+    @errors.guarded("integration.celery")
+    def _on_shutting_down(self, how: str | None = None, **_: Any) -> None:
+        # Sent from Celery's signal handler in the main process (shutdown.begin only records).
+        # A warm shutdown waits for the tasks running in the pool, stalled ones included.
+        if how == "Warm":
+            shutdown.begin(self.agent, "Celery", FORCE_SHUTDOWN)
 
     # --- the worker's main process: requests, revokes, skipped messages --------------------
 
