@@ -2,6 +2,8 @@
 
 * ``no_time_limit`` and ``late_ack_without_time_limit``: ``bad.forever`` acknowledges late and
   has no time limit;
+* ``late_ack_without_reject_on_worker_lost``: the app acknowledges late (``task_acks_late``)
+  and leaves ``task_reject_on_worker_lost`` off;
 * ``time_limit_exceeds_visibility_timeout``: ``bad.long`` may run 2 h on Redis, whose visibility
   timeout is 1 h;
 * ``no_retry_or_dead_letter``: no task retries, and the queue has no dead-letter exchange;

@@ -28,6 +28,7 @@ from celery import Celery, signals
 import otel_jobs
 from tests.integrations import celery_app
 from tests.support import Samples, free_port, require_rabbitmq, require_redis, scrape
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -64,11 +65,11 @@ class Worker:
         """Run ``oj.block``, stop it with ``revoke(terminate=True)``, wait for its cancel."""
         job_id = self.send("oj.block")
         wait_for(
-            lambda: self.metrics().total("otel_jobs_runs_in_progress", job_name="oj.block") == 1,
             "the run in flight",
+            lambda: self.metrics().total("otel_jobs_runs_in_progress", job_name="oj.block") == 1,
         )
         self.publisher.control.revoke(job_id, terminate=True)
-        wait_for(lambda: settled(self, {"oj.block": {"cancelled": 1}}), "the terminated run")
+        wait_for("the terminated run", lambda: settled(self, {"oj.block": {"cancelled": 1}}))
         return job_id
 
     def spans_by_job_id(self) -> dict[str, list[dict[str, Any]]]:
@@ -82,21 +83,6 @@ class Worker:
             if job_id and span["kind"] == "SpanKind.CONSUMER":
                 found.setdefault(job_id, []).append(span)
         return found
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = condition()
-        except (OSError, AssertionError, ValueError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 def start_worker(
@@ -139,9 +125,9 @@ def start_worker(
         celery_app.make_app(broker, prefix),
     )  # fmt: skip
     try:
-        wait_for(lambda: "ready." in log.read_text() or process.poll() is not None, "worker ready")
+        wait_for("worker ready", lambda: "ready." in log.read_text() or process.poll() is not None)
         assert process.poll() is None, log.read_text()
-        wait_for(worker.metrics, "/metrics")
+        wait_for("/metrics", worker.metrics)
     except BaseException:
         stop_worker(worker)
         raise
@@ -234,7 +220,7 @@ def test_outcomes_on_metrics_equal_the_tasks_enqueued(worker: Worker, publisher:
         "oj.ignore": {"cancelled": 1},
         "oj.reject": {"cancelled": 1},
     }
-    wait_for(lambda: settled(worker, expected), "every run finished")
+    wait_for("every run finished", lambda: settled(worker, expected))
     time.sleep(0.5)  # a late duplicate would show on the next scrape
     m = worker.metrics()
     assert_exact(m, "oj.ok", fast, 12, success=12)
@@ -262,12 +248,12 @@ def test_spans_continue_the_publisher_trace(
         expected_id = worker.send("oj.expected")
     context = parent.get_span_context()
     spans = wait_for(
+        "the runs' spans",
         lambda: (
             (found := worker.spans_by_job_id())
             and all(i in found for i in (ok_id, fail_id, expected_id))
             and found
         ),
-        "the runs' spans",
     )
     for job_id in (ok_id, fail_id, expected_id):
         assert len(spans[job_id]) == 1
@@ -300,21 +286,21 @@ def test_a_hung_run_is_stalled_on_metrics_and_in_the_log(worker: Worker, publish
             return None
         return m
 
-    m = wait_for(stalled, "the stall verdict on /metrics")
+    m = wait_for("the stall verdict on /metrics", stalled)
     assert m.value("otel_jobs_stalls_detected_total", job_name="oj.hang", queue=slow, reason="no_heartbeat") == 1  # fmt: skip
     assert m.value("otel_jobs_runs_in_progress", job_name="oj.hang", queue=slow) == 1
     assert m.find("otel_jobs_stalest_heartbeat_timestamp_seconds", job_name="oj.hang")
     assert m.value("otel_jobs_run_heartbeat_timeout_seconds", job_name="oj.hang", queue=slow) == 1
     # The child's watchdog logs the stuck run with its id and where it is.
     wait_for(
+        "the stall in the worker log",
         lambda: any(
             "WARNING" in line and job_id in line and "celery_app.py" in line
             for line in worker.log.read_text().splitlines()
         ),
-        "the stall in the worker log",
     )
     (worker.release_dir / "hang-1").touch()
-    m = wait_for(lambda: settled(worker, {"oj.hang": {"success": 1}}), "the released run")
+    m = wait_for("the released run", lambda: settled(worker, {"oj.hang": {"success": 1}}))
     assert_exact(m, "oj.hang", slow, 1, success=1)
     assert m.total("otel_jobs_runs_stalled", job_name="oj.hang") == 0
 
@@ -323,20 +309,20 @@ def test_hard_time_limit_kill_is_a_timeout_recorded_once(worker: Worker, publish
     _, slow = celery_app.queues(worker.prefix)
     job_id = worker.send("oj.sleep_past_limit")
     m = wait_for(
-        lambda: settled(worker, {"oj.sleep_past_limit": {"timeout": 1}}),
         "the killed run recorded as timeout, not in flight",
+        lambda: settled(worker, {"oj.sleep_past_limit": {"timeout": 1}}),
     )
     # Let the killed child be replaced; a second record would show by now.
     wait_for(
-        lambda: "SIGKILL" in worker.log.read_text() or "exited" in worker.log.read_text(),
         "child replaced",
+        lambda: "SIGKILL" in worker.log.read_text() or "exited" in worker.log.read_text(),
     )
     time.sleep(0.5)
     m = worker.metrics()
     assert_exact(m, "oj.sleep_past_limit", slow, 1, timeout=1)
     assert m.value("otel_jobs_run_max_duration_seconds", job_name="oj.sleep_past_limit", queue=slow) == 1  # fmt: skip
     # The main process emitted the run's span (the child's never ended).
-    spans = wait_for(lambda: worker.spans_by_job_id().get(job_id), "the killed run's span")
+    spans = wait_for("the killed run's span", lambda: worker.spans_by_job_id().get(job_id))
     assert len(spans) == 1
     assert spans[0]["attributes"]["job.outcome"] == "timeout"
     assert spans[0]["status"]["status_code"] == "ERROR"
@@ -345,7 +331,7 @@ def test_hard_time_limit_kill_is_a_timeout_recorded_once(worker: Worker, publish
 def test_a_lost_child_is_a_failure_recorded_once(worker: Worker, publisher: None) -> None:
     fast, _ = celery_app.queues(worker.prefix)
     worker.send("oj.die")
-    wait_for(lambda: settled(worker, {"oj.die": {"failure": 1}}), "the lost run recorded")
+    wait_for("the lost run recorded", lambda: settled(worker, {"oj.die": {"failure": 1}}))
     time.sleep(0.5)
     assert_exact(worker.metrics(), "oj.die", fast, 1, failure=1)
     assert "WorkerLostError" in worker.log.read_text()
@@ -360,9 +346,10 @@ def test_revoked_tasks_cancelled_while_running_or_skipped_before(
     assert_exact(worker.metrics(), "oj.block", slow, 1, cancelled=1)
     # Revoked while it waits for its countdown: it never starts, and is counted as skipped.
     waiting = worker.send("oj.later", countdown=2)
-    wait_for(lambda: f"Task oj.later[{waiting}] received" in worker.log.read_text(), "receipt")
+    wait_for("receipt", lambda: f"Task oj.later[{waiting}] received" in worker.log.read_text())
     worker.publisher.control.revoke(waiting)
     m = wait_for(
+        "the revoked task counted as skipped",
         lambda: (
             (s := worker.metrics()).find(
                 "otel_jobs_runs_skipped_total", job_name="oj.later", queue=fast, reason="revoked"
@@ -370,7 +357,6 @@ def test_revoked_tasks_cancelled_while_running_or_skipped_before(
             == [1.0]
             and s
         ),
-        "the revoked task counted as skipped",
     )
     assert m.total("otel_jobs_runs_started_total", job_name="oj.later") == 0
 
@@ -381,7 +367,7 @@ def test_queue_wait_of_a_delayed_task_counts_from_its_due_time(
     fast, _ = celery_app.queues(worker.prefix)
     countdown = 4
     worker.send("oj.delayed", countdown=countdown)
-    m = wait_for(lambda: settled(worker, {"oj.delayed": {"success": 1}}), "the delayed run")
+    m = wait_for("the delayed run", lambda: settled(worker, {"oj.delayed": {"success": 1}}))
     assert m.value("otel_jobs_queue_wait_seconds_count", job_name="oj.delayed", queue=fast) == 1
     # Measured from the publish time, the wait would be at least the countdown.
     waited = m.value("otel_jobs_queue_wait_seconds_sum", job_name="oj.delayed", queue=fast)
@@ -403,15 +389,15 @@ def test_runs_in_a_pool_without_children(tmp_path: Path, publisher: None, pool: 
         worker.send("oj.retry_once")
         worker.send("oj.hang", "hang-pool")
         wait_for(
-            lambda: worker.metrics().total("otel_jobs_runs_stalled", job_name="oj.hang") == 1,
             "the stall verdict",
+            lambda: worker.metrics().total("otel_jobs_runs_stalled", job_name="oj.hang") == 1,
         )
         # Released only now: in the solo pool the hung run holds the only slot (the retry of
         # oj.retry_once waits behind it).
         (worker.release_dir / "hang-pool").touch()
         expected = {"oj.ok": {"success": 5}, "oj.fail": {"failure": 1},
                     "oj.retry_once": {"retry": 1, "success": 1}, "oj.hang": {"success": 1}}  # fmt: skip
-        m = wait_for(lambda: settled(worker, expected), "the runs")
+        m = wait_for("the runs", lambda: settled(worker, expected))
         assert_exact(m, "oj.ok", fast, 5, success=5)
         assert_exact(m, "oj.fail", fast, 1, failure=1)
         assert_exact(m, "oj.retry_once", fast, 2, retry=1, success=1)
@@ -426,10 +412,10 @@ def test_instrument_in_worker_process_init_is_reported(tmp_path: Path) -> None:
     worker = start_worker(tmp_path, REDIS_URL, OJ_CELERY_INSTRUMENT_IN_CHILD="1")
     try:
         log = wait_for(
+            "a warning from each of the two children",
             lambda: (
                 (text := worker.log.read_text()).count("inside a Celery pool child") == 2 and text
             ),
-            "a warning from each of the two children",
         )
         # Only one child can bind the metrics port; the other says it cannot.
         assert "cannot serve /metrics" in log
@@ -453,6 +439,7 @@ def test_with_contrib_celery_instrumentation_a_run_has_one_span(
             "retry": worker.send("oj.retry_once"),
         }
         wait_for(
+            "the runs",
             lambda: settled(
                 worker,
                 {
@@ -461,16 +448,15 @@ def test_with_contrib_celery_instrumentation_a_run_has_one_span(
                     "oj.retry_once": {"success": 1},
                 },
             ),
-            "the runs",
         )
         spans = wait_for(
+            "the spans",
             lambda: (
                 (found := worker.spans_by_job_id())
                 and len(found.get(ids["retry"], [])) == 2
                 and all(i in found for i in ids.values())
                 and found
             ),
-            "the spans",
         )
         for key in ("ok", "fail"):
             (span,) = spans[ids[key]]  # one span: the contrib one, with otel-jobs' attributes
@@ -505,11 +491,11 @@ def test_with_contrib_a_run_stopped_by_sigterm_has_one_span(
     _, slow = celery_app.queues(worker.prefix)
     try:
         timed_out = worker.send("oj.sleep_past_limit")
-        wait_for(lambda: settled(worker, {"oj.sleep_past_limit": {"timeout": 1}}), "the killed run")
+        wait_for("the killed run", lambda: settled(worker, {"oj.sleep_past_limit": {"timeout": 1}}))
         stopped = {timed_out: "timeout"}
         if not remap:  # under REMAP_SIGTERM, revoke(terminate=True) does not stop the child
             stopped[worker.terminate_a_running_block()] = "cancelled"
-        wait_for(lambda: set(stopped) <= set(worker.spans_by_job_id()), "the runs' spans")
+        wait_for("the runs' spans", lambda: set(stopped) <= set(worker.spans_by_job_id()))
         m = worker.metrics()
         assert_exact(m, "oj.sleep_past_limit", slow, 1, timeout=1)
         if not remap:
@@ -541,12 +527,12 @@ def test_with_contrib_a_stopped_child_that_cannot_export_leaves_the_span_to_the_
     _, slow = celery_app.queues(worker.prefix)
     try:
         killed = worker.send(task)
-        wait_for(lambda: settled(worker, {task: {"timeout": 1}}), "the killed run")
-        (span,) = wait_for(lambda: worker.spans_by_job_id().get(killed), "the main's span")
+        wait_for("the killed run", lambda: settled(worker, {task: {"timeout": 1}}))
+        (span,) = wait_for("the main's span", lambda: worker.spans_by_job_id().get(killed))
         if cause == "slow_exporter":
             # Without SIGKILL (revoke terminate) the slow child has time: its span, not the main's.
             blocked = worker.terminate_a_running_block()
-            wait_for(lambda: blocked in worker.spans_by_job_id(), "the child's span")
+            wait_for("the child's span", lambda: blocked in worker.spans_by_job_id())
         m = worker.metrics()
         assert_exact(m, task, slow, 1, timeout=1)
         assert not m.find("otel_jobs_internal_errors_total")
@@ -573,8 +559,8 @@ def test_a_pool_child_exports_its_spans_when_it_exits(tmp_path: Path, publisher:
     )
     try:
         job_id = worker.send("oj.ok", 1)
-        wait_for(lambda: settled(worker, {"oj.ok": {"success": 1}}), "the run")
-        (span,) = wait_for(lambda: worker.spans_by_job_id().get(job_id), "the run's span")
+        wait_for("the run", lambda: settled(worker, {"oj.ok": {"success": 1}}))
+        (span,) = wait_for("the run's span", lambda: worker.spans_by_job_id().get(job_id))
         assert span["attributes"]["job.outcome"] == "success"
     finally:
         stop_worker(worker)
@@ -586,6 +572,7 @@ BAD_FINDINGS = {
     "no_time_limit",
     "time_limit_exceeds_visibility_timeout",
     "late_ack_without_time_limit",
+    "late_ack_without_reject_on_worker_lost",
     "no_retry_or_dead_letter",
     "single_queue",
     "soft_time_limit_above_time_limit",
@@ -611,6 +598,26 @@ def test_audit_of_a_bad_and_a_good_configuration() -> None:
     }
 
 
+def test_audit_late_ack_needs_reject_on_worker_lost() -> None:
+    from otel_jobs.integrations.celery import audit
+
+    def findings(**conf: Any) -> set[str]:
+        app = Celery("late", broker=RABBIT_URL, set_as_current=False)
+        app.conf.update(task_time_limit=60, **conf)
+
+        def job() -> None:
+            pass
+
+        app.task(shared=False, name="late.job", autoretry_for=(OSError,))(job)
+        return {f.finding for f in audit(app)}
+
+    assert "late_ack_without_reject_on_worker_lost" in findings(task_acks_late=True)
+    assert "late_ack_without_reject_on_worker_lost" not in findings(
+        task_acks_late=True, task_reject_on_worker_lost=True
+    )
+    assert "late_ack_without_reject_on_worker_lost" not in findings(task_acks_late=False)
+
+
 def _task_options(task: Any) -> dict[str, Any]:
     names = ("time_limit", "soft_time_limit", "acks_late")
     return {k: getattr(task, k) for k in names if k in vars(type(task))}
@@ -625,8 +632,9 @@ def test_a_worker_reports_its_configuration_findings_once(tmp_path: Path) -> Non
         assert found == BAD_FINDINGS
         assert all(v == 1 for v in m.find("otel_jobs_config_finding", framework="celery"))
         log = worker.log.read_text()
-        for finding in ("can run forever", "visibility timeout (3600s)", "acknowledge late",
-                        "neither retry", "go to one queue", "soft time limit above"):  # fmt: skip
+        for finding in ("can run forever", "visibility timeout (3600s)", "but have no time limit",
+                        "without task_reject_on_worker_lost", "neither retry", "go to one queue",
+                        "soft time limit above"):  # fmt: skip
             assert log.count(finding) == 1, finding
         # Through Celery's logging, as WARNINGs of the main process (not bare lines on stderr
         # before Celery has set up its logging).
@@ -729,7 +737,7 @@ def test_the_example_shows_its_stuck_task_on_metrics_and_in_the_log(tmp_path: Pa
             )  # fmt: skip
         url = f"http://127.0.0.1:{port}/metrics"
         try:
-            wait_for(lambda: "ready." in log.read_text(), "the example worker")
+            wait_for("the example worker", lambda: "ready." in log.read_text())
             sent = subprocess.run(
                 [sys.executable, "send.py"], cwd=example, env=env, capture_output=True,
                 text=True, timeout=120,
@@ -737,20 +745,20 @@ def test_the_example_shows_its_stuck_task_on_metrics_and_in_the_log(tmp_path: Pa
             assert sent.returncode == 0, sent.stderr
             stuck = {"job_name": "example.fetch_partner_report", "queue": "partners"}
             m = wait_for(
+                "the stuck task on /metrics",
                 lambda: (
                     (s := scrape(url)).total("otel_jobs_runs_stalled", **stuck) == 1
                     and s.total("otel_jobs_runs_finished_total", job_name="example.resize_image")
                     == 10
                     and s
                 ),
-                "the stuck task on /metrics",
             )
             assert m.value("otel_jobs_runs_in_progress", **stuck) == 1
             assert m.value("otel_jobs_stalls_detected_total", reason="no_heartbeat", **stuck) == 1
             assert m.total("otel_jobs_outbound_calls_without_timeout_total", library="urllib") == 1
             wait_for(
-                lambda: "stalled" in (text := log.read_text()) and "tasks.py:" in text,
                 "the diagnosis in the log",
+                lambda: "stalled" in (text := log.read_text()) and "tasks.py:" in text,
             )
         finally:
             os.killpg(process.pid, signal.SIGKILL)

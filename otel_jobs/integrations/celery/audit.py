@@ -51,6 +51,11 @@ def _acks_late(task: Any, conf: Any) -> bool:
     return bool(conf.get("task_acks_late") if value is None else value)
 
 
+def _rejects_on_worker_lost(task: Any, conf: Any) -> bool:
+    value = getattr(task, "reject_on_worker_lost", None)
+    return bool(conf.get("task_reject_on_worker_lost") if value is None else value)
+
+
 def _calls_retry(task: Any) -> bool:
     code = getattr(getattr(task, "run", None), "__code__", None)
     return code is not None and "retry" in code.co_names
@@ -151,6 +156,24 @@ def audit(app: Any) -> list[Finding]:
                 f"task(s) {_names(late_unlimited)} acknowledge late (acks_late) but have no time "
                 "limit: a hung run holds its message forever (on Redis or SQS it is delivered "
                 "again to another worker after the visibility timeout). Give them a time limit.",
+            )
+        )
+
+    late_dropped = [
+        t for t in tasks if _acks_late(t, conf) and not _rejects_on_worker_lost(t, conf)
+    ]
+    if late_dropped:
+        findings.append(
+            Finding(
+                FRAMEWORK,
+                "late_ack_without_reject_on_worker_lost",
+                f"task(s) {_names(late_dropped)} acknowledge late (acks_late) without "
+                "task_reject_on_worker_lost: when the pool child running one dies (OOM, kill) "
+                "and its worker lives on, the message is acknowledged as failed "
+                "(WorkerLostError) and never redelivered, the very loss acks_late is meant to "
+                "prevent (and otel-jobs monitor leaves acks_late tasks to the broker, it does "
+                "not requeue them). Set task_reject_on_worker_lost=True, and make the task "
+                "idempotent.",
             )
         )
 
