@@ -207,6 +207,9 @@ def test_asyncio_waits_with_and_without_a_timeout(
     async def forever() -> None:
         await held.acquire()  # the second acquire: never granted
 
+    if not hasattr(asyncio, "timeout"):
+        pytest.skip("asyncio.timeout() is Python 3.11+")
+
     @otel_jobs.job(name="waits.asyncio_event_timeout", heartbeat_timeout=0.3)
     async def bounded() -> None:
         async with asyncio.timeout(120):
