@@ -66,10 +66,11 @@ from typing import TYPE_CHECKING, Any
 from arq.cron import CronJob
 from arq.worker import Retry, RetryJob, Worker
 
-from ..core import errors
+from ..core import errors, shutdown
 from ..core.patching import Patches
 from ..core.run import classify
 from ..core.schedules import Entry, gap, unix
+from . import leases
 from .base import Integration as _Base
 
 if TYPE_CHECKING:
@@ -81,6 +82,17 @@ _WRAPPED = "__otel_jobs_arq_original__"
 # of that context, so the wrapped coroutine finds the loop time at which ``run_job`` began.
 _run_job_started: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "otel_jobs_arq_run_job_started", default=None
+)
+
+
+#: How to end arq's shutdown when a cancelled job does not end (a blocking call holds the event
+#: loop or an executor thread, or the job swallows CancelledError): another signal only cancels
+#: again.
+FORCE_SHUTDOWN = (
+    "arq cancels it (at once, or after job_completion_wait) and waits for it to end; a stalled run "
+    "that does not end when cancelled keeps the worker from exiting, and another signal only "
+    "cancels again: end the process with SIGKILL (another worker takes the job again once its "
+    "in-progress key expires)."
 )
 
 
@@ -101,6 +113,9 @@ class Integration(_Base):
     def install(self) -> None:
         self._patches.wrap(Worker, "run_job", self._patch_run_job)
         self._patches.wrap(Worker, "run_cron", self._patch_run_cron)
+        for handler in ("handle_sig", "handle_sig_wait_for_completion"):
+            if hasattr(Worker, handler):
+                self._patches.wrap(Worker, handler, self._patch_signal_handler)
 
     def uninstall(self) -> None:
         self._patches.undo()
@@ -111,6 +126,16 @@ class Integration(_Base):
         for remove in list(self._cron_sources.values()):
             remove()
         self._cron_sources = weakref.WeakKeyDictionary()
+
+    def _patch_signal_handler(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        # arq's SIGINT/SIGTERM handlers (run by its event loop): they cancel the jobs in
+        # flight, now or after job_completion_wait, and the worker then waits for them to end.
+        def handle_sig(worker: Worker, *args: Any, **kwargs: Any) -> Any:
+            with errors.guard("integration.arq"):
+                shutdown.begin(self.agent, "arq", FORCE_SHUTDOWN)
+            return original(worker, *args, **kwargs)
+
+        return handle_sig
 
     def _patch_run_cron(
         self, original: Callable[..., Awaitable[None]]
@@ -195,6 +220,7 @@ def _traced(worker: Worker, function: Any, agent: Agent) -> Callable[..., Awaita
                 expected_every=_cron_every(function, score),
             )
             run.activate()
+            leases.arq_started(agent, run, worker)
         if run is None:
             return await coroutine(ctx, *args, **kwargs)
         try:

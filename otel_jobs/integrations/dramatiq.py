@@ -119,9 +119,10 @@ from dramatiq.middleware import Middleware, Retries, TimeLimit, TimeLimitExceede
 from dramatiq.middleware.shutdown import Shutdown
 from opentelemetry import propagate
 
-from ..core import errors
+from ..core import errors, shutdown
 from ..core.patching import Patches
 from ..core.run import classify, current_run
+from . import leases
 from .base import Integration as BaseIntegration
 
 if TYPE_CHECKING:
@@ -135,6 +136,12 @@ DUE_OPTION = "otel_jobs_due"
 #: The message option that carries the publisher's trace context to the run.
 TRACE_OPTION = "otel_jobs_trace"
 _RUN_ATTR = "_otel_jobs_run"
+#: How to end a warm shutdown that waits for a stalled message (dramatiq's CLI forwards every
+#: SIGTERM or SIGINT to its worker processes, which exit at the second).
+FORCE_SHUTDOWN = (
+    "Dramatiq waits up to --worker-shutdown-timeout (10 minutes by default); to stop it now, "
+    "send the dramatiq process SIGTERM (or Ctrl+C) again: its worker processes exit at once."
+)
 
 
 def _native_limit(broker: dramatiq.Broker, message: Any) -> float | None:
@@ -181,6 +188,11 @@ class OtelJobsMiddleware(Middleware):
             self._zeroed.add(key)
 
     @errors.guarded("integration.dramatiq")
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        # Worker.stop(): the worker threads are asked to finish their message and joined.
+        shutdown.begin(self.agent, "Dramatiq", FORCE_SHUTDOWN)
+
+    @errors.guarded("integration.dramatiq")
     def before_enqueue(self, broker: dramatiq.Broker, message: Any, delay: int | None) -> None:
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
@@ -214,6 +226,7 @@ class OtelJobsMiddleware(Middleware):
         )
         self._zero_dead_letters(run.series)
         run.activate()
+        leases.dramatiq_started(agent, run, broker)
         # MessageProxy has a __dict__: the run travels with the message to the after hooks.
         message.__dict__[_RUN_ATTR] = run
 

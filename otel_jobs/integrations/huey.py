@@ -75,6 +75,7 @@ from __future__ import annotations
 import datetime
 import functools
 import logging
+import signal
 import sys
 import threading
 import time
@@ -85,9 +86,10 @@ import huey as huey_module
 from huey import signals as S
 from huey.api import Huey, TaskWrapper
 
-from ..core import errors
+from ..core import errors, shutdown
 from ..core.patching import Patches
 from ..core.schedules import Entry
+from . import leases
 from .base import Integration as BaseIntegration
 
 if TYPE_CHECKING:
@@ -123,6 +125,21 @@ def _due_time(huey: Huey, task: Any) -> float | None:
     return eta.timestamp()
 
 
+def _force_shutdown(consumer: Any) -> str:
+    """How to end the consumer's graceful shutdown (its graceful signal, sent again)."""
+    graceful = getattr(consumer, "_graceful_sig", None)
+    name = signal.Signals(graceful).name if graceful is not None else "SIGINT"
+    text = (
+        f"To stop the consumer without waiting, send it {name} again"
+        + (" (Ctrl+C)" if name == "SIGINT" else "")
+        + ": Huey interrupts its workers"
+    )
+    timeout = getattr(consumer, "shutdown_timeout", None)
+    if timeout:
+        text += f"; it does so by itself after its shutdown timeout ({timeout:g} s)"
+    return text + "."
+
+
 def _attempt(task: Any) -> int:
     planned = getattr(type(task), "default_retries", 0) or 0
     left = task.retries or 0
@@ -156,9 +173,10 @@ class Integration(BaseIntegration):
 
         self._patches.wrap(Huey, "__init__", make_init)
         self._patches.wrap(Huey, "read_periodic", self._patch_read_periodic)
-        from huey.consumer import Scheduler
+        from huey.consumer import Consumer, Scheduler
 
         self._patches.wrap(Scheduler, "enqueue_periodic_tasks", self._patch_enqueue_periodic)
+        self._patches.wrap(Consumer, "stop", self._patch_stop)
         for huey in _existing_hueys():
             self.connect(huey)
 
@@ -171,6 +189,19 @@ class Integration(BaseIntegration):
         for remove in list(self._schedulers.values()):
             remove()
         self._schedulers = weakref.WeakKeyDictionary()
+
+    # --- the consumer's graceful shutdown ---------------------------------------------
+
+    def _patch_stop(self, original: Any) -> Any:
+        def stop(consumer: Any, graceful: bool = False) -> Any:
+            # Called by the consumer's main loop after its graceful signal: it then joins the
+            # workers, stalled tasks included.
+            if graceful:
+                with errors.guard("integration.huey"):
+                    shutdown.begin(self.agent, "Huey", _force_shutdown(consumer))
+            return original(consumer, graceful=graceful)
+
+        return stop
 
     # --- periodic tasks: the schedule gauges ------------------------------------------
 
@@ -277,6 +308,7 @@ class Integration(BaseIntegration):
             enqueued_at=_due_time(huey, task),
         )
         run.activate()
+        leases.huey_started(self.agent, run, huey)
         task.__dict__[_RUN_ATTR] = run
         self._local.run = run
 

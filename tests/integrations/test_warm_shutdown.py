@@ -194,3 +194,148 @@ def test_rq_warm_shutdown_with_a_healthy_job_says_nothing(tmp_path: Path, redis_
         text = worker.output()
         assert "Job OK" in text and not _said(text)
     connection.close()
+
+
+# --- Dramatiq, Huey and arq: their CLI on an app module written for the test -----------------
+
+HANG_APP = """
+import os, time
+
+import otel_jobs
+
+if os.environ.get("WS_FRAMEWORK") == "dramatiq":
+    import dramatiq
+    from dramatiq.brokers.redis import RedisBroker
+
+    broker = RedisBroker(url=os.environ["WS_REDIS"])
+    dramatiq.set_broker(broker)
+
+    @dramatiq.actor(queue_name=os.environ["WS_QUEUE"], max_retries=0)
+    def hang():
+        while True:
+            time.sleep(0.05)  # never heartbeats
+elif os.environ.get("WS_FRAMEWORK") == "arq":
+    import asyncio
+
+    from arq.connections import RedisSettings
+
+    async def hang(ctx):
+        while True:
+            try:
+                await asyncio.sleep(3600)  # never heartbeats
+            except asyncio.CancelledError:
+                pass  # swallowed: arq's cancellation does not end it
+
+    class WorkerSettings:
+        functions = [hang]
+        redis_settings = RedisSettings.from_dsn(os.environ["WS_REDIS"])
+        queue_name = os.environ["WS_QUEUE"]
+else:
+    from huey import RedisHuey
+
+    huey = RedisHuey(os.environ["WS_QUEUE"], url=os.environ["WS_REDIS"])
+
+    @huey.task()
+    def hang():
+        while True:
+            time.sleep(0.05)  # never heartbeats
+
+if os.environ.get("WS_WORKER") == "1":
+    otel_jobs.instrument(
+        prometheus_port=int(os.environ["WS_PORT"]),
+        frameworks=[os.environ["WS_FRAMEWORK"]],
+        outbound=[],
+        watchdog_interval=0.2,
+        heartbeat_timeout=1,
+    )
+"""
+
+
+def _start_cli(
+    tmp_path: Path, redis_url: str, framework: str, command: list[str]
+) -> tuple[subprocess.Popen[bytes], Path, dict[str, str]]:
+    (tmp_path / "ws_app.py").write_text(HANG_APP)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+        "WS_FRAMEWORK": framework,
+        "WS_REDIS": redis_url,
+        "WS_QUEUE": f"ojw-{uuid.uuid4().hex[:8]}",
+        "WS_PORT": str(free_port()),
+    }
+    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    log = tmp_path / f"{framework}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            command, cwd=tmp_path, env={**env, "WS_WORKER": "1"}, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    return proc, log, env
+
+
+def _publish(tmp_path: Path, env: dict[str, str], code: str) -> None:
+    subprocess.run(
+        [sys.executable, "-c", f"import ws_app; {code}"], cwd=tmp_path, env=env, check=True,
+        timeout=60,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("framework", "stop", "force", "hint"),
+    [
+        ("dramatiq", signal.SIGTERM, signal.SIGTERM, "send the dramatiq process SIGTERM"),
+        ("huey", signal.SIGINT, signal.SIGINT, "send it SIGINT again (Ctrl+C)"),
+        ("arq", signal.SIGTERM, signal.SIGKILL, "end the process with SIGKILL"),
+    ],
+)
+def test_dramatiq_huey_arq_warm_shutdown_waiting_for_a_stalled_task_say_so_once(
+    tmp_path: Path, redis_url: str, framework: str, stop: int, force: int, hint: str
+) -> None:
+    if framework == "dramatiq":
+        command = [str(Path(sys.executable).with_name("dramatiq")), "ws_app", "--processes", "1",
+                   "--threads", "1"]  # fmt: skip
+        send = "ws_app.hang.send()"
+    elif framework == "arq":
+        command = [str(Path(sys.executable).with_name("arq")), "ws_app.WorkerSettings"]
+        send = (
+            "import asyncio; from arq import create_pool\n"
+            "async def main():\n"
+            "    pool = await create_pool(ws_app.WorkerSettings.redis_settings)\n"
+            "    await pool.enqueue_job('hang', _queue_name=ws_app.WorkerSettings.queue_name)\n"
+            "    await pool.aclose()\n"
+            "asyncio.run(main())"
+        )
+    else:
+        # Process workers: the task runs in a child of the consumer the signal goes to.
+        command = [str(Path(sys.executable).with_name("huey_consumer")), "ws_app.huey", "-k",
+                   "process", "-w", "1", "-d", "0.1", "--no-periodic"]  # fmt: skip
+        send = "ws_app.hang()"
+    proc, log, env = _start_cli(tmp_path, redis_url, framework, command)
+    try:
+        _publish(tmp_path, env, send)
+        wait_for(
+            "the stall verdict", lambda: re.search(r"hang .* stalled", log.read_text()), log=log
+        )
+        os.kill(proc.pid, stop)
+        wait_for("the shutdown message", lambda: _said(log.read_text()), log=log)
+        time.sleep(2)  # ten watchdog ticks: room for a repeat, which must not come
+        (said,) = _said(log.read_text())
+        shown = {"dramatiq": "Dramatiq", "huey": "Huey", "arq": "arq"}[framework]
+        assert f"the {shown} worker is shutting down" in said
+        line = _line_of_app(tmp_path, framework)
+        assert re.search(rf"it is stalled: no heartbeat .*ws_app\.py:{line} in hang", said), said
+        assert hint in said
+        assert proc.poll() is None
+        os.kill(proc.pid, force)  # what the message says
+        _ended(proc)
+    finally:
+        _kill_group(proc)
+    assert len(_said(log.read_text())) == 1
+
+
+def _line_of_app(tmp_path: Path, framework: str) -> int:
+    """The line of ws_app.py the framework's hanging task waits on."""
+    lines = (tmp_path / "ws_app.py").read_text().splitlines()
+    needle = "await asyncio.sleep(3600)" if framework == "arq" else "time.sleep(0.05)"
+    found = [i + 1 for i, line in enumerate(lines) if needle in line]
+    return found[1] if framework == "huey" else found[0]
