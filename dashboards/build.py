@@ -1,6 +1,6 @@
 """Build the otel-jobs Grafana dashboards from code (grafana-foundation-sdk).
 
-Two dashboards, written against the metrics table of the README (the contract):
+Two dashboards, written against the metrics table of ``docs/metrics.md`` (the contract):
 
 * ``otel-jobs-overview.json`` (uid ``otel-jobs-overview``): the fleet. What is stuck now and
   where, how old the oldest runs are against their max duration, how stale their heartbeats

@@ -7,8 +7,9 @@ Every run of a Celery, RQ, Dramatiq, arq, Huey or APScheduler job (or of a funct
 ``@otel_jobs.job``) becomes one OpenTelemetry span and a set of Prometheus metrics; a watchdog
 thread reports runs that stopped heartbeating or overran their limit, says where they are stuck,
 and can cancel them; outbound calls made without a timeout are flagged with the line of code
-that made them. See the README for the settings, the metrics and the shipped alerts and
-dashboards.
+that made them. The documentation site (``docs/``) has the settings
+(``docs/configuration.md``), the metrics (``docs/metrics.md``), the shipped alerts
+(``docs/alerts.md``) and dashboards (``docs/dashboards.md``).
 """
 
 from .api import instrument, is_instrumented, job, job_run, metrics_url, uninstrument

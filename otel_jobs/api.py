@@ -36,7 +36,8 @@ def instrument(**options: Any) -> None:
     >>> import otel_jobs
     >>> otel_jobs.instrument(prometheus_port=9464, max_duration=600)
 
-    Accepts every setting of the README configuration table as a keyword argument, plus
+    Accepts every setting of the configuration table (``docs/configuration.md``) as a keyword
+    argument, plus
     ``jobs={"name": {"max_duration": ..., "heartbeat_timeout": ..., "on_stall": ...,
     "expected_every": ...}}``,
     ``tracer_provider=`` and ``meter_provider=``. Raises

@@ -5,8 +5,8 @@ Every option can be given as a keyword argument to ``otel_jobs.instrument()`` or
 once, and a bad value raises :class:`ConfigurationError` naming the setting, the value and
 what is accepted, so that nothing fails later inside a job.
 
-The table of options (name, environment variable, default) is :data:`OPTIONS`; the README's
-configuration table is written from it and a test keeps the two in step.
+The table of options (name, environment variable, default) is :data:`OPTIONS`; the table of
+``docs/configuration.md`` is written from it and a test keeps the two in step.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class JobSettings:
 
 @dataclass(frozen=True)
 class Settings:
-    """The settings in force; see the README configuration table for each option."""
+    """The settings in force; see the table of ``docs/configuration.md`` for each option."""
 
     prometheus: bool = True
     prometheus_port: int = 9464
@@ -577,7 +577,7 @@ def _check_tls(setting: str, certfile: str, keyfile: str) -> None:
 
 
 def markdown_table() -> str:
-    """The README configuration table, generated from :data:`OPTIONS` (a test keeps them equal)."""
+    """The table of ``docs/configuration.md``, generated from :data:`OPTIONS` (a test keeps them equal)."""
     defaults = Settings()
     rows = ["| keyword argument | environment variable | default | meaning |", "|---|---|---|---|"]
     for option in OPTIONS:

@@ -27,8 +27,8 @@ before Python 3.14), and each worker process imports your broker module. So:
       python -m otel_jobs.integrations.dramatiq app.broker --processes 4 --threads 8
 
   The parent serves ``/metrics``; the worker processes are forked from it, record their runs,
-  run their own watchdog and leave their metrics for the parent (see "Forking workers" in the
-  README), so one scrape shows every process. Options come from the ``OTEL_JOBS_*``
+  run their own watchdog and leave their metrics for the parent (see ``docs/forking.md``), so
+  one scrape shows every process. Options come from the ``OTEL_JOBS_*``
   environment variables. To pass options in code, write a launcher script::
 
       # run_worker.py

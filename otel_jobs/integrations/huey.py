@@ -22,7 +22,7 @@ nowhere a module can see (in a closure, a dict) is not found: call ``instrument(
 Worker types: with ``-k thread`` (the default) and ``-k greenlet`` everything runs in the
 consumer process, which serves ``/metrics``. With ``-k process`` the consumer forks its
 workers after importing your module, so the consumer serves ``/metrics`` for all of them and
-each worker process runs its own watchdog (see "Forking workers" in the README). Greenlet
+each worker process runs its own watchdog (see ``docs/forking.md``). Greenlet
 workers share one OS thread, so the watchdog cannot tell their stacks apart.
 
 What is recorded

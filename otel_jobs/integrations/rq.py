@@ -41,8 +41,7 @@ reads ``RQ_KEY_PREFIX`` at import, which code may set after ``instrument()``.
   ``retry`` when RQ requeued or scheduled the job again (an exception with ``Retry(max=...)``
   attempts left, or the job returned a ``Retry``); ``failure`` otherwise. The horse exports the
   run's span before it exits (waiting at most 2 s for the exporter). The watchdog runs in the horse (each forked horse starts its
-  own), and the horse's counts reach the worker's ``/metrics`` (see the README section *Forking
-  workers*).
+  own), and the horse's counts reach the worker's ``/metrics`` (see ``docs/forking.md``).
 * ``monitor_work_horse``, ``handle_work_horse_killed`` and ``handle_job_failure`` (in the worker):
   a horse that dies mid-job (``SIGKILL``, the OOM killer, a crash in C code) never finishes its
   run, so the worker records it, exactly once: outcome ``failure``, ``timeout`` when the worker
