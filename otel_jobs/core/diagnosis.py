@@ -615,7 +615,10 @@ def diagnose(
         threshold = loop.threshold
     else:
         threshold = run.max_duration if reason == "max_duration" else run.heartbeat_timeout
-    thread_frame = thread_frames.get(run.thread_id) if run.thread_id is not None else None
+    thread_id = run.thread_id
+    if loop is not None and loop.probe.thread_id is not None:
+        thread_id = loop.probe.thread_id  # the loop's thread (Dramatiq's worker thread waits)
+    thread_frame = thread_frames.get(thread_id) if thread_id is not None else None
     task = run.task
     awaiting: str | None = None
     state, ratio = cpu
@@ -634,8 +637,8 @@ def diagnose(
     suspended = task if task is not None and not task_running(task) else None
     text, where, waiting_in = render(frames)
     thread_name = None
-    if run.thread_id is not None:
-        thread = threading._active.get(run.thread_id)  # type: ignore[attr-defined]
+    if thread_id is not None:
+        thread = threading._active.get(thread_id)  # type: ignore[attr-defined]
         thread_name = thread.name if thread is not None else None
     return Diagnosis(
         reason=reason,

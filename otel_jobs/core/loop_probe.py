@@ -27,11 +27,12 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from asyncio import AbstractEventLoop
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from asyncio import AbstractEventLoop
+
     from .run import Run
     from .telemetry import Telemetry
 
@@ -134,8 +135,14 @@ class LoopProbes:
             loop = run.loop
             if loop is None or self.probe_of(loop) is not None:
                 continue
-            name = threads.get(run.thread_id, "unknown") if run.thread_id else "unknown"
-            probe = LoopProbe(loop, run.thread_id, name)
+            # The thread running the loop, which is not always the run's: Dramatiq's worker
+            # thread waits while its async actor runs on the event-loop thread. asyncio's
+            # loops keep it in _thread_id while they run (the probe's first answer says too).
+            ident = getattr(loop, "_thread_id", None)
+            if not isinstance(ident, int):
+                ident = run.thread_id
+            name = threads.get(ident, "unknown") if ident is not None else "unknown"
+            probe = LoopProbe(loop, ident, name)
             telemetry = self._telemetry
             probe.label = telemetry.loop_threads(name)
             probe._lag = telemetry.loop_lag.labels(probe.label)
