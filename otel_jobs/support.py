@@ -19,8 +19,10 @@ against the oldest Celery and RQ in a second virtualenv), the upper bound the ne
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 
 FRAMEWORK = "framework"
 OUTBOUND = "outbound"
@@ -83,10 +85,53 @@ def installed_version(lib: Library) -> str | None:
     """The installed version of ``lib``'s distribution (None: not installed, or no metadata)."""
     if lib.distribution is None:
         return None
+    # First from the name of its ``<name>-<version>.dist-info`` directory (what a wheel
+    # install leaves): importlib.metadata parses the whole METADATA file of each distribution it
+    # is asked about, 4 ms apiece here, and instrument() asks about every library installed.
+    found = _dist_info_versions().get(_normalized(lib.distribution))
+    if found is not None:
+        return found
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version(lib.distribution)
     except PackageNotFoundError:
         return None
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+_versions_seen: tuple[tuple[tuple[str, int], ...], dict[str, str]] | None = None
+
+
+def _dist_info_versions() -> dict[str, str]:
+    """``{normalized name: version}`` of the ``.dist-info`` directories on ``sys.path`` (the
+    first on the path wins, as for importlib.metadata); read again when a directory changed."""
+    global _versions_seen
+    entries = []
+    for entry in sys.path:
+        try:
+            entries.append((entry, os.stat(entry or ".").st_mtime_ns))
+        except OSError:
+            continue
+    key = tuple(entries)
+    if _versions_seen is not None and _versions_seen[0] == key:
+        return _versions_seen[1]
+    versions: dict[str, str] = {}
+    for entry, _mtime in entries:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for name in names:
+            if name.endswith(".dist-info"):
+                dist, dash, found = name[: -len(".dist-info")].partition("-")
+                if dash and found:
+                    versions.setdefault(_normalized(dist), found)
+    _versions_seen = (key, versions)
+    return versions
 
 
 def outside_range(lib: Library) -> str | None:
@@ -98,9 +143,12 @@ def outside_range(lib: Library) -> str | None:
     found = installed_version(lib)
     if found is None or not lib.versions:
         return None
-    from packaging.specifiers import SpecifierSet  # at install only
+    inside = _contains(lib.versions, found)
+    if inside is None:  # a version or range the short reading below does not cover
+        from packaging.specifiers import SpecifierSet
 
-    if SpecifierSet(lib.versions).contains(found, prereleases=True):
+        inside = SpecifierSet(lib.versions).contains(found, prereleases=True)
+    if inside:
         return None
     return (
         f"otel-jobs: {lib.distribution} {found} is outside the versions otel-jobs supports "
@@ -109,6 +157,44 @@ def outside_range(lib: Library) -> str | None:
         f"version, or leave {lib.name} out of {'frameworks' if lib.kind == FRAMEWORK else 'outbound'}= "
         "to silence this."
     )
+
+
+_VERSION = re.compile(r"v?(\d+(?:\.\d+)*)((?:a|b|rc|alpha|beta|c|pre|preview|dev)\d*)?", re.I)
+
+
+def _release(text: str) -> tuple[tuple[int, ...], bool] | None:
+    """The release numbers of a PEP 440 version and whether it is a pre-release (None: not a
+    version read here). ``.postN`` and ``+local`` do not change where it falls in a range."""
+    matched = _VERSION.match(text.strip())
+    if matched is None:
+        return None
+    release = tuple(int(part) for part in matched.group(1).split("."))
+    while len(release) > 1 and release[-1] == 0:
+        release = release[:-1]
+    return release, matched.group(2) is not None
+
+
+def _contains(versions: str, found: str) -> bool | None:
+    """Whether ``found`` is in ``versions`` (only ``>=`` and ``<`` clauses: every range of the
+    table), as packaging's ``SpecifierSet.contains(found, prereleases=True)`` says; None when
+    either is not read here. Importing packaging costs a start-up about 10 ms."""
+    version = _release(found)
+    if version is None:
+        return None
+    numbers, pre = version
+    for clause in versions.split(","):
+        clause = clause.strip()
+        op, bound = (
+            (clause[:2], clause[2:]) if clause.startswith(">=") else (clause[:1], clause[1:])
+        )
+        limit = _release(bound)
+        if op not in (">=", "<") or limit is None or limit[1]:
+            return None
+        if op == ">=" and not (numbers > limit[0] or (numbers == limit[0] and not pre)):
+            return False  # (a pre-release of the bound comes before it)
+        if op == "<" and not numbers < limit[0]:
+            return False  # (a pre-release of the bound is excluded too, as PEP 440 says)
+    return True
 
 
 def requirements(installed_only: bool = True) -> list[str]:

@@ -27,7 +27,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from . import errors, lost_runs, providers, sigterm, streaks
+from . import errors, imports, lost_runs, providers, sigterm, streaks
 from .config import Settings
 from .deferred import Deferred
 from .exceptions import record_exception
@@ -77,6 +77,7 @@ class Agent:
         self.text_writer: TextWriter | None = None
         self.adapters: list[Adapter] = []  # installed integrations and outbound adapters
         self.stopped = False
+        self._cancel_hooks: list[Callable[[], None]] = []  # import hooks (core.imports)
         self.deferred = Deferred()  # adapters' checks that must wait (see core.deferred)
         self.pusher: Any = None  # a pushgateway.Pusher with pushgateway_url set
         self.lease = LeaseKeeper(self)  # this process's runs in flight, in Redis
@@ -134,15 +135,22 @@ class Agent:
         self.adapters.extend(install_outbound(self, settings.outbound))
         atexit.register(self.flush_before_exit)
         sigterm.install()
-        import multiprocessing.util
-
-        multiprocessing.util.register_after_fork(self, Agent._in_multiprocessing_child)
+        # Only a process that uses multiprocessing has such children (not imported for it).
+        self._cancel_hooks.append(
+            imports.when_imported(
+                "multiprocessing.util",
+                lambda util: util.register_after_fork(self, Agent._in_multiprocessing_child),
+                "fork",
+            )
+        )
 
     def stop(self) -> None:
         """Undo :meth:`start`: adapters, watchdog, endpoint; flush spans and metrics."""
         if self.stopped:
             return
         self.stopped = True
+        for cancel in self._cancel_hooks:
+            cancel()
         for adapter in reversed(self.adapters):
             with errors.guard("uninstall"):
                 adapter.uninstall()

@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import metrics, trace
-from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
 from . import errors
 from .config import ConfigurationError, Settings
@@ -50,15 +49,27 @@ _owned_meter_provider: metrics.MeterProvider | None = None
 _inherited_meter_providers: list[metrics.MeterProvider] = []
 
 
-class _ForkAwareReader(PeriodicExportingMetricReader):
+def _fork_aware_reader(exporter: Any) -> Any:
     """A periodic reader that stays silent in a forked child.
 
     The SDK's reader restarts its thread after fork and would export the parent's cumulative
     points again from the child; otel-jobs builds a fresh pipeline in the child instead.
+    (The class is made here, not at import: the SDK's metrics package costs a process about
+    40 ms to import, and only an OTLP metrics endpoint needs it.)
     """
+    global _ForkAwareReader
+    if _ForkAwareReader is None:
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-    def _at_fork_reinit(self) -> None:
-        pass
+        class ForkAwareReader(PeriodicExportingMetricReader):
+            def _at_fork_reinit(self) -> None:
+                pass
+
+        _ForkAwareReader = ForkAwareReader
+    return _ForkAwareReader(exporter)
+
+
+_ForkAwareReader: Any = None
 
 
 @dataclass
@@ -243,7 +254,7 @@ def _resource(child: bool = False):  # type: ignore[no-untyped-def]
 def _new_meter_provider(settings: Settings, child: bool = False) -> metrics.MeterProvider:
     from opentelemetry.sdk.metrics import MeterProvider
 
-    reader = _ForkAwareReader(_otlp_metric_exporter(settings))
+    reader = _fork_aware_reader(_otlp_metric_exporter(settings))
     # Shut down by _shutdown_at_exit, in bounded time, rather than by the SDK's own atexit hook.
     provider = MeterProvider(
         resource=_resource(child), metric_readers=[reader], shutdown_on_exit=False
@@ -289,11 +300,12 @@ def setup(
         if isinstance(current, trace.ProxyTracerProvider):
             if _owned_tracer_provider is None:
                 from opentelemetry.sdk.trace import TracerProvider
-                from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
                 provider = TracerProvider(resource=_resource(), shutdown_on_exit=False)
                 _register_shutdown_at_exit()
                 if settings.otlp_traces_endpoint:
+                    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
                     with _sdk_settings():
                         processor = BatchSpanProcessor(_otlp_span_exporter(settings))
                     provider.add_span_processor(processor)

@@ -13,12 +13,12 @@ derived when they are collected.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import itertools
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -30,6 +30,8 @@ from opentelemetry import trace
 from . import errors
 
 if TYPE_CHECKING:
+    import asyncio
+
     from .agent import Agent
     from .lease import PreviousAttempt
     from .telemetry import Series
@@ -161,9 +163,11 @@ class Run:
         self.thread_id = threading.get_ident()
         self.native_id = threading.get_native_id()
         # Not asyncio.current_task(): outside a loop it raises, and an exception per run of a
-        # sync job costs more than the rest of this method.
-        loop = asyncio._get_running_loop()
-        self.task = asyncio.current_task(loop) if loop is not None else None
+        # sync job costs more than the rest of this method. No loop runs in a process that has
+        # not imported asyncio (otel-jobs does not import it for a sync worker).
+        aio = sys.modules.get("asyncio")
+        loop = aio._get_running_loop() if aio is not None else None
+        self.task = aio.current_task(loop) if loop is not None else None  # type: ignore[union-attr]
         self.loop = loop if self.task is not None else None
         parent = _current.get()
         # Not a finished one: a run left current by mistake must not chain the next ones to it.
@@ -360,7 +364,10 @@ def classify(exc: BaseException | None) -> str:
         return "success"
     if isinstance(exc, (errors.JobTimeoutError, TimeoutError)):
         return "timeout"
-    if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
+    aio = sys.modules.get("asyncio")  # no CancelledError without asyncio
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)) or (
+        aio is not None and isinstance(exc, aio.CancelledError)
+    ):
         return "cancelled"
     return "failure"
 

@@ -93,8 +93,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from . import diagnosis as diag_mod
-from . import errors, logtail, pg_locks, providers, shutdown
+from . import errors, logtail, providers, shutdown
 from . import run as run_mod
 from .errors import JobTimeoutError
 from .loop_probe import Blocked, LoopProbes
@@ -106,6 +105,23 @@ if TYPE_CHECKING:
     from .run import Run
 
 logger = logging.getLogger("otel_jobs")
+
+
+def _diag() -> Any:
+    """:mod:`otel_jobs.core.diagnosis`, imported when the first verdict needs it: with
+    :mod:`~otel_jobs.core.waits` it costs a process start-up about 15 ms (inspect, dis,
+    asyncio), and most processes never see a stall (bench/bench_startup.py)."""
+    from . import diagnosis
+
+    return diagnosis
+
+
+def _pg_locks() -> Any:
+    """:mod:`otel_jobs.core.pg_locks`, imported at the first verdict (see :func:`_diag`)."""
+    from . import pg_locks
+
+    return pg_locks
+
 
 #: Exit status of a process ended by the ``exit`` policy (``EX_TEMPFAIL``).
 EXIT_STATUS = 75
@@ -298,7 +314,7 @@ class Watchdog:
                 self._recover(run, now)
         states = self._look_at_cpu([run for run, _ in fresh], watched, now)
         if fresh:
-            frames = diag_mod.current_frames()
+            frames = _diag().current_frames()
             for run, reason in fresh:
                 with errors.guard("watchdog"):
                     self._give_verdict(
@@ -335,7 +351,7 @@ class Watchdog:
         previous = self._cpu
         samples: dict[int, tuple[float, float]] = {}
         for native_id in ids:
-            cpu = diag_mod.thread_cpu_seconds(native_id)
+            cpu = _diag().thread_cpu_seconds(native_id)
             if cpu is not None:
                 samples[native_id] = (now, cpu)
         need_second = [
@@ -349,7 +365,7 @@ class Watchdog:
             self._stop.wait(window)
             for native_id in need_second:
                 assert native_id is not None
-                later = diag_mod.thread_cpu_seconds(native_id)
+                later = _diag().thread_cpu_seconds(native_id)
                 if later is not None:
                     previous = {**previous, native_id: samples[native_id]}
                     samples[native_id] = (time.monotonic(), later)
@@ -359,7 +375,7 @@ class Watchdog:
             if before is None:
                 states[native_id] = ("unknown", None)
             else:
-                states[native_id] = diag_mod.state_of(cpu - before[1], when - before[0])
+                states[native_id] = _diag().state_of(cpu - before[1], when - before[0])
         self._cpu = samples
         return states
 
@@ -376,7 +392,7 @@ class Watchdog:
         loop: Blocked | None = None,
     ) -> None:
         cpu = states.get(run.native_id) if run.native_id is not None else None
-        diagnosis = diag_mod.diagnose(
+        diagnosis = _diag().diagnose(
             run, reason, now, frames, cpu or ("unknown", None), runs=runs, loop=loop
         )
         diagnosis.given_at = now
@@ -385,7 +401,7 @@ class Watchdog:
         run.state = diagnosis.state
         run.verdict = reason
         self._agent.telemetry.record_stall(run.series, reason)
-        if pg_locks.wanted(run):
+        if _pg_locks().wanted(run):
             # Who blocks its statement, asked on a connection of its own: never on this thread.
             threading.Thread(
                 target=self._act_after_lookup,
@@ -479,11 +495,11 @@ class Watchdog:
     ) -> None:
         """The innermost of ``due`` reported in full; the others covered by it in turn."""
         inner, outer = _nested([(run, run.verdict or "") for run in due])
-        frames = diag_mod.current_frames()
+        frames = _diag().current_frames()
         for run, reason in inner[:MAX_DIAGNOSES_PER_TICK]:
             with errors.guard("watchdog"):
                 cpu = states.get(run.native_id) if run.native_id is not None else None
-                diagnosis = diag_mod.diagnose(
+                diagnosis = _diag().diagnose(
                     run, reason, now, frames, cpu or ("unknown", None), runs=runs
                 )
                 previous = run.diagnosis
@@ -505,7 +521,7 @@ class Watchdog:
 
     def _act_after_lookup(self, run: Run, diagnosis: Diagnosis, now: float) -> None:
         with errors.guard("watchdog.pg_locks"):
-            diagnosis.db = pg_locks.lookup(run)
+            diagnosis.db = _pg_locks().lookup(run)
         with errors.guard("watchdog"):
             self._act(run, diagnosis, now)
 
@@ -514,7 +530,7 @@ class Watchdog:
         diagnosis: Diagnosis = run.diagnosis
         if diagnosis.given_at == now:
             return
-        if run.task is not None and not diag_mod.task_running(run.task):
+        if run.task is not None and not _diag().task_running(run.task):
             state: str | None = "unknown"
         else:
             measured = states.get(run.native_id) if run.native_id is not None else None
@@ -682,7 +698,7 @@ def _blocked_loops(
     for entry in blocked.values():
         entry.threshold = timeout
         entry.culprit = next(
-            (r for r in entry.runs if r.task is not None and diag_mod.task_running(r.task)), None
+            (r for r in entry.runs if r.task is not None and _diag().task_running(r.task)), None
         )
         for run in entry.runs:
             on_blocked[run.key] = entry

@@ -26,8 +26,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from opentelemetry.instrumentation.utils import is_instrumentation_enabled
-
 from ..core import errors
 from ..core.patching import Patches
 from ..core.run import Run, current_run
@@ -35,6 +33,22 @@ from .base import Args, Checker, InFlightCall, Kwargs, Missing, MissingTimeoutEr
 
 if TYPE_CHECKING:
     from ..core.agent import Agent
+
+
+_enabled: Callable[[], bool] | None = None
+
+
+def is_instrumentation_enabled() -> bool:
+    """Whether OpenTelemetry instrumentation is on here (an exporter turns it off around its own
+    calls): contrib's function, imported at the first checked call rather than at install. It
+    imports wrapt and the propagators (about 30 ms), and prometheus-client's own import of
+    ``urllib.request`` installs the urllib check at every ``instrument()``."""
+    global _enabled
+    if _enabled is None:
+        from opentelemetry.instrumentation.utils import is_instrumentation_enabled as enabled
+
+        _enabled = enabled
+    return _enabled()
 
 
 def value_or_default(value: float | None, default: float) -> float:
