@@ -287,21 +287,6 @@ class ResettingServer(_AcceptingServer):
         conn.close()
 
 
-class SilentServer(_AcceptingServer):
-    """Accepts, reads whatever it is sent, and never answers (a hung collector)."""
-
-    def handle(self, conn: socket.socket) -> None:
-        self._held.append(conn)
-        threading.Thread(target=self._drain, args=(conn,), daemon=True).start()
-
-    def _drain(self, conn: socket.socket) -> None:
-        try:
-            while not self._stop.is_set() and conn.recv(65536):
-                pass
-        except OSError:
-            pass
-
-
 def unused_port() -> int:
     """A port nothing listens on now (connections to it are refused)."""
     with socket.socket() as s:

@@ -8,23 +8,22 @@ scrapes and evaluates every second, and the worker is a separate Python process 
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from otel_jobs import rules
 from tests.support import free_port, scrape
-
-from . import require_binary
+from tests.support.processes import terminate
+from tests.support.prometheus import get_json, start_prometheus
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.prometheus
 
@@ -51,39 +50,6 @@ while time.monotonic() < deadline:
     time.sleep(0.05)
 """
 
-T = TypeVar("T")
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 120.0) -> T:
-    """Poll ``probe`` until it returns something; generous, the machine may be slow."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = probe()
-        except OSError as exc:
-            last_error = exc
-        else:
-            if result:
-                return result
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what} (last error: {last_error})")
-
-
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return json.load(resp)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
-
 
 @pytest.fixture
 def worker(tmp_path: Path) -> Iterator[str]:
@@ -100,53 +66,24 @@ def worker(tmp_path: Path) -> Iterator[str]:
         wait_for("the worker's /metrics", lambda: proc.poll() is None and scrape(url).names())
         yield f"127.0.0.1:{port}"
     finally:
-        stop(proc)
+        terminate(proc)
         log.close()
 
 
 @pytest.fixture
 def prometheus(tmp_path: Path, worker: str) -> Iterator[str]:
-    binary = require_binary("prometheus")
     config = rules.RulesConfig(for_durations=dict.fromkeys(rules.DEFAULT_FOR, "2s"))
     fast = rules.render(config).replace("- name: otel-jobs.", "- name: fast.otel-jobs.")
     (tmp_path / "fast.rules.yml").write_text(fast)
-    (tmp_path / "prometheus.yml").write_text(
-        rules.dump_yaml(
-            {
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "rule_files": [str(ROOT / "alerts" / "otel-jobs.rules.yml"), "fast.rules.yml"],
-                "scrape_configs": [
-                    {"job_name": "otel-jobs", "static_configs": [{"targets": [worker]}]}
-                ],
-            }
-        )
+    server = start_prometheus(
+        tmp_path,
+        [{"job_name": "otel-jobs", "static_configs": [{"targets": [worker]}]}],
+        [str(ROOT / "alerts" / "otel-jobs.rules.yml"), "fast.rules.yml"],
     )
-    port = free_port()
-    log = (tmp_path / "prometheus.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=tmp_path,
-    )
-    base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(
-            "Prometheus to be ready",
-            lambda: (
-                proc.poll() is None
-                and urllib.request.urlopen(f"{base}/-/ready", timeout=5).status == 200
-            ),
-        )
-        yield base
+        yield server.base
     finally:
-        stop(proc)
-        log.close()
+        server.stop()
 
 
 def query(base: str, promql: str) -> list[dict[str, Any]]:

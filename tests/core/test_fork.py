@@ -13,6 +13,7 @@ from typing import Any
 import otel_jobs
 from otel_jobs.core.multiprocess import IDLE_FLUSH_SECONDS
 from tests.support import Samples, scrape
+from tests.support.waiting import wait_for
 
 ctx = multiprocessing.get_context("fork")
 
@@ -40,13 +41,6 @@ def _child_hangs(ready: Any) -> None:
     with otel_jobs.job_run("fork.hang", queue="fq"):
         ready.set()
         time.sleep(600)
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def _m() -> Samples:
@@ -117,7 +111,10 @@ def test_a_killed_child_in_flight_gauges_do_not_linger(instrumented: Callable[..
 
 def _watch_killed_child(child: Any, ready: Any) -> None:
     assert ready.wait(30)
-    _wait_for(lambda: _m().find("otel_jobs_runs_in_progress", job_name="fork.hang") == [1.0])
+    wait_for(
+        "the child's run in flight",
+        lambda: _m().find("otel_jobs_runs_in_progress", job_name="fork.hang") == [1.0],
+    )
     m = _m()
     assert m.find("otel_jobs_oldest_run_start_timestamp_seconds", job_name="fork.hang")
     assert m.value("otel_jobs_runs_started_total", job_name="fork.hang", queue="fq") == 1

@@ -11,9 +11,7 @@ import asyncio
 import concurrent.futures
 import logging
 import os
-import queue
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,33 +24,13 @@ from opentelemetry.trace import SpanKind, StatusCode
 import otel_jobs
 from otel_jobs.core import errors
 from otel_jobs.core.run import OutboundCall, Run
-from tests.otlp_receiver import SilentServer
 from tests.support import scrape, spans_named
+from tests.support.servers import SilentServer
+from tests.support.threads import JobThread, here, in_thread, run_named
+from tests.support.waiting import wait_for
 
 THIS_FILE = os.path.relpath(__file__)
 DEADLINE = 60.0
-
-
-def wait_for(condition: Callable[[], Any], what: str, deadline: float = DEADLINE) -> Any:
-    """Poll ``condition`` until it is truthy; fail after ``deadline`` seconds (never a timing)."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    pytest.fail(f"gave up waiting for {what}")
-
-
-def run_named(agent: Any, name: str) -> Run:
-    return wait_for(
-        lambda: next((r for r in agent.runs() if r.name == name), None), f"run {name} in flight"
-    )
-
-
-def here() -> int:
-    """The line number of the caller (the line a job is about to wait on is the next one)."""
-    return sys._getframe(1).f_lineno
 
 
 @pytest.fixture
@@ -61,42 +39,9 @@ def silent_server() -> Iterator[SilentServer]:
         yield server
 
 
-class Worker:
-    """A worker thread running queued jobs one after another (like a framework's worker)."""
-
-    def __init__(self) -> None:
-        self.jobs: queue.Queue[Callable[[], Any] | None] = queue.Queue()
-        self.results: queue.Queue[tuple[str, Any, int]] = queue.Queue()
-        self.thread = threading.Thread(target=self._loop, name="test-worker", daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            job = self.jobs.get()
-            if job is None:
-                return
-            try:
-                self.results.put(("ok", job(), threading.get_ident()))
-            except BaseException as exc:
-                self.results.put(("raised", exc, threading.get_ident()))
-
-    def result(self) -> tuple[str, Any, int]:
-        return self.results.get(timeout=DEADLINE)
-
-    def stop(self) -> None:
-        self.jobs.put(None)
-        self.thread.join(timeout=DEADLINE)
-
-
-def in_thread(target: Callable[[], Any]) -> threading.Thread:
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread
-
-
 def finished_span(exporter: InMemorySpanExporter, name: str) -> Any:
     return wait_for(
-        lambda: next(iter(spans_named(exporter.get_finished_spans(), name)), None), name
+        name, lambda: next(iter(spans_named(exporter.get_finished_spans(), name)), None)
     )
 
 
@@ -125,7 +70,7 @@ def test_stalled_within_threshold_plus_one_tick_naming_function_and_line(
     agent.watchdog.tick()
     if run.seconds_since_heartbeat() < 1.0:  # true unless this machine froze for a second
         assert run.verdict is None and run.diagnosis is None
-    wait_for(lambda: run.seconds_since_heartbeat() > 1.0, "the heartbeat timeout to pass")
+    wait_for("the heartbeat timeout to pass", lambda: run.seconds_since_heartbeat() > 1.0)
     agent.watchdog.tick()
     assert run.verdict == "no_heartbeat"
     diagnosis = run.diagnosis
@@ -210,8 +155,8 @@ def test_stall_span_is_exported_while_the_run_is_in_flight(
     assert url is not None
     first = scrape(url).value("otel_jobs_watchdog_last_tick_timestamp_seconds")
     wait_for(
-        lambda: scrape(url).value("otel_jobs_watchdog_last_tick_timestamp_seconds") > first,
         "another watchdog tick",
+        lambda: scrape(url).value("otel_jobs_watchdog_last_tick_timestamp_seconds") > first,
     )
     release.set()
     thread.join(DEADLINE)
@@ -283,7 +228,7 @@ def test_socket_wait_is_blocked_and_busy_loop_is_spinning(
     threads = [in_thread(read_from_silent_partner), in_thread(dedupe_forever)]
     blocked = run_named(agent, "wd.socket")
     spinning = run_named(agent, "wd.spin")
-    wait_for(lambda: blocked.verdict and spinning.verdict, "both verdicts")
+    wait_for("both verdicts", lambda: blocked.verdict and spinning.verdict)
     assert blocked.diagnosis.state == "blocked" and blocked.state == "blocked"
     assert blocked.diagnosis.cpu_ratio is not None and blocked.diagnosis.cpu_ratio < 0.2
     assert blocked.diagnosis.where.function.endswith("read_from_silent_partner")
@@ -292,7 +237,7 @@ def test_socket_wait_is_blocked_and_busy_loop_is_spinning(
     # The looping line, or the Event.is_set it calls, depending on where the look caught it.
     assert spinning.diagnosis.where.lineno in (lines["spin"], lines["spin"] + 1)
     # The state is looked at again each tick while the verdict stands; a busy loop burns CPU.
-    wait_for(lambda: spinning.state == "spinning", "the busy loop to be seen spinning")
+    wait_for("the busy loop to be seen spinning", lambda: spinning.state == "spinning")
     assert blocked.state == "blocked"
     stop.set()
     silent_server.close()
@@ -379,7 +324,7 @@ def test_asyncio_run_stack_shows_its_coroutine_chain(
     # A suspended task shares its loop's thread with other tasks: its CPU is not its own.
     assert diagnosis.state == "unknown" and run.state == "unknown"
     future.cancel()
-    wait_for(lambda: run.finished, "the cancelled coroutine to finish")
+    wait_for("the cancelled coroutine to finish", lambda: run.finished)
     _close_loop(loop, loop_thread)
 
 
@@ -399,7 +344,7 @@ def test_coroutine_blocking_its_loop_is_measured_like_a_thread(
 
     future = asyncio.run_coroutine_threadsafe(blocks_the_loop(), loop)
     run = run_named(agent, "wd.blocks_loop")
-    wait_for(lambda: run.verdict, "the verdict")
+    wait_for("the verdict", lambda: run.verdict)
     assert run.diagnosis.asyncio and run.diagnosis.state == "blocked"
     assert run.diagnosis.where.function.endswith("blocks_the_loop")
     assert run.diagnosis.where.lineno == lines[0]
@@ -451,12 +396,12 @@ def test_resuming_heartbeats_clears_the_verdict(
 
     thread = in_thread(pauses_then_resumes)
     run = run_named(agent, "wd.resumes")
-    wait_for(lambda: run.verdict == "no_heartbeat", "the stalled verdict")
+    wait_for("the stalled verdict", lambda: run.verdict == "no_heartbeat")
     url = otel_jobs.metrics_url()
     assert url is not None
     assert scrape(url).value("otel_jobs_runs_stalled", job_name="wd.resumes", state="blocked") == 1
     resume.set()
-    wait_for(lambda: run.verdict is None, "the verdict to clear")
+    wait_for("the verdict to clear", lambda: run.verdict is None)
     assert run.state is None and run.diagnosis is None
     samples = scrape(url)
     assert samples.total("otel_jobs_runs_stalled", job_name="wd.resumes") == 0
@@ -484,7 +429,7 @@ def test_cancel_ends_a_looping_run_with_timeout_and_the_thread_runs_the_next_job
     instrumented: Callable[..., Any], span_exporter: InMemorySpanExporter
 ) -> None:
     instrumented(watchdog_interval=0.1)
-    worker = Worker()
+    worker = JobThread()
 
     @otel_jobs.job(name="wd.loops", heartbeat_timeout=0.3, on_stall="cancel")
     def loops_forever() -> None:
@@ -525,7 +470,7 @@ def test_cancel_never_lands_in_the_next_job_of_the_thread(instrumented: Callable
     # The race the guard closes, made deterministic: the watchdog acts on a run that has
     # just finished while its thread already runs the next job.
     agent = instrumented(watchdog=False)
-    worker = Worker()
+    worker = JobThread()
     release = threading.Event()
     runs: list[Run] = []
 
@@ -649,8 +594,8 @@ def test_watchdog_survives_an_exception_in_its_tick(
     thread = in_thread(stuck)
     good = run_named(agent, "wd.stuck_next_to_broken")
     # Every tick hits the fault; the thread logs it once, counts each, and still does its work.
-    wait_for(lambda: errors.counts().get("watchdog", 0) - before >= 5, "five faulty ticks")
-    wait_for(lambda: good.verdict == "no_heartbeat", "the verdict of the healthy stuck run")
+    wait_for("five faulty ticks", lambda: errors.counts().get("watchdog", 0) - before >= 5)
+    wait_for("the verdict of the healthy stuck run", lambda: good.verdict == "no_heartbeat")
     assert agent.watchdog.running
     logged = [
         r
@@ -659,7 +604,7 @@ def test_watchdog_survives_an_exception_in_its_tick(
     ]
     assert len(logged) == 1 and "watchdog" in logged[0].getMessage()
     ticks = agent.watchdog.ticks
-    wait_for(lambda: agent.watchdog.ticks > ticks + 2, "more ticks")
+    wait_for("more ticks", lambda: agent.watchdog.ticks > ticks + 2)
     url = otel_jobs.metrics_url()
     assert url is not None
     assert scrape(url).value("otel_jobs_internal_errors_total", component="watchdog") >= 5
@@ -694,7 +639,7 @@ def test_a_deep_stack_is_bounded_and_keeps_the_innermost_frames(
 
     thread = in_thread(deep)
     run = run_named(agent, "wd.deep")
-    wait_for(lambda: run.verdict, "the verdict")
+    wait_for("the verdict", lambda: run.verdict)
     diagnosis = run.diagnosis
     assert len(diagnosis.frames) > 300  # all were read (code locations only) ...
     shown = diagnosis.stack.splitlines()

@@ -30,28 +30,9 @@ import pytest
 from otel_jobs.core.exposition import MetricsServer, serve
 from otel_jobs.monitor import Collector, Monitor
 from tests.support import IN_CI, Samples, free_port, scrape
+from tests.support.waiting import WAIT, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-WAIT = 90.0  # generous: the machine is shared and slow
-
-
-def wait_for(
-    what: str, check: Callable[[], Any], timeout: float = WAIT, log: Path | None = None
-) -> Any:
-    """Poll ``check`` until it returns something true (OSError and AssertionError are retried)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (OSError, AssertionError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.2)
-    tail = f"\n--- log\n{log.read_text(errors='replace')[-4000:]}" if log else ""
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}{tail}")
 
 
 def depth(samples: Samples, framework: str, queue: str, state: str) -> float:

@@ -9,7 +9,6 @@ minutes long). ``OtelJobsQueueBacklogOld`` and ``OtelJobsQueueBacklogGrowing`` m
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -24,8 +23,9 @@ from typing import Any
 import pytest
 
 from otel_jobs import rules
-from tests.alerts import require_binary
 from tests.support import free_port, scrape
+from tests.support.processes import terminate
+from tests.support.prometheus import get_json, require_binary, start_prometheus
 
 from .support import MonitorProcess, RedisServer, wait_for
 
@@ -47,21 +47,6 @@ WORKER = textwrap.dedent(
     SimpleWorker([Queue("busy", connection=connection)], connection=connection).work()
     """
 )
-
-
-def get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return json.load(resp)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
 
 
 @pytest.fixture
@@ -99,7 +84,7 @@ def feeder(own_redis: RedisServer) -> Iterator[None]:
 def test_a_queue_nobody_drains_fires_the_backlog_alerts_and_a_drained_one_never(
     tmp_path: Path, own_redis: RedisServer, feeder: None
 ) -> None:
-    binary = require_binary("prometheus")
+    require_binary("prometheus")  # before any process is started
     url = own_redis.url(0)
     worker_port = free_port()
     (tmp_path / "worker.py").write_text(WORKER)
@@ -115,39 +100,28 @@ def test_a_queue_nobody_drains_fires_the_backlog_alerts_and_a_drained_one_never(
         options={"backlog_age_seconds": 3.0, "backlog_growing_window": "20s"},
     )
     (tmp_path / "fast.rules.yml").write_text(rules.render(config))
-    (tmp_path / "prometheus.yml").write_text(
-        rules.dump_yaml(
-            {
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "rule_files": ["fast.rules.yml"],
-                "scrape_configs": [
-                    {"job_name": "otel-jobs-monitor",
-                     "static_configs": [{"targets": [f"127.0.0.1:{monitor.port}"]}]},
-                    {"job_name": "otel-jobs",
-                     "static_configs": [{"targets": [f"127.0.0.1:{worker_port}"]}]},
-                ],
-            }
-        )
+    prometheus = start_prometheus(
+        tmp_path,
+        [
+            {"job_name": "otel-jobs-monitor",
+             "static_configs": [{"targets": [f"127.0.0.1:{monitor.port}"]}]},
+            {"job_name": "otel-jobs", "static_configs": [{"targets": [f"127.0.0.1:{worker_port}"]}]},
+        ],
+        ["fast.rules.yml"],
     )  # fmt: skip
-    prom_port = free_port()
-    with open(tmp_path / "prometheus.log", "wb") as out:
-        prometheus = subprocess.Popen(
-            [binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
-            stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{prom_port}"
+    base = prometheus.base
     try:
         wait_for("the worker's /metrics", lambda: scrape(f"http://127.0.0.1:{worker_port}/metrics"))
         monitor.wait_for("the monitor's first poll", lambda s: s.find("otel_jobs_queue_depth"))
         wait_for(
-            "Prometheus to load the rules", lambda: get(f"{base}/api/v1/rules")["data"]["groups"]
+            "Prometheus to load the rules",
+            lambda: get_json(f"{base}/api/v1/rules")["data"]["groups"],
         )
 
         seen_busy: list[dict[str, Any]] = []
 
         def backlog_alerts_of_stuck() -> set[str] | None:
-            alerts = get(f"{base}/api/v1/alerts")["data"]["alerts"]
+            alerts = get_json(f"{base}/api/v1/alerts")["data"]["alerts"]
             backlog = [
                 a for a in alerts if a["labels"]["alertname"].startswith("OtelJobsQueueBacklog")
             ]
@@ -170,15 +144,15 @@ def test_a_queue_nobody_drains_fires_the_backlog_alerts_and_a_drained_one_never(
         query = urllib.parse.urlencode(
             {"query": 'otel_jobs_queue_depth{queue="busy",state="waiting"}'}
         )
-        assert get(f"{base}/api/v1/query?{query}")["data"]["result"]
+        assert get_json(f"{base}/api/v1/query?{query}")["data"]["result"]
         query = urllib.parse.urlencode({"query": 'otel_jobs_runs_finished_total{queue="busy"}'})
-        finished = get(f"{base}/api/v1/query?{query}")["data"]["result"]
+        finished = get_json(f"{base}/api/v1/query?{query}")["data"]["result"]
         assert finished and sum(float(r["value"][1]) for r in finished) > 0
         assert seen_busy == [], f"a backlog alert for the drained queue: {seen_busy}"
-        alerts = get(f"{base}/api/v1/alerts")["data"]["alerts"]
+        alerts = get_json(f"{base}/api/v1/alerts")["data"]["alerts"]
         names = {a["labels"]["alertname"] for a in alerts}
         assert "OtelJobsMonitorBrokerDown" not in names and "OtelJobsMonitorAbsent" not in names
     finally:
-        stop(prometheus)
+        prometheus.stop()
         monitor.stop()
-        stop(worker)
+        terminate(worker)

@@ -30,7 +30,8 @@ from typing import Any
 import pytest
 
 from tests.core.test_otlp import otlp_env
-from tests.otlp_receiver import OtlpReceiver, ResettingServer, SilentServer, unused_port
+from tests.otlp_receiver import OtlpReceiver, ResettingServer, unused_port
+from tests.support.servers import SilentServer
 
 WORKER = textwrap.dedent(
     """

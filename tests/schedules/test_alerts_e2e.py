@@ -22,8 +22,9 @@ import redis
 
 from otel_jobs import rules
 from tests.support import Samples, free_port, require_redis, scrape
+from tests.support.processes import terminate
 
-from .conftest import Prometheus, stop, wait_for
+from .conftest import Prometheus, wait_for
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.broker]
 
@@ -62,7 +63,7 @@ class Celery:
     def close(self) -> None:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGCONT)  # a frozen process cannot stop
-        stop(self.proc)
+        terminate(self.proc)
         self.log.close()
 
 

@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 
 import otel_jobs
-from tests.otlp_receiver import SilentServer, unused_port
+from tests.otlp_receiver import unused_port
 from tests.support import Samples, scrape_text
+from tests.support.servers import SilentServer
 
 from .conftest import Prometheus, wait_for
 
@@ -156,14 +157,8 @@ class _WatchedSilentServer(SilentServer):
         self.given_up = threading.Event()
         super().__init__()
 
-    def _drain(self, conn: socket.socket) -> None:
-        try:
-            while not self._stop.is_set():
-                if not conn.recv(65536):
-                    self.given_up.set()
-                    return
-        except OSError:
-            self.given_up.set()
+    def client_closed(self) -> None:
+        self.given_up.set()
 
 
 def test_a_gateway_that_never_answers_costs_the_script_its_timeout_only(tmp_path: Path) -> None:
