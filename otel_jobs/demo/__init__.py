@@ -257,11 +257,11 @@ def run_demo(
         stop_monitor.set()
         monitor_server.stop()
         monitor.close()
+        restore_signals()  # before uninstrument(), which removes a SIGTERM handler of its own
         otel_jobs.uninstrument()
         for handler in handlers:
             otel_logger.removeHandler(handler)
         otel_logger.setLevel(saved_level)
-        restore_signals()
         silent.close()
     return 0
 
