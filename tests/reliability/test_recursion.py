@@ -121,8 +121,11 @@ def test_nested_runs_stuck_together_log_one_warning(
         if n < depth:
             level(n + 1)
         else:
+            time.sleep(0.01)  # past even this run's 1 ms heartbeat timeout
+            agent.watchdog.start()  # every run in flight and overdue, none with a verdict yet
             _wait_ticks(agent, 4)  # no heartbeat meanwhile: every run stalls
 
+    agent.watchdog.stop()
     level(1)
 
     warned = stall_records()
@@ -148,6 +151,8 @@ def test_an_enclosing_run_still_stuck_after_the_inner_one_is_reported(
 
     @otel_jobs.job(name="nested.inner", heartbeat_timeout=0.001)
     def inner() -> None:
+        time.sleep(0.01)  # past both runs' 1 ms heartbeat timeout
+        agent.watchdog.start()  # both runs in flight and overdue, neither with a verdict yet
         _wait_ticks(agent, 4)
 
     @otel_jobs.job(name="nested.outer", heartbeat_timeout=0.001)
@@ -155,5 +160,6 @@ def test_an_enclosing_run_still_stuck_after_the_inner_one_is_reported(
         inner()
         _wait_ticks(agent, 4)  # still no heartbeat once inner has finished
 
+    agent.watchdog.stop()
     outer()
     assert [r.job_name for r in stall_records()] == ["nested.inner", "nested.outer"]
