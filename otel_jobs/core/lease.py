@@ -205,9 +205,10 @@ def redis_client(source: Any, timeout: float = SOCKET_TIMEOUT) -> redis.Redis:
     for key in ("retry", "retry_on_timeout", "socket_timeout", "socket_connect_timeout"):
         kwargs.pop(key, None)
     kwargs.update(bounded)
-    pool = redis.ConnectionPool(
-        connection_class=getattr(source, "connection_class", redis.Connection), **kwargs
-    )
+    kind = getattr(source, "connection_class", redis.Connection)
+    if kind.__module__.startswith("redis.asyncio"):  # arq's pool: the same address, in sync
+        kind = getattr(redis, kind.__name__, redis.Connection)
+    pool = redis.ConnectionPool(connection_class=kind, **kwargs)
     return redis.Redis(connection_pool=pool)
 
 

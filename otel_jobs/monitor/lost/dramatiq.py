@@ -6,8 +6,9 @@ worker's heartbeat is older than its ``heartbeat_timeout``, 60 s, at the next ma
 any worker). So lost runs are counted, never requeued, and a job that kills its worker every
 time is not stopped here (Dramatiq's ``Retries`` and ``AgeLimit`` middleware bound it).
 
-Finished after all: on Redis, a message acknowledged is gone from ``<ns>:<queue>.msgs``; a run
-whose message is no longer there ended before its worker died. On RabbitMQ nothing can tell.
+Finished after all: on Redis, a message acknowledged is gone from ``<ns>:<queue>.msgs`` (under
+the broker's own ``redis_message_id``, which the lease entry carries); a run whose message is no
+longer there ended before its worker died. On RabbitMQ nothing can tell.
 """
 
 from __future__ import annotations
@@ -32,7 +33,14 @@ class DramatiqDetector(Detector):
             return [True] * len(runs)
         found = _redis.read(
             self.client,
-            [("hexists", f"{self.namespace}:{r.queue}.msgs", r.job_id or "") for r in runs],
+            [
+                (
+                    "hexists",
+                    f"{self.namespace}:{r.queue}.msgs",
+                    str(r.entry.get("redis_message_id") or r.job_id or ""),
+                )
+                for r in runs
+            ],
         )
         return [bool(f) for f in found]
 
