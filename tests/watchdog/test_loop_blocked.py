@@ -293,3 +293,40 @@ def test_a_stopped_loop_is_not_blocked_and_its_pause_is_no_lag(
     # The three seconds the loop was stopped were never counted as lag.
     assert samples.total("otel_jobs_event_loop_lag_seconds_bucket", thread=label, le="2.5") == total
     assert samples.total("otel_jobs_stalls_detected_total", job_name="lb.paused") == 0
+
+
+def test_a_held_up_run_stalled_first_says_its_loop_is_blocked_and_by_whom(
+    instrumented: Callable[..., Any], loop: asyncio.AbstractEventLoop
+) -> None:
+    """A deadline verdict comes first; its diagnosis then says the loop is held, and by which run."""
+    agent = instrumented(watchdog_interval=0.1, loop_blocked_timeout=120)
+    release, done = threading.Event(), threading.Event()
+
+    @otel_jobs.job(name="lb.held_up", heartbeat_timeout=0.5)
+    async def held_up() -> None:
+        await until(done)
+
+    @otel_jobs.job(name="lb.holder", heartbeat_timeout=120)
+    async def holder() -> None:
+        await asyncio.sleep(0)
+        release.wait()
+        await until(done)
+
+    futures = [asyncio.run_coroutine_threadsafe(held_up(), loop)]
+    try:
+        waiting = run_named(agent, "lb.held_up")
+        wait_for(lambda: lag_count(metrics()) >= 1, "a probe answered by the free loop")
+        futures.append(asyncio.run_coroutine_threadsafe(holder(), loop))
+        holding = run_named(agent, "lb.holder")
+        wait_for(lambda: waiting.verdict == "no_heartbeat", "the held-up run's stall")
+        diagnosis = waiting.diagnosis
+        assert diagnosis.loop is not None
+        assert diagnosis.loop["culprit"] == {"job_name": "lb.holder", "job_id": str(holding.key)}
+        assert f"its event loop (thread {THREAD}) has run nothing for" in diagnosis.summary()
+        assert f"by run {holding.key} of lb.holder" in diagnosis.summary()
+        assert holding.verdict is None  # its loop_blocked_timeout (120 s) has not passed
+    finally:
+        release.set()
+        done.set()
+    for future in futures:
+        future.result(DEADLINE)
