@@ -300,15 +300,19 @@ def test_a_held_up_run_stalled_first_says_its_loop_is_blocked_and_by_whom(
 ) -> None:
     """A deadline verdict comes first; its diagnosis then says the loop is held, and by which run."""
     agent = instrumented(watchdog_interval=0.1, loop_blocked_timeout=120)
-    release, done = threading.Event(), threading.Event()
+    release, done, holding_now = threading.Event(), threading.Event(), threading.Event()
 
     @otel_jobs.job(name="lb.held_up", heartbeat_timeout=0.5)
     async def held_up() -> None:
-        await until(done)
+        while not done.is_set():
+            if not holding_now.is_set():  # its last heartbeat: just before the loop is taken
+                otel_jobs.heartbeat()
+            await asyncio.sleep(0.02)
 
     @otel_jobs.job(name="lb.holder", heartbeat_timeout=120)
     async def holder() -> None:
         await asyncio.sleep(0)
+        holding_now.set()
         release.wait()
         await until(done)
 
