@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import otel_jobs
@@ -334,3 +335,34 @@ def test_a_held_up_run_stalled_first_says_its_loop_is_blocked_and_by_whom(
         done.set()
     for future in futures:
         future.result(DEADLINE)
+
+
+def test_lag_and_blocked_time_are_opentelemetry_instruments_too(
+    instrumented: Callable[..., Any],
+    metric_reader: InMemoryMetricReader,
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    agent = instrumented(watchdog_interval=0.1)
+    done = threading.Event()
+
+    @otel_jobs.job(name="lb.otel", heartbeat_timeout=120)
+    async def job() -> None:
+        await until(done)
+
+    future = asyncio.run_coroutine_threadsafe(job(), loop)
+    run_named(agent, "lb.otel")
+    wait_for(lambda: lag_count(metrics()) >= 3, "three probes answered")
+    seen: dict[str, Any] = {}
+    data = metric_reader.get_metrics_data()
+    assert data is not None
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:  # type: ignore[attr-defined]
+                    if point.attributes.get("thread") == THREAD:
+                        seen[f"{metric.name} {metric.unit}"] = point
+    lag = seen["otel_jobs.event_loop.lag s"]
+    assert lag.count >= 3 and list(lag.explicit_bounds)[:2] == [0.001, 0.0025]
+    assert seen["otel_jobs.event_loop.blocked s"].value >= 0
+    done.set()
+    future.result(DEADLINE)
