@@ -92,6 +92,8 @@ def note(conn: Any) -> None:
         return
     found = _connections.get(conn)
     if found is None:
+        if conn.closed:
+            return  # its statement fails by itself: nothing to remember
         info = conn.info
         found = _Connection(int(info.backend_pid), dict(info.get_parameters()), info.password)
         _connections[conn] = found

@@ -217,3 +217,26 @@ def test_a_lookup_that_cannot_connect_says_why_and_leaves_the_job_alone(
 def test_query_text_loses_its_literals(query: str, shape: str) -> None:
     assert pg_locks.sql_shape(query) == shape
     assert SECRET[:5] not in pg_locks.sql_shape(query)
+
+
+def test_a_statement_on_a_closed_connection_inside_a_run_is_no_internal_error(
+    instrumented: Callable[..., Any],
+) -> None:
+    require_postgres()
+    import psycopg
+
+    instrumented(watchdog_interval=0.1)
+
+    @otel_jobs.job(name="pg.closed")
+    def job() -> str:
+        conn = psycopg.connect(PG)
+        cursor = conn.cursor()  # made before the close: its execute reaches the check
+        conn.close()
+        try:
+            cursor.execute("SELECT 1")
+        except psycopg.OperationalError as exc:
+            return type(exc).__name__
+        return "no error"
+
+    # The autouse check of this suite fails the test if otel-jobs counted an internal error.
+    assert job() == "OperationalError"
