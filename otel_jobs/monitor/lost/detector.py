@@ -208,6 +208,8 @@ class Detector:
     framework: ClassVar[str] = "base"
     #: The framework's broker hands out again every run lost with its worker: count only.
     redelivers: ClassVar[bool] = False
+    #: :meth:`requeue` and :meth:`dead_letter` exist for this framework.
+    requeues: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -353,7 +355,7 @@ class Detector:
             self.counters.lost.labels(run.framework, job_name, queue).inc()
         if run.redelivers or self.redelivers:
             action = "broker_redelivers"
-        elif not self.requeue_lost:
+        elif not self.requeue_lost or not self.requeues:
             action = "counted"
         elif losses > self.max_lost:
             action = "dead_lettered" if self.dead_letter(run, attempt) else "not_requeued"
@@ -415,7 +417,11 @@ class Detector:
             f"{now - run.started:.0f}s ago" if run.started is not None else "at an unknown time"
         )
         what = {
-            "counted": "counted (--requeue-lost puts such runs back)",
+            "counted": (
+                "counted (--requeue-lost puts such runs back)"
+                if self.requeues
+                else f"counted ({run.framework} runs are not requeued)"
+            ),
             "broker_redelivers": "not requeued: its broker hands it out again",
             "requeued": "requeued on its queue, same id and arguments",
             "requeue_failed": "could not be requeued (see above)",

@@ -14,6 +14,7 @@ from .detector import Detector
 
 class HueyDetector(Detector):
     framework = "huey"
+    requeues = False
 
     def __init__(self, client: Any, huey: Any = None, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)

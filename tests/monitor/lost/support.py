@@ -43,7 +43,7 @@ class Worker:
         environ.update(
             PYTHONPATH=str(ROOT), LOST_PORT=str(self.port), LOST_WORKER="1", PYTHONUNBUFFERED="1"
         )
-        environ.update(env)
+        environ.update({k: v.replace("{port}", str(self.port)) for k, v in env.items()})
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
                 command, cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT,
@@ -124,7 +124,10 @@ def wait_lost(
         if not expired and counted:
             wrong.append(f"counted {counted} before its lease expired")
         if expired and counted != 1:
-            wrong.append(f"counted {counted} at the first poll after its lease expired")
+            wrong.append(
+                f"counted {counted} at the first poll after its lease expired "
+                f"(lease then: {lease_of(lease_url, job_id)}, read first: {found})"
+            )
         return samples if expired else None
 
     result: Samples = wait_for(f"{job_id} counted lost", check)

@@ -1,0 +1,160 @@
+"""Dramatiq, arq and Huey workers killed with their whole process group, on a real Redis.
+
+Each: a run in flight (``heartbeat(progress=0.4, page=7)``) is counted lost once by the monitor,
+at the first poll after its worker's lease expired, with one ``<job> lost`` span. Dramatiq and
+arq hand such a run out again by themselves: it is counted, never requeued
+(``otel_jobs.lost.action`` ``broker_redelivers``); Huey keeps no copy of a task once taken:
+counted only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from otel_jobs.monitor.base import Collector
+from otel_jobs.monitor.lost import with_lost_runs
+from otel_jobs.monitor.settings import MonitorSettings
+from tests.support import Samples
+
+from ..support import Polled
+from .support import Worker, listed, python, wait_for, wait_lost
+
+pytestmark = pytest.mark.broker
+
+REDIS_DB = 13
+
+
+def run_and_kill(
+    tmp: Path,
+    url: str,
+    command: list[str],
+    send: Callable[[str], str],
+    collector: Collector,
+    owner: Any,
+    framework: str,
+    job_name: str,
+    queue: str,
+    spans: InMemorySpanExporter,
+    **env: str,
+) -> str:
+    worker = Worker(
+        command, tmp / "worker.log", LOST_BROKER=url, LOST_QUEUE=queue, LOST_DIR=str(tmp),
+        OTEL_JOBS_LEASE_TTL="2", **env,
+    )  # fmt: skip
+    try:
+        worker.wait_serving()
+        job_id = send("p1")
+        wait_for("the run started", lambda: (tmp / "p1.started").exists(), log=worker.log)
+        wait_for("the run in its lease", lambda: listed(url, job_id))
+    finally:
+        worker.kill()
+
+    def lost(samples: Samples) -> float:
+        return samples.total(
+            "otel_jobs_runs_lost_total", framework=framework, job_name=job_name, queue=queue
+        )
+
+    settings = MonitorSettings(requeue_lost=True)
+    with Polled([with_lost_runs(collector, settings, owner)]) as monitor:
+        wait_lost(monitor.poll, url, job_id, lost)
+        for _ in range(2):
+            samples = monitor.poll()
+        assert lost(samples) == 1
+        assert samples.total("otel_jobs_runs_requeued_total") == 0
+    found = [s for s in spans.get_finished_spans() if s.name == f"{job_name} lost"]
+    assert len(found) == 1
+    attrs = found[0].attributes or {}
+    assert attrs["job.id"] == job_id and attrs["job.progress"] == 0.4
+    return str(attrs["otel_jobs.lost.action"])
+
+
+def test_dramatiq(redis_url: str, tmp_path: Path, span_exporter: InMemorySpanExporter) -> None:
+    import dramatiq
+    from dramatiq.brokers.redis import RedisBroker
+
+    from otel_jobs.monitor.dramatiq import collector_for_broker
+
+    queue = f"lost-{uuid.uuid4().hex[:8]}"
+    broker = RedisBroker(url=redis_url)
+
+    def send(name: str) -> str:
+        message = dramatiq.Message(
+            queue_name=queue, actor_name="lost_page", args=(name,), kwargs={}, options={}
+        )
+        broker.enqueue(message)
+        return message.message_id
+
+    command = [python(), "-m", "otel_jobs.integrations.dramatiq",
+               "tests.monitor.lost.dramatiq_lost_app", "--processes", "1", "--threads", "1"]  # fmt: skip
+    try:
+        action = run_and_kill(
+            tmp_path, redis_url, command, send,
+            collector_for_broker(broker, queues=[queue]), broker, "dramatiq", "lost_page", queue,
+            span_exporter, OTEL_JOBS_FRAMEWORKS="dramatiq", OTEL_JOBS_PROMETHEUS_PORT="{port}",
+        )  # fmt: skip
+    finally:
+        broker.close()
+    assert action == "broker_redelivers"
+
+
+def test_arq(redis_url: str, tmp_path: Path, span_exporter: InMemorySpanExporter) -> None:
+    from arq import create_pool
+    from arq.connections import RedisSettings
+
+    from otel_jobs.monitor.arq import ArqCollector
+
+    queue = f"lost-{uuid.uuid4().hex[:8]}"
+
+    def send(name: str) -> str:
+        async def enqueue() -> str:
+            pool = await create_pool(RedisSettings.from_dsn(redis_url))
+            job = await pool.enqueue_job("lost_page", name, _queue_name=queue)
+            await pool.aclose()
+            assert job is not None
+            return job.job_id
+
+        return asyncio.run(enqueue())
+
+    command = [python(), "-m", "arq", "tests.monitor.lost.arq_lost_app.WorkerSettings"]
+    action = run_and_kill(
+        tmp_path, redis_url, command, send, ArqCollector(redis_url, queues=[queue]), None,
+        "arq", "lost_page", queue, span_exporter,
+    )  # fmt: skip
+    assert action == "broker_redelivers"
+
+
+def test_huey(redis_url: str, tmp_path: Path, span_exporter: InMemorySpanExporter) -> None:
+    from huey import RedisHuey
+
+    from otel_jobs.monitor.huey import HueyCollector
+
+    queue = f"lost-{uuid.uuid4().hex[:8]}"
+    producer = RedisHuey(queue, url=redis_url)
+
+    def page_stub(name: str) -> None: ...
+
+    # Huey names a task after its module: the consumer's module, for the consumer to find it.
+    page_stub.__module__ = "tests.monitor.lost.huey_lost_app"
+    page = producer.task(name="lost_page")(page_stub)
+
+    def send(name: str) -> str:
+        return str(page(name).id)
+
+    consumer = str(Path(sys.executable).parent / "huey_consumer")
+    command = [python(), consumer, "tests.monitor.lost.huey_lost_app.huey", "-k", "process",
+               "-w", "1", "-d", "0.1", "--no-periodic"]  # fmt: skip
+    action = run_and_kill(
+        tmp_path, redis_url, command, send, HueyCollector(producer), producer,
+        "huey", "tests.monitor.lost.huey_lost_app.lost_page", queue, span_exporter,
+    )  # fmt: skip
+    assert action == "counted"
+    assert os.environ.get("LOST_WORKER") is None  # the producer side was never instrumented
