@@ -50,6 +50,9 @@ MAX_QUERY_CHARS = 300
 LOOKUP_STATEMENT_TIMEOUT_MS = 1000
 #: connect_timeout of the lookup's connection (libpq's least is 2 s).
 LOOKUP_CONNECT_TIMEOUT = 2
+#: Lookups under way at once at most (a mass stall asks for the first few; the others' verdicts
+#: are given without their blockers rather than opening a connection each).
+MAX_LOOKUPS_AT_ONCE = 4
 #: Backend pids remembered; past it, those of runs that are gone are dropped.
 _MAX_PIDS = 1024
 
@@ -83,6 +86,7 @@ _looked_up: weakref.WeakKeyDictionary[Run, tuple[OutboundCall, dict[str, Any]]] 
     weakref.WeakKeyDictionary()
 )
 _lock = threading.Lock()
+_lookups_under_way = 0
 
 
 def note(conn: Any) -> None:
@@ -108,8 +112,9 @@ def note(conn: Any) -> None:
 
 def forget_after_fork() -> None:
     """A forked child shares none of its parent's connections' sessions in use."""
-    global _lock
+    global _lock, _lookups_under_way
     _lock = threading.Lock()
+    _lookups_under_way = 0
     _run_connection.clear()
     _pid_runs.clear()
     _looked_up.clear()
@@ -120,14 +125,25 @@ if hasattr(os, "register_at_fork"):
 
 
 def wanted(run: Run) -> bool:
-    """Whether the run is inside a psycopg statement on a connection :func:`note` saw."""
+    """Whether to ask who blocks the run: it is inside a psycopg statement on a connection
+    :func:`note` saw, and fewer than :data:`MAX_LOOKUPS_AT_ONCE` lookups are under way.
+
+    True reserves a lookup: the caller must then call :func:`lookup`, which releases it.
+    """
+    global _lookups_under_way
     try:
         calls = list(run.calls)
     except Exception:
         return False
     if not calls or calls[-1].library != "psycopg" or calls[-1].method == "CONNECT":
         return False
-    return run in _run_connection
+    if run not in _run_connection:
+        return False
+    with _lock:
+        if _lookups_under_way >= MAX_LOOKUPS_AT_ONCE:
+            return False
+        _lookups_under_way += 1
+    return True
 
 
 def lookup(run: Run) -> dict[str, Any] | None:
@@ -136,7 +152,17 @@ def lookup(run: Run) -> dict[str, Any] | None:
     Returns ``{"backend_pid", "wait_event", "blockers": [...]}`` or, when it could not ask,
     ``{"backend_pid", "error"}``; None when the run is not in a psycopg statement.
     Each blocker: ``{"pid", "state", "xact_age_s", "wait_event", "query", "job_name", "job_id"}``.
+    Releases the lookup :func:`wanted` reserved.
     """
+    global _lookups_under_way
+    try:
+        return _lookup(run)
+    finally:
+        with _lock:
+            _lookups_under_way = max(_lookups_under_way - 1, 0)
+
+
+def _lookup(run: Run) -> dict[str, Any] | None:
     try:
         call = list(run.calls)[-1]
     except (IndexError, Exception):

@@ -148,6 +148,7 @@ def test_a_run_waiting_on_a_row_lock_names_the_holding_session_and_run(
     for thread in threads:
         thread.join(DEADLINE)
     assert not agent.runs()
+    assert pg_locks._lookups_under_way == 0  # each lookup released what it reserved
     # The literal never reached a log record or a span.
     assert SECRET not in _everything_recorded(caplog.records, span_exporter)
 
@@ -240,3 +241,44 @@ def test_a_statement_on_a_closed_connection_inside_a_run_is_no_internal_error(
 
     # The autouse check of this suite fails the test if otel-jobs counted an internal error.
     assert job() == "OperationalError"
+
+
+def test_past_the_lookups_under_way_a_verdict_goes_without_its_blockers(
+    instrumented: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+    table: str,
+    release: threading.Event,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import psycopg
+
+    monkeypatch.setattr(pg_locks, "MAX_LOOKUPS_AT_ONCE", 0)  # as if others were under way
+    agent = instrumented(watchdog_interval=0.1)
+    caplog.set_level(logging.INFO, logger="otel_jobs")
+    holding = threading.Event()
+
+    def hold() -> None:
+        with psycopg.connect(PG) as conn:
+            conn.execute(f"UPDATE {table} SET password = 'x' WHERE id = 1")
+            holding.set()
+            release.wait()
+            conn.rollback()
+
+    @otel_jobs.job(name="pg.waiter_unasked", heartbeat_timeout=0.5)
+    def waiter() -> None:
+        with psycopg.connect(PG) as conn:
+            conn.execute(f"SELECT 1 FROM {table} WHERE id = 1 FOR UPDATE")
+
+    threading.Thread(target=hold, daemon=True).start()
+    assert holding.wait(DEADLINE)
+    thread = threading.Thread(target=waiter, daemon=True)
+    thread.start()
+    run = run_named(agent, "pg.waiter_unasked")
+    record = wait_for(
+        lambda: next((r for r in caplog.records if getattr(r, "job_name", None) == run.name), None),
+        "the verdict",
+    )
+    assert record.stall_db is None and "PostgreSQL backend" not in record.getMessage()
+    assert record.stall_call["library"] == "psycopg"  # the statement is still named
+    release.set()
+    thread.join(DEADLINE)
