@@ -83,9 +83,9 @@ def records(config: RulesConfig) -> list[Record]:
     for group in found():
         for record in group.records(config):
             kept = out.setdefault(record.record, record)
-            if kept.expr != record.expr:
+            if kept != record:
                 raise ValueError(
                     f"rule group {group.name}: record {record.record} is already declared "
-                    "with another expression"
+                    "with another expression or in another records group"
                 )
     return list(out.values())

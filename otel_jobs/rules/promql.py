@@ -38,13 +38,17 @@ class Record:
     """One recording rule: ``record`` is ``otel_jobs:<metric>:<operation><window>``.
 
     Records aggregate a job across its workers (by ``--group-by``): alerts and the dashboards'
-    fleet panels read them instead of every worker's raw series on every evaluation.
+    fleet panels read them instead of every worker's raw series on every evaluation. ``group``
+    is the rule group it is evaluated in, after the records listed before it in that group.
     """
 
     record: str
     expr: str
+    group: str = "otel-jobs.records"
 
 
+#: The first records group (runs finished, in flight, stalled); the others follow it.
+RECORDS_GROUP = "otel-jobs.records"
 #: The window of the records the dashboards' fleet panels read (``...:rate5m``).
 FLEET_WINDOW = "5m"
 
@@ -57,8 +61,7 @@ class Group:
     their ``for`` by default; ``order`` places the group in the rendered file (built-in groups
     use 10-40); ``options`` are the group's own thresholds (``--<name>`` options); ``records``
     are the recording rules its alerts (and the dashboards) read, rendered into the records
-    file (``otel-jobs rules --part records``), all groups' records in one group evaluated
-    before the alerts.
+    file (``otel-jobs rules --part records``) in the groups each record names.
     """
 
     name: str

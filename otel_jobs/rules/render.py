@@ -20,30 +20,26 @@ from .config import (
     OVERVIEW_DASHBOARD,
     RulesConfig,
 )
-from .promql import num
+from .promql import RECORDS_GROUP, num
 
 #: What a rule file holds: the alerts, the recording rules, or both.
 PARTS = ("alerts", "records", "all")
-#: The one group holding every recording rule (evaluated before the alerts read them).
-RECORDS_GROUP = "otel-jobs.records"
 
 
 def groups(config: RulesConfig, part: str = "alerts") -> list[dict[str, Any]]:
     """The rule groups as plain data (what a rule file's ``groups:`` holds).
 
-    ``part``: ``alerts`` (the alert groups), ``records`` (the recording rules, one group) or
-    ``all`` (the records' group first).
+    ``part``: ``alerts`` (the alert groups), ``records`` (the recording rules: one group per
+    metric they read, :data:`RECORDS_GROUP` first) or ``all`` (the records' groups first).
     """
     if part not in PARTS:
         raise ValueError(f"part {part!r}: accepted {', '.join(PARTS)}")
     out: list[dict[str, Any]] = []
     if part in ("records", "all"):
-        out.append(
-            {
-                "name": RECORDS_GROUP,
-                "rules": [{"record": r.record, "expr": r.expr} for r in records(config)],
-            }
-        )
+        grouped: dict[str, list[dict[str, Any]]] = {RECORDS_GROUP: []}
+        for r in records(config):
+            grouped.setdefault(r.group, []).append({"record": r.record, "expr": r.expr})
+        out.extend({"name": name, "rules": rules} for name, rules in grouped.items() if rules)
     if part == "records":
         return out
     for group, rules in alerts(config).items():

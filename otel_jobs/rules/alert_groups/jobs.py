@@ -6,8 +6,20 @@ instances come and go.
 
 from __future__ import annotations
 
+from .. import fleet
 from ..config import RulesConfig
-from ..promql import FLEET_WINDOW, JOB, WHERE, Alert, Group, Record, by, num, sel, threshold
+from ..promql import (
+    JOB,
+    RECORDS_GROUP,
+    WHERE,
+    Alert,
+    Group,
+    Record,
+    by,
+    num,
+    sel,
+    threshold,
+)
 from .schedules import watched
 
 DURATION = "otel_jobs:run_duration_seconds_bucket:rate"
@@ -17,31 +29,31 @@ FINISHED_INCREASE = "otel_jobs:runs_finished:increase"
 
 
 def records(s: RulesConfig) -> list[Record]:
-    """Per job across its workers: histogram rates (``le`` kept, outcome summed) and finished
-    runs by outcome, over the alerts' windows and the dashboards' (:data:`FLEET_WINDOW`)."""
-    buckets = sel(s, "otel_jobs_run_duration_seconds_bucket")
-    waits = sel(s, "otel_jobs_queue_wait_seconds_bucket")
-    finished = sel(s, "otel_jobs_runs_finished_total")
-    out = [
-        Record(f"{FINISHED_RATE}{FLEET_WINDOW}",
-               f"sum by ({by(s, 'outcome')}) (rate({finished}[{FLEET_WINDOW}]))"),
-    ]  # fmt: skip
-    for window in dict.fromkeys((FLEET_WINDOW, s.duration_window)):
-        out.append(
-            Record(f"{DURATION}{window}", f"sum by ({by(s, 'le')}) (rate({buckets}[{window}]))")
-        )
-    for window in dict.fromkeys((FLEET_WINDOW, s.queue_wait_window)):
-        out.append(
-            Record(f"{QUEUE_WAIT}{window}", f"sum by ({by(s, 'le')}) (rate({waits}[{window}]))")
-        )
-    for window in dict.fromkeys((s.failure_window, s.timeout_window, s.not_running_window)):
-        out.append(
-            Record(
-                f"{FINISHED_INCREASE}{window}",
-                f"sum by ({by(s, 'outcome')}) (increase({finished}[{window}]))",
-            )
-        )
-    return out
+    """Per job across its workers: finished runs by outcome, duration and queue-wait buckets
+    (``le`` kept, outcome summed), each read once over :data:`FLEET_WINDOW` (the dashboards'
+    rate) with the alerts' windows summed from that read (:mod:`..fleet`)."""
+    finished = fleet.windowed(
+        s,
+        "otel_jobs_runs_finished_total",
+        ("outcome",),
+        RECORDS_GROUP,
+        increases=(s.failure_window, s.timeout_window, s.not_running_window),
+    )
+    durations = fleet.windowed(
+        s,
+        "otel_jobs_run_duration_seconds_bucket",
+        ("le",),
+        f"{RECORDS_GROUP}.durations",
+        rates=(s.duration_window,),
+    )
+    waits = fleet.windowed(
+        s,
+        "otel_jobs_queue_wait_seconds_bucket",
+        ("le",),
+        f"{RECORDS_GROUP}.queue-wait",
+        rates=(s.queue_wait_window,),
+    )
+    return [*finished, *durations, *waits]
 
 
 def alerts(s: RulesConfig) -> list[Alert]:

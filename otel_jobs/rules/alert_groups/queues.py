@@ -14,8 +14,9 @@ miss one.
 
 from __future__ import annotations
 
+from .. import fleet
 from ..config import Option, RulesConfig, duration, matchers, positive
-from ..promql import Alert, Group, escape_template, num
+from ..promql import RECORDS_GROUP, Alert, Group, Record, escape_template, num
 
 MONITOR_TARGET_SELECTOR: Option[str] = Option(
     "monitor_target_selector",
@@ -55,11 +56,34 @@ def _msel(s: RulesConfig, name: str, extra: str = "") -> str:
     return f"{name}{{{', '.join(found)}}}" if found else name
 
 
+FINISHED = "otel_jobs_runs_finished_total"
+
+
+def records(s: RulesConfig) -> list[Record]:
+    """Finished runs over the growing window, per job across the workers (the records group
+    of the job alerts: the same record when the windows are the same)."""
+    if not _on_records(s):
+        return []
+    return fleet.windowed(
+        s, FINISHED, ("outcome",), RECORDS_GROUP, increases=(s.option(BACKLOG_WINDOW),)
+    )
+
+
+def _on_records(s: RulesConfig) -> bool:
+    # The records keep the queue label only when --group-by does.
+    return s.recording_rules and "queue" in s.group_by
+
+
 def alerts(s: RulesConfig) -> list[Alert]:
     age = s.option(BACKLOG_AGE)
     window = s.option(BACKLOG_WINDOW)
     lookback = s.option(MONITOR_LOOKBACK)
-    finished = "otel_jobs_runs_finished_total" + (f"{{{s.selector}}}" if s.selector else "")
+    if _on_records(s):
+        # Every worker's counters, read once by the records rather than on each evaluation.
+        drained = f"sum by (queue) ({fleet.increase_record(FINISHED, window)})"
+    else:
+        finished = FINISHED + (f"{{{s.selector}}}" if s.selector else "")
+        drained = f"sum by (queue) (increase({finished}[{window}]))"
     up = _msel(s, "up")
     waiting = _msel(s, "otel_jobs_queue_depth", 'state="waiting"')
     queue = "queue {{ $labels.queue }} ({{ $labels.framework }})"
@@ -80,7 +104,7 @@ def alerts(s: RulesConfig) -> list[Alert]:
             "warning",
             "max by (framework, queue) "
             f"(delta({waiting}[{window}]))\n> 0\n"
-            f"unless on (queue)\nsum by (queue) (increase({finished}[{window}])) > 0",
+            f"unless on (queue)\n{drained} > 0",
             "A queue keeps growing while its jobs finish nothing.",
             f"About {{{{ $value | humanize }}}} more jobs wait in {queue} than {window} ago, "
             f"and no run of its jobs finished in that time: nothing is draining it.",
@@ -120,4 +144,5 @@ GROUP = Group(
     },
     alerts=alerts,
     options=(MONITOR_TARGET_SELECTOR, BACKLOG_AGE, BACKLOG_WINDOW, MONITOR_LOOKBACK),
+    records=records,
 )

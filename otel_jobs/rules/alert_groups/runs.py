@@ -7,12 +7,28 @@ Each run's limits come from the worker's gauges (the job's declared values); the
 from __future__ import annotations
 
 from ..config import RulesConfig
-from ..promql import JOB, RUN_VARS, WHERE, Alert, Group, Record, by, sel, threshold
+from ..promql import (
+    JOB,
+    RECORDS_GROUP,
+    RUN_VARS,
+    WHERE,
+    Alert,
+    Group,
+    Record,
+    by,
+    sel,
+    threshold,
+)
 
 
 def records(s: RulesConfig) -> list[Record]:
-    """Runs in flight and stalled per job across its workers (the dashboards' fleet panels);
-    the alerts stay per worker, where the stuck run is."""
+    """Runs in flight and stalled per job across its workers, and the oldest run's age and the
+    stalest heartbeat's against the job's limits (the overview's panels, which would otherwise
+    divide every worker's series at every step of their range); the alerts stay per worker,
+    where the stuck run is."""
+    ages = f"{RECORDS_GROUP}.ages"
+    oldest = sel(s, "otel_jobs_oldest_run_start_timestamp_seconds")
+    stalest = sel(s, "otel_jobs_stalest_heartbeat_timestamp_seconds")
     return [
         Record(
             "otel_jobs:runs_in_progress:sum",
@@ -21,6 +37,19 @@ def records(s: RulesConfig) -> list[Record]:
         Record(
             "otel_jobs:runs_stalled:sum",
             f"sum by ({by(s, 'state')}) ({sel(s, 'otel_jobs_runs_stalled')})",
+        ),
+        # Where no run is in flight the left side is empty: one series per job with runs.
+        Record(
+            "otel_jobs:oldest_run_age_over_max_duration:max",
+            f"max by ({by(s)}) (\n  (time() - {oldest})\n  / "
+            f"{sel(s, 'otel_jobs_run_max_duration_seconds')}\n)",
+            ages,
+        ),
+        Record(
+            "otel_jobs:stalest_heartbeat_age_over_timeout:max",
+            f"max by ({by(s)}) (\n  (time() - {stalest})\n  / "
+            f"{sel(s, 'otel_jobs_run_heartbeat_timeout_seconds')}\n)",
+            ages,
         ),
     ]
 
