@@ -36,6 +36,7 @@ BENCHMARKS = (
     "lease",
     "monitor",
     "fleet",
+    "startup",
 )
 PACKAGES = (
     "opentelemetry-sdk",

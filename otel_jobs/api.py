@@ -284,23 +284,28 @@ def job(
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         job_name = name or f"{fn.__module__}.{fn.__qualname__}"
-        kwargs = {
+        given = {
             "queue": queue,
             "max_duration": settings.max_duration,
             "heartbeat_timeout": settings.heartbeat_timeout,
             "on_stall": settings.on_stall,
             "expected_every": settings.expected_every,
         }
+        # Only the options given: each keyword argument costs every run its binding.
+        kwargs: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
+        agents = _agent_mod  # the running agent is read from the module: no call per run
 
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kw: Any) -> Any:
-                agent = _agent_mod.current()
+                agent = agents._agent
                 if agent is None:
                     return await fn(*args, **kw)
-                attributes = _args_attributes(args, kw) if agent.settings.capture_args else None
-                run = agent.start_run(job_name, attributes=attributes, **kwargs)  # type: ignore[arg-type]
+                if agent.settings.capture_args:
+                    run = agent.start_run(job_name, attributes=_args_attributes(args, kw), **kwargs)
+                else:
+                    run = agent.start_run(job_name, **kwargs)
                 try:
                     run.activate()
                     result = await fn(*args, **kw)
@@ -317,11 +322,13 @@ def job(
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kw: Any) -> Any:
-            agent = _agent_mod.current()
+            agent = agents._agent
             if agent is None:
                 return fn(*args, **kw)
-            attributes = _args_attributes(args, kw) if agent.settings.capture_args else None
-            run = agent.start_run(job_name, attributes=attributes, **kwargs)  # type: ignore[arg-type]
+            if agent.settings.capture_args:
+                run = agent.start_run(job_name, attributes=_args_attributes(args, kw), **kwargs)
+            else:
+                run = agent.start_run(job_name, **kwargs)
             try:
                 run.activate()
                 result = fn(*args, **kw)

@@ -334,8 +334,9 @@ class Agent:
             pass  # the span has started: the run goes on, uncounted, rather than lose it
         except Exception as exc:
             errors.record("run.start", exc)
-        with self._lock:
-            self._runs[run.key] = run
+        # One dict store, atomic under the GIL, without the lock: what the lock serialises is
+        # the end of a run against the watchdog's cancel (if_in_flight, finish_run).
+        self._runs[run.key] = run
         return run
 
     def finish_run(
@@ -378,8 +379,8 @@ class Agent:
                     span.set_attribute("job.outcome", outcome)
                     if run.progress is not None:
                         span.set_attribute("job.progress", run.progress)
-                    if run.owns_span:  # an adopted span's status and exception are its owner's
-                        _record_outcome(span, outcome, exc, expected)
+                    if run.owns_span and (exc is not None or outcome in _FAILED):
+                        _record_outcome(span, outcome, exc, expected)  # (not an adopted span's)
             except RecursionError:
                 raise
             except BaseException as err:  # noqa: B036 - see the docstring

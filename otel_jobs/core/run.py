@@ -44,6 +44,19 @@ MAX_DETAILS = 32
 _current: contextvars.ContextVar[Run | None] = contextvars.ContextVar("otel_jobs_run", default=None)
 _ids = itertools.count(1)
 _monotonic = time.monotonic
+_calls_lock = threading.Lock()
+_NESTED = object()  # Run._token of a run activated more than once at a time
+#: This process's id, kept up to date at fork: read per run, where os.getpid() is a system call.
+_pid = os.getpid()
+#: Per thread: its native id (threading.get_native_id() is a system call too), fresh after fork.
+_threads = threading.local()
+
+
+def _native_id() -> int:
+    found: int | None = getattr(_threads, "native_id", None)
+    if found is None:
+        found = _threads.native_id = threading.get_native_id()
+    return found
 
 
 class OutboundCall:
@@ -79,7 +92,6 @@ class Run:
         "framework",
         "series",
         "span",
-        "start_wall",
         "start_mono",
         "last_beat",
         "progress",
@@ -91,7 +103,7 @@ class Run:
         "native_id",
         "task",
         "loop",
-        "calls",
+        "_calls",
         "logs",
         "verdict",
         "state",
@@ -103,7 +115,8 @@ class Run:
         "parent",
         "recorded",
         "_agent",
-        "_tokens",
+        "_token",
+        "_ctx_token",
         "__weakref__",
     )
 
@@ -128,7 +141,6 @@ class Run:
         self.framework = framework
         self.series = series
         self.span: trace.Span = trace.INVALID_SPAN
-        self.start_wall = time.time()
         self.start_mono = _monotonic()
         self.last_beat = self.start_mono
         self.progress: float | None = None
@@ -140,7 +152,7 @@ class Run:
         self.native_id: int | None = None
         self.task: asyncio.Task[Any] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.calls: list[OutboundCall] = []
+        self._calls: list[OutboundCall] | None = None  # see the calls property
         self.logs: Any = None  # its last log records (core.logtail), a bounded deque
         self.verdict: str | None = None  # None, "no_heartbeat", "max_duration", "loop_blocked"
         self.state: str | None = None  # "blocked", "spinning" or "unknown" while a verdict stands
@@ -150,18 +162,27 @@ class Run:
         # False when the span belongs to another instrumentation (adopted by start_run(span=...)):
         # its owner makes it current, sets its status and ends it.
         self.owns_span = True
-        self.pid = os.getpid()
+        self.pid = _pid  # (os.getpid() is a system call, and an int object per run)
         self.parent: Run | None = None  # the run current where this one was activated
         self.recorded = 0  # the steps of Agent.finish_run done (it may be called again)
         self._agent = agent
-        self._tokens: list[Any] = []
+        # The context tokens of the activation in force (no list or tuple per run); a run
+        # activated again inside its own activation (rare) keeps a stack of them instead.
+        self._token: Any = None
+        self._ctx_token: Any = None
+
+    @property
+    def start_wall(self) -> float:
+        """When the run started, in Unix time (derived from its monotonic start: one float
+        less per run in flight)."""
+        return time.time() - (_monotonic() - self.start_mono)
 
     # --- where the run executes -------------------------------------------------------
 
     def activate(self) -> None:
         """Make this the current run of the calling thread or asyncio task."""
         self.thread_id = threading.get_ident()
-        self.native_id = threading.get_native_id()
+        self.native_id = _native_id()
         # Not asyncio.current_task(): outside a loop it raises, and an exception per run of a
         # sync job costs more than the rest of this method. No loop runs in a process that has
         # not imported asyncio (otel-jobs does not import it for a sync worker).
@@ -178,13 +199,24 @@ class Run:
         ctx_token = (
             otel_context.attach(trace.set_span_in_context(self.span)) if self.owns_span else None
         )
-        self._tokens.append((run_token, ctx_token))
+        if self._token is None:
+            self._token, self._ctx_token = run_token, ctx_token
+        else:  # activated again inside an activation of its own: a stack of token pairs
+            stack = self._ctx_token if self._token is _NESTED else [(self._token, self._ctx_token)]
+            stack.append((run_token, ctx_token))
+            self._token, self._ctx_token = _NESTED, stack
 
     def deactivate(self) -> None:
         """Undo :meth:`activate` (in the same thread or task)."""
-        if not self._tokens:
+        run_token, ctx_token = self._token, self._ctx_token
+        if run_token is None:
             return
-        run_token, ctx_token = self._tokens.pop()
+        if run_token is _NESTED:
+            run_token, ctx_token = self._ctx_token.pop()
+            if len(self._ctx_token) == 1:
+                self._token, self._ctx_token = self._ctx_token[0]
+        else:
+            self._token = self._ctx_token = None
         try:
             if ctx_token is not None:
                 otel_context.detach(ctx_token)
@@ -233,6 +265,32 @@ class Run:
     def elapsed(self, now: float | None = None) -> float:
         return (now if now is not None else _monotonic()) - self.start_mono
 
+    @property
+    def calls(self) -> list[OutboundCall]:
+        """The outbound calls in flight in this run (:mod:`otel_jobs.outbound.base`), oldest
+        first. The list is made at its first use: most runs make no outbound call, and an empty
+        list is 56 bytes per run in flight."""
+        calls = self._calls
+        if calls is None:
+            with _calls_lock:  # two threads of one run starting its first calls at once
+                if self._calls is None:
+                    self._calls = []
+                calls = self._calls
+        return calls
+
+    def add_call(self, call: Any) -> None:
+        """An outbound call starts inside this run."""
+        self.calls.append(call)
+
+    def remove_call(self, call: Any) -> None:
+        """The outbound call ended (a call never added is ignored)."""
+        calls = self._calls
+        if calls is not None:
+            try:
+                calls.remove(call)
+            except ValueError:
+                pass
+
     # --- the end -----------------------------------------------------------------------
 
     def finish(
@@ -244,30 +302,27 @@ class Run:
         ``throws``): it is recorded on the span, whose status is not set to ERROR.
         Calling it again, or in a forked child on a run inherited from the parent, does nothing.
         """
-        if self.finished or self.pid != os.getpid():
+        if self.finished or self.pid != _pid:
             return
         self.finished = True
         if self.cancelled_by_watchdog and outcome in ("failure", "cancelled"):
             outcome = "timeout"
-        ended = (_monotonic(), time.time_ns())
-        # (Not activated, if activate() itself ran out of stack: then the run current here.)
-        parent = self.parent if self.parent is not None else _current.get()
-        if (
-            isinstance(exc, RecursionError)
-            and parent is not None
-            and parent is not self
-            and not parent.finished
-        ):
-            # A nested run unwinding from the recursion limit, with hardly any stack left:
-            # recording here could fail halfway (an exporter that swallows the error drops the
-            # span). Recorded by the outermost run's finish, or the watchdog's thread, with the
-            # time it ended.
-            _unrecorded.append((self, outcome, exc, expected, ended))
-            return
+        if exc is not None and isinstance(exc, RecursionError):
+            # (Not activated, if activate() itself ran out of stack: then the run current here.)
+            parent = self.parent if self.parent is not None else _current.get()
+            if parent is not None and parent is not self and not parent.finished:
+                # A nested run unwinding from the recursion limit, with hardly any stack left:
+                # recording here could fail halfway (an exporter that swallows the error drops
+                # the span). Recorded by the outermost run's finish, or the watchdog's thread,
+                # with the time it ended.
+                _unrecorded.append((self, outcome, exc, expected, (_monotonic(), time.time_ns())))
+                return
         try:  # not errors.guard(): see Agent.start_run
-            self._agent.finish_run(self, outcome, exc, expected, ended)
+            self._agent.finish_run(self, outcome, exc, expected)
         except RecursionError:
-            _unrecorded.append((self, outcome, exc, expected, ended))  # no stack left: later
+            # No stack left: recorded later, with the time it ended (the steps done are kept in
+            # self.recorded, none is done twice).
+            _unrecorded.append((self, outcome, exc, expected, (_monotonic(), time.time_ns())))
             return
         except Exception as err:
             errors.record("run.finish", err)
@@ -380,7 +435,10 @@ def wall_time_of(monotonic: float, now_mono: float, now_wall: float) -> float:
 
 
 def _after_fork_in_child() -> None:
-    global _recording
+    global _recording, _pid, _threads, _calls_lock
+    _pid = os.getpid()
+    _threads = threading.local()  # the parent's thread ids are not this process's
+    _calls_lock = threading.Lock()
     _recording = threading.RLock()
     _unrecorded.clear()  # the parent's runs, recorded by the parent
 

@@ -326,7 +326,7 @@ class Checker:
         call = InFlightCall(self.library, method, host, missing, site, frame)
         if waits:
             call._waiting = waiting.set(True)
-        run.calls.append(call)
+        run.add_call(call)
         return call
 
     def end(self, run: Run | None, call: InFlightCall | None) -> None:
@@ -347,10 +347,7 @@ class Checker:
             call._waiting = None
         if not waiting.get():
             run.last_beat = time.monotonic()
-        try:
-            run.calls.remove(call)
-        except ValueError:
-            pass
+        run.remove_call(call)
 
     # --- the report ----------------------------------------------------------------------
 
