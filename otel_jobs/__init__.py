@@ -15,6 +15,7 @@ that made them. The documentation site (``docs/``) has the settings
 from .api import instrument, is_instrumented, job, job_run, metrics_url, uninstrument
 from .core.config import ConfigurationError
 from .core.errors import JobTimeoutError, OtelJobsWarning
+from .core.lease import PreviousAttempt
 from .core.run import Run, current_run, heartbeat
 from .outbound.base import MissingTimeoutError
 
@@ -25,6 +26,7 @@ __all__ = [
     "JobTimeoutError",
     "MissingTimeoutError",
     "OtelJobsWarning",
+    "PreviousAttempt",
     "Run",
     "__version__",
     "current_run",

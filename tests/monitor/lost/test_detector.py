@@ -248,3 +248,11 @@ def test_a_renewed_lease_is_never_counted(instrumented: Any, redis_url: str) -> 
             wait_for("three renewals", renewed_three_times)
             client.close()
     assert spans.get_finished_spans() == ()
+
+
+def test_no_lease_with_the_lease_disabled(instrumented: Any, redis_url: str) -> None:
+    agent = instrumented(lease_url=redis_url, lease=False, lease_ttl=2, frameworks=[])
+    with otel_jobs.job_run("reports.build", job_id="off-1"):
+        start = agent.watchdog.ticks
+        wait_for("three ticks", lambda: agent.watchdog.ticks >= start + 3)
+    assert leases(redis_url) == {} and agent.lease.writes == 0
