@@ -73,8 +73,8 @@ ONE_JOB = 'instance=~"$instance", queue=~"$queue", job_name="$job_name"'
 INSTANCES = 'instance=~"$instance"'
 # The overview's fleet panels read the recording rules (alerts/otel-jobs.records.yml): one
 # series per job and queue summed across workers, so they take no instance matcher. Per-worker
-# detail (the stalled-runs table, the ages, the workers row) and the job dashboard read the
-# workers' own series.
+# detail (the stalled-runs table, the workers row) and the job dashboard read the workers' own
+# series; the overview's age panels read each job's worst worker from the records.
 RECORDED = 'queue=~"$queue", job_name=~"$job_name"'
 FINISHED_RATE = "otel_jobs:runs_finished:rate5m"
 FAILED = 'outcome=~"failure|timeout"'
@@ -485,12 +485,12 @@ def overview() -> dash.Dashboard:
     d = d.with_panel(
         _timeseries(
             "Age of the oldest run / its max duration",
-            "For each job, the age of its oldest run in flight as a share of the job's max duration (100%: over the limit). Empty while no run of the job is in flight; 0 when the job has no max duration.",
+            "For each job, the age of its oldest run in flight as a share of the job's max duration (100%: over the limit), across its workers (a recording rule: the instance filter does not apply; each worker's ages are on the job dashboard). Empty while no run of the job is in flight; 0 when the job has no max duration.",
             "percentunit",
             [
                 _query(
-                    "max by (queue, job_name) ((time() - otel_jobs_oldest_run_start_timestamp_seconds"
-                    f"{{{FLEET}}}) / otel_jobs_run_max_duration_seconds{{{FLEET}}})",
+                    "max by (queue, job_name) "
+                    f"(otel_jobs:oldest_run_age_over_max_duration:max{{{RECORDED}}})",
                     "{{job_name}} ({{queue}})",
                 )
             ],
@@ -503,12 +503,12 @@ def overview() -> dash.Dashboard:
     d = d.with_panel(
         _timeseries(
             "Heartbeat age / its timeout",
-            "For each job, the time since the stalest heartbeat among its runs in flight as a share of the job's heartbeat timeout (100%: the run is stalled). Empty while no run of the job is in flight.",
+            "For each job, the time since the stalest heartbeat among its runs in flight as a share of the job's heartbeat timeout (100%: the run is stalled), across its workers (a recording rule: the instance filter does not apply; each worker's heartbeat ages are on the job dashboard). Empty while no run of the job is in flight.",
             "percentunit",
             [
                 _query(
-                    "max by (queue, job_name) ((time() - otel_jobs_stalest_heartbeat_timestamp_seconds"
-                    f"{{{FLEET}}}) / otel_jobs_run_heartbeat_timeout_seconds{{{FLEET}}})",
+                    "max by (queue, job_name) "
+                    f"(otel_jobs:stalest_heartbeat_age_over_timeout:max{{{RECORDED}}})",
                     "{{job_name}} ({{queue}})",
                 )
             ],
