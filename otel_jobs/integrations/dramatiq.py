@@ -227,7 +227,6 @@ class OtelJobsMiddleware(Middleware):
         self._zero_dead_letters(run.series)
         run.activate()
         leases.dramatiq_started(agent, run, broker, message)
-        leases.dramatiq_started(agent, run, broker)
         # MessageProxy has a __dict__: the run travels with the message to the after hooks.
         message.__dict__[_RUN_ATTR] = run
 
