@@ -1,7 +1,7 @@
 """Fleet records: each counter read across every worker once per evaluation, windows derived.
 
 What costs Prometheus at fleet scale is selecting every worker's series: about 10 µs a series on
-each read, whatever the window (measured by ``bench/fleet.py``: an instant ``sum`` of 99,000
+each read, whatever the window (measured by ``bench/bench_fleet.py``: an instant ``sum`` of 99,000
 duration buckets takes as long as their ``rate(...[5m])``). So a metric the records aggregate is
 read once per evaluation, over :data:`~.promql.FLEET_WINDOW`::
 
