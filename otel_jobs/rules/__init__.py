@@ -10,7 +10,10 @@ Layout:
   ``for`` overrides) and the value parsers; :class:`Option` for a group's own thresholds.
 * :mod:`.alert_groups`: one module per rule group, each declaring ``GROUP = Group(...)``: its alerts
   (a function of the config), their default ``for`` and its own options.
-* :mod:`.promql`: :class:`Alert`, :class:`Group` and the PromQL text helpers groups build with.
+* :mod:`.promql`: :class:`Alert`, :class:`Group`, :class:`Record` and the PromQL text helpers
+  groups build with.
+* :mod:`.fleet`: the recording rules of a counter across every worker: one read per evaluation,
+  the longer windows summed from it (what keeps rule evaluation cheap at fleet scale).
 * :mod:`.catalog`: finds the groups, derives :data:`DEFAULT_FOR` and the options from them.
 * :mod:`.render`: plain data, then YAML (no YAML library), for Prometheus or the Operator.
 * :mod:`.cli`: the command's options and the options table, generated from the settings.
