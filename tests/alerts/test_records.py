@@ -71,9 +71,12 @@ def _differences(name: str) -> str:
 
 
 def _write_comparison(
-    tmp_path: Path, records_text: str, sources: tuple[str, ...] = JOB_ALERT_TESTS
+    tmp_path: Path,
+    records_text: str,
+    sources: tuple[str, ...] = JOB_ALERT_TESTS,
+    config: rules.RulesConfig | None = None,
 ) -> list[Path]:
-    compare = _compare_rules(rules.RulesConfig())
+    compare = _compare_rules(config or rules.RulesConfig())
     (tmp_path / "records.yml").write_text(records_text)
     (tmp_path / "compare.yml").write_text(rules.dump_yaml({"groups": compare["groups"]}))
     out = []
@@ -139,6 +142,29 @@ def _records_text(records: list[Record]) -> str:
     for r in records:
         grouped.setdefault(r.group, []).append({"record": r.record, "expr": r.expr})
     return rules.dump_yaml({"groups": [{"name": n, "rules": g} for n, g in grouped.items()]})
+
+
+def test_other_windows_are_summed_from_hours_or_read_from_the_workers(tmp_path: Path) -> None:
+    """A 6h window sums six hours, each of twelve pieces; 90m sums 18 pieces; 7m (not a multiple
+    of 5m) reads the workers' series. The alerts on them fire as on raw series."""
+    config = rules.RulesConfig(not_running_window="6h", failure_window="7m", duration_window="90m")
+    found = {r.record: r for r in rules.records(config)}
+    order = list(found)
+    six_hours = found["otel_jobs:runs_finished:increase6h"].expr
+    assert six_hours.count("otel_jobs:runs_finished:increase1h") == 6
+    assert order.index("otel_jobs:runs_finished:increase1h") < order.index(
+        "otel_jobs:runs_finished:increase6h"
+    )
+    assert "otel_jobs_runs_finished_total[7m]" in found["otel_jobs:runs_finished:increase7m"].expr
+    ninety = found["otel_jobs:run_duration_seconds_bucket:rate90m"].expr
+    assert ninety.count("otel_jobs:run_duration_seconds_bucket:increase5m") == 18
+    text = rules.render(config, part="records")
+    (tmp_path / "records-check.yml").write_text(text)
+    result = promtool("check", "rules", tmp_path / "records-check.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    tests = _write_comparison(tmp_path, text, ("jobs.yml", "trends.yml"), config)
+    result = promtool("test", "rules", *tests)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
 
 
 def test_the_comparison_catches_a_record_that_differs(tmp_path: Path) -> None:
