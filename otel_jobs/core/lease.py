@@ -36,6 +36,11 @@ What a lease can and cannot tell:
 * A run killed within one watchdog tick of its start is not in the lease yet.
 * A run that ended within moments of its process's death may still be listed: the monitor asks
   the framework where it can (RQ's job status) before it counts a run lost.
+* ``otel_jobs_runs_redelivered_total`` for a broker that hands a lost run out again with nothing
+  on the message to say so (:data:`REDELIVERY_CHECK`): the run is compared with the monitor's
+  attempt record when it is first written to the lease, in the same round trip, or when it reads
+  ``previous_attempt``; a run shorter than a watchdog tick that does not read it is never
+  compared, and one handed out before the monitor counted the loss is not recognised.
 * A worker that is alive but cannot renew for longer than the TTL (frozen, cut off from Redis)
   looks dead: its runs are counted lost (and requeued, if the monitor is asked to).
 * The checkpoint is what the job gave ``heartbeat()``, nothing else of the job; details whose
@@ -87,9 +92,10 @@ MAX_REQUEUE_BYTES = 65536
 SOCKET_TIMEOUT = 1.0
 RELEASE_TIMEOUT = 0.5
 
-# KEYS: the set of leases, this lease's hash. ARGV: lease id, TTL (ms), seconds kept, then
-# field/value pairs. No pairs: the lease is taken back. Returns the Redis time (ms) and whether
-# the lease had expired before this renewal (a monitor may have counted its runs lost).
+# KEYS: the set of leases, this lease's hash, then attempt records to read. ARGV: lease id, TTL
+# (ms), seconds kept, then field/value pairs. No pairs: the lease is taken back. Returns the
+# Redis time (ms), whether the lease had expired before this renewal (a monitor may have counted
+# its runs lost), and the attempt records asked for.
 _RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -105,8 +111,16 @@ else
   redis.call('ZREM', KEYS[1], ARGV[1])
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]) * 1000)
-return {now, expired}
+local attempts = {}
+if #KEYS > 2 then attempts = redis.call('MGET', unpack(KEYS, 3)) end
+return {now, expired, attempts}
 """
+
+#: Frameworks whose broker hands a lost run out again with nothing on the message to say so, and
+#: the attempt number such a run has relative to the lost one (Dramatiq: the same; arq and RQ's
+#: own retry of an abandoned job: one more). Their runs are checked against the monitor's
+#: attempt record as they are first written to the lease (in the same round trip).
+REDELIVERY_CHECK = {"dramatiq": 0, "arq": 1, "rq": 1}
 
 #: What an integration gives :meth:`LeaseKeeper.track`: where its broker's Redis is (a URL, or
 #: a redis-py ``ConnectionPool`` whose address and credentials to use), or None.
@@ -366,18 +380,20 @@ class LeaseKeeper:
             pairs += [WORKER_FIELD, self._worker_json()]
             for run in runs:
                 pairs += [RUN_FIELD + str(run.key), self._entry(run)]
+        checked = self._to_check(runs)
         try:
             answer: Any = client.eval(
                 _RENEW,
-                2,
+                2 + len(checked),
                 KEY_LEASES,
                 KEY_LEASE + self.id,
+                *[f"{KEY_ATTEMPT}{run.framework}:{run.job_id}" for run in checked],
                 self.id,
                 str(int(self.ttl * 1000)),
                 str(KEEP_SECONDS),
                 *pairs,
             )
-            _, expired = answer
+            _, expired, attempts = answer
         except _redis_errors() as exc:
             self.writes += 1
             self._written_at = time.monotonic()
@@ -407,6 +423,7 @@ class LeaseKeeper:
                 "have counted its runs lost (and requeued them with --requeue-lost)",
                 self.ttl,
             )
+        self._redelivered(checked, attempts)
         self.written = frozenset(keys)
         self._last = keys
         self._renewed = time.monotonic()
@@ -415,6 +432,36 @@ class LeaseKeeper:
             for key in [k for k in table if k not in live]:
                 table.pop(key, None)
         return True
+
+    def _to_check(self, runs: list[Run]) -> list[Run]:
+        """Runs not yet in the lease that a broker may have handed out again unmarked."""
+        found = []
+        for run in runs:
+            offset = REDELIVERY_CHECK.get(run.framework)
+            if (
+                offset is not None
+                and run.key not in self.written
+                and run.key not in self._given
+                and run.job_id is not None
+                and run.attempt - offset >= 1
+            ):
+                found.append(run)
+        return found
+
+    def _redelivered(self, runs: list[Run], records: list[Any]) -> None:
+        """Count the runs whose job's previous attempt, of the number expected, was lost."""
+        for run, raw in zip(runs, records or [None] * len(runs), strict=False):
+            if isinstance(raw, PreviousAttempt):
+                attempt: PreviousAttempt | None = raw
+            else:
+                attempt = PreviousAttempt.from_json(raw) if raw else None
+            offset = REDELIVERY_CHECK.get(run.framework)
+            if attempt is None or offset is None:
+                continue
+            self._given.setdefault(run.key, attempt)
+            if attempt.attempt == run.attempt - offset:
+                with errors.guard("lease"):
+                    self.agent.telemetry.record_redelivered(run.series)
 
     def _connect(self, runs: list[Run]) -> redis.Redis | None:
         if self._client is not None:
@@ -528,6 +575,8 @@ class LeaseKeeper:
             if not answered:
                 return None  # asked again next time
         self._given[key] = found
+        if found is not None:
+            self._redelivered([run], [found])
         return found
 
     def _lookup(self, run: Run) -> tuple[bool, PreviousAttempt | None]:

@@ -28,7 +28,9 @@ async def lost_page(ctx: dict[str, Any], name: str) -> None:
         await asyncio.sleep(3600)
         return
     (lost_apps.DIR / f"{name}.previous").write_text(
-        json.dumps({"progress": previous.progress, "details": dict(previous.details)})
+        json.dumps(
+            {"progress": previous.progress, "details": dict(previous.details), "pid": previous.pid}
+        )
     )
     with open(lost_apps.DIR / f"{name}.done", "a") as out:
         out.write("x\n")
@@ -38,4 +40,5 @@ class WorkerSettings:
     functions = [lost_page]
     queue_name = lost_apps.QUEUE
     redis_settings = RedisSettings.from_dsn(os.environ.get("LOST_BROKER", "redis://127.0.0.1/0"))
-    job_timeout = 600
+    # arq hands a job out again once its in-progress key (the timeout + 10 s) is gone.
+    job_timeout = int(os.environ.get("LOST_ARQ_TIMEOUT", "600"))

@@ -3,13 +3,16 @@
 Each: a run in flight (``heartbeat(progress=0.4, page=7)``) is counted lost once by the monitor,
 at the first poll after its worker's lease expired, with one ``<job> lost`` span. Dramatiq and
 arq hand such a run out again by themselves: it is counted, never requeued
-(``otel_jobs.lost.action`` ``broker_redelivers``); Huey keeps no copy of a task once taken:
-counted only.
+(``otel_jobs.lost.action`` ``broker_redelivers``), and a second worker runs it once, reading
+``previous_attempt`` and counting ``otel_jobs_runs_redelivered_total`` (Dramatiq with a 3 s
+heartbeat timeout and maintenance at every fetch, arq with a 5 s job timeout, so that they hand
+it out within seconds); Huey keeps no copy of a task once taken: counted only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import uuid
@@ -45,7 +48,7 @@ def run_and_kill(
     queue: str,
     spans: InMemorySpanExporter,
     **env: str,
-) -> str:
+) -> tuple[str, int]:
     worker = Worker(
         command, tmp / "worker.log", LOST_BROKER=url, LOST_QUEUE=queue, LOST_DIR=str(tmp),
         OTEL_JOBS_LEASE_TTL="2", **env,
@@ -55,6 +58,7 @@ def run_and_kill(
         job_id = send("p1")
         wait_for("the run started", lambda: (tmp / "p1.started").exists(), log=worker.log)
         wait_for("the run in its lease", lambda: listed(url, job_id))
+        pid = int((tmp / "p1.started").read_text())
     finally:
         worker.kill()
 
@@ -74,7 +78,37 @@ def run_and_kill(
     assert len(found) == 1
     attrs = found[0].attributes or {}
     assert attrs["job.id"] == job_id and attrs["job.progress"] == 0.4
-    return str(attrs["otel_jobs.lost.action"])
+    assert attrs["otel_jobs.lost.action"] == (
+        "counted" if framework == "huey" else "broker_redelivers"
+    )
+    return job_id, pid
+
+
+def handed_out_again(
+    tmp: Path, url: str, command: list[str], queue: str, job_name: str, pid: int, **env: str
+) -> None:
+    """A second worker runs the job its broker handed out again, once, knowing what the lost
+    attempt reached."""
+    worker = Worker(
+        command, tmp / "worker-2.log", LOST_BROKER=url, LOST_QUEUE=queue, LOST_DIR=str(tmp),
+        OTEL_JOBS_LEASE_TTL="2", **env,
+    )  # fmt: skip
+    try:
+        worker.wait_serving()
+        wait_for("the run handed out again", lambda: (tmp / "p1.done").exists(), log=worker.log)
+        samples = worker.wait_for(
+            "the run finished",
+            lambda s: s.total("otel_jobs_runs_finished_total", job_name=job_name) >= 1,
+        )
+        assert (
+            samples.value("otel_jobs_runs_redelivered_total", job_name=job_name, queue=queue) == 1
+        )
+        previous = json.loads((tmp / "p1.previous").read_text())
+        assert previous["progress"] == 0.4 and previous["details"] == {"page": 7}
+        assert previous["pid"] == pid
+        assert (tmp / "p1.done").read_text() == "x\n"
+    finally:
+        worker.kill()
 
 
 def test_dramatiq(redis_url: str, tmp_path: Path, span_exporter: InMemorySpanExporter) -> None:
@@ -95,15 +129,19 @@ def test_dramatiq(redis_url: str, tmp_path: Path, span_exporter: InMemorySpanExp
 
     command = [python(), "-m", "otel_jobs.integrations.dramatiq",
                "tests.monitor.lost.dramatiq_lost_app", "--processes", "1", "--threads", "1"]  # fmt: skip
+    env = {
+        "OTEL_JOBS_FRAMEWORKS": "dramatiq", "OTEL_JOBS_PROMETHEUS_PORT": "{port}",
+        "LOST_DRAMATIQ_HEARTBEAT_TIMEOUT": "3000", "LOST_DRAMATIQ_MAINTENANCE_CHANCE": "1000000",
+    }  # fmt: skip
     try:
-        action = run_and_kill(
+        _, pid = run_and_kill(
             tmp_path, redis_url, command, send,
             collector_for_broker(broker, queues=[queue]), broker, "dramatiq", "lost_page", queue,
-            span_exporter, OTEL_JOBS_FRAMEWORKS="dramatiq", OTEL_JOBS_PROMETHEUS_PORT="{port}",
+            span_exporter, **env,
         )  # fmt: skip
+        handed_out_again(tmp_path, redis_url, command, queue, "lost_page", pid, **env)
     finally:
         broker.close()
-    assert action == "broker_redelivers"
 
 
 def test_arq(redis_url: str, tmp_path: Path, span_exporter: InMemorySpanExporter) -> None:
@@ -125,11 +163,11 @@ def test_arq(redis_url: str, tmp_path: Path, span_exporter: InMemorySpanExporter
         return asyncio.run(enqueue())
 
     command = [python(), "-m", "arq", "tests.monitor.lost.arq_lost_app.WorkerSettings"]
-    action = run_and_kill(
+    _, pid = run_and_kill(
         tmp_path, redis_url, command, send, ArqCollector(redis_url, queues=[queue]), None,
-        "arq", "lost_page", queue, span_exporter,
+        "arq", "lost_page", queue, span_exporter, LOST_ARQ_TIMEOUT="5",
     )  # fmt: skip
-    assert action == "broker_redelivers"
+    handed_out_again(tmp_path, redis_url, command, queue, "lost_page", pid, LOST_ARQ_TIMEOUT="5")
 
 
 def test_huey(redis_url: str, tmp_path: Path, span_exporter: InMemorySpanExporter) -> None:
@@ -152,9 +190,8 @@ def test_huey(redis_url: str, tmp_path: Path, span_exporter: InMemorySpanExporte
     consumer = str(Path(sys.executable).parent / "huey_consumer")
     command = [python(), consumer, "tests.monitor.lost.huey_lost_app.huey", "-k", "process",
                "-w", "1", "-d", "0.1", "--no-periodic"]  # fmt: skip
-    action = run_and_kill(
+    run_and_kill(
         tmp_path, redis_url, command, send, HueyCollector(producer), producer,
         "huey", "tests.monitor.lost.huey_lost_app.lost_page", queue, span_exporter,
     )  # fmt: skip
-    assert action == "counted"
     assert os.environ.get("LOST_WORKER") is None  # the producer side was never instrumented
