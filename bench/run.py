@@ -26,6 +26,7 @@ from typing import Any
 # Run order: the cheap in-process ones first, the worker processes after.
 BENCHMARKS = (
     "core",
+    "otlp",
     "httpx",
     "celery",
     "rq",
