@@ -119,6 +119,22 @@ def _masked_url(url: str) -> str:
     return f"{scheme}://{userinfo.partition(':')[0]}:***@{host}"
 
 
+def _url_shown(text: str) -> str:
+    """A URL that was refused, as its error shows it: whatever may be a password is ``***``.
+
+    Refused URLs need not parse, so this is looser than :func:`_masked_url`: what lies between
+    the user name's ``:`` and the last ``@`` is hidden, with or without a scheme.
+    """
+    head, at, host = text.rpartition("@")
+    scheme, sep, userinfo = head.partition("://")
+    if not sep:
+        scheme, userinfo = "", head
+    user, colon, _ = userinfo.partition(":")
+    if not (at and colon):
+        return text
+    return f"{scheme}{sep}{user}:***@{host}"
+
+
 # --- parsers: each returns the parsed value or raises ConfigurationError -----------------
 
 
@@ -254,15 +270,16 @@ def _endpoint(setting: str, value: object) -> str:
 
     text = str(value).strip()
     accepted = "a URL beginning http:// or https:// with a host, such as http://127.0.0.1:4318"
+    shown = _url_shown(text)  # the error names the value, never its password
     if not text.startswith(("http://", "https://")):
-        raise ConfigurationError(setting, value, accepted)
+        raise ConfigurationError(setting, shown, accepted)
     try:
         url = urlsplit(text)
         url.port  # noqa: B018 (raises ValueError for a port out of range)
     except ValueError:
-        raise ConfigurationError(setting, value, accepted) from None
+        raise ConfigurationError(setting, shown, accepted) from None
     if not url.hostname:
-        raise ConfigurationError(setting, value, accepted)
+        raise ConfigurationError(setting, shown, accepted)
     return text
 
 
@@ -271,15 +288,16 @@ def _redis_url(setting: str, value: object) -> str:
 
     text = str(value).strip()
     accepted = "a Redis URL such as redis://127.0.0.1:6379/0 (rediss:// for TLS, unix:///path)"
+    shown = _url_shown(text)  # the error names the value, never its password
     if not text.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigurationError(setting, value, accepted)
+        raise ConfigurationError(setting, shown, accepted)
     try:
         url = urlsplit(text)
         url.port  # noqa: B018 (raises ValueError for a port out of range)
     except ValueError:
-        raise ConfigurationError(setting, value, accepted) from None
+        raise ConfigurationError(setting, shown, accepted) from None
     if url.scheme != "unix" and not url.hostname:
-        raise ConfigurationError(setting, value, accepted)
+        raise ConfigurationError(setting, shown, accepted)
     return text
 
 
@@ -556,7 +574,7 @@ def load(environ: Mapping[str, str] | None = None, **kwargs: Any) -> Settings:
         from_env = "lease_ttl" not in kwargs or kwargs["lease_ttl"] is None
         raise ConfigurationError(
             "OTEL_JOBS_LEASE_TTL" if from_env else "lease_ttl",
-            lease_ttl,
+            env.get("OTEL_JOBS_LEASE_TTL") if from_env else kwargs["lease_ttl"],  # as given
             f"at least twice the watchdog interval ({2 * interval:g} s): the watchdog renews it",
         )
     return Settings(**values)

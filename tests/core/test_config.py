@@ -62,6 +62,8 @@ def test_environment_is_read_and_keywords_win() -> None:
         ("OTEL_JOBS_PROMETHEUS_ENABLED", "maybe", "true or false"),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon", "grpc, http/protobuf"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "127.0.0.1:4317", "http://"),
+        # refused against another setting: still the value as written, not as parsed
+        ("OTEL_JOBS_LEASE_TTL", "1e-1", "twice the watchdog interval"),
     ],
 )
 def test_bad_environment_value_names_variable_value_and_accepted(
@@ -99,6 +101,30 @@ def test_basic_auth_error_does_not_echo_the_password() -> None:
     with pytest.raises(config.ConfigurationError) as err:
         config.load(environ={"OTEL_JOBS_PROMETHEUS_BASIC_AUTH": "s3cret-without-user"})
     assert "s3cret" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "shown"),
+    [
+        ("pushgateway_url", "http://bob:s3cret@127.0.0.1:99999", "http://bob:***@127.0.0.1:99999"),
+        ("OTEL_JOBS_PUSHGATEWAY_URL", "ftp://bob:s3cret@gw:9091", "ftp://bob:***@gw:9091"),
+        ("pushgateway_url", "bob:s3cret@gw:9091", "bob:***@gw:9091"),
+        ("pushgateway_url", "http://bob:s3/cret@gw", "http://bob:***@gw"),
+        ("lease_url", "redis://:s3cret@127.0.0.1:65536/0", "redis://:***@127.0.0.1:65536/0"),
+        ("OTEL_JOBS_LEASE_URL", "http://bob:s3cret@redis", "http://bob:***@redis"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://bob:s3cret@[::1", "https://bob:***@[::1"),
+    ],
+)
+def test_a_refused_url_is_named_without_its_password(setting: str, value: str, shown: str) -> None:
+    with pytest.raises(config.ConfigurationError) as err:
+        if setting.isupper():
+            config.load(environ={setting: value})
+        else:
+            config.load(environ={}, **{setting: value})
+    message = str(err.value)
+    assert "s3" not in message and "cret" not in message, message
+    assert err.value.setting == setting and f"{setting}={shown!r}" in message, message
+    assert err.value.value == shown  # as repr(settings) shows an accepted one
 
 
 def test_job_decorator_validates_at_decoration_time() -> None:

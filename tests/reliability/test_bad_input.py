@@ -20,6 +20,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -39,6 +40,11 @@ ANY_VALUE = st.one_of(
     st.binary(max_size=8),
     st.lists(st.one_of(st.text(max_size=10), st.integers()), max_size=4),
     st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+    # buckets: increasing (accepted), in any order, with repeats, non-finite
+    st.lists(st.floats(min_value=1e-3, max_value=1e6), min_size=1, max_size=4, unique=True).map(
+        sorted
+    ),
+    st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=4),
     st.sampled_from(
         [
             "0",
@@ -64,6 +70,22 @@ ANY_VALUE = st.one_of(
             "0.0.0.0",
             "::1",
             "http://127.0.0.1:4318",
+            "https://user:pw@[::1]:9091/gw",
+            "http://user:pw@127.0.0.1:99999",
+            "http://[",
+            "ftp://127.0.0.1",
+            "redis://127.0.0.1:6379/0",
+            "rediss://:pw@127.0.0.1:6380",
+            "unix:///tmp/redis.sock",
+            "redis://user:pw@:6379",
+            "redis://127.0.0.1:65536",
+            "lazy",
+            "EAGER",
+            "0.5",
+            "1,10,60,300",
+            "10,1",
+            "1,1",
+            "1,,inf",
             "1_000",
             "0x10",
             "١٢",
@@ -72,7 +94,30 @@ ANY_VALUE = st.one_of(
 )
 ENV_TEXT = st.one_of(
     st.text().filter(lambda t: "\x00" not in t),
-    st.sampled_from(["0", "1", "-1", "65536", "inf", "nan", "1e309", "yes", "exit", "rq,huey"]),
+    st.sampled_from(
+        [
+            "0",
+            "1",
+            "-1",
+            "65536",
+            "inf",
+            "nan",
+            "1e309",
+            "yes",
+            "exit",
+            "rq,huey",
+            "eager",
+            "0.5",
+            "60",
+            "0.1,1,10",
+            "10,1",
+            "http://127.0.0.1:9091",
+            "http://user:pw@127.0.0.1:99999",
+            "redis://127.0.0.1:6379/0",
+            "redis://:pw@127.0.0.1:99999",
+            "unix:///tmp/redis.sock",
+        ]
+    ),
 )
 NAMES = [o.name for o in OPTIONS]
 ENVS = [o.env for o in OPTIONS]
@@ -98,7 +143,31 @@ _TYPES: dict[str, Callable[[Any], bool]] = {
     "prometheus_certfile": lambda v: isinstance(v, str) and v != "",
     "prometheus_keyfile": lambda v: isinstance(v, str) and v != "",
     "multiprocess_dir": lambda v: isinstance(v, str) and v != "",
+    "loop_blocked_timeout": lambda v: isinstance(v, float) and v > 0,
+    "duration_buckets": lambda v: _increasing_seconds(v),
+    "queue_wait_buckets": lambda v: _increasing_seconds(v),
+    "pushgateway_url": lambda v: _url(v, ("http", "https")),
+    "pushgateway_timeout": lambda v: isinstance(v, float) and 0 < v < math.inf,
+    "lease": lambda v: isinstance(v, bool),
+    "lease_url": lambda v: _url(v, ("redis", "rediss", "unix")),
+    "lease_ttl": lambda v: isinstance(v, float) and 0 < v < math.inf,
 }
+
+
+def _increasing_seconds(v: object) -> bool:
+    return (
+        isinstance(v, tuple)
+        and len(v) > 0
+        and all(isinstance(b, float) and 0 < b < math.inf for b in v)
+        and all(a < b for a, b in zip(v, v[1:], strict=False))
+    )
+
+
+def _url(v: object, schemes: tuple[str, ...]) -> bool:
+    if not isinstance(v, str) or v.strip() != v:
+        return False
+    parts = urlsplit(v)
+    return parts.scheme in schemes and (parts.scheme == "unix" or bool(parts.hostname))
 
 
 def _check_rejection(error: ConfigurationError, setting: str, value: object) -> None:
@@ -107,7 +176,13 @@ def _check_rejection(error: ConfigurationError, setting: str, value: object) -> 
     assert setting in text and "accepted" in text
     if "basic_auth" not in setting.lower():
         shown = (repr(value), repr(str(value)), repr(str(value).strip()))
+        if _URL_SETTINGS.intersection(setting.lower().split("_")):
+            # a refused URL is shown without what may be its password: user:***@host
+            shown += (repr(config._url_shown(str(value).strip())),)
         assert any(v in text for v in shown), text
+
+
+_URL_SETTINGS = {"url", "endpoint"}
 
 
 def test_every_option_is_typed() -> None:
@@ -116,6 +191,11 @@ def test_every_option_is_typed() -> None:
 
 @settings(max_examples=400, deadline=None)
 @given(name=st.sampled_from(NAMES), value=ANY_VALUE)
+@example(name="lease_ttl", value="1e-1")  # refused against watchdog_interval, named as given
+@example(name="pushgateway_url", value="http://user:pw@127.0.0.1:99999")
+@example(name="lease_url", value="redis://:pw@[::1")
+@example(name="duration_buckets", value=[0.5, 60, 3600])
+@example(name="queue_wait_buckets", value="30,1")
 def test_keyword_values_are_accepted_as_documented_or_rejected_by_name(
     name: str, value: object
 ) -> None:
@@ -137,6 +217,8 @@ def test_keyword_values_are_accepted_as_documented_or_rejected_by_name(
 
 @settings(max_examples=400, deadline=None)
 @given(env=st.sampled_from(ENVS), text=ENV_TEXT)
+@example(env="OTEL_JOBS_LEASE_TTL", text="0.5")
+@example(env="OTEL_JOBS_PUSHGATEWAY_URL", text="http://user:pw@127.0.0.1:99999")
 def test_environment_values_are_accepted_as_documented_or_rejected_by_name(
     env: str, text: str
 ) -> None:
@@ -170,9 +252,19 @@ def test_standard_variables_are_accepted_or_rejected_by_name(env: str, text: str
 
 
 # Through instrument() itself: one setting at a time, with a free port and no network names to
-# resolve; an accepted value must leave a process whose jobs run.
+# resolve or servers to reach (a Pushgateway, a Redis for the leases); an accepted value must
+# leave a process whose jobs run.
 _INSTRUMENT_FUZZED = [
-    n for n in NAMES if n not in ("prometheus_port", "prometheus_addr", "multiprocess_dir")
+    n
+    for n in NAMES
+    if n
+    not in (
+        "prometheus_port",
+        "prometheus_addr",
+        "multiprocess_dir",
+        "pushgateway_url",
+        "lease_url",
+    )
 ]
 
 
