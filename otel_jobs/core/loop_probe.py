@@ -14,7 +14,11 @@ flight (``run.loop``) and, once per tick, asks it one question: it schedules one
 
 What it must never do: run anything else on the loop. No task and no timer: one callback per
 loop per tick at most, which stores one clock reading (and, the first time, the loop thread's
-identity); every recording happens on the watchdog's thread. A loop that is not running (a
+identity); every recording happens on the watchdog's thread. A loop found *idle*, its thread
+waiting in its selector called by the loop's own ``_run_once`` (one ``sys._current_frames()``
+per tick), is not woken: it would run a callback at once, so its lag is recorded as 0, and
+waking it would be most of the probe's cost. A coroutine that itself blocks in a selector
+(``subprocess.run``) is not idle: its caller is not ``_run_once``. A loop that is not running (a
 stopped loop between two ``run_until_complete`` calls) is not blocked: its pending callback is
 voided, so that the time the loop was stopped is never taken for lag. A closed loop, or one
 that has been garbage-collected, is forgotten; loops are held weakly.
@@ -24,10 +28,13 @@ Cost: ``bench/bench_loop.py`` (the target is below 20 us per loop per tick, both
 
 from __future__ import annotations
 
+import functools
+import sys
 import threading
 import time
 import weakref
 from dataclasses import dataclass, field
+from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -37,6 +44,31 @@ if TYPE_CHECKING:
     from .telemetry import Telemetry
 
 _monotonic = time.monotonic
+
+
+@functools.lru_cache(maxsize=1)
+def _idle_codes() -> tuple[frozenset[CodeType], CodeType]:
+    """The selectors' select() codes and asyncio's _run_once code (asyncio is loaded by then:
+    there is a loop to probe)."""
+    import selectors
+    from asyncio import base_events
+
+    names = ("SelectSelector", "PollSelector", "EpollSelector", "DevpollSelector", "KqueueSelector")
+    selects = frozenset(
+        getattr(selectors, n).select.__code__ for n in names if hasattr(selectors, n)
+    )
+    return selects, base_events.BaseEventLoop._run_once.__code__  # type: ignore[attr-defined]
+
+
+def idle(frame: FrameType | None) -> bool:
+    """Whether a loop thread's innermost frame is its loop waiting for I/O (see above)."""
+    if frame is None:
+        return False
+    selects, run_once = _idle_codes()
+    if frame.f_code not in selects:
+        return False
+    caller = frame.f_back
+    return caller is not None and caller.f_code is run_once
 
 
 class LoopProbe:
@@ -152,6 +184,7 @@ class LoopProbes:
         """Record the answers of the last tick's callbacks and schedule the next ones."""
         telemetry = self._telemetry
         otel = telemetry.otel
+        frames = sys._current_frames() if self._probes else {}
         for key, probe in list(self._probes.items()):
             loop = probe.loop_ref()
             if loop is None or loop.is_closed():
@@ -172,6 +205,11 @@ class LoopProbes:
                     otel.loop_lag.record(lag, {"thread": probe.label})
                 probe.sent = None
             if not loop.is_running():
+                continue
+            if probe.thread_id is not None and idle(frames.get(probe.thread_id)):
+                probe._lag.observe(0.0)  # waiting for I/O: it would run a callback at once
+                if otel is not None:
+                    otel.loop_lag.record(0.0, {"thread": probe.label})
                 continue
             probe.token += 1
             probe.sent = now

@@ -366,3 +366,37 @@ def test_lag_and_blocked_time_are_opentelemetry_instruments_too(
     assert seen["otel_jobs.event_loop.blocked s"].value >= 0
     done.set()
     future.result(DEADLINE)
+
+
+def test_a_coroutine_waiting_in_a_selector_of_its_own_is_no_idle_loop(
+    instrumented: Callable[..., Any], loop: asyncio.AbstractEventLoop
+) -> None:
+    """An idle loop (its thread in its selector, called by the loop) is not woken by the probe;
+    a coroutine blocked in a selector it called itself (as subprocess.run does) holds the loop."""
+    import os
+    import selectors
+
+    agent = instrumented(watchdog_interval=0.1, loop_blocked_timeout=0.5)
+    release = threading.Event()
+    lines: list[int] = []
+
+    @otel_jobs.job(name="lb.own_selector", heartbeat_timeout=120)
+    async def own_selector() -> None:
+        await asyncio.sleep(0)
+        read_end, write_end = os.pipe()
+        with selectors.DefaultSelector() as selector:
+            selector.register(read_end, selectors.EVENT_READ)
+            while not release.is_set():
+                lines.append(here() + 1)
+                selector.select(timeout=0.05)  # nothing is ever written: it waits, synchronously
+        os.close(read_end)
+        os.close(write_end)
+
+    future = asyncio.run_coroutine_threadsafe(own_selector(), loop)
+    try:
+        run = run_named(agent, "lb.own_selector")
+        wait_for(lambda: run.verdict == "loop_blocked", "the loop_blocked verdict")
+        assert run.diagnosis.where.lineno == lines[0]
+    finally:
+        release.set()
+    future.result(DEADLINE)
