@@ -13,20 +13,27 @@ Every mode has the same SDK ``TracerProvider`` with no exporter (spans are built
 and ``/metrics`` is served but not scraped. Before each worker starts, ``tasks`` messages are
 queued by an uninstrumented publisher; the first and the last task write their ``time.time()`` to
 Redis, so the figure is ``(last - first) / (tasks - 1)``: the worker's time per task, broker
-round trips included, worker start-up excluded. Modes take turns for ``reps`` rounds; the
+round trips included, worker start-up excluded. They also write the CPU time the worker has
+used so far (its process, and in the prefork pool the child's and the main process's), which
+gives the CPU time per task: the cost of an instrumentation itself, without the waits on the
+broker that make the time per task swing from round to round. The comparisons with contrib are
+made on the CPU time. Modes take turns for ``reps`` rounds; the
 overhead is the median over rounds of each mode against ``none`` in the same round. The machine
 is shared and a worker's time per task swings from round to round: read the figures as orders of
 magnitude.
 
 A second scenario runs the real production pool: ``-P prefork -c 1``, the tasks spread over 50
 task names (a pool child keeps a series per name it ran, and writes them all in its metrics
-snapshot), in modes ``none`` and ``otel-jobs``, measured the same way.
+snapshot), in modes ``none``, ``contrib`` and ``otel-jobs (default)``, measured the same way.
+Targets (issue 19): with runs only, otel-jobs' overhead per task at most contrib's (1.0x); with
+the defaults, at most 1.2x contrib's.
 ``python -m bench.bench_celery [--quick]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import statistics
@@ -47,9 +54,10 @@ except ImportError:  # run as a script from bench/
 BROKER = os.environ.get("OTEL_JOBS_BENCH_REDIS", "redis://127.0.0.1:6379/11")
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("none", "contrib", "otel-jobs", "otel-jobs (default)")
-PREFORK_MODES = ("none", "otel-jobs")
+PREFORK_MODES = ("none", "contrib", "otel-jobs (default)")
 TASK_NAMES = 50  # in the prefork scenario
 _MODE = os.environ.get("OJ_BENCH_CELERY_MODE")
+_POOL = os.environ.get("OJ_BENCH_CELERY_POOL", "solo")
 
 
 def _make_app(queue: str) -> Celery:
@@ -88,9 +96,21 @@ app = _make_app(os.environ.get("OJ_BENCH_CELERY_QUEUE", "bench"))
 @app.task(name="bench.noop", shared=False)
 def noop(mark: str | None = None) -> None:
     if mark is not None:
+        import json
+
         import redis
 
-        redis.Redis.from_url(BROKER).set(mark, repr(time.time()))
+        cpu = time.process_time()  # this process's, all its threads
+        if _POOL == "prefork":  # and the main process's (it receives and hands out each task)
+            cpu += _cpu_of(os.getppid())
+        redis.Redis.from_url(BROKER).set(mark, json.dumps([time.time(), cpu]))
+
+
+def _cpu_of(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (``/proc/<pid>/stat``)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _named(i: int) -> None:
@@ -104,8 +124,9 @@ for _i in range(TASK_NAMES):
 # --- the driver -------------------------------------------------------------------------------
 
 
-def _one(mode: str, tasks: int, pool: str = "solo") -> float:
-    """Seconds per task for one worker run in ``mode`` (prefork: one child, 50 task names)."""
+def _one(mode: str, tasks: int, pool: str = "solo") -> tuple[float, float]:
+    """Seconds and CPU seconds per task for one worker run in ``mode`` (prefork: one child, 50
+    task names)."""
     import redis
 
     client = redis.Redis.from_url(BROKER)
@@ -122,7 +143,7 @@ def _one(mode: str, tasks: int, pool: str = "solo") -> float:
     publisher.send_task(name(tasks - 1), args=(last,), queue=queue)
     publisher.close()
     env = {**os.environ, "OJ_BENCH_CELERY_MODE": mode, "OJ_BENCH_CELERY_QUEUE": queue,
-           "PYTHONPATH": str(ROOT)}  # fmt: skip
+           "OJ_BENCH_CELERY_POOL": pool, "PYTHONPATH": str(ROOT)}  # fmt: skip
     worker = subprocess.Popen(
         [str(Path(sys.executable).with_name("celery")), "-A", "bench.bench_celery", "worker",
          "-P", pool, *(["-c", "1"] if pool == "prefork" else []), "-Q", queue, "--without-gossip", "--without-mingle",
@@ -136,13 +157,13 @@ def _one(mode: str, tasks: int, pool: str = "solo") -> float:
             if worker.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the {mode} worker did not finish its {tasks} tasks")
             time.sleep(0.05)
-        start, end = float(client.get(first) or 0), float(client.get(last) or 0)
+        start, end = json.loads(client.get(first) or "[0, 0]"), json.loads(client.get(last) or "")
     finally:
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(10)
         client.delete(first, last, queue)
         client.close()
-    return (end - start) / (tasks - 1)
+    return (end[0] - start[0]) / (tasks - 1), (end[1] - start[1]) / (tasks - 1)
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
@@ -152,43 +173,48 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     kept, so that a slow moment of a shared machine weighs on both sides alike.
     """
     tasks, reps = (300, 1) if quick else (1000, 5)
-    per_mode: dict[str, list[float]] = {mode: [] for mode in MODES}
+    per_mode: dict[str, list[tuple[float, float]]] = {mode: [] for mode in MODES}
     for r in range(reps):
         for mode in MODES if r % 2 == 0 else tuple(reversed(MODES)):
             per_mode[mode].append(_one(mode, tasks))
-    base = per_mode["none"]
-    rows = _prefork_rows(tasks, reps)
-    for mode in MODES[1:]:
-        value = statistics.median(per_mode[mode])
-        ratio = statistics.median(m / b for m, b in zip(per_mode[mode], base, strict=True))
-        extra = statistics.median(m - b for m, b in zip(per_mode[mode], base, strict=True))
-        rows.append(
-            row(
-                "Celery worker, solo pool, Redis: time per trivial task",
-                subject=mode, value=value * 1e6, unit="us/task",
-                baseline="none", baseline_value=statistics.median(base) * 1e6, ratio=ratio,
-                note=f"+{extra * 1e6:.0f} us/task over none (median of {reps} rounds of {tasks} tasks)",
-            )
-        )  # fmt: skip
+    return _prefork_rows(tasks, reps) + _rows("solo", MODES, per_mode, tasks, reps)
+
+
+def _rows(
+    pool: str,
+    modes: tuple[str, ...],
+    per_mode: dict[str, list[tuple[float, float]]],
+    tasks: int,
+    reps: int,
+) -> list[dict[str, Any]]:
+    """Time and CPU time per task of each instrumented mode against ``none``."""
+    rows = []
+    name = "trivial task" if pool == "solo" else "task"
+    where = "solo pool" if pool == "solo" else f"prefork pool (1 child), {TASK_NAMES} task names"
+    for index, what in ((0, "time"), (1, "CPU time")):
+        base = [round_[index] for round_ in per_mode["none"]]
+        for mode in modes[1:]:
+            ours = [round_[index] for round_ in per_mode[mode]]
+            extra = statistics.median(m - b for m, b in zip(ours, base, strict=True))
+            rows.append(
+                row(
+                    f"Celery worker, {where}, Redis: {what} per {name}",
+                    subject=mode, value=statistics.median(ours) * 1e6, unit="us/task",
+                    baseline="none", baseline_value=statistics.median(base) * 1e6,
+                    ratio=statistics.median(m / b for m, b in zip(ours, base, strict=True)),
+                    note=f"{extra * 1e6:+.0f} us/task over none (median of {reps} rounds of "
+                    f"{tasks} tasks)",
+                )
+            )  # fmt: skip
     return rows
 
 
 def _prefork_rows(tasks: int, reps: int) -> list[dict[str, Any]]:
-    per_mode: dict[str, list[float]] = {mode: [] for mode in PREFORK_MODES}
+    per_mode: dict[str, list[tuple[float, float]]] = {mode: [] for mode in PREFORK_MODES}
     for r in range(reps):
         for mode in PREFORK_MODES if r % 2 == 0 else tuple(reversed(PREFORK_MODES)):
             per_mode[mode].append(_one(mode, tasks, pool="prefork"))
-    base, subject = per_mode["none"], per_mode["otel-jobs"]
-    extra = statistics.median(m - b for m, b in zip(subject, base, strict=True))
-    return [
-        row(
-            f"Celery worker, prefork pool (1 child), Redis, {TASK_NAMES} task names: time per task",
-            subject="otel-jobs", value=statistics.median(subject) * 1e6, unit="us/task",
-            baseline="none", baseline_value=statistics.median(base) * 1e6,
-            ratio=statistics.median(m / b for m, b in zip(subject, base, strict=True)),
-            note=f"+{extra * 1e6:.0f} us/task over none (median of {reps} rounds of {tasks} tasks)",
-        )
-    ]  # fmt: skip
+    return _rows("prefork", PREFORK_MODES, per_mode, tasks, reps)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,16 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ..core import errors
 from ..core.patching import Patches
 from ..core.run import Run, current_run
-from .base import Args, Checker, InFlightCall, Kwargs, Missing, MissingTimeoutError
+from .base import (
+    Args,
+    Checker,
+    InFlightCall,
+    Kwargs,
+    Missing,
+    MissingTimeoutError,
+    call_site,
+    is_framework_site,
+)
 
 if TYPE_CHECKING:
     from ..core.agent import Agent
@@ -92,6 +101,11 @@ class CallCheck:
     * ``waits``: the call waits for something (a lock) by polling: the calls it makes
       underneath are not heartbeats of the run, so a run stuck waiting is seen as stalled; the
       call itself, once it returns, is.
+    * ``framework_own(found) -> bool`` and ``mark_framework_own(found)``: a connection (what
+      ``timeout`` found: a redis-py pool) that the job framework itself uses, a worker's broker
+      connection. Its first call without a timeout made by the framework outside any run marks
+      it; from then on its calls outside runs are not checked (not described, no stack walk):
+      a worker sends several per job. Calls made on it inside a run are checked as any other.
     """
 
     timeout: Callable[[Args, Kwargs], tuple[Any, Missing]]
@@ -101,6 +115,8 @@ class CallCheck:
     after: Callable[[Args, Kwargs, Any, Missing], Any] | None = None
     outermost_only: bool = False
     waits: bool = False
+    framework_own: Callable[[Any], bool] | None = None
+    mark_framework_own: Callable[[Any], None] | None = None
 
 
 Started = tuple[Run | None, InFlightCall | None, Args, Kwargs, Missing]
@@ -120,16 +136,17 @@ def _starter(
     (``lazy_site`` False for a coroutine: a suspended coroutine's frame has no ``f_back``).
     """
     read, describe, enforce, waits = check.timeout, check.describe, check.enforce, check.waits
+    own, mark_own = check.framework_own, check.mark_framework_own
     component = f"outbound.{checker.library}"
 
     def start(args: Args, kwargs: Kwargs) -> Started | None:
         run = current_run()
         try:
             found, missing = read(args, kwargs)
+            if run is None and (not missing or (own is not None and own(found))):
+                return None  # the hot path; or the framework's own connection, outside any run
         except Exception as exc:  # unreadable: neither flagged nor tracked
             errors.record(component, exc)
-            return None
-        if not missing and run is None:
             return None
         call = None
         enforced: Missing = ()
@@ -141,6 +158,8 @@ def _starter(
                 call = checker.begin(
                     run, method, host, missing, frame, lazy_site=lazy_site, waits=waits
                 )
+                if run is None and mark_own is not None and is_framework_site(call_site(frame)):
+                    mark_own(found)
                 if missing and enforce is not None and checker.applies_default_timeout:
                     args, kwargs = enforce(args, kwargs, found, missing, checker.default_timeout)
                     enforced = missing

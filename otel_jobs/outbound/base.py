@@ -134,6 +134,11 @@ def _in_library(frame: FrameType) -> bool:
     return known
 
 
+def is_framework_site(site: str) -> bool:
+    """Whether a call site (:func:`call_site`) is in a job framework's own code."""
+    return site.partition(".")[0].partition(":")[0] in FRAMEWORK_MODULES
+
+
 def call_site(frame: FrameType | None) -> str:
     """``module:function:line`` of the first frame at or above ``frame`` outside the libraries.
 
@@ -311,7 +316,7 @@ class Checker:
         site: str | None = None
         if missing:
             site = call_site(frame)
-            if run is None and site.partition(".")[0].partition(":")[0] in FRAMEWORK_MODULES:
+            if run is None and is_framework_site(site):
                 missing = ()  # the framework's own call, outside any run: not the user's to fix
         if missing:
             assert site is not None

@@ -55,6 +55,9 @@ LOCK_HINT = (
     "(client.lock(name, timeout=60, blocking_timeout=10)), and handle a lock not acquired"
 )
 _ENFORCED = "_otel_jobs_missing"  # set on a pool whose timeouts otel-jobs enforced
+#: Set on the pool of a job framework's own client (a worker's broker connection, see
+#: adapter.CallCheck.framework_own): its calls outside runs are not checked.
+_FRAMEWORK_OWN = "_otel_jobs_framework_own"
 _MAX_LOCK_NAME = 100  # characters of a lock's name in its method
 
 
@@ -128,8 +131,22 @@ def _enforce(
     return args, kwargs
 
 
-COMMAND = CallCheck(_client_timeout, _describe_command, _enforce)
-PIPELINE = CallCheck(_client_timeout, _describe_pipeline, _enforce)
+def _framework_own(pool: Any) -> bool:
+    return bool(pool.__dict__.get(_FRAMEWORK_OWN, False))
+
+
+def _mark_framework_own(pool: Any) -> None:
+    setattr(pool, _FRAMEWORK_OWN, True)
+
+
+COMMAND = CallCheck(
+    _client_timeout, _describe_command, _enforce,
+    framework_own=_framework_own, mark_framework_own=_mark_framework_own,
+)  # fmt: skip
+PIPELINE = CallCheck(
+    _client_timeout, _describe_pipeline, _enforce,
+    framework_own=_framework_own, mark_framework_own=_mark_framework_own,
+)  # fmt: skip
 
 
 # --- locks -------------------------------------------------------------------------------
