@@ -6,8 +6,9 @@ Two dashboards, written against the metrics table of ``docs/metrics.md`` (the co
   where, how old the oldest runs are against their max duration, how stale their heartbeats
   are against their timeout, throughput by outcome, failure ratio, duration percentiles and
   heatmap, queue wait, the queues as the brokers hold them (depth by state and the oldest
-  waiting job, from ``otel-jobs monitor``), outbound calls made without a timeout, and each
-  worker's watchdog, CPU and memory.
+  waiting job, from ``otel-jobs monitor``), runs lost with their worker and requeued (from the
+  monitor) and handed out again (from the workers), outbound calls made without a timeout,
+  and each worker's watchdog, CPU and memory.
 * ``otel-jobs-job.json`` (uid ``otel-jobs-job``): one ``job_name``, with its own thresholds
   (``otel_jobs_run_max_duration_seconds``, ``otel_jobs_run_heartbeat_timeout_seconds``)
   drawn as lines, its stalls and its timeouts.
@@ -621,6 +622,50 @@ def overview() -> dash.Dashboard:
             _steps((None, GREEN), (600, RED)),
             threshold_lines=True,
             links=[_runbook("OtelJobsQueueBacklogOld")],
+        )
+    )
+    d = d.with_row(dash.Row("Runs lost with their worker (otel-jobs monitor)"))
+    d = d.with_panel(
+        _timeseries(
+            "Runs lost and requeued, by job",
+            "Runs whose worker died before they finished (killed, OOM, evicted): counted once each by otel-jobs monitor when the worker's lease expired (A), and those it put back on their queue with --requeue-lost (B). A job lost more than --max-lost times is not requeued again: lost without requeued is a poison job, or a framework whose broker hands runs out again itself. Empty while no monitor runs or no run was lost.",
+            "short",
+            [
+                _query(
+                    "sum by (framework, job_name, queue) "
+                    f"(increase(otel_jobs_runs_lost_total{{{RECORDED}}}[$__rate_interval]))",
+                    "{{job_name}} lost ({{queue}}, {{framework}})",
+                ),
+                _query(
+                    "sum by (framework, job_name, queue) "
+                    f"(increase(otel_jobs_runs_requeued_total{{{RECORDED}}}[$__rate_interval]))",
+                    "{{job_name}} requeued ({{queue}}, {{framework}})",
+                    "B",
+                ),
+            ],
+            _steps((None, GREEN), (1, ORANGE)),
+            data_links=[_job_link()],
+            links=[
+                _runbook("OtelJobsRunLost"),
+                _runbook("OtelJobsWorkerVanishedWithRunsInFlight"),
+            ],
+        )
+    )
+    d = d.with_panel(
+        _timeseries(
+            "Runs handed out again, by job",
+            "Runs that started from a message handed out again, counted by the worker that ran them: redelivered by the broker (Celery redelivered, Dramatiq, arq, RQ's clean-up of abandoned jobs) or requeued by otel-jobs monitor after their worker died. A steady line is workers dying mid-run, or a Redis visibility timeout shorter than the job.",
+            "short",
+            [
+                _query(
+                    "sum by (job_name, queue) "
+                    f"(increase(otel_jobs_runs_redelivered_total{{{FLEET}}}[$__rate_interval]))",
+                    "{{job_name}} ({{queue}})",
+                )
+            ],
+            _steps((None, GREEN), (1, ORANGE)),
+            data_links=[_job_link()],
+            links=[_runbook("OtelJobsRunRedelivered")],
         )
     )
     d = d.with_row(dash.Row("Scheduled jobs"))

@@ -7,7 +7,12 @@
   ``otel-jobs-monitor``;
 * a queue worker (``python -m dashboards.live queue-worker``): producers put jobs on an
   in-process queue in bursts and two consumer threads run them with ``job_run(...,
-  enqueued_at=...)``: a second instance, with a queue of its own, for the chained variables;
+  enqueued_at=...)``: a second instance, with a queue of its own, for the chained variables.
+  Every fifth run counts as handed out again (``otel_jobs_runs_redelivered_total``, as an
+  integration records a redelivered message), and a lost-run feed on ``--monitor-port``
+  (scraped as ``otel-jobs-monitor``) has the monitor's lost-run detector count one of its
+  jobs lost at every burst, requeued up to ``--max-lost`` (2) times and then not again:
+  ``otel_jobs_runs_lost_total`` and ``otel_jobs_runs_requeued_total``;
 * Debian's ``prometheus`` with a temporary TSDB, scraping both every second.
 
 The tests of ``tests/dashboards`` and the preview renderer (:mod:`dashboards.preview`) use
@@ -21,6 +26,7 @@ it; :func:`substitute` turns a dashboard query into the PromQL Grafana would sen
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -75,6 +81,7 @@ class Stack:
         self.demo_port = free_port()
         self.monitor_port = free_port()
         self.queue_port = free_port()
+        self.lost_port = free_port()
         self.prom_port = free_port()
         self.url = f"http://127.0.0.1:{self.prom_port}"
         self.started = time.time()
@@ -140,7 +147,14 @@ class Stack:
                         },
                         {
                             "job_name": "otel-jobs-monitor",
-                            "static_configs": [{"targets": [f"127.0.0.1:{self.monitor_port}"]}],
+                            "static_configs": [
+                                {
+                                    "targets": [
+                                        f"127.0.0.1:{self.monitor_port}",
+                                        f"127.0.0.1:{self.lost_port}",
+                                    ]
+                                }
+                            ],
                         },
                     ],
                 }
@@ -162,7 +176,7 @@ class Stack:
         )  # fmt: skip
         self._spawn(
             [self.python, "-m", "dashboards.live", "queue-worker", "--duration", seconds,
-             "--port", str(self.queue_port)],
+             "--port", str(self.queue_port), "--monitor-port", str(self.lost_port)],
             "queue-worker.log",
         )  # fmt: skip
         # Both targets scraped successfully at least once.
@@ -342,19 +356,27 @@ def is_finite(value: str) -> bool:
 # --- a second, queue-fed worker -----------------------------------------------------------------
 
 
-def queue_worker(port: int, duration: float, seed: int = 11) -> int:
+def queue_worker(
+    port: int, duration: float, seed: int = 11, monitor_port: int | None = None
+) -> int:
     """Jobs published on an in-process queue in bursts, consumed by two threads.
 
     Each run is started with ``enqueued_at`` (its publish time), so the queue wait of a burst
-    grows while the consumers catch up: the shape of a queue behind busy workers.
+    grows while the consumers catch up: the shape of a queue behind busy workers. Every fifth
+    run is recorded as handed out again; with ``monitor_port``, a lost-run feed (see the module
+    docstring) is served there.
     """
     import queue as queue_mod
 
     import otel_jobs
+    from otel_jobs.core import agent as agent_mod
 
     otel_jobs.instrument(prometheus_port=port, watchdog_interval=0.5, frameworks=[])
     rng = random.Random(seed)
     jobs: queue_mod.Queue[float | None] = queue_mod.Queue()
+    agent = agent_mod.current()
+    count = itertools.count(1)
+    lose = _lost_feed(monitor_port) if monitor_port is not None else None
 
     def consume() -> None:
         while (published := jobs.get()) is not None:
@@ -364,7 +386,10 @@ def queue_worker(port: int, duration: float, seed: int = 11) -> int:
                 enqueued_at=published,
                 max_duration=10,
                 heartbeat_timeout=5,
-            ):
+            ) as run:
+                series = getattr(run, "series", None)  # none when not instrumented
+                if agent is not None and series is not None and next(count) % 5 == 0:
+                    agent.telemetry.record_redelivered(series)
                 time.sleep(rng.uniform(0.05, 0.25))
 
     consumers = [threading.Thread(target=consume, daemon=True) for _ in range(2)]
@@ -374,6 +399,8 @@ def queue_worker(port: int, duration: float, seed: int = 11) -> int:
     while time.monotonic() < stop:
         for _ in range(rng.randint(6, 14)):
             jobs.put(time.time())
+        if lose is not None:
+            lose()
         time.sleep(2.0)
     for _ in consumers:
         jobs.put(None)
@@ -383,14 +410,52 @@ def queue_worker(port: int, duration: float, seed: int = 11) -> int:
     return 0
 
 
+def _lost_feed(port: int) -> Callable[[], None]:
+    """Serve the monitor's lost-run counters on ``port``; the function that loses one run.
+
+    The runs go through the detector's own handling of a claimed lost run (count, span, log,
+    requeue policy with ``--requeue-lost --max-lost 2``), without a Redis: each job id is lost
+    three times (requeued twice, then not again), then the next id.
+    """
+    import redis
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from otel_jobs.monitor.lost.detector import Detector, LostRun
+
+    class Feed(Detector):
+        framework = "demo"
+
+        def requeue(self, run: LostRun, attempt: Mapping[str, Any]) -> bool:
+            return True
+
+    registry = CollectorRegistry()
+    detector = Feed(redis.Redis(host="127.0.0.1", port=1), requeue=True, max_lost=2)
+    detector.register(registry)
+    start_http_server(port, "127.0.0.1", registry)
+    losses = itertools.count(0)
+
+    def lose() -> None:
+        n = next(losses)
+        now = time.time()
+        run = LostRun(
+            lease=f"demo:{os.getpid()}:{n}", key=f"run:{n}", framework="demo",
+            job_id=f"order-{n // 3}", name="shop.fulfil_order", queue="orders", attempt=1,
+            started=now - 30, host="demo", pid=os.getpid(), expired_at=now - 1,
+        )  # fmt: skip
+        detector._lost(run, run.attempt_record(), n % 3 + 1, now)
+
+    return lose
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="helpers of the dashboards' live checks")
     sub = parser.add_subparsers(dest="command", required=True)
     qw = sub.add_parser("queue-worker", help="run the queue-fed sample worker")
     qw.add_argument("--port", type=int, required=True)
     qw.add_argument("--duration", type=float, default=60.0)
+    qw.add_argument("--monitor-port", type=int, default=None)
     args = parser.parse_args(argv)
-    return queue_worker(args.port, args.duration)
+    return queue_worker(args.port, args.duration, monitor_port=args.monitor_port)
 
 
 if __name__ == "__main__":
