@@ -2,8 +2,8 @@
 
 They used to be bare lines on stderr: logged before Celery had set up its logging, or, under
 ``rq worker`` (which sets up only its own ``rq.worker`` logger), through Python's last-resort
-handler. Celery's side is checked in test_celery.py (the findings test); RQ's here, on Redis DB 7
-(this module's own, emptied before and after).
+handler. Celery's side is checked in test_celery.py (the findings test); RQ's here, on a
+``redis-server`` of the test's own (every database of the shared Redis has an owner already).
 """
 
 from __future__ import annotations
@@ -16,22 +16,27 @@ import pytest
 from rq import Queue
 
 from otel_jobs.integrations import rq as rq_integration
-from tests.integrations.rq_support import JOBS, empty_redis_db
+from tests.integrations.rq_support import JOBS
 from tests.integrations.workers import start, worker_env
+from tests.monitor.support import RedisServer
 from tests.support import free_port
 
 pytestmark = pytest.mark.broker
 
 ROOT = Path(__file__).resolve().parents[2]
-REDIS_URL = "redis://127.0.0.1:6379/7"
 
 
 def test_rq_findings_go_through_the_workers_log_handler_once_each(tmp_path: Path) -> None:
-    with empty_redis_db(REDIS_URL) as connection:
+    from redis import Redis
+
+    server = RedisServer(tmp_path / "redis").start()
+    redis_url = server.url()
+    connection = Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=10)
+    try:
         queue = Queue("everything", connection=connection)
         queue.enqueue(f"{JOBS}.ok", 1, job_timeout=-1)
         queue.enqueue(f"{JOBS}.boom", failure_ttl=60)
-        expected = rq_integration.audit(REDIS_URL)
+        expected = rq_integration.audit(redis_url)
         assert {f.finding for f in expected} >= {"no_time_limit", "single_queue"}
 
         log = tmp_path / "worker.log"
@@ -41,11 +46,14 @@ def test_rq_findings_go_through_the_workers_log_handler_once_each(tmp_path: Path
         )  # fmt: skip
         rq = str(Path(sys.executable).parent / "rq")
         worker = start(
-            [rq, "worker", "--burst", "-c", "tests.integrations.rq_settings", "-u", REDIS_URL,
+            [rq, "worker", "--burst", "-c", "tests.integrations.rq_settings", "-u", redis_url,
              "everything"],
             log, env, ROOT,
         )  # fmt: skip
         assert worker.wait(timeout=120) == 0, log.read_text()
+    finally:
+        connection.close()
+        server.stop()
 
     output = log.read_text()
     lines = [line for line in output.splitlines() if "otel-jobs: rq configuration:" in line]

@@ -5,7 +5,8 @@ Each worker is started with its installed console script (``celery``, ``rq``, ``
 job stuck in a loop. Forked processes (Celery's prefork children, RQ's work horses, Huey's
 process workers) carry the console script's frame at the bottom of their stack: it used to be
 taken for the user's code, so the stack shown started there, with some 30 framework frames above
-the user's line. Redis DB 6 is this module's own, emptied before and after each test.
+the user's line. Redis DB 2 is this module's own (no other module uses it), emptied before and
+after each test.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from tests.support import free_port
 
 pytestmark = pytest.mark.broker
 
-REDIS_URL = "redis://127.0.0.1:6379/6"
+REDIS_URL = "redis://127.0.0.1:6379/2"
 BIN = Path(sys.executable).parent
 
 #: The stuck job's body, the same in every app; the marked line is where it waits.
