@@ -37,7 +37,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..core import errors
-from ..core.redaction import format_host
+from ..core.redaction import format_host, url_without_secrets
 from .adapter import CallCheck, MethodAdapter, Target
 from .base import Args, Kwargs, Missing
 
@@ -95,19 +95,12 @@ def _scrub_url(span: Any, request: Any) -> None:
     url = request.url if hasattr(request, "url") else request[1]
     if not (getattr(url, "query", 1) or getattr(url, "userinfo", 1) or getattr(url, "fragment", 1)):
         return  # an httpx.URL with nothing to take out: the span's URL is already clean
-    try:
-        scheme, host, port, path = url.scheme, url.host, url.port, url.path
-    except AttributeError:  # the raw (bytes) form: scheme, host, port, target
-        scheme, host, port, target = (
-            url[0].decode(),
-            url[1].decode(),
-            url[2],
-            url[3].decode("ascii", "replace"),
-        )
-        path = target.partition("?")[0]
-    if isinstance(scheme, bytes):
-        scheme = scheme.decode()
-    full = f"{scheme}://{format_host(host, port)}{path}"
+    if isinstance(url, tuple):  # the raw (bytes) form: scheme, host, port, target
+        scheme, host, port, target = url
+        url = f"{scheme.decode()}://{format_host(host, port)}{target.decode('ascii', 'replace')}"
+    # The one rule of otel_jobs.core.redaction, on the URL as contrib writes it (str(url), its
+    # path percent-encoded and its host in ASCII) with the credentials and the query taken out.
+    full = url_without_secrets(str(url))
     attributes = getattr(span, "attributes", None) or {}
     for key in _URL_KEYS:
         if key in attributes:

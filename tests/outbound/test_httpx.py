@@ -172,6 +172,17 @@ def test_otel_jobs_instruments_httpx_spans_when_nobody_did(
     assert vars(httpx.HTTPTransport)["handle_request"] is before
 
 
+def test_otel_jobs_spans_keep_the_url_without_its_secrets_as_contrib_writes_it(
+    outbound: Any, http_server: HTTPServer, span_exporter: InMemorySpanExporter
+) -> None:
+    outbound("httpx")
+    httpx.get(f"http://alice:hunter2@{http_server.host}/v1/a%20b?token=s3cr3t#top", timeout=5)
+    [span] = client_spans(span_exporter)
+    [url] = [span.attributes[k] for k in ("url.full", "http.url") if k in span.attributes]
+    # contrib's own value is str(httpx.URL): the path stays percent-encoded
+    assert url == f"http://{http_server.host}/v1/a%20b"
+
+
 def test_user_instrumented_first_one_span_and_left_in_place(
     outbound: Any, http_server: HTTPServer, span_exporter: InMemorySpanExporter
 ) -> None:
