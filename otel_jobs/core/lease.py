@@ -118,9 +118,10 @@ return {now, expired, attempts}
 
 #: Frameworks whose broker hands a lost run out again with nothing on the message to say so, and
 #: the attempt number such a run has relative to the lost one (Dramatiq: the same; arq and RQ's
-#: own retry of an abandoned job: one more). Their runs are checked against the monitor's
+#: own retry of an abandoned job: one more; Huey: the same, its message requeued by the monitor
+#: as it was, with no header to carry a mark). Their runs are checked against the monitor's
 #: attempt record as they are first written to the lease (in the same round trip).
-REDELIVERY_CHECK = {"dramatiq": 0, "arq": 1, "rq": 1}
+REDELIVERY_CHECK = {"dramatiq": 0, "arq": 1, "rq": 1, "huey": 0}
 
 #: What an integration gives :meth:`LeaseKeeper.track`: where its broker's Redis is (a URL, or
 #: a redis-py ``ConnectionPool`` whose address and credentials to use), or None.

@@ -308,7 +308,7 @@ class Integration(BaseIntegration):
             enqueued_at=_due_time(huey, task),
         )
         run.activate()
-        leases.huey_started(self.agent, run, huey)
+        leases.huey_started(self.agent, run, huey, task)
         task.__dict__[_RUN_ATTR] = run
         self._local.run = run
 

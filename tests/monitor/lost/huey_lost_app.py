@@ -20,3 +20,22 @@ if os.environ.get("LOST_WORKER") == "1":
 @huey.task(name="lost_page")
 def page(name: str) -> None:
     lost_apps.page_body(name)
+
+
+@huey.task(name="lost_retried_page", retries=2)
+def retried_page(name: str) -> None:
+    run = otel_jobs.current_run()
+    if run is not None:  # each attempt: its id and attempt number, for the requeue's test
+        with open(lost_apps.DIR / f"{name}.runs", "a") as out:
+            out.write(f"{run.job_id} {run.attempt}\n")
+    lost_apps.page_body(name)
+
+
+@huey.task(name="lost_poison")
+def poison(name: str) -> None:
+    lost_apps.poison_body(name)
+
+
+@huey.task(name="lost_quick")
+def quick(name: str) -> None:
+    lost_apps.quick_body(name)

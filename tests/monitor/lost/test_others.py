@@ -6,7 +6,8 @@ arq hand such a run out again by themselves: it is counted, never requeued
 (``otel_jobs.lost.action`` ``broker_redelivers``), and a second worker runs it once, reading
 ``previous_attempt`` and counting ``otel_jobs_runs_redelivered_total`` (Dramatiq with a 3 s
 heartbeat timeout and maintenance at every fetch, arq with a 5 s job timeout, so that they hand
-it out within seconds); Huey keeps no copy of a task once taken: counted only.
+it out within seconds); Huey without ``--requeue-lost``: counted only (its requeue and poison
+task: ``test_huey.py``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def run_and_kill(
     job_name: str,
     queue: str,
     spans: InMemorySpanExporter,
+    requeue: bool = True,
     **env: str,
 ) -> tuple[str, int]:
     worker = Worker(
@@ -67,7 +69,7 @@ def run_and_kill(
             "otel_jobs_runs_lost_total", framework=framework, job_name=job_name, queue=queue
         )
 
-    settings = MonitorSettings(requeue_lost=True)
+    settings = MonitorSettings(requeue_lost=requeue)
     with Polled([with_lost_runs(collector, settings, owner)]) as monitor:
         wait_lost(monitor.poll, url, job_id, lost)
         for _ in range(2):
@@ -193,5 +195,6 @@ def test_huey(redis_url: str, tmp_path: Path, span_exporter: InMemorySpanExporte
     run_and_kill(
         tmp_path, redis_url, command, send, HueyCollector(producer), producer,
         "huey", "tests.monitor.lost.huey_lost_app.lost_page", queue, span_exporter,
+        requeue=False,
     )  # fmt: skip
     assert os.environ.get("LOST_WORKER") is None  # the producer side was never instrumented
