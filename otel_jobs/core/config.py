@@ -574,7 +574,7 @@ def load(environ: Mapping[str, str] | None = None, **kwargs: Any) -> Settings:
         from_env = "lease_ttl" not in kwargs or kwargs["lease_ttl"] is None
         raise ConfigurationError(
             "OTEL_JOBS_LEASE_TTL" if from_env else "lease_ttl",
-            env.get("OTEL_JOBS_LEASE_TTL") if from_env else kwargs["lease_ttl"],  # as given
+            lease_ttl,
             f"at least twice the watchdog interval ({2 * interval:g} s): the watchdog renews it",
         )
     return Settings(**values)

@@ -62,8 +62,6 @@ def test_environment_is_read_and_keywords_win() -> None:
         ("OTEL_JOBS_PROMETHEUS_ENABLED", "maybe", "true or false"),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon", "grpc, http/protobuf"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "127.0.0.1:4317", "http://"),
-        # refused against another setting: still the value as written, not as parsed
-        ("OTEL_JOBS_LEASE_TTL", "1e-1", "twice the watchdog interval"),
     ],
 )
 def test_bad_environment_value_names_variable_value_and_accepted(
