@@ -36,9 +36,14 @@ async def lost_page(ctx: dict[str, Any], name: str) -> None:
         out.write("x\n")
 
 
+async def lost_poison(ctx: dict[str, Any], name: str) -> None:
+    lost_apps.poison_body(name)  # blocks the loop: it kills its worker anyway
+
+
 class WorkerSettings:
-    functions = [lost_page]
+    functions = [lost_page, lost_poison]
     queue_name = lost_apps.QUEUE
     redis_settings = RedisSettings.from_dsn(os.environ.get("LOST_BROKER", "redis://127.0.0.1/0"))
     # arq hands a job out again once its in-progress key (the timeout + 10 s) is gone.
     job_timeout = int(os.environ.get("LOST_ARQ_TIMEOUT", "600"))
+    max_tries = int(os.environ.get("LOST_ARQ_MAX_TRIES", "5"))

@@ -198,3 +198,89 @@ def test_huey(redis_url: str, tmp_path: Path, span_exporter: InMemorySpanExporte
         requeue=False,
     )  # fmt: skip
     assert os.environ.get("LOST_WORKER") is None  # the producer side was never instrumented
+
+
+def test_arq_a_job_that_kills_its_worker_every_time_is_stopped_by_max_tries(
+    redis_url: str, tmp_path: Path, span_exporter: InMemorySpanExporter
+) -> None:
+    """arq hands a lost job out again by itself, one ``job_try`` higher each time: the monitor
+    counts every loss and requeues none (``--max-lost`` does not apply), and arq's own
+    ``max_tries`` (2 here) stops the poison job: run twice, then failed by arq without running
+    ("max 2 retries exceeded")."""
+    from arq import create_pool
+    from arq.connections import RedisSettings
+    from arq.jobs import Job
+
+    from otel_jobs.monitor.arq import ArqCollector
+
+    queue = f"lost-{uuid.uuid4().hex[:8]}"
+    name = "lost_poison"
+    attempts = tmp_path / "poison1.attempts"
+
+    async def enqueue() -> str:
+        pool = await create_pool(RedisSettings.from_dsn(redis_url))
+        job = await pool.enqueue_job(name, "poison1", _queue_name=queue)
+        await pool.aclose()
+        assert job is not None
+        return job.job_id
+
+    async def result_of(job_id: str) -> Any:
+        pool = await create_pool(RedisSettings.from_dsn(redis_url))
+        try:
+            return await Job(job_id, pool, _queue_name=queue).result_info()
+        finally:
+            await pool.aclose()
+
+    command = [python(), "-m", "arq", "tests.monitor.lost.arq_lost_app.WorkerSettings"]
+    env = {"LOST_ARQ_TIMEOUT": "5", "LOST_ARQ_MAX_TRIES": "2"}
+    workers: list[Worker] = []
+
+    def worker() -> Worker:
+        found = Worker(
+            command, tmp_path / f"worker-{len(workers)}.log", LOST_BROKER=redis_url,
+            LOST_QUEUE=queue, LOST_DIR=str(tmp_path), OTEL_JOBS_LEASE_TTL="2", **env,
+        )  # fmt: skip
+        workers.append(found)
+        found.wait_serving()
+        return found
+
+    def lost(samples: Samples) -> float:
+        return samples.total(
+            "otel_jobs_runs_lost_total", framework="arq", job_name=name, queue=queue
+        )
+
+    settings = MonitorSettings(requeue_lost=True, max_lost=1)
+    collector = ArqCollector(redis_url, queues=[queue])
+    try:
+        with Polled([with_lost_runs(collector, settings)]) as monitor:
+            job_id = asyncio.run(enqueue())
+            for attempt in (1, 2):
+                current = worker()
+
+                def died(current: Worker = current) -> bool:
+                    return current.proc.poll() is not None
+
+                wait_for("the poison job to kill its worker", died, log=current.log)
+                assert len(attempts.read_text().splitlines()) == attempt
+
+                def counted(attempt: int = attempt) -> bool:
+                    return lost(monitor.poll()) == attempt
+
+                wait_for(f"loss {attempt} counted", counted)
+            last = worker()
+            result = wait_for(
+                "arq to fail the job", lambda: asyncio.run(result_of(job_id)), log=last.log
+            )
+            assert result.success is False and "max 2 retries exceeded" in str(result.result)
+            assert len(attempts.read_text().splitlines()) == 2
+            samples = monitor.poll()
+            assert lost(samples) == 2
+            assert samples.total("otel_jobs_runs_requeued_total") == 0
+    finally:
+        for found in workers:
+            found.kill()
+    spans = [s for s in span_exporter.get_finished_spans() if s.name == f"{name} lost"]
+    assert [(s.attributes or {})["otel_jobs.lost.action"] for s in spans] == [
+        "broker_redelivers"
+    ] * 2
+    assert [(s.attributes or {})["job.attempt"] for s in spans] == [1, 2]
