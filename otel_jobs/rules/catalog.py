@@ -77,15 +77,17 @@ def records(config: RulesConfig) -> list[Record]:
     """Every group's recording rules, in rendering order, each name once.
 
     Two groups (or two windows of one) may ask for the same record: it is rendered once. The
-    same name with another expression is a programming error of otel-jobs.
+    same name with another expression in the same records group is a programming error of
+    otel-jobs; in two records groups it is a record written in shares (``fleet.windowed``'s
+    shards), each group selecting its own series.
     """
-    out: dict[str, Record] = {}
+    out: dict[tuple[str, str], Record] = {}
     for group in found():
         for record in group.records(config):
-            kept = out.setdefault(record.record, record)
+            kept = out.setdefault((record.record, record.group), record)
             if kept != record:
                 raise ValueError(
                     f"rule group {group.name}: record {record.record} is already declared "
-                    "with another expression or in another records group"
+                    f"in {record.group} with another expression"
                 )
     return list(out.values())

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import replace
 
 from .config import RulesConfig
 from .promql import FLEET_WINDOW, Record, by, num, sel
@@ -82,6 +83,11 @@ def _pieces(record: str, piece: str, count: int, labels: str) -> str:
     return f"sum by ({labels}) (\n  " + "\n  or ".join(terms) + "\n)"
 
 
+def _ref(record: str, shard: str) -> str:
+    """``record``'s series of ``shard``, if it is written in shares."""
+    return f'{record}{{shard="{shard}"}}' if shard else record
+
+
 def _duration(total: float) -> str:
     """Seconds as the shortest Prometheus duration (``3600`` -> ``1h``, ``900`` -> ``15m``)."""
     for unit in ("d", "h", "m", "s"):
@@ -98,21 +104,55 @@ def windowed(
     *,
     rates: Iterable[str] = (),
     increases: Iterable[str] = (),
+    shards: tuple[str, ...] = (),
 ) -> list[Record]:
     """The records of ``metric`` summed across workers by ``--group-by`` and ``extra``.
 
     Always ``<base>:increase5m`` (the one read of the workers' series) and ``<base>:rate5m``;
     then ``<base>:increase<w>`` for each of ``increases`` and ``<base>:rate<w>`` for each of
     ``rates``, derived from the first as the module says. Records in dependency order.
+
+    ``shards``: label matchers that split the series into disjoint sets covering them all, each
+    read and summed in a group of its own (``<group>.1``, ...): the same records, each group
+    writing its share of their series (labelled ``shard="1"``, ...), so that no group reads them
+    all.
     """
-    labels = by(s, *extra)
-    raw = sel(s, metric)
+    if not shards:
+        return _records(s, metric, by(s, *extra), group, "", "", rates, increases)
+    out = []
+    for k, matcher in enumerate(shards, 1):
+        shard = str(k)
+        found = _records(s, metric, by(s, *extra), f"{group}.{k}", matcher, shard, rates, increases)
+        out += [replace(r, labels={"shard": shard}) for r in found]
+    return out
+
+
+def _records(
+    s: RulesConfig,
+    metric: str,
+    labels: str,
+    group: str,
+    matcher: str,
+    shard: str,
+    rates: Iterable[str],
+    increases: Iterable[str],
+) -> list[Record]:
+    """The records of one group: ``matcher`` selects its workers' series, ``shard`` its share of
+    the records (both empty: all of them)."""
+
+    def ref(name: str) -> str:
+        return _ref(name, shard)
+
     fleet = increase_record(metric, FLEET_WINDOW)
     out = [
-        Record(fleet, f"sum by ({labels}) (increase({raw}[{FLEET_WINDOW}]))", group),
+        Record(
+            fleet,
+            f"sum by ({labels}) (increase({sel(s, metric, matcher)}[{FLEET_WINDOW}]))",
+            group,
+        ),
         Record(
             f"{base_name(metric)}:rate{FLEET_WINDOW}",
-            f"{fleet} / {num(seconds(FLEET_WINDOW))}",
+            f"{ref(fleet)} / {num(seconds(FLEET_WINDOW))}",
             group,
         ),
     ]
@@ -126,9 +166,9 @@ def windowed(
         if name in done:
             continue
         if kind == "rate" and increase_record(metric, window) in done:
-            expr = increase_record(metric, window)
+            expr = ref(increase_record(metric, window))
         else:
-            expr = _window(s, metric, window, labels, group, out, done)
+            expr = _window(s, metric, window, labels, group, (matcher, shard), out, done)
         if kind == "rate":
             expr = f"{expr} / {num(seconds(window))}"
         elif "offset" in expr:
@@ -136,7 +176,7 @@ def windowed(
             # that edge passes it (one scrape interval): where the sum is 0, the largest piece
             # of the window, so that "any run in the window" holds as on the raw series.
             rest = _duration(seconds(window) - seconds(FLEET_WINDOW))
-            expr = f"{expr} > 0\nor\nmax_over_time({fleet}[{rest}])"
+            expr = f"{expr} > 0\nor\nmax_over_time({ref(fleet)}[{rest}])"
         out.append(Record(name, expr, group))
         done.add(name)
     return out
@@ -148,12 +188,14 @@ def _window(
     window: str,
     labels: str,
     group: str,
+    share: tuple[str, str],
     out: list[Record],
     done: set[str],
 ) -> str:
     """The increase of ``metric`` over ``window`` summed by ``labels``: from the records when
     it can be (appending the hour's record to ``out`` for a window summed from it), else read."""
-    fleet = increase_record(metric, FLEET_WINDOW)
+    matcher, shard = share
+    fleet = _ref(increase_record(metric, FLEET_WINDOW), shard)
     total, piece, hour = seconds(window), seconds(FLEET_WINDOW), seconds(HOUR)
     if total % piece == 0 and total // piece <= MAX_PIECES:
         return _pieces(fleet, FLEET_WINDOW, int(total // piece), labels)
@@ -164,5 +206,5 @@ def _window(
                 Record(record, _pieces(fleet, FLEET_WINDOW, int(hour // piece), labels), group)
             )
             done.add(record)
-        return _pieces(record, HOUR, int(total // hour), labels)
-    return f"sum by ({labels}) (increase({sel(s, metric)}[{window}]))"
+        return _pieces(_ref(record, shard), HOUR, int(total // hour), labels)
+    return f"sum by ({labels}) (increase({sel(s, metric, matcher)}[{window}]))"

@@ -45,6 +45,8 @@ class Record:
     record: str
     expr: str
     group: str = "otel-jobs.records"
+    #: Static labels: the shard of a record written in shares by several groups.
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 #: The first records group (runs finished, in flight, stalled); the others follow it.

@@ -38,7 +38,10 @@ def groups(config: RulesConfig, part: str = "alerts") -> list[dict[str, Any]]:
     if part in ("records", "all"):
         grouped: dict[str, list[dict[str, Any]]] = {RECORDS_GROUP: []}
         for r in records(config):
-            grouped.setdefault(r.group, []).append({"record": r.record, "expr": r.expr})
+            rule: dict[str, Any] = {"record": r.record, "expr": r.expr}
+            if r.labels:
+                rule["labels"] = dict(r.labels)
+            grouped.setdefault(r.group, []).append(rule)
         out.extend({"name": name, "rules": rules} for name, rules in grouped.items() if rules)
     if part == "records":
         return out

@@ -124,8 +124,10 @@ def test_the_records_file_is_clean_for_promtool() -> None:
         names = [g["name"] for g in groups]
         assert names[0] == rules.RECORDS_GROUP and len(names) == len(set(names)) > 1
         assert all(n.startswith(f"{rules.RECORDS_GROUP}.") for n in names[1:])
-        names = [r["record"] for g in groups for r in g["rules"]]
-        assert len(names) == len(set(names)) and all(n.startswith("otel_jobs:") for n in names)
+        for group in groups:
+            names = [r["record"] for r in group["rules"]]
+            assert len(names) == len(set(names))
+            assert all(n.startswith("otel_jobs:") for n in names)
     result = promtool("check", "rules", ALERTS / "otel-jobs.records.yml")
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(rules.records(rules.RulesConfig()))} rules found" in result.stdout
@@ -138,10 +140,28 @@ def test_alerts_on_the_records_fire_in_the_same_cases_as_on_raw_series(tmp_path:
 
 
 def _records_text(records: list[Record]) -> str:
-    grouped: dict[str, list[dict[str, str]]] = {}
+    grouped: dict[str, list[dict[str, Any]]] = {}
     for r in records:
-        grouped.setdefault(r.group, []).append({"record": r.record, "expr": r.expr})
+        rule = {"record": r.record, "expr": r.expr}
+        grouped.setdefault(r.group, []).append({**rule, "labels": r.labels} if r.labels else rule)
     return rules.dump_yaml({"groups": [{"name": n, "rules": g} for n, g in grouped.items()]})
+
+
+def test_the_duration_shards_take_every_bucket_once() -> None:
+    """Three records groups read the duration buckets; each ``le`` of any layout in exactly one."""
+    from otel_jobs.rules.alert_groups.jobs import DURATION_SHARDS
+
+    shards = [re.fullmatch(r'le(=~|!~)"(.*)"', m) for m in DURATION_SHARDS]
+    assert all(shards)
+    les = ["0.005", "0.01", "0.1", "1", "1.0", "2.5", "10", "28800.0", "300", "60.0", "9", "+Inf"]
+    les += ["5e-05", "1e+06", "-1", "NaN"]
+    for le in les:
+        taken = [bool(re.fullmatch(m.group(2), le)) == (m.group(1) == "=~") for m in shards if m]
+        assert taken.count(True) == 1, (le, taken)
+    groups = _record_groups(rules.render(rules.RulesConfig(), part="records"))
+    assert [g for g in groups if ".durations" in g] == [
+        f"{rules.RECORDS_GROUP}.durations.{k}" for k in (1, 2, 3)
+    ]
 
 
 def test_other_windows_are_summed_from_hours_or_read_from_the_workers(tmp_path: Path) -> None:
