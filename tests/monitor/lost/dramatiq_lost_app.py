@@ -22,3 +22,8 @@ dramatiq.set_broker(broker)
 @dramatiq.actor(queue_name=lost_apps.QUEUE, actor_name="lost_page", max_retries=0)
 def page(name: str) -> None:
     lost_apps.page_body(name)
+
+
+@dramatiq.actor(queue_name=lost_apps.QUEUE, actor_name="lost_poison", max_retries=0)
+def poison(name: str) -> None:
+    lost_apps.poison_body(name)

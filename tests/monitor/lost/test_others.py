@@ -284,3 +284,74 @@ def test_arq_a_job_that_kills_its_worker_every_time_is_stopped_by_max_tries(
         "broker_redelivers"
     ] * 2
     assert [(s.attributes or {})["job.attempt"] for s in spans] == [1, 2]
+
+
+def test_dramatiq_a_message_that_kills_its_worker_every_time_is_handed_out_again_unbounded(
+    redis_url: str, tmp_path: Path, span_exporter: InMemorySpanExporter
+) -> None:
+    """Dramatiq's Redis broker hands a dead worker's unacknowledged message out again as it was:
+    its ``Retries`` middleware counts only runs that raised, so a message that kills its worker
+    every time comes back again and again (``max_retries=0`` here), as the same attempt. The
+    monitor counts every loss and requeues none (``--max-lost`` 1 does not stop it); three
+    losses in, the message is still waiting for a fourth worker."""
+    import dramatiq
+    from dramatiq.brokers.redis import RedisBroker
+
+    from otel_jobs.monitor.dramatiq import collector_for_broker
+
+    queue = f"lost-{uuid.uuid4().hex[:8]}"
+    name = "lost_poison"
+    attempts = tmp_path / "poison1.attempts"
+    broker = RedisBroker(url=redis_url)
+    command = [python(), "-m", "otel_jobs.integrations.dramatiq",
+               "tests.monitor.lost.dramatiq_lost_app", "--processes", "1", "--threads", "1"]  # fmt: skip
+    env = {
+        "OTEL_JOBS_FRAMEWORKS": "dramatiq", "OTEL_JOBS_PROMETHEUS_PORT": "{port}",
+        "LOST_DRAMATIQ_HEARTBEAT_TIMEOUT": "3000", "LOST_DRAMATIQ_MAINTENANCE_CHANCE": "1000000",
+    }  # fmt: skip
+    workers: list[Worker] = []
+
+    def lost(samples: Samples) -> float:
+        return samples.total(
+            "otel_jobs_runs_lost_total", framework="dramatiq", job_name=name, queue=queue
+        )
+
+    settings = MonitorSettings(requeue_lost=True, max_lost=1)
+    collector = collector_for_broker(broker, queues=[queue])
+    try:
+        with Polled([with_lost_runs(collector, settings, broker)]) as monitor:
+            broker.enqueue(
+                dramatiq.Message(
+                    queue_name=queue, actor_name=name, args=("poison1",), kwargs={}, options={}
+                )
+            )
+            for attempt in (1, 2, 3):
+                current = Worker(
+                    command, tmp_path / f"worker-{attempt}.log", LOST_BROKER=redis_url,
+                    LOST_QUEUE=queue, LOST_DIR=str(tmp_path), OTEL_JOBS_LEASE_TTL="2", **env,
+                )  # fmt: skip
+                workers.append(current)
+
+                def died(current: Worker = current) -> bool:
+                    return current.proc.poll() is not None
+
+                wait_for("the poison message to kill its worker", died, log=current.log)
+                assert len(attempts.read_text().splitlines()) == attempt
+
+                def counted(attempt: int = attempt) -> bool:
+                    return lost(monitor.poll()) == attempt
+
+                wait_for(f"loss {attempt} counted", counted)
+            samples = monitor.poll()
+            assert samples.total("otel_jobs_runs_requeued_total") == 0
+        # Still unacknowledged: the next worker's maintenance hands it out a fourth time.
+        assert broker.client.hlen(f"{broker.namespace}:{queue}.msgs") == 1
+    finally:
+        for found in workers:
+            found.kill()
+        broker.close()
+    spans = [s for s in span_exporter.get_finished_spans() if s.name == f"{name} lost"]
+    assert [(s.attributes or {})["otel_jobs.lost.action"] for s in spans] == [
+        "broker_redelivers"
+    ] * 3
+    assert [(s.attributes or {})["job.attempt"] for s in spans] == [1, 1, 1]
