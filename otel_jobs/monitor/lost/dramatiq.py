@@ -4,7 +4,8 @@ Dramatiq acknowledges a message after its actor ran: a worker's death leaves it 
 and the broker redelivers it (RabbitMQ when the connection closes; the Redis broker once the
 worker's heartbeat is older than its ``heartbeat_timeout``, 60 s, at the next maintenance of
 any worker). So lost runs are counted, never requeued, and a job that kills its worker every
-time is not stopped here (Dramatiq's ``Retries`` and ``AgeLimit`` middleware bound it).
+time is not stopped here, nor by Dramatiq's ``Retries`` (it counts only runs that raised: the
+message comes back as it was, for ever); ``AgeLimit`` (``max_age``) bounds it.
 
 Finished after all: on Redis, a message acknowledged is gone from ``<ns>:<queue>.msgs`` (under
 the broker's own ``redis_message_id``, which the lease entry carries); a run whose message is no
