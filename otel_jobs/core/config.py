@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -163,15 +164,22 @@ def _port(setting: str, value: object) -> int:
     return port
 
 
+#: The longest a thread can wait or a socket time out here (about 292 years on 64-bit Linux):
+#: a longer watchdog interval or timeout would raise OverflowError in the watchdog's thread.
+_MAX_WAIT = threading.TIMEOUT_MAX
+
+
 def _seconds(setting: str, value: object, *, allow_inf: bool = True) -> float:
-    accepted = "a positive number of seconds" + (' (or "inf" for no limit)' if allow_inf else "")
+    accepted = "a positive number of seconds" + (
+        ' (or "inf" for no limit)' if allow_inf else f" (at most {_MAX_WAIT:.0f})"
+    )
     try:
         if isinstance(value, bool):
             raise ValueError
         seconds = float(str(value).strip()) if not isinstance(value, (int, float)) else float(value)
     except (ValueError, OverflowError):  # OverflowError: an int too large for a float
         raise ConfigurationError(setting, value, accepted) from None
-    if math.isnan(seconds) or seconds <= 0 or (math.isinf(seconds) and not allow_inf):
+    if math.isnan(seconds) or seconds <= 0 or (seconds > _MAX_WAIT and not allow_inf):
         raise ConfigurationError(setting, value, accepted)
     return seconds
 

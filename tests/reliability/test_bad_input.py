@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -128,8 +129,9 @@ _TYPES: dict[str, Callable[[Any], bool]] = {
     "prometheus_port": lambda v: isinstance(v, int) and 0 <= v <= 65535,
     "heartbeat_timeout": lambda v: isinstance(v, float) and v > 0,
     "max_duration": lambda v: isinstance(v, float) and v > 0,
-    "default_timeout": lambda v: isinstance(v, float) and 0 < v < math.inf,
-    "watchdog_interval": lambda v: isinstance(v, float) and 0 < v < math.inf,
+    # what a thread can wait or a socket time out (a longer one raised in the watchdog's thread)
+    "default_timeout": lambda v: isinstance(v, float) and 0 < v <= threading.TIMEOUT_MAX,
+    "watchdog_interval": lambda v: isinstance(v, float) and 0 < v <= threading.TIMEOUT_MAX,
     "on_stall": lambda v: v in config.STALL_POLICIES,
     "missing_timeout": lambda v: v in config.TIMEOUT_POLICIES,
     "frameworks": lambda v: isinstance(v, tuple) and set(v) <= set(config.FRAMEWORKS),
@@ -147,10 +149,10 @@ _TYPES: dict[str, Callable[[Any], bool]] = {
     "duration_buckets": lambda v: _increasing_seconds(v),
     "queue_wait_buckets": lambda v: _increasing_seconds(v),
     "pushgateway_url": lambda v: _url(v, ("http", "https")),
-    "pushgateway_timeout": lambda v: isinstance(v, float) and 0 < v < math.inf,
+    "pushgateway_timeout": lambda v: isinstance(v, float) and 0 < v <= threading.TIMEOUT_MAX,
     "lease": lambda v: isinstance(v, bool),
     "lease_url": lambda v: _url(v, ("redis", "rediss", "unix")),
-    "lease_ttl": lambda v: isinstance(v, float) and 0 < v < math.inf,
+    "lease_ttl": lambda v: isinstance(v, float) and 0 < v <= threading.TIMEOUT_MAX,
 }
 
 
@@ -205,6 +207,7 @@ def test_every_option_is_typed() -> None:
 @given(name=st.sampled_from(NAMES), value=ANY_VALUE)
 @example(name="lease_ttl", value="1e-1")  # refused against watchdog_interval, named as parsed
 @example(name="pushgateway_url", value="http://user:pw@127.0.0.1:99999")
+@example(name="watchdog_interval", value=1e10)  # longer than a thread can wait
 @example(name="lease_url", value="redis://:pw@[::1")
 @example(name="duration_buckets", value=[0.5, 60, 3600])
 @example(name="queue_wait_buckets", value="30,1")
@@ -231,6 +234,7 @@ def test_keyword_values_are_accepted_as_documented_or_rejected_by_name(
 @given(env=st.sampled_from(ENVS), text=ENV_TEXT)
 @example(env="OTEL_JOBS_LEASE_TTL", text="0.5")
 @example(env="OTEL_JOBS_PUSHGATEWAY_URL", text="http://user:pw@127.0.0.1:99999")
+@example(env="OTEL_JOBS_DEFAULT_TIMEOUT", text="1e10")
 def test_environment_values_are_accepted_as_documented_or_rejected_by_name(
     env: str, text: str
 ) -> None:
