@@ -303,8 +303,15 @@ class LeaseKeeper:
         return attempt.attempt in (None, run.attempt)
 
     def ended(self, run: Run) -> None:
-        """Called as ``run`` finishes: if the lease lists it, have it taken out now."""
-        if run.key in self.written:
+        """Called as ``run`` finishes: if the lease lists it, have it taken out now. What was
+        tracked for it goes now, not at the next ticks: its closures hold the run, its span and
+        the framework's request, which kept about 24 objects per run for the cyclic GC to walk
+        until then (Celery, in process: 35 GC passes per 1,000 tasks instead of none, +35 us
+        per task; bench/bench_celery.py)."""
+        key = run.key
+        self._tracked.pop(key, None)
+        self._given.pop(key, None)
+        if key in self.written:
             self._wake.set()
 
     # --- the watchdog's tick --------------------------------------------------------------

@@ -70,7 +70,9 @@ class Integration(_BaseIntegration):
         for signal, receiver in (
             (signals.before_task_publish, self._on_publish),
             (signals.task_prerun, self._on_prerun),
-            (signals.task_success, self._on_success),
+            # No task_success receiver: task_postrun follows it at once (the result stored
+            # before either) with state SUCCESS, and a signal without receivers costs Celery
+            # nothing per task (bench/bench_celery.py).
             (signals.task_failure, self._on_failure),
             (signals.task_retry, self._on_retry),
             (signals.task_internal_error, self._on_internal_error),
@@ -154,7 +156,7 @@ class Integration(_BaseIntegration):
         # picked up by another thread before the first attempt's signals are done).
         setattr(request, _RUN, run)
         leases.started(agent, run, task, request)
-        if agent.share.in_child:
+        if run.pid != agent.share.owner_pid:  # a pool child (run.pid: no system call per task)
             # A child killed before its next watchdog tick: its main process counts the run's
             # start too (LostRuns.record).
             agent.pool_child()
@@ -174,10 +176,6 @@ class Integration(_BaseIntegration):
             return
         self._contrib.adopt_later(request, task, run)
         run.finish(outcome, exc, expected=expected)
-
-    @errors.guarded("integration.celery")
-    def _on_success(self, sender: Any = None, **_: Any) -> None:
-        self._finish(getattr(sender, "request", None), sender, "success")
 
     @errors.guarded("integration.celery")
     def _on_failure(
@@ -236,8 +234,10 @@ class Integration(_BaseIntegration):
                 # recording it here too would count it twice. The child is exiting.
                 self._contrib.label_ending(request, task, run)
                 return
-            if not run.finished:
-                # No success/failure/retry signal: Ignore, Reject, an escaping BaseException.
+            if not run.finished and state == "SUCCESS":
+                self._finish(request, task, "success")  # the common case: no signal before
+            elif not run.finished:
+                # No failure/retry signal: Ignore, Reject, an escaping BaseException.
                 from celery.exceptions import Reject
 
                 escaped = sys.exc_info()[1]  # postrun is sent from a `finally`
