@@ -389,10 +389,15 @@ class Checker:
             return
         more = f" ({skipped} more such calls from there in the last minute)" if skipped else ""
         logger.warning(
-            "otel-jobs: %s %s via %s has no %s timeout, from %s: %s%s. Fix: %s",
-            method, host, library, "/".join(missing), site, self._outcome(missing), more,
-            self.hint,
+            "otel-jobs: %s %s via %s has no %s, from %s: %s%s. Fix: %s",
+            method, host, library, self.missing_text(missing), site, self._outcome(missing),
+            more, self.hint,
         )  # fmt: skip
+
+    def missing_text(self, missing: tuple[str, ...]) -> str:
+        """The missing parts as the log names them: ``connect/read timeout``. An adapter whose
+        parts read better otherwise (psycopg's lock part) words them in a subclass."""
+        return "/".join(missing) + " timeout"
 
     def _outcome(self, missing: tuple[str, ...]) -> str:
         """What the policy does to a call missing these parts, for the log."""

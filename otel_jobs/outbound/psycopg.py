@@ -1,6 +1,6 @@
 """psycopg 3 (``psycopg.connect``, ``Connection``, ``AsyncConnection``): connects and statements that can wait forever.
 
-Two parts can be missing:
+Three parts can be missing:
 
 * ``connect``: a connect without ``connect_timeout`` (in the conninfo, the keyword arguments
   or ``PGCONNECT_TIMEOUT``). psycopg 3.2+ then gives up after 130 s per host, libpq's own
@@ -9,26 +9,36 @@ Two parts can be missing:
   use too.
 * ``statement``: a statement run on a session whose ``statement_timeout`` is 0, however it
   was set (server or role default, ``options='-c statement_timeout=5s'``, ``PGOPTIONS``,
-  ``SET``). otel-jobs reads ``SHOW statement_timeout`` once per connection, right after
-  connecting (one round trip, outside any transaction), and again after a statement of yours
-  that mentions ``statement_timeout``. Checked in ``execute`` / ``executemany`` of the sync
-  and async cursors (``Connection.execute`` goes through them).
+  ``SET``). Checked in ``execute`` / ``executemany`` of the sync and async cursors
+  (``Connection.execute`` goes through them).
+* ``lock``: the same statement, when the session's ``lock_timeout`` is 0 too: a wait for a
+  row or table lock held by another session then has no end either. Never missing alone: a
+  ``statement_timeout`` bounds lock waits as well (PostgreSQL cancels the statement), so a
+  session with one is not flagged, and a session with ``lock_timeout`` only is flagged for
+  ``statement`` only. One call, one count: the log says "has no statement timeout and no lock
+  timeout", the span attributes and :class:`otel_jobs.MissingTimeoutError` list both parts.
+
+otel-jobs reads both settings with one query once per connection, right after connecting (one
+round trip, outside any transaction), and again after a statement of yours that mentions
+``statement_timeout`` or ``lock_timeout``: never a round trip per statement.
 
 Policies:
 
 * ``enforce`` adds ``connect_timeout`` (whole seconds, at least 2: libpq's minimum) to a
   connect without one, and sets ``statement_timeout`` on the session of a connection without
-  one (``SET``, outside any transaction, right after connecting). Statements on that session
-  stay counted, as enforced. An exceeded timeout raises psycopg's own
-  ``ConnectionTimeout`` / ``QueryCanceled``.
+  one (``SET``, outside any transaction, right after connecting), which bounds its lock
+  waits too: ``lock_timeout`` is never set (it would only ever fire first if shorter, and
+  then a statement that waits for a lock would fail differently from one that runs long).
+  Statements on that session stay counted, as enforced. An exceeded timeout raises psycopg's
+  own ``ConnectionTimeout`` / ``QueryCanceled`` (a lock wait too).
 * ``raise`` refuses a connect without ``connect_timeout``, and a statement on a session
-  without ``statement_timeout``, with :class:`otel_jobs.MissingTimeoutError`, before it is
-  sent.
+  without ``statement_timeout`` (``missing`` naming ``lock`` too when the session has no
+  ``lock_timeout``), with :class:`otel_jobs.MissingTimeoutError`, before it is sent.
 
 Caveats: a connection opened before ``instrument()`` is probed at its first statement made
 outside a transaction (until then its statements are not checked); ``SET LOCAL
-statement_timeout`` is seen only for the rest of its transaction; a query built with
-``psycopg.sql`` is not searched for ``statement_timeout``.
+statement_timeout`` (or ``lock_timeout``) is seen only for the rest of its transaction; a
+query built with ``psycopg.sql`` is not searched for either.
 """
 
 from __future__ import annotations
@@ -43,15 +53,20 @@ from ..core import errors
 from ..core.pg_locks import note as note_connection
 from ..core.redaction import format_host
 from .adapter import CallCheck, MethodAdapter, Target, argument
-from .base import Args, Kwargs, Missing
+from .base import Args, Checker, Kwargs, Missing
 
 if TYPE_CHECKING:
     from ..core.agent import Agent
 
 LIBRARY = "psycopg"
-HINT = "connect with connect_timeout=... and options='-c statement_timeout=...' (or SET statement_timeout)"
+HINT = (
+    "connect with connect_timeout=... and options='-c statement_timeout=...' (or SET "
+    "statement_timeout; lock_timeout alone bounds only lock waits)"
+)
 _STATEMENT = ("statement",)
-_SHOW = "SHOW statement_timeout"
+_STATEMENT_AND_LOCK = ("statement", "lock")
+#: Both settings in one round trip ('0' when unset, as SHOW says).
+_SHOW = "SELECT current_setting('statement_timeout'), current_setting('lock_timeout')"
 
 # What a connection's session is known to miss, and its host: (missing, host).
 Session = tuple[Missing, str]
@@ -117,12 +132,38 @@ def _verb(query: Any) -> str:
     return "QUERY"
 
 
+_TIMEOUT_NAMES = ("statement_timeout", "STATEMENT_TIMEOUT", "lock_timeout", "LOCK_TIMEOUT")
+
+
 def _mentions_timeout(query: Any) -> bool:
+    """Whether ``query`` may change the session's ``statement_timeout`` or ``lock_timeout``."""
     if isinstance(query, str):
-        return "statement_timeout" in query or "STATEMENT_TIMEOUT" in query
+        if "_timeout" not in query and "_TIMEOUT" not in query:
+            return False  # the usual statement: two scans
+        return any(name in query for name in _TIMEOUT_NAMES)
     if isinstance(query, bytes):
-        return b"statement_timeout" in query or b"STATEMENT_TIMEOUT" in query
+        if b"_timeout" not in query and b"_TIMEOUT" not in query:
+            return False
+        return any(name.encode() in query for name in _TIMEOUT_NAMES)
     return False
+
+
+def _session_missing(row: Any) -> Missing:
+    """The parts a session misses, from ``(statement_timeout, lock_timeout)`` as read."""
+    if row is None or row[0] != "0":
+        return ()  # a statement_timeout bounds lock waits too
+    return _STATEMENT_AND_LOCK if row[1] == "0" else _STATEMENT
+
+
+class _SessionChecker(Checker):
+    """psycopg's checker: the lock part is worded apart, so that the log keeps saying
+    "has no statement timeout" and adds "and no lock timeout"."""
+
+    def missing_text(self, missing: tuple[str, ...]) -> str:
+        if "lock" not in missing:
+            return super().missing_text(missing)
+        rest = tuple(part for part in missing if part != "lock")
+        return f"{super().missing_text(rest)} and no lock timeout"
 
 
 def _statement_describe(args: Args, kwargs: Kwargs, found: Any) -> tuple[str, str]:
@@ -150,12 +191,13 @@ class Adapter(MethodAdapter):
 
     def __init__(self, agent: Agent) -> None:
         super().__init__(agent)
+        self.checker = _SessionChecker(agent, self.name, self.hint)
         # connection -> its Session; absent: not probed yet
         self.sessions: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()
         self._execute: Callable[..., Any] | None = None  # the original Cursor.execute
         self._aexecute: Callable[..., Any] | None = None  # the original AsyncCursor.execute
 
-    # --- the session's statement_timeout ------------------------------------------------
+    # --- the session's statement_timeout and lock_timeout ---------------------------------
 
     def _set_statement_timeout(self) -> str | None:
         """The SET that ``enforce`` runs on a session without a statement_timeout."""
@@ -164,13 +206,13 @@ class Adapter(MethodAdapter):
         return f"SET statement_timeout = {max(1, math.ceil(self.checker.default_timeout * 1000))}"
 
     def _remember(self, conn: Any, row: Any) -> Missing:
-        """Keep what ``SHOW statement_timeout`` answered (``row``) for ``conn``'s statements."""
-        missing = _STATEMENT if row is not None and row[0] == "0" else ()
+        """Keep what the session's timeouts are (``row``, :data:`_SHOW`) for its statements."""
+        missing = _session_missing(row)
         self.sessions[conn] = (missing, _conn_host(conn))
         return missing
 
     def _probe(self, conn: Any) -> None:
-        """``SHOW statement_timeout`` outside any transaction (enforce: ``SET`` it too)."""
+        """Read the session's timeouts outside any transaction (enforce: ``SET`` one too)."""
         from psycopg.rows import tuple_row
 
         if self._execute is None or not _can_probe(conn):

@@ -248,3 +248,96 @@ def test_psycopg_raise_refuses_statement_before_sending(outbound: Any) -> None:
     with psycopg.connect(PG, connect_timeout=5, options="-c statement_timeout=5000") as conn:
         found = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
     assert found == (None,)  # the refused statement never reached the server
+
+
+# --- psycopg: lock_timeout (a lock wait is bounded by either setting) ----------------------
+
+NEITHER = "-c statement_timeout=0 -c lock_timeout=0"  # explicit: whatever the server's defaults
+
+
+def test_psycopg_lock_part_only_when_both_timeouts_are_absent(
+    outbound: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    require_postgres()
+    outbound("psycopg")
+    host = "127.0.0.1:5432"
+    with psycopg.connect(PG, connect_timeout=5, options=NEITHER) as conn:
+        neither = here()
+        conn.execute("SELECT 1")
+    with psycopg.connect(PG, connect_timeout=5, options="-c lock_timeout=5000") as conn:
+        lock_only = here()
+        conn.execute("SELECT 2")
+    with psycopg.connect(PG, connect_timeout=5, options="-c statement_timeout=5000") as conn:
+        conn.execute("SELECT 3")  # never flagged: the statement timeout bounds lock waits
+    with psycopg.connect(PG, connect_timeout=5, options=NEITHER, autocommit=True) as conn:
+        set_site = here()
+        conn.execute("SET lock_timeout = '2s'")  # flagged: the session had neither yet
+        after_set = here()
+        conn.execute("SELECT 4")  # read again: a lock timeout now, no statement timeout
+
+    for site in (neither, lock_only, set_site, after_set):
+        assert flagged(library="psycopg", host=host, call_site=site) == 1
+    assert flagged(library="psycopg") == 4
+    logged = warnings_of(caplog)
+    assert len(logged) == 4
+    both = "has no statement timeout and no lock timeout"
+    assert f"SELECT {host} via psycopg {both}, from {neither}:" in logged[0]
+    assert f"SELECT {host} via psycopg has no statement timeout, from {lock_only}:" in logged[1]
+    assert f"SET {host} via psycopg {both}, from {set_site}:" in logged[2]
+    assert f"SELECT {host} via psycopg has no statement timeout, from {after_set}:" in logged[3]
+
+
+def test_psycopg_raise_names_the_lock_part(outbound: Any) -> None:
+    require_postgres()
+    outbound("psycopg", "raise")
+    with psycopg.connect(PG, connect_timeout=5, options=NEITHER) as conn:
+        with pytest.raises(otel_jobs.MissingTimeoutError) as caught:
+            site = here()
+            conn.execute("SELECT 1")
+        assert (caught.value.missing, caught.value.call_site) == (("statement", "lock"), site)
+        assert "no statement/lock timeout" in str(caught.value)
+    with psycopg.connect(PG, connect_timeout=5, options="-c lock_timeout=5000") as conn:
+        with pytest.raises(otel_jobs.MissingTimeoutError) as caught:
+            conn.execute("SELECT 1")
+        assert caught.value.missing == ("statement",)
+    with psycopg.connect(PG, connect_timeout=5, options="-c statement_timeout=5000") as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)  # not refused
+
+    async def main() -> tuple[str, ...]:
+        conn = await psycopg.AsyncConnection.connect(PG, connect_timeout=5, options=NEITHER)
+        async with conn:
+            try:
+                await conn.execute("SELECT 1")
+            except otel_jobs.MissingTimeoutError as exc:
+                return exc.missing
+        return ()
+
+    assert asyncio.run(main()) == ("statement", "lock")
+
+
+def test_psycopg_enforce_bounds_a_lock_wait(
+    outbound: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    require_postgres()
+    outbound("psycopg", "enforce", default_timeout=0.5)
+    table = f"otel_jobs_locked_{uuid.uuid4().hex[:8]}"
+    bounded = "-c statement_timeout=5000"
+    with psycopg.connect(PG, connect_timeout=5, options=bounded, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, v int)")
+        conn.execute(f"INSERT INTO {table} VALUES (1, 1)")
+    try:
+        with psycopg.connect(PG, connect_timeout=5, options=bounded) as holder:
+            holder.execute(f"UPDATE {table} SET v = 2 WHERE id = 1")  # holds the row lock
+            with psycopg.connect(PG, connect_timeout=5, options=NEITHER) as waiter:
+                locked = f"SELECT v FROM {table} WHERE id = 1 FOR UPDATE"
+                result = in_thread(lambda: waiter.execute(locked))
+            holder.rollback()
+    finally:
+        with psycopg.connect(PG, connect_timeout=5, options=bounded, autocommit=True) as conn:
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+    # the statement timeout enforced on the session ended the lock wait (not a lock_timeout)
+    assert isinstance(result, psycopg.errors.QueryCanceled)
+    assert not isinstance(result, psycopg.errors.LockNotAvailable)
+    [logged] = warnings_of(caplog)  # the waiter's statement, the only one flagged
+    assert "has no statement timeout and no lock timeout" in logged
+    assert "otel-jobs applied 0.5 s to the missing parts" in logged
