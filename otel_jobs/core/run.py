@@ -185,9 +185,11 @@ class Run:
         self.native_id = _native_id()
         # Not asyncio.current_task(): outside a loop it raises, and an exception per run of a
         # sync job costs more than the rest of this method. No loop runs in a process that has
-        # not imported asyncio (otel-jobs does not import it for a sync worker).
+        # not imported asyncio (otel-jobs does not import it for a sync worker); getattr(): the
+        # module may be half imported, by another thread, right now.
         aio = sys.modules.get("asyncio")
-        loop = aio._get_running_loop() if aio is not None else None
+        running_loop = getattr(aio, "_get_running_loop", None)
+        loop = running_loop() if running_loop is not None else None
         self.task = aio.current_task(loop) if loop is not None else None  # type: ignore[union-attr]
         self.loop = loop if self.task is not None else None
         parent = _current.get()
@@ -419,9 +421,11 @@ def classify(exc: BaseException | None) -> str:
         return "success"
     if isinstance(exc, (errors.JobTimeoutError, TimeoutError)):
         return "timeout"
-    aio = sys.modules.get("asyncio")  # no CancelledError without asyncio
+    # No CancelledError without asyncio, which otel-jobs does not import (getattr(): a module
+    # another thread is importing right now is in sys.modules half made).
+    cancelled = getattr(sys.modules.get("asyncio.exceptions"), "CancelledError", None)
     if isinstance(exc, (KeyboardInterrupt, SystemExit)) or (
-        aio is not None and isinstance(exc, aio.CancelledError)
+        cancelled is not None and isinstance(exc, cancelled)
     ):
         return "cancelled"
     return "failure"
