@@ -8,7 +8,9 @@ and :meth:`otel_jobs.core.run.Run.finish`.
 Fork: an ``os.register_at_fork`` handler gives a forked child empty instruments, an empty
 in-flight table, fresh locks and its own watchdog thread; the child does not serve
 ``/metrics`` (its parent does, merging the child's snapshots, see
-:mod:`otel_jobs.core.multiprocess`).
+:mod:`otel_jobs.core.multiprocess`). A child forked to run one job and exit (RQ's work horse,
+:meth:`Agent.forking_one_run`) gets less: no watchdog thread at fork and instruments only if it
+records something; its parent counts what it does not (:meth:`Agent.count_start`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import context as otel_context
@@ -35,7 +38,7 @@ from .exposition import MetricsServer, serve
 from .lease import LeaseKeeper
 from .multiprocess import MergedCollector, ProcessShare, private_directory
 from .run import Run, record_unrecorded
-from .telemetry import Telemetry
+from .telemetry import Series, Telemetry
 from .textformat import TextWriter
 
 if TYPE_CHECKING:
@@ -66,7 +69,13 @@ class Agent:
         self._meter = pipelines.meter
         self._runs: dict[int, Run] = {}
         self._lock = threading.Lock()
-        self.telemetry = Telemetry(settings, self.runs, self._meter)
+        self._telemetry: Telemetry | None = Telemetry(settings, self.runs, self._meter)
+        self._telemetry_lock = threading.Lock()
+        self._meter_for_child = False  # a one-run child makes its meter with its instruments
+        # True in the parent while it forks a child that runs one job (forking_one_run), and
+        # in such a child.
+        self._forking_one_run = False
+        self.one_run_child = False
         self._own_dir = settings.multiprocess_dir is None
         # The private default removes those of owners that ended without cleaning up.
         directory = settings.multiprocess_dir or private_directory()
@@ -184,10 +193,62 @@ class Agent:
             if self._own_dir and not self.share.in_child:
                 shutil.rmtree(self.share.directory, ignore_errors=True)
 
+    @property
+    def telemetry(self) -> Telemetry:
+        """This process's instruments (a one-run child builds them when first needed)."""
+        telemetry = self._telemetry
+        if telemetry is None:
+            with self._telemetry_lock:
+                telemetry = self._telemetry
+                if telemetry is None:
+                    if self._meter_for_child:
+                        self._meter_for_child = False
+                        self._meter = providers.meter_for_child(self.settings, self._meter)
+                    telemetry = Telemetry(self.settings, self.runs, self._meter)
+                    self.watchdog.bind(telemetry)
+                    self._telemetry = telemetry
+        return telemetry
+
+    @telemetry.setter
+    def telemetry(self, telemetry: Telemetry) -> None:
+        self._telemetry = telemetry
+
+    def telemetry_built(self) -> bool:
+        """Whether this process has instruments yet (a one-run child may record nothing)."""
+        return self._telemetry is not None
+
+    @contextmanager
+    def forking_one_run(self) -> Iterator[None]:
+        """Around a fork whose child runs one job and exits (RQ's work horse): the child starts
+        no watchdog thread at fork (its integration ticks the watchdog) and builds instruments
+        only when it records something; this process counts what the child does not
+        (:meth:`count_start`, :meth:`count_finish`)."""
+        self._forking_one_run = True
+        try:
+            yield
+        finally:
+            self._forking_one_run = False
+
     def after_fork_in_child(self) -> None:
         """Called in a forked child: fresh state of its own (see the module docstring)."""
         if self.stopped:
             return
+        one_run, self._forking_one_run = self._forking_one_run, False
+        self.one_run_child = one_run
+        self._telemetry_lock = threading.Lock()
+        if one_run:  # the least that makes a fresh process (see forking_one_run)
+            errors.reset_after_fork()
+            self._lock = threading.Lock()
+            self._runs = {}
+            self.share.after_fork_in_child()
+            self.deferred.after_fork_in_child()
+            self.lease.after_fork_in_child()
+            if self.server is not None:
+                self.server.close_in_child()
+            self._telemetry, self._meter_for_child = None, True
+            self.watchdog.after_fork_in_child(start=False)
+            return
+        self._meter_for_child = False
         errors.reset_after_fork()
         self._lock = threading.Lock()
         self._runs = {}
@@ -197,7 +258,8 @@ class Agent:
         if self.server is not None:
             self.server.close_in_child()
         self._meter = providers.meter_for_child(self.settings, self._meter)
-        self.telemetry = Telemetry(self.settings, self.runs, self._meter)
+        self._telemetry = telemetry = Telemetry(self.settings, self.runs, self._meter)
+        self.watchdog.bind(telemetry)
         self.watchdog.after_fork_in_child()
 
     def _in_multiprocessing_child(self) -> None:
@@ -267,6 +329,7 @@ class Agent:
         attributes: dict[str, Any] | None = None,
         span: trace.Span | None = None,
         expected_every: float | None = None,
+        series: Series | None = None,
     ) -> Run:
         """Start a run: span, counters and an entry in the in-flight table.
 
@@ -279,10 +342,13 @@ class Agent:
         keeps making it current, setting its status and ending it.
         ``expected_every``: how often the job must succeed (``instrument(jobs=...)`` wins); left
         unset, the job keeps what its scheduler's entry says (:mod:`otel_jobs.schedules`).
+        ``series``: what the run records into, if not this process's instruments for its job
+        name and queue (an RQ work horse's run, counted by its worker: integrations/rq_horse).
         """
         settings = self.settings
         queue = queue or "default"
-        series = self.telemetry.series(name, queue)
+        if series is None:
+            series = self.telemetry.series(name, queue)
         configured = settings.for_job(name)
         max_d = (
             configured.max_duration or max_duration or native_max_duration or settings.max_duration
@@ -394,7 +460,48 @@ class Agent:
             except BaseException as err:  # noqa: B036
                 errors.record("run.finish", err)
             run.recorded = done | _ENDED
-        if run.pid != self.share.owner_pid:  # in a forked child (run.pid is this process)
+        if run.pid != self.share.owner_pid and self._telemetry is not None:  # a forked child
+            self.share.changed(self._telemetry.registry)
+
+    def series_for(
+        self, name: str, queue: str | None = None, native_max_duration: float | None = None
+    ) -> Series:
+        """The series of a run of ``name`` another process runs (RQ's work horse, see
+        :meth:`forking_one_run`), with the thresholds :meth:`start_run` would resolve."""
+        series = self.telemetry.series(name, queue or "default")
+        configured = self.settings.for_job(name)
+        series.max_duration = (
+            configured.max_duration or native_max_duration or self.settings.max_duration
+        )
+        series.heartbeat_timeout = configured.heartbeat_timeout or self.settings.heartbeat_timeout
+        if configured.expected_every is not None:
+            series.expected_every = configured.expected_every
+        return series
+
+    def count_start(
+        self, series: Series, started_at: float, enqueued_at: float | None = None
+    ) -> None:
+        """Count here the start of a run another process ran (at ``started_at``, Unix time),
+        and its queue wait."""
+        series.record_start()
+        if enqueued_at is not None:
+            wait = started_at - enqueued_at
+            if wait >= 0 and not math.isinf(wait):
+                series.record_queue_wait(wait)
+        self._counted_here()
+
+    def count_finish(self, series: Series, outcome: str, seconds: float) -> None:
+        """Count here the end of a run another process ran (its process told how it ended)."""
+        series.record_finish(outcome, seconds)
+        if self.pusher is not None:
+            self.pusher.run_finished(series.job_name)
+        self._counted_here()
+
+    def _counted_here(self) -> None:
+        # A long-lived child that forks the one-run children (an RQ worker of `rq worker-pool`)
+        # writes its snapshot from its watchdog, like a pool child (core.multiprocess).
+        if self.share.in_child:
+            self.pool_child()
             self.share.changed(self.telemetry.registry)
 
     #: Record the end of a run whose process died: :func:`otel_jobs.core.lost_runs.record_lost_run`.

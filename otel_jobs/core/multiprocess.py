@@ -635,6 +635,14 @@ class ProcessShare:
             self._reject(name, exc)
             return None
 
+    def fold(self, registry: CollectorRegistry) -> None:
+        """Keep the counters and histograms of ``registry`` with the dead children's (the
+        archive): what a child that is gone counted nowhere, counted for it by its parent (the
+        start of an RQ work horse's run, killed before it left a snapshot)."""
+        families = _serialise(registry)
+        with self._lock:
+            _merge_into(self._archive, families, counters_only=True)
+
     def written_at(self, pid: int) -> float | None:
         """The Unix time child ``pid`` took its last snapshot (None: it left none).
 

@@ -361,9 +361,11 @@ def _bounded(work: Callable[[], None], timeout_millis: float) -> bool:
     return not thread.is_alive()
 
 
-def flush(timeout_millis: int = 5000, *, spans_only: bool = False) -> bool:
+def flush(timeout_millis: int = 5000, *, spans_only: bool = False, inline: bool = False) -> bool:
     """Export what the providers hold now (spans and metrics, or ``spans_only``), waiting at
-    most ``timeout_millis``; True when every provider reported its export done in time."""
+    most ``timeout_millis``; True when every provider reported its export done in time.
+    ``inline``: in the calling thread, which bounds the wait itself (a thread of otel-jobs'
+    own that another one waits for), rather than in a helper thread."""
     candidates: list[Any] = [trace.get_tracer_provider()]
     if not spans_only:
         candidates += [metrics.get_meter_provider(), _owned_meter_provider]
@@ -384,6 +386,9 @@ def flush(timeout_millis: int = 5000, *, spans_only: bool = False) -> bool:
 
     if not providers:
         return True  # no SDK: nothing to export
+    if inline:
+        work()
+        return all(done)
     return _bounded(work, timeout_millis) and all(done)
 
 

@@ -494,7 +494,13 @@ class Telemetry:
             "loop_blocked": self.loops_blocked() if self.loops_blocked is not None else [],
         }  # fmt: skip
         series_by_id = {}
-        for series in self.all_series():
+        known = self.all_series()
+        if per_series:
+            # A run may record into a series that is not one of these (an RQ work horse's run,
+            # counted by its worker: integrations/rq_horse.RemoteSeries): shown all the same.
+            ids = {id(series) for series in known}
+            known.extend(entry[0] for key, entry in per_series.items() if key not in ids)
+        for series in known:
             series_by_id[id(series)] = series
             out["max_duration"].append((series.attrs, series.max_duration))
             out["heartbeat_timeout"].append((series.attrs, series.heartbeat_timeout))

@@ -190,6 +190,12 @@ class Watchdog:
         self.loops = LoopProbes(agent.telemetry)
         agent.telemetry.loops_blocked = self.loops.samples
 
+    def bind(self, telemetry: Any) -> None:
+        """New instruments of this process (a forked child's, built by its agent): the loop
+        probes record into them, and they read the probes' blocked loops."""
+        self.loops.rebind(telemetry)
+        telemetry.loops_blocked = self.loops.samples
+
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -209,15 +215,16 @@ class Watchdog:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
 
-    def after_fork_in_child(self) -> None:
+    def after_fork_in_child(self, start: bool = True) -> None:
+        """A forked child (its agent binds the loop probes to the child's instruments, see
+        :meth:`bind`); ``start``: the thread again if it ran here (a child that runs one job
+        has its watchdog ticked by its integration instead)."""
         was_running = self._thread is not None
         self._thread = None
         self._tick_lock = threading.Lock()
         self._cpu = {}
         self._covered = {}
-        self.loops.rebind(self._agent.telemetry)
-        self._agent.telemetry.loops_blocked = self.loops.samples
-        if was_running:
+        if was_running and start:
             self.start()
 
     def _loop(self) -> None:

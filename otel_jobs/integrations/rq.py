@@ -39,17 +39,22 @@ reads ``RQ_KEY_PREFIX`` at import, which code may set after ``instrument()``.
   ``job.enqueued_at`` (for a scheduled job or a retry, the time RQ put it back in the queue).
   The outcome: ``success``; ``timeout`` for ``JobTimeoutException`` (RQ's time limit fired);
   ``retry`` when RQ requeued or scheduled the job again (an exception with ``Retry(max=...)``
-  attempts left, or the job returned a ``Retry``); ``failure`` otherwise. The horse exports the
-  run's span before it exits (waiting at most 2 s for the exporter). The watchdog runs in the horse (each forked horse starts its
-  own), and the horse's counts reach the worker's ``/metrics`` (see ``docs/forking.md``).
+  attempts left, or the job returned a ``Retry``); ``failure`` otherwise. The horse emits the
+  run's span and exports it before it exits (waiting at most 2 s for the exporter); the worker
+  counts the run once the horse has exited, from what the horse left in memory shared with it
+  (:mod:`otel_jobs.integrations.rq_horse`). The horse builds no instruments and writes no
+  metrics snapshot unless it records something; one thread of its own ticks the watchdog while
+  the run goes on: verdicts, and from the first tick on the run's start and in-flight gauges on
+  the worker's ``/metrics`` (see ``docs/forking.md``).
 * ``monitor_work_horse``, ``handle_work_horse_killed`` and ``handle_job_failure`` (in the worker):
   a horse that dies mid-job (``SIGKILL``, the OOM killer, a crash in C code) never finishes its
   run, so the worker records it, exactly once: outcome ``failure``, ``timeout`` when the worker
   killed it for overrunning its job timeout, ``cancelled`` when it was stopped with
-  ``rq.command.send_stop_job_command``. Its start was counted by the horse (which saves its
-  snapshot as the run starts); its in-flight gauges vanish with it. A run is never counted twice:
-  the worker records a lost horse only when RQ found the job unfinished, and the horse ends its run
-  after RQ saved the job's result (a kill in that very instant counts the run's end nowhere).
+  ``rq.command.send_stop_job_command``. Its start was counted by the horse at its first watchdog
+  tick, else by the worker with the dead children's counts; its in-flight gauges vanish with
+  it. A run is never counted twice: the worker records a lost horse only when the horse left no
+  end of its run, and the horse ends its run after RQ saved the job's result (a kill in that
+  very instant counts the run's end nowhere).
 * ``bootstrap`` (in the worker, when it starts working): the configuration audit below.
 
 ``SimpleWorker`` (no fork) is supported the same way, in the worker process, and so is
@@ -96,7 +101,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core import errors, imports, providers, shutdown
 from ..core.patching import Patches
-from . import base, rq_cron, rq_leases
+from . import base, rq_cron, rq_horse, rq_leases
 from .base import Finding, report_findings
 
 if TYPE_CHECKING:
@@ -129,6 +134,7 @@ class _Execution:
     run: Run
     exc: BaseException | None = None
     retry_returned: bool = False
+    helper: rq_horse.Helper | None = None  # in a work horse
 
 
 @dataclass
@@ -140,6 +146,10 @@ class _Watch:
     time_limit: float | None
     ret_val: int | None = None
     killed: bool = False
+    record: rq_horse.Record | None = None  # where its horse leaves the run's end
+    name: str = ""
+    queue: str = "default"
+    enqueued_at: float | None = None
 
 
 class Integration(base.Integration):
@@ -153,6 +163,8 @@ class Integration(base.Integration):
         self._executions: dict[str, _Execution] = {}  # by job id, in the process running it
         self._watching: dict[int, _Watch] = {}  # by id(worker), in a forking worker
         self._cancel_hook: Callable[[], None] | None = None
+        self._record: rq_horse.Record | None = None  # this worker process's (rq_horse)
+        self._record_pid = 0
 
     def install(self) -> None:
         # RQ is patched when the application imports it, not imported here: RQ reads
@@ -181,6 +193,7 @@ class Integration(base.Integration):
             "handle_work_horse_killed": self._handle_work_horse_killed,
             "bootstrap": self._bootstrap,
             "monitor_work_horse": self._monitor_work_horse,
+            "fork_work_horse": self._fork_work_horse,
             "request_stop": self._request_stop,  # SIGTERM/SIGINT: the warm shutdown
         }
         for attribute, make_wrapper in hooks.items():
@@ -224,21 +237,35 @@ class Integration(base.Integration):
             return None
         if not worker.is_horse:
             self._check_job(job)  # SimpleWorker: this is the worker process itself
+        name = _job_name(job)
+        queue_name = job.origin or getattr(queue, "name", None) or "default"
+        watch = self._watching.get(id(worker)) if agent.one_run_child else None
+        series: Any = None
+        enqueued_at = _unix_time(job.enqueued_at)
+        if watch is not None and watch.record is not None and watch.job_id == job.id:
+            # A work horse: its worker counts the run once it has exited (rq_horse).
+            series = rq_horse.RemoteSeries(
+                name, queue_name, watch.record, enqueued_at, started_at=time.time()
+            )
+            enqueued_at = None
         run = agent.start_run(
-            _job_name(job),
-            queue=job.origin or getattr(queue, "name", None),
+            name,
+            queue=queue_name,
             job_id=job.id,
             attempt=_attempt(job),
             framework=FRAMEWORK,
             native_max_duration=_time_limit(job, worker),
-            enqueued_at=_unix_time(job.enqueued_at),
+            enqueued_at=enqueued_at,
+            series=series,
         )
         run.activate()
         execution = self._executions[job.id] = _Execution(run)
         rq_leases.started(agent, run, job)
-        if agent.share.in_child:
-            # A horse killed right away still has its start on /metrics, matching the
-            # failure its worker records for it.
+        if series is not None:
+            execution.helper = rq_horse.Helper(agent, series)
+        elif run.pid != agent.share.owner_pid:
+            # A horse of a worker that does not count it: its start on /metrics now, matching
+            # the failure its worker records if it is killed.
             agent.share.flush(agent.telemetry.registry)
         return execution
 
@@ -282,7 +309,10 @@ class Integration(base.Integration):
             # The horse leaves through os._exit: export its spans now or never, and take its
             # run out of its lease.
             rq_leases.ended(self.agent)
-            providers.flush(2000)
+            if execution.helper is not None:
+                rq_horse.run_ended(self.agent, execution.helper)
+            else:
+                providers.flush(2000)
 
     def _handle_exception(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def handle_exception(worker: Any, job: Any, *exc_info: Any) -> Any:
@@ -306,23 +336,76 @@ class Integration(base.Integration):
 
     # --- in a forking worker, watching its horse ----------------------------------------
 
+    def _fork_work_horse(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def fork_work_horse(worker: Any, job: Any, queue: Any, *args: Any, **kwargs: Any) -> Any:
+            counted = False
+            with errors.guard("integration.rq"):
+                counted = self._count_start(worker, job, queue)
+            if not counted:
+                return original(worker, job, queue, *args, **kwargs)
+            with self.agent.forking_one_run():
+                return original(worker, job, queue, *args, **kwargs)
+
+        return fork_work_horse
+
+    def _count_start(self, worker: Any, job: Any, queue: Any) -> bool:
+        """In the worker, about to fork a horse for ``job``: the record its horse leaves the
+        run's end in, cleared (rq_horse); the run is counted once the horse has exited."""
+        agent = self.agent
+        if agent.stopped or _is_spawn_worker(worker):
+            return False
+        pid = os.getpid()
+        if self._record is None or self._record_pid != pid:  # one per worker process
+            self._record, self._record_pid = rq_horse.Record(), pid
+        record = self._record
+        record.next_horse()
+        self._watching[id(worker)] = _Watch(
+            job.id,
+            time.time(),
+            _time_limit(job, worker),
+            record=record,
+            name=_job_name(job),
+            queue=job.origin or getattr(queue, "name", None) or "default",
+            enqueued_at=_unix_time(job.enqueued_at),
+        )
+        return True
+
     def _monitor_work_horse(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def monitor_work_horse(worker: Any, job: Any, *args: Any, **kwargs: Any) -> Any:
             watching = False
             with errors.guard("integration.rq"):
                 if not _is_spawn_worker(worker):
                     self._check_job(job)
-                    self._watching[id(worker)] = _Watch(
-                        job.id, time.time(), _time_limit(job, worker)
-                    )
+                    watch = self._watching.get(id(worker))
+                    if watch is None or watch.job_id != job.id:  # forked without our wrapper
+                        self._watching[id(worker)] = _Watch(
+                            job.id, time.time(), _time_limit(job, worker)
+                        )
                     watching = True
             try:
                 return original(worker, job, *args, **kwargs)
             finally:
                 if watching:
-                    self._watching.pop(id(worker), None)
+                    watch = self._watching.pop(id(worker), None)
+                    with errors.guard("integration.rq"):
+                        self._count_end(watch)
 
         return monitor_work_horse
+
+    def _count_end(self, watch: _Watch | None) -> None:
+        """In the worker, its horse gone: the run the horse left the end of, counted here (its
+        start too, unless the horse counted it). A horse that left none was recorded as lost by
+        _record_lost_horse, or was killed in the instant after RQ saved its job's result."""
+        if watch is None or watch.record is None:
+            return
+        ended = watch.record.read()
+        if ended is None:
+            return
+        agent = self.agent
+        series = agent.series_for(watch.name, watch.queue, watch.time_limit)
+        if not watch.record.read_start_counted():
+            agent.count_start(series, watch.started, watch.enqueued_at)
+        agent.count_finish(series, *ended)
 
     def _handle_work_horse_killed(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def handle_work_horse_killed(
@@ -350,13 +433,22 @@ class Integration(base.Integration):
         # without finishing its job (killed, crashed, or stopped on request).
         if worker.is_horse:
             return  # a failure inside the horse: its own run records it
-        watch = self._watching.pop(id(worker), None)
+        watch = self._watching.get(id(worker))
         if watch is None or watch.job_id != job.id:
             return
-        ret_val = watch.ret_val
-        if watch.killed and ret_val is not None and os.WIFEXITED(ret_val):
-            if os.WEXITSTATUS(ret_val) == 1:
-                return  # RQ's horse exits with 1 after an error escaped perform_job: recorded there
+        if watch.record is not None:
+            if watch.record.read() is not None:
+                return  # the horse ended its run (counted by _count_end, its span emitted)
+            if not watch.record.read_start_counted():  # killed before its first tick
+                rq_horse.count_lost_start(
+                    self.agent, watch.name, watch.queue, watch.enqueued_at, watch.started
+                )
+        else:
+            ret_val = watch.ret_val
+            if watch.killed and ret_val is not None and os.WIFEXITED(ret_val):
+                if os.WEXITSTATUS(ret_val) == 1:
+                    return  # RQ's horse exits with 1 after an error escaped perform_job
+        self._watching.pop(id(worker), None)
         elapsed = time.time() - watch.started
         if getattr(worker, "_stopped_job_id", None) == job.id:
             outcome = "cancelled"
