@@ -52,10 +52,6 @@ class Deferred:
         if run_now:  # stopping or stopped: decide at once
             self._call(check, final=True)
 
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._heap)
-
     def run_all(self) -> None:
         """Run every pending check now with ``final=True``; later calls run at once."""
         with self._lock:

@@ -296,13 +296,13 @@ def test_snapshots_read_the_instruments_as_prometheus_client_collects_them(
     # A forked child's snapshot reads its counters and histograms directly (a pool child with
     # many task names writes one every watchdog tick): the same families and samples as
     # prometheus-client's collect(), creation timestamps aside, which snapshots never carry.
-    from otel_jobs.core import multiprocess
+    from otel_jobs.core import snapshots
 
     agent = instrumented(watchdog=False)
     _workload(agent)
     registry = agent.telemetry.registry
-    direct = multiprocess._serialise(registry)
-    collected = multiprocess._collected(registry)
+    direct = snapshots.serialise(registry)
+    collected = snapshots.collected(registry)
     assert _snapshot_samples(direct) == _snapshot_samples(collected)
     assert sum(len(f["samples"]) for f in direct) > 500
     assert not any(s[0].endswith("_created") for f in direct for s in f["samples"])
@@ -312,9 +312,9 @@ def test_snapshots_read_the_instruments_as_prometheus_client_collects_them(
     def changed(value: float) -> str:
         raise AttributeError("_upper_bounds")
 
-    monkeypatch.setattr(multiprocess, "floatToGoString", changed)
+    monkeypatch.setattr(snapshots, "floatToGoString", changed)
     before = errors.counts().get("multiprocess.serialise", 0)
-    assert _snapshot_samples(multiprocess._serialise(registry)) == _snapshot_samples(
-        multiprocess._collected(registry)
+    assert _snapshot_samples(snapshots.serialise(registry)) == _snapshot_samples(
+        snapshots.collected(registry)
     )
     assert errors.counts().get("multiprocess.serialise", 0) == before + 1

@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 import otel_jobs
-from otel_jobs.core import errors
+from otel_jobs.core import errors, stall_policy
 from otel_jobs.core.run import OutboundCall, Run
 from tests.support import scrape, spans_named
 from tests.support.servers import SilentServer
@@ -489,7 +489,7 @@ def test_cancel_never_lands_in_the_next_job_of_the_thread(instrumented: Callable
     assert worker.result()[0] == "ok"
     worker.jobs.put(second)
     run_named(agent, "wd.second")
-    assert agent.watchdog._cancel_thread(runs[0]) is False
+    assert stall_policy.cancel_thread(agent, runs[0]) is False
     assert not runs[0].cancelled_by_watchdog
     release.set()
     assert worker.result()[:2] == ("ok", "completed")
@@ -512,7 +512,7 @@ def test_a_cancel_landing_in_an_adapters_hook_finishes_the_run_as_timeout(
 
     @errors.guarded("integration.test")
     def on_task_success() -> None:
-        assert agent.watchdog._cancel_thread(run) is True
+        assert stall_policy.cancel_thread(agent, run) is True
         for _ in range(1000):  # bytecode: the pending exception is raised here
             pass
         run.finish("success")  # never reached

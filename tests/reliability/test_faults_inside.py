@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 import otel_jobs
 from otel_jobs.core import errors
 from tests.support import Samples, scrape
+from tests.support.threads import TickCounter
 
 REPEAT = 5
 
@@ -150,12 +151,12 @@ def test_the_watchdog_tick_raises(
         raise fault("in the tick")
 
     monkeypatch.setattr(agent.watchdog, "_tick", broken)
-    ticks = agent.watchdog.ticks
+    ticks = TickCounter(agent.watchdog, monkeypatch)
 
     @otel_jobs.job(name="faults.watchdog")
     def job() -> str:
         deadline = time.monotonic() + 30
-        while agent.watchdog.ticks < ticks + REPEAT and time.monotonic() < deadline:
+        while ticks.count < REPEAT and time.monotonic() < deadline:
             time.sleep(0.01)
         return "done"
 

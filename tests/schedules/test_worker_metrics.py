@@ -287,6 +287,7 @@ def test_the_owner_and_a_live_child_are_merged(instrumented: Callable[..., Any])
 
 
 @pytest.mark.internal_errors("schedules")
+@pytest.mark.internal_errors("schedules")
 def test_the_schedule_gauges_reach_opentelemetry_and_a_failing_source_is_counted(
     instrumented: Callable[..., Any], metric_reader: InMemoryMetricReader
 ) -> None:

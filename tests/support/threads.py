@@ -79,3 +79,22 @@ class JobThread:
     def stop(self) -> None:
         self.jobs.put(None)
         self.thread.join(timeout=GUARD)
+
+
+class TickCounter:
+    """Counts the ticks of a watchdog from now on (its thread's and any a test makes), through
+    its ``tick`` method: for a test that waits until the watchdog has looked a number of times.
+
+    >>> ticks = TickCounter(agent.watchdog, monkeypatch)
+    >>> wait_for("five ticks", lambda: ticks.count >= 5)
+    """
+
+    def __init__(self, watchdog: Any, monkeypatch: Any) -> None:
+        self.count = 0
+        tick = watchdog.tick
+
+        def counted() -> None:
+            tick()
+            self.count += 1
+
+        monkeypatch.setattr(watchdog, "tick", counted)

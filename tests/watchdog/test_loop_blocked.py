@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import otel_jobs
 from tests.support import Samples, scrape, spans_named
+from tests.support.threads import TickCounter
 from tests.watchdog.support import DEADLINE, here, run_named, wait_for
 
 THREAD = "test-blocked-loop"
@@ -230,7 +231,9 @@ def test_code_outside_any_run_blocking_the_loop_is_reported_on_the_oldest_run(
 
 
 def test_a_busy_but_responsive_loop_never_gets_the_verdict(
-    instrumented: Callable[..., Any], loop: asyncio.AbstractEventLoop
+    instrumented: Callable[..., Any],
+    loop: asyncio.AbstractEventLoop,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     agent = instrumented(watchdog_interval=0.1, loop_blocked_timeout=1.0)
     done = threading.Event()
@@ -249,8 +252,8 @@ def test_a_busy_but_responsive_loop_never_gets_the_verdict(
     before = lag_count(metrics())
     future = asyncio.run_coroutine_threadsafe(busy(), loop)
     run = run_named(agent, "lb.busy")
-    ticks = agent.watchdog.ticks
-    wait_for(lambda: agent.watchdog.ticks >= ticks + 40, "forty ticks of the busy loop")
+    ticks = TickCounter(agent.watchdog, monkeypatch)
+    wait_for(lambda: ticks.count >= 40, "forty ticks of the busy loop")
     samples = metrics()
     assert lag_count(samples) - before >= 20  # it was probed all along, and answered
     assert run.verdict is None and run.diagnosis is None
@@ -260,15 +263,16 @@ def test_a_busy_but_responsive_loop_never_gets_the_verdict(
 
 
 def test_a_stopped_loop_is_not_blocked_and_its_pause_is_no_lag(
-    instrumented: Callable[..., Any],
+    instrumented: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     agent = instrumented(watchdog_interval=0.1, loop_blocked_timeout=0.5)
+    ticks = TickCounter(agent.watchdog, monkeypatch)
     paused_loop = asyncio.new_event_loop()
 
     @otel_jobs.job(name="lb.paused", heartbeat_timeout=120)
     async def paused() -> None:
-        ticks = agent.watchdog.ticks
-        while agent.watchdog.ticks < ticks + 3:  # a probe is sent while this holds the loop
+        start = ticks.count
+        while ticks.count < start + 3:  # a probe is sent while this holds the loop
             time.sleep(0.01)
         asyncio.get_running_loop().stop()  # ... and the loop stops before it could answer
         await asyncio.sleep(0)  # the run stays in flight until the loop runs again
@@ -279,13 +283,13 @@ def test_a_stopped_loop_is_not_blocked_and_its_pause_is_no_lag(
         task = paused_loop.create_task(paused())
         paused_loop.run_forever()
         run = run_named(agent, "lb.paused")
-        ticks = agent.watchdog.ticks
-        wait_for(lambda: agent.watchdog.ticks >= ticks + 30, "thirty ticks while stopped")
+        start = ticks.count
+        wait_for(lambda: ticks.count >= start + 30, "thirty ticks while stopped")
         assert run.verdict is None
         assert metrics().value("otel_jobs_event_loop_blocked_seconds", thread=label) == 0
         paused_loop.run_until_complete(task)
-        ticks = agent.watchdog.ticks
-        wait_for(lambda: agent.watchdog.ticks >= ticks + 3, "ticks after the run")
+        start = ticks.count
+        wait_for(lambda: ticks.count >= start + 3, "ticks after the run")
     finally:
         paused_loop.close()
     samples = metrics()
