@@ -136,8 +136,9 @@ class RulesConfig:
     )
     recording_rules: bool = _opt(
         True,
-        "job-level alerts read the recording rules (otel-jobs rules --part records, loaded beside "
-        "the alerts) instead of every worker's raw series; 'off': self-contained alerts",
+        "the job-level alerts and OtelJobsQueueBacklogGrowing read the recording rules "
+        "(otel-jobs rules --part records, loaded beside the alerts) instead of every worker's raw "
+        "series; 'off': self-contained alerts",
         on_off,
         "on|off",
     )
