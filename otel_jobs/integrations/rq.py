@@ -147,6 +147,7 @@ class _Watch:
     ret_val: int | None = None
     killed: bool = False
     record: rq_horse.Record | None = None  # where its horse leaves the run's end
+    span: Any = None  # the run's span, opened before the fork, ended by the horse
     name: str = ""
     queue: str = "default"
     enqueued_at: float | None = None
@@ -241,13 +242,14 @@ class Integration(base.Integration):
         queue_name = job.origin or getattr(queue, "name", None) or "default"
         watch = self._watching.get(id(worker)) if agent.one_run_child else None
         series: Any = None
+        span = None
         enqueued_at = _unix_time(job.enqueued_at)
         if watch is not None and watch.record is not None and watch.job_id == job.id:
-            # A work horse: its worker counts the run once it has exited (rq_horse).
+            # A work horse: its worker counts the run once it has exited, and opened its span.
             series = rq_horse.RemoteSeries(
                 name, queue_name, watch.record, enqueued_at, started_at=time.time()
             )
-            enqueued_at = None
+            enqueued_at, span = None, watch.span
         run = agent.start_run(
             name,
             queue=queue_name,
@@ -257,6 +259,8 @@ class Integration(base.Integration):
             native_max_duration=_time_limit(job, worker),
             enqueued_at=enqueued_at,
             series=series,
+            span=span,
+            own_span=span is not None,
         )
         run.activate()
         execution = self._executions[job.id] = _Execution(run)
@@ -359,13 +363,19 @@ class Integration(base.Integration):
             self._record, self._record_pid = rq_horse.Record(), pid
         record = self._record
         record.next_horse()
+        name = _job_name(job)
+        queue_name = job.origin or getattr(queue, "name", None) or "default"
+        span = agent.open_span(
+            name, queue=queue_name, job_id=job.id, attempt=_attempt(job), framework=FRAMEWORK
+        )
         self._watching[id(worker)] = _Watch(
             job.id,
             time.time(),
             _time_limit(job, worker),
             record=record,
-            name=_job_name(job),
-            queue=job.origin or getattr(queue, "name", None) or "default",
+            span=span,
+            name=name,
+            queue=queue_name,
             enqueued_at=_unix_time(job.enqueued_at),
         )
         return True

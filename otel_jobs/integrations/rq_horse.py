@@ -176,9 +176,11 @@ class Helper:
             self._flushed.set()
 
     def run_ended(self) -> None:
-        """In the horse's main thread, its run ended: the spans exported, or the timeout passed."""
+        """In the horse's main thread, its run ended: the spans exported, or the timeout passed
+        (no wait when there is nothing to export: no span processor, no metrics pipeline)."""
         self._ended.set()
-        self._flushed.wait(FLUSH_TIMEOUT)
+        if providers.has_exports(spans_only=not self._agent.telemetry_built()):
+            self._flushed.wait(FLUSH_TIMEOUT)
 
 
 def count_lost_start(
