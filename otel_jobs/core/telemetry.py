@@ -5,12 +5,12 @@ One :class:`Telemetry` per process holds:
 * prometheus-client counters and histograms in a private ``CollectorRegistry``, recorded
   per run through :class:`Series` objects that cache their label children (built once per
   ``(job_name, queue)``, so a run only increments);
-* the same measurements as OpenTelemetry instruments, named so that they translate to the
-  Prometheus names (``otel_jobs.run.duration`` in ``s`` becomes
-  ``otel_jobs_run_duration_seconds``), recorded only when a metrics pipeline exists;
+* the same measurements as OpenTelemetry instruments (:mod:`otel_jobs.core.otel_instruments`),
+  recorded only when a metrics pipeline exists;
 * a collector that derives the in-flight gauges (runs in progress, oldest run, stalest
   heartbeat, thresholds in force, stalled verdicts, watchdog tick) from the in-flight table
-  when they are collected, never on the hot path.
+  (:meth:`Telemetry.inflight`) when they are collected, never on the hot path
+  (:mod:`otel_jobs.core.inflight`).
 
 The label values ``job_name``, ``queue``, ``host`` and ``call_site`` are capped (see
 :class:`LabelCap`): past the cap a new value becomes ``__overflow__`` and is counted in
@@ -23,15 +23,16 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily, Metric
 
 from . import errors, schedules
 from .config import OVERFLOW_VALUE, Settings
+from .inflight import InflightCollector
 from .labels import clean as clean_label
+from .otel_instruments import OtelInstruments
 from .run import OUTCOMES, wall_time_of
 from .streaks import KEEP, STREAK_OUTCOMES, State
 
@@ -203,127 +204,6 @@ class Series:
 
 _time = time.time
 
-_observed: dict[int, Telemetry] = {}
-"""The Telemetry each meter's observable gauges report (id of the meter: the latest one)."""
-
-
-class _OtelInstruments:
-    """The OpenTelemetry side of the instruments (only built when a metrics pipeline exists)."""
-
-    def __init__(self, meter: Meter, telemetry: Telemetry) -> None:
-        settings = telemetry.settings
-        duration_advice = list(settings.duration_buckets)
-        wait_advice = list(settings.queue_wait_buckets)
-        self.started = meter.create_counter(
-            "otel_jobs.runs.started", unit="{run}", description="Runs started."
-        )
-        self.finished = meter.create_counter(
-            "otel_jobs.runs.finished", unit="{run}", description="Runs finished, by outcome."
-        )
-        self.duration = meter.create_histogram(
-            "otel_jobs.run.duration", unit="s", description="Wall time of finished runs.",
-            explicit_bucket_boundaries_advisory=duration_advice,
-        )  # fmt: skip
-        self.queue_wait = meter.create_histogram(
-            "otel_jobs.queue.wait", unit="s", description="Time from publish (or due time) to start.",
-            explicit_bucket_boundaries_advisory=wait_advice,
-        )  # fmt: skip
-        self.stalls = meter.create_counter(
-            "otel_jobs.stalls.detected", unit="{stall}", description="Stall verdicts."
-        )
-        self.skipped = meter.create_counter(
-            "otel_jobs.runs.skipped", unit="{run}", description="Scheduled runs that never started."
-        )
-        self.dead_lettered = meter.create_counter(
-            "otel_jobs.runs.dead_lettered",
-            unit="{run}",
-            description="Jobs sent to the dead-letter queue, not to be retried.",
-        )
-        self.redelivered = meter.create_counter(
-            "otel_jobs.runs.redelivered",
-            unit="{run}",
-            description="Runs of a job handed out again after a run of it was lost.",
-        )
-        self.no_timeout = meter.create_counter(
-            "otel_jobs.outbound.calls_without_timeout",
-            unit="{call}",
-            description="Outbound calls made without a timeout.",
-        )
-        self.loop_lag = meter.create_histogram(
-            "otel_jobs.event_loop.lag", unit="s",
-            description="How late an asyncio event loop running runs ran the watchdog's probe.",
-            explicit_bucket_boundaries_advisory=list(LOOP_LAG_BUCKETS),
-        )  # fmt: skip
-
-        # The SDK keeps the first instrument of a name on a meter and ignores the callbacks of
-        # a later one (instrument() after uninstrument(), a forked child on the application's
-        # provider): the gauges observe the latest Telemetry of their meter, not the first.
-        meter_id = id(meter)
-        _observed[meter_id] = telemetry
-        schedules.observe_with(meter, lambda: _observed.get(meter_id, telemetry).schedules)
-
-        def gauge(name: str, unit: str, description: str, key: str) -> None:
-            def callback(_options: Any) -> Iterable[Observation]:
-                return _observed.get(meter_id, telemetry).observations(key)
-
-            meter.create_observable_gauge(
-                name, callbacks=[callback], unit=unit, description=description
-            )
-
-        gauge("otel_jobs.runs.in_progress", "{run}", "Runs in flight now.", "in_progress")
-        gauge(
-            "otel_jobs.oldest_run_start.timestamp",
-            "s",
-            "Start (Unix time) of the oldest run in flight.",
-            "oldest_start",
-        )
-        gauge(
-            "otel_jobs.stalest_heartbeat.timestamp",
-            "s",
-            "Oldest last heartbeat (Unix time) among runs in flight.",
-            "stalest_heartbeat",
-        )
-        gauge("otel_jobs.run.max_duration", "s", "Max duration in force.", "max_duration")
-        gauge(
-            "otel_jobs.run.heartbeat_timeout",
-            "s",
-            "Heartbeat timeout in force.",
-            "heartbeat_timeout",
-        )
-        gauge(
-            "otel_jobs.runs.stalled", "{run}", "Runs with a stall verdict now, by state.", "stalled"
-        )
-        gauge(
-            "otel_jobs.watchdog.last_tick.timestamp",
-            "s",
-            "Last watchdog tick (Unix time).",
-            "watchdog",
-        )
-        gauge(
-            "otel_jobs.last_success.timestamp",
-            "s",
-            "End (Unix time) of the last run that succeeded.",
-            "last_success",
-        )
-        gauge(
-            "otel_jobs.consecutive_failures",
-            "{failure}",
-            "Runs ended in failure or timeout since the last success.",
-            "consecutive_failures",
-        )
-        gauge(
-            "otel_jobs.run.expected_every",
-            "s",
-            "How often the job must succeed (+Inf: not set).",
-            "expected_every",
-        )
-        gauge(
-            "otel_jobs.event_loop.blocked",
-            "s",
-            "How long an asyncio event loop running runs has been unable to run anything.",
-            "loop_blocked",
-        )
-
 
 class Telemetry:
     """All instruments of this process (see the module docstring)."""
@@ -337,7 +217,7 @@ class Telemetry:
         reg = self.registry
         # Registered first, so a collection derives the runs in flight before it reads the
         # counters: every run it shows in progress has its start counted in the same snapshot.
-        reg.register(_InflightCollector(self))
+        reg.register(InflightCollector(self))
         self.started = Counter(
             "otel_jobs_runs_started", "Runs started.", ["job_name", "queue"], registry=reg
         )
@@ -413,7 +293,7 @@ class Telemetry:
         self._series_lock = threading.Lock()
         self.watchdog_last_tick: float | None = None
         self.config_findings: dict[tuple[str, str], float] = {}
-        self.otel = _OtelInstruments(meter, self) if meter is not None else None
+        self.otel = OtelInstruments(meter, self) if meter is not None else None
 
     def _overflowed(self, label: str) -> None:
         self.overflow.labels(label).inc()
@@ -535,101 +415,3 @@ class Telemetry:
                 # at every collection: leave it out here instead.
                 if not math.isinf(value):
                     yield Observation(value, labels)
-
-
-# name, help, key, labels (besides job_name/queue)
-_GAUGES = (
-    ("otel_jobs_runs_in_progress", "Runs in flight now.", "in_progress"),
-    (
-        "otel_jobs_oldest_run_start_timestamp_seconds",
-        "Start (Unix time) of the oldest run in flight; absent when none is.",
-        "oldest_start",
-    ),
-    (
-        "otel_jobs_stalest_heartbeat_timestamp_seconds",
-        "Oldest last heartbeat (Unix time) among runs in flight; absent when none is.",
-        "stalest_heartbeat",
-    ),
-    ("otel_jobs_run_max_duration_seconds", "Max duration in force for the job.", "max_duration"),
-    (
-        "otel_jobs_run_heartbeat_timeout_seconds",
-        "Heartbeat timeout in force for the job.",
-        "heartbeat_timeout",
-    ),
-    ("otel_jobs_runs_stalled", "Runs with a stall verdict now, by state.", "stalled"),
-    (
-        "otel_jobs_watchdog_last_tick_timestamp_seconds",
-        "Last tick (Unix time) of the stuck-run watchdog.",
-        "watchdog",
-    ),
-    (
-        "otel_jobs_last_success_timestamp_seconds",
-        "End (Unix time) of the last run of the job that succeeded; absent before the first.",
-        "last_success",
-    ),
-    (
-        "otel_jobs_consecutive_failures",
-        "Runs of the job ended in failure or timeout since its last success.",
-        "consecutive_failures",
-    ),
-    (
-        "otel_jobs_run_expected_every_seconds",
-        "How often the job must succeed (+Inf: not set).",
-        "expected_every",
-    ),
-    (
-        "otel_jobs_event_loop_blocked_seconds",
-        "How long an asyncio event loop running runs has been unable to run anything (0: it runs).",
-        "loop_blocked",
-    ),
-)
-
-
-class _InflightCollector:
-    """prometheus-client collector for the gauges derived from the in-flight table."""
-
-    def __init__(self, telemetry: Telemetry) -> None:
-        self._telemetry = telemetry
-
-    def describe(self) -> list[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        try:
-            inflight = self._telemetry.inflight()
-        except Exception as exc:
-            errors.record("collect", exc)
-            inflight = {}
-        for name, help_text, key in _GAUGES:
-            samples = inflight.get(key, [])
-            labelnames = (
-                sorted(samples[0][0])
-                if samples
-                else (["job_name", "queue"] if key != "watchdog" else [])
-            )
-            family = GaugeMetricFamily(name, help_text, labels=labelnames)
-            for labels, value in samples:
-                family.add_metric([labels[k] for k in labelnames], value)
-            yield family
-        yield from self.other_families()
-
-    def other_families(self) -> Iterator[Metric]:
-        """The families not derived from the runs (also written so by core/textformat.py)."""
-        findings = GaugeMetricFamily(
-            "otel_jobs_config_finding", "A queue configuration mistake found at start-up (1 while it stands).",
-            labels=["framework", "finding"],
-        )  # fmt: skip
-        for (framework, finding), value in sorted(self._telemetry.config_findings.items()):
-            findings.add_metric([framework, finding], value)
-        yield findings
-        internal = errors.counts()
-        from prometheus_client.core import CounterMetricFamily
-
-        family_c = CounterMetricFamily(
-            "otel_jobs_internal_errors",
-            "Errors inside otel-jobs, caught so the job is not affected.",
-            labels=["component"],
-        )
-        for component, count in sorted(internal.items()):
-            family_c.add_metric([component], count)
-        yield family_c

@@ -45,8 +45,8 @@ from prometheus_client.utils import floatToGoString
 
 from . import _prometheus_internals as _pc
 from . import errors
+from .inflight import GAUGES, InflightCollector
 from .labels import clean as clean_label
-from .telemetry import _GAUGES, _InflightCollector
 
 if TYPE_CHECKING:
     from .telemetry import Telemetry
@@ -154,7 +154,7 @@ class TextWriter:
             out.append(text.removesuffix("# EOF\n") if openmetrics else text)
 
         for collector in collectors:
-            if isinstance(collector, _InflightCollector):
+            if isinstance(collector, InflightCollector):
                 self._inflight(collector, out)
                 by_prometheus_client(_Families(collector))
             else:
@@ -229,7 +229,7 @@ class TextWriter:
             out.append(block)
 
     def _inflight(self, collector: Any, out: list[str]) -> None:
-        # The same gauges, in the same order, as _InflightCollector.collect(), from the same
+        # The same gauges, in the same order, as InflightCollector.collect(), from the same
         # derivation; its other two small families are written by prometheus-client (_render).
         try:
             inflight = self._telemetry.inflight()
@@ -237,7 +237,7 @@ class TextWriter:
             errors.record("collect", exc)
             inflight = {}
         cache = self._gauge_text
-        for name, help_text, key in _GAUGES:
+        for name, help_text, key in GAUGES:
             out.append(self._header(name, help_text, "gauge"))
             for labels, value in inflight.get(key, []):
                 items = tuple(labels.items())
@@ -252,7 +252,7 @@ class TextWriter:
 class _Families:
     """The families of the in-flight collector that are not derived from the runs."""
 
-    def __init__(self, collector: _InflightCollector) -> None:
+    def __init__(self, collector: InflightCollector) -> None:
         self._collector = collector
 
     def collect(self) -> Iterator[Metric]:
