@@ -1,327 +1,67 @@
 """Where a stuck run is stuck, and whether it waits or burns CPU: the watchdog's diagnosis.
 
-When the watchdog gives a run a verdict (see :mod:`otel_jobs.core.watchdog`) it looks at the
-run without stopping it and builds a :class:`Diagnosis`:
+When the watchdog gives a run a verdict (:mod:`otel_jobs.core.watchdog`) it looks at the run
+without stopping it and builds a :class:`Diagnosis` (:func:`diagnose`):
 
-* **stack**: for a run in a thread, that thread's current frame (``sys._current_frames()``);
-  for an asyncio run, the task's chain of coroutines (each ``await`` followed down to the
-  innermost one, or the loop thread's frames when the task is the one running right now).
-  It is rendered with the user's own frames first, then the library frames below them with the
-  innermost call last; the frames above the outermost user frame (the worker loop, the
-  framework, otel-jobs itself) are counted, not shown. At most :data:`MAX_FRAMES` frames and
-  :data:`MAX_STACK_CHARS` characters. Only code locations (file, line, function) are read:
-  never a local variable, so a diagnosis cannot leak data a job holds.
-* **where**: the innermost user frame (``billing/sync.py:88 in sync_invoices``), the line the
-  run is waiting on; **waiting_in**: the innermost frame when it is library code
-  (``socket.py:706 in readinto``).
-* **state**: ``blocked`` when the run's thread used next to no CPU since the watchdog's
-  previous look (below :data:`SPINNING_RATIO` of one core: waiting on I/O, a lock, a sleep),
-  ``spinning`` when it burned CPU (a loop, heavy computation), ``unknown`` when it cannot be
-  measured. CPU time is read per thread from ``/proc/self/task/<native_id>/stat`` (Linux; a
-  thread that has gone simply reads as unknown). An asyncio task that is suspended at an
-  ``await`` shares its loop's thread with other tasks, so its state is ``unknown``; a task
-  that holds the loop (it is running at the moment of the look) is measured like a thread.
-* **call**: the outbound call the run is inside, when an outbound adapter recorded one in
-  ``run.calls``: library, method, host, seconds elapsed, and whether it has a timeout.
-* **wait** (:mod:`otel_jobs.core.waits`): what a blocked run waits on (a lock, an event, a
-  queue), whether it can wait forever, and, for an ``RLock``, the run that holds it; a chain of
-  holders that comes back to the run is reported as a deadlock. That module is the one place
-  that reads an object a frame holds: for its type, owner and timeout only, never rendered.
-* **loop** (:mod:`otel_jobs.core.loop_probe`): for an asyncio run whose event loop has run
-  nothing for more than a watchdog tick, the loop's thread, for how long, and the runs held up.
-  The reason ``loop_blocked`` is the verdict on the loop itself, given to the run holding it
-  (else to the oldest run on it): its stack is the loop thread's, the synchronous line that
-  blocks it, and its state that thread's CPU use.
-* **db** (:mod:`otel_jobs.core.pg_locks`): for a run inside a psycopg statement, the sessions
-  that block its backend; the watchdog fills it in, off its own thread, before the verdict is
-  emitted.
-* **last logs** (:mod:`otel_jobs.core.logtail`): the run's last log records (redacted), with
-  their age.
+* **stack**, **where**, **waiting_in**: the run's thread or task stack, rendered with the user's
+  frames first (:mod:`otel_jobs.core.stacks`); only code locations are read, never a local;
+* **state**: ``blocked`` / ``spinning`` / ``unknown`` from the thread's CPU time since the
+  watchdog's previous look; a task suspended at an ``await`` is ``unknown``;
+* **call**: the outbound call the run is inside (``run.calls``, recorded by outbound adapters);
+* **wait**: what a blocked run waits on, who holds it, a deadlock (:mod:`.wait_chain`);
+* **loop**: for an asyncio run, its event loop that ran nothing for too long, and the runs it
+  holds up (:mod:`otel_jobs.core.loop_probe`);
+* **db**: the PostgreSQL sessions blocking a psycopg statement, filled in by the watchdog off
+  its own thread (:mod:`otel_jobs.core.pg_locks`);
+* **last logs**: the run's last log records, redacted (:mod:`otel_jobs.core.logtail`).
 
 A diagnosis renders itself as a log message (:meth:`Diagnosis.message`), span attributes
-(:meth:`Diagnosis.attributes`) and log ``extra`` fields (:meth:`Diagnosis.extra`).
+(:meth:`Diagnosis.attributes`) and log ``extra`` fields (:meth:`Diagnosis.extra`); what users
+read of it is ``docs/watchdog.md``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import os
-import site
-import sys
-import sysconfig
 import threading
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from . import logtail, waits
+from .stacks import (
+    MAX_FRAMES,
+    MAX_STACK_CHARS,
+    MAX_WALK,
+    SPINNING_RATIO,
+    Frame,
+    current_frames,
+    frame_of,
+    render,
+    state_of,
+    task_frames,
+    task_running,
+    thread_cpu_seconds,
+)
+from .wait_chain import describe_wait
 
 if TYPE_CHECKING:
     from .run import Run
 
-#: At most this many frames are kept in a rendered stack.
-MAX_FRAMES = 40
-#: A rendered stack is cut to this many characters (it also goes on a span attribute).
-MAX_STACK_CHARS = 4000
-#: A thread that used at least this share of one core since the previous look is spinning.
-SPINNING_RATIO = 0.2
-#: Frames walked at most, from the innermost outwards (a deep recursion is cut here).
-_MAX_WALK = 400
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The demo plays the part of a user's code: its frames count as the user's.
-_USER_MODULES_INSIDE = ("otel_jobs.demo.jobs",)
-
-
-@dataclass(frozen=True)
-class Frame:
-    """One code location of a stack: never a variable's value."""
-
-    path: str
-    lineno: int
-    function: str
-    user: bool
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.lineno} in {self.function}"
-
-
-def _library_roots() -> tuple[str, ...]:
-    """Where installed code lives: the standard library, site-packages and the script
-    directories (console scripts such as ``celery`` or ``rq``: their frame is at the bottom of
-    every stack a worker forks, and is never the user's)."""
-    paths = sysconfig.get_paths()
-    found = {paths.get(key) for key in ("stdlib", "platstdlib", "purelib", "platlib", "scripts")}
-    user = sysconfig.get_paths(sysconfig.get_preferred_scheme("user"))  # pip install --user
-    found.update((user.get("purelib"), user.get("scripts")))
-    try:
-        found.update(site.getsitepackages())
-    except AttributeError:  # some virtualenv versions lack it
-        pass
-    found.add(getattr(site, "USER_SITE", None))
-    # The interpreter's own directory: /usr/bin/celery of a system Python, whose `scripts`
-    # scheme path is /usr/local/bin.
-    found.add(os.path.dirname(sys.executable) if sys.executable else None)
-    roots: set[str] = set()
-    for path in filter(None, found):
-        # Both spellings: frames may name a file through a symbolic link or its target.
-        roots.update((os.path.abspath(path), os.path.realpath(path)))
-    # Longest first, so that site-packages inside the stdlib tree wins when shortening paths.
-    return tuple(sorted((r.rstrip(os.sep) + os.sep for r in roots), key=len, reverse=True))
-
-
-_ROOTS = _library_roots()
-
-
-@functools.lru_cache(maxsize=4096)
-def _classify(filename: str, module: str) -> tuple[str, bool]:
-    """``(path to show, is the user's code)`` for a code file (cached: a stack repeats files)."""
-    if filename.startswith("<"):
-        return filename, False
-    absolute = os.path.abspath(filename)
-    if module.startswith("otel_jobs") and module not in _USER_MODULES_INSIDE:
-        return os.path.relpath(absolute, os.path.dirname(_PACKAGE_DIR)), False
-    for candidate in (absolute, os.path.realpath(absolute)):
-        for root in _ROOTS:
-            if candidate.startswith(root):
-                return candidate[len(root) :], False
-    try:
-        relative = os.path.relpath(absolute)
-    except ValueError:  # another drive (Windows)
-        relative = absolute
-    return (absolute if relative.startswith("..") else relative), True
-
-
-def _frame(frame: FrameType) -> Frame:
-    code = frame.f_code
-    module = frame.f_globals.get("__name__", "") if frame.f_globals is not None else ""
-    path, user = _classify(code.co_filename, module if isinstance(module, str) else "")
-    name = getattr(code, "co_qualname", code.co_name)
-    return Frame(path, frame.f_lineno or code.co_firstlineno, name, user)
-
-
-def thread_stack(frame: FrameType | None) -> list[Frame]:
-    """The frames of a thread from the outermost to ``frame`` (innermost last)."""
-    frames: list[Frame] = []
-    while frame is not None and len(frames) < _MAX_WALK:
-        frames.append(_frame(frame))
-        frame = frame.f_back
-    frames.reverse()
-    return frames
-
-
-def _coroutine_chain(coro: Any) -> tuple[list[FrameType], str | None]:
-    """Frames of a suspended coroutine and of everything it awaits, outermost first.
-
-    Returns the frames and a description of the innermost awaited object that is not a
-    coroutine (a Future, a sleep, a lock), if any.
-    """
-    frames: list[FrameType] = []
-    awaiting: str | None = None
-    seen = 0
-    while coro is not None and seen < _MAX_WALK:
-        seen += 1
-        frame = (
-            getattr(coro, "cr_frame", None)
-            or getattr(coro, "gi_frame", None)
-            or getattr(coro, "ag_frame", None)
-        )
-        if frame is None:
-            if not frames:
-                break
-            awaiting = type(coro).__name__
-            break
-        frames.append(frame)
-        nxt = getattr(coro, "cr_await", None)
-        if nxt is None:
-            nxt = getattr(coro, "gi_yieldfrom", None)
-        if nxt is None:
-            nxt = getattr(coro, "ag_await", None)
-        coro = nxt
-    return frames, awaiting
-
-
-def task_running(task: asyncio.Task[Any]) -> bool:
-    """Whether the task's coroutine is executing right now (it holds its loop's thread)."""
-    coro = task.get_coro()
-    return bool(getattr(coro, "cr_running", False) or getattr(coro, "gi_running", False))
-
-
-def task_stack(
-    task: asyncio.Task[Any], thread_frame: FrameType | None
-) -> tuple[list[Frame], str | None]:
-    """The stack of an asyncio task, outermost first, and what it awaits.
-
-    A suspended task is followed through its ``await`` chain. A task running at this moment
-    has its coroutines on the loop thread's stack, which is then used from the task's own
-    coroutine frame inwards (so a coroutine stuck in a blocking call shows where).
-    """
-    frames, awaiting = task_frames(task, thread_frame)
-    return [_frame(f) for f in frames], awaiting
-
-
-def task_frames(
-    task: asyncio.Task[Any], thread_frame: FrameType | None
-) -> tuple[list[FrameType], str | None]:
-    """:func:`task_stack` as the frames themselves."""
-    coro = task.get_coro()
-    if task_running(task) and thread_frame is not None:
-        outer = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
-        walked: list[FrameType] = []
-        frame: FrameType | None = thread_frame
-        while frame is not None and len(walked) < _MAX_WALK:
-            walked.append(frame)
-            if frame is outer:
-                break
-            frame = frame.f_back
-        walked.reverse()
-        return walked, None
-    return _coroutine_chain(coro)
-
-
-def render(frames: list[Frame]) -> tuple[str, Frame | None, Frame | None]:
-    """Render a stack (user frames first, innermost last) and pick where/waiting_in.
-
-    Returns ``(text, where, waiting_in)``: ``where`` is the innermost user frame (or the
-    innermost frame when no frame is the user's), ``waiting_in`` the innermost frame when it
-    is library code below ``where``.
-    """
-    if not frames:
-        return "(no stack: the run's thread or task was not found)", None, None
-    user_idx = [i for i, f in enumerate(frames) if f.user]
-    innermost = frames[-1]
-    if not user_idx:
-        shown = frames[-MAX_FRAMES:]
-        lines = [f"  {f}" for f in shown]
-        if len(frames) > len(shown):
-            lines.insert(0, f"  ({len(frames) - len(shown)} outer frames not shown)")
-        return _cut("\n".join(lines)), innermost, None
-    first_user, last_user = user_idx[0], user_idx[-1]
-    lines = []
-    if first_user:
-        lines.append(f"({first_user} outer frames of the worker and libraries not shown)")
-    user_part = _collapse(frames[first_user : last_user + 1])
-    below = _collapse(frames[last_user + 1 :])
-    user_budget = MAX_FRAMES // 2 if below else MAX_FRAMES
-    if len(user_part) > user_budget:
-        # Keep the innermost user frames: they say what the job is doing now.
-        skipped = len(user_part) - user_budget
-        user_part = user_part[skipped:]
-        lines.append(f"  ... {skipped} frames ...")
-    lines.extend(_line(item) for item in user_part)
-    below_budget = MAX_FRAMES - len(user_part)
-    if len(below) > below_budget:
-        head = max(below_budget // 3, 1)
-        tail = below_budget - head
-        lines.extend(_line(item) for item in below[:head])
-        lines.append(f"    ... {len(below) - head - tail} frames ...")
-        below = below[-tail:]
-    lines.extend(_line(item) for item in below)
-    where = frames[last_user]
-    waiting = innermost if last_user < len(frames) - 1 else None
-    return _cut("\n".join(lines)), where, waiting
-
-
-def _collapse(frames: list[Frame]) -> list[Frame | str]:
-    """Frames with long runs of the same frame (recursion) said once, as tracebacks do."""
-    items: list[Frame | str] = []
-    i = 0
-    while i < len(frames):
-        j = i
-        while j + 1 < len(frames) and frames[j + 1] == frames[i]:
-            j += 1
-        repeated = j - i + 1
-        items.extend(frames[i : i + min(repeated, 3)])
-        if repeated > 3:
-            items.append(f"[the frame above repeated {repeated - 3} more times]")
-        i = j + 1
-    return items
-
-
-def _line(item: Frame | str) -> str:
-    # The user's frames flush left, library frames (and notes) indented.
-    if isinstance(item, Frame) and item.user:
-        return f"  {item}"
-    return f"    {item}"
-
-
-def _cut(text: str) -> str:
-    if len(text) <= MAX_STACK_CHARS:
-        return text
-    return "...\n" + text[-(MAX_STACK_CHARS - 4) :]
-
-
-# --- CPU time per thread ----------------------------------------------------------------
-
-
-def thread_cpu_seconds(native_id: int | None) -> float | None:
-    """CPU seconds (user + system) a thread of this process has used, or None if unknown."""
-    if native_id is None:
-        return None
-    try:
-        with open(f"/proc/self/task/{native_id}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    try:
-        # Fields after the command name (which may hold spaces and parentheses).
-        fields = data.rsplit(b")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-    except (IndexError, ValueError):
-        return None
-
-
-def state_of(cpu_delta: float | None, wall_delta: float) -> tuple[str, float | None]:
-    """``(state, share of one core)`` from CPU seconds used over ``wall_delta`` seconds."""
-    if cpu_delta is None or wall_delta <= 0:
-        return "unknown", None
-    ratio = max(cpu_delta, 0.0) / wall_delta
-    return ("spinning" if ratio >= SPINNING_RATIO else "blocked"), ratio
-
-
-# --- the diagnosis ------------------------------------------------------------------------
+# What the watchdog reads through this module (imported at its first verdict): see core/stacks.py.
+__all__ = [
+    "MAX_FRAMES",
+    "MAX_STACK_CHARS",
+    "SPINNING_RATIO",
+    "Diagnosis",
+    "Frame",
+    "current_frames",
+    "describe_call",
+    "diagnose",
+    "render",
+    "state_of",
+    "task_running",
+    "thread_cpu_seconds",
+]
 
 _STATE_WORDS = {
     "blocked": "blocked (no CPU: waiting on I/O, a lock or a sleep)",
@@ -624,15 +364,15 @@ def diagnose(
     state, ratio = cpu
     if task is not None and reason == "loop_blocked" and not task_running(task):
         # The verdict on the loop: what its thread runs, not the suspended task.
-        raw = waits.thread_frames(thread_frame, _MAX_WALK)
+        raw = waits.thread_frames(thread_frame, MAX_WALK)
         task = None
     elif task is not None:
         raw, awaiting = task_frames(task, thread_frame)
         if not task_running(task) and reason != "loop_blocked":
             state, ratio = "unknown", None
     else:
-        raw = waits.thread_frames(thread_frame, _MAX_WALK)
-    frames = [_frame(f) for f in raw]
+        raw = waits.thread_frames(thread_frame, MAX_WALK)
+    frames = [frame_of(f) for f in raw]
     # A task suspended at an await waits on what its chain awaits; a running one, like a thread.
     suspended = task if task is not None and not task_running(task) else None
     text, where, waiting_in = render(frames)
@@ -656,80 +396,10 @@ def diagnose(
         thread=thread_name,
         asyncio=run.task is not None,
         call=describe_call(run, now),
-        wait=_describe_wait(run, raw, frames, suspended, thread_frames, runs),
+        wait=describe_wait(run, raw, frames, suspended, thread_frames, runs),
         loop=_describe_loop(run, loop, now),
         last_logs=logtail.last_lines(run),
     )
-
-
-def _holder(ident: int, by_thread: dict[int, Run]) -> dict[str, Any]:
-    holder = by_thread.get(ident)
-    return {
-        "thread": waits.thread_owner_name(ident),
-        "job_name": holder.name if holder is not None else None,
-        "job_id": (holder.job_id or str(holder.key)) if holder is not None else None,
-    }
-
-
-def _describe_wait(
-    run: Run,
-    raw: list[FrameType],
-    frames: list[Frame],
-    task: asyncio.Task[Any] | None,
-    thread_frames: dict[int, FrameType],
-    runs: list[Run] | None,
-) -> dict[str, Any] | None:
-    """What the run waits on (core.waits), with the run holding it and a deadlock named."""
-    found = waits.find(raw, [f.user for f in frames], task)
-    if found is None:
-        return None
-    by_thread: dict[int, Run] = {}
-    for other in sorted(runs or (), key=lambda r: r.start_mono):
-        if other.thread_id is not None and other.task is None and not other.finished:
-            by_thread[other.thread_id] = other  # the innermost (latest) run of a thread
-    description = found.describe()
-    holder = deadlock = None
-    if found.owner is not None and found.owner != run.thread_id:
-        holder = _holder(found.owner, by_thread)
-        if holder["job_name"] is not None:
-            description += f"; held by run {holder['job_id']} of {holder['job_name']}"
-        else:
-            description += f"; held by thread {holder['thread'] or found.owner}"
-        deadlock = _deadlock(run, found.owner, thread_frames, by_thread)
-        if deadlock is not None:
-            chain = [f"run {d['job_id']} of {d['job_name']}" for d in deadlock]
-            description += "; deadlock: this run waits on " + ", which waits on ".join(
-                [*chain, "this run"]
-            )
-    return {
-        "kind": found.kind,
-        "timeout": found.timeout,
-        "holder": holder,
-        "deadlock": deadlock,
-        "description": description,
-    }
-
-
-def _deadlock(
-    run: Run, owner: int, thread_frames: dict[int, FrameType], by_thread: dict[int, Run]
-) -> list[dict[str, Any]] | None:
-    """The runs holding what each next one waits on, when that comes back to ``run``."""
-    chain: list[dict[str, Any]] = []
-    seen = {run.thread_id}
-    while len(chain) < 8:
-        holder = by_thread.get(owner)
-        if holder is None or owner in seen:
-            return None
-        chain.append(_holder(owner, by_thread))
-        seen.add(owner)
-        raw = waits.thread_frames(thread_frames.get(owner), _MAX_WALK)
-        found = waits.find(raw, [_frame(f).user for f in raw])
-        if found is None or found.owner is None:
-            return None
-        if found.owner == run.thread_id:
-            return chain
-        owner = found.owner
-    return None
 
 
 def _describe_loop(run: Run, loop: Any, now: float) -> dict[str, Any] | None:
@@ -747,8 +417,3 @@ def _describe_loop(run: Run, loop: Any, now: float) -> dict[str, Any] | None:
         ),
         "held_up": [{"job_name": r.name, "job_id": r.job_id or str(r.key)} for r in held],
     }
-
-
-def current_frames() -> dict[int, FrameType]:
-    """One ``sys._current_frames()`` (all threads of this process)."""
-    return sys._current_frames()
