@@ -10,10 +10,20 @@ from pathlib import Path
 import pytest
 
 from tests.support import require_rabbitmq
+from tests.support.processes import AppWorker
 
 from .support import RedisServer
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672"
+
+
+@pytest.fixture
+def processes() -> Iterator[list[AppWorker]]:
+    """The worker processes a test starts (appended to this list): killed after the test."""
+    started: list[AppWorker] = []
+    yield started
+    for process in started:
+        process.stop()
 
 
 @pytest.fixture(scope="session")

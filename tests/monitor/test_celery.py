@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +13,7 @@ import pytest
 
 from otel_jobs.monitor import celery as celery_monitor
 from otel_jobs.monitor.celery import collector_for_app
+from tests.support.processes import AppWorker
 
 from .conftest import RABBITMQ_URL
 from .support import Polled, ages, depth, snapshot, wait_for
@@ -57,39 +55,27 @@ def make_app(broker: str, queue: str) -> Any:
     return app
 
 
-class Worker:
+class Worker(AppWorker):
     def __init__(self, broker: str, queue: str, directory: Path) -> None:
-        (directory / "mon_celery_app.py").write_text(APP)
-        self.log = directory / "celery-worker.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-        env.update(MON_BROKER=broker, MON_QUEUE=queue, PYTHONPATH=str(directory))
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "mon_celery_app", "worker", "-P", "solo",
-                 "-c", "1", "-Q", queue, "--without-gossip", "--without-mingle",
-                 "--without-heartbeat", "-l", "info"],
-                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=directory,
-                start_new_session=True,
-            )  # fmt: skip
+        super().__init__(
+            directory,
+            ("mon_celery_app", APP),
+            [sys.executable, "-m", "celery", "-A", "mon_celery_app", "worker", "-P", "solo",
+             "-c", "1", "-Q", queue, "--without-gossip", "--without-mingle",
+             "--without-heartbeat", "-l", "info"],
+            {"MON_BROKER": broker, "MON_QUEUE": queue},
+            "celery-worker.log",
+        )  # fmt: skip
         wait_for("the worker to be ready", lambda: "ready." in self.log.read_text(), log=self.log)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
 
 
 @pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Callable[[str, str], Worker]]:
-    started: list[Worker] = []
-
+def workers(tmp_path: Path, processes: list[AppWorker]) -> Callable[[str, str], Worker]:
     def start(broker: str, queue: str) -> Worker:
-        started.append(Worker(broker, queue, tmp_path))
-        return started[-1]
+        processes.append(Worker(broker, queue, tmp_path))
+        return processes[-1]  # type: ignore[return-value]
 
-    yield start
-    for w in started:
-        w.stop()
+    return start
 
 
 @pytest.fixture

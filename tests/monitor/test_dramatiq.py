@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -14,6 +11,7 @@ from typing import Any
 import pytest
 
 from otel_jobs.monitor.dramatiq import collector_for_broker, message_due
+from tests.support.processes import AppWorker
 
 from .conftest import RABBITMQ_URL
 from .support import Polled, ages, depth, snapshot, wait_for
@@ -67,37 +65,25 @@ def message(queue: str, actor: str, *args: Any) -> Any:
     return dramatiq.Message(queue_name=queue, actor_name=actor, args=args, kwargs={}, options={})
 
 
-class Worker:
+class Worker(AppWorker):
     def __init__(self, broker_url: str, queue: str, directory: Path) -> None:
-        (directory / "mon_dramatiq_app.py").write_text(APP)
-        self.log = directory / "dramatiq-worker.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-        env.update(MON_BROKER=broker_url, MON_QUEUE=queue, PYTHONPATH=str(directory))
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dramatiq", "mon_dramatiq_app", "--processes", "1",
-                 "--threads", "2", "--queues", queue],
-                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=directory,
-                start_new_session=True,
-            )  # fmt: skip
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
+        super().__init__(
+            directory,
+            ("mon_dramatiq_app", APP),
+            [sys.executable, "-m", "dramatiq", "mon_dramatiq_app", "--processes", "1",
+             "--threads", "2", "--queues", queue],
+            {"MON_BROKER": broker_url, "MON_QUEUE": queue},
+            "dramatiq-worker.log",
+        )  # fmt: skip
 
 
 @pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Callable[[str, str], Worker]]:
-    started: list[Worker] = []
-
+def workers(tmp_path: Path, processes: list[AppWorker]) -> Callable[[str, str], Worker]:
     def start(broker_url: str, queue: str) -> Worker:
-        started.append(Worker(broker_url, queue, tmp_path))
-        return started[-1]
+        processes.append(Worker(broker_url, queue, tmp_path))
+        return processes[-1]  # type: ignore[return-value]
 
-    yield start
-    for w in started:
-        w.stop()
+    return start
 
 
 @pytest.fixture

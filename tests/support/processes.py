@@ -111,3 +111,31 @@ def terminate(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=20)
+
+
+class AppWorker:
+    """A worker process of a small app module the test writes into ``directory``, started in a
+    session of its own with ``env`` (and the directory on ``PYTHONPATH``), its output in
+    ``directory / log_name``; :meth:`stop` kills it with its whole process group."""
+
+    def __init__(
+        self,
+        directory: Path,
+        app: tuple[str, str],
+        command: list[str],
+        env: dict[str, str],
+        log_name: str,
+    ) -> None:
+        module, source = app
+        (directory / f"{module}.py").write_text(source)
+        self.log = directory / log_name
+        self.proc = start(
+            command,
+            self.log,
+            worker_env(PYTHONPATH=str(directory), **env),
+            cwd=directory,
+            new_session=True,
+        )
+
+    def stop(self) -> None:
+        kill_group(self.proc)
