@@ -84,9 +84,21 @@ def is_instrumented() -> bool:
 
 
 def metrics_url() -> str | None:
-    """The URL of this process's ``/metrics`` endpoint, if it serves one."""
+    """The URL of this process's ``/metrics`` endpoint, if it serves one.
+
+    Asking for it starts the endpoint and the watchdog if they have not started yet (they
+    start lazily by default, see ``start`` in ``docs/configuration.md``): a process that wants
+    its URL serves. ``None`` when not instrumented, with ``prometheus=False``, in a forked
+    child (its parent serves) or when the port could not be bound.
+
+    >>> otel_jobs.metrics_url()
+    'http://127.0.0.1:9464/metrics'
+    """
     agent = _agent_mod.current()
-    return agent.server.url if agent is not None and agent.server is not None else None
+    if agent is None:
+        return None
+    agent.start_serving()
+    return agent.server.url if agent.server is not None else None
 
 
 def _settle(run: Run) -> None:

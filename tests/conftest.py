@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,6 +16,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import otel_jobs
 from otel_jobs.core import errors
+
+# The suite's processes (this one and the workers it starts, which inherit the variable) serve
+# /metrics from instrument() on, as they did before the lazy start: tests scrape an endpoint
+# before any run. The default, lazy (a process that only publishes opens no port and starts no
+# thread), is tested with the variable removed: tests/core/test_lazy_start.py, and the workers
+# of tests/integrations/test_warm_shutdown.py.
+os.environ.setdefault("OTEL_JOBS_START", "eager")
 
 _span_exporter = InMemorySpanExporter()
 _metric_reader = InMemoryMetricReader()

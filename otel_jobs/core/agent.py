@@ -5,6 +5,12 @@ endpoint, the watchdog thread, and the installed framework and outbound adapters
 talk to it through three calls: :meth:`Agent.start_run`, :meth:`otel_jobs.core.run.Run.activate`
 and :meth:`otel_jobs.core.run.Run.finish`.
 
+Start: :meth:`Agent.start` (``instrument()``) installs the adapters; the endpoint, the watchdog
+and the pusher start with :meth:`Agent.start_serving`, at once with ``start="eager"``, else when
+the process becomes a worker (the integrations call it from their framework's worker start) or
+runs its first job (:meth:`Agent.start_run`): a process that only publishes opens no port and
+starts no thread.
+
 Fork: an ``os.register_at_fork`` handler gives a forked child empty instruments, an empty
 in-flight table, fresh locks and its own watchdog thread; the child does not serve
 ``/metrics`` (its parent does, merging the child's snapshots, see
@@ -86,6 +92,8 @@ class Agent:
         self.text_writer: TextWriter | None = None
         self.adapters: list[Adapter] = []  # installed integrations and outbound adapters
         self.stopped = False
+        self.serving = False  # endpoint, watchdog and pusher started (start_serving)
+        self._serve_lock = threading.Lock()
         self._cancel_hooks: list[Callable[[], None]] = []  # import hooks (core.imports)
         self.deferred = Deferred()  # adapters' checks that must wait (see core.deferred)
         self.pusher: Any = None  # a pushgateway.Pusher with pushgateway_url set
@@ -97,8 +105,35 @@ class Agent:
     # --- lifecycle ------------------------------------------------------------------
 
     def start(self) -> None:
+        """What ``instrument()`` does: install the adapters; serve now only if asked (eager).
+
+        A process that only publishes (a web app importing the Celery app, a script enqueuing
+        RQ jobs) must open no port and start no thread: the endpoint, the watchdog and the
+        Pushgateway pusher start with :meth:`start_serving`, called by the framework's worker
+        start (its integration) or by the process's first run, or here with
+        ``start="eager"``.
+        """
+        if self.settings.start == "eager":
+            self.start_serving()
+        self._install()
+
+    def start_serving(self) -> None:
+        """Start the ``/metrics`` endpoint, the watchdog and the pusher, once (thread-safe).
+
+        In a forked child only the watchdog starts: its parent serves ``/metrics`` (see the
+        module docstring); a parent that never became a worker serves nothing.
+        """
+        if self.serving or self.stopped:
+            return
+        with self._serve_lock:
+            if self.serving or self.stopped:
+                return
+            self.serving = True
+            self._serve()
+
+    def _serve(self) -> None:
         settings = self.settings
-        if settings.prometheus:
+        if settings.prometheus and not self.share.in_child:
             from prometheus_client import CollectorRegistry
 
             endpoint = CollectorRegistry(auto_describe=False)
@@ -137,6 +172,9 @@ class Agent:
 
             self.pusher = Pusher(self, settings.pushgateway_url, settings.pushgateway_timeout)
             self.pusher.start()
+
+    def _install(self) -> None:
+        settings = self.settings
         from ..integrations import install_frameworks
         from ..outbound import install_outbound
 
@@ -251,6 +289,7 @@ class Agent:
         self._meter_for_child = False
         errors.reset_after_fork()
         self._lock = threading.Lock()
+        self._serve_lock = threading.Lock()
         self._runs = {}
         self.share.after_fork_in_child()
         self.deferred.after_fork_in_child()
@@ -348,6 +387,8 @@ class Agent:
         ``own_span``: ``span`` is the run's own, opened for it by :meth:`open_span` (in the
         process that forked this one): the run makes it current, sets its status and ends it.
         """
+        if not self.serving:  # the process's first run: it runs jobs, so it serves
+            self.start_serving()
         settings = self.settings
         queue = queue or "default"
         if series is None:

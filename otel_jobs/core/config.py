@@ -22,6 +22,8 @@ from .. import support
 
 STALL_POLICIES = ("observe", "cancel", "exit")
 TIMEOUT_POLICIES = ("warn", "enforce", "raise", "off")
+#: When the endpoint, the watchdog and the pusher start (Agent.start_serving).
+START_MODES = ("lazy", "eager")
 FRAMEWORKS = tuple(lib.name for lib in support.of_kind(support.FRAMEWORK))
 OUTBOUND_LIBRARIES = tuple(lib.name for lib in support.of_kind(support.OUTBOUND))
 OVERFLOW_VALUE = "__overflow__"
@@ -58,6 +60,7 @@ class Settings:
     prometheus_certfile: str | None = None
     prometheus_keyfile: str | None = None
     prometheus_basic_auth: str | None = None
+    start: str = "lazy"
     heartbeat_timeout: float = 600.0
     max_duration: float = 3600.0
     on_stall: str = "observe"
@@ -355,6 +358,12 @@ OPTIONS: tuple[Option, ...] = (
         "OTEL_JOBS_PROMETHEUS_BASIC_AUTH",
         _basic_auth,
         "`user:password` required by the endpoint (HTTP basic auth)",
+    ),
+    Option(
+        "start",
+        "OTEL_JOBS_START",
+        _choice(START_MODES),
+        "when `/metrics`, the watchdog and the Pushgateway pusher start: `lazy` when the process becomes a worker (its framework's worker start) or runs its first job, so that a process that only publishes opens no port and starts no thread; `eager` at `instrument()`",
     ),
     Option(
         "heartbeat_timeout",

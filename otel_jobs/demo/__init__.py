@@ -161,7 +161,12 @@ def run_demo(
         duration = DURATION_WITH_PROMETHEUS if prometheus else DURATION
     rng = random.Random(seed)
     silent = open_silent_server()
-    options: dict[str, Any] = {"watchdog_interval": 0.5, "loop_blocked_timeout": 2.0}
+    # Eager: the demo is a worker from the start (its endpoint is printed and scraped at once).
+    options: dict[str, Any] = {
+        "watchdog_interval": 0.5,
+        "loop_blocked_timeout": 2.0,
+        "start": "eager",
+    }
     otel_jobs.instrument(prometheus_port=port, **options)
     agent = agent_mod.current()
     if agent is not None and agent.server is None and port != 0:

@@ -138,6 +138,7 @@ class Integration(_Base):
             wait = original(scheduler)
             if self.active:
                 with errors.guard("integration.apscheduler"):
+                    self.agent.start_serving()  # a running scheduler: this process runs jobs
                     # Read in the scheduler's own thread, once per wakeup (a job added, changed
                     # or due): the collection never waits on the scheduler's lock or job store.
                     self._snapshots[scheduler] = self._entries(scheduler)

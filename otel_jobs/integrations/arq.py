@@ -113,6 +113,7 @@ class Integration(_Base):
     def install(self) -> None:
         self._patches.wrap(Worker, "run_job", self._patch_run_job)
         self._patches.wrap(Worker, "run_cron", self._patch_run_cron)
+        self._patches.wrap(Worker, "main", self._patch_main)
         for handler in ("handle_sig", "handle_sig_wait_for_completion"):
             if hasattr(Worker, handler):
                 self._patches.wrap(Worker, handler, self._patch_signal_handler)
@@ -126,6 +127,17 @@ class Integration(_Base):
         for remove in list(self._cron_sources.values()):
             remove()
         self._cron_sources = weakref.WeakKeyDictionary()
+
+    def _patch_main(
+        self, original: Callable[..., Awaitable[None]]
+    ) -> Callable[..., Awaitable[None]]:
+        # The worker's main coroutine (Worker.run and async_run): the process is a worker now.
+        async def main(worker: Worker, *args: Any, **kwargs: Any) -> None:
+            with errors.guard("integration.arq"):
+                self.agent.start_serving()
+            return await original(worker, *args, **kwargs)
+
+        return main
 
     def _patch_signal_handler(self, original: Callable[..., Any]) -> Callable[..., Any]:
         # arq's SIGINT/SIGTERM handlers (run by its event loop): they cancel the jobs in

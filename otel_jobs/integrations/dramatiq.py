@@ -188,6 +188,10 @@ class OtelJobsMiddleware(Middleware):
             self._zeroed.add(key)
 
     @errors.guarded("integration.dramatiq")
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
+        self.agent.start_serving()  # the process becomes a worker (see core.agent)
+
+    @errors.guarded("integration.dramatiq")
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
         # Worker.stop(): the worker threads are asked to finish their message and joined.
         shutdown.begin(self.agent, "Dramatiq", FORCE_SHUTDOWN)
@@ -472,7 +476,8 @@ def main(**options: Any) -> int:
     here = os.path.abspath(__file__)
     command = ["-m", "otel_jobs.integrations.dramatiq"] if script == here else [script]
     sys.argv = [sys.executable, *command, *sys.argv[1:]]
-    otel_jobs.instrument(**options)
+    # A worker launcher: it serves /metrics for the worker processes it forks, from the start.
+    otel_jobs.instrument(**{"start": "eager", **options})
     return int(dramatiq_main(args) or 0)
 
 

@@ -177,6 +177,7 @@ class Integration(BaseIntegration):
 
         self._patches.wrap(Scheduler, "enqueue_periodic_tasks", self._patch_enqueue_periodic)
         self._patches.wrap(Consumer, "stop", self._patch_stop)
+        self._patches.wrap(Consumer, "start", self._patch_start)
         for huey in _existing_hueys():
             self.connect(huey)
 
@@ -191,6 +192,16 @@ class Integration(BaseIntegration):
         self._schedulers = weakref.WeakKeyDictionary()
 
     # --- the consumer's graceful shutdown ---------------------------------------------
+
+    def _patch_start(self, original: Any) -> Any:
+        def start(consumer: Any, *args: Any, **kwargs: Any) -> Any:
+            # The consumer starts its workers and scheduler (forks process workers): /metrics
+            # and the watchdog start now, in the process that serves them.
+            with errors.guard("integration.huey"):
+                self.agent.start_serving()
+            return original(consumer, *args, **kwargs)
+
+        return start
 
     def _patch_stop(self, original: Any) -> Any:
         def stop(consumer: Any, graceful: bool = False) -> Any:

@@ -204,6 +204,12 @@ class Integration(base.Integration):
             if owner is not None:
                 self._patches.wrap(owner, attribute, make_wrapper)
         rq_cron.patch(self._patches)  # RQ's CronScheduler, where the installed RQ has one
+        try:  # rq worker-pool: the pool process serves /metrics for its workers' processes
+            from rq.worker_pool import WorkerPool
+        except ImportError:  # RQ before 1.14
+            pass
+        else:
+            self._patches.wrap(WorkerPool, "start", self._pool_start)
 
     def uninstall(self) -> None:
         if self._cancel_hook is not None:
@@ -480,6 +486,14 @@ class Integration(base.Integration):
 
     # --- configuration audit -------------------------------------------------------------
 
+    def _pool_start(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def start(pool: Any, *args: Any, **kwargs: Any) -> Any:
+            with errors.guard("integration.rq"):
+                self.agent.start_serving()  # before it forks its workers
+            return original(pool, *args, **kwargs)
+
+        return start
+
     def _request_stop(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def request_stop(worker: Any, *args: Any, **kwargs: Any) -> Any:
             # RQ's signal handler (shutdown.begin only records): the worker now waits for
@@ -492,6 +506,8 @@ class Integration(base.Integration):
 
     def _bootstrap(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def bootstrap(worker: Any, *args: Any, **kwargs: Any) -> Any:
+            with errors.guard("integration.rq"):
+                self.agent.start_serving()  # the process becomes a worker (see core.agent)
             result = original(worker, *args, **kwargs)
             with errors.guard("integration.rq.logging"):
                 base.follow_worker_logging(worker.log)  # set up by RQ's bootstrap

@@ -48,6 +48,7 @@ def _patch_enqueue_jobs(original: Callable[..., Any]) -> Callable[..., Any]:
         agent = _agent_mod.current()
         if agent is not None and _registered.get(scheduler) is not agent.telemetry.schedules:
             with errors.guard("integration.rq"):
+                agent.start_serving()  # rq cron: its entries on /metrics
                 ref = weakref.ref(scheduler)
                 agent.telemetry.schedules.add_source(lambda: _entries(ref()))
                 _registered[scheduler] = agent.telemetry.schedules

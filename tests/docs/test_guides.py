@@ -88,8 +88,10 @@ class Guide:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.ports = {"9090": free_port(), "9093": free_port(), "9464": free_port()}
+        # The reader's defaults: not the suite's OTEL_JOBS_START=eager (tests/conftest.py).
+        environ = {k: v for k, v in os.environ.items() if k != "OTEL_JOBS_START"}
         self.env = {
-            **os.environ,
+            **environ,
             "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             "OTEL_JOBS_PROMETHEUS_PORT": str(self.ports["9464"]),
             "PYTHONUNBUFFERED": "1",

@@ -28,7 +28,7 @@ import pytest
 from tests.integrations import celery_app, rq_jobs
 from tests.integrations.rq_support import launch_workers
 from tests.monitor.support import RedisServer, wait_for
-from tests.support import free_port
+from tests.support import free_port, scrape
 
 pytestmark = pytest.mark.broker
 
@@ -94,6 +94,7 @@ def _celery_worker(
         "PYTHONPATH": str(ROOT),
     }
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    env.pop("OTEL_JOBS_START", None)  # the default (lazy): serving starts at the worker's start
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [CELERY, "-A", "tests.integrations.celery_app", "worker", "-P", "prefork", "-c", "1",
@@ -156,7 +157,12 @@ def test_rq_warm_shutdown_waiting_for_a_stalled_job_says_so_once(
     connection = Redis.from_url(redis_url)
     queue = Queue(f"ojw-{uuid.uuid4().hex[:8]}", connection=connection)
     with launch_workers(tmp_path) as start:
-        worker = start(queue.name, url=redis_url, jobs={name: {"heartbeat_timeout": 1}})
+        worker = start(
+            queue.name,
+            url=redis_url,
+            jobs={name: {"heartbeat_timeout": 1}},
+            env_extra={"OTEL_JOBS_START": "lazy"},  # the default: serving starts with the worker
+        )
         queue.enqueue(name, str(tmp_path / "horse.pid"), blackhole, job_timeout=600)
         wait_for(
             "the stall verdict",
@@ -186,7 +192,7 @@ def test_rq_warm_shutdown_with_a_healthy_job_says_nothing(tmp_path: Path, redis_
     connection = Redis.from_url(redis_url)
     queue = Queue(f"ojw-{uuid.uuid4().hex[:8]}", connection=connection)
     with launch_workers(tmp_path) as start:
-        worker = start(queue.name, url=redis_url)
+        worker = start(queue.name, url=redis_url, env_extra={"OTEL_JOBS_START": "lazy"})
         queue.enqueue(f"{rq_jobs.__name__}.sleepy", 3)
         wait_for("the job to start", lambda: "sleepy" in worker.output(), log=worker.log)
         os.kill(worker.proc.pid, signal.SIGTERM)
@@ -264,6 +270,7 @@ def _start_cli(
         "WS_PORT": str(free_port()),
     }
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    env.pop("OTEL_JOBS_START", None)  # the default (lazy): serving starts at the worker's start
     log = tmp_path / f"{framework}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -316,6 +323,9 @@ def test_dramatiq_huey_arq_warm_shutdown_waiting_for_a_stalled_task_say_so_once(
         wait_for(
             "the stall verdict", lambda: re.search(r"hang .* stalled", log.read_text()), log=log
         )
+        # Serving started at the worker's start (lazy), in the process that serves /metrics.
+        url = f"http://127.0.0.1:{env['WS_PORT']}/metrics"
+        wait_for("the stall on /metrics", lambda: scrape(url).total("otel_jobs_runs_stalled") == 1)
         os.kill(proc.pid, stop)
         wait_for("the shutdown message", lambda: _said(log.read_text()), log=log)
         time.sleep(2)  # ten watchdog ticks: room for a repeat, which must not come

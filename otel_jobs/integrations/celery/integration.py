@@ -85,6 +85,7 @@ class Integration(_BaseIntegration):
             (signals.celeryd_after_setup, self._on_after_setup),
             (signals.worker_process_shutdown, self._on_process_shutdown),
             (signals.worker_shutting_down, self._on_shutting_down),
+            (signals.beat_init, self._on_beat_init),
         ):
             # Strong references: bound methods would otherwise be dropped by the weak default.
             signal.connect(receiver, weak=False)
@@ -273,6 +274,10 @@ class Integration(_BaseIntegration):
         providers.flush(2000)
 
     @errors.guarded("integration.celery")
+    def _on_beat_init(self, **_: Any) -> None:
+        self.agent.start_serving()  # celery beat: its entries on /metrics (.beat)
+
+    @errors.guarded("integration.celery")
     def _on_shutting_down(self, how: str | None = None, **_: Any) -> None:
         # Sent from Celery's signal handler in the main process (shutdown.begin only records).
         # A warm shutdown waits for the tasks running in the pool, stalled ones included.
@@ -328,6 +333,9 @@ class Integration(_BaseIntegration):
 
     @errors.guarded("integration.celery.audit")
     def _on_worker_init(self, sender: Any = None, **_: Any) -> None:
+        # The process becomes a worker (before the prefork pool forks): /metrics and the
+        # watchdog start now; a process that only publishes never gets here.
+        self.agent.start_serving()
         from celery.apps.worker import Worker as WorkerProgram
 
         if isinstance(sender, WorkerProgram):
