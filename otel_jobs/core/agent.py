@@ -143,7 +143,7 @@ class Agent:
 
             def fast(encoder: Any) -> bytes | None:
                 # With forked children's snapshots to merge, prometheus-client serves the merge.
-                return writer.render(encoder) if share.alone() else None
+                return writer.render(encoder) if share.no_child_snapshots() else None
 
             try:
                 self.server = serve(
@@ -319,7 +319,7 @@ class Agent:
             with errors.guard("multiprocess.flush"):
                 self.share.flush(self.telemetry.registry)
 
-    def pool_child(self) -> None:
+    def defer_snapshots_to_watchdog(self) -> None:
         """Called by an integration as a run starts in a long-lived pool process (a Celery
         prefork child, a Dramatiq or Huey worker process): its snapshot is written by its
         watchdog and when it exits, not at every run's start and end (core.multiprocess)."""
@@ -505,7 +505,7 @@ class Agent:
                 errors.record("run.finish", err)
             run.recorded = done | _ENDED
         if run.pid != self.share.owner_pid and self._telemetry is not None:  # a forked child
-            self.share.changed(self._telemetry.registry)
+            self.share.flush_or_mark_stale(self._telemetry.registry)
 
     def open_span(
         self,
@@ -568,8 +568,8 @@ class Agent:
         # A long-lived child that forks the one-run children (an RQ worker of `rq worker-pool`)
         # writes its snapshot from its watchdog, like a pool child (core.multiprocess).
         if self.share.in_child:
-            self.pool_child()
-            self.share.changed(self.telemetry.registry)
+            self.defer_snapshots_to_watchdog()
+            self.share.flush_or_mark_stale(self.telemetry.registry)
 
     #: Record the end of a run whose process died: :func:`otel_jobs.core.lost_runs.record_lost_run`.
     record_lost_run = lost_runs.record_lost_run

@@ -237,7 +237,7 @@ class ProcessShare:
 
     # --- snapshots -----------------------------------------------------------------------------
 
-    def changed(self, registry: CollectorRegistry) -> None:
+    def flush_or_mark_stale(self, registry: CollectorRegistry) -> None:
         """A run started or ended in this (child) process: write the snapshot now, or, in a
         lazy child, mark it stale for the watchdog's next tick."""
         if self.lazy:
@@ -245,7 +245,7 @@ class ProcessShare:
         else:
             self.flush(registry)
 
-    def due(self) -> bool:
+    def snapshot_due(self) -> bool:
         """Whether a lazy child's watchdog tick should write the snapshot (always when eager)."""
         return (
             not self.lazy or self.dirty or time.monotonic() - self.last_flush >= IDLE_FLUSH_SECONDS
@@ -313,7 +313,7 @@ class ProcessShare:
             snapshot = self._snapshot(pid)
         return snapshot[0] if snapshot is not None else None
 
-    def alone(self) -> bool:
+    def no_child_snapshots(self) -> bool:
         """True when no forked child has left metrics (nothing to merge into the owner's)."""
         try:
             return not self._archive and all(
@@ -396,7 +396,7 @@ class MergedCollector:
 
     def collect(self) -> Iterator[Metric]:
         share = self._share
-        if share.alone():
+        if share.no_child_snapshots():
             # No forked child has left metrics: serve the owner's families as they are (minus the
             # creation timestamps, as merging does), without the copy, sort and rebuild of a
             # merge, which doubles the cost of a scrape (bench/bench_scrape.py).

@@ -167,7 +167,7 @@ class Watchdog:
         except Exception as exc:
             errors.record("lease", exc)
         share = agent.share
-        if share.in_child and (agent.has_runs() or share.due()):
+        if share.in_child and (agent.has_runs() or share.snapshot_due()):
             with errors.guard("multiprocess.flush"):
                 share.flush(agent.telemetry.registry)
 

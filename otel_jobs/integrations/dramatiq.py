@@ -214,7 +214,7 @@ class OtelJobsMiddleware(Middleware):
     @errors.guarded("integration.dramatiq")
     def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
         agent = self.agent
-        agent.pool_child()  # a worker process runs many messages of many actors
+        agent.defer_snapshots_to_watchdog()  # a worker process runs many messages of many actors
         options = message.options
         due = options.get(DUE_OPTION) or message.message_timestamp
         carrier = options.get(TRACE_OPTION)
@@ -284,7 +284,7 @@ class OtelJobsMiddleware(Middleware):
         series = agent.telemetry.series(message.actor_name, q_name(message.queue_name))
         agent.telemetry.record_dead_lettered(series)
         if agent.share.in_child:
-            agent.share.changed(agent.telemetry.registry)
+            agent.share.flush_or_mark_stale(agent.telemetry.registry)
 
 
 def _bind_run_to_coroutine(original: Any) -> Any:

@@ -302,7 +302,7 @@ class Integration(BaseIntegration):
         self._end(run, outcome, exc)
 
     def _start(self, huey: Huey, task: Any) -> None:
-        self.agent.pool_child()  # in a process worker, which runs many tasks of many names
+        self.agent.defer_snapshots_to_watchdog()  # in a process worker, which runs many tasks of many names
         # A run of this thread that got no closing signal (Huey raised inside its own
         # bookkeeping) must not stay in flight forever and look stuck.
         left = getattr(self._local, "run", None)

@@ -1,39 +1,17 @@
-"""Helpers of the watchdog tests: polling with a generous deadline (never a timing)."""
+"""Helpers of the watchdog tests: a port forwarder; the polling (``wait_for``), ``here`` and
+``run_named`` are tests.support's, importable from here too."""
 
 from __future__ import annotations
 
 import socket
-import sys
 import threading
-import time
-from collections.abc import Callable
-from typing import Any
 
-import pytest
+from tests.support.threads import here, run_named
+from tests.support.waiting import wait_for
+
+__all__ = ["DEADLINE", "Forwarder", "here", "run_named", "wait_for"]
 
 DEADLINE = 60.0
-
-
-def wait_for(condition: Callable[[], Any], what: str, deadline: float = DEADLINE) -> Any:
-    """Poll ``condition`` until it is truthy; fail after ``deadline`` seconds."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    pytest.fail(f"gave up waiting for {what}")
-
-
-def here() -> int:
-    """The caller's line number (the line a job is about to wait on is the next one)."""
-    return sys._getframe(1).f_lineno
-
-
-def run_named(agent: Any, name: str) -> Any:
-    return wait_for(
-        lambda: next((r for r in agent.runs() if r.name == name), None), f"run {name} in flight"
-    )
 
 
 class Forwarder:

@@ -62,7 +62,7 @@ def test_an_async_actor_holding_the_event_loop_thread_is_named_with_its_line(
         waiting = run_named(agent, "loop_waiting")
         loop_holding.send()
         holding = run_named(agent, "loop_holding")
-        wait_for(lambda: holding.verdict == "loop_blocked", "the loop_blocked verdict")
+        wait_for("the loop_blocked verdict", lambda: holding.verdict == "loop_blocked")
         diagnosis = holding.diagnosis
         # The run's own thread is Dramatiq's worker thread; the loop's is another one.
         assert diagnosis.loop["thread"] != threading._active[holding.thread_id].name  # type: ignore[attr-defined]
@@ -72,7 +72,7 @@ def test_an_async_actor_holding_the_event_loop_thread_is_named_with_its_line(
         assert [r["job_id"] for r in diagnosis.loop["held_up"]] == [waiting.job_id]
         assert waiting.verdict is None
         release.set()
-        wait_for(lambda: holding.verdict is None, "the verdict to clear")
+        wait_for("the verdict to clear", lambda: holding.verdict is None)
     finally:
         release.set()
         done.set()

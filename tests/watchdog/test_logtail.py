@@ -44,10 +44,10 @@ def test_a_run_that_logs_then_hangs_shows_that_line_and_its_age(
     thread.start()
     run = run_named(agent, "logs.crawl")
     record = wait_for(
+        "the verdict",
         lambda: next(
             (r for r in caplog.records if getattr(r, "stall_last_logs", None) is not None), None
         ),
-        "the verdict",
     )
     last = record.stall_last_logs[-1]
     assert last["message"] == "fetching page 7 of 20"
@@ -60,10 +60,10 @@ def test_a_run_that_logs_then_hangs_shows_that_line_and_its_age(
     assert summary_part in record.getMessage()
     assert "last log records of the run:" in record.getMessage()
     span = wait_for(
+        "the stall span",
         lambda: next(
             iter(spans_named(span_exporter.get_finished_spans(), "logs.crawl stalled")), None
         ),
-        "the stall span",
     )
     assert span.attributes["otel_jobs.stall.last_log"] == "INFO crawler: fetching page 7 of 20"
     assert span.attributes["otel_jobs.stall.last_log_age_s"] == last["age_s"]
@@ -92,7 +92,7 @@ def test_kept_lines_are_redacted_bounded_and_only_the_runs_own(
     assert inside.wait(DEADLINE)
     log.info("logged by the test's thread, outside any run")
     run = run_named(agent, "logs.secrets")
-    wait_for(lambda: run.diagnosis, "the verdict")
+    wait_for("the verdict", lambda: run.diagnosis)
     lines = run.diagnosis.last_logs
     assert [line["level"] for line in lines] == ["INFO", "WARNING"]
     assert lines[0]["message"] == "GET https://api.example.com/v1/items?*** failed"

@@ -81,16 +81,16 @@ def test_a_coroutine_blocking_its_loop_gets_the_verdict_naming_its_line_and_the_
     futures = [asyncio.run_coroutine_threadsafe(waiting(), loop) for _ in range(2)]
     held = [run_named(agent, "lb.waiting")]
     held = wait_for(
+        "both waiting runs",
         lambda: (
             [r for r in agent.runs() if r.name == "lb.waiting"][1:]
             and [r for r in agent.runs() if r.name == "lb.waiting"]
         ),
-        "both waiting runs",
     )
-    wait_for(lambda: lag_count(metrics()) >= 2, "a probe answered by the free loop")
+    wait_for("a probe answered by the free loop", lambda: lag_count(metrics()) >= 2)
     futures.append(asyncio.run_coroutine_threadsafe(blocks_its_loop(), loop))
     blocker = run_named(agent, "lb.blocks_its_loop")
-    wait_for(lambda: blocker.verdict == "loop_blocked", "the loop_blocked verdict")
+    wait_for("the loop_blocked verdict", lambda: blocker.verdict == "loop_blocked")
 
     diagnosis = blocker.diagnosis
     assert diagnosis.reason == "loop_blocked" and diagnosis.verdict == "loop blocked"
@@ -132,30 +132,30 @@ def test_a_coroutine_blocking_its_loop_gets_the_verdict_naming_its_line_and_the_
     warning = next(r for r in caplog.records if getattr(r, "stall_reason", None) == "loop_blocked")
     assert warning.stall_loop["held_up"] == diagnosis.loop["held_up"]
     span = wait_for(
+        "the stall span",
         lambda: next(
             iter(
                 spans_named(span_exporter.get_finished_spans(), "lb.blocks_its_loop loop blocked")
             ),
             None,
         ),
-        "the stall span",
     )
     assert span.attributes["otel_jobs.stall.reason"] == "loop_blocked"
     assert span.attributes["code.lineno"] == lines[0]
     assert sorted(span.attributes["otel_jobs.stall.loop.held_up_job_names"]) == ["lb.waiting"] * 2
 
     release.set()  # the loop runs again: the verdict clears
-    wait_for(lambda: blocker.verdict is None, "the verdict to clear")
+    wait_for("the verdict to clear", lambda: blocker.verdict is None)
     recovered = wait_for(
-        lambda: next((r for r in caplog.records if getattr(r, "stall_recovered", False)), None),
         "the recovery record",
+        lambda: next((r for r in caplog.records if getattr(r, "stall_recovered", False)), None),
     )
     assert "its event loop runs again" in recovered.getMessage()
     after = wait_for(
+        "the blocked gauge back to 0",
         lambda: (
             (s := metrics()).value("otel_jobs_event_loop_blocked_seconds", thread=THREAD) == 0 and s
         ),
-        "the blocked gauge back to 0",
     )
     assert (
         after.value(
@@ -189,13 +189,13 @@ def test_a_cpu_loop_in_a_coroutine_is_spinning(
     future = asyncio.run_coroutine_threadsafe(spins(), loop)
     try:
         run = run_named(agent, "lb.spins")
-        wait_for(lambda: run.verdict == "loop_blocked", "the loop_blocked verdict")
+        wait_for("the loop_blocked verdict", lambda: run.verdict == "loop_blocked")
         assert run.diagnosis.where.function.endswith("spins")
         assert run.diagnosis.where.lineno in (lines[0], lines[0] + 1)
         assert run.diagnosis.loop["held_up"] == []
         # The loop thread's CPU is looked at again each tick while the verdict stands (on a
         # loaded machine the first look may find it waiting for a core).
-        wait_for(lambda: run.state == "spinning", "the CPU loop to be seen spinning")
+        wait_for("the CPU loop to be seen spinning", lambda: run.state == "spinning")
     finally:
         release.set()
     future.result(DEADLINE)
@@ -212,11 +212,11 @@ def test_code_outside_any_run_blocking_the_loop_is_reported_on_the_oldest_run(
         await until(done)
 
     futures = [asyncio.run_coroutine_threadsafe(innocent(), loop) for _ in range(2)]
-    wait_for(lambda: len([r for r in agent.runs() if r.name == "lb.innocent"]) == 2, "two runs")
+    wait_for("two runs", lambda: len([r for r in agent.runs() if r.name == "lb.innocent"]) == 2)
     oldest = min(agent.runs(), key=lambda r: r.start_mono)
     line = here() + 1
     loop.call_soon_threadsafe(lambda: release.wait())  # a callback of no run holds the loop
-    wait_for(lambda: oldest.verdict == "loop_blocked", "the verdict on the oldest run")
+    wait_for("the verdict on the oldest run", lambda: oldest.verdict == "loop_blocked")
     diagnosis = oldest.diagnosis
     assert diagnosis.loop["culprit"] is None
     assert "code outside any run holds the loop" in diagnosis.summary()
@@ -224,7 +224,7 @@ def test_code_outside_any_run_blocking_the_loop_is_reported_on_the_oldest_run(
     assert len(diagnosis.loop["held_up"]) == 1
     assert [r for r in agent.runs() if r.verdict is not None] == [oldest]
     release.set()
-    wait_for(lambda: oldest.verdict is None, "the verdict to clear")
+    wait_for("the verdict to clear", lambda: oldest.verdict is None)
     done.set()
     for future in futures:
         future.result(DEADLINE)
@@ -253,7 +253,7 @@ def test_a_busy_but_responsive_loop_never_gets_the_verdict(
     future = asyncio.run_coroutine_threadsafe(busy(), loop)
     run = run_named(agent, "lb.busy")
     ticks = TickCounter(agent.watchdog, monkeypatch)
-    wait_for(lambda: ticks.count >= 40, "forty ticks of the busy loop")
+    wait_for("forty ticks of the busy loop", lambda: ticks.count >= 40)
     samples = metrics()
     assert lag_count(samples) - before >= 20  # it was probed all along, and answered
     assert run.verdict is None and run.diagnosis is None
@@ -284,12 +284,12 @@ def test_a_stopped_loop_is_not_blocked_and_its_pause_is_no_lag(
         paused_loop.run_forever()
         run = run_named(agent, "lb.paused")
         start = ticks.count
-        wait_for(lambda: ticks.count >= start + 30, "thirty ticks while stopped")
+        wait_for("thirty ticks while stopped", lambda: ticks.count >= start + 30)
         assert run.verdict is None
         assert metrics().value("otel_jobs_event_loop_blocked_seconds", thread=label) == 0
         paused_loop.run_until_complete(task)
         start = ticks.count
-        wait_for(lambda: ticks.count >= start + 3, "ticks after the run")
+        wait_for("ticks after the run", lambda: ticks.count >= start + 3)
     finally:
         paused_loop.close()
     samples = metrics()
@@ -324,10 +324,10 @@ def test_a_held_up_run_stalled_first_says_its_loop_is_blocked_and_by_whom(
     futures = [asyncio.run_coroutine_threadsafe(held_up(), loop)]
     try:
         waiting = run_named(agent, "lb.held_up")
-        wait_for(lambda: lag_count(metrics()) >= 1, "a probe answered by the free loop")
+        wait_for("a probe answered by the free loop", lambda: lag_count(metrics()) >= 1)
         futures.append(asyncio.run_coroutine_threadsafe(holder(), loop))
         holding = run_named(agent, "lb.holder")
-        wait_for(lambda: waiting.verdict == "no_heartbeat", "the held-up run's stall")
+        wait_for("the held-up run's stall", lambda: waiting.verdict == "no_heartbeat")
         diagnosis = waiting.diagnosis
         assert diagnosis.loop is not None
         assert diagnosis.loop["culprit"] == {"job_name": "lb.holder", "job_id": str(holding.key)}
@@ -355,7 +355,7 @@ def test_lag_and_blocked_time_are_opentelemetry_instruments_too(
 
     future = asyncio.run_coroutine_threadsafe(job(), loop)
     run_named(agent, "lb.otel")
-    wait_for(lambda: lag_count(metrics()) >= 3, "three probes answered")
+    wait_for("three probes answered", lambda: lag_count(metrics()) >= 3)
     seen: dict[str, Any] = {}
     data = metric_reader.get_metrics_data()
     assert data is not None
@@ -399,7 +399,7 @@ def test_a_coroutine_waiting_in_a_selector_of_its_own_is_no_idle_loop(
     future = asyncio.run_coroutine_threadsafe(own_selector(), loop)
     try:
         run = run_named(agent, "lb.own_selector")
-        wait_for(lambda: run.verdict == "loop_blocked", "the loop_blocked verdict")
+        wait_for("the loop_blocked verdict", lambda: run.verdict == "loop_blocked")
         assert run.diagnosis.where.lineno == lines[0]
     finally:
         release.set()

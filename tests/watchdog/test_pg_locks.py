@@ -106,7 +106,7 @@ def test_a_run_waiting_on_a_row_lock_names_the_holding_session_and_run(
         ]
 
     # A stall (no heartbeat), then an overrun, on the same stuck statement.
-    wait_for(lambda: len(verdicts()) >= 2, "two verdicts on the waiting run")
+    wait_for("two verdicts on the waiting run", lambda: len(verdicts()) >= 2)
     first, second = verdicts()[:2]
     assert (first.stall_reason, second.stall_reason) == ("no_heartbeat", "max_duration")
     db = first.stall_db
@@ -131,10 +131,10 @@ def test_a_run_waiting_on_a_row_lock_names_the_holding_session_and_run(
     )
 
     stall = wait_for(
+        "the stall span",
         lambda: next(
             iter(spans_named(span_exporter.get_finished_spans(), "pg.waiter stalled")), None
         ),
-        "the stall span",
     )
     attrs = dict(stall.attributes)
     assert attrs["otel_jobs.stall.db.backend_pid"] == pids["waiter"]
@@ -189,8 +189,8 @@ def test_a_lookup_that_cannot_connect_says_why_and_leaves_the_job_alone(
     thread.start()
     run = run_named(agent, "pg.waiter_unreachable")
     record = wait_for(
-        lambda: next((r for r in caplog.records if getattr(r, "job_name", None) == run.name), None),
         "the verdict",
+        lambda: next((r for r in caplog.records if getattr(r, "job_name", None) == run.name), None),
     )
     assert "blockers not known (OperationalError" in record.getMessage()
     assert record.stall_db["error"].startswith("OperationalError")
@@ -275,8 +275,8 @@ def test_past_the_lookups_under_way_a_verdict_goes_without_its_blockers(
     thread.start()
     run = run_named(agent, "pg.waiter_unasked")
     record = wait_for(
-        lambda: next((r for r in caplog.records if getattr(r, "job_name", None) == run.name), None),
         "the verdict",
+        lambda: next((r for r in caplog.records if getattr(r, "job_name", None) == run.name), None),
     )
     assert record.stall_db is None and "PostgreSQL backend" not in record.getMessage()
     assert record.stall_call["library"] == "psycopg"  # the statement is still named

@@ -73,7 +73,7 @@ def test_two_runs_deadlocked_on_two_rlocks_name_each_other(
     for job in (transfer_in, transfer_out):
         threading.Thread(target=job, daemon=True).start()
     run_in, run_out = run_named(agent, "dl.transfer_in"), run_named(agent, "dl.transfer_out")
-    wait_for(lambda: run_in.diagnosis and run_out.diagnosis, "both verdicts")
+    wait_for("both verdicts", lambda: run_in.diagnosis and run_out.diagnosis)
 
     for run, other, line in ((run_in, run_out, lines["in"]), (run_out, run_in, lines["out"])):
         wait = run.diagnosis.wait
@@ -92,10 +92,10 @@ def test_two_runs_deadlocked_on_two_rlocks_name_each_other(
     assert records["dl.transfer_in"].stall_wait["holder"]["job_name"] == "dl.transfer_out"
     assert records["dl.transfer_out"].stall_wait["holder"]["job_name"] == "dl.transfer_in"
     span = wait_for(
+        "the stall span",
         lambda: next(
             iter(spans_named(span_exporter.get_finished_spans(), "dl.transfer_in stalled")), None
         ),
-        "the stall span",
     )
     attrs = dict(span.attributes)
     assert attrs["otel_jobs.stall.wait.kind"] == "threading.RLock"
@@ -130,7 +130,7 @@ def test_a_lock_held_by_a_thread_outside_any_run_is_no_deadlock(
     thread = threading.Thread(target=job, daemon=True)
     thread.start()
     run = run_named(agent, "waits.behind_a_thread")
-    wait_for(lambda: run.diagnosis, "the verdict")
+    wait_for("the verdict", lambda: run.diagnosis)
     wait = run.diagnosis.wait
     assert wait["holder"] == {"thread": "cache-refresher", "job_name": None, "job_id": None}
     assert wait["deadlock"] is None
@@ -184,7 +184,7 @@ def test_each_kind_of_wait_and_whether_it_has_a_timeout(
 
     threading.Thread(target=job, daemon=True).start()
     run = run_named(agent, name)
-    wait_for(lambda: run.diagnosis, "the verdict")
+    wait_for("the verdict", lambda: run.diagnosis)
     found = run.diagnosis.wait
     assert found is not None, run.diagnosis.summary()
     assert found["kind"] == kind
@@ -231,7 +231,7 @@ def test_asyncio_waits_with_and_without_a_timeout(
     }
     for name, (kind, timeout) in expected.items():
         run = run_named(agent, name)
-        wait_for(lambda run=run: run.diagnosis, f"the verdict of {name}")
+        wait_for(f"the verdict of {name}", lambda run=run: run.diagnosis)
         assert run.diagnosis.wait["kind"] == kind, name
         assert run.diagnosis.wait["timeout"] is timeout, name
     for future in futures:

@@ -160,8 +160,8 @@ class Integration(_BaseIntegration):
         if run.pid != agent.share.owner_pid:  # a pool child (run.pid: no system call per task)
             # A child killed before its next watchdog tick: its main process counts the run's
             # start too (LostRuns.record).
-            agent.pool_child()
-            agent.share.changed(agent.telemetry.registry)
+            agent.defer_snapshots_to_watchdog()
+            agent.share.flush_or_mark_stale(agent.telemetry.registry)
 
     def _finish(
         self,
