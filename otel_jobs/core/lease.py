@@ -29,23 +29,9 @@ What it costs, and must never cost more:
   (and once when it answers again) and retried at the next tick; it never blocks the watchdog or
   a job. A bug here is an internal error (``otel_jobs_internal_errors_total{component="lease"}``).
 
-What a lease can and cannot tell:
-
-* A process with no run in flight holds no lease (taken back when its last run ends, and at a
-  graceful exit: :meth:`LeaseKeeper.release`). A forked child keeps a lease of its own.
-* A run killed within one watchdog tick of its start is not in the lease yet.
-* A run that ended within moments of its process's death may still be listed: the monitor asks
-  the framework where it can (RQ's job status) before it counts a run lost.
-* ``otel_jobs_runs_redelivered_total`` for a broker that hands a lost run out again with nothing
-  on the message to say so (:data:`REDELIVERY_CHECK`): the run is compared with the monitor's
-  attempt record when it is first written to the lease, in the same round trip, or when it reads
-  ``previous_attempt``; a run shorter than a watchdog tick that does not read it is never
-  compared, and one handed out before the monitor counted the loss is not recognised.
-* A worker that is alive but cannot renew for longer than the TTL (frozen, cut off from Redis)
-  looks dead: its runs are counted lost (and requeued, if the monitor is asked to).
-* The checkpoint is what the job gave ``heartbeat()``, nothing else of the job; details whose
-  JSON exceeds :data:`MAX_CHECKPOINT_BYTES` are left out (the progress is kept, and the entry
-  says so). Values JSON cannot hold are written as their ``repr()``.
+What a lease can and cannot tell (a run killed within a tick of its start, a worker alive but
+cut off from Redis for longer than the TTL, redeliveries the broker does not mark) is told to
+users in the docs on lost runs.
 """
 
 from __future__ import annotations
@@ -58,10 +44,29 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import errors
+from .lease_records import (
+    KEEP_SECONDS,
+    KEY_ATTEMPT,
+    KEY_LEASE,
+    KEY_LEASES,
+    MAX_CHECKPOINT_BYTES,
+    MAX_REQUEUE_BYTES,
+    REDELIVERY_CHECK,
+    RELEASE_TIMEOUT,
+    REQUEUE_MARK,
+    RUN_FIELD,
+    SOCKET_TIMEOUT,
+    WORKER_FIELD,
+    PreviousAttempt,
+    bounded_extra,
+    checkpoint,
+    describe,
+    redis_client,
+    run_entry,
+)
 
 if TYPE_CHECKING:
     import redis
@@ -71,26 +76,26 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("otel_jobs")
 
-KEY_LEASES = "otel_jobs:leases"
-KEY_LEASE = "otel_jobs:lease:"
-KEY_ATTEMPT = "otel_jobs:attempt:"
-#: The message header (Celery), job meta key (RQ) or message option a requeued job carries its
-#: previous attempt in (the attempt record's JSON): its run reads it without a round trip.
-REQUEUE_MARK = "otel_jobs_previous_attempt"
-WORKER_FIELD = "worker"
-RUN_FIELD = "run:"
-#: How long a lease's content is kept after its last renewal (a monitor down for a day still
-#: finds what a dead worker had in flight); also how long the monitor keeps an attempt record.
-KEEP_SECONDS = 86400
-#: The most JSON a run's checkpoint details may take in the lease (and the lost span, the log
-#: record and ``previous_attempt``); beyond it the details are left out, the progress kept.
-MAX_CHECKPOINT_BYTES = 2048
-#: The most JSON an integration's requeue data (a Celery message) may take; beyond it the run
-#: is still watched, but a monitor cannot put it back.
-MAX_REQUEUE_BYTES = 65536
-#: Socket timeouts of the lease's Redis client (seconds), and the most a release waits at exit.
-SOCKET_TIMEOUT = 1.0
-RELEASE_TIMEOUT = 0.5
+# The records' names stay importable from here (they live in core/lease_records.py).
+__all__ = [
+    "KEEP_SECONDS",
+    "KEY_ATTEMPT",
+    "KEY_LEASE",
+    "KEY_LEASES",
+    "MAX_CHECKPOINT_BYTES",
+    "MAX_REQUEUE_BYTES",
+    "REDELIVERY_CHECK",
+    "RELEASE_TIMEOUT",
+    "REQUEUE_MARK",
+    "RUN_FIELD",
+    "SOCKET_TIMEOUT",
+    "WORKER_FIELD",
+    "LeaseKeeper",
+    "PreviousAttempt",
+    "checkpoint",
+    "describe",
+    "redis_client",
+]
 
 # KEYS: the set of leases, this lease's hash, then attempt records to read. ARGV: lease id, TTL
 # (ms), seconds kept, then field/value pairs. No pairs: the lease is taken back. Returns the
@@ -116,128 +121,11 @@ if #KEYS > 2 then attempts = redis.call('MGET', unpack(KEYS, 3)) end
 return {now, expired, attempts}
 """
 
-#: Frameworks whose broker hands a lost run out again with nothing on the message to say so, and
-#: the attempt number such a run has relative to the lost one (Dramatiq: the same; arq and RQ's
-#: own retry of an abandoned job: one more; Huey: the same, its message requeued by the monitor
-#: as it was, with no header to carry a mark). Their runs are checked against the monitor's
-#: attempt record as they are first written to the lease (in the same round trip).
-REDELIVERY_CHECK = {"dramatiq": 0, "arq": 1, "rq": 1, "huey": 0}
-
 #: What an integration gives :meth:`LeaseKeeper.track`: where its broker's Redis is (a URL, or
 #: a redis-py ``ConnectionPool`` whose address and credentials to use), or None.
 Source = Callable[[], Any]
 #: ... and the entry's extra fields, computed on the lease thread once per run (JSON-able).
 Extra = Callable[[], Mapping[str, Any]]
-
-
-@dataclass(frozen=True)
-class PreviousAttempt:
-    """What the last lost attempt of this job reached, as its worker's lease last said.
-
-    ``progress`` and ``details``: its last ``heartbeat(progress, **details)`` (``details`` is
-    empty if it gave none, or if they were over :data:`MAX_CHECKPOINT_BYTES`); ``at``: when that
-    checkpoint was written to the lease (Unix time); ``host``, ``pid``: the worker process it
-    ran in; ``lost``: how many times this job was lost so far; ``expired_at``: when that
-    worker's lease expired (Unix time, the Redis server's clock).
-    """
-
-    progress: float | None
-    details: Mapping[str, Any] = field(default_factory=dict)
-    at: float | None = None
-    host: str = ""
-    pid: int = 0
-    lost: int = 1
-    expired_at: float | None = None
-    #: The attempt number of the lost run (a requeued run keeps it: the same number is the
-    #: requeued run itself, a higher one a later retry).
-    attempt: int | None = None
-
-    @property
-    def worker(self) -> str:
-        """``host:pid`` of the worker process the attempt was lost with."""
-        return f"{self.host}:{self.pid}"
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> PreviousAttempt | None:
-        """Read an attempt record (``None`` for anything that is not one)."""
-        try:
-            data = json.loads(text)
-            progress = data.get("progress")
-            details = data.get("details") or {}
-            return cls(
-                progress=float(progress) if isinstance(progress, (int, float)) else None,
-                details=dict(details) if isinstance(details, dict) else {},
-                at=_number(data.get("at")),
-                host=str(data.get("host") or ""),
-                pid=int(data.get("pid") or 0),
-                lost=int(data.get("lost") or 1),
-                expired_at=_number(data.get("expired_at")),
-                attempt=int(data["attempt"]) if isinstance(data.get("attempt"), int) else None,
-            )
-        except (ValueError, TypeError, AttributeError):
-            return None
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def checkpoint(run: Run) -> dict[str, Any]:
-    """The run's checkpoint as the lease writes it: progress, details (bounded), when."""
-    from .run import wall_time_of
-
-    entry: dict[str, Any] = {
-        "progress": run.progress,
-        "at": round(wall_time_of(run.last_beat, time.monotonic(), time.time()), 3),
-    }
-    details = run.details
-    if details:
-        text = json.dumps(details, default=repr, separators=(",", ":"))
-        if len(text.encode("utf-8", "replace")) <= MAX_CHECKPOINT_BYTES:
-            entry["details"] = json.loads(text)
-        else:
-            entry["details_left_out"] = len(text)
-    return entry
-
-
-def redis_client(source: Any, timeout: float = SOCKET_TIMEOUT) -> redis.Redis:
-    """A client for ``source`` (a URL, or a pool to copy the address and credentials of) whose
-    every call gives up after ``timeout`` seconds and is never retried."""
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    bounded: dict[str, Any] = {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-        "retry_on_timeout": False,
-        "retry": Retry(NoBackoff(), 0),
-        "health_check_interval": 0,
-    }
-    if isinstance(source, str):
-        return redis.Redis.from_url(source, **bounded)
-    kwargs = dict(getattr(source, "connection_kwargs", {}) or {})
-    for key in ("retry", "retry_on_timeout", "socket_timeout", "socket_connect_timeout"):
-        kwargs.pop(key, None)
-    kwargs.update(bounded)
-    kind = getattr(source, "connection_class", redis.Connection)
-    if kind.__module__.startswith("redis.asyncio"):  # arq's pool: the same address, in sync
-        kind = getattr(redis, kind.__name__, redis.Connection)
-    pool = redis.ConnectionPool(connection_class=kind, **kwargs)
-    return redis.Redis(connection_pool=pool)
-
-
-def describe(source: Any) -> str:
-    """Where ``source`` points, without credentials (for the log)."""
-    if isinstance(source, str):
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(source)
-        return f"{parts.scheme}://{parts.hostname or ''}{':' if parts.port else ''}{parts.port or ''}{parts.path}"
-    kw = getattr(source, "connection_kwargs", {}) or {}
-    if kw.get("path"):
-        return f"unix://{kw['path']}?db={kw.get('db', 0)}"
-    return f"redis://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
 
 
 class LeaseKeeper:
@@ -509,19 +397,7 @@ class LeaseKeeper:
         extra = self._extras.get(run.key)
         if extra is None:
             extra = self._extras[run.key] = self._extra(run)
-        entry: dict[str, Any] = {
-            "framework": run.framework,
-            "job_id": run.job_id,
-            "name": run.name,
-            "queue": run.queue,
-            "attempt": run.attempt,
-            "started": round(run.start_wall, 3),
-            "host": self.host,
-            "pid": self.pid,
-            "checkpoint": checkpoint(run),
-            **extra,
-        }
-        text = json.dumps(entry, default=repr, separators=(",", ":"))
+        text = run_entry(run, self.host, self.pid, extra)
         self._entries[run.key] = (signature, text)
         return text
 
@@ -530,17 +406,10 @@ class LeaseKeeper:
         if tracked is None or tracked[1] is None:
             return {}
         try:
-            extra = dict(tracked[1]())
+            return bounded_extra(dict(tracked[1]()))
         except Exception as exc:
             errors.record("lease", exc)
             return {}
-        requeue = extra.get("requeue")
-        if requeue is not None:
-            size = len(json.dumps(requeue, default=repr))
-            if size > MAX_REQUEUE_BYTES:
-                extra["requeue"] = None
-                extra["requeue_left_out"] = size
-        return extra
 
     # --- the end of a process -----------------------------------------------------------------
 
