@@ -34,16 +34,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, SpanKind
 
-from . import errors, imports, lost_runs, providers, sigterm, streaks
+from . import errors, forked_runs, imports, lost_runs, providers, serving, sigterm, streaks
 from .config import Settings
 from .deferred import Deferred
-from .exceptions import record_exception
-from .exposition import MetricsServer, serve
+from .exposition import MetricsServer
 from .lease import LeaseKeeper
-from .multiprocess import MergedCollector, ProcessShare, private_directory
+from .multiprocess import ProcessShare, private_directory
 from .run import Run, record_unrecorded
+from .spans import FAILED, job_attributes, record_outcome
 from .telemetry import Series, Telemetry
 from .textformat import TextWriter
 
@@ -54,7 +54,6 @@ T = TypeVar("T")
 
 logger = logging.getLogger("otel_jobs")
 
-_FAILED = ("failure", "timeout")
 # Steps of Agent.finish_run done (Run.recorded): counted, outcome on the span, span ended.
 _COUNTED, _RECORDED, _ENDED = 1, 2, 4
 
@@ -132,46 +131,7 @@ class Agent:
             self._serve()
 
     def _serve(self) -> None:
-        settings = self.settings
-        if settings.prometheus and not self.share.in_child:
-            from prometheus_client import CollectorRegistry
-
-            endpoint = CollectorRegistry(auto_describe=False)
-            endpoint.register(MergedCollector(self.share, self.telemetry.registry))
-            share = self.share
-            writer = self.text_writer = TextWriter(self.telemetry)
-
-            def fast(encoder: Any) -> bytes | None:
-                # With forked children's snapshots to merge, prometheus-client serves the merge.
-                return writer.render(encoder) if share.no_child_snapshots() else None
-
-            try:
-                self.server = serve(
-                    endpoint,
-                    settings.prometheus_addr,
-                    settings.prometheus_port,
-                    certfile=settings.prometheus_certfile,
-                    keyfile=settings.prometheus_keyfile,
-                    basic_auth=settings.prometheus_basic_auth,
-                    fast=fast,
-                )
-            except OSError as exc:
-                self.server_error = exc
-                logger.error(
-                    "otel-jobs: cannot serve /metrics on %s:%s (%s). Jobs run as usual and spans are "
-                    "still recorded, but Prometheus cannot scrape this worker. Fix: choose a free port "
-                    "with OTEL_JOBS_PROMETHEUS_PORT (0 picks any), or stop the process holding it.",
-                    settings.prometheus_addr,
-                    settings.prometheus_port,
-                    exc.strerror or exc,
-                )
-        if settings.watchdog:
-            self.watchdog.start()
-        if settings.pushgateway_url:
-            from ..pushgateway import Pusher
-
-            self.pusher = Pusher(self, settings.pushgateway_url, settings.pushgateway_timeout)
-            self.pusher.start()
+        serving.start(self)
 
     def _install(self) -> None:
         settings = self.settings
@@ -274,28 +234,20 @@ class Agent:
         one_run, self._forking_one_run = self._forking_one_run, False
         self.one_run_child = one_run
         self._telemetry_lock = threading.Lock()
-        if one_run:  # the least that makes a fresh process (see forking_one_run)
-            errors.reset_after_fork()
-            self._lock = threading.Lock()
-            self._runs = {}
-            self.share.after_fork_in_child()
-            self.deferred.after_fork_in_child()
-            self.lease.after_fork_in_child()
-            if self.server is not None:
-                self.server.close_in_child()
-            self._telemetry, self._meter_for_child = None, True
-            self.watchdog.after_fork_in_child(start=False)
-            return
-        self._meter_for_child = False
         errors.reset_after_fork()
         self._lock = threading.Lock()
-        self._serve_lock = threading.Lock()
         self._runs = {}
         self.share.after_fork_in_child()
         self.deferred.after_fork_in_child()
         self.lease.after_fork_in_child()
         if self.server is not None:
             self.server.close_in_child()
+        if one_run:  # the least that makes a fresh process (see forking_one_run)
+            self._telemetry, self._meter_for_child = None, True
+            self.watchdog.after_fork_in_child(start=False)
+            return
+        self._meter_for_child = False
+        self._serve_lock = threading.Lock()
         self._meter = providers.meter_for_child(self.settings, self._meter)
         self._telemetry = telemetry = Telemetry(self.settings, self.runs, self._meter)
         self.watchdog.bind(telemetry)
@@ -407,14 +359,7 @@ class Agent:
             self, name, queue, job_id, attempt, framework, series, max_d, beat,
             configured.on_stall or on_stall or settings.on_stall,
         )  # fmt: skip
-        attrs: dict[str, Any] = {
-            "job.name": name,
-            "job.queue": queue,
-            "job.attempt": attempt,
-            "job.framework": framework,
-        }
-        if job_id is not None:
-            attrs["job.id"] = job_id
+        attrs = job_attributes(name, queue, attempt, framework, job_id)
         if attributes:
             attrs.update(attributes)
         # try/except rather than errors.guard(): a generator context manager costs about a
@@ -489,8 +434,8 @@ class Agent:
                     span.set_attribute("job.outcome", outcome)
                     if run.progress is not None:
                         span.set_attribute("job.progress", run.progress)
-                    if run.owns_span and (exc is not None or outcome in _FAILED):
-                        _record_outcome(span, outcome, exc, expected)  # (not an adopted span's)
+                    if run.owns_span and (exc is not None or outcome in FAILED):
+                        record_outcome(span, outcome, exc, expected)  # (not an adopted span's)
             except RecursionError:
                 raise
             except BaseException as err:  # noqa: B036 - see the docstring
@@ -507,85 +452,14 @@ class Agent:
         if run.pid != self.share.owner_pid and self._telemetry is not None:  # a forked child
             self.share.flush_or_mark_stale(self._telemetry.registry)
 
-    def open_span(
-        self,
-        name: str,
-        *,
-        queue: str | None = None,
-        job_id: str | None = None,
-        attempt: int = 1,
-        framework: str = "otel_jobs",
-    ) -> trace.Span:
-        """The span of a run that a child this process is about to fork runs (RQ's work horse),
-        started here, where the SDK's code and data are warm: a freshly forked process pays
-        about 0.5 ms of copy-on-write page faults for its first span. The child makes it current
-        and ends it (``start_run(span=..., own_span=True)``); this process never ends it."""
-        attrs: dict[str, Any] = {
-            "job.name": name,
-            "job.queue": queue or "default",
-            "job.attempt": attempt,
-            "job.framework": framework,
-        }
-        if job_id is not None:
-            attrs["job.id"] = job_id
-        return self.tracer.start_span(name, kind=SpanKind.CONSUMER, attributes=attrs)
-
-    def series_for(
-        self, name: str, queue: str | None = None, native_max_duration: float | None = None
-    ) -> Series:
-        """The series of a run of ``name`` another process runs (RQ's work horse, see
-        :meth:`forking_one_run`), with the thresholds :meth:`start_run` would resolve."""
-        series = self.telemetry.series(name, queue or "default")
-        configured = self.settings.for_job(name)
-        series.max_duration = (
-            configured.max_duration or native_max_duration or self.settings.max_duration
-        )
-        series.heartbeat_timeout = configured.heartbeat_timeout or self.settings.heartbeat_timeout
-        if configured.expected_every is not None:
-            series.expected_every = configured.expected_every
-        return series
-
-    def count_start(
-        self, series: Series, started_at: float, enqueued_at: float | None = None
-    ) -> None:
-        """Count here the start of a run another process ran (at ``started_at``, Unix time),
-        and its queue wait."""
-        series.record_start()
-        if enqueued_at is not None:
-            wait = started_at - enqueued_at
-            if wait >= 0 and not math.isinf(wait):
-                series.record_queue_wait(wait)
-        self._counted_here()
-
-    def count_finish(self, series: Series, outcome: str, seconds: float) -> None:
-        """Count here the end of a run another process ran (its process told how it ended)."""
-        series.record_finish(outcome, seconds)
-        if self.pusher is not None:
-            self.pusher.run_finished(series.job_name)
-        self._counted_here()
-
-    def _counted_here(self) -> None:
-        # A long-lived child that forks the one-run children (an RQ worker of `rq worker-pool`)
-        # writes its snapshot from its watchdog, like a pool child (core.multiprocess).
-        if self.share.in_child:
-            self.defer_snapshots_to_watchdog()
-            self.share.flush_or_mark_stale(self.telemetry.registry)
+    # Runs another process ran (an RQ work horse): counted and given their span here.
+    open_span = forked_runs.open_span
+    series_for = forked_runs.series_for
+    count_start = forked_runs.count_start
+    count_finish = forked_runs.count_finish
 
     #: Record the end of a run whose process died: :func:`otel_jobs.core.lost_runs.record_lost_run`.
     record_lost_run = lost_runs.record_lost_run
-
-
-def _record_outcome(
-    span: trace.Span, outcome: str, exc: BaseException | None, expected: bool
-) -> None:
-    """The status and exception event of a run's own span, from its outcome."""
-    if exc is not None and expected:
-        record_exception(span, exc, {"job.expected_exception": True})
-    elif exc is not None and outcome in _FAILED:
-        record_exception(span, exc)
-        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-    elif outcome in _FAILED:
-        span.set_status(Status(StatusCode.ERROR, outcome))
 
 
 # --- the one agent of this process --------------------------------------------------------

@@ -12,17 +12,15 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from opentelemetry import context as otel_context
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 
-from .exceptions import record_exception
+from .spans import job_attributes, record_outcome
 
 if TYPE_CHECKING:
     from .agent import Agent
-
-_FAILED = ("failure", "timeout")
 
 
 def record_lost_run(
@@ -61,14 +59,7 @@ def record_lost_run(
     """
     now = time.time()
     seconds = max(0.0, now - started_at) if started_at is not None else 0.0
-    series = agent.telemetry.series(name, queue or "default")
-    configured = agent.settings.for_job(name)
-    series.max_duration = (
-        configured.max_duration or native_max_duration or agent.settings.max_duration
-    )
-    series.heartbeat_timeout = configured.heartbeat_timeout or agent.settings.heartbeat_timeout
-    if configured.expected_every is not None:
-        series.expected_every = configured.expected_every
+    series = agent.series_for(name, queue, native_max_duration)
     if count_start:
         series.record_start()
     series.record_finish(outcome, seconds)
@@ -109,23 +100,14 @@ def _lost_run_span(
     exc: BaseException | None,
     parent: otel_context.Context | None,
 ) -> None:
-    attrs: dict[str, Any] = {
-        "job.name": name,
-        "job.queue": queue or "default",
-        "job.attempt": attempt,
-        "job.framework": framework,
-        "job.outcome": outcome,
-    }
-    if job_id is not None:
-        attrs["job.id"] = job_id
+    attrs = job_attributes(name, queue or "default", attempt, framework, job_id)
+    attrs["job.outcome"] = outcome
     start_ns = int((started_at if started_at is not None else now) * 1e9)
     span = agent.tracer.start_span(
         name, context=parent, kind=SpanKind.CONSUMER, attributes=attrs, start_time=start_ns
     )
     try:
-        if span.is_recording() and outcome in _FAILED:
-            if exc is not None:
-                record_exception(span, exc)
-            span.set_status(Status(StatusCode.ERROR, type(exc).__name__ if exc else outcome))
+        if span.is_recording():
+            record_outcome(span, outcome, exc)
     finally:
         span.end()

@@ -1,0 +1,82 @@
+"""Runs another process ran, recorded in this one: an RQ work horse runs one job and ends with
+``os._exit``; its worker, which forked it, opens the run's span before the fork (warm SDK pages:
+the child would pay about 0.5 ms of copy-on-write faults for its first span) and counts its
+start and end (:mod:`otel_jobs.integrations.rq_horse`). Bound as methods of
+:class:`~otel_jobs.core.agent.Agent`; never on another job's path.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from .spans import job_attributes
+
+if TYPE_CHECKING:
+    from .agent import Agent
+    from .telemetry import Series
+
+
+def open_span(
+    agent: Agent,
+    name: str,
+    *,
+    queue: str | None = None,
+    job_id: str | None = None,
+    attempt: int = 1,
+    framework: str = "otel_jobs",
+) -> trace.Span:
+    """The span of a run that a child this process is about to fork runs (RQ's work horse),
+    started here, where the SDK's code and data are warm: a freshly forked process pays
+    about 0.5 ms of copy-on-write page faults for its first span. The child makes it current
+    and ends it (``start_run(span=..., own_span=True)``); this process never ends it."""
+    attrs = job_attributes(name, queue or "default", attempt, framework, job_id)
+    return agent.tracer.start_span(name, kind=SpanKind.CONSUMER, attributes=attrs)
+
+
+def series_for(
+    agent: Agent, name: str, queue: str | None = None, native_max_duration: float | None = None
+) -> Series:
+    """The series of a run of ``name`` another process runs (RQ's work horse, see
+    :meth:`Agent.forking_one_run`), with the thresholds :meth:`Agent.start_run` would resolve."""
+    series = agent.telemetry.series(name, queue or "default")
+    configured = agent.settings.for_job(name)
+    series.max_duration = (
+        configured.max_duration or native_max_duration or agent.settings.max_duration
+    )
+    series.heartbeat_timeout = configured.heartbeat_timeout or agent.settings.heartbeat_timeout
+    if configured.expected_every is not None:
+        series.expected_every = configured.expected_every
+    return series
+
+
+def count_start(
+    agent: Agent, series: Series, started_at: float, enqueued_at: float | None = None
+) -> None:
+    """Count here the start of a run another process ran (at ``started_at``, Unix time),
+    and its queue wait."""
+    series.record_start()
+    if enqueued_at is not None:
+        wait = started_at - enqueued_at
+        if wait >= 0 and not math.isinf(wait):
+            series.record_queue_wait(wait)
+    _counted_here(agent)
+
+
+def count_finish(agent: Agent, series: Series, outcome: str, seconds: float) -> None:
+    """Count here the end of a run another process ran (its process told how it ended)."""
+    series.record_finish(outcome, seconds)
+    if agent.pusher is not None:
+        agent.pusher.run_finished(series.job_name)
+    _counted_here(agent)
+
+
+def _counted_here(agent: Agent) -> None:
+    # A long-lived child that forks the one-run children (an RQ worker of `rq worker-pool`)
+    # writes its snapshot from its watchdog, like a pool child (core.multiprocess).
+    if agent.share.in_child:
+        agent.defer_snapshots_to_watchdog()
+        agent.share.flush_or_mark_stale(agent.telemetry.registry)
