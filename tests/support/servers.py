@@ -15,13 +15,13 @@ class SilentServer:
     ``connections`` counts accepted connections and ``received`` the bytes sent to it, so a
     test can tell that nothing reached it. ``drop_all()`` resets the accepted connections (the
     client then sees the connection closed); :meth:`client_closed` is called when a client gives
-    up and closes its connection. A context manager (closed on exit).
+    up and closes its connection. A context manager (closed on exit). ``port`` 0: any free port.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self._listener = socket.socket()
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
+        self._listener.bind(("127.0.0.1", port))
         self._listener.listen(64)
         self._listener.setblocking(False)
         self.port = self._listener.getsockname()[1]
