@@ -6,19 +6,20 @@ once, and a bad value raises :class:`ConfigurationError` naming the setting, the
 what is accepted, so that nothing fails later inside a job.
 
 The table of options (name, environment variable, default) is :data:`OPTIONS`; the table of
-``docs/configuration.md`` is written from it and a test keeps the two in step.
+``docs/configuration.md`` is written from it and a test keeps the two in step. Each value is
+read by a parser of :mod:`otel_jobs.core.parsers`, which the monitor's settings share.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .. import support
+from . import parsers
+from .parsers import ConfigurationError
 
 STALL_POLICIES = ("observe", "cancel", "exit")
 TIMEOUT_POLICIES = ("warn", "enforce", "raise", "off")
@@ -30,14 +31,8 @@ OVERFLOW_VALUE = "__overflow__"
 """The label value that replaces any value past a label's cardinality cap."""
 
 
-class ConfigurationError(ValueError):
-    """An otel-jobs setting has a value it does not accept."""
-
-    def __init__(self, setting: str, value: object, accepted: str) -> None:
-        self.setting = setting
-        self.value = value
-        self.accepted = accepted
-        super().__init__(f"otel-jobs: {setting}={value!r} is not valid; accepted: {accepted}")
+# How a refused URL is shown (core/parsers.py); tests/reliability/test_bad_input.py reads it here.
+_url_shown = parsers.url_shown
 
 
 @dataclass(frozen=True)
@@ -104,7 +99,7 @@ class Settings:
             elif f.name.startswith(("otlp_", "pushgateway_url", "lease_url")) and isinstance(
                 value, str
             ):
-                value = _masked_url(value)
+                value = parsers.masked_url(value)
             shown.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(shown)})"
 
@@ -113,203 +108,6 @@ class Settings:
 
 
 _NO_JOB_SETTINGS = JobSettings()
-
-
-def _masked_url(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.partition("@")
-    if not (sep and at and ":" in userinfo) or "/" in userinfo:
-        return url
-    return f"{scheme}://{userinfo.partition(':')[0]}:***@{host}"
-
-
-def _url_shown(text: str) -> str:
-    """A URL that was refused, as its error shows it: whatever may be a password is ``***``.
-
-    Refused URLs need not parse, so this is looser than :func:`_masked_url`: what lies between
-    the user name's ``:`` and the last ``@`` is hidden, with or without a scheme.
-    """
-    head, at, host = text.rpartition("@")
-    scheme, sep, userinfo = head.partition("://")
-    if not sep:
-        scheme, userinfo = "", head
-    user, colon, _ = userinfo.partition(":")
-    if not (at and colon):
-        return text
-    return f"{scheme}{sep}{user}:***@{host}"
-
-
-# --- parsers: each returns the parsed value or raises ConfigurationError -----------------
-
-
-def _bool(setting: str, value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigurationError(setting, value, "true or false (also 1/0, yes/no, on/off)")
-
-
-def _port(setting: str, value: object) -> int:
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        port = int(str(value).strip())
-    except ValueError:
-        raise ConfigurationError(
-            setting, value, "a TCP port from 0 to 65535 (0 picks a free port)"
-        ) from None
-    if not 0 <= port <= 65535:
-        raise ConfigurationError(setting, value, "a TCP port from 0 to 65535 (0 picks a free port)")
-    return port
-
-
-#: The longest a thread can wait or a socket time out here (about 292 years on 64-bit Linux):
-#: a longer watchdog interval or timeout would raise OverflowError in the watchdog's thread.
-_MAX_WAIT = threading.TIMEOUT_MAX
-
-
-def _seconds(setting: str, value: object, *, allow_inf: bool = True) -> float:
-    accepted = "a positive number of seconds" + (
-        ' (or "inf" for no limit)' if allow_inf else f" (at most {_MAX_WAIT:.0f})"
-    )
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        seconds = float(str(value).strip()) if not isinstance(value, (int, float)) else float(value)
-    except (ValueError, OverflowError):  # OverflowError: an int too large for a float
-        raise ConfigurationError(setting, value, accepted) from None
-    if math.isnan(seconds) or seconds <= 0 or (seconds > _MAX_WAIT and not allow_inf):
-        raise ConfigurationError(setting, value, accepted)
-    return seconds
-
-
-def _positive_int(setting: str, value: object) -> int:
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        number = int(str(value).strip())
-    except ValueError:
-        raise ConfigurationError(setting, value, "a whole number of at least 1") from None
-    if number < 1:
-        raise ConfigurationError(setting, value, "a whole number of at least 1")
-    return number
-
-
-def _buckets(setting: str, value: object) -> tuple[float, ...]:
-    accepted = "increasing positive finite numbers of seconds, comma-separated, e.g. 1,10,60,300"
-    items: Iterable[object]
-    if isinstance(value, str):
-        items = [v for v in value.split(",") if v.strip()]
-    elif isinstance(value, Iterable):
-        items = value
-    else:
-        raise ConfigurationError(setting, value, accepted)
-    try:
-        bounds = tuple(
-            float(str(v).strip()) if not isinstance(v, (int, float)) else float(v) for v in items
-        )
-    except (ValueError, OverflowError):
-        raise ConfigurationError(setting, value, accepted) from None
-    if (
-        not bounds
-        or any(math.isnan(b) or math.isinf(b) or b <= 0 for b in bounds)
-        or any(a >= b for a, b in zip(bounds, bounds[1:], strict=False))
-    ):
-        raise ConfigurationError(setting, value, accepted)
-    return bounds
-
-
-def _choice(choices: tuple[str, ...]) -> Callable[[str, object], str]:
-    def parse(setting: str, value: object) -> str:
-        text = str(value).strip().lower()
-        if text not in choices:
-            raise ConfigurationError(setting, value, "one of " + ", ".join(choices))
-        return text
-
-    return parse
-
-
-def _names(choices: tuple[str, ...]) -> Callable[[str, object], tuple[str, ...]]:
-    def parse(setting: str, value: object) -> tuple[str, ...]:
-        if isinstance(value, str):
-            items: Iterable[object] = [v for v in value.split(",") if v.strip()]
-        elif isinstance(value, Iterable):
-            items = value
-        else:
-            raise ConfigurationError(setting, value, "a list of names from " + ", ".join(choices))
-        names = []
-        for item in items:
-            name = str(item).strip().lower()
-            if name not in choices:
-                raise ConfigurationError(setting, value, "names from " + ", ".join(choices))
-            names.append(name)
-        return tuple(names)
-
-    return parse
-
-
-def _address(setting: str, value: object) -> str:
-    text = str(value).strip()
-    if not text or any(c.isspace() for c in text):
-        raise ConfigurationError(
-            setting, value, "an IP address or host name to bind, such as 127.0.0.1 or 0.0.0.0"
-        )
-    return text
-
-
-def _path(setting: str, value: object) -> str:
-    text = str(value).strip()
-    if not text:
-        raise ConfigurationError(setting, value, "a file system path")
-    return text
-
-
-def _basic_auth(setting: str, value: object) -> str:
-    text = str(value)
-    user, sep, password = text.partition(":")
-    if not sep or not user or not password:
-        raise ConfigurationError(setting, "<hidden>", '"user:password"')
-    return text
-
-
-def _endpoint(setting: str, value: object) -> str:
-    from urllib.parse import urlsplit
-
-    text = str(value).strip()
-    accepted = "a URL beginning http:// or https:// with a host, such as http://127.0.0.1:4318"
-    shown = _url_shown(text)  # the error names the value, never its password
-    if not text.startswith(("http://", "https://")):
-        raise ConfigurationError(setting, shown, accepted)
-    try:
-        url = urlsplit(text)
-        url.port  # noqa: B018 (raises ValueError for a port out of range)
-    except ValueError:
-        raise ConfigurationError(setting, shown, accepted) from None
-    if not url.hostname:
-        raise ConfigurationError(setting, shown, accepted)
-    return text
-
-
-def _redis_url(setting: str, value: object) -> str:
-    from urllib.parse import urlsplit
-
-    text = str(value).strip()
-    accepted = "a Redis URL such as redis://127.0.0.1:6379/0 (rediss:// for TLS, unix:///path)"
-    shown = _url_shown(text)  # the error names the value, never its password
-    if not text.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigurationError(setting, shown, accepted)
-    try:
-        url = urlsplit(text)
-        url.port  # noqa: B018 (raises ValueError for a port out of range)
-    except ValueError:
-        raise ConfigurationError(setting, shown, accepted) from None
-    if url.scheme != "unix" and not url.hostname:
-        raise ConfigurationError(setting, shown, accepted)
-    return text
 
 
 @dataclass(frozen=True)
@@ -326,186 +124,194 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "prometheus",
         "OTEL_JOBS_PROMETHEUS_ENABLED",
-        _bool,
+        parsers.boolean,
         "serve the Prometheus `/metrics` endpoint",
     ),
     Option(
         "prometheus_port",
         "OTEL_JOBS_PROMETHEUS_PORT",
-        _port,
+        parsers.port,
         "port of the `/metrics` endpoint (0: any free port)",
     ),
     Option(
         "prometheus_addr",
         "OTEL_JOBS_PROMETHEUS_ADDR",
-        _address,
+        parsers.address,
         "address the endpoint binds; loopback by default so that nothing is exposed unless you choose to",
     ),
     Option(
         "prometheus_certfile",
         "OTEL_JOBS_PROMETHEUS_CERTFILE",
-        _path,
+        parsers.path,
         "TLS certificate: serve `/metrics` over HTTPS",
     ),
     Option(
         "prometheus_keyfile",
         "OTEL_JOBS_PROMETHEUS_KEYFILE",
-        _path,
+        parsers.path,
         "TLS private key for the certificate",
     ),
     Option(
         "prometheus_basic_auth",
         "OTEL_JOBS_PROMETHEUS_BASIC_AUTH",
-        _basic_auth,
+        parsers.basic_auth,
         "`user:password` required by the endpoint (HTTP basic auth)",
     ),
     Option(
         "start",
         "OTEL_JOBS_START",
-        _choice(START_MODES),
+        parsers.choice(START_MODES),
         "when `/metrics`, the watchdog and the Pushgateway pusher start: `lazy` when the process becomes a worker (its framework's worker start) or runs its first job, so that a process that only publishes opens no port and starts no thread; `eager` at `instrument()`",
     ),
     Option(
         "heartbeat_timeout",
         "OTEL_JOBS_HEARTBEAT_TIMEOUT",
-        _seconds,
+        parsers.seconds,
         "seconds without a heartbeat after which a run is stalled",
     ),
     Option(
-        "max_duration", "OTEL_JOBS_MAX_DURATION", _seconds, "seconds after which a run has overrun"
+        "max_duration",
+        "OTEL_JOBS_MAX_DURATION",
+        parsers.seconds,
+        "seconds after which a run has overrun",
     ),
     Option(
         "on_stall",
         "OTEL_JOBS_ON_STALL",
-        _choice(STALL_POLICIES),
+        parsers.choice(STALL_POLICIES),
         "what the watchdog does to a stuck run: observe, cancel or exit",
     ),
     Option(
         "missing_timeout",
         "OTEL_JOBS_MISSING_TIMEOUT",
-        _choice(TIMEOUT_POLICIES),
+        parsers.choice(TIMEOUT_POLICIES),
         "outbound calls without a timeout: warn, enforce, raise or off",
     ),
     Option(
         "default_timeout",
         "OTEL_JOBS_DEFAULT_TIMEOUT",
-        lambda s, v: _seconds(s, v, allow_inf=False),
+        lambda s, v: parsers.seconds(s, v, allow_inf=False),
         "timeout (seconds) that `enforce` applies to the missing parts of a call",
     ),
-    Option("watchdog", "OTEL_JOBS_WATCHDOG_ENABLED", _bool, "run the stuck-run watchdog thread"),
+    Option(
+        "watchdog",
+        "OTEL_JOBS_WATCHDOG_ENABLED",
+        parsers.boolean,
+        "run the stuck-run watchdog thread",
+    ),
     Option(
         "watchdog_interval",
         "OTEL_JOBS_WATCHDOG_INTERVAL",
-        lambda s, v: _seconds(s, v, allow_inf=False),
+        lambda s, v: parsers.seconds(s, v, allow_inf=False),
         "seconds between two watchdog ticks",
     ),
     Option(
         "loop_blocked_timeout",
         "OTEL_JOBS_LOOP_BLOCKED_TIMEOUT",
-        _seconds,
+        parsers.seconds,
         "seconds an asyncio event loop running runs may go without running anything before the watchdog gives a `loop_blocked` verdict (`inf`: never)",
     ),
     Option(
         "frameworks",
         "OTEL_JOBS_FRAMEWORKS",
-        _names(FRAMEWORKS),
+        parsers.names(FRAMEWORKS),
         "job frameworks to hook (comma-separated); default: every one installed",
     ),
     Option(
         "outbound",
         "OTEL_JOBS_OUTBOUND",
-        _names(OUTBOUND_LIBRARIES),
+        parsers.names(OUTBOUND_LIBRARIES),
         "outbound libraries to check for timeouts (comma-separated); default: every one installed",
     ),
     Option(
         "max_job_names",
         "OTEL_JOBS_MAX_JOB_NAMES",
-        _positive_int,
+        parsers.positive_int,
         "distinct `job_name` label values kept before overflow",
     ),
     Option(
         "max_queues",
         "OTEL_JOBS_MAX_QUEUES",
-        _positive_int,
+        parsers.positive_int,
         "distinct `queue` label values kept before overflow",
     ),
     Option(
         "max_hosts",
         "OTEL_JOBS_MAX_HOSTS",
-        _positive_int,
+        parsers.positive_int,
         "distinct `host` label values kept before overflow",
     ),
     Option(
         "max_call_sites",
         "OTEL_JOBS_MAX_CALL_SITES",
-        _positive_int,
+        parsers.positive_int,
         "distinct `call_site` label values kept before overflow",
     ),
     Option(
         "duration_buckets",
         "OTEL_JOBS_DURATION_BUCKETS",
-        _buckets,
+        parsers.buckets,
         "upper bounds (seconds) of the run duration histogram's buckets; each bucket costs one series per job, queue and outcome",
     ),
     Option(
         "queue_wait_buckets",
         "OTEL_JOBS_QUEUE_WAIT_BUCKETS",
-        _buckets,
+        parsers.buckets,
         "upper bounds (seconds) of the queue wait histogram's buckets; each bucket costs one series per job and queue",
     ),
     Option(
         "capture_args",
         "OTEL_JOBS_CAPTURE_ARGS",
-        _bool,
+        parsers.boolean,
         "record job arguments on spans (off: arguments may hold personal data or secrets)",
     ),
     Option(
         "multiprocess_dir",
         "OTEL_JOBS_MULTIPROCESS_DIR",
-        _path,
+        parsers.path,
         "directory where forked children leave their metrics for the endpoint; default: a private temporary directory",
     ),
     Option(
         "pushgateway_url",
         "OTEL_JOBS_PUSHGATEWAY_URL",
-        _endpoint,
+        parsers.endpoint,
         "Prometheus Pushgateway that each job's metrics are pushed to at the end of every run and at exit (cron scripts, short-lived processes)",
     ),
     Option(
         "pushgateway_timeout",
         "OTEL_JOBS_PUSHGATEWAY_TIMEOUT",
-        lambda s, v: _seconds(s, v, allow_inf=False),
+        lambda s, v: parsers.seconds(s, v, allow_inf=False),
         "seconds a push may take; also the most a process waits at exit for its last push",
     ),
     Option(
         "lease",
         "OTEL_JOBS_LEASE_ENABLED",
-        _bool,
+        parsers.boolean,
         "keep a lease in Redis listing this process's runs in flight, renewed by the watchdog, so that `otel-jobs monitor` finds the runs lost with their worker (Redis brokers, or `lease_url`)",
     ),
     Option(
         "lease_url",
         "OTEL_JOBS_LEASE_URL",
-        _redis_url,
+        parsers.redis_url,
         "Redis for the leases where the broker is not Redis (RabbitMQ); default: the broker's own Redis",
     ),
     Option(
         "lease_ttl",
         "OTEL_JOBS_LEASE_TTL",
-        lambda s, v: _seconds(s, v, allow_inf=False),
+        lambda s, v: parsers.seconds(s, v, allow_inf=False),
         "seconds a lease lasts without renewal: a dead worker's runs are found lost within this plus one monitor poll; at least twice the watchdog interval",
     ),
 )
 
 _STANDARD_ENV = {
-    "sdk_disabled": ("OTEL_SDK_DISABLED", _bool),
-    "otlp_protocol": ("OTEL_EXPORTER_OTLP_PROTOCOL", _choice(("grpc", "http/protobuf"))),
+    "sdk_disabled": ("OTEL_SDK_DISABLED", parsers.boolean),
+    "otlp_protocol": ("OTEL_EXPORTER_OTLP_PROTOCOL", parsers.choice(("grpc", "http/protobuf"))),
 }
 
 _OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
 _JOB_KEYS = {"max_duration", "heartbeat_timeout", "on_stall", "expected_every"}
 # Per-job keys that are no global option: how often the job must succeed ("inf": not set).
-_JOB_ONLY: dict[str, Callable[[str, object], Any]] = {"expected_every": _seconds}
+_JOB_ONLY: dict[str, Callable[[str, object], Any]] = {"expected_every": parsers.seconds}
 _JOB_KEYS_TEXT = "max_duration, heartbeat_timeout, on_stall, expected_every"
 
 
@@ -546,9 +352,9 @@ def load(environ: Mapping[str, str] | None = None, **kwargs: Any) -> Settings:
         "OTEL_EXPORTER_OTLP_ENDPOINT"
     )
     if traces:
-        values["otlp_traces_endpoint"] = _endpoint("OTEL_EXPORTER_OTLP_ENDPOINT", traces)
+        values["otlp_traces_endpoint"] = parsers.endpoint("OTEL_EXPORTER_OTLP_ENDPOINT", traces)
     if metrics:
-        values["otlp_metrics_endpoint"] = _endpoint("OTEL_EXPORTER_OTLP_ENDPOINT", metrics)
+        values["otlp_metrics_endpoint"] = parsers.endpoint("OTEL_EXPORTER_OTLP_ENDPOINT", metrics)
 
     for name, raw in kwargs.items():
         if name == "jobs":
@@ -578,7 +384,7 @@ def load(environ: Mapping[str, str] | None = None, **kwargs: Any) -> Settings:
         )
     if "prometheus_certfile" in values:
         from_env = "prometheus_certfile" not in kwargs or kwargs["prometheus_certfile"] is None
-        _check_tls(
+        parsers.check_tls(
             "OTEL_JOBS_PROMETHEUS_CERTFILE" if from_env else "prometheus_certfile",
             values["prometheus_certfile"],
             values["prometheus_keyfile"],
@@ -595,20 +401,6 @@ def load(environ: Mapping[str, str] | None = None, **kwargs: Any) -> Settings:
             f"at least twice the watchdog interval ({2 * interval:g} s): the watchdog renews it",
         )
     return Settings(**values)
-
-
-def _check_tls(setting: str, certfile: str, keyfile: str) -> None:
-    """Load the certificate and key once here, so that a bad file fails at ``instrument()``."""
-    import ssl
-
-    try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
-    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-        raise ConfigurationError(
-            setting,
-            certfile,
-            f"a readable PEM certificate, with its private key in prometheus_keyfile ({exc})",
-        ) from None
 
 
 def markdown_table() -> str:

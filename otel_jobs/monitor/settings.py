@@ -20,18 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.config import (
-    ConfigurationError,
-    _address,
-    _basic_auth,
-    _bool,
-    _check_tls,
-    _path,
-    _port,
-    _positive_int,
-    _redis_url,
-    _seconds,
-)
+from ..core import parsers
+from ..core.parsers import ConfigurationError
 
 FRAMEWORKS = ("celery", "rq", "dramatiq", "arq", "huey")
 _BROKERS = ("celery_app", "rq_redis_url", "dramatiq_broker", "arq_redis_url", "huey")
@@ -150,21 +140,23 @@ def _non_negative_int(setting: str, value: object) -> int:
 
 
 def _finite_seconds(setting: str, value: object) -> float:
-    return _seconds(setting, value, allow_inf=False)
+    return parsers.seconds(setting, value, allow_inf=False)
 
 
 OPTIONS: tuple[MonitorOption, ...] = (
     MonitorOption(
         "celery_app", _reference, "the Celery app whose broker and queues to watch", "MODULE:APP"
     ),
-    MonitorOption("rq_redis_url", _redis_url, "the Redis of the RQ queues to watch", "URL"),
+    MonitorOption("rq_redis_url", parsers.redis_url, "the Redis of the RQ queues to watch", "URL"),
     MonitorOption(
         "dramatiq_broker",
         _reference,
         "the Dramatiq broker to watch (a module alone: the global broker it sets)",
         "MODULE:BROKER",
     ),
-    MonitorOption("arq_redis_url", _redis_url, "the Redis of the arq queues to watch", "URL"),
+    MonitorOption(
+        "arq_redis_url", parsers.redis_url, "the Redis of the arq queues to watch", "URL"
+    ),
     MonitorOption("huey", _reference, "the Huey instance (Redis storage) to watch", "MODULE:HUEY"),
     MonitorOption(
         "queues",
@@ -184,33 +176,38 @@ OPTIONS: tuple[MonitorOption, ...] = (
         "SECONDS",
     ),
     MonitorOption(
-        "max_queues", _positive_int, "queues watched per broker at most (the first by name)", "N"
+        "max_queues",
+        parsers.positive_int,
+        "queues watched per broker at most (the first by name)",
+        "N",
     ),
-    MonitorOption("port", _port, "port of the monitor's `/metrics` (0: any free port)", "PORT"),
+    MonitorOption(
+        "port", parsers.port, "port of the monitor's `/metrics` (0: any free port)", "PORT"
+    ),
     MonitorOption(
         "addr",
-        _address,
+        parsers.address,
         "address `/metrics` binds (loopback by default)",
         "ADDR",
         "OTEL_JOBS_PROMETHEUS_ADDR",
     ),
     MonitorOption(
         "certfile",
-        _path,
+        parsers.path,
         "TLS certificate: serve `/metrics` over HTTPS",
         "FILE",
         "OTEL_JOBS_PROMETHEUS_CERTFILE",
     ),
     MonitorOption(
         "keyfile",
-        _path,
+        parsers.path,
         "TLS private key for the certificate",
         "FILE",
         "OTEL_JOBS_PROMETHEUS_KEYFILE",
     ),
     MonitorOption(
         "basic_auth",
-        _basic_auth,
+        parsers.basic_auth,
         "`user:password` required by `/metrics` (HTTP basic auth)",
         "USER:PASSWORD",
         "OTEL_JOBS_PROMETHEUS_BASIC_AUTH",
@@ -218,7 +215,7 @@ OPTIONS: tuple[MonitorOption, ...] = (
     MonitorOption("log_level", _level, "level of the monitor's log on stderr", "LEVEL"),
     MonitorOption(
         "lease_url",
-        _redis_url,
+        parsers.redis_url,
         "the Redis where the workers keep their leases, for lost runs where the broker is not "
         "a Redis (default: each Redis broker)",
         "URL",
@@ -226,7 +223,7 @@ OPTIONS: tuple[MonitorOption, ...] = (
     ),
     MonitorOption(
         "requeue_lost",
-        _bool,
+        parsers.boolean,
         "put a lost run back on its queue (same id, arguments and attempt count), unless its "
         "broker redelivers it",
         "",
@@ -281,7 +278,7 @@ def load(
             settings.source(missing), None, "both --certfile and --keyfile, or neither"
         )
     if settings.certfile and settings.keyfile:
-        _check_tls(settings.source("certfile"), settings.certfile, settings.keyfile)
+        parsers.check_tls(settings.source("certfile"), settings.certfile, settings.keyfile)
     return settings
 
 
