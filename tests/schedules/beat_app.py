@@ -4,7 +4,8 @@
 ``celery worker`` both import it). ``OJ_FAIL_FLAG``: while that file exists, ``refresh`` fails.
 ``OJ_TIMES``: ``refresh`` appends "ending <time>" on its last line, and a ``task_postrun`` receiver
 (connected after otel-jobs', which finishes the run first) "ended <time>": the run's end lies
-between the two.
+between the two. Its tasks are not shared: another test's Celery app in the same pytest process
+must not find them (Celery adds shared tasks to every app).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _note(what: str) -> None:
             f.write(f"{what} {time.time()!r}\n")
 
 
-@app.task(name="beat_app.refresh")
+@app.task(name="beat_app.refresh", shared=False)
 def refresh() -> str:
     flag = os.environ.get("OJ_FAIL_FLAG")
     if flag and os.path.exists(flag):
@@ -58,6 +59,6 @@ def _after(sender: object = None, state: str | None = None, **_: object) -> None
         _note("ended")
 
 
-@app.task(name="beat_app.nightly")
+@app.task(name="beat_app.nightly", shared=False)
 def nightly() -> str:
     return "done"

@@ -88,6 +88,14 @@ def test_two_runs_deadlocked_on_two_rlocks_name_each_other(
             f"deadlock: this run waits on run {other.key} of {other.name}, which waits on this run"
             in summary
         )
+    # A verdict is set under the watchdog's lock and logged after it: wait for both records.
+    wait_for(
+        "both stall warnings",
+        lambda: (
+            {"dl.transfer_in", "dl.transfer_out"}
+            <= {r.job_name for r in caplog.records if hasattr(r, "stall_wait")}
+        ),
+    )
     records = {r.job_name: r for r in caplog.records if hasattr(r, "stall_wait")}
     assert records["dl.transfer_in"].stall_wait["holder"]["job_name"] == "dl.transfer_out"
     assert records["dl.transfer_out"].stall_wait["holder"]["job_name"] == "dl.transfer_in"
