@@ -56,18 +56,22 @@ def boolean(setting: str, value: object) -> bool:
     raise ConfigurationError(setting, value, "true or false (also 1/0, yes/no, on/off)")
 
 
-def port(setting: str, value: object) -> int:
+def _whole_number(setting: str, value: object, lowest: float, highest: float, accepted: str) -> int:
     try:
         if isinstance(value, bool):
             raise ValueError
-        port = int(str(value).strip())
+        number = int(str(value).strip())
     except ValueError:
-        raise ConfigurationError(
-            setting, value, "a TCP port from 0 to 65535 (0 picks a free port)"
-        ) from None
-    if not 0 <= port <= 65535:
-        raise ConfigurationError(setting, value, "a TCP port from 0 to 65535 (0 picks a free port)")
-    return port
+        raise ConfigurationError(setting, value, accepted) from None
+    if not lowest <= number <= highest:
+        raise ConfigurationError(setting, value, accepted)
+    return number
+
+
+def port(setting: str, value: object) -> int:
+    return _whole_number(
+        setting, value, 0, 65535, "a TCP port from 0 to 65535 (0 picks a free port)"
+    )
 
 
 #: The longest a thread can wait or a socket time out here (about 292 years on 64-bit Linux):
@@ -91,15 +95,7 @@ def seconds(setting: str, value: object, *, allow_inf: bool = True) -> float:
 
 
 def positive_int(setting: str, value: object) -> int:
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        number = int(str(value).strip())
-    except ValueError:
-        raise ConfigurationError(setting, value, "a whole number of at least 1") from None
-    if number < 1:
-        raise ConfigurationError(setting, value, "a whole number of at least 1")
-    return number
+    return _whole_number(setting, value, 1, math.inf, "a whole number of at least 1")
 
 
 def buckets(setting: str, value: object) -> tuple[float, ...]:
