@@ -1,108 +1,50 @@
 """RQ: every job a run, recorded in the work horse, and a horse that dies seen by its worker.
 
-Where to call ``instrument()``
-------------------------------
+RQ's ``Worker`` forks a *work horse* per job (``execute_job`` → ``fork_work_horse`` →
+``main_work_horse`` → ``perform_job``) that ends with ``os._exit``. The worker classes are patched
+(undone by ``uninstall``) when the application imports ``rq``
+(:func:`otel_jobs.core.imports.when_imported`): never imported here, since RQ reads
+``RQ_KEY_PREFIX`` at import.
 
-In the worker process, before it starts working, so that the work horses it forks inherit it:
+* ``perform_job`` (the horse, or ``SimpleWorker`` itself): one run per execution, its name, queue,
+  attempt, max duration (the job's timeout; ``-1``: the global one) and queue wait read from the
+  job; outcome ``success`` / ``timeout`` (``JobTimeoutException``) / ``retry`` (RQ requeued or
+  scheduled it again) / ``failure``; a job RQ cannot deserialize is ``<unreadable>``. The horse
+  exports its span before it exits (2 s at most) and builds instruments only if it records
+  something; the worker counts the run from what the horse left in shared memory
+  (:mod:`.rq_horse`, :mod:`otel_jobs.core.forked_runs`).
+* ``monitor_work_horse``, ``handle_work_horse_killed``, ``handle_job_failure`` (the worker): a
+  horse that died mid-job is recorded once (``failure``; ``timeout`` when the worker killed it
+  for overrunning; ``cancelled`` when stopped by ``send_stop_job_command``), only when the horse
+  left no end of its run: a run is never counted twice.
+* ``bootstrap``: the serving starts, and the configuration audit (:mod:`.rq_audit`) runs.
+* ``request_stop``: a warm shutdown waiting for a stalled job is told
+  (:mod:`otel_jobs.core.shutdown`).
 
-* ``rq worker -c myapp.rq_settings``: the settings module is imported by the worker at start-up;
-  put ``import otel_jobs; otel_jobs.instrument()`` in it (next to ``REDIS_URL``, ``QUEUES``...);
-* a worker script: ``otel_jobs.instrument()`` before ``Worker(...).work()``;
-* a custom worker class (``rq worker -w myapp.workers.Worker``): call it at the top of that
-  module, which the worker imports before it starts.
-
-The worker serves ``/metrics`` (``127.0.0.1:9464`` by default) for itself and all its horses.
-
-**Called in the wrong place.** In a module that only your jobs import (``tasks.py``), the call
-runs inside the work horse, after the job has started: that run is not recorded, and the horse
-serves ``/metrics`` and runs the watchdog only until it exits at the end of the job; the next
-horse starts uninstrumented and instruments itself again. otel-jobs detects a call made inside a
-running RQ job and logs a WARNING saying so. Called only in the process that *enqueues* jobs (a
-web app), it instruments that process, not the worker: no job run is recorded.
-
-How RQ maps onto otel-jobs
---------------------------
-
-RQ's ``Worker`` forks a *work horse* per job (``Worker.execute_job`` → ``fork_work_horse`` →
-``main_work_horse`` → ``perform_job``), and the horse ends with ``os._exit``. otel-jobs patches
-RQ's worker classes (the patches are undone by ``uninstrument()``, so any worker class, yours
-included, is covered without changing its base class). It patches them when the application
-imports ``rq`` (:func:`otel_jobs.core.imports.when_imported`), never importing RQ itself: RQ
-reads ``RQ_KEY_PREFIX`` at import, which code may set after ``instrument()``.
-
-* ``perform_job`` (in the horse, or in the worker itself for ``SimpleWorker``): one run per
-  execution, named after ``job.func_name`` (``<unreadable>`` for a job whose data RQ cannot
-  deserialize: RQ fails it, and the run's outcome is ``failure``), labelled with the job's queue (``job.origin``), with
-  ``job.id``, the attempt (1 + ``job.number_of_retries``), the max duration from the job's
-  timeout (``job_timeout=``, else the queue's ``default_timeout``, else RQ's 180 s; ``-1``
-  means none, so the global ``max_duration`` applies) and the queue wait from
-  ``job.enqueued_at`` (for a scheduled job or a retry, the time RQ put it back in the queue).
-  The outcome: ``success``; ``timeout`` for ``JobTimeoutException`` (RQ's time limit fired);
-  ``retry`` when RQ requeued or scheduled the job again (an exception with ``Retry(max=...)``
-  attempts left, or the job returned a ``Retry``); ``failure`` otherwise. The horse emits the
-  run's span and exports it before it exits (waiting at most 2 s for the exporter); the worker
-  counts the run once the horse has exited, from what the horse left in memory shared with it
-  (:mod:`otel_jobs.integrations.rq_horse`). The horse builds no instruments and writes no
-  metrics snapshot unless it records something; one thread of its own ticks the watchdog while
-  the run goes on: verdicts, and from the first tick on the run's start and in-flight gauges on
-  the worker's ``/metrics`` (see ``docs/forking.md``).
-* ``monitor_work_horse``, ``handle_work_horse_killed`` and ``handle_job_failure`` (in the worker):
-  a horse that dies mid-job (``SIGKILL``, the OOM killer, a crash in C code) never finishes its
-  run, so the worker records it, exactly once: outcome ``failure``, ``timeout`` when the worker
-  killed it for overrunning its job timeout, ``cancelled`` when it was stopped with
-  ``rq.command.send_stop_job_command``. Its start was counted by the horse at its first watchdog
-  tick, else by the worker with the dead children's counts; its in-flight gauges vanish with
-  it. A run is never counted twice: the worker records a lost horse only when the horse left no
-  end of its run, and the horse ends its run after RQ saved the job's result (a kill in that
-  very instant counts the run's end nowhere).
-* ``bootstrap`` (in the worker, when it starts working): the configuration audit below.
-
-``SimpleWorker`` (no fork) is supported the same way, in the worker process, and so is
-``rq worker-pool`` (call ``instrument()`` in its ``-c`` settings module: the pool process serves
-``/metrics`` for its workers and their horses). Tested with RQ 1.16, 2.0 and 3.0; a job that
-returns ``Retry`` needs an RQ that supports it (after 2.0). ``SpawnWorker``
-starts each horse as a new interpreter (``posix_spawn``), which inherits nothing: its runs are
-not recorded (a WARNING says so at start-up); use ``Worker`` or ``SimpleWorker``. Jobs run
-synchronously by a ``Queue(is_async=False)`` are not runs of a worker and are not recorded.
-
-Configuration audit
--------------------
-
-When the worker starts, and with ``otel-jobs doctor --rq-redis-url URL`` (:func:`audit`), the
-queues and the jobs waiting, scheduled or running in Redis are checked for known mistakes; each
-finding is logged once (WARNING) and set in ``otel_jobs_config_finding{framework="rq", finding}``.
-The worker reads the queues of its own queue class (``--queue-class``, a ``Queue`` subclass with
-a key prefix of its own) and the doctor those of ``rq.Queue``; the keys of other queue classes
-in the shared ``rq:queues`` set are skipped, not an error:
-
-* ``no_time_limit``: jobs enqueued with ``job_timeout=-1`` (or a queue ``default_timeout=-1``):
-  RQ never stops them, so a hung call holds the worker for good;
-* ``no_retry_or_dead_letter``: jobs without a ``Retry`` whose failures are forgotten within a
-  day (``failure_ttl``), or a worker started with ``--disable-default-exception-handler`` and no
-  handler of its own: a failed job leaves no trace to requeue;
-* ``single_queue``: one queue for everything: one slow or stuck kind of job delays all others.
-
-The broker-side checks of other frameworks (a time limit beyond a visibility timeout, late
-acknowledgement) do not apply to RQ: a job is moved to the ``StartedJobRegistry`` when it starts
-and to the ``FailedJobRegistry`` when its worker is lost; it is never run twice by redelivery.
+A call to ``instrument()`` inside a running RQ job is detected and warned about (it would
+instrument one horse). ``SpawnWorker`` horses inherit nothing and are not recorded (warned at
+start-up). Tested with RQ 1.16 (``.ci/test.sh``), 2.0 and 3.0. What users read: the RQ page of
+the docs.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from ..core import errors, imports, providers, shutdown
 from ..core.patching import Patches
-from . import base, rq_cron, rq_horse, rq_leases
-from .base import Finding, report_findings
+from . import base, rq_audit, rq_cron, rq_horse, rq_leases
+from .base import report_findings
+from .rq_audit import audit
+
+__all__ = ["Integration", "WorkHorseLost", "audit"]
 
 if TYPE_CHECKING:
     from ..core.agent import Agent
@@ -111,10 +53,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("otel_jobs")
 
 FRAMEWORK = "rq"
-#: Jobs sampled per queue and registry by the audit (the audit only reads).
-AUDIT_SAMPLE = 200
-#: Failures kept for less than this (``failure_ttl``, seconds) count as forgotten.
-MIN_FAILURE_TTL = 86400
 #: How to end a warm shutdown that waits for a stalled job (RQ ignores a second signal that
 #: comes within a second of the first).
 FORCE_SHUTDOWN = (
@@ -519,134 +457,17 @@ class Integration(base.Integration):
                         "rq.Worker (fork) or rq.SimpleWorker.",
                         type(worker).__name__,
                     )
-                report_findings(self.agent, _audit_connection(worker.connection, worker))
+                report_findings(self.agent, rq_audit.audit_connection(worker.connection, worker))
             return result
 
         return bootstrap
 
     def _check_job(self, job: Any) -> None:
         """Per-job audit, in the worker process (where the finding gauge lives)."""
-        if _no_time_limit(job.timeout):
-            report_findings(self.agent, [_no_time_limit_finding([job.description or job.id])])
-
-
-def audit(redis_url: str) -> list[Finding]:
-    """Check the RQ queues and jobs stored in the Redis at ``redis_url`` for known mistakes.
-
-    >>> for finding in audit("redis://127.0.0.1:6379/0"):
-    ...     print(finding.finding, finding.message)
-
-    Read-only: nothing is dequeued, cleaned up or changed. See the module docstring for the
-    findings. Raises ``redis.exceptions.ConnectionError`` when Redis cannot be reached.
-    """
-    from redis import Redis
-
-    connection = Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=10)
-    try:
-        return _audit_connection(connection)
-    finally:
-        connection.close()
-
-
-def _audit_connection(connection: Any, worker: Any = None) -> list[Finding]:
-    from rq.job import Job
-    from rq.queue import Queue
-
-    # The worker's own classes: a Queue subclass keeps its queues under a key prefix of its own
-    # (and a Job subclass its jobs), in the same rq:queues set as every other class's.
-    queue_class = getattr(worker, "queue_class", None) or Queue
-    job_class = getattr(worker, "job_class", None) or Job
-    queues: dict[str, Any] = {
-        q.name: q
-        for q in _registered_queues(
-            connection, queue_class, job_class, getattr(worker, "serializer", None)
-        )
-    }
-    if worker is not None:
-        for q in worker.queues:
-            queues.setdefault(q.name, q)
-
-    job_ids: list[str] = []
-    for q in queues.values():
-        job_ids.extend(q.get_job_ids(0, AUDIT_SAMPLE))
-        for registry in (q.scheduled_job_registry, q.started_job_registry, q.deferred_job_registry):
-            job_ids.extend(_registry_ids(registry))
-    fields = ("timeout", "retries_left", "failure_ttl", "description")
-    with connection.pipeline(transaction=False) as pipe:
-        for job_id in job_ids:
-            pipe.hmget(job_class.key_for(job_id), fields)
-        rows = pipe.execute() if job_ids else []
-
-    no_limit: list[str] = []
-    forgotten: list[str] = []
-    for job_id, row in zip(job_ids, rows, strict=True):
-        timeout, retries_left, failure_ttl, description = (_text(v) for v in row)
-        label = description or job_id
-        if timeout is not None and _no_time_limit(timeout):
-            no_limit.append(label)
-        if not _int(retries_left) and failure_ttl is not None:
-            ttl = _int(failure_ttl)
-            if ttl is not None and 0 <= ttl < MIN_FAILURE_TTL:
-                forgotten.append(f"{label} (failure_ttl={ttl})")
-
-    findings: list[Finding] = []
-    if no_limit:
-        findings.append(_no_time_limit_finding(no_limit))
-    dead_letter_off = (
-        worker is not None
-        and getattr(worker, "disable_default_exception_handler", False)
-        and not getattr(worker, "_exc_handlers", None)
-    )
-    if forgotten or dead_letter_off:
-        reasons = []
-        if forgotten:
-            reasons.append(
-                f"{len(forgotten)} job(s) without a Retry keep their failure for less than a day "
-                f"({_examples(forgotten)})"
+        if rq_audit.no_time_limit(job.timeout):
+            report_findings(
+                self.agent, [rq_audit.no_time_limit_finding([job.description or job.id])]
             )
-        if dead_letter_off:
-            reasons.append(
-                "this worker runs with --disable-default-exception-handler and no exception "
-                "handler of its own, so failed jobs are not kept in the FailedJobRegistry"
-            )
-        findings.append(
-            Finding(
-                FRAMEWORK,
-                "no_retry_or_dead_letter",
-                "no retry or dead-letter path: "
-                + "; ".join(reasons)
-                + ". A failed job leaves no trace to requeue. Fix: enqueue with "
-                "retry=Retry(max=3, interval=[10, 60, 300]) and keep failures "
-                "(failure_ttl of days, the default is a year) so they can be requeued from the "
-                "FailedJobRegistry.",
-            )
-        )
-    if len(queues) == 1:
-        (only,) = queues
-        findings.append(
-            Finding(
-                FRAMEWORK,
-                "single_queue",
-                f"a single queue ({only!r}) for everything: one slow or stuck kind of job delays "
-                "every other. Fix: give long and short jobs their own queues (enqueue to "
-                "Queue('slow'), Queue('fast')) and their own workers (`rq worker fast`).",
-            )
-        )
-    return findings
-
-
-def _no_time_limit_finding(examples: list[str]) -> Finding:
-    return Finding(
-        FRAMEWORK,
-        "no_time_limit",
-        f"no execution time limit: job(s) enqueued with job_timeout=-1 ({_examples(examples)}). "
-        "RQ never stops them, so a call that hangs holds the worker for good. Fix: give every "
-        "job a timeout (Queue(default_timeout=600), or enqueue(..., job_timeout=60)) longer "
-        "than its slowest normal run.",
-    )
-
-
-# --- helpers ----------------------------------------------------------------------------
 
 
 def _inside_rq_job() -> bool:
@@ -674,37 +495,8 @@ def _job_name(job: Any) -> str:
     return str(name) if name else UNREADABLE
 
 
-def _registered_queues(
-    connection: Any, queue_class: Any, job_class: Any, serializer: Any
-) -> list[Any]:
-    """The queues of ``queue_class`` in its ``rq:queues`` set (RQ's ``Queue.all``), skipping
-    the keys of other queue classes, which ``Queue.all`` refuses with a ValueError."""
-    found = []
-    for key in connection.smembers(queue_class.redis_queues_keys):
-        text = _text(key)
-        if not text or not text.startswith(queue_class.redis_queue_namespace_prefix):
-            continue
-        found.append(
-            queue_class.from_queue_key(
-                text, connection=connection, job_class=job_class, serializer=serializer
-            )
-        )
-    return found
-
-
 def _attempt(job: Any) -> int:
     return (getattr(job, "number_of_retries", None) or 0) + 1
-
-
-def _registry_ids(registry: Any) -> list[str]:
-    """Job ids of a registry, without the clean-up that ``get_job_ids`` does by default."""
-    try:
-        ids: list[str] = registry.get_job_ids(0, AUDIT_SAMPLE - 1, cleanup=False)
-        return ids
-    except TypeError:  # RQ before 2.0 always cleans up: read the sorted set itself
-        return [
-            _text(i) or "" for i in registry.connection.zrange(registry.key, 0, AUDIT_SAMPLE - 1)
-        ]
 
 
 def _is_spawn_worker(worker: Any) -> bool:
@@ -718,17 +510,9 @@ def _is_spawn_worker(worker: Any) -> bool:
 def _time_limit(job: Any, worker: Any) -> float | None:
     """The time limit RQ enforces on the job (as in ``perform_job``); None for none."""
     timeout = job.timeout or getattr(worker.queue_class, "DEFAULT_TIMEOUT", None)
-    if timeout is None or _no_time_limit(timeout):
+    if timeout is None or rq_audit.no_time_limit(timeout):
         return None
     return float(timeout)
-
-
-def _no_time_limit(timeout: Any) -> bool:
-    try:
-        value = float(timeout)
-    except (TypeError, ValueError):
-        return False
-    return value < 0 or math.isinf(value)
 
 
 def _unix_time(moment: datetime | None) -> float | None:
@@ -737,24 +521,3 @@ def _unix_time(moment: datetime | None) -> float | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)  # RQ stores UTC
     return moment.timestamp()
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _int(value: str | None) -> int | None:
-    if value is None or value == "":
-        return None
-    try:
-        return int(float(value))
-    except ValueError:
-        return None
-
-
-def _examples(items: Iterable[str], limit: int = 3) -> str:
-    items = list(items)
-    shown = ", ".join(items[:limit])
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
