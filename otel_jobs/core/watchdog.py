@@ -98,6 +98,8 @@ class Watchdog:
         # native thread id -> (monotonic time, CPU seconds) of the previous look at it.
         self._cpu: dict[int, tuple[float, float]] = {}
         self.enclosing = EnclosingRuns(agent, self._signal, _diag, MAX_DIAGNOSES_PER_TICK)
+        # Ticks done: bench/bench_lease.py reports Redis round trips per tick from it (tests that
+        # wait for ticks use tests.support.threads.TickCounter, or read it too).
         self.ticks = 0
         self.loops = LoopProbes(agent.telemetry)
         agent.telemetry.loops_blocked = self.loops.samples
