@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import socket
 import ssl
-import subprocess
 import threading
 import time
 import urllib.error
@@ -29,7 +27,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -209,20 +206,6 @@ def test_metrics_endpoint_binds_only_the_chosen_address(instrumented: Callable[.
     assert "otel_jobs_runs_started_total" in scrape_text(f"http://127.0.0.2:{port}/metrics")
     with pytest.raises(OSError):  # the same port on another local address: nothing there
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
-
-
-@pytest.fixture
-def certificate(tmp_path: Path) -> tuple[str, str]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate (apt-get install openssl)")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return str(cert), str(key)
 
 
 def test_metrics_endpoint_with_tls_and_basic_auth(
