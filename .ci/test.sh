@@ -43,5 +43,6 @@ rm -rf "$site"
   opentelemetry-instrumentation-celery pyyaml
 .venv-oldest/bin/python -m pytest -p no:cacheprovider \
   tests/integrations/test_celery.py tests/integrations/test_rq.py tests/integrations/test_rq_audit.py \
+  tests/integrations/test_rq_horse.py \
   --deselect tests/integrations/test_rq.py::test_retry \
   --deselect tests/integrations/test_rq.py::test_rq_key_prefix_set_after_instrument_is_honoured
