@@ -145,6 +145,7 @@ _TYPES: dict[str, Callable[[Any], bool]] = {
     "prometheus_certfile": lambda v: isinstance(v, str) and v != "",
     "prometheus_keyfile": lambda v: isinstance(v, str) and v != "",
     "multiprocess_dir": lambda v: isinstance(v, str) and v != "",
+    "start": lambda v: v in config.START_MODES,
     "loop_blocked_timeout": lambda v: isinstance(v, float) and v > 0,
     "duration_buckets": lambda v: _increasing_seconds(v),
     "queue_wait_buckets": lambda v: _increasing_seconds(v),
