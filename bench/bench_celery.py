@@ -27,6 +27,14 @@ task names (a pool child keeps a series per name it ran, and writes them all in 
 snapshot), in modes ``none``, ``contrib`` and ``otel-jobs (default)``, measured the same way.
 Targets (issue 19): with runs only, otel-jobs' overhead per task at most contrib's (1.0x); with
 the defaults, at most 1.2x contrib's.
+
+A third scenario measures the instrumentations alone, in process: Celery's own tracer function
+(``celery.app.trace.build_tracer``, what a worker runs for each task: the ``task_prerun`` /
+``task_postrun`` signals, the task, its state) called in a loop in a fresh interpreter
+(``python -m bench.bench_celery --trace-task``), in modes ``none``, ``contrib`` and ``otel-jobs``
+(runs only) taking turns, each instrumentation installed and uninstalled between its blocks;
+the CPU time per task. Without the broker's round trips, this is the figure that can tell two
+costs of about 50 us apart.
 ``python -m bench.bench_celery [--quick]``.
 """
 
@@ -177,7 +185,93 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     for r in range(reps):
         for mode in MODES if r % 2 == 0 else tuple(reversed(MODES)):
             per_mode[mode].append(_one(mode, tasks))
-    return _prefork_rows(tasks, reps) + _rows("solo", MODES, per_mode, tasks, reps)
+    return (
+        _prefork_rows(tasks, reps)
+        + _rows("solo", MODES, per_mode, tasks, reps)
+        + _trace_task_rows(quick)
+    )
+
+
+TRACE_MODES = ("none", "contrib", "otel-jobs")
+
+
+def _trace_task(reps: int, number: int) -> dict[str, list[float]]:
+    """In a fresh interpreter: CPU seconds per task of Celery's tracer function, per mode."""
+    from celery.app.trace import build_tracer
+    from opentelemetry import trace
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+    from opentelemetry.sdk.trace import TracerProvider
+
+    import otel_jobs
+
+    trace.set_tracer_provider(TracerProvider())
+    traced = Celery("bench.trace", broker="memory://", set_as_current=False)
+    traced.conf.update(task_ignore_result=True)
+
+    @traced.task(name="bench.trace.noop", shared=False)
+    def empty() -> None:
+        pass
+
+    tracer = build_tracer("bench.trace.noop", empty, app=traced, eager=False, propagate=False)
+    delivery = {"routing_key": "bench", "exchange": ""}
+
+    def one() -> None:
+        task_id = uuid.uuid4().hex
+        tracer(task_id, (), {}, {"id": task_id, "delivery_info": delivery, "hostname": "bench"})
+
+    def install(mode: str) -> None:
+        if mode == "contrib":
+            CeleryInstrumentor().instrument()
+        elif mode == "otel-jobs":
+            otel_jobs.instrument(frameworks=["celery"], outbound=[], prometheus_port=0)
+
+    def uninstall(mode: str) -> None:
+        if mode == "contrib":
+            CeleryInstrumentor().uninstrument()
+        elif mode == "otel-jobs":
+            otel_jobs.uninstrument()
+
+    per_mode: dict[str, list[float]] = {mode: [] for mode in TRACE_MODES}
+    for r in range(reps):
+        for mode in TRACE_MODES if r % 2 == 0 else tuple(reversed(TRACE_MODES)):
+            install(mode)
+            for _ in range(max(10, number // 10)):
+                one()
+            start = time.process_time()
+            for _ in range(number):
+                one()
+            per_mode[mode].append((time.process_time() - start) / number)
+            uninstall(mode)
+    return per_mode
+
+
+def _trace_task_rows(quick: bool) -> list[dict[str, Any]]:
+    reps, number = (3, 200) if quick else (15, 2000)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.bench_celery", "--trace-task", str(reps), str(number)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=900,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"the in-process Celery measurement failed: {done.stderr[-3000:]}")
+    per_mode = json.loads(done.stdout.strip().splitlines()[-1])
+    base = per_mode["none"]
+    extra = {
+        mode: statistics.median(m - b for m, b in zip(per_mode[mode], base, strict=True))
+        for mode in TRACE_MODES[1:]
+    }
+    ratio = extra["otel-jobs"] / extra["contrib"] if extra["contrib"] > 0 else None
+    return [
+        row(
+            "Celery task traced in process (build_tracer), CPU time over none: otel-jobs vs contrib",
+            subject="otel-jobs (runs only)", value=max(extra["otel-jobs"], 1e-9) * 1e6,
+            unit="us/task over none", baseline="opentelemetry-instrumentation-celery",
+            baseline_value=max(extra["contrib"], 1e-9) * 1e6, ratio=ratio,
+            target="<= 1x contrib's", met=None if quick or ratio is None else ratio <= 1.0,
+            note=f"none {statistics.median(base) * 1e6:.1f} us/task; median of {reps} rounds "
+            f"of {number} tasks, each mode installed and removed between its blocks",
+        )
+    ]  # fmt: skip
 
 
 def _rows(
@@ -225,4 +319,10 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer tasks, one round")
-    print(table(run(quick=parser.parse_args().quick)))
+    parser.add_argument("--trace-task", nargs=2, type=int, metavar=("REPS", "NUMBER"),
+                        help=argparse.SUPPRESS)  # fmt: skip
+    args = parser.parse_args()
+    if args.trace_task:
+        print(json.dumps(_trace_task(*args.trace_task)))
+    else:
+        print(table(run(quick=args.quick)))
