@@ -19,6 +19,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from types import FrameType, ModuleType
 from typing import Any
 
@@ -60,36 +61,30 @@ def build_collectors(settings: MonitorSettings) -> list[Collector]:
     if settings.rq_redis_url:
         from .rq import RQCollector
 
-        collectors.append(
-            with_lost_runs(
-                RQCollector(
-                    settings.rq_redis_url,
-                    queues=settings.queues_for("rq"),
-                    source=settings.source("rq_redis_url"),
-                    **common,
-                ),
-                settings,
-            )
-        )
+        collectors.append(_by_redis_url(RQCollector, "rq", settings, common))
     if settings.dramatiq_broker:
         collectors.append(_dramatiq(settings, common))
     if settings.arq_redis_url:
         from .arq import ArqCollector
 
-        collectors.append(
-            with_lost_runs(
-                ArqCollector(
-                    settings.arq_redis_url,
-                    queues=settings.queues_for("arq"),
-                    source=settings.source("arq_redis_url"),
-                    **common,
-                ),
-                settings,
-            )
-        )
+        collectors.append(_by_redis_url(ArqCollector, "arq", settings, common))
     if settings.huey:
         collectors.append(_huey(settings))
     return collectors
+
+
+def _by_redis_url(
+    kind: Callable[..., Collector], framework: str, settings: Any, common: dict[str, Any]
+) -> Collector:
+    """The collector of a framework given by ``--<framework>-redis-url``, with its lost runs."""
+    setting = f"{framework}_redis_url"
+    collector = kind(
+        getattr(settings, setting),
+        queues=settings.queues_for(framework),
+        source=settings.source(setting),
+        **common,
+    )
+    return with_lost_runs(collector, settings)
 
 
 def _needs(setting: str, value: str, package: str, extra: str) -> ConfigurationError:
