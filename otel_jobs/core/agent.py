@@ -11,12 +11,8 @@ the process becomes a worker (the integrations call it from their framework's wo
 runs its first job (:meth:`Agent.start_run`): a process that only publishes opens no port and
 starts no thread.
 
-Fork: an ``os.register_at_fork`` handler gives a forked child empty instruments, an empty
-in-flight table, fresh locks and its own watchdog thread; the child does not serve
-``/metrics`` (its parent does, merging the child's snapshots, see
-:mod:`otel_jobs.core.multiprocess`). A child forked to run one job and exit (RQ's work horse,
-:meth:`Agent.forking_one_run`) gets less: no watchdog thread at fork and instruments only if it
-records something; its parent counts what it does not (:meth:`Agent.count_start`).
+Fork: a forked child gets fresh state of its own, a child forked to run one job (RQ's work
+horse) less; its parent counts what it does not (:mod:`otel_jobs.core.agent_fork`).
 """
 
 from __future__ import annotations
@@ -28,15 +24,24 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.trace import Link, SpanKind
 
-from . import errors, forked_runs, imports, lost_runs, providers, serving, sigterm, streaks
+from . import (
+    agent_fork,
+    errors,
+    forked_runs,
+    imports,
+    lost_runs,
+    providers,
+    serving,
+    sigterm,
+    streaks,
+)
 from .config import Settings
 from .deferred import Deferred
 from .exposition import MetricsServer
@@ -146,7 +151,7 @@ class Agent:
         self._cancel_hooks.append(
             imports.when_imported(
                 "multiprocessing.util",
-                lambda util: util.register_after_fork(self, Agent._in_multiprocessing_child),
+                lambda util: util.register_after_fork(self, agent_fork.in_multiprocessing_child),
                 "fork",
             )
         )
@@ -215,69 +220,15 @@ class Agent:
         """Whether this process has instruments yet (a one-run child may record nothing)."""
         return self._telemetry is not None
 
-    @contextmanager
-    def forking_one_run(self) -> Iterator[None]:
-        """Around a fork whose child runs one job and exits (RQ's work horse): the child starts
-        no watchdog thread at fork (its integration ticks the watchdog) and builds instruments
-        only when it records something; this process counts what the child does not
-        (:meth:`count_start`, :meth:`count_finish`)."""
-        self._forking_one_run = True
-        try:
-            yield
-        finally:
-            self._forking_one_run = False
-
-    def after_fork_in_child(self) -> None:
-        """Called in a forked child: fresh state of its own (see the module docstring)."""
-        if self.stopped:
-            return
-        one_run, self._forking_one_run = self._forking_one_run, False
-        self.one_run_child = one_run
-        self._telemetry_lock = threading.Lock()
-        errors.reset_after_fork()
-        self._lock = threading.Lock()
-        self._runs = {}
-        self.share.after_fork_in_child()
-        self.deferred.after_fork_in_child()
-        self.lease.after_fork_in_child()
-        if self.server is not None:
-            self.server.close_in_child()
-        if one_run:  # the least that makes a fresh process (see forking_one_run)
-            self._telemetry, self._meter_for_child = None, True
-            self.watchdog.after_fork_in_child(start=False)
-            return
-        self._meter_for_child = False
-        self._serve_lock = threading.Lock()
-        self._meter = providers.meter_for_child(self.settings, self._meter)
-        self._telemetry = telemetry = Telemetry(self.settings, self.runs, self._meter)
-        self.watchdog.bind(telemetry)
-        self.watchdog.after_fork_in_child()
-
-    def _in_multiprocessing_child(self) -> None:
-        # Called by multiprocessing in a child it started, after it cleared the finalizers it
-        # inherited. Such a child leaves through os._exit after its finalizers, not atexit: a
-        # lazy child (a pool process, see core.multiprocess) writes its last counts then.
-        import multiprocessing.util
-
-        multiprocessing.util.Finalize(None, self.write_snapshot, exitpriority=10)
-
     def _outcomes(self) -> list[list[Any]]:
         """Last success and failure streak of each series, for the snapshot (core.streaks)."""
         return streaks.encode(self.telemetry.all_series())
 
-    def write_snapshot(self) -> None:
-        """In a forked child: write its metrics snapshot now (a no-op in the owner)."""
-        if not self.stopped and self.share.in_child:
-            with errors.guard("multiprocess.flush"):
-                self.share.flush(self.telemetry.registry)
-
-    def defer_snapshots_to_watchdog(self) -> None:
-        """Called by an integration as a run starts in a long-lived pool process (a Celery
-        prefork child, a Dramatiq or Huey worker process): its snapshot is written by its
-        watchdog and when it exits, not at every run's start and end (core.multiprocess)."""
-        share = self.share
-        if share.in_child:
-            share.lazy = self.watchdog.running
+    # What a forked child gets, and the snapshots it writes (core.agent_fork).
+    forking_one_run = agent_fork.forking_one_run
+    after_fork_in_child = agent_fork.after_fork_in_child
+    write_snapshot = agent_fork.write_snapshot
+    defer_snapshots_to_watchdog = agent_fork.defer_snapshots_to_watchdog
 
     # --- the in-flight table -----------------------------------------------------------
 
