@@ -141,7 +141,7 @@ class Integration(base.Integration):
             owner = next((c for c in Worker.__mro__ if attribute in vars(c)), None)
             if owner is not None:
                 self._patches.wrap(owner, attribute, make_wrapper)
-        rq_cron.patch(self._patches)  # RQ's CronScheduler, where the installed RQ has one
+        rq_cron.patch(self._patches, self.agent)  # RQ's CronScheduler, where RQ has one
         try:  # rq worker-pool: the pool process serves /metrics for its workers' processes
             from rq.worker_pool import WorkerPool
         except ImportError:  # RQ before 1.14

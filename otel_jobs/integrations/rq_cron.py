@@ -23,38 +23,40 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..core import agent as _agent_mod
 from ..core import errors
 from ..core.patching import Patches
 from ..core.schedules import Entry, Schedules, gap, unix
+
+if TYPE_CHECKING:
+    from ..core.agent import Agent
 
 # scheduler -> the Schedules (of the agent in force) that reads it
 _registered: weakref.WeakKeyDictionary[Any, Schedules] = weakref.WeakKeyDictionary()
 
 
-def patch(patches: Patches) -> None:
-    """Patch RQ's ``CronScheduler`` if the installed RQ has one (undone with ``patches``)."""
+def patch(patches: Patches, agent: Agent) -> None:
+    """Patch RQ's ``CronScheduler`` if the installed RQ has one, to record into ``agent`` while it
+    runs (undone with ``patches``)."""
     try:
         from rq.cron import CronScheduler
     except ImportError:  # RQ before 2.5
         return
-    patches.wrap(CronScheduler, "enqueue_jobs", _patch_enqueue_jobs)
 
+    def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
+        def enqueue_jobs(scheduler: Any, *args: Any, **kwargs: Any) -> Any:
+            if not agent.stopped and _registered.get(scheduler) is not agent.telemetry.schedules:
+                with errors.guard("integration.rq"):
+                    agent.start_serving()  # rq cron: its entries on /metrics
+                    ref = weakref.ref(scheduler)
+                    agent.telemetry.schedules.add_source(lambda: _entries(ref()))
+                    _registered[scheduler] = agent.telemetry.schedules
+            return original(scheduler, *args, **kwargs)
 
-def _patch_enqueue_jobs(original: Callable[..., Any]) -> Callable[..., Any]:
-    def enqueue_jobs(scheduler: Any, *args: Any, **kwargs: Any) -> Any:
-        agent = _agent_mod.current()
-        if agent is not None and _registered.get(scheduler) is not agent.telemetry.schedules:
-            with errors.guard("integration.rq"):
-                agent.start_serving()  # rq cron: its entries on /metrics
-                ref = weakref.ref(scheduler)
-                agent.telemetry.schedules.add_source(lambda: _entries(ref()))
-                _registered[scheduler] = agent.telemetry.schedules
-        return original(scheduler, *args, **kwargs)
+        return enqueue_jobs
 
-    return enqueue_jobs
+    patches.wrap(CronScheduler, "enqueue_jobs", wrap)
 
 
 def _entries(scheduler: Any) -> list[Entry]:

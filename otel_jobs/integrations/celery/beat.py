@@ -27,72 +27,73 @@ from __future__ import annotations
 import time
 import weakref
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ...core import agent as _agent_mod
 from ...core import errors
 from ...core.patching import Patches
 from ...core.schedules import Entry, Schedules, gap
 
-# scheduler -> (the Schedules of the agent in force, its entries as of its last tick)
-_beats: weakref.WeakKeyDictionary[Any, tuple[Schedules, list[Entry]]] = weakref.WeakKeyDictionary()
+if TYPE_CHECKING:
+    from ...core.agent import Agent
 
 
 class BeatHooks:
-    """The two patches of beat's ``Scheduler``; :meth:`uninstall` undoes them."""
+    """The two patches of beat's ``Scheduler``, recording into ``agent`` while it runs;
+    :meth:`uninstall` undoes them."""
 
-    def __init__(self) -> None:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
         self._patches = Patches()
+        # scheduler -> (the agent's Schedules it feeds, its entries as of its last tick)
+        self._beats: weakref.WeakKeyDictionary[Any, tuple[Schedules, list[Entry]]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def install(self) -> None:
         from celery.beat import Scheduler
 
-        self._patches.wrap(Scheduler, "tick", _patch_tick)
-        self._patches.wrap(Scheduler, "apply_async", _patch_apply_async)
+        self._patches.wrap(Scheduler, "tick", self._patch_tick)
+        self._patches.wrap(Scheduler, "apply_async", self._patch_apply_async)
 
     def uninstall(self) -> None:
         self._patches.undo()
-        _beats.clear()
+        self._beats.clear()
 
+    def _patch_tick(self, original: Any) -> Any:
+        def tick(scheduler: Any, *args: Any, **kwargs: Any) -> Any:
+            delay = original(scheduler, *args, **kwargs)
+            if not self.agent.stopped:
+                with errors.guard("integration.celery.beat"):
+                    self._snapshot(scheduler, self.agent.telemetry.schedules)
+            return delay
 
-def _patch_tick(original: Any) -> Any:
-    def tick(scheduler: Any, *args: Any, **kwargs: Any) -> Any:
-        delay = original(scheduler, *args, **kwargs)
-        agent = _agent_mod.current()
-        if agent is not None:
-            with errors.guard("integration.celery.beat"):
-                _snapshot(scheduler, agent.telemetry.schedules)
-        return delay
+        return tick
 
-    return tick
+    def _patch_apply_async(self, original: Any) -> Any:
+        def apply_async(scheduler: Any, entry: Any, *args: Any, **kwargs: Any) -> Any:
+            result = original(scheduler, entry, *args, **kwargs)
+            if not self.agent.stopped:
+                with errors.guard("integration.celery.beat"):
+                    self.agent.telemetry.schedules.sent(str(entry.task), str(entry.name))
+            return result
 
+        return apply_async
 
-def _patch_apply_async(original: Any) -> Any:
-    def apply_async(scheduler: Any, entry: Any, *args: Any, **kwargs: Any) -> Any:
-        result = original(scheduler, entry, *args, **kwargs)
-        agent = _agent_mod.current()
-        if agent is not None:
-            with errors.guard("integration.celery.beat"):
-                agent.telemetry.schedules.sent(str(entry.task), str(entry.name))
-        return result
+    def _snapshot(self, scheduler: Any, schedules: Schedules) -> None:
+        """Read beat's entries (in beat's thread) for the next collections."""
+        now = time.time()
+        entries = [_entry(entry, now) for entry in list(scheduler.schedule.values())]
+        beats = self._beats
+        held = beats.get(scheduler)
+        if held is None or held[0] is not schedules:
+            ref = weakref.ref(scheduler)
 
-    return apply_async
+            def source() -> list[Entry]:
+                found = beats.get(ref()) if ref() is not None else None
+                return found[1] if found is not None else []
 
-
-def _snapshot(scheduler: Any, schedules: Schedules) -> None:
-    """Read beat's entries (in beat's thread) for the next collections."""
-    now = time.time()
-    entries = [_entry(entry, now) for entry in list(scheduler.schedule.values())]
-    held = _beats.get(scheduler)
-    if held is None or held[0] is not schedules:
-        ref = weakref.ref(scheduler)
-
-        def source() -> list[Entry]:
-            found = _beats.get(ref()) if ref() is not None else None
-            return found[1] if found is not None else []
-
-        schedules.add_source(source)
-    _beats[scheduler] = (schedules, entries)
+            schedules.add_source(source)
+        beats[scheduler] = (schedules, entries)
 
 
 def _entry(entry: Any, now: float) -> Entry:

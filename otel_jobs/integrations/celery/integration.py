@@ -60,7 +60,7 @@ class Integration(_BaseIntegration):
         self._contrib = ContribSpans(agent)
         self._lost = LostRuns(agent, self._contrib)
         self._connected: list[tuple[Any, Any]] = []
-        self._beat = BeatHooks()  # beat's entries on the schedule gauges (.beat)
+        self._beat = BeatHooks(agent)  # beat's entries on the schedule gauges (.beat)
 
     # --- install / uninstall -------------------------------------------------------------
 
