@@ -116,7 +116,7 @@ WORKER = textwrap.dedent(
     """
 )
 
-WARMUP, MEASURED = 1500, 4500
+WARMUP, MEASURED = 1500, 9000
 FAST_EXPORT = {
     # Small queue and short delays so the failure shows within seconds, not minutes.
     "OTEL_BSP_MAX_QUEUE_SIZE": "256",
@@ -219,8 +219,10 @@ def test_failing_collector_never_slows_floods_or_holds_the_worker(
         assert report["exports"]["other"] >= 3
         assert report["queue"] <= report["queue_max"] == 256
         # Thousands more runs while nothing is exported: memory stays flat. A retained span of
-        # these runs takes about 2.9 kB, so keeping the 4500 would grow it by some 13 MB.
-        assert report["memory_growth"] < 3_000_000, report["memory_growth"]
+        # these runs takes about 2.9 kB, so keeping the 9000 would grow it by some 26 MB; what
+        # an export holds while it is retried (a batch of at most the 256 queued spans, its
+        # encoded request, the connection's buffers) does not grow with the runs, up to ~3 MB.
+        assert report["memory_growth"] < 6_000_000, report["memory_growth"]
         record_property("memory_growth_bytes", report["memory_growth"])
         warnings = report["records"]
         export = [r for r in warnings if r[2].startswith("otel-jobs: cannot export")]
