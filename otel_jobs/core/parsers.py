@@ -176,37 +176,45 @@ def basic_auth(setting: str, value: object) -> str:
 
 
 def endpoint(setting: str, value: object) -> str:
-    from urllib.parse import urlsplit
-
-    text = str(value).strip()
-    accepted = "a URL beginning http:// or https:// with a host, such as http://127.0.0.1:4318"
-    shown = url_shown(text)  # the error names the value, never its password
-    if not text.startswith(("http://", "https://")):
-        raise ConfigurationError(setting, shown, accepted)
-    try:
-        url = urlsplit(text)
-        url.port  # noqa: B018 (raises ValueError for a port out of range)
-    except ValueError:
-        raise ConfigurationError(setting, shown, accepted) from None
-    if not url.hostname:
-        raise ConfigurationError(setting, shown, accepted)
-    return text
+    return _url(
+        setting,
+        value,
+        ("http://", "https://"),
+        "a URL beginning http:// or https:// with a host, such as http://127.0.0.1:4318",
+    )
 
 
 def redis_url(setting: str, value: object) -> str:
+    return _url(
+        setting,
+        value,
+        ("redis://", "rediss://", "unix://"),
+        "a Redis URL such as redis://127.0.0.1:6379/0 (rediss:// for TLS, unix:///path)",
+        hostless=("unix",),
+    )
+
+
+def _url(
+    setting: str,
+    value: object,
+    schemes: tuple[str, ...],
+    accepted: str,
+    hostless: tuple[str, ...] = (),
+) -> str:
+    """``value`` if it is a URL of one of ``schemes`` (prefixes) with a host (none for a
+    ``hostless`` scheme) and a valid port; the error names the value, never its password."""
     from urllib.parse import urlsplit
 
     text = str(value).strip()
-    accepted = "a Redis URL such as redis://127.0.0.1:6379/0 (rediss:// for TLS, unix:///path)"
-    shown = url_shown(text)  # the error names the value, never its password
-    if not text.startswith(("redis://", "rediss://", "unix://")):
+    shown = url_shown(text)
+    if not text.startswith(schemes):
         raise ConfigurationError(setting, shown, accepted)
     try:
         url = urlsplit(text)
         url.port  # noqa: B018 (raises ValueError for a port out of range)
     except ValueError:
         raise ConfigurationError(setting, shown, accepted) from None
-    if url.scheme != "unix" and not url.hostname:
+    if url.scheme not in hostless and not url.hostname:
         raise ConfigurationError(setting, shown, accepted)
     return text
 

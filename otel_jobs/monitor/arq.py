@@ -28,31 +28,19 @@ from typing import Any
 from arq.constants import default_queue_name, in_progress_key_prefix
 
 from . import _redis
-from .base import Collector, QueueReading
+from .base import QueueReading, RedisUrlCollector
 
 #: How many of a queue's oldest due jobs are checked for being in progress, stage by stage.
 PROBES = (16, 128, 1024)
 
 
-class ArqCollector(Collector):
+class ArqCollector(RedisUrlCollector):
     framework = "arq"
     states = ("waiting", "scheduled", "started")
+    url_flag = "--arq-redis-url"
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        queues: Sequence[str] = (),
-        timeout: float = 5.0,
-        max_queues: int = 1000,
-        source: str = "--arq-redis-url",
-    ) -> None:
-        self.client = _redis.from_url(url, timeout)
-        super().__init__(_redis.address(self.client), source, max_queues)
-        self.queues = self.capped(list(queues) or [default_queue_name])
-
-    def check(self) -> None:
-        _redis.ping(self.client)
+    def watched(self, queues: Sequence[str]) -> list[str]:
+        return self.capped(list(queues) or [default_queue_name])
 
     def poll(self) -> list[QueueReading]:
         now_ms = int(time.time() * 1000)
@@ -107,9 +95,3 @@ class ArqCollector(Collector):
             )
             for q, (due, later, _) in zip(self.queues, rows, strict=True)
         ]
-
-    def abort(self) -> None:
-        _redis.close(self.client)
-
-    def close(self) -> None:
-        _redis.close(self.client)

@@ -22,9 +22,10 @@ Invariants, for every collector:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -107,6 +108,85 @@ class Collector:
                 + (", ..." if len(ordered) > self.max_queues + 5 else ""),
             )
         return ordered[: self.max_queues]
+
+
+class RedisCollector(Collector):
+    """A collector that reads one Redis through ``client`` (a bounded client of
+    :mod:`._redis`): reaching it is a ``PING``, aborting and closing drop its sockets."""
+
+    def __init__(self, client: Any, source: str = "", max_queues: int = 1000) -> None:
+        from . import _redis  # not at import: Dramatiq on RabbitMQ runs without redis-py
+
+        self.client = client
+        super().__init__(_redis.address(client), source, max_queues)
+
+    def check(self) -> None:
+        from . import _redis
+
+        _redis.ping(self.client)
+
+    def abort(self) -> None:
+        from . import _redis
+
+        _redis.close(self.client)
+
+    def close(self) -> None:
+        self.abort()
+
+
+class RedisUrlCollector(RedisCollector):
+    """A collector given by a Redis URL (``--rq-redis-url``, ``--arq-redis-url``) and the
+    queues to watch (:meth:`watched`: what the framework watches when none are named)."""
+
+    #: The flag that gives the URL, for error messages.
+    url_flag: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        queues: Sequence[str] = (),
+        timeout: float = 5.0,
+        max_queues: int = 1000,
+        source: str | None = None,
+    ) -> None:
+        from . import _redis
+
+        client = _redis.from_url(url, timeout)
+        super().__init__(client, self.url_flag if source is None else source, max_queues)
+        self.queues = self.watched(queues)
+
+    def watched(self, queues: Sequence[str]) -> Sequence[str]:
+        """The queues to read at every poll; empty: discovered at each poll."""
+        return tuple(queues)
+
+
+class ConnectionCollector(Collector):
+    """A collector on one connection to a broker (RabbitMQ) that it opens when first needed
+    (``_open``) and drops on a broker error (``_drop``), raising :class:`BrokerUnavailable`."""
+
+    #: What the broker's client raises when the broker fails (set by the subclass).
+    _errors: tuple[type[BaseException], ...] = (OSError,)
+
+    def _open(self) -> Any:
+        raise NotImplementedError
+
+    def _drop(self) -> None:
+        """Forget the connection (the next call opens another)."""
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Around calls to the broker: its errors drop the connection and become
+        :class:`BrokerUnavailable`."""
+        try:
+            yield
+        except self._errors as exc:
+            self._drop()
+            raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    def check(self) -> None:
+        with self._reading():
+            self._open()
 
 
 def due_time(published: float | None, eta: float | None) -> float | None:

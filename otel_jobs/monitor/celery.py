@@ -40,7 +40,7 @@ from kombu.transport.redis import PRIORITY_STEPS
 from kombu.transport.redis import Channel as RedisChannel
 
 from . import _redis
-from .base import BrokerUnavailable, Collector, QueueReading, due_time
+from .base import Collector, ConnectionCollector, QueueReading, RedisCollector, due_time
 
 PUBLISHED_HEADER = "otel_jobs_published_at"  # the header otel_jobs.integrations.celery stamps
 UNACKED_READ_LIMIT = 1000
@@ -99,7 +99,7 @@ def collector_for_app(
     raise ValueError(f"a Redis or RabbitMQ broker (this app's transport is {driver!r})")
 
 
-class CeleryRedisCollector(Collector):
+class CeleryRedisCollector(RedisCollector):
     framework = "celery"
     states = ("waiting", "scheduled", "reserved")
 
@@ -125,8 +125,7 @@ class CeleryRedisCollector(Collector):
             kwargs["ssl"] = True
             if isinstance(conn.ssl, dict):
                 kwargs.update(conn.ssl)
-        self.client = redis.Redis(**kwargs)
-        super().__init__(_redis.address(self.client), "--celery-app", max_queues)
+        super().__init__(redis.Redis(**kwargs), "--celery-app", max_queues)
         options = conn.transport_options or {}
         self.prefix = options.get("global_keyprefix", "")
         self.steps = list(options.get("priority_steps", PRIORITY_STEPS))
@@ -141,9 +140,6 @@ class CeleryRedisCollector(Collector):
             self.prefix + (f"{queue}{self.sep}{step}" if step else queue)
             for step in sorted(set(self.steps))
         ]
-
-    def check(self) -> None:
-        _redis.ping(self.client)
 
     def poll(self) -> list[QueueReading]:
         commands: list[tuple[Any, ...]] = [("hlen", self.unacked_key)]
@@ -197,14 +193,8 @@ class CeleryRedisCollector(Collector):
         headers = message.get("headers") if isinstance(message, dict) else None
         return queue, parse_eta((headers or {}).get("eta"))
 
-    def abort(self) -> None:
-        _redis.close(self.client)
 
-    def close(self) -> None:
-        _redis.close(self.client)
-
-
-class CeleryAMQPCollector(Collector):
+class CeleryAMQPCollector(ConnectionCollector):
     framework = "celery"
     states = ("waiting",)
 
@@ -228,16 +218,9 @@ class CeleryAMQPCollector(Collector):
             self._channel = self.conn.channel()
         return self._channel
 
-    def check(self) -> None:
-        try:
-            self._open()
-        except self._errors as exc:
-            self._drop()
-            raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
-
     def poll(self) -> list[QueueReading]:
         readings = []
-        try:
+        with self._reading():
             for queue in self.queues:
                 channel = self._open()
                 try:
@@ -247,9 +230,6 @@ class CeleryAMQPCollector(Collector):
                     count = 0
                     self._channel = None
                 readings.append(QueueReading(queue, {"waiting": int(count)}))
-        except self._errors as exc:
-            self._drop()
-            raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
         return readings
 
     def _drop(self) -> None:

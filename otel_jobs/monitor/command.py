@@ -108,12 +108,10 @@ def _celery(settings: MonitorSettings, common: dict[str, Any]) -> Collector:
         raise ConfigurationError(setting, ref, f"a Celery app ({type(exc).__name__})") from None
     if not hasattr(app, "connection_for_read"):
         raise ConfigurationError(setting, ref, f"a Celery app (found a {type(app).__name__})")
-    try:
-        collector = collector_for_app(app, queues=settings.queues_for("celery"), **common)
-    except ValueError as exc:
-        raise ConfigurationError(setting, ref, str(exc)) from None
-    collector.source = setting
-    return with_lost_runs(collector, settings, app)
+    queues = settings.queues_for("celery")
+    return _built(
+        settings, "celery_app", app, lambda: collector_for_app(app, queues=queues, **common)
+    )
 
 
 def _dramatiq(settings: MonitorSettings, common: dict[str, Any]) -> Collector:
@@ -135,12 +133,13 @@ def _dramatiq(settings: MonitorSettings, common: dict[str, Any]) -> Collector:
             ref,
             f"module:broker, or a module that calls dramatiq.set_broker() (found {found!r:.60})",
         )
-    try:
-        collector = collector_for_broker(broker, queues=settings.queues_for("dramatiq"), **common)
-    except ValueError as exc:
-        raise ConfigurationError(setting, ref, str(exc)) from None
-    collector.source = setting
-    return with_lost_runs(collector, settings, broker)
+    queues = settings.queues_for("dramatiq")
+    return _built(
+        settings,
+        "dramatiq_broker",
+        broker,
+        lambda: collector_for_broker(broker, queues=queues, **common),
+    )
 
 
 def _huey(settings: MonitorSettings) -> Collector:
@@ -154,12 +153,23 @@ def _huey(settings: MonitorSettings) -> Collector:
     found = load_object(setting, ref, "a Huey instance")
     if not isinstance(found, Huey):
         raise ConfigurationError(setting, ref, f"a Huey instance (found a {type(found).__name__})")
+    return _built(
+        settings, "huey", found, lambda: HueyCollector(found, timeout=settings.poll_timeout)
+    )
+
+
+def _built(
+    settings: MonitorSettings, name: str, app: Any, build: Callable[[], Collector]
+) -> Collector:
+    """The collector ``build()`` makes for the app (or broker) that setting ``name`` gives, with
+    its lost runs; its ``ValueError`` (an unsupported broker) as the setting's error."""
+    setting, ref = settings.source(name), str(getattr(settings, name))
     try:
-        collector = HueyCollector(found, timeout=settings.poll_timeout)
+        collector = build()
     except ValueError as exc:
         raise ConfigurationError(setting, ref, str(exc)) from None
     collector.source = setting
-    return with_lost_runs(collector, settings, found)
+    return with_lost_runs(collector, settings, app)
 
 
 def _value_of(settings: MonitorSettings, collector: Collector) -> str:

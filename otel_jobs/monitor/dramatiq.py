@@ -31,7 +31,7 @@ from typing import Any
 import dramatiq
 from dramatiq.common import dq_name, xq_name
 
-from .base import BrokerUnavailable, Collector, QueueReading, due_time
+from .base import Collector, ConnectionCollector, QueueReading, RedisCollector, due_time
 
 try:
     from . import _redis
@@ -75,20 +75,17 @@ def collector_for_broker(
     raise ValueError(f"a RedisBroker or a RabbitmqBroker (this one is a {type(broker).__name__})")
 
 
-class DramatiqRedisCollector(Collector):
+class DramatiqRedisCollector(RedisCollector):
     framework = "dramatiq"
     states = ("waiting", "scheduled", "reserved", "dead")
 
     def __init__(
         self, broker: Any, queues: Sequence[str], *, timeout: float = 5.0, max_queues: int = 1000
     ) -> None:
-        self.client = _redis.from_pool(broker.client.connection_pool, timeout)
-        super().__init__(_redis.address(self.client), "--dramatiq-broker", max_queues)
+        client = _redis.from_pool(broker.client.connection_pool, timeout)
+        super().__init__(client, "--dramatiq-broker", max_queues)
         self.namespace = broker.namespace
         self.queues = self.capped(queues)
-
-    def check(self) -> None:
-        _redis.ping(self.client)
 
     def poll(self) -> list[QueueReading]:
         ns = self.namespace
@@ -120,14 +117,8 @@ class DramatiqRedisCollector(Collector):
             for q, (waiting, _, messages, delayed, dead) in zip(self.queues, rows, strict=True)
         ]
 
-    def abort(self) -> None:
-        _redis.close(self.client)
 
-    def close(self) -> None:
-        _redis.close(self.client)
-
-
-class DramatiqRabbitmqCollector(Collector):
+class DramatiqRabbitmqCollector(ConnectionCollector):
     framework = "dramatiq"
     states = ("waiting", "scheduled", "dead")
 
@@ -170,13 +161,6 @@ class DramatiqRabbitmqCollector(Collector):
             self._channel = self._connection.channel()
         return self._channel
 
-    def check(self) -> None:
-        try:
-            self._open()
-        except self._errors as exc:
-            self._drop()
-            raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
-
     def _count(self, name: str) -> int:
         channel = self._open()
         try:
@@ -185,7 +169,7 @@ class DramatiqRabbitmqCollector(Collector):
             return 0  # 404: no such queue (the broker closed the channel; reopened next call)
 
     def poll(self) -> list[QueueReading]:
-        try:
+        with self._reading():
             return [
                 QueueReading(
                     q,
@@ -197,9 +181,6 @@ class DramatiqRabbitmqCollector(Collector):
                 )
                 for q in self.queues
             ]
-        except self._errors as exc:
-            self._drop()
-            raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     def _drop(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None

@@ -19,10 +19,10 @@ import datetime
 from typing import Any
 
 from . import _redis
-from .base import Collector, QueueReading
+from .base import QueueReading, RedisCollector
 
 
-class HueyCollector(Collector):
+class HueyCollector(RedisCollector):
     framework = "huey"
     states = ("waiting", "scheduled")
 
@@ -31,16 +31,12 @@ class HueyCollector(Collector):
         if not hasattr(storage, "queue_key") or not hasattr(storage, "pool"):
             raise ValueError(f"a Redis storage (this Huey uses {type(storage).__name__})")
         self.huey = huey
-        self.client = _redis.from_pool(storage.pool, timeout)
-        super().__init__(_redis.address(self.client), "--huey", 1)
+        super().__init__(_redis.from_pool(storage.pool, timeout), "--huey", 1)
         self.queue = huey.name
         self.queues = (huey.name,)
         self.queue_key = storage.queue_key
         self.schedule_key = storage.schedule_key
         self.sorted = bool(getattr(storage, "priority", False))
-
-    def check(self) -> None:
-        _redis.ping(self.client)
 
     def poll(self) -> list[QueueReading]:
         if self.sorted:
@@ -76,9 +72,3 @@ class HueyCollector(Collector):
         if eta.tzinfo is None and getattr(self.huey, "utc", True):
             eta = eta.replace(tzinfo=datetime.timezone.utc)
         return eta.timestamp()
-
-    def abort(self) -> None:
-        _redis.close(self.client)
-
-    def close(self) -> None:
-        _redis.close(self.client)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime
 import time
-from collections.abc import Sequence
 
 from rq.job import Job
 from rq.queue import Queue
@@ -32,7 +31,7 @@ from rq.registry import (
 )
 
 from . import _redis
-from .base import Collector, QueueReading
+from .base import QueueReading, RedisUrlCollector
 
 
 def parse_enqueued_at(value: bytes | str | None) -> float | None:
@@ -49,25 +48,10 @@ def parse_enqueued_at(value: bytes | str | None) -> float | None:
     return moment.timestamp()
 
 
-class RQCollector(Collector):
+class RQCollector(RedisUrlCollector):
     framework = "rq"
     states = ("waiting", "scheduled", "started", "deferred", "failed")
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        queues: Sequence[str] = (),
-        timeout: float = 5.0,
-        max_queues: int = 1000,
-        source: str = "--rq-redis-url",
-    ) -> None:
-        self.client = _redis.from_url(url, timeout)
-        super().__init__(_redis.address(self.client), source, max_queues)
-        self.queues = tuple(queues)
-
-    def check(self) -> None:
-        _redis.ping(self.client)
+    url_flag = "--rq-redis-url"
 
     def queue_names(self) -> list[str]:
         if self.queues:
@@ -114,9 +98,3 @@ class RQCollector(Collector):
                 )
             )
         return readings
-
-    def abort(self) -> None:
-        _redis.close(self.client)
-
-    def close(self) -> None:
-        _redis.close(self.client)
