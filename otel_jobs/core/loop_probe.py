@@ -14,28 +14,40 @@ flight (``run.loop``) and, once per tick, asks it one question: it schedules one
 
 What it must never do: run anything else on the loop. No task and no timer: one callback per
 loop per tick at most, which stores one clock reading (and, the first time, the loop thread's
-identity); every recording happens on the watchdog's thread. A loop found *idle*, its thread
-waiting in its selector called by the loop's own ``_run_once`` (one ``sys._current_frames()``
-per tick), is not woken: it would run a callback at once, so its lag is recorded as 0, and
-waking it would be most of the probe's cost. A coroutine that itself blocks in a selector
-(``subprocess.run``) is not idle: its caller is not ``_run_once``. A loop that is not running (a
-stopped loop between two ``run_until_complete`` calls) is not blocked: its pending callback is
-voided, so that the time the loop was stopped is never taken for lag. A closed loop, or one
-that has been garbage-collected, is forgotten; loops are held weakly.
+identity); every recording happens on the watchdog's thread. Waking a loop (a write to its
+self-pipe, its selector returning, the pipe read) is most of what a probe could cost, so the
+probe wakes none that it need not, judging from where each loop thread is (one
+``sys._current_frames()`` per tick):
+
+* a loop found *idle*, waiting in its selector, is not sent anything: it would run a callback
+  at once, so its lag is recorded as 0;
+* a loop found *busy* (its thread runs a callback, or is held by one) gets the callback queued
+  behind its current ones without a wake: it will look at its queue before it waits again;
+* a callback queued just as the loop went to wait (the loop is found idle at the next tick with
+  it still pending) is timed again from then and the loop woken.
+
+A coroutine that itself blocks in a selector (``subprocess.run``) is not idle: its caller is
+not the loop's. A loop that is not running (a stopped loop between two ``run_until_complete``
+calls) is not blocked: its pending callback is voided, so that the time the loop was stopped is
+never taken for lag. A closed loop, or one that has been garbage-collected, is forgotten; loops
+are held weakly. asyncio's private internals used for this are read in
+:mod:`otel_jobs.core.loop_internals` only (a loop of another kind is probed through
+``call_soon_threadsafe``).
 
 Cost: ``bench/bench_loop.py`` (the target is below 20 us per loop per tick, both threads).
 """
 
 from __future__ import annotations
 
-import functools
+import contextvars
 import sys
 import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any
+
+from .loop_internals import idle, post, thread_of, wake
 
 if TYPE_CHECKING:
     from asyncio import AbstractEventLoop
@@ -43,32 +55,9 @@ if TYPE_CHECKING:
     from .run import Run
     from .telemetry import Telemetry
 
+__all__ = ["Blocked", "LoopProbe", "LoopProbes", "idle", "post"]
+
 _monotonic = time.monotonic
-
-
-@functools.lru_cache(maxsize=1)
-def _idle_codes() -> tuple[frozenset[CodeType], CodeType]:
-    """The selectors' select() codes and asyncio's _run_once code (asyncio is loaded by then:
-    there is a loop to probe)."""
-    import selectors
-    from asyncio import base_events
-
-    names = ("SelectSelector", "PollSelector", "EpollSelector", "DevpollSelector", "KqueueSelector")
-    selects = frozenset(
-        getattr(selectors, n).select.__code__ for n in names if hasattr(selectors, n)
-    )
-    return selects, base_events.BaseEventLoop._run_once.__code__  # type: ignore[attr-defined]
-
-
-def idle(frame: FrameType | None) -> bool:
-    """Whether a loop thread's innermost frame is its loop waiting for I/O (see above)."""
-    if frame is None:
-        return False
-    selects, run_once = _idle_codes()
-    if frame.f_code not in selects:
-        return False
-    caller = frame.f_back
-    return caller is not None and caller.f_code is run_once
 
 
 class LoopProbe:
@@ -83,6 +72,9 @@ class LoopProbe:
         "native_id",
         "thread_name",
         "label",
+        "attributes",
+        "posted",
+        "context",
         "_lag",
         "__weakref__",
     )
@@ -98,6 +90,12 @@ class LoopProbe:
         self.native_id: int | None = None
         self.thread_name = thread_name
         self.label = ""
+        #: ``{"thread": label}``, the OpenTelemetry attributes of its lag.
+        self.attributes: dict[str, str] = {}
+        #: The pending callback was queued without waking the loop (it was busy).
+        self.posted = False
+        #: The context the callback runs in (made once: nothing of the watchdog's is copied).
+        self.context = contextvars.Context()
         self._lag: Any = None
 
     def _answered(self, token: int) -> None:
@@ -170,53 +168,64 @@ class LoopProbes:
             # The thread running the loop, which is not always the run's: Dramatiq's worker
             # thread waits while its async actor runs on the event-loop thread. asyncio's
             # loops keep it in _thread_id while they run (the probe's first answer says too).
-            ident = getattr(loop, "_thread_id", None)
-            if not isinstance(ident, int):
+            ident = thread_of(loop)
+            if ident is None:
                 ident = run.thread_id
             name = threads.get(ident, "unknown") if ident is not None else "unknown"
             probe = LoopProbe(loop, ident, name)
             telemetry = self._telemetry
             probe.label = telemetry.loop_threads(name)
+            probe.attributes = {"thread": probe.label}
             probe._lag = telemetry.loop_lag.labels(probe.label)
             probes[id(loop)] = probe
 
     def tick(self, now: float) -> None:
         """Record the answers of the last tick's callbacks and schedule the next ones."""
-        telemetry = self._telemetry
-        otel = telemetry.otel
+        otel = self._telemetry.otel
         frames = sys._current_frames() if self._probes else {}
         for key, probe in list(self._probes.items()):
             loop = probe.loop_ref()
             if loop is None or loop.is_closed():
                 del self._probes[key]
                 continue
+            frame = frames.get(probe.thread_id) if probe.thread_id is not None else None
             sent = probe.sent
             if sent is not None:
                 answer = probe.answer
                 if answer is None or answer[0] != probe.token:
-                    if loop.is_running():
-                        continue  # still waiting: the loop is blocked (blocked_for says how long)
-                    probe.token += 1  # stopped, not blocked: the callback will not count
-                    probe.sent = None
+                    if not loop.is_running():
+                        probe.token += 1  # stopped, not blocked: the callback will not count
+                        probe.sent = None
+                    elif probe.posted and idle(frame):
+                        # Queued just as the loop went to wait in its selector: from now on.
+                        probe.sent = now
+                        probe.posted = False
+                        wake(loop)
+                    # Else still waiting: the loop is blocked (blocked_for says how long).
                     continue
                 lag = max(answer[1] - sent, 0.0)
                 probe._lag.observe(lag)
                 if otel is not None:
-                    otel.loop_lag.record(lag, {"thread": probe.label})
+                    otel.loop_lag.record(lag, probe.attributes)
                 probe.sent = None
             if not loop.is_running():
                 continue
-            if probe.thread_id is not None and idle(frames.get(probe.thread_id)):
+            if idle(frame):
                 probe._lag.observe(0.0)  # waiting for I/O: it would run a callback at once
                 if otel is not None:
-                    otel.loop_lag.record(0.0, {"thread": probe.label})
+                    otel.loop_lag.record(0.0, probe.attributes)
                 continue
             probe.token += 1
             probe.sent = now
-            try:
-                loop.call_soon_threadsafe(probe._answered, probe.token)
-            except RuntimeError:  # closed meanwhile
-                probe.sent = None
+            # Busy (its thread is seen running): queued behind its callbacks, not woken.
+            probe.posted = frame is not None and post(
+                loop, probe._answered, probe.token, probe.context
+            )
+            if not probe.posted:
+                try:
+                    loop.call_soon_threadsafe(probe._answered, probe.token, context=probe.context)
+                except RuntimeError:  # closed meanwhile
+                    probe.sent = None
 
     def blocked(self, now: float, threshold: float, runs: list[Run]) -> dict[int, Blocked]:
         """Loops that ran nothing for longer than ``threshold``, with their runs in flight.

@@ -227,7 +227,7 @@ class Watchdog:
         for run in recovered:
             with errors.guard("watchdog"):
                 self._recover(run, now)
-        states = self._look_at_cpu([run for run, _ in fresh], watched, now)
+        states = self._look_at_cpu(fresh, watched, now)
         if fresh:
             frames = _diag().current_frames()
             for run, reason in fresh:
@@ -243,8 +243,17 @@ class Watchdog:
                 with errors.guard("watchdog"):
                     self._restate(run, states, now)
 
+    def _cpu_thread(self, run: Run, reason: str | None) -> int | None:
+        """The native id of the thread whose CPU use is the run's state: under a loop_blocked
+        verdict its loop's thread (the run itself may be suspended, or in another thread)."""
+        if reason == "loop_blocked":
+            probe = self.loops.probe_of(run.loop)
+            if probe is not None and probe.native_id is not None:
+                return probe.native_id
+        return run.native_id
+
     def _look_at_cpu(
-        self, fresh: list[Run], watched: list[Run], now: float
+        self, fresh: list[tuple[Run, str]], watched: list[Run], now: float
     ) -> dict[int, tuple[str, float | None]]:
         """Read the CPU time of the threads of these runs: ``{native_id: (state, ratio)}``.
 
@@ -253,9 +262,10 @@ class Watchdog:
         twice, a short moment apart.
         """
         ids: dict[int, None] = {}
-        for run in (*fresh, *watched):
-            if run.native_id is not None:
-                ids[run.native_id] = None
+        new = {self._cpu_thread(run, reason) for run, reason in fresh}
+        for native_id in (*new, *(self._cpu_thread(run, run.verdict) for run in watched)):
+            if native_id is not None:
+                ids[native_id] = None
                 if len(ids) >= MAX_CPU_LOOKS_PER_TICK:
                     break
         if not ids:
@@ -267,11 +277,7 @@ class Watchdog:
             cpu = _diag().thread_cpu_seconds(native_id)
             if cpu is not None:
                 samples[native_id] = (now, cpu)
-        need_second = [
-            run.native_id
-            for run in fresh
-            if run.native_id in samples and run.native_id not in previous
-        ]
+        need_second = [i for i in new if i in samples and i not in previous]
         if need_second:
             interval = self._agent.settings.watchdog_interval
             window = min(0.2, max(0.05, interval / 2))
@@ -304,7 +310,7 @@ class Watchdog:
         runs: list[Run] | None = None,
         loop: Blocked | None = None,
     ) -> None:
-        cpu = states.get(run.native_id) if run.native_id is not None else None
+        cpu = states.get(self._cpu_thread(run, reason))  # type: ignore[arg-type]
         diagnosis = _diag().diagnose(
             run, reason, now, frames, cpu or ("unknown", None), runs=runs, loop=loop
         )
@@ -344,10 +350,14 @@ class Watchdog:
         diagnosis: Diagnosis = run.diagnosis
         if diagnosis.given_at == now:
             return
-        if run.task is not None and not _diag().task_running(run.task):
-            state: str | None = "unknown"
-        else:
-            measured = states.get(run.native_id) if run.native_id is not None else None
+        if (
+            run.verdict != "loop_blocked"
+            and run.task is not None
+            and not _diag().task_running(run.task)
+        ):
+            state: str | None = "unknown"  # suspended at an await: its thread runs other tasks
+        else:  # a thread, a task holding its loop, or the thread of a loop blocked
+            measured = states.get(self._cpu_thread(run, run.verdict))  # type: ignore[arg-type]
             state = measured[0] if measured is not None and measured[0] != "unknown" else None
         if state is not None and state != run.state:
             run.state = state

@@ -20,6 +20,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import otel_jobs
+from otel_jobs.core.watchdog import Watchdog
 from tests.support import Samples, scrape, spans_named
 from tests.support.threads import TickCounter
 from tests.watchdog.support import DEADLINE, here, run_named, wait_for
@@ -404,3 +405,61 @@ def test_a_coroutine_waiting_in_a_selector_of_its_own_is_no_idle_loop(
     finally:
         release.set()
     future.result(DEADLINE)
+
+
+def stalled_runs(agent: Any, job_name: str, state: str) -> float:
+    """``otel_jobs_runs_stalled{job_name, state}`` as the registry has it now."""
+    return sum(
+        sample.value
+        for family in agent.telemetry.registry.collect()
+        for sample in family.samples
+        if sample.name == "otel_jobs_runs_stalled"
+        and sample.labels.get("job_name") == job_name
+        and sample.labels.get("state") == state
+    )
+
+
+def test_the_oldest_run_given_the_verdict_keeps_the_state_of_the_loops_thread(
+    instrumented: Callable[..., Any], loop: asyncio.AbstractEventLoop
+) -> None:
+    """The run given a loop_blocked verdict for code outside any run is suspended at an await:
+    its state is the loop thread's, at the verdict and at every tick after it (it read
+    ``unknown`` from the second tick on). The watchdog is ticked by hand on a controlled clock."""
+    agent = instrumented(
+        watchdog=False, prometheus=False, frameworks=[], outbound=[], loop_blocked_timeout=5
+    )
+    holding, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    @otel_jobs.job(name="lb.suspended", heartbeat_timeout=120)
+    async def suspended() -> None:
+        await until(done)
+
+    futures = [asyncio.run_coroutine_threadsafe(suspended(), loop) for _ in range(2)]
+    wait_for("two runs", lambda: len([r for r in agent.runs() if r.name == "lb.suspended"]) == 2)
+    oldest = min(agent.runs(), key=lambda r: r.start_mono)
+
+    def holds_the_loop() -> None:
+        holding.set()
+        release.wait()  # no CPU: the loop's thread is blocked
+
+    now = [time.monotonic()]
+    watchdog = Watchdog(agent, clock=lambda: now[0])
+    try:
+        loop.call_soon_threadsafe(holds_the_loop)
+        holding.wait(DEADLINE)
+        watchdog.tick()  # the probe is sent to the held loop
+        now[0] += 6  # past the loop_blocked_timeout: the verdict, on the oldest run
+        watchdog.tick()
+        assert oldest.verdict == "loop_blocked" and oldest.diagnosis.loop["culprit"] is None
+        for _ in range(3):  # the state is looked at again at each tick: the loop thread's
+            now[0] += 1
+            watchdog.tick()
+            assert oldest.verdict == "loop_blocked"
+            assert oldest.state == "blocked"
+            assert stalled_runs(agent, "lb.suspended", "blocked") == 1
+            assert stalled_runs(agent, "lb.suspended", "unknown") == 0
+    finally:
+        release.set()
+        done.set()
+    for future in futures:
+        future.result(DEADLINE)
