@@ -760,6 +760,38 @@ def overview() -> dash.Dashboard:
             w=8,
         )
     )
+    d = d.with_panel(
+        _timeseries(
+            "Event loops: seconds blocked now, per thread",
+            "How long each asyncio event loop running otel-jobs runs has run nothing, as the watchdog's probe sees it (0 while the loop answers). A busy loop that keeps answering stays below one watchdog interval; a line that climbs is a loop held by a blocking call or a CPU loop in a coroutine, and every run on it waits. The watchdog's loop_blocked WARNING names the line.",
+            "s",
+            [
+                _query(
+                    f"otel_jobs_event_loop_blocked_seconds{{{INSTANCES}}}",
+                    "{{instance}} {{thread}}",
+                )
+            ],
+            _steps((None, GREEN), (1, ORANGE), (5, RED)),
+            threshold_lines=True,
+            links=[_runbook("OtelJobsEventLoopBlocked")],
+        )
+    )
+    d = d.with_panel(
+        _timeseries(
+            "Event loops: lag p99, per thread",
+            "How late each event loop ran the watchdog's probe callback, 99th percentile over the rate interval. A loop that keeps up stays in the first buckets (1 to 10 ms); lag that grows means coroutines hold the loop between their awaits.",
+            "s",
+            [
+                _query(
+                    "histogram_quantile(0.99, sum by (instance, thread, le) "
+                    f"(rate(otel_jobs_event_loop_lag_seconds_bucket{{{INSTANCES}}}[$__rate_interval])))",
+                    "{{instance}} {{thread}}",
+                )
+            ],
+            _steps((None, GREEN), (0.1, ORANGE), (1, RED)),
+            links=[_runbook("OtelJobsEventLoopBlocked")],
+        )
+    )
     return d
 
 
