@@ -19,6 +19,7 @@ import pytest
 from opentelemetry import trace
 
 import otel_jobs
+from tests.integrations.counts import QueueCounts
 from tests.integrations.workers import GroupWorker, purge_dramatiq, start
 from tests.support import Samples, free_port, require_rabbitmq, require_redis, scrape
 
@@ -244,9 +245,8 @@ def test_real_worker_outcomes_limits_stalls_and_exact_counts(
         dq_app.hang.send()
 
     q = worker.queue
-
-    def finished(s: Samples, job: str, outcome: str) -> float:
-        return s.total("otel_jobs_runs_finished_total", job_name=job, queue=q, outcome=outcome)
+    counts = QueueCounts(q)
+    finished = counts.finished
 
     def settled(s: Samples) -> bool:
         return (
@@ -267,10 +267,6 @@ def test_real_worker_outcomes_limits_stalls_and_exact_counts(
         s = scrape(worker.url)
 
         expected_started = {"ok": 3, "later": 1, "boom": 2, "flaky": 2, "slow": 1, "hang": 1}
-        for job, count in expected_started.items():
-            assert s.value("otel_jobs_runs_started_total", job_name=job, queue=q) == count, job
-            # every run has a queue wait, measured from publish or due time
-            assert s.value("otel_jobs_queue_wait_seconds_count", job_name=job, queue=q) == count
         expected_finished = {
             ("ok", "success"): 3,
             ("later", "success"): 1,
@@ -279,10 +275,10 @@ def test_real_worker_outcomes_limits_stalls_and_exact_counts(
             ("flaky", "success"): 1,
             ("slow", "timeout"): 1,
         }
-        for job in expected_started:
-            for outcome in ("success", "failure", "retry", "timeout", "cancelled"):
-                want = expected_finished.get((job, outcome), 0)
-                assert finished(s, job, outcome) == want, (job, outcome)
+        counts.assert_exact(s, expected_started, expected_finished)
+        for job, count in expected_started.items():
+            # every run has a queue wait, measured from publish or due time
+            assert s.value("otel_jobs_queue_wait_seconds_count", job_name=job, queue=q) == count
 
         # Dead-letter queue: boom x2 (no retries) and slow (timed out, no retries); not flaky.
         assert s.value("otel_jobs_runs_dead_lettered_total", job_name="boom", queue=q) == 2
@@ -296,16 +292,7 @@ def test_real_worker_outcomes_limits_stalls_and_exact_counts(
         assert s.value("otel_jobs_run_max_duration_seconds", job_name="ok", queue=q) == 600.0
 
         # The hung run: in flight, stalled (no heartbeat for 1 s), counted once.
-        assert s.value("otel_jobs_runs_in_progress", job_name="hang", queue=q) == 1
-        assert s.value("otel_jobs_run_heartbeat_timeout_seconds", job_name="hang", queue=q) == 1.0
-        assert s.total("otel_jobs_runs_stalled", job_name="hang", queue=q) == 1
-        assert (
-            s.value(
-                "otel_jobs_stalls_detected_total", job_name="hang", queue=q, reason="no_heartbeat"
-            )
-            == 1
-        )
-        assert s.total("otel_jobs_stalls_detected_total", job_name="hang", queue=q) == 1
+        counts.assert_stalled_once(s, "hang", heartbeat_timeout=1.0)
         for job in ("ok", "later", "boom", "flaky", "slow"):
             assert s.value("otel_jobs_runs_in_progress", job_name=job, queue=q) == 0
         assert s.find("otel_jobs_oldest_run_start_timestamp_seconds", job_name="ok", queue=q) == []

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import otel_jobs
+from tests.integrations.counts import QueueCounts
 from tests.integrations.workers import GroupWorker, purge_huey, start
 from tests.support import Samples, free_port, require_redis, scrape
 
@@ -191,15 +192,8 @@ def test_process_workers_outcomes_timeout_skips_stall_and_exact_counts(
     expiry = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
     app.stale.schedule(delay=2, expires=expiry + datetime.timedelta(seconds=1))
 
-    def finished(s: Samples, job: str, outcome: str) -> float:
-        return s.total(
-            "otel_jobs_runs_finished_total", job_name=f"hq_app.{job}", queue=q, outcome=outcome
-        )
-
-    def skipped(s: Samples, job: str, reason: str) -> float:
-        return s.total(
-            "otel_jobs_runs_skipped_total", job_name=f"hq_app.{job}", queue=q, reason=reason
-        )
+    counts = QueueCounts(q, prefix="hq_app.")
+    finished, skipped = counts.finished, counts.skipped
 
     def settled(s: Samples) -> bool:
         return (
@@ -221,11 +215,6 @@ def test_process_workers_outcomes_timeout_skips_stall_and_exact_counts(
         s = scrape(consumer.url)
 
         started = {"ok": 3, "later": 1, "boom": 2, "flaky": 2, "slow": 1, "hang": 1, "guarded": 1}
-        for job, count in started.items():
-            name = f"hq_app.{job}"
-            assert s.value("otel_jobs_runs_started_total", job_name=name, queue=q) == count, job
-        for job in ("gone", "stale"):  # never started
-            assert s.total("otel_jobs_runs_started_total", job_name=f"hq_app.{job}", queue=q) == 0
         expected = {
             ("ok", "success"): 3,
             ("later", "success"): 1,
@@ -235,9 +224,9 @@ def test_process_workers_outcomes_timeout_skips_stall_and_exact_counts(
             ("slow", "timeout"): 1,
             ("guarded", "failure"): 1,
         }
-        for job in started:
-            for outcome in ("success", "failure", "retry", "timeout", "cancelled"):
-                assert finished(s, job, outcome) == expected.get((job, outcome), 0), (job, outcome)
+        counts.assert_exact(s, started, expected)
+        for job in ("gone", "stale"):  # never started
+            assert s.total("otel_jobs_runs_started_total", job_name=f"hq_app.{job}", queue=q) == 0
         assert skipped(s, "guarded", "locked") == 1
         assert skipped(s, "gone", "revoked") == 1
         assert skipped(s, "stale", "expired") == 1
@@ -250,17 +239,7 @@ def test_process_workers_outcomes_timeout_skips_stall_and_exact_counts(
         )
 
         # The hung run: in flight in a forked worker, stalled once, seen on the consumer's endpoint.
-        hang = "hq_app.hang"
-        assert s.value("otel_jobs_runs_in_progress", job_name=hang, queue=q) == 1
-        assert s.value("otel_jobs_run_heartbeat_timeout_seconds", job_name=hang, queue=q) == 1.0
-        assert s.total("otel_jobs_runs_stalled", job_name=hang, queue=q) == 1
-        assert (
-            s.value(
-                "otel_jobs_stalls_detected_total", job_name=hang, queue=q, reason="no_heartbeat"
-            )
-            == 1
-        )
-        assert s.total("otel_jobs_stalls_detected_total", job_name=hang, queue=q) == 1
+        counts.assert_stalled_once(s, "hang", heartbeat_timeout=1.0)
         assert s.value("otel_jobs_runs_in_progress", job_name="hq_app.ok", queue=q) == 0
 
         # Queue wait: only tasks with a due time have one (Huey messages carry no publish

@@ -4,7 +4,7 @@ database on it, emptied before each test) and RabbitMQ queue names unique to a t
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,20 @@ def processes() -> Iterator[list[AppWorker]]:
     yield started
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def workers(
+    tmp_path: Path, processes: list[AppWorker], request: pytest.FixtureRequest
+) -> Callable[[str, str], AppWorker]:
+    """Starts the module's ``Worker(broker_url, queue, directory)``; killed after the test."""
+    worker_class = request.module.Worker
+
+    def start(broker_url: str, queue: str) -> AppWorker:
+        processes.append(worker_class(broker_url, queue, tmp_path))
+        return processes[-1]
+
+    return start
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,6 @@ monitor in-process (polled on demand, scraped on its real ``/metrics``) or as a 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -28,8 +27,9 @@ from typing import Any
 import pytest
 
 from otel_jobs.core.exposition import MetricsServer, serve
-from otel_jobs.monitor import Collector, Monitor
-from tests.support import IN_CI, Samples, free_port, scrape
+from otel_jobs.monitor import Collector, Monitor, QueueReading
+from tests import support
+from tests.support import Samples, free_port, scrape
 from tests.support.waiting import WAIT, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,20 +39,56 @@ def depth(samples: Samples, framework: str, queue: str, state: str) -> float:
     return samples.value("otel_jobs_queue_depth", framework=framework, queue=queue, state=state)
 
 
+def assert_depths(samples: Samples, framework: str, queue: str, **states: float) -> None:
+    """The queue's depth in each of ``states`` is the one given."""
+    for state, n in states.items():
+        assert depth(samples, framework, queue, state) == n, state
+
+
 def ages(samples: Samples, framework: str, queue: str) -> list[float]:
     return samples.find(
         "otel_jobs_queue_oldest_waiting_age_seconds", framework=framework, queue=queue
     )
 
 
+def age_grows(monitor: Polled, framework: str, queue: str, samples: Samples) -> Samples:
+    """Polls until the queue's oldest waiting age is past the one ``samples`` shows (nobody
+    drains it); that scrape."""
+    (age,) = ages(samples, framework, queue)
+    return wait_for(
+        "the oldest age to grow",
+        lambda: (x := monitor.poll()) and ages(x, framework, queue)[0] > age and x,
+    )
+
+
+def poll_until(monitor: Polled, what: str, framework: str, queue: str, **states: float) -> Samples:
+    """Polls until the queue's depth in each of ``states`` is the one given; that scrape."""
+    return wait_for(
+        what,
+        lambda: (
+            (x := monitor.poll())
+            and all(depth(x, framework, queue, state) == n for state, n in states.items())
+            and x
+        ),
+    )
+
+
+def read_alike(a: Sequence[Collector], b: Sequence[Collector]) -> list[QueueReading]:
+    """Two monitors (collectors ``a`` and ``b`` on the same broker) polled once each: both
+    reach it and read the same figures; those readings."""
+    with Polled(a) as x, Polled(b) as y:
+        x.poll()
+        y.poll()
+        ((_, one),) = x.monitor.outcomes()
+        ((_, two),) = y.monitor.outcomes()
+    assert one.up and two.up
+    assert one.readings == two.readings
+    return one.readings
+
+
 def require_binary(name: str, package: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed; install it with: apt-get install -y {package}"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    """The path of program ``name`` of Debian's ``package``; skip (CI: fail) without it."""
+    return support.require_binary(name, f"apt-get install -y {package}")
 
 
 class RedisServer:

@@ -16,7 +16,7 @@ import pytest
 
 from otel_jobs.monitor.arq import ArqCollector
 
-from .support import Polled, ages, depth, snapshot, wait_for
+from .support import Polled, age_grows, ages, assert_depths, depth, poll_until, read_alike, snapshot
 
 arq = pytest.importorskip("arq")
 
@@ -99,11 +99,8 @@ def test_a_backlog_nobody_drains_then_a_worker_drains_it(
     before = snapshot(redis_url)
     with Polled([ArqCollector(redis_url, queues=[QUEUE])]) as m:
         s = m.poll()
-        assert depth(s, "arq", QUEUE, "waiting") == 6
-        assert depth(s, "arq", QUEUE, "scheduled") == 0
-        assert depth(s, "arq", QUEUE, "started") == 0
-        (age,) = ages(s, "arq", QUEUE)
-        wait_for("the oldest age to grow", lambda: ages(m.poll(), "arq", QUEUE)[0] > age)
+        assert_depths(s, "arq", QUEUE, waiting=6, scheduled=0, started=0)
+        age_grows(m, "arq", QUEUE, s)
         assert snapshot(redis_url) == before, "the monitor changed something in Redis"
 
         proc = worker(redis_url, "--burst")
@@ -123,10 +120,7 @@ def test_deferred_and_running_jobs_are_counted_in_their_state(
         assert depth(s, "arq", QUEUE, "scheduled") == 1
         assert depth(s, "arq", QUEUE, "waiting") == 1
         worker(redis_url)
-        s = wait_for(
-            "the sleep job to be started",
-            lambda: (x := m.poll()) and depth(x, "arq", QUEUE, "started") == 1 and x,
-        )
+        s = poll_until(m, "the sleep job to be started", "arq", QUEUE, started=1)
         # The running job is still in arq's sorted set, but it is not waiting any more.
         assert depth(s, "arq", QUEUE, "waiting") == 0
         assert depth(s, "arq", QUEUE, "scheduled") == 1
@@ -143,10 +137,7 @@ def test_more_running_jobs_than_the_first_probe_are_all_started(
     enqueue(redis_url, *[("ok", i) for i in range(3)])  # younger: they wait for a free slot
     with Polled([ArqCollector(redis_url, queues=[QUEUE])]) as m:
         worker(redis_url)
-        s = wait_for(
-            f"{running} jobs started",
-            lambda: (x := m.poll()) and depth(x, "arq", QUEUE, "started") == running and x,
-        )
+        s = poll_until(m, f"{running} jobs started", "arq", QUEUE, started=running)
         assert depth(s, "arq", QUEUE, "waiting") == 3
         # The oldest waiting job is the first "ok", not one of the running sleeps.
         ((_, outcome),) = m.monitor.outcomes()
@@ -160,11 +151,6 @@ def test_more_running_jobs_than_the_first_probe_are_all_started(
 
 def test_two_monitors_read_the_same_figures_and_the_default_queue(redis_url: str) -> None:
     enqueue(redis_url, ("ok", 1), ("ok", 2), queue="arq:queue")
-    with Polled([ArqCollector(redis_url)]) as a, Polled([ArqCollector(redis_url)]) as b:
-        a.poll()
-        b.poll()
-        ((_, one),) = a.monitor.outcomes()
-        ((_, two),) = b.monitor.outcomes()
-        assert one.up and two.up and one.readings == two.readings
-        assert one.readings[0].queue == "arq:queue"
-        assert one.readings[0].depths == {"waiting": 2, "scheduled": 0, "started": 0}
+    readings = read_alike([ArqCollector(redis_url)], [ArqCollector(redis_url)])
+    assert readings[0].queue == "arq:queue"
+    assert readings[0].depths == {"waiting": 2, "scheduled": 0, "started": 0}

@@ -16,7 +16,17 @@ from otel_jobs.monitor.celery import collector_for_app
 from tests.support.processes import AppWorker
 
 from .conftest import RABBITMQ_URL
-from .support import Polled, ages, depth, snapshot, wait_for
+from .support import (
+    Polled,
+    age_grows,
+    ages,
+    assert_depths,
+    depth,
+    poll_until,
+    read_alike,
+    snapshot,
+    wait_for,
+)
 
 celery = pytest.importorskip("celery")
 
@@ -70,15 +80,6 @@ class Worker(AppWorker):
 
 
 @pytest.fixture
-def workers(tmp_path: Path, processes: list[AppWorker]) -> Callable[[str, str], Worker]:
-    def start(broker: str, queue: str) -> Worker:
-        processes.append(Worker(broker, queue, tmp_path))
-        return processes[-1]  # type: ignore[return-value]
-
-    return start
-
-
-@pytest.fixture
 def publisher(instrumented: Callable[..., Any]) -> None:
     """This process publishes as an instrumented app does: each message stamped with its time."""
     instrumented(frameworks=["celery"], outbound=[], prometheus=False, watchdog=False)
@@ -101,18 +102,12 @@ def test_redis_backlog_nobody_drains_then_a_worker_drains_it(
     before = snapshot(redis_url)
     with Polled([collector_for_app(app)]) as m:
         s = m.poll()
-        assert depth(s, "celery", queue, "waiting") == 6
-        assert depth(s, "celery", queue, "reserved") == 0
-        assert depth(s, "celery", queue, "scheduled") == 0
-        (age,) = ages(s, "celery", queue)
-        wait_for("the oldest age to grow", lambda: ages(m.poll(), "celery", queue)[0] > age)
+        assert_depths(s, "celery", queue, waiting=6, reserved=0, scheduled=0)
+        age_grows(m, "celery", queue, s)
         assert snapshot(redis_url) == before, "the monitor changed something in Redis"
 
         workers(redis_url, queue)
-        drained = wait_for(
-            "the worker to drain the queue",
-            lambda: (x := m.poll()) and depth(x, "celery", queue, "waiting") == 0 and x,
-        )
+        drained = poll_until(m, "the worker to drain the queue", "celery", queue, waiting=0)
         wait_for("nothing reserved", lambda: depth(m.poll(), "celery", queue, "reserved") == 0)
         assert ages(drained, "celery", queue) == []
 
@@ -141,15 +136,7 @@ def test_redis_scheduled_and_reserved_tasks_held_by_a_worker(
     send(app, "mon.ok", 1, countdown=3600)  # the worker holds it, unacknowledged, until due
     send(app, "mon.sleep", 600)  # running: delivered and not acknowledged
     with Polled([collector_for_app(app)]) as m:
-        s = wait_for(
-            "one scheduled, one reserved",
-            lambda: (
-                (x := m.poll())
-                and depth(x, "celery", queue, "scheduled") == 1
-                and depth(x, "celery", queue, "reserved") == 1
-                and x
-            ),
-        )
+        s = poll_until(m, "one scheduled, one reserved", "celery", queue, scheduled=1, reserved=1)
         assert depth(s, "celery", queue, "waiting") == 0
         assert ages(s, "celery", queue) == []
         assert s.find("otel_jobs_queue_depth", queue=celery_monitor.UNATTRIBUTED) == []
@@ -165,13 +152,8 @@ def test_redis_two_monitors_read_the_same_figures(redis_url: str, publisher: Non
     app = make_app(redis_url, queue)
     for i in range(4):
         send(app, "mon.ok", i, priority=i * 3)
-    with Polled([collector_for_app(app)]) as a, Polled([collector_for_app(app)]) as b:
-        a.poll()
-        b.poll()
-        ((_, one),) = a.monitor.outcomes()
-        ((_, two),) = b.monitor.outcomes()
-        assert one.up and two.up and one.readings == two.readings
-        assert one.readings[0].depths["waiting"] == 4
+    readings = read_alike([collector_for_app(app)], [collector_for_app(app)])
+    assert readings[0].depths["waiting"] == 4
 
 
 # --- RabbitMQ ----------------------------------------------------------------------------------
@@ -213,10 +195,5 @@ def test_rabbitmq_two_monitors_read_the_same_figures(rabbit_queue: str) -> None:
     app = make_app(RABBITMQ_URL, rabbit_queue)
     for i in range(3):
         send(app, "mon.ok", i)
-    with Polled([collector_for_app(app)]) as a, Polled([collector_for_app(app)]) as b:
-        a.poll()
-        b.poll()
-        ((_, one),) = a.monitor.outcomes()
-        ((_, two),) = b.monitor.outcomes()
-        assert one.up and two.up and one.readings == two.readings
-        assert one.readings[0].depths == {"waiting": 3}
+    readings = read_alike([collector_for_app(app)], [collector_for_app(app)])
+    assert readings[0].depths == {"waiting": 3}

@@ -14,7 +14,7 @@ from otel_jobs.monitor.dramatiq import collector_for_broker, message_due
 from tests.support.processes import AppWorker
 
 from .conftest import RABBITMQ_URL
-from .support import Polled, ages, depth, snapshot, wait_for
+from .support import Polled, age_grows, ages, depth, poll_until, read_alike, snapshot
 
 dramatiq = pytest.importorskip("dramatiq")
 
@@ -78,15 +78,6 @@ class Worker(AppWorker):
 
 
 @pytest.fixture
-def workers(tmp_path: Path, processes: list[AppWorker]) -> Callable[[str, str], Worker]:
-    def start(broker_url: str, queue: str) -> Worker:
-        processes.append(Worker(broker_url, queue, tmp_path))
-        return processes[-1]  # type: ignore[return-value]
-
-    return start
-
-
-@pytest.fixture
 def redis_broker(redis_url: str) -> Iterator[RedisBroker]:
     broker = RedisBroker(url=redis_url)
     yield broker
@@ -116,19 +107,12 @@ def test_redis_backlog_nobody_drains_then_a_worker_drains_it(
         assert depth(s, "dramatiq", queue, "waiting") == 5
         for state in ("scheduled", "reserved", "dead"):
             assert depth(s, "dramatiq", queue, state) == 0
-        (age,) = ages(s, "dramatiq", queue)
-        wait_for("the oldest age to grow", lambda: ages(m.poll(), "dramatiq", queue)[0] > age)
+        age_grows(m, "dramatiq", queue, s)
         assert snapshot(redis_url) == before, "the monitor changed something in Redis"
 
         workers(redis_url, queue)
-        drained = wait_for(
-            "the worker to drain the queue",
-            lambda: (
-                (x := m.poll())
-                and depth(x, "dramatiq", queue, "waiting") == 0
-                and depth(x, "dramatiq", queue, "reserved") == 0
-                and x
-            ),
+        drained = poll_until(
+            m, "the worker to drain the queue", "dramatiq", queue, waiting=0, reserved=0
         )
         assert ages(drained, "dramatiq", queue) == []
 
@@ -146,14 +130,13 @@ def test_redis_delayed_dead_and_reserved_messages_in_their_state(
         assert depth(s, "dramatiq", queue, "scheduled") == 1
         assert depth(s, "dramatiq", queue, "waiting") == 2
         workers(redis_url, queue)
-        s = wait_for(
+        s = poll_until(
+            m,
             "boom dead-lettered, sleep running, the delayed one still delayed",
-            lambda: (
-                (x := m.poll())
-                and depth(x, "dramatiq", queue, "dead") == 1
-                and depth(x, "dramatiq", queue, "reserved") == 1
-                and x
-            ),
+            "dramatiq",
+            queue,
+            dead=1,
+            reserved=1,
         )
         # The worker holds the delayed message until it is due: still scheduled, not waiting.
         assert depth(s, "dramatiq", queue, "scheduled") == 1
@@ -168,13 +151,8 @@ def test_redis_two_monitors_read_the_same_figures(redis_broker: RedisBroker) -> 
         redis_broker.enqueue(message(queue, "ok", i))
     redis_broker.enqueue(message(queue, "ok", 9), delay=60_000)
     collectors = [collector_for_broker(redis_broker) for _ in range(2)]
-    with Polled(collectors[:1]) as a, Polled(collectors[1:]) as b:
-        a.poll()
-        b.poll()
-        ((_, one),) = a.monitor.outcomes()
-        ((_, two),) = b.monitor.outcomes()
-        assert one.up and two.up and one.readings == two.readings
-        assert one.readings[0].depths["waiting"] == 3
+    readings = read_alike(collectors[:1], collectors[1:])
+    assert readings[0].depths["waiting"] == 3
 
 
 def test_a_delayed_message_made_due_ages_from_its_due_time() -> None:
@@ -207,14 +185,13 @@ def test_rabbitmq_backlog_delayed_dead_then_drained_and_no_age(
         assert depth(m.poll(), "dramatiq", queue, "waiting") == 5  # passive: nothing taken
 
         workers(RABBITMQ_URL, queue)
-        s = wait_for(
+        s = poll_until(
+            m,
             "the worker to drain the queue and dead-letter boom",
-            lambda: (
-                (x := m.poll())
-                and depth(x, "dramatiq", queue, "waiting") == 0
-                and depth(x, "dramatiq", queue, "dead") == 1
-                and x
-            ),
+            "dramatiq",
+            queue,
+            waiting=0,
+            dead=1,
         )
         assert ages(s, "dramatiq", queue) == []
 
@@ -225,13 +202,7 @@ def test_rabbitmq_two_monitors_read_the_same_figures(
     rabbit_broker.declare_queue(rabbit_queue)
     for i in range(2):
         rabbit_broker.enqueue(message(rabbit_queue, "ok", i))
-    with (
-        Polled([collector_for_broker(rabbit_broker)]) as a,
-        Polled([collector_for_broker(rabbit_broker)]) as b,
-    ):
-        a.poll()
-        b.poll()
-        ((_, one),) = a.monitor.outcomes()
-        ((_, two),) = b.monitor.outcomes()
-        assert one.up and two.up and one.readings == two.readings
-        assert one.readings[0].depths == {"waiting": 2, "scheduled": 0, "dead": 0}
+    readings = read_alike(
+        [collector_for_broker(rabbit_broker)], [collector_for_broker(rabbit_broker)]
+    )
+    assert readings[0].depths == {"waiting": 2, "scheduled": 0, "dead": 0}

@@ -18,7 +18,7 @@ import pytest
 
 from otel_jobs.monitor.huey import HueyCollector
 
-from .support import Polled, ages, depth, snapshot, wait_for
+from .support import Polled, age_grows, ages, depth, poll_until, snapshot
 
 huey_lib = pytest.importorskip("huey")
 
@@ -151,14 +151,11 @@ def test_a_head_with_a_due_time_ages_and_a_consumer_drains_the_queue(
         assert depth(s, "huey", a.name, "waiting") == 5
         (age,) = ages(s, "huey", a.name)
         assert age >= 120
-        wait_for("the oldest age to grow", lambda: ages(m.poll(), "huey", a.name)[0] > age)
+        age_grows(m, "huey", a.name, s)
         assert snapshot(redis_url) == before, "the monitor changed something in Redis"
 
         a.consumer()
-        drained = wait_for(
-            "the consumer to drain the queue",
-            lambda: (x := m.poll()) and depth(x, "huey", a.name, "waiting") == 0 and x,
-        )
+        drained = poll_until(m, "the consumer to drain the queue", "huey", a.name, waiting=0)
         assert ages(drained, "huey", a.name) == []
 
 
@@ -169,10 +166,7 @@ def test_a_delayed_task_is_scheduled_once_the_consumer_has_read_it(
     a.consumer()
     a.module.ok.schedule((1,), delay=3600)
     with Polled([HueyCollector(a.huey)]) as m:
-        s = wait_for(
-            "the delayed task in the schedule",
-            lambda: (x := m.poll()) and depth(x, "huey", a.name, "scheduled") == 1 and x,
-        )
+        s = poll_until(m, "the delayed task in the schedule", "huey", a.name, scheduled=1)
         assert depth(s, "huey", a.name, "waiting") == 0
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from otel_jobs.monitor.rq import RQCollector, parse_enqueued_at
 
-from .support import Polled, ages, depth, snapshot, wait_for
+from .support import Polled, age_grows, ages, depth, poll_until, read_alike, snapshot
 
 rq = pytest.importorskip("rq")
 import redis  # noqa: E402
@@ -55,9 +55,8 @@ def test_a_backlog_nobody_drains_then_a_worker_drains_it(
         assert depth(first, "rq", QUEUE, "waiting") == 7
         for state in ("scheduled", "started", "deferred", "failed"):
             assert depth(first, "rq", QUEUE, state) == 0
-        (age,) = ages(first, "rq", QUEUE)
         # Nobody drains the queue: its oldest job only gets older.
-        older = wait_for("the oldest age to grow", lambda: ages(m.poll(), "rq", QUEUE)[0] > age)
+        older = age_grows(m, "rq", QUEUE, first)
         assert older
         assert snapshot(redis_url) == before, "the monitor changed something in Redis"
 
@@ -93,10 +92,7 @@ def test_scheduled_deferred_failed_and_started_jobs_are_counted_in_their_state(
         queue.enqueue("time.sleep", 600, job_timeout=900)
         running = worker(redis_url, tmp_path / "running.log", QUEUE, burst=False)
         try:
-            s = wait_for(
-                "the job to be started",
-                lambda: (x := m.poll()) and depth(x, "rq", QUEUE, "started") == 1 and x,
-            )
+            s = poll_until(m, "the job to be started", "rq", QUEUE, started=1)
             assert depth(s, "rq", QUEUE, "waiting") == 0
         finally:
             os.killpg(running.pid, signal.SIGKILL)
@@ -108,13 +104,8 @@ def test_two_monitors_read_the_same_figures(redis_url: str, client: redis.Redis)
     for _ in range(3):
         queue.enqueue("os.getpid")
     queue.enqueue_in(datetime.timedelta(hours=1), "os.getpid")
-    with Polled([RQCollector(redis_url)]) as a, Polled([RQCollector(redis_url)]) as b:
-        a.poll()
-        b.poll()
-        ((_, one),) = a.monitor.outcomes()
-        ((_, two),) = b.monitor.outcomes()
-        assert one.up and two.up
-        assert one.readings == two.readings  # depths and the head's enqueue time, exactly
+    # Both up, with the same depths and the head's enqueue time, exactly.
+    read_alike([RQCollector(redis_url)], [RQCollector(redis_url)])
 
 
 def test_discovered_queues_are_capped_and_the_cap_is_logged_once(

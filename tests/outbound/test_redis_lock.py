@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +22,7 @@ import redis.lock
 import otel_jobs
 from tests.outbound.conftest import NO_TIMEOUT, flagged, here, in_thread, metrics, warnings_of
 from tests.support import require_redis
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -212,12 +212,12 @@ def test_a_run_waiting_on_a_lock_shows_it_in_flight(outbound: Any, client: redis
 
     thread = threading.Thread(target=job, daemon=True)
     thread.start()
-    waiting: list[Any] = []
-    deadline = time.monotonic() + 30
-    while not waiting and time.monotonic() < deadline:
-        time.sleep(0.01)
-        waiting = [c for c in (runs[0].calls if runs else []) if c.library == "redis-lock"]
-    assert waiting, "the acquire never showed in the run's calls"
+    waiting = wait_for(
+        "the acquire in the run's calls",
+        lambda: [c for c in (runs[0].calls if runs else []) if c.library == "redis-lock"],
+        30,
+        interval=0.01,
+    )
     [call] = waiting
     assert (call.method, call.host, call.missing) == (f"ACQUIRE {name}", HOST, ("blocking",))
     assert call.call_site == sites[0]
@@ -258,13 +258,15 @@ def test_the_watchdog_sees_a_run_waiting_on_a_lock_as_stalled(
 
     thread = threading.Thread(target=job, daemon=True)
     thread.start()
-    stuck: list[str] = []
-    deadline = time.monotonic() + 30
-    while not stuck and time.monotonic() < deadline:
-        time.sleep(0.05)
-        stuck = [r.getMessage() for r in caplog.records if "locks.stuck" in r.getMessage()]
-    client.delete(name)
-    thread.join(30)
-    assert stuck, "the watchdog never reported the run waiting on the lock"
+    try:
+        stuck = wait_for(
+            "the watchdog to report the run waiting on the lock",
+            lambda: [r.getMessage() for r in caplog.records if "locks.stuck" in r.getMessage()],
+            30,
+            interval=0.05,
+        )
+    finally:
+        client.delete(name)
+        thread.join(30)
     assert f"outbound call ACQUIRE {name} {HOST} via redis-lock (no blocking timeout)" in stuck[0]
     assert f"from {sites[0]}" in stuck[0]

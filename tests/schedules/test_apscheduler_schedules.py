@@ -18,26 +18,17 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 import otel_jobs
-from tests.support import Samples, scrape
+from tests.support import Samples, agent_metrics
 
 from .conftest import wait_for
-
-NEXT = "otel_jobs_schedule_next_run_timestamp_seconds"
-SENT = "otel_jobs_schedule_last_sent_timestamp_seconds"
-INTERVAL = "otel_jobs_schedule_interval_seconds"
-
-
-def metrics() -> Samples:
-    url = otel_jobs.metrics_url()
-    assert url is not None
-    return scrape(url)
+from .support import INTERVAL, NEXT, SENT
 
 
 def consistent(read: Callable[[], Any], probe: Callable[[Samples], Any]) -> tuple[Any, Any]:
     """A scrape taken while the scheduler's value did not change: (value, what the scrape says)."""
     for _ in range(50):
         before = read()
-        m = metrics()
+        m = agent_metrics()
         if read() == before:
             return before, probe(m)
     raise AssertionError("the scheduler kept changing while it was scraped")
@@ -92,7 +83,7 @@ def test_next_run_last_sent_and_interval_match_the_scheduler(
             lambda m: m.value(NEXT, job_name="reports.nightly", schedule="nightly"),
         )
         assert seen == value
-        m = metrics()
+        m = agent_metrics()
         assert m.value(INTERVAL, job_name="reports.refresh", schedule="every-2s") == 2
         # A daily crontab: a day from one fire time to the next.
         assert m.value(INTERVAL, job_name="reports.nightly", schedule="nightly") == 86400
@@ -104,7 +95,7 @@ def test_next_run_last_sent_and_interval_match_the_scheduler(
         with lock:
             count_before = len(submitted)
             last_event = submitted[-1]
-        m = metrics()
+        m = agent_metrics()
         with lock:
             same = len(submitted) == count_before
         sent = m.value(SENT, job_name="reports.refresh", schedule="every-2s")
@@ -118,24 +109,30 @@ def test_next_run_last_sent_and_interval_match_the_scheduler(
         # scheduler's event that the run is over (a scrape between two runs).
         for _ in range(50):
             count = len(executed)
-            m = metrics()
+            m = agent_metrics()
             if len(executed) == count == len(ran):
                 break
         last = m.value("otel_jobs_last_success_timestamp_seconds", job_name="reports.refresh")
         assert ran[count - 1] <= last <= executed[count - 1]
         wait_for(
             "the run's expected_every",
-            lambda: metrics().find(
+            lambda: agent_metrics().find(
                 "otel_jobs_run_expected_every_seconds", job_name="reports.refresh"
             ),
         )
         assert (
-            metrics().value("otel_jobs_run_expected_every_seconds", job_name="reports.refresh") == 2
+            agent_metrics().value(
+                "otel_jobs_run_expected_every_seconds", job_name="reports.refresh"
+            )
+            == 2
         )
 
         scheduler.pause_job("every-2s")
-        m = metrics()
-        assert m.find(NEXT, schedule="every-2s") == []  # paused: not due
+        # Paused: not due (read by the scheduler's thread at its wakeup, not by the scrape).
+        m = wait_for(
+            "the paused job's next run gone",
+            lambda: (x := agent_metrics()) and x.find(NEXT, schedule="every-2s") == [] and x,
+        )
         assert m.value(SENT, schedule="every-2s") > 0  # what it sent is still known
     finally:
         scheduler.shutdown(wait=True)
@@ -147,13 +144,13 @@ def test_uninstrument_stops_reading_the_scheduler(instrumented: Callable[..., An
     scheduler.add_job(lambda: None, "interval", hours=1, id="hourly", name="hourly.job")
     scheduler.start()
     try:
-        wait_for("the gauge", lambda: metrics().find(NEXT, schedule="hourly"), timeout=30)
+        wait_for("the gauge", lambda: agent_metrics().find(NEXT, schedule="hourly"), timeout=30)
         schedules = agent.telemetry.schedules
         otel_jobs.uninstrument()
         assert schedules.entries() == []
         otel_jobs.instrument(prometheus_port=0, frameworks=["apscheduler"])
         scheduler.wakeup()  # its loop runs again, now seen by the new instrumentation
-        found = wait_for("the gauge again", lambda: metrics().find(NEXT, schedule="hourly"))
+        found = wait_for("the gauge again", lambda: agent_metrics().find(NEXT, schedule="hourly"))
         assert not math.isinf(found[0])
     finally:
         scheduler.shutdown(wait=True)

@@ -15,41 +15,25 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import redis
 from arq.connections import RedisSettings
 from arq.cron import cron
 from arq.worker import Worker
 
-import otel_jobs
-from tests.support import Samples, require_redis, scrape
+from tests.support import agent_metrics, emptied_redis_db
 
 from .conftest import wait_for
+from .support import INTERVAL, NEXT, SENT
 
 pytestmark = pytest.mark.broker
 
 REDIS_DB = 3
-NEXT = "otel_jobs_schedule_next_run_timestamp_seconds"
-SENT = "otel_jobs_schedule_last_sent_timestamp_seconds"
-INTERVAL = "otel_jobs_schedule_interval_seconds"
 NAME = "cron:tick"
-
-
-def metrics() -> Samples:
-    url = otel_jobs.metrics_url()
-    assert url is not None
-    return scrape(url)
 
 
 @pytest.fixture
 def clean_db() -> Iterator[None]:
-    require_redis()
-    client = redis.Redis(
-        host="127.0.0.1", port=6379, db=REDIS_DB, socket_timeout=10, socket_connect_timeout=10
-    )
-    client.flushdb()
-    yield
-    client.flushdb()
-    client.close()
+    with emptied_redis_db(f"redis://127.0.0.1:6379/{REDIS_DB}"):
+        yield
 
 
 class InProcessWorker:
@@ -111,7 +95,7 @@ def test_next_run_last_sent_and_interval_match_the_worker(
         wait_for("arq to plan its cron job", lambda: cron_job.next_run is not None)
         for _ in range(50):  # a scrape taken while arq's next_run did not move
             before = cron_job.next_run
-            m = metrics()
+            m = agent_metrics()
             if cron_job.next_run == before:
                 break
         assert before is not None
@@ -121,7 +105,7 @@ def test_next_run_last_sent_and_interval_match_the_worker(
         wait_for("two runs", lambda: len(worker.runs) >= 2, timeout=60)
         for _ in range(50):
             count = len(worker.runs)
-            m = metrics()
+            m = agent_metrics()
             if len(worker.runs) == count and cron_job.next_run is not None:
                 break
         enqueued, started = worker.runs[count - 1]
@@ -136,7 +120,7 @@ def test_next_run_last_sent_and_interval_match_the_worker(
         # The last success is the end of the run: after its last line, before arq's hook.
         for _ in range(50):
             done = len(worker.ended)
-            m = metrics()
+            m = agent_metrics()
             if len(worker.ended) == done == len(worker.ending):
                 break
         last = m.value("otel_jobs_last_success_timestamp_seconds", job_name=NAME)

@@ -20,38 +20,25 @@ import pytest
 import redis
 from celery.beat import Service
 
-import otel_jobs
 from tests.schedules import beat_app
-from tests.support import Samples, free_port, require_redis, scrape
+from tests.support import agent_metrics, emptied_redis_db, free_port, scrape
 
 from .conftest import stop, wait_for
+from .support import INTERVAL, NEXT, SENT
 
 pytestmark = pytest.mark.broker
 
 REDIS_URL = "redis://127.0.0.1:6379/6"
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-NEXT = "otel_jobs_schedule_next_run_timestamp_seconds"
-SENT = "otel_jobs_schedule_last_sent_timestamp_seconds"
-INTERVAL = "otel_jobs_schedule_interval_seconds"
 REFRESH = {"job_name": "beat_app.refresh", "schedule": "refresh-every-2s"}
 NIGHTLY = {"job_name": "beat_app.nightly", "schedule": "nightly-report"}
 
 
-def metrics() -> Samples:
-    url = otel_jobs.metrics_url()
-    assert url is not None
-    return scrape(url)
-
-
 @pytest.fixture
 def clean_db() -> Iterator[redis.Redis]:
-    require_redis()
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=10, socket_connect_timeout=10)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    with emptied_redis_db(REDIS_URL) as client:
+        yield client
 
 
 def test_next_run_last_sent_and_interval_match_beat(
@@ -66,7 +53,7 @@ def test_next_run_last_sent_and_interval_match_beat(
         scheduler = service.scheduler
         for _ in range(50):  # a scrape taken while beat sent nothing new
             before = scheduler.schedule["refresh-every-2s"].last_run_at
-            m = metrics()
+            m = agent_metrics()
             if scheduler.schedule["refresh-every-2s"].last_run_at == before:
                 break
         # beat sets last_run_at as it reserves the entry, then sends it; due again 2 s later.

@@ -15,37 +15,23 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import redis
 from huey import RedisHuey
 from huey.consumer import Consumer, Scheduler
 
-import otel_jobs
-from tests.support import Samples, require_redis, scrape
+from tests.support import agent_metrics, emptied_redis_db, scrape
 
 from .conftest import wait_for
+from .support import INTERVAL, NEXT, SENT
 
 pytestmark = pytest.mark.broker
 
 REDIS_URL = "redis://127.0.0.1:6379/4"
-NEXT = "otel_jobs_schedule_next_run_timestamp_seconds"
-SENT = "otel_jobs_schedule_last_sent_timestamp_seconds"
-INTERVAL = "otel_jobs_schedule_interval_seconds"
-
-
-def metrics() -> Samples:
-    url = otel_jobs.metrics_url()
-    assert url is not None
-    return scrape(url)
 
 
 @pytest.fixture
 def clean_db() -> Iterator[None]:
-    require_redis()
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=10, socket_connect_timeout=10)
-    client.flushdb()
-    yield
-    client.flushdb()
-    client.close()
+    with emptied_redis_db(REDIS_URL):
+        yield
 
 
 class FastScheduler(Scheduler):
@@ -87,11 +73,11 @@ def test_next_run_last_sent_and_interval_match_the_scheduler(
     consumer.start()
     try:
         scheduler = FastScheduler.instances[0]
-        wait_for("the gauges", lambda: metrics().find(NEXT, schedule=name))
+        wait_for("the gauges", lambda: agent_metrics().find(NEXT, schedule=name))
         for _ in range(50):  # a scrape taken while the scheduler's next check did not move
             before = scheduler._next_periodic
             offset = time.time() - time.monotonic()
-            m = metrics()
+            m = agent_metrics()
             if scheduler._next_periodic == before:
                 break
         # The scheduler keeps its next check on the monotonic clock; the gauge is that instant
@@ -104,7 +90,7 @@ def test_next_run_last_sent_and_interval_match_the_scheduler(
         wait_for("two runs", lambda: len(starts) >= 2, timeout=60)
         for _ in range(50):
             count = len(starts)
-            m = metrics()
+            m = agent_metrics()
             if len(starts) == count:
                 break
         sent = m.value(SENT, job_name=name, schedule=name)
@@ -114,7 +100,7 @@ def test_next_run_last_sent_and_interval_match_the_scheduler(
         # (otel-jobs' receiver, connected first, finishes the run).
         for _ in range(50):
             done = len(completed)
-            m = metrics()
+            m = agent_metrics()
             if len(completed) == done == len(ending):
                 break
         last = m.value("otel_jobs_last_success_timestamp_seconds", job_name=name)

@@ -18,18 +18,16 @@ from typing import Any
 import pytest
 import redis
 
-from tests.support import Samples, free_port, require_redis, scrape
+from tests.support import Samples, emptied_redis_db, free_port, scrape
 
 from .conftest import stop, wait_for
+from .support import INTERVAL, NEXT, SENT
 
 pytest.importorskip("rq.cron", reason="the installed RQ has no cron scheduler (RQ 2.5+)")
 pytestmark = pytest.mark.broker
 
 REDIS_URL = "redis://127.0.0.1:6379/5"
 ROOT = Path(__file__).resolve().parents[2]
-NEXT = "otel_jobs_schedule_next_run_timestamp_seconds"
-SENT = "otel_jobs_schedule_last_sent_timestamp_seconds"
-INTERVAL = "otel_jobs_schedule_interval_seconds"
 
 JOBS = textwrap.dedent(
     """
@@ -57,12 +55,8 @@ CONFIG = textwrap.dedent(
 
 @pytest.fixture
 def client() -> Iterator[redis.Redis]:
-    require_redis()
-    conn = redis.Redis.from_url(REDIS_URL, socket_timeout=10, socket_connect_timeout=10)
-    conn.flushdb()
-    yield conn
-    conn.flushdb()
-    conn.close()
+    with emptied_redis_db(REDIS_URL) as conn:
+        yield conn
 
 
 @pytest.fixture

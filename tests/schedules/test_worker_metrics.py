@@ -17,17 +17,11 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import otel_jobs
 from otel_jobs.core.streaks import KEEP, State, merge
-from tests.support import Samples, scrape
+from tests.support import agent_metrics, otel_points
 
 LAST = "otel_jobs_last_success_timestamp_seconds"
 FAILURES = "otel_jobs_consecutive_failures"
 EVERY = "otel_jobs_run_expected_every_seconds"
-
-
-def _metrics() -> Samples:
-    url = otel_jobs.metrics_url()
-    assert url is not None
-    return scrape(url)
 
 
 def test_last_success_is_the_end_of_the_last_successful_run(
@@ -37,14 +31,14 @@ def test_last_success_is_the_end_of_the_last_successful_run(
     with pytest.raises(RuntimeError):
         with otel_jobs.job_run("reports.nightly", queue="reports"):
             raise RuntimeError("boom")
-    m = _metrics()
+    m = agent_metrics()
     assert m.find(LAST, job_name="reports.nightly") == []  # no success yet: no series
     assert m.value(FAILURES, job_name="reports.nightly", queue="reports") == 1
 
     with otel_jobs.job_run("reports.nightly", queue="reports"):
         before_end = time.time()
     after_end = time.time()
-    m = _metrics()
+    m = agent_metrics()
     last = m.value(LAST, job_name="reports.nightly", queue="reports")
     assert before_end <= last <= after_end
     assert m.value(FAILURES, job_name="reports.nightly", queue="reports") == 0
@@ -63,11 +57,11 @@ def test_failures_and_timeouts_in_a_row_and_one_success_clears_them(
             raise TimeoutError("partner too slow")
 
     sync("ok")
-    first_success = _metrics().value(LAST, job_name="sync.partner")
+    first_success = agent_metrics().value(LAST, job_name="sync.partner")
     for expected, outcome in enumerate(("failure", "timeout", "failure"), start=1):
         with pytest.raises((ValueError, TimeoutError)):
             sync(outcome)
-        m = _metrics()
+        m = agent_metrics()
         assert m.value(FAILURES, job_name="sync.partner", queue="integrations") == expected
         assert m.value(LAST, job_name="sync.partner") == first_success
 
@@ -75,10 +69,10 @@ def test_failures_and_timeouts_in_a_row_and_one_success_clears_them(
     for outcome in ("retry", "cancelled"):
         run = agent.start_run("sync.partner", queue="integrations")
         run.finish(outcome)
-    assert _metrics().value(FAILURES, job_name="sync.partner") == 3
+    assert agent_metrics().value(FAILURES, job_name="sync.partner") == 3
 
     sync("ok")
-    m = _metrics()
+    m = agent_metrics()
     assert m.value(FAILURES, job_name="sync.partner") == 0
     assert m.value(LAST, job_name="sync.partner") > first_success
 
@@ -88,10 +82,10 @@ def test_retries_that_later_succeed_are_no_streak(instrumented: Callable[..., An
     for attempt in (1, 2, 3):
         run = agent.start_run("mail.send", attempt=attempt)
         run.finish("retry", ValueError("smtp busy"))
-    assert _metrics().value(FAILURES, job_name="mail.send") == 0
+    assert agent_metrics().value(FAILURES, job_name="mail.send") == 0
     run = agent.start_run("mail.send", attempt=4)
     run.finish("success")
-    m = _metrics()
+    m = agent_metrics()
     assert m.value(FAILURES, job_name="mail.send") == 0
     assert len(m.find(LAST, job_name="mail.send")) == 1
 
@@ -116,7 +110,7 @@ def test_expected_every_from_the_job_the_context_manager_and_instrument(
     close(), remind(), adhoc()
     with otel_jobs.job_run("billing.export", queue="exports", expected_every=3600):
         pass
-    m = _metrics()
+    m = agent_metrics()
     assert m.value(EVERY, job_name="billing.close") == 600  # instrument(jobs=...) wins
     assert m.value(EVERY, job_name="billing.remind") == 86400
     assert m.value(EVERY, job_name="billing.export", queue="exports") == 3600
@@ -154,16 +148,9 @@ def test_the_gauges_reach_opentelemetry(
     with pytest.raises(ValueError):
         fails()
     seen: dict[str, float] = {}
-    data = metric_reader.get_metrics_data()
-    assert data is not None
-    for resource in data.resource_metrics:
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                for point in metric.data.data_points:  # type: ignore[attr-defined]
-                    if point.attributes.get("job_name") == "otel.gauges" and hasattr(
-                        point, "value"
-                    ):
-                        seen[f"{metric.name} {metric.unit}"] = point.value
+    for metric, point in otel_points(metric_reader):
+        if point.attributes.get("job_name") == "otel.gauges" and hasattr(point, "value"):
+            seen[f"{metric.name} {metric.unit}"] = point.value
     assert seen["otel_jobs.consecutive_failures {failure}"] == 2
     assert seen["otel_jobs.run.expected_every s"] == 120
     assert seen["otel_jobs.last_success.timestamp s"] <= time.time()
@@ -237,23 +224,23 @@ def test_a_horse_per_job_keeps_the_streak_and_the_last_success_of_the_job(
     instrumented(watchdog_interval=5)
     before = time.time()
     after = _horse(fail=False)
-    m = _metrics()
+    m = agent_metrics()
     last = m.value(LAST, job_name="fork.nightly", queue="fq")
     assert before <= last <= after
     assert m.value(EVERY, job_name="fork.nightly", queue="fq") == 300
     for streak in (1, 2, 3):
         _horse(fail=True)
-        m = _metrics()  # each scrape folds the dead horse in
+        m = agent_metrics()  # each scrape folds the dead horse in
         assert m.value(FAILURES, job_name="fork.nightly", queue="fq") == streak
         assert m.value(LAST, job_name="fork.nightly", queue="fq") == last
         assert m.value(EVERY, job_name="fork.nightly", queue="fq") == 300
     # Two horses that die between two scrapes, then one more success.
     _horse(fail=True)
     _horse(fail=True)
-    assert _metrics().value(FAILURES, job_name="fork.nightly", queue="fq") == 5
+    assert agent_metrics().value(FAILURES, job_name="fork.nightly", queue="fq") == 5
     before = time.time()
     after = _horse(fail=False)
-    m = _metrics()
+    m = agent_metrics()
     assert m.value(FAILURES, job_name="fork.nightly", queue="fq") == 0
     assert before <= m.value(LAST, job_name="fork.nightly", queue="fq") <= after
 
@@ -276,14 +263,14 @@ def test_the_owner_and_a_live_child_are_merged(instrumented: Callable[..., Any])
             os._exit(0)
     try:
         os.read(ready[0], 1)
-        m = _metrics()
+        m = agent_metrics()
         assert m.value(FAILURES, job_name="fork.nightly", queue="fq") == 2
         assert m.find(LAST, job_name="fork.nightly") == []
     finally:
         os.write(release[1], b"x")
         os.waitpid(pid, 0)
     _nightly(False)
-    assert _metrics().value(FAILURES, job_name="fork.nightly", queue="fq") == 0
+    assert agent_metrics().value(FAILURES, job_name="fork.nightly", queue="fq") == 0
 
 
 @pytest.mark.internal_errors("schedules")
@@ -303,21 +290,16 @@ def test_the_schedule_gauges_reach_opentelemetry_and_a_failing_source_is_counted
     schedules.add_source(broken)
     schedules.sent("otel.sched", "every-minute", at=1_000_000.0)
     seen: dict[str, float] = {}
-    data = metric_reader.get_metrics_data()
-    assert data is not None
-    for resource in data.resource_metrics:
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                for point in metric.data.data_points:  # type: ignore[attr-defined]
-                    if point.attributes.get("schedule") == "every-minute":
-                        assert point.attributes["job_name"] == "otel.sched"
-                        seen[f"{metric.name} {metric.unit}"] = point.value
+    for metric, point in otel_points(metric_reader):
+        if point.attributes.get("schedule") == "every-minute":
+            assert point.attributes["job_name"] == "otel.sched"
+            seen[f"{metric.name} {metric.unit}"] = point.value
     assert seen == {
         "otel_jobs.schedule.next_run.timestamp s": 1_000_060.0,
         "otel_jobs.schedule.last_sent.timestamp s": 1_000_000.0,
         "otel_jobs.schedule.interval s": 60.0,
     }
-    m = _metrics()
+    m = agent_metrics()
     assert m.value("otel_jobs_schedule_next_run_timestamp_seconds", schedule="every-minute") == (
         1_000_060.0
     )

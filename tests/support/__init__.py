@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -52,6 +55,53 @@ class Samples:
 
 def scrape(url: str) -> Samples:
     return Samples(scrape_text(url))
+
+
+def agent_metrics() -> Samples:
+    """This process's own ``/metrics`` (the running agent's endpoint), scraped."""
+    import otel_jobs
+
+    url = otel_jobs.metrics_url()
+    assert url is not None
+    return scrape(url)
+
+
+def otel_points(reader: Any) -> Iterator[tuple[Any, Any]]:
+    """Every (metric, data point) an OpenTelemetry ``InMemoryMetricReader`` holds now."""
+    data = reader.get_metrics_data()
+    assert data is not None
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    yield metric, point
+
+
+@contextmanager
+def emptied_redis_db(url: str) -> Iterator[Any]:
+    """A connection to the Redis database ``url`` (skip without Redis), emptied before and
+    after."""
+    require_redis()
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=10)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.flushdb()
+        client.close()
+
+
+def require_binary(name: str, how_to_install: str) -> str:
+    """The path of program ``name``; skip (or, with CI=true, fail) when it is not installed."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed; install it with: {how_to_install}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
 
 
 def require_service(host: str, port: int, name: str, how_to_start: str) -> None:

@@ -5,18 +5,16 @@ fail, when one is not installed)."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from otel_jobs import rules
 
-from . import IN_CI, free_port
+from . import free_port
+from . import require_binary as _require_binary
 from .processes import terminate
 from .waiting import wait_for
 
@@ -25,13 +23,7 @@ INSTALL_HINT = "apt-get install -y prometheus prometheus-alertmanager prometheus
 
 def require_binary(name: str) -> str:
     """The path of a Prometheus tool; skip (with CI=true: fail) when it is not installed."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed; install it with: {INSTALL_HINT}"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    return _require_binary(name, INSTALL_HINT)
 
 
 def get_json(url: str) -> Any:

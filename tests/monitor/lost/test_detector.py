@@ -53,6 +53,45 @@ WORKER = textwrap.dedent(
 )
 
 
+# A run tracked as the framework integrations track theirs, started right after a watchdog tick
+# (2 s apart) in a process whose lease thread runs: it prints the ticks seen at its start and
+# once the lease lists it, then waits to be killed.
+EARLY_WORKER = textwrap.dedent(
+    """
+    import os, sys, time
+    import otel_jobs
+    from otel_jobs.core import agent as agent_mod
+
+    otel_jobs.instrument(
+        lease_url=os.environ["LEASE_URL"], lease_ttl=4, watchdog_interval=2, prometheus=False,
+        frameworks=[],
+    )
+    agent = agent_mod.current()
+
+    def tracked(job_id):
+        run = otel_jobs.job_run("reports.build", queue="reports", job_id=job_id)
+        agent.lease.track(run.__enter__())
+        return run
+
+    def wait(check):
+        while not check():
+            time.sleep(0.005)
+
+    first = tracked("warm-" + sys.argv[1])  # the lease thread starts at the tick that sees it
+    wait(lambda: agent.lease.written)
+    first.__exit__(None, None, None)
+    ticks = agent.watchdog.ticks
+    wait(lambda: agent.watchdog.ticks > ticks)
+    ticks = agent.watchdog.ticks
+    run = tracked(sys.argv[1])
+    key = otel_jobs.current_run().key
+    wait(lambda: key in agent.lease.written)
+    print("running", ticks, agent.watchdog.ticks, flush=True)
+    time.sleep(3600)
+    """
+)
+
+
 class PlainDetector(Detector):
     """The detector of ``@otel_jobs.job`` / ``job_run`` runs (framework ``otel_jobs``)."""
 
@@ -200,6 +239,38 @@ def test_a_killed_worker_s_run_is_counted_lost_once_with_a_span_and_a_warning(
     assert previous.pid == proc.pid and previous.lost == 1
     with otel_jobs.job_run("reports.build", job_id="never-lost") as run:
         assert run.previous_attempt is None  # type: ignore[union-attr]
+
+
+def test_a_run_killed_right_after_its_start_is_in_its_lease_and_counted_lost(
+    redis_url: str, tmp_path: Path, spans: InMemorySpanExporter
+) -> None:
+    """An integration's ``track()`` wakes the lease thread: a run that starts right after a
+    watchdog tick is in its lease before the next tick (2 s later), so killed then it is found."""
+    script = tmp_path / "early.py"
+    script.write_text(EARLY_WORKER)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["LEASE_URL"] = redis_url
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "early-1"], env=env, stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        word, at_start, when_listed = proc.stdout.readline().split()
+        assert word == b"running"
+        assert when_listed == at_start  # written at its start, not at the next tick
+        assert listed(redis_url, "early-1") is not None
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    found = detector(redis_url, spans)
+    with Polled([Watched(MemoryCollector({}, framework="otel_jobs"), found)]) as monitor:
+        wait_for(
+            "the run counted lost",
+            lambda: monitor.poll().total("otel_jobs_runs_lost_total", job_name="reports.build")
+            == 1.0,
+        )
+    (lost,) = [s for s in spans.get_finished_spans() if s.name == "reports.build lost"]
+    assert (lost.attributes or {})["job.id"] == "early-1"
 
 
 def test_two_monitors_at_once_count_a_lost_run_once(

@@ -1,0 +1,49 @@
+"""What a real worker's ``/metrics`` shows for the runs of one test queue, checked exactly.
+
+The Dramatiq and Huey worker tests send the same mix of jobs (ok, later, boom, flaky, slow,
+hang, ...) and check every count of every outcome, and the hung run stalled exactly once.
+"""
+
+from __future__ import annotations
+
+from tests.support import Samples
+
+OUTCOMES = ("success", "failure", "retry", "timeout", "cancelled")
+
+
+class QueueCounts:
+    """The counts of the jobs of ``queue``; a job ``x`` is named ``prefix + x`` on /metrics."""
+
+    def __init__(self, queue: str, prefix: str = "") -> None:
+        self.queue = queue
+        self.prefix = prefix
+
+    def labels(self, job: str) -> dict[str, str]:
+        return {"job_name": self.prefix + job, "queue": self.queue}
+
+    def finished(self, s: Samples, job: str, outcome: str) -> float:
+        return s.total("otel_jobs_runs_finished_total", outcome=outcome, **self.labels(job))
+
+    def skipped(self, s: Samples, job: str, reason: str) -> float:
+        return s.total("otel_jobs_runs_skipped_total", reason=reason, **self.labels(job))
+
+    def assert_exact(
+        self, s: Samples, started: dict[str, int], finished: dict[tuple[str, str], int]
+    ) -> None:
+        """Each job of ``started`` started that many times, and ended with each outcome as
+        many times as ``finished`` says (0 when it does not say)."""
+        for job, count in started.items():
+            assert s.value("otel_jobs_runs_started_total", **self.labels(job)) == count, job
+        for job in started:
+            for outcome in OUTCOMES:
+                want = finished.get((job, outcome), 0)
+                assert self.finished(s, job, outcome) == want, (job, outcome)
+
+    def assert_stalled_once(self, s: Samples, job: str, heartbeat_timeout: float) -> None:
+        """``job``'s run is in flight, stalled for want of a heartbeat, counted once."""
+        labels = self.labels(job)
+        assert s.value("otel_jobs_runs_in_progress", **labels) == 1
+        assert s.value("otel_jobs_run_heartbeat_timeout_seconds", **labels) == heartbeat_timeout
+        assert s.total("otel_jobs_runs_stalled", **labels) == 1
+        assert s.value("otel_jobs_stalls_detected_total", reason="no_heartbeat", **labels) == 1
+        assert s.total("otel_jobs_stalls_detected_total", **labels) == 1
