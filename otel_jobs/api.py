@@ -23,6 +23,7 @@ from typing import Any, TypeVar, overload
 from .core import agent as _agent_mod
 from .core import config as _config
 from .core.run import Run, classify
+from .core.telemetry import Series
 
 logger = logging.getLogger("otel_jobs")
 
@@ -114,6 +115,28 @@ def _settle(run: Run) -> None:
         run.deactivate()
 
 
+def _enter(run: Run) -> Run:
+    """Make a started ``run`` current; if that fails (out of stack, say), end it: never leave a
+    run in flight."""
+    try:
+        run.activate()
+    except BaseException as exc:
+        try:
+            run.finish(classify(exc), exc)
+        finally:
+            run.deactivate()
+        raise
+    return run
+
+
+def _exit(run: Run, exc: BaseException | None) -> None:
+    """End ``run`` with the outcome of ``exc`` (None: success) and make it no longer current."""
+    try:
+        run.finish(classify(exc), exc)
+    finally:
+        _settle(run)
+
+
 class _NoRun:
     """Stands in for a run when otel-jobs is not instrumented."""
 
@@ -179,14 +202,8 @@ class job_run:
         agent = _agent_mod.current()
         if agent is None:
             return _NoRun()
-        run = agent.start_run(self._name, **self._kwargs)  # type: ignore[arg-type]
-        try:
-            run.activate()
-        except BaseException as exc:  # out of stack, say: never leave the run in flight
-            run.finish(classify(exc), exc)
-            raise
-        self._run = run
-        return run
+        self._run = _enter(agent.start_run(self._name, **self._kwargs))  # type: ignore[arg-type]
+        return self._run
 
     def __exit__(
         self,
@@ -195,12 +212,8 @@ class job_run:
         tb: TracebackType | None,
     ) -> None:
         run, self._run = self._run, None
-        if run is None:
-            return
-        try:
-            run.finish(classify(exc), exc)
-        finally:
-            _settle(run)
+        if run is not None:
+            _exit(run, exc)
 
     async def __aenter__(self) -> Run | _NoRun:
         return self.__enter__()
@@ -314,33 +327,36 @@ def job(
                 agent = agents._agent
                 if agent is None:
                     return await fn(*args, **kw)
-                if agent.settings.capture_args:
-                    run = agent.start_run(job_name, attributes=_args_attributes(args, kw), **kwargs)
-                else:
-                    run = agent.start_run(job_name, **kwargs)
+                attributes = _args_attributes(args, kw) if agent.settings.capture_args else None
+                run = _enter(agent.start_run(job_name, attributes=attributes, **kwargs))
                 try:
-                    run.activate()
                     result = await fn(*args, **kw)
                 except BaseException as exc:
-                    run.finish(classify(exc), exc)
+                    _exit(run, exc)
                     raise
-                else:
-                    run.finish("success")
-                    return result
-                finally:
-                    _settle(run)
+                _exit(run, None)
+                return result
 
             return async_wrapper
+
+        # This job's series of this process's instruments, passed to each run (one look-up
+        # less per run), for as long as the process has the same instruments.
+        known: list[Any] = [None, None]
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kw: Any) -> Any:
             agent = agents._agent
             if agent is None:
                 return fn(*args, **kw)
+            telemetry = agent._telemetry
             if agent.settings.capture_args:
                 run = agent.start_run(job_name, attributes=_args_attributes(args, kw), **kwargs)
+            elif telemetry is not None and telemetry is known[0]:
+                run = agent.start_run(job_name, series=known[1], **kwargs)
             else:
                 run = agent.start_run(job_name, **kwargs)
+                if telemetry is not None and run.series.__class__ is Series:
+                    known[:] = telemetry, run.series
             try:
                 run.activate()
                 result = fn(*args, **kw)
@@ -351,7 +367,10 @@ def job(
                 run.finish("success")
                 return result
             finally:
-                _settle(run)
+                if run.finished:
+                    run.deactivate()
+                else:
+                    _settle(run)
 
         return wrapper
 

@@ -20,7 +20,9 @@ The names read:
 * a counter child's ``_value._value``; a histogram child's ``_sum._value``,
   ``_buckets[i]._value`` and ``_upper_bounds``;
 * ``values.ValueClass`` / ``values.MutexValue``: values held in this process (not in
-  prometheus-client's own multiprocess mode);
+  prometheus-client's own multiprocess mode); a run's counters and duration are recorded
+  through the same children's values (``MutexValue.inc``: :func:`counter_inc`,
+  :func:`histogram_observe`), without prometheus-client's checks per call;
 * what ``exposition.choose_encoder`` returns: ``generate_latest`` itself, or (0.23 and later) a
   ``functools.partial`` of it with ``escaping`` and ``version`` keywords, the escaping schemes
   being ``openmetrics.exposition.UNDERSCORES`` / ``VALUES`` / ``ALLOWUTF8``.
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from bisect import bisect_left
 from collections.abc import Callable
 from operator import attrgetter
 from typing import Any
@@ -86,6 +89,32 @@ counter_value: Callable[[Any], float] = attrgetter("_value._value")
 def histogram_values(child: Any) -> tuple[float, ...]:
     """A histogram child's ``(sum, count of bucket 1, count of bucket 2, ...)``, not cumulative."""
     return (child._sum._value, *[b._value for b in child._buckets])
+
+
+def counter_inc(child: Any) -> Callable[[float], None]:
+    """What increments a counter child by a non-negative amount: its value's own ``inc`` when
+    the direct reads hold (the same lock and addition as ``child.inc``, minus its checks)."""
+    return child._value.inc if direct_reads() else child.inc
+
+
+def histogram_observe(child: Any) -> Callable[[float], None]:
+    """What observes an amount into a histogram child, as ``child.observe`` does (the sum, then
+    the first bucket whose bound is at least the amount; none for NaN), without its checks and
+    its loop over the buckets when the direct reads hold."""
+    if not direct_reads():
+        return child.observe
+    bounds = list(child._upper_bounds)
+    incs = [bucket.inc for bucket in child._buckets]
+    add_to_sum = child._sum.inc
+    last = len(bounds)
+
+    def observe(amount: float) -> None:
+        add_to_sum(amount)
+        i = bisect_left(bounds, amount)
+        if i < last and amount <= bounds[i]:
+            incs[i](1)
+
+    return observe
 
 
 def histogram_bounds(child: Any) -> list[float]:

@@ -28,6 +28,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from . import errors
+from .unrecorded import _unrecorded, record_unrecorded
 
 if TYPE_CHECKING:
     import asyncio
@@ -48,15 +49,15 @@ _calls_lock = threading.Lock()
 _NESTED = object()  # Run._token of a run activated more than once at a time
 #: This process's id, kept up to date at fork: read per run, where os.getpid() is a system call.
 _pid = os.getpid()
-#: Per thread: its native id (threading.get_native_id() is a system call too), fresh after fork.
+#: Per thread: its ident and native id (threading.get_native_id() is a system call too), read
+#: once per thread; fresh after fork.
 _threads = threading.local()
 
 
-def _native_id() -> int:
-    found: int | None = getattr(_threads, "native_id", None)
-    if found is None:
-        found = _threads.native_id = threading.get_native_id()
-    return found
+def _thread_ids() -> tuple[int, int]:
+    ids = (threading.get_ident(), threading.get_native_id())
+    _threads.ids = ids
+    return ids
 
 
 class OutboundCall:
@@ -181,8 +182,7 @@ class Run:
 
     def activate(self) -> None:
         """Make this the current run of the calling thread or asyncio task."""
-        self.thread_id = threading.get_ident()
-        self.native_id = _native_id()
+        self.thread_id, self.native_id = getattr(_threads, "ids", None) or _thread_ids()
         # Not asyncio.current_task(): outside a loop it raises, and an exception per run of a
         # sync job costs more than the rest of this method. No loop runs in a process that has
         # not imported asyncio (otel-jobs does not import it for a sync worker); getattr(): the
@@ -353,32 +353,6 @@ class Run:
         return f"<Run {self.name} id={self.job_id} queue={self.queue}>"
 
 
-#: Runs finished without stack left to record them (see Run.finish), recorded later.
-_unrecorded: list[tuple[Run, str, BaseException | None, bool, tuple[float, int]]] = []
-_recording = threading.RLock()
-
-
-def record_unrecorded() -> None:
-    """Record the runs whose :meth:`Run.finish` ran out of stack, with the time they ended.
-
-    Called by the next run's finish, the watchdog's tick (another thread, every
-    ``OTEL_JOBS_WATCHDOG_INTERVAL``), ``uninstrument()`` and the exit flush, so that a
-    recursive job that hits the recursion limit leaves no span unended and no run in flight.
-    """
-    # One thread at a time, so that a finish that returns has every earlier one recorded, also
-    # those the watchdog's thread was recording meanwhile.
-    with _recording:
-        while _unrecorded:
-            item = _unrecorded.pop()
-            try:
-                item[0]._agent.finish_run(*item)
-            except RecursionError:
-                _unrecorded.append(item)
-                return
-            except Exception as err:
-                errors.record("run.finish", err)
-
-
 def current_run() -> Run | None:
     """The run executing in this thread or asyncio task, if any."""
     return _current.get()
@@ -398,12 +372,10 @@ def heartbeat(progress: float | None = None, **details: Any) -> None:
     run = _current.get()
     if run is None:
         return
-    run.last_beat = _monotonic()
-    if progress is not None or details:
-        try:
-            run._update(progress, details)
-        except Exception as exc:
-            errors.record("heartbeat", exc)
+    if progress is None and not details:
+        run.last_beat = _monotonic()  # the usual call: one store, no method call
+    else:
+        run.heartbeat(progress, **details)
 
 
 _warned: set[str] = set()
@@ -439,12 +411,10 @@ def wall_time_of(monotonic: float, now_mono: float, now_wall: float) -> float:
 
 
 def _after_fork_in_child() -> None:
-    global _recording, _pid, _threads, _calls_lock
+    global _pid, _threads, _calls_lock
     _pid = os.getpid()
     _threads = threading.local()  # the parent's thread ids are not this process's
     _calls_lock = threading.Lock()
-    _recording = threading.RLock()
-    _unrecorded.clear()  # the parent's runs, recorded by the parent
 
 
 if hasattr(os, "register_at_fork"):

@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 
 from . import errors, schedules
+from ._prometheus_internals import counter_inc, histogram_observe
 from .config import OVERFLOW_VALUE, Settings
 from .inflight import InflightCollector
 from .labels import clean as clean_label
 from .otel_instruments import OtelInstruments
-from .run import OUTCOMES, wall_time_of
+from .run import wall_time_of
 from .streaks import KEEP, STREAK_OUTCOMES, State
 
 if TYPE_CHECKING:
@@ -102,11 +103,10 @@ class Series:
         "job_name",
         "queue",
         "started",
-        "_finished",
-        "_duration",
+        "_start_inc",
+        "_by_outcome",
         "_telemetry",
         "attrs",
-        "_outcome_attrs",
         "max_duration",
         "heartbeat_timeout",
         "queue_wait",
@@ -122,22 +122,21 @@ class Series:
         self.queue = queue
         self._telemetry = telemetry
         self.started = telemetry.started.labels(job_name, queue)
-        self._finished = {o: telemetry.finished.labels(job_name, queue, o) for o in ZERO_OUTCOMES}
-        # Histogram children other than the success duration are built at their first
-        # observation: the counters above exist at 0 for increase() and rate(), while a histogram
-        # with no observation would only add 25 zero samples to every scrape, per job and outcome
-        # (bench/bench_scrape.py).
-        self._duration: dict[str, Any] = {
-            "success": telemetry.duration.labels(job_name, queue, "success")
-        }
+        self._start_inc = counter_inc(self.started)
+        self.attrs = {"job_name": job_name, "queue": queue}
+        # Per outcome, what a finished run records: (counter inc, duration observe, OTel attrs).
+        # The counters of ZERO_OUTCOMES exist at 0 from the first run, for increase() and
+        # rate(); histogram children other than the success duration are built at their first
+        # observation, as a histogram with none would only add zero samples to every scrape,
+        # per job and outcome (bench/bench_scrape.py).
+        self._by_outcome: dict[str, tuple[Callable[[float], None], Any, dict[str, str]]] = {}
+        for outcome in ZERO_OUTCOMES:
+            telemetry.finished.labels(job_name, queue, outcome)
+        self._recorders("success")
         self.queue_wait: Any = None
         # Stall counters exist at 0 from the first run, so increase() sees a job's first stall.
         for reason in STALL_REASONS:
             telemetry.stalls.labels(job_name, queue, reason)
-        self.attrs = {"job_name": job_name, "queue": queue}
-        self._outcome_attrs = {
-            o: {"job_name": job_name, "queue": queue, "outcome": o} for o in OUTCOMES
-        }
         self.max_duration = math.inf
         self.heartbeat_timeout = math.inf
         # How often the job must succeed (+Inf: not said), the last success (Unix time) and
@@ -150,28 +149,30 @@ class Series:
         # on, not before: zero-valued series per state of every job cost 3 series each.
         self.stalled_once = False
 
+    def _recorders(self, outcome: str) -> tuple[Callable[[float], None], Any, dict[str, str]]:
+        telemetry, name, queue = self._telemetry, self.job_name, self.queue
+        found = self._by_outcome[outcome] = (
+            counter_inc(telemetry.finished.labels(name, queue, outcome)),
+            histogram_observe(telemetry.duration.labels(name, queue, outcome)),
+            {"job_name": name, "queue": queue, "outcome": outcome},
+        )
+        return found
+
     def record_start(self) -> None:
-        self.started.inc()
+        self._start_inc(1)
         otel = self._telemetry.otel
         if otel is not None:
             otel.started.add(1, self.attrs)
 
     def record_finish(self, outcome: str, seconds: float) -> None:
-        finished = self._finished.get(outcome)
-        if finished is None:
-            finished = self._finished[outcome] = self._telemetry.finished.labels(
-                self.job_name, self.queue, outcome
-            )
-        finished.inc()
-        duration = self._duration.get(outcome)
-        if duration is None:
-            duration = self._duration[outcome] = self._telemetry.duration.labels(
-                self.job_name, self.queue, outcome
-            )
-        duration.observe(seconds)
+        recorders = self._by_outcome.get(outcome)
+        if recorders is None:
+            recorders = self._recorders(outcome)
+        inc, observe, attrs = recorders
+        inc(1)
+        observe(seconds)
         otel = self._telemetry.otel
         if otel is not None:
-            attrs = self._outcome_attrs[outcome]
             otel.finished.add(1, attrs)
             otel.duration.record(seconds, attrs)
         if outcome == "success":
