@@ -17,8 +17,11 @@ Where (the broker's own Redis, as the framework integration offers it, unless ``
 
 What it costs, and must never cost more:
 
-* On the job's path, a dict store when an integration tracks a run (:meth:`LeaseKeeper.track`)
-  and a set lookup when a run ends (:meth:`LeaseKeeper.ended`); no I/O, no serialization.
+* On the job's path, a dict store and a clock read when an integration tracks a run
+  (:meth:`LeaseKeeper.track`) and a set lookup when a run ends (:meth:`LeaseKeeper.ended`); no
+  I/O, no serialization. ``track`` also wakes the lease thread, at most once per watchdog
+  interval, so that a run starting in a process whose lease was not written in the last
+  interval is in the lease one round trip after its start, not at the next tick.
 * The watchdog's tick (:meth:`LeaseKeeper.tick`) compares the runs in flight with those last
   written and wakes the lease thread only when that set changed or the lease is due for renewal
   (every third of the TTL; the checkpoints are written then, so a checkpoint is at most a third
@@ -28,6 +31,10 @@ What it costs, and must never cost more:
 * The lease thread does the I/O with one-second socket timeouts. Redis unreachable is logged once
   (and once when it answers again) and retried at the next tick; it never blocks the watchdog or
   a job. A bug here is an internal error (``otel_jobs_internal_errors_total{component="lease"}``).
+
+What a run knows of its job's lost attempts (``previous_attempt``, redeliveries) is
+:mod:`.lease_attempts`, a base class of :class:`LeaseKeeper`; what a lease holds in Redis is
+:mod:`.lease_records`.
 
 What a lease can and cannot tell (a run killed within a tick of its start, a worker alive but
 cut off from Redis for longer than the TTL, redeliveries the broker does not mark) is told to
@@ -47,6 +54,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import errors
+from .lease_attempts import LeaseAttempts, redis_errors
 from .lease_records import (
     KEEP_SECONDS,
     KEY_ATTEMPT,
@@ -128,7 +136,7 @@ Source = Callable[[], Any]
 Extra = Callable[[], Mapping[str, Any]]
 
 
-class LeaseKeeper:
+class LeaseKeeper(LeaseAttempts):
     """This process's lease (see the module docstring). One per agent, rebuilt in a forked child."""
 
     def __init__(self, agent: Agent) -> None:
@@ -156,6 +164,7 @@ class LeaseKeeper:
         self._last: tuple[Any, ...] = ()
         self._renewed = -math.inf
         self._written_at = -math.inf
+        self._nudge_after = -math.inf
         self._wake = threading.Event()
         self._io = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -170,25 +179,15 @@ class LeaseKeeper:
 
     def track(self, run: Run, source: Source | None = None, extra: Extra | None = None) -> None:
         """Called by an integration as ``run`` starts: where its broker's Redis is, and what the
-        run's entry adds (both called later, on the lease thread). A dict store."""
+        run's entry adds (both called later, on the lease thread). A dict store; and, at most
+        once per watchdog interval, the lease thread woken to write the run now rather than at
+        the next tick (a run killed right after its start is then in the lease already)."""
         if self.enabled:
             self._tracked[run.key] = (source, extra)
-
-    def given(self, run: Run, attempt: PreviousAttempt | None) -> None:
-        """The previous attempt a requeued message carries (read at its start, no I/O)."""
-        self._given[run.key] = attempt
-
-    def requeued(self, run: Run, mark: object) -> bool:
-        """``mark``: the :data:`REQUEUE_MARK` a job carries, if any. True when ``run`` is the run
-        a monitor requeued (the same attempt number as the lost one; a later retry of the job
-        keeps the mark but not the number); its previous attempt is then known without I/O."""
-        if not mark or not isinstance(mark, (str, bytes)):
-            return False
-        attempt = PreviousAttempt.from_json(mark)
-        if attempt is None:
-            return False
-        self._given[run.key] = attempt
-        return attempt.attempt in (None, run.attempt)
+            now = time.monotonic()
+            if now >= self._nudge_after:
+                self._nudge_after = now + self.interval
+                self._wake.set()  # the thread, once started, writes at once if none is due
 
     def ended(self, run: Run) -> None:
         """Called as ``run`` finishes: if the lease lists it, have it taken out now. What was
@@ -290,7 +289,7 @@ class LeaseKeeper:
                 *pairs,
             )
             _, expired, attempts = answer
-        except _redis_errors() as exc:
+        except redis_errors() as exc:
             self.writes += 1
             self._written_at = time.monotonic()
             if not self._down:
@@ -328,36 +327,6 @@ class LeaseKeeper:
             for key in [k for k in table if k not in live]:
                 table.pop(key, None)
         return True
-
-    def _to_check(self, runs: list[Run]) -> list[Run]:
-        """Runs not yet in the lease that a broker may have handed out again unmarked."""
-        found = []
-        for run in runs:
-            offset = REDELIVERY_CHECK.get(run.framework)
-            if (
-                offset is not None
-                and run.key not in self.written
-                and run.key not in self._given
-                and run.job_id is not None
-                and run.attempt - offset >= 1
-            ):
-                found.append(run)
-        return found
-
-    def _redelivered(self, runs: list[Run], records: list[Any]) -> None:
-        """Count the runs whose job's previous attempt, of the number expected, was lost."""
-        for run, raw in zip(runs, records or [None] * len(runs), strict=False):
-            if isinstance(raw, PreviousAttempt):
-                attempt: PreviousAttempt | None = raw
-            else:
-                attempt = PreviousAttempt.from_json(raw) if raw else None
-            offset = REDELIVERY_CHECK.get(run.framework)
-            if attempt is None or offset is None:
-                continue
-            self._given.setdefault(run.key, attempt)
-            if attempt.attempt == run.attempt - offset:
-                with errors.guard("lease"):
-                    self.agent.telemetry.record_redelivered(run.series)
 
     def _connect(self, runs: list[Run]) -> redis.Redis | None:
         if self._client is not None:
@@ -438,52 +407,3 @@ class LeaseKeeper:
     def after_fork_in_child(self) -> None:
         """A forked child: a lease of its own (its parent's runs are not its to list)."""
         self._reset()
-
-    # --- previous attempts ---------------------------------------------------------------------
-
-    def previous_attempt(self, run: Run) -> PreviousAttempt | None:
-        """The last lost attempt of ``run``'s job (see :attr:`otel_jobs.Run.previous_attempt`)."""
-        key = run.key
-        if key in self._given:
-            return self._given[key]
-        found: PreviousAttempt | None = None
-        if self.enabled and run.job_id is not None:
-            answered, found = self._lookup(run)
-            if not answered:
-                return None  # asked again next time
-        self._given[key] = found
-        if found is not None:
-            self._redelivered([run], [found])
-        return found
-
-    def _lookup(self, run: Run) -> tuple[bool, PreviousAttempt | None]:
-        client = self._client
-        if client is None:
-            tracked = self._tracked.get(run.key)
-            source = self._source
-            if source is None and tracked is not None and tracked[0] is not None:
-                with errors.guard("lease"):
-                    source = tracked[0]()
-            if source is None:
-                return True, None
-            client = self._client = redis_client(source)
-            self._source = source
-        try:
-            raw: Any = client.get(f"{KEY_ATTEMPT}{run.framework}:{run.job_id}")
-        except _redis_errors() as exc:
-            logger.warning(
-                "otel-jobs: previous_attempt of run %s of %s unknown: its lease's Redis at %s "
-                "did not answer (%s)",
-                run.job_id,
-                run.name,
-                describe(self._source),
-                exc,
-            )
-            return False, None
-        return True, (PreviousAttempt.from_json(raw) if raw else None)
-
-
-def _redis_errors() -> tuple[type[BaseException], ...]:
-    import redis
-
-    return (redis.exceptions.RedisError, OSError)

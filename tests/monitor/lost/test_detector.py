@@ -80,6 +80,7 @@ EARLY_WORKER = textwrap.dedent(
     first = tracked("warm-" + sys.argv[1])  # the lease thread starts at the tick that sees it
     wait(lambda: agent.lease.written)
     first.__exit__(None, None, None)
+    wait(lambda: not agent.lease.written)  # taken back: the lease thread has nothing due
     ticks = agent.watchdog.ticks
     wait(lambda: agent.watchdog.ticks > ticks)
     ticks = agent.watchdog.ticks
@@ -266,8 +267,9 @@ def test_a_run_killed_right_after_its_start_is_in_its_lease_and_counted_lost(
     with Polled([Watched(MemoryCollector({}, framework="otel_jobs"), found)]) as monitor:
         wait_for(
             "the run counted lost",
-            lambda: monitor.poll().total("otel_jobs_runs_lost_total", job_name="reports.build")
-            == 1.0,
+            lambda: (
+                monitor.poll().total("otel_jobs_runs_lost_total", job_name="reports.build") == 1.0
+            ),
         )
     (lost,) = [s for s in spans.get_finished_spans() if s.name == "reports.build lost"]
     assert (lost.attributes or {})["job.id"] == "early-1"
