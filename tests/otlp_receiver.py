@@ -19,7 +19,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -157,49 +157,52 @@ class OtlpReceiver:
 
     # --- what was received ---------------------------------------------------------------------
 
-    def spans(self) -> list[ReceivedSpan]:
+    def _received(
+        self, requests: list[Any], resources: str, scopes: str, items: str
+    ) -> Iterator[tuple[dict[str, Any], Any]]:
+        """(resource attributes, item) of every item of every scope of every request so far."""
         with self._lock:
-            requests = list(self.trace_requests)
-        out = []
-        for request in requests:
-            for rs in request.resource_spans:
-                resource = attributes(rs.resource.attributes)
-                for scope in rs.scope_spans:
-                    for s in scope.spans:
-                        out.append(
-                            ReceivedSpan(
-                                name=s.name,
-                                trace_id=s.trace_id.hex(),
-                                span_id=s.span_id.hex(),
-                                kind=s.kind,
-                                attributes=attributes(s.attributes),
-                                events=[(e.name, attributes(e.attributes)) for e in s.events],
-                                status_code=s.status.code,
-                                resource=resource,
-                            )
-                        )
-        return out
+            taken = list(requests)
+        for request in taken:
+            for r in getattr(request, resources):
+                resource = attributes(r.resource.attributes)
+                for scope in getattr(r, scopes):
+                    for item in getattr(scope, items):
+                        yield resource, item
+
+    def spans(self) -> list[ReceivedSpan]:
+        return [
+            ReceivedSpan(
+                name=s.name,
+                trace_id=s.trace_id.hex(),
+                span_id=s.span_id.hex(),
+                kind=s.kind,
+                attributes=attributes(s.attributes),
+                events=[(e.name, attributes(e.attributes)) for e in s.events],
+                status_code=s.status.code,
+                resource=resource,
+            )
+            for resource, s in self._received(
+                self.trace_requests, "resource_spans", "scope_spans", "spans"
+            )
+        ]
 
     def metrics(self) -> list[ReceivedMetric]:
-        with self._lock:
-            requests = list(self.metric_requests)
         out = []
-        for request in requests:
-            for rm in request.resource_metrics:
-                resource = attributes(rm.resource.attributes)
-                for scope in rm.scope_metrics:
-                    for m in scope.metrics:
-                        kind = m.WhichOneof("data") or ""
-                        metric = ReceivedMetric(m.name, m.unit, kind, resource=resource)
-                        for p in getattr(m, kind).data_points if kind else []:
-                            if kind in ("histogram", "exponential_histogram", "summary"):
-                                value = float(p.count)
-                            elif p.WhichOneof("value") == "as_int":
-                                value = float(p.as_int)
-                            else:
-                                value = p.as_double
-                            metric.points.append((attributes(p.attributes), value))
-                        out.append(metric)
+        for resource, m in self._received(
+            self.metric_requests, "resource_metrics", "scope_metrics", "metrics"
+        ):
+            kind = m.WhichOneof("data") or ""
+            metric = ReceivedMetric(m.name, m.unit, kind, resource=resource)
+            for p in getattr(m, kind).data_points if kind else []:
+                if kind in ("histogram", "exponential_histogram", "summary"):
+                    value = float(p.count)
+                elif p.WhichOneof("value") == "as_int":
+                    value = float(p.as_int)
+                else:
+                    value = p.as_double
+                metric.points.append((attributes(p.attributes), value))
+            out.append(metric)
         return out
 
     def wait_for(self, what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:

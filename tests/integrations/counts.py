@@ -10,6 +10,18 @@ from tests.support import Samples
 
 OUTCOMES = ("success", "failure", "retry", "timeout", "cancelled")
 
+#: The mix both worker tests send: ok x3, later (delayed), boom x2, flaky (fails once), slow
+#: (past its time limit) and hang; how many times each starts, and ends with each outcome.
+MIX_STARTED = {"ok": 3, "later": 1, "boom": 2, "flaky": 2, "slow": 1, "hang": 1}
+MIX_FINISHED = {
+    ("ok", "success"): 3,
+    ("later", "success"): 1,
+    ("boom", "failure"): 2,
+    ("flaky", "retry"): 1,
+    ("flaky", "success"): 1,
+    ("slow", "timeout"): 1,
+}
+
 
 class QueueCounts:
     """The counts of the jobs of ``queue``; a job ``x`` is named ``prefix + x`` on /metrics."""

@@ -28,6 +28,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.schedulers.background import BackgroundScheduler
 
 import otel_jobs
+from tests.integrations.hooks import assert_untouched_by
 from tests.integrations.workers import wait_for
 from tests.support import Samples, scrape
 
@@ -287,9 +288,4 @@ def _patched_only_while_instrumented() -> Any:
 
 
 def test_not_hooked_when_frameworks_leave_it_out() -> None:
-    original = BaseExecutor.submit_job
-    otel_jobs.instrument(frameworks=["arq"], prometheus=False, watchdog=False)
-    try:
-        assert BaseExecutor.submit_job is original
-    finally:
-        otel_jobs.uninstrument()
+    assert_untouched_by(BaseExecutor, "submit_job", ["arq"])

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 import otel_jobs
+from tests.integrations.hooks import assert_untouched_by
 from tests.integrations.workers import start, stop, wait_for, worker_env
 from tests.support import Samples, free_port, require_redis, scrape
 
@@ -138,6 +139,15 @@ class ArqWorker:
 
     def scrape(self) -> Samples:
         return scrape(self.url)
+
+    def ran_once(self, job: str, outcome: str, what: str) -> Samples:
+        """Enqueue ``job``, wait until it ends with ``outcome``: it started once and ended once."""
+        self.enqueue(job)
+        wait_for(what, lambda: self.finished(job, outcome) == 1)
+        s = self.scrape()
+        assert s.value("otel_jobs_runs_started_total", job_name=job, queue=self.queue) == 1
+        assert s.total("otel_jobs_runs_finished_total", job_name=job, queue=self.queue) == 1
+        return s
 
     def finished(self, job: str, outcome: str) -> float:
         return self.scrape().total(
@@ -269,13 +279,9 @@ def test_hung_run_gets_a_stalled_verdict_then_recovers(worker: ArqWorker, tmp_pa
 
 
 def test_job_timeout_is_the_max_duration_and_ends_in_timeout(worker: ArqWorker) -> None:
-    worker.enqueue("slow")
+    s = worker.ran_once("slow", "timeout", "the slow run to time out")
     q = worker.queue
-    wait_for("the slow run to time out", lambda: worker.finished("slow", "timeout") == 1)
-    s = worker.scrape()
     assert s.value("otel_jobs_run_max_duration_seconds", job_name="slow", queue=q) == 2
-    assert s.total("otel_jobs_runs_finished_total", job_name="slow", queue=q) == 1
-    assert s.value("otel_jobs_runs_started_total", job_name="slow", queue=q) == 1
     # arq cancelled it at its 2 s deadline, counted from just before the run began (the task
     # starts one loop step after arq's timer): far from an early end, yet not exactly 2 s.
     assert (
@@ -288,12 +294,8 @@ def test_job_timeout_is_the_max_duration_and_ends_in_timeout(worker: ArqWorker) 
 def test_watchdog_cancel_of_a_stuck_job_is_a_timeout(worker: ArqWorker) -> None:
     """on_stall=cancel: the watchdog cancels the job's task; arq does not run it again here
     (max_tries=1), so exactly one run, with outcome timeout."""
-    worker.enqueue("stuck")
+    s = worker.ran_once("stuck", "timeout", "the cancelled run")
     q = worker.queue
-    wait_for("the cancelled run", lambda: worker.finished("stuck", "timeout") == 1)
-    s = worker.scrape()
-    assert s.value("otel_jobs_runs_started_total", job_name="stuck", queue=q) == 1
-    assert s.total("otel_jobs_runs_finished_total", job_name="stuck", queue=q) == 1
     assert (
         s.value("otel_jobs_stalls_detected_total", job_name="stuck", queue=q, reason="no_heartbeat")
         == 1
@@ -380,9 +382,4 @@ def test_job_runs_as_the_current_run_of_its_own_task_and_uninstrument_restores(
 def test_not_hooked_when_frameworks_leave_it_out() -> None:
     from arq.worker import Worker
 
-    original = Worker.run_job
-    otel_jobs.instrument(frameworks=["apscheduler"], prometheus=False, watchdog=False)
-    try:
-        assert Worker.run_job is original
-    finally:
-        otel_jobs.uninstrument()
+    assert_untouched_by(Worker, "run_job", ["apscheduler"])

@@ -51,8 +51,16 @@ def _env(receiver: OtlpReceiver) -> dict[str, str]:
     return env
 
 
-def _terminate_after(proc: subprocess.Popen[str], *lines: str) -> tuple[int, str]:
-    """Wait for each of ``lines`` on the process's stdout, send SIGTERM, return (status, stderr)."""
+def _terminate_after(receiver: OtlpReceiver, source: str, *lines: str) -> tuple[int, str]:
+    """Run ``source`` in a Python process exporting to ``receiver``; wait for each of ``lines``
+    on its stdout, send SIGTERM, return (status, stderr)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", source],
+        env=_env(receiver),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None and proc.stderr is not None
     try:
         waiting = set(lines)
@@ -105,14 +113,7 @@ PLAIN = textwrap.dedent(
 
 
 def test_a_plain_process_exports_its_runs_and_ends_by_the_signal(receiver: OtlpReceiver) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", PLAIN],
-        env=_env(receiver),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    status, stderr = _terminate_after(proc, "in flight")
+    status, stderr = _terminate_after(receiver, PLAIN, "in flight")
     assert status == -signal.SIGTERM, stderr
 
     done = _spans(receiver, "term.done")
@@ -155,14 +156,7 @@ SCHEDULER = textwrap.dedent(
 
 def test_an_apscheduler_process_exports_its_runs(receiver: OtlpReceiver) -> None:
     pytest.importorskip("apscheduler.schedulers.blocking")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SCHEDULER],
-        env=_env(receiver),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    status, stderr = _terminate_after(proc, "three ticks", "hanging")
+    status, stderr = _terminate_after(receiver, SCHEDULER, "three ticks", "hanging")
     assert status == -signal.SIGTERM, stderr
 
     outcomes = [s.attributes["job.outcome"] for s in _spans(receiver, "term.tick")]
@@ -201,14 +195,7 @@ OWN_HANDLER = textwrap.dedent(
 def test_a_handler_installed_after_instrument_keeps_handling_sigterm(
     receiver: OtlpReceiver,
 ) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", OWN_HANDLER],
-        env=_env(receiver),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    status, stderr = _terminate_after(proc, "ready")
+    status, stderr = _terminate_after(receiver, OWN_HANDLER, "ready")
     assert status == 0, stderr
     # Exported at exit, as before: two runs, neither cancelled by otel-jobs.
     outcomes = [s.attributes["job.outcome"] for s in _spans(receiver, "term.graceful")]
