@@ -43,6 +43,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import errors
+
 __all__ = ["Wait", "find"]
 
 _MISSING = object()
@@ -388,7 +390,11 @@ def find(
         return Wait(kind, timeout, None, id(obj) if obj is not None else 0)
     if task is not None:
         return None  # a coroutine's frames are suspended at an await, never inside a C call
-    return _c_wait(frames[-1])
+    try:
+        return _c_wait(frames[-1])
+    except Exception as exc:  # a bytecode layout this version does not know: no wait named
+        errors.record("watchdog.waits", exc)
+        return None
 
 
 def thread_frames(frame: types.FrameType | None, limit: int = 400) -> list[types.FrameType]:

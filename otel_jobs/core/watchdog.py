@@ -98,9 +98,7 @@ class Watchdog:
         # native thread id -> (monotonic time, CPU seconds) of the previous look at it.
         self._cpu: dict[int, tuple[float, float]] = {}
         self.enclosing = EnclosingRuns(agent, self._signal, _diag, MAX_DIAGNOSES_PER_TICK)
-        # Ticks done: bench/bench_lease.py reports Redis round trips per tick from it (tests that
-        # wait for ticks use tests.support.threads.TickCounter, or read it too).
-        self.ticks = 0
+        self._ticks = 0
         self.loops = LoopProbes(agent.telemetry)
         agent.telemetry.loops_blocked = self.loops.samples
 
@@ -109,6 +107,12 @@ class Watchdog:
         probes record into them, and they read the probes' blocked loops."""
         self.loops.rebind(telemetry)
         telemetry.loops_blocked = self.loops.samples
+
+    @property
+    def ticks(self) -> int:
+        """Ticks done so far (its thread's and any a caller makes), read-only: for whoever
+        reports a figure per tick (``bench/bench_lease.py``) or waits until it has looked."""
+        return self._ticks
 
     @property
     def running(self) -> bool:
@@ -163,7 +167,7 @@ class Watchdog:
         with errors.guard("shutdown"):  # a warm shutdown waiting for a stalled run: say so
             shutdown.check(agent)
         agent.telemetry.watchdog_last_tick = time.time()
-        self.ticks += 1
+        self._ticks += 1
         try:  # the lease is renewed from here (no I/O: core.lease wakes its own thread)
             agent.lease.tick()
         except Exception as exc:

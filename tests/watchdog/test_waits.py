@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,6 +18,8 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import otel_jobs
+from otel_jobs.core import errors, waits
+from otel_jobs.core.stacks import frame_of
 from tests.support import spans_named
 from tests.watchdog.support import DEADLINE, here, run_named, wait_for
 
@@ -244,3 +247,65 @@ def test_asyncio_waits_with_and_without_a_timeout(
         assert run.diagnosis.wait["timeout"] is timeout, name
     for future in futures:
         future.cancel()
+
+
+@pytest.fixture
+def blocked_frames() -> Iterator[tuple[list[Any], list[bool]]]:
+    """The frames of a real thread blocked in ``lock.acquire()`` without a timeout, outermost
+    first, and which of them are the user's."""
+    lock = threading.Lock()
+    lock.acquire()
+    started = threading.Event()
+
+    def blocked() -> None:
+        started.set()
+        lock.acquire()
+
+    thread = threading.Thread(target=blocked, daemon=True)
+    thread.start()
+    started.wait(DEADLINE)
+    assert thread.ident is not None
+
+    def frames() -> list[Any] | None:
+        raw = waits.thread_frames(sys._current_frames().get(thread.ident))  # type: ignore[arg-type]
+        return raw if raw and raw[-1].f_code is blocked.__code__ else None
+
+    raw = wait_for("the thread in lock.acquire()", frames)
+    yield raw, [frame_of(f).user for f in raw]
+    lock.release()
+    thread.join(DEADLINE)
+
+
+def test_a_lock_wait_read_from_the_bytecode_of_this_python(
+    blocked_frames: tuple[list[Any], list[bool]],
+) -> None:
+    found = waits.find(*blocked_frames)
+    assert found is not None and (found.kind, found.timeout) == ("threading.Lock", False)
+
+
+def test_an_unknown_call_instruction_names_no_wait_rather_than_a_wrong_one(
+    blocked_frames: tuple[list[Any], list[bool]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = waits._instructions
+
+    def renamed(code: Any) -> Any:  # as a future CPython with a call opcode of another name
+        instructions, by_offset = real(code)
+        return [
+            i._replace(opname="CALL_OF_ANOTHER_VERSION") if i.opname in waits._CALLS else i
+            for i in instructions
+        ], by_offset
+
+    monkeypatch.setattr(waits, "_instructions", renamed)
+    assert waits.find(*blocked_frames) is None
+
+
+@pytest.mark.internal_errors("watchdog.waits")
+def test_a_bytecode_layout_that_breaks_the_reader_names_no_wait_and_is_counted(
+    blocked_frames: tuple[list[Any], list[bool]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreadable(code: Any) -> Any:
+        raise ValueError("unknown opcode 250")  # as dis says of an opcode it does not know
+
+    monkeypatch.setattr(waits, "_instructions", unreadable)
+    assert waits.find(*blocked_frames) is None
+    assert errors.counts().get("watchdog.waits", 0) >= 1
