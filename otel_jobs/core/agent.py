@@ -31,17 +31,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.trace import Link, SpanKind
 
-from . import (
-    agent_fork,
-    errors,
-    forked_runs,
-    imports,
-    lost_runs,
-    providers,
-    serving,
-    sigterm,
-    streaks,
-)
+from . import agent_fork, errors, forked_runs, imports, lost_runs, providers, serving, sigterm
 from .config import Settings
 from .deferred import Deferred
 from .exposition import MetricsServer
@@ -220,14 +210,11 @@ class Agent:
         """Whether this process has instruments yet (a one-run child may record nothing)."""
         return self._telemetry is not None
 
-    def _outcomes(self) -> list[list[Any]]:
-        """Last success and failure streak of each series, for the snapshot (core.streaks)."""
-        return streaks.encode(self.telemetry.all_series())
-
     # What a forked child gets, and the snapshots it writes (core.agent_fork).
     forking_one_run = agent_fork.forking_one_run
     after_fork_in_child = agent_fork.after_fork_in_child
     write_snapshot = agent_fork.write_snapshot
+    _outcomes = agent_fork.snapshot_outcomes
     defer_snapshots_to_watchdog = agent_fork.defer_snapshots_to_watchdog
 
     # --- the in-flight table -----------------------------------------------------------

@@ -13,9 +13,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from . import errors, providers
+from . import errors, providers, streaks
 from .telemetry import Telemetry
 
 if TYPE_CHECKING:
@@ -70,6 +70,11 @@ def in_multiprocessing_child(agent: Agent) -> None:
     import multiprocessing.util
 
     multiprocessing.util.Finalize(None, agent.write_snapshot, exitpriority=10)
+
+
+def snapshot_outcomes(agent: Agent) -> list[list[Any]]:
+    """Last success and failure streak of each series, for the snapshot (core.streaks)."""
+    return streaks.encode(agent.telemetry.all_series())
 
 
 def write_snapshot(agent: Agent) -> None:
