@@ -46,6 +46,8 @@ APP = textwrap.dedent(
     import dramatiq
     from dramatiq.middleware.asyncio import AsyncIO
 
+    from tests.integrations.job_bodies import fail_first_attempt
+
     if os.environ["DQ_BROKER"].startswith("redis"):
         from dramatiq.brokers.redis import RedisBroker
 
@@ -81,12 +83,7 @@ APP = textwrap.dedent(
 
     @dramatiq.actor(queue_name=QUEUE, max_retries=3, min_backoff=100, max_backoff=300)
     def flaky(key):
-        # Fails on its first attempt only: the marker file survives the retry.
-        try:
-            os.close(os.open(os.path.join(STATE, key), os.O_CREAT | os.O_EXCL))
-        except FileExistsError:
-            return None
-        raise RuntimeError("first attempt fails")
+        fail_first_attempt(STATE, key)
 
 
     @dramatiq.actor(queue_name=QUEUE, max_retries=0, time_limit=1000)

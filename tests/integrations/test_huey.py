@@ -39,6 +39,7 @@ APP = textwrap.dedent(
     from huey import RedisHuey
 
     import otel_jobs
+    from tests.integrations.job_bodies import fail_first_attempt
 
     huey = RedisHuey(os.environ["HQ_NAME"], url=os.environ["HQ_REDIS"])
     if os.environ.get("HQ_INSTRUMENT") == "1":
@@ -69,12 +70,7 @@ APP = textwrap.dedent(
 
     @huey.task(retries=2)
     def flaky(key):
-        # Fails on its first attempt only: the marker file survives the retry.
-        try:
-            os.close(os.open(os.path.join(STATE, key), os.O_CREAT | os.O_EXCL))
-        except FileExistsError:
-            return None
-        raise RuntimeError("first attempt fails")
+        fail_first_attempt(STATE, key)
 
 
     @huey.task(timeout=1)
