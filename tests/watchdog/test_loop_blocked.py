@@ -57,6 +57,21 @@ async def until(event: threading.Event) -> None:
         await asyncio.sleep(0.02)
 
 
+def waiting_runs(
+    agent: Any, loop: asyncio.AbstractEventLoop, name: str, count: int, done: threading.Event
+) -> tuple[list[Any], Any]:
+    """``count`` runs of an async job ``name`` started on ``loop``, each awaiting ``done``
+    (the loop stays free): their futures, and the oldest run once all are in flight."""
+
+    @otel_jobs.job(name=name, heartbeat_timeout=120)
+    async def waiting() -> None:
+        await until(done)
+
+    futures = [asyncio.run_coroutine_threadsafe(waiting(), loop) for _ in range(count)]
+    wait_for(f"{count} runs", lambda: len([r for r in agent.runs() if r.name == name]) == count)
+    return futures, min(agent.runs(), key=lambda r: r.start_mono)
+
+
 def test_a_coroutine_blocking_its_loop_gets_the_verdict_naming_its_line_and_the_runs_held_up(
     instrumented: Callable[..., Any],
     span_exporter: InMemorySpanExporter,
@@ -207,14 +222,7 @@ def test_code_outside_any_run_blocking_the_loop_is_reported_on_the_oldest_run(
 ) -> None:
     agent = instrumented(watchdog_interval=0.1, loop_blocked_timeout=0.5)
     release, done = threading.Event(), threading.Event()
-
-    @otel_jobs.job(name="lb.innocent", heartbeat_timeout=120)
-    async def innocent() -> None:
-        await until(done)
-
-    futures = [asyncio.run_coroutine_threadsafe(innocent(), loop) for _ in range(2)]
-    wait_for("two runs", lambda: len([r for r in agent.runs() if r.name == "lb.innocent"]) == 2)
-    oldest = min(agent.runs(), key=lambda r: r.start_mono)
+    futures, oldest = waiting_runs(agent, loop, "lb.innocent", 2, done)
     line = here() + 1
     loop.call_soon_threadsafe(lambda: release.wait())  # a callback of no run holds the loop
     wait_for("the verdict on the oldest run", lambda: oldest.verdict == "loop_blocked")
@@ -429,14 +437,7 @@ def test_the_oldest_run_given_the_verdict_keeps_the_state_of_the_loops_thread(
         watchdog=False, prometheus=False, frameworks=[], outbound=[], loop_blocked_timeout=5
     )
     holding, release, done = threading.Event(), threading.Event(), threading.Event()
-
-    @otel_jobs.job(name="lb.suspended", heartbeat_timeout=120)
-    async def suspended() -> None:
-        await until(done)
-
-    futures = [asyncio.run_coroutine_threadsafe(suspended(), loop) for _ in range(2)]
-    wait_for("two runs", lambda: len([r for r in agent.runs() if r.name == "lb.suspended"]) == 2)
-    oldest = min(agent.runs(), key=lambda r: r.start_mono)
+    futures, oldest = waiting_runs(agent, loop, "lb.suspended", 2, done)
 
     def holds_the_loop() -> None:
         holding.set()
