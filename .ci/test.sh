@@ -49,10 +49,10 @@ rm -rf "$site"
 
 # The watchdog's bytecode-dependent diagnoses (what a blocked frame waits on, read from its
 # opcodes; the event-loop probe's asyncio internals) on the other CPythons this machine's pyenv
-# has (3.12, 3.13; Debian bookworm and PyPI offer none): the package and pytest only, about
-# 30 s each. Skipped where pyenv or those versions are missing.
+# has (3.10, 3.12, 3.13; Debian bookworm and PyPI offer none): the package and pytest only,
+# about 30 s each. Skipped where pyenv or those versions are missing.
 pyenv_root=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
-for other in "$pyenv_root"/versions/3.12.*/bin/python "$pyenv_root"/versions/3.13.*/bin/python; do
+for other in "$pyenv_root"/versions/3.10.*/bin/python "$pyenv_root"/versions/3.12.*/bin/python "$pyenv_root"/versions/3.13.*/bin/python; do
   [ -x "$other" ] || continue
   venv=".venv-$("$other" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
   [ -x "$venv/bin/python" ] || "$other" -m venv "$venv"
