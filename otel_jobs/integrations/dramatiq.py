@@ -74,6 +74,10 @@ What is recorded
 * Dead-lettered messages: every message Dramatiq rejects (retries exhausted, ``throws``,
   too old, unknown actor) goes to the dead-letter queue (``<queue>.XQ``) and is counted in
   ``otel_jobs_runs_dead_lettered_total{job_name, queue}``.
+* Lost with its worker: a message handed out again after its worker died counts
+  ``otel_jobs_runs_redelivered_total``; one lost more than ``otel-jobs monitor --max-lost``
+  times is failed into the dead-letter queue without running (``cancelled``; with
+  ``--requeue-lost``: :mod:`.dramatiq_lost`).
 * Queue wait: from the message's publish time (``message_timestamp``), or, for a delayed or
   retried message, from its due time (``eta``). Dramatiq drops ``eta`` when it moves a due
   message from the delay queue to the work queue, so the middleware copies it into the
@@ -103,27 +107,28 @@ tell their stacks apart.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import multiprocessing
 import os
 import sys
-import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
 import dramatiq.broker
 from dramatiq.common import q_name
-from dramatiq.middleware import Middleware, Retries, TimeLimit, TimeLimitExceeded
+from dramatiq.middleware import Middleware, Retries, SkipMessage, TimeLimit, TimeLimitExceeded
 from dramatiq.middleware.shutdown import Shutdown
 from opentelemetry import propagate
 
 from ..core import errors, shutdown
 from ..core.patching import Patches
-from ..core.run import classify, current_run
+from ..core.run import classify
 from . import leases
 from .base import Integration as BaseIntegration
+from .dramatiq_async import bind_run_to_coroutine
+from .dramatiq_brokers import existing_brokers, no_middleware_asked
+from .dramatiq_lost import lost_too_often
 
 if TYPE_CHECKING:
     from ..core.agent import Agent
@@ -136,6 +141,7 @@ DUE_OPTION = "otel_jobs_due"
 #: The message option that carries the publisher's trace context to the run.
 TRACE_OPTION = "otel_jobs_trace"
 _RUN_ATTR = "_otel_jobs_run"
+_LOST_ATTR = "_otel_jobs_lost"
 #: How to end a warm shutdown that waits for a stalled message (dramatiq's CLI forwards every
 #: SIGTERM or SIGINT to its worker processes, which exit at the second).
 FORCE_SHUTDOWN = (
@@ -211,8 +217,15 @@ class OtelJobsMiddleware(Middleware):
         if isinstance(eta, (int, float)):
             message.options[DUE_OPTION] = eta
 
-    @errors.guarded("integration.dramatiq")
     def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        self._start(broker, message)
+        why = message.__dict__.get(_LOST_ATTR)
+        if why is not None:  # a poison message: failed into the dead-letter queue, not run
+            message.fail()
+            raise SkipMessage(f"otel-jobs: {why}")
+
+    @errors.guarded("integration.dramatiq")
+    def _start(self, broker: dramatiq.Broker, message: Any) -> None:
         agent = self.agent
         agent.defer_snapshots_to_watchdog()  # a worker process runs many messages of many actors
         options = message.options
@@ -233,6 +246,9 @@ class OtelJobsMiddleware(Middleware):
         leases.dramatiq_started(agent, run, broker, message)
         # MessageProxy has a __dict__: the run travels with the message to the after hooks.
         message.__dict__[_RUN_ATTR] = run
+        why = lost_too_often(agent, run, message)  # no I/O unless RabbitMQ redelivered it
+        if why is not None:
+            message.__dict__[_LOST_ATTR] = why
 
     @errors.guarded("integration.dramatiq")
     def after_process_message(
@@ -272,8 +288,9 @@ class OtelJobsMiddleware(Middleware):
         run: Run | None = message.__dict__.pop(_RUN_ATTR, None)
         if run is None:
             return
+        lost = message.__dict__.pop(_LOST_ATTR, None)
         try:
-            run.finish("cancelled")
+            run.finish("cancelled", SkipMessage(f"otel-jobs: {lost}") if lost else None)
         finally:
             run.deactivate()
 
@@ -285,37 +302,6 @@ class OtelJobsMiddleware(Middleware):
         agent.telemetry.record_dead_lettered(series)
         if agent.share.in_child:
             agent.share.flush_or_mark_stale(agent.telemetry.registry)
-
-
-def _bind_run_to_coroutine(original: Any) -> Any:
-    """Wrap ``EventLoopThread.run_coroutine``: an async actor's run follows its coroutine.
-
-    The worker thread waits while the coroutine runs on the event-loop thread; bound to the
-    coroutine's task, the run is diagnosed from the coroutine's await chain and the loop
-    thread's CPU time, and the ``cancel`` policy cancels the task.
-    """
-
-    def run_coroutine(loop_thread: Any, coro: Any) -> Any:
-        run = current_run()
-        if run is None or run.finished:
-            return original(loop_thread, coro)
-
-        waiting_native_id = run.native_id  # the worker thread's, which waits meanwhile
-
-        async def bound() -> Any:
-            with errors.guard("integration.dramatiq.async"):
-                run.task = asyncio.current_task()
-                run.loop = asyncio.get_running_loop()
-                run.native_id = threading.get_native_id()
-            try:
-                return await coro
-            finally:
-                run.task = run.loop = None
-                run.native_id = waiting_native_id
-
-        return original(loop_thread, bound())
-
-    return run_coroutine
 
 
 class Integration(BaseIntegration):
@@ -336,7 +322,7 @@ class Integration(BaseIntegration):
             def __init__(broker: dramatiq.Broker, *args: Any, **kwargs: Any) -> None:
                 original(broker, *args, **kwargs)
                 with errors.guard("integration.dramatiq"):
-                    if not _no_middleware_asked(args, kwargs):
+                    if not no_middleware_asked(args, kwargs):
                         attach(broker)
 
             return __init__
@@ -347,10 +333,10 @@ class Integration(BaseIntegration):
         except ImportError:  # a Dramatiq without async actors
             pass
         else:
-            self._patches.wrap(EventLoopThread, "run_coroutine", _bind_run_to_coroutine)
+            self._patches.wrap(EventLoopThread, "run_coroutine", bind_run_to_coroutine)
         global _installed
         _installed = self
-        for broker in _existing_brokers():
+        for broker in existing_brokers():
             if broker.middleware:  # an empty list can only have been asked for: left alone
                 self.attach(broker)
         self._warn_if_per_process()
@@ -422,33 +408,6 @@ def detach(broker: dramatiq.Broker) -> None:
         broker.middleware[:] = [
             m for m in broker.middleware if not isinstance(m, OtelJobsMiddleware)
         ]
-
-
-def _no_middleware_asked(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    """Whether ``Broker.__init__`` was given an empty middleware list (``middleware=[]``)."""
-    given = kwargs["middleware"] if "middleware" in kwargs else (args[0] if args else None)
-    try:
-        return given is not None and len(given) == 0
-    except TypeError:  # an iterator, used up by now: not an explicit empty list
-        return False
-
-
-def _existing_brokers() -> list[dramatiq.Broker]:
-    """The global broker and brokers bound to module-level names (created before instrument())."""
-    found: dict[int, dramatiq.Broker] = {}
-    if isinstance(dramatiq.broker.global_broker, dramatiq.Broker):
-        found[id(dramatiq.broker.global_broker)] = dramatiq.broker.global_broker
-    for module in list(sys.modules.values()):
-        namespace = getattr(module, "__dict__", None)
-        if not isinstance(namespace, dict) or namespace.get("__name__", "").startswith("dramatiq"):
-            continue
-        for value in list(namespace.values()):
-            try:
-                if isinstance(value, dramatiq.Broker):
-                    found[id(value)] = value
-            except Exception:  # a lazy proxy whose __class__ raises outside its context
-                continue
-    return list(found.values())
 
 
 def main(**options: Any) -> int:

@@ -18,9 +18,13 @@ Once per poll, for one framework (:attr:`Detector.framework`) on one Redis:
    default; with ``requeue`` the run is put back on its queue (:meth:`requeue`,
    ``otel_jobs_runs_requeued_total`` +1) unless its broker redelivers it by itself (Celery's
    ``acks_late``: counted only), and a job lost more than ``max_lost`` times goes to its
-   framework's failed place (:meth:`dead_letter`) instead.
+   framework's failed place (:meth:`dead_letter`) instead. A run its broker hands out again by
+   itself is counted only; with ``requeue`` its next delivery is told what the lost attempt
+   reached and ``max_lost`` where the framework allows (:meth:`tell_next_delivery`: Dramatiq,
+   whose worker then fails a job lost more than ``max_lost`` times into its dead-letter queue).
 
-A run finished after all (step 2) is only taken out of the lease. Bounded: at most
+The run itself is :mod:`.runs`; the span and the log record, :mod:`.report`. A run finished
+after all (step 2) is only taken out of the lease. Bounded: at most
 :data:`MAX_RUNS_PER_POLL` runs are handled per poll (the rest at the next). Not read-only, unlike
 the queue collectors: claims, lease clean-up and (asked for) requeues write to Redis; nothing is
 written for a lease that has not expired.
@@ -37,11 +41,9 @@ import logging
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry, Counter
 
 from ...core import errors
@@ -50,6 +52,17 @@ from ...core.labels import clean as clean_label
 from ...core.lease import KEEP_SECONDS, KEY_ATTEMPT, KEY_LEASE, KEY_LEASES, RUN_FIELD, WORKER_FIELD
 from .. import _redis
 from ..base import BrokerUnavailable
+from .report import log_lost, lost_span
+from .runs import LostRun
+
+__all__ = [
+    "MAX_LEASES_PER_POLL",
+    "MAX_RUNS_PER_POLL",
+    "Detector",
+    "LostRun",
+    "logger",
+    "lost_counters",
+]
 
 if TYPE_CHECKING:
     import redis
@@ -94,75 +107,6 @@ if redis.call('HLEN', KEYS[2]) <= 1 then
 end
 return {won, losses}
 """
-
-
-@dataclass
-class LostRun:
-    """One run of an expired lease, as its worker last wrote it."""
-
-    lease: str
-    key: str
-    framework: str
-    job_id: str | None
-    name: str
-    queue: str
-    attempt: int
-    started: float | None
-    host: str
-    pid: int
-    expired_at: float
-    checkpoint: Mapping[str, Any] = field(default_factory=dict)
-    redelivers: bool = False
-    requeue: Mapping[str, Any] | None = None
-    entry: Mapping[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def parse(
-        cls, lease: str, name: str, raw: Any, worker: Mapping[str, Any], expired_at: float
-    ) -> LostRun | None:
-        try:
-            entry = json.loads(raw)
-            if not isinstance(entry, dict):
-                return None
-            checkpoint = entry.get("checkpoint")
-            return cls(
-                lease=lease,
-                key=name,
-                framework=str(entry.get("framework") or ""),
-                job_id=str(entry["job_id"]) if entry.get("job_id") is not None else None,
-                name=str(entry.get("name") or "unknown"),
-                queue=str(entry.get("queue") or "default"),
-                attempt=int(entry.get("attempt") or 1),
-                started=_number(entry.get("started")),
-                host=str(entry.get("host") or worker.get("host") or ""),
-                pid=int(entry.get("pid") or worker.get("pid") or 0),
-                expired_at=expired_at,
-                checkpoint=checkpoint if isinstance(checkpoint, dict) else {},
-                redelivers=bool(entry.get("redelivers")),
-                requeue=entry.get("requeue") if isinstance(entry.get("requeue"), dict) else None,
-                entry=entry,
-            )
-        except (ValueError, TypeError):
-            return None
-
-    def attempt_record(self) -> dict[str, Any]:
-        """What the job's next run reads as ``previous_attempt`` (``lost`` added by the claim)."""
-        record: dict[str, Any] = {
-            "progress": self.checkpoint.get("progress"),
-            "at": self.checkpoint.get("at"),
-            "host": self.host,
-            "pid": self.pid,
-            "expired_at": self.expired_at,
-            "attempt": self.attempt,
-        }
-        details = self.checkpoint.get("details")
-        if isinstance(details, dict) and details:
-            record["details"] = details
-        return record
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 class _Counters:
@@ -278,6 +222,12 @@ class Detector:
         """Move the job to the framework's failed place, outcome lost; False: there is none."""
         return False
 
+    def tell_next_delivery(self, run: LostRun, attempt: Mapping[str, Any]) -> bool:
+        """For a run its broker hands out again (with ``requeue``): have its next delivery know
+        ``attempt`` (with ``max_lost``), so that its worker stops a job lost more than
+        ``max_lost`` times; False: the framework's worker cannot be told."""
+        return False
+
     # --- the work -------------------------------------------------------------------------------
 
     def _poll(self) -> None:
@@ -315,6 +265,8 @@ class Detector:
                 self._claim_script(run.lease, run.key, run, "drop")
                 continue
             attempt = run.attempt_record()
+            if self.requeue_lost:  # what the worker of a redelivered run compares with
+                attempt["max_lost"] = self.max_lost
             won, losses = self._claim_script(run.lease, run.key, run, "claim", attempt)
             if won == 1:
                 attempt["lost"] = losses
@@ -355,6 +307,9 @@ class Detector:
             self.counters.lost.labels(run.framework, job_name, queue).inc()
         if run.redelivers or self.redelivers:
             action = "broker_redelivers"
+            if self.requeue_lost and self.tell_next_delivery(run, attempt):
+                if losses > self.max_lost:
+                    action = "dead_letter_on_redelivery"
         elif not self.requeue_lost or not self.requeues:
             action = "counted"
         elif losses > self.max_lost:
@@ -365,8 +320,8 @@ class Detector:
                 self.counters.requeued.labels(run.framework, job_name, queue).inc()
         else:
             action = "requeue_failed"
-        self._span(run, action, losses)
-        self._log(run, action, losses, now)
+        lost_span(self.tracer, run, action, losses)
+        log_lost(run, action, losses, now, self.requeues)
 
     def _label(self, seen: set[str], value: str) -> str:
         value = clean_label(value)
@@ -376,86 +331,6 @@ class Detector:
             return OVERFLOW_VALUE
         seen.add(value)
         return value
-
-    def _span(self, run: LostRun, action: str, losses: int) -> None:
-        attrs: dict[str, Any] = {
-            "job.name": run.name,
-            "job.queue": run.queue,
-            "job.attempt": run.attempt,
-            "job.framework": run.framework,
-            "job.outcome": "lost",
-            "otel_jobs.worker.host": run.host,
-            "otel_jobs.worker.pid": run.pid,
-            "otel_jobs.lease.expired_at": run.expired_at,
-            "otel_jobs.lost.action": action,
-            "otel_jobs.lost.count": losses,
-        }
-        if run.job_id is not None:
-            attrs["job.id"] = run.job_id
-        if run.started is not None:
-            attrs["otel_jobs.run.started_at"] = run.started
-        progress = run.checkpoint.get("progress")
-        if isinstance(progress, (int, float)):
-            attrs["job.progress"] = float(progress)
-        details = run.checkpoint.get("details")
-        if details:
-            attrs["otel_jobs.checkpoint.details"] = json.dumps(details, sort_keys=True)
-        start = run.started if run.started is not None else run.expired_at
-        span = self.tracer.start_span(
-            f"{run.name} lost",
-            kind=SpanKind.INTERNAL,
-            attributes=attrs,
-            start_time=int(start * 1e9),
-        )
-        span.set_status(Status(StatusCode.ERROR, "lost with its worker"))
-        span.end(end_time=int(max(start, run.expired_at) * 1e9))
-
-    def _log(self, run: LostRun, action: str, losses: int, now: float) -> None:
-        progress = run.checkpoint.get("progress")
-        details = run.checkpoint.get("details")
-        started = (
-            f"{now - run.started:.0f}s ago" if run.started is not None else "at an unknown time"
-        )
-        what = {
-            "counted": (
-                "counted (--requeue-lost puts such runs back)"
-                if self.requeues
-                else f"counted ({run.framework} runs are not requeued)"
-            ),
-            "broker_redelivers": "not requeued: its broker hands it out again",
-            "requeued": "requeued on its queue, same id and arguments",
-            "requeue_failed": "could not be requeued (see above)",
-            "dead_lettered": f"lost {losses} times: not requeued again, moved to the failed jobs",
-            "not_requeued": f"lost {losses} times: not requeued again",
-        }[action]
-        logger.warning(
-            "otel-jobs monitor: run %s of %s (queue %s, attempt %d) was lost with its worker %s "
-            "pid %d: started %s, its lease expired %.0fs ago%s; %s",
-            run.job_id,
-            run.name,
-            run.queue,
-            run.attempt,
-            run.host,
-            run.pid,
-            started,
-            max(0.0, now - run.expired_at),
-            (
-                f", last checkpoint progress={progress} details={json.dumps(details)}"
-                if progress is not None or details
-                else ""
-            ),
-            what,
-            extra={
-                "job_name": run.name,
-                "job_id": run.job_id,
-                "job_queue": run.queue,
-                "job_framework": run.framework,
-                "worker_host": run.host,
-                "worker_pid": run.pid,
-                "lost_action": action,
-                "lost_count": losses,
-            },
-        )
 
 
 def _redis_call(call: Any) -> Any:

@@ -6,7 +6,9 @@
 * :func:`wait_lost` polls a monitor until a run is counted lost, checking on the way that it is
   counted at the first poll after its lease expired on the Redis clock (the documented bound:
   the lease TTL plus one poll), never before;
-* :func:`lease_of` finds the lease entry of a job id.
+* :func:`lease_of` finds the lease entry of a job id;
+* :func:`killed_each_time`: a poison job run by one worker after another, each killed by it;
+* :func:`finished_once_more`: the run handed out again finished by a second worker, once.
 """
 
 from __future__ import annotations
@@ -29,7 +31,16 @@ from tests.support import Samples, free_port, scrape
 from ..support import ROOT, wait_for
 from .test_detector import listed
 
-__all__ = ["ROOT", "Worker", "lease_of", "listed", "wait_for", "wait_lost"]
+__all__ = [
+    "ROOT",
+    "Worker",
+    "finished_once_more",
+    "killed_each_time",
+    "lease_of",
+    "listed",
+    "wait_for",
+    "wait_lost",
+]
 
 
 class Worker:
@@ -133,6 +144,41 @@ def wait_lost(
     result: Samples = wait_for(f"{job_id} counted lost", check)
     assert wrong == [], wrong
     return result
+
+
+def killed_each_time(
+    times: int, start: Callable[[], Worker], attempts: Path, counted: Callable[[], float], what: str
+) -> None:
+    """``times`` workers in turn, each started by ``start()``, run the poison job ``what``, which
+    kills each one: after each, the job ran once more (a line in ``attempts``) and the monitor
+    counts one more loss (``counted()``, a poll)."""
+    for attempt in range(1, times + 1):
+        worker = start()
+
+        def died(worker: Worker = worker) -> bool:
+            return worker.proc.poll() is not None
+
+        wait_for(f"the poison {what} to kill its worker", died, log=worker.log)
+        assert len(attempts.read_text().splitlines()) == attempt
+
+        def lost(attempt: int = attempt) -> bool:
+            return counted() == attempt
+
+        wait_for(f"loss {attempt} counted", lost)
+
+
+def finished_once_more(
+    worker: Worker, done: Path, job_name: str, queue: str, what: str, **finished: str
+) -> Samples:
+    """The run of ``job_name`` handed out again done by ``worker`` (its file ``done``), counted
+    as finished (``finished``: more labels) and once as redelivered on its ``/metrics``."""
+    wait_for(what, done.exists, log=worker.log)
+    samples = worker.wait_for(
+        "the run finished",
+        lambda s: s.total("otel_jobs_runs_finished_total", job_name=job_name, **finished) >= 1,
+    )
+    assert samples.value("otel_jobs_runs_redelivered_total", job_name=job_name, queue=queue) == 1
+    return samples
 
 
 def python() -> str:

@@ -30,7 +30,15 @@ from otel_jobs.monitor.settings import MonitorSettings
 from tests.support import Samples
 
 from ..support import Polled
-from .support import Worker, listed, python, wait_for, wait_lost
+from .support import (
+    Worker,
+    finished_once_more,
+    killed_each_time,
+    listed,
+    python,
+    wait_for,
+    wait_lost,
+)
 
 pytestmark = pytest.mark.broker
 
@@ -97,14 +105,7 @@ def handed_out_again(
     )  # fmt: skip
     try:
         worker.wait_serving()
-        wait_for("the run handed out again", lambda: (tmp / "p1.done").exists(), log=worker.log)
-        samples = worker.wait_for(
-            "the run finished",
-            lambda s: s.total("otel_jobs_runs_finished_total", job_name=job_name) >= 1,
-        )
-        assert (
-            samples.value("otel_jobs_runs_redelivered_total", job_name=job_name, queue=queue) == 1
-        )
+        finished_once_more(worker, tmp / "p1.done", job_name, queue, "the run handed out again")
         previous = json.loads((tmp / "p1.previous").read_text())
         assert previous["progress"] == 0.4 and previous["details"] == {"page": 7}
         assert previous["pid"] == pid
@@ -254,19 +255,7 @@ def test_arq_a_job_that_kills_its_worker_every_time_is_stopped_by_max_tries(
     try:
         with Polled([with_lost_runs(collector, settings)]) as monitor:
             job_id = asyncio.run(enqueue())
-            for attempt in (1, 2):
-                current = worker()
-
-                def died(current: Worker = current) -> bool:
-                    return current.proc.poll() is not None
-
-                wait_for("the poison job to kill its worker", died, log=current.log)
-                assert len(attempts.read_text().splitlines()) == attempt
-
-                def counted(attempt: int = attempt) -> bool:
-                    return lost(monitor.poll()) == attempt
-
-                wait_for(f"loss {attempt} counted", counted)
+            killed_each_time(2, worker, attempts, lambda: lost(monitor.poll()), "job")
             last = worker()
             result = wait_for(
                 "arq to fail the job", lambda: asyncio.run(result_of(job_id)), log=last.log
@@ -286,14 +275,14 @@ def test_arq_a_job_that_kills_its_worker_every_time_is_stopped_by_max_tries(
     assert [(s.attributes or {})["job.attempt"] for s in spans] == [1, 2]
 
 
-def test_dramatiq_a_message_that_kills_its_worker_every_time_is_handed_out_again_unbounded(
+def test_dramatiq_a_message_that_kills_its_worker_every_time_is_lost_max_lost_plus_one_times_then_dead_lettered(
     redis_url: str, tmp_path: Path, span_exporter: InMemorySpanExporter
 ) -> None:
-    """Dramatiq's Redis broker hands a dead worker's unacknowledged message out again as it was:
-    its ``Retries`` middleware counts only runs that raised, so a message that kills its worker
-    every time comes back again and again (``max_retries=0`` here), as the same attempt. The
-    monitor counts every loss and requeues none (``--max-lost`` 1 does not stop it); three
-    losses in, the message is still waiting for a fourth worker."""
+    """Dramatiq's Redis broker hands a dead worker's unacknowledged message out again as it was,
+    and its ``Retries`` counts only runs that raised (``max_retries=0`` here). With
+    ``--requeue-lost`` the monitor writes each loss, with ``--max-lost`` (1), into the message;
+    the worker that is handed it once more than that fails it into the dead-letter queue without
+    running it: run and lost twice, then dead-lettered, counted by that worker."""
     import dramatiq
     from dramatiq.brokers.redis import RedisBroker
 
@@ -311,47 +300,65 @@ def test_dramatiq_a_message_that_kills_its_worker_every_time_is_handed_out_again
     }  # fmt: skip
     workers: list[Worker] = []
 
+    def worker() -> Worker:
+        found = Worker(
+            command, tmp_path / f"worker-{len(workers)}.log", LOST_BROKER=redis_url,
+            LOST_QUEUE=queue, LOST_DIR=str(tmp_path), OTEL_JOBS_LEASE_TTL="2", **env,
+        )  # fmt: skip
+        workers.append(found)
+        return found
+
     def lost(samples: Samples) -> float:
         return samples.total(
             "otel_jobs_runs_lost_total", framework="dramatiq", job_name=name, queue=queue
         )
 
+    message = dramatiq.Message(
+        queue_name=queue, actor_name=name, args=("poison1",), kwargs={}, options={}
+    )
     settings = MonitorSettings(requeue_lost=True, max_lost=1)
     collector = collector_for_broker(broker, queues=[queue])
+    dead = f"{broker.namespace}:{queue}.XQ"
     try:
         with Polled([with_lost_runs(collector, settings, broker)]) as monitor:
-            broker.enqueue(
-                dramatiq.Message(
-                    queue_name=queue, actor_name=name, args=("poison1",), kwargs={}, options={}
-                )
+            stored = broker.enqueue(message).options["redis_message_id"]  # the broker's own id
+            killed_each_time(2, worker, attempts, lambda: lost(monitor.poll()), "message")
+            last = worker()
+            wait_for(
+                "the message in the dead-letter queue",
+                lambda: broker.client.zscore(dead, stored) is not None,
+                log=last.log,
             )
-            for attempt in (1, 2, 3):
-                current = Worker(
-                    command, tmp_path / f"worker-{attempt}.log", LOST_BROKER=redis_url,
-                    LOST_QUEUE=queue, LOST_DIR=str(tmp_path), OTEL_JOBS_LEASE_TTL="2", **env,
-                )  # fmt: skip
-                workers.append(current)
-
-                def died(current: Worker = current) -> bool:
-                    return current.proc.poll() is not None
-
-                wait_for("the poison message to kill its worker", died, log=current.log)
-                assert len(attempts.read_text().splitlines()) == attempt
-
-                def counted(attempt: int = attempt) -> bool:
-                    return lost(monitor.poll()) == attempt
-
-                wait_for(f"loss {attempt} counted", counted)
+            samples = last.wait_for(
+                "the dead letter counted",
+                lambda s: s.total("otel_jobs_runs_dead_lettered_total", job_name=name) >= 1,
+            )
+            assert (
+                samples.value(
+                    "otel_jobs_runs_finished_total", job_name=name, queue=queue, outcome="cancelled"
+                )
+                == 1
+            )
+            assert (
+                samples.value("otel_jobs_runs_redelivered_total", job_name=name, queue=queue) == 1
+            )
+            assert (
+                samples.value("otel_jobs_runs_dead_lettered_total", job_name=name, queue=queue) == 1
+            )
+            assert last.proc.poll() is None  # not run: its worker lives on
+            assert len(attempts.read_text().splitlines()) == 2
+            assert "lost with its worker 2 times" in last.tail()
             samples = monitor.poll()
+            assert lost(samples) == 2
             assert samples.total("otel_jobs_runs_requeued_total") == 0
-        # Still unacknowledged: the next worker's maintenance hands it out a fourth time.
-        assert broker.client.hlen(f"{broker.namespace}:{queue}.msgs") == 1
+        assert broker.client.hlen(f"{broker.namespace}:{queue}.msgs") == 0
     finally:
         for found in workers:
             found.kill()
         broker.close()
     spans = [s for s in span_exporter.get_finished_spans() if s.name == f"{name} lost"]
     assert [(s.attributes or {})["otel_jobs.lost.action"] for s in spans] == [
-        "broker_redelivers"
-    ] * 3
-    assert [(s.attributes or {})["job.attempt"] for s in spans] == [1, 1, 1]
+        "broker_redelivers",
+        "dead_letter_on_redelivery",
+    ]
+    assert [(s.attributes or {})["job.attempt"] for s in spans] == [1, 1]
