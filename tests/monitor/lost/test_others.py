@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from otel_jobs.monitor.base import Collector
 from otel_jobs.monitor.lost import with_lost_runs
 from otel_jobs.monitor.settings import MonitorSettings
-from tests.support import Samples
+from tests.support import Samples, require_rabbitmq
 
 from ..support import Polled
 from .support import (
@@ -43,6 +43,7 @@ from .support import (
 pytestmark = pytest.mark.broker
 
 REDIS_DB = 13
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672"
 
 
 def run_and_kill(
@@ -275,34 +276,45 @@ def test_arq_a_job_that_kills_its_worker_every_time_is_stopped_by_max_tries(
     assert [(s.attributes or {})["job.attempt"] for s in spans] == [1, 2]
 
 
+@pytest.mark.parametrize("kind", ["redis", "rabbitmq"])
 def test_dramatiq_a_message_that_kills_its_worker_every_time_is_lost_max_lost_plus_one_times_then_dead_lettered(
-    redis_url: str, tmp_path: Path, span_exporter: InMemorySpanExporter
+    kind: str, redis_url: str, tmp_path: Path, span_exporter: InMemorySpanExporter
 ) -> None:
-    """Dramatiq's Redis broker hands a dead worker's unacknowledged message out again as it was,
-    and its ``Retries`` counts only runs that raised (``max_retries=0`` here). With
-    ``--requeue-lost`` the monitor writes each loss, with ``--max-lost`` (1), into the message;
-    the worker that is handed it once more than that fails it into the dead-letter queue without
-    running it: run and lost twice, then dead-lettered, counted by that worker."""
+    """Dramatiq hands a dead worker's unacknowledged message out again as it was, and its
+    ``Retries`` counts only runs that raised (``max_retries=0`` here). With ``--requeue-lost``
+    the monitor writes each loss, with ``--max-lost`` (1), into the message (Redis broker) or
+    in Redis for the worker to read when RabbitMQ says it redelivered the message; the worker
+    that is handed it once more than that fails it into the dead-letter queue without running
+    it: run and lost twice, then dead-lettered, counted by that worker."""
     import dramatiq
-    from dramatiq.brokers.redis import RedisBroker
 
     from otel_jobs.monitor.dramatiq import collector_for_broker
 
-    queue = f"lost-{uuid.uuid4().hex[:8]}"
     name = "lost_poison"
     attempts = tmp_path / "poison1.attempts"
-    broker = RedisBroker(url=redis_url)
+    env = {"OTEL_JOBS_FRAMEWORKS": "dramatiq", "OTEL_JOBS_PROMETHEUS_PORT": "{port}"}
+    broker: Any
+    if kind == "redis":
+        from dramatiq.brokers.redis import RedisBroker
+
+        queue, url, broker = f"lost-{uuid.uuid4().hex[:8]}", redis_url, RedisBroker(url=redis_url)
+        env.update(
+            LOST_DRAMATIQ_HEARTBEAT_TIMEOUT="3000", LOST_DRAMATIQ_MAINTENANCE_CHANCE="1000000"
+        )
+    else:
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        require_rabbitmq()
+        queue, url = f"lost-{uuid.uuid4().hex[:8]}", RABBITMQ_URL
+        broker = RabbitmqBroker(url=url)
+        env.update(OTEL_JOBS_LEASE_URL=redis_url)
     command = [python(), "-m", "otel_jobs.integrations.dramatiq",
                "tests.monitor.lost.dramatiq_lost_app", "--processes", "1", "--threads", "1"]  # fmt: skip
-    env = {
-        "OTEL_JOBS_FRAMEWORKS": "dramatiq", "OTEL_JOBS_PROMETHEUS_PORT": "{port}",
-        "LOST_DRAMATIQ_HEARTBEAT_TIMEOUT": "3000", "LOST_DRAMATIQ_MAINTENANCE_CHANCE": "1000000",
-    }  # fmt: skip
     workers: list[Worker] = []
 
     def worker() -> Worker:
         found = Worker(
-            command, tmp_path / f"worker-{len(workers)}.log", LOST_BROKER=redis_url,
+            command, tmp_path / f"worker-{len(workers)}.log", LOST_BROKER=url,
             LOST_QUEUE=queue, LOST_DIR=str(tmp_path), OTEL_JOBS_LEASE_TTL="2", **env,
         )  # fmt: skip
         workers.append(found)
@@ -313,22 +325,24 @@ def test_dramatiq_a_message_that_kills_its_worker_every_time_is_lost_max_lost_pl
             "otel_jobs_runs_lost_total", framework="dramatiq", job_name=name, queue=queue
         )
 
+    def dead_lettered() -> bool:
+        if kind == "redis":
+            return broker.client.zscore(f"{broker.namespace}:{queue}.XQ", stored) is not None
+        return bool(broker.get_queue_message_counts(queue)[2] == 1)
+
     message = dramatiq.Message(
         queue_name=queue, actor_name=name, args=("poison1",), kwargs={}, options={}
     )
-    settings = MonitorSettings(requeue_lost=True, max_lost=1)
+    settings = MonitorSettings(
+        requeue_lost=True, max_lost=1, lease_url=redis_url if kind == "rabbitmq" else None
+    )
     collector = collector_for_broker(broker, queues=[queue])
-    dead = f"{broker.namespace}:{queue}.XQ"
     try:
         with Polled([with_lost_runs(collector, settings, broker)]) as monitor:
-            stored = broker.enqueue(message).options["redis_message_id"]  # the broker's own id
+            stored = broker.enqueue(message).options.get("redis_message_id")  # the broker's id
             killed_each_time(2, worker, attempts, lambda: lost(monitor.poll()), "message")
             last = worker()
-            wait_for(
-                "the message in the dead-letter queue",
-                lambda: broker.client.zscore(dead, stored) is not None,
-                log=last.log,
-            )
+            wait_for("the message in the dead-letter queue", dead_lettered, log=last.log)
             samples = last.wait_for(
                 "the dead letter counted",
                 lambda s: s.total("otel_jobs_runs_dead_lettered_total", job_name=name) >= 1,
@@ -351,10 +365,16 @@ def test_dramatiq_a_message_that_kills_its_worker_every_time_is_lost_max_lost_pl
             samples = monitor.poll()
             assert lost(samples) == 2
             assert samples.total("otel_jobs_runs_requeued_total") == 0
-        assert broker.client.hlen(f"{broker.namespace}:{queue}.msgs") == 0
+        if kind == "redis":
+            assert broker.client.hlen(f"{broker.namespace}:{queue}.msgs") == 0
+        else:
+            assert broker.get_queue_message_counts(queue)[0] == 0
     finally:
         for found in workers:
             found.kill()
+        if kind == "rabbitmq":
+            for suffix in ("", ".DQ", ".XQ"):
+                broker.channel.queue_delete(queue + suffix)
         broker.close()
     spans = [s for s in span_exporter.get_finished_spans() if s.name == f"{name} lost"]
     assert [(s.attributes or {})["otel_jobs.lost.action"] for s in spans] == [
