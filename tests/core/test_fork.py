@@ -12,7 +12,8 @@ from typing import Any
 
 import otel_jobs
 from otel_jobs.core.multiprocess import IDLE_FLUSH_SECONDS
-from tests.support import Samples, scrape
+from tests.support import agent_metrics
+from tests.support.series import runs_finished
 from tests.support.waiting import wait_for
 
 ctx = multiprocessing.get_context("fork")
@@ -43,12 +44,6 @@ def _child_hangs(ready: Any) -> None:
         time.sleep(600)
 
 
-def _m() -> Samples:
-    url = otel_jobs.metrics_url()
-    assert url is not None
-    return scrape(url)
-
-
 def test_children_runs_reach_the_parent_endpoint_exactly_once(
     instrumented: Callable[..., Any],
 ) -> None:
@@ -63,32 +58,15 @@ def test_children_runs_reach_the_parent_endpoint_exactly_once(
         p.join(60)
         assert p.exitcode == 0
     assert all(watchdogs == 1 for _pid, watchdogs in results)  # exactly one watchdog per child
-    m = _m()
-    assert m.value("otel_jobs_runs_started_total", job_name="fork.work", queue="fq") == 1 + 3 * 7
-    assert (
-        m.value(
-            "otel_jobs_runs_finished_total", job_name="fork.work", queue="fq", outcome="success"
-        )
-        == 1 + 3 * 5
-    )
-    assert (
-        m.value(
-            "otel_jobs_runs_finished_total", job_name="fork.work", queue="fq", outcome="failure"
-        )
-        == 3 * 2
-    )
-    assert (
-        m.value(
-            "otel_jobs_run_duration_seconds_count",
-            job_name="fork.work",
-            queue="fq",
-            outcome="success",
-        )
-        == 16
-    )
-    assert m.value("otel_jobs_runs_in_progress", job_name="fork.work", queue="fq") == 0
+    m = agent_metrics()
+    fork_work = {"job_name": "fork.work", "queue": "fq"}
+    assert m.value("otel_jobs_runs_started_total", **fork_work) == 1 + 3 * 7
+    assert runs_finished(m, "fork.work", "success", queue="fq") == 1 + 3 * 5
+    assert runs_finished(m, "fork.work", "failure", queue="fq") == 3 * 2
+    assert m.value("otel_jobs_run_duration_seconds_count", **fork_work, outcome="success") == 16
+    assert m.value("otel_jobs_runs_in_progress", **fork_work) == 0
     # Dead children were folded in once: scraping again gives the same totals.
-    assert _m().value("otel_jobs_runs_started_total", job_name="fork.work", queue="fq") == 22
+    assert agent_metrics().value("otel_jobs_runs_started_total", **fork_work) == 22
     from otel_jobs.core import agent
 
     current = agent.current()
@@ -113,15 +91,15 @@ def _watch_killed_child(child: Any, ready: Any) -> None:
     assert ready.wait(30)
     wait_for(
         "the child's run in flight",
-        lambda: _m().find("otel_jobs_runs_in_progress", job_name="fork.hang") == [1.0],
+        lambda: agent_metrics().find("otel_jobs_runs_in_progress", job_name="fork.hang") == [1.0],
     )
-    m = _m()
+    m = agent_metrics()
     assert m.find("otel_jobs_oldest_run_start_timestamp_seconds", job_name="fork.hang")
     assert m.value("otel_jobs_runs_started_total", job_name="fork.hang", queue="fq") == 1
     assert child.pid is not None
     os.kill(child.pid, signal.SIGKILL)
     child.join(30)
-    m = _m()
+    m = agent_metrics()
     assert m.find("otel_jobs_runs_in_progress", job_name="fork.hang") in ([], [0.0])
     assert m.find("otel_jobs_oldest_run_start_timestamp_seconds", job_name="fork.hang") == []
     assert (
@@ -142,12 +120,7 @@ def test_raw_os_fork_child_that_exits_immediately_loses_nothing(
             os._exit(0)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert (
-        _m().value(
-            "otel_jobs_runs_finished_total", job_name="fork.work", queue="fq", outcome="success"
-        )
-        == 4
-    )
+    assert runs_finished(agent_metrics(), "fork.work", "success", queue="fq") == 4
 
 
 def test_a_lazy_child_writes_its_snapshot_at_the_tick_not_at_every_run(
@@ -197,13 +170,8 @@ def test_a_lazy_child_writes_its_snapshot_at_the_tick_not_at_every_run(
     assert os.waitstatus_to_exitcode(status) == 0
     taken = agent.share.written_at(pid)
     assert taken is not None and taken <= time.time()
-    m = _m()  # folds the dead child into the archive
-    assert (
-        m.value(
-            "otel_jobs_runs_finished_total", job_name="fork.work", queue="fq", outcome="success"
-        )
-        == 3
-    )
+    m = agent_metrics()  # folds the dead child into the archive
+    assert runs_finished(m, "fork.work", "success", queue="fq") == 3
     assert not os.path.exists(path.format(pid))
     assert agent.share.written_at(pid) == taken  # remembered after the fold
     assert agent.share.written_at(pid + 10_000_000) is None  # a process that left none
@@ -229,11 +197,6 @@ def test_a_lazy_multiprocessing_child_writes_its_last_counts_as_it_exits(
     process.start()
     process.join(30)
     assert process.exitcode == 0
-    m = _m()
-    assert (
-        m.value(
-            "otel_jobs_runs_finished_total", job_name="fork.work", queue="fq", outcome="success"
-        )
-        == 5
-    )
+    m = agent_metrics()
+    assert runs_finished(m, "fork.work", "success", queue="fq") == 5
     assert m.value("otel_jobs_runs_started_total", job_name="fork.work", queue="fq") == 5

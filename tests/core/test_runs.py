@@ -14,7 +14,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 import otel_jobs
-from tests.support import Samples, scrape
+from tests.support import agent_metrics
+from tests.support.series import runs_finished
 
 METRIC_NAMES = {
     "otel_jobs_runs_started_total",
@@ -26,12 +27,6 @@ METRIC_NAMES = {
     "otel_jobs_run_max_duration_seconds",
     "otel_jobs_run_heartbeat_timeout_seconds",
 }
-
-
-def _metrics() -> Samples:
-    url = otel_jobs.metrics_url()
-    assert url is not None
-    return scrape(url)
 
 
 def test_sync_job_success_and_failure(
@@ -49,39 +44,16 @@ def test_sync_job_success_and_failure(
     with pytest.raises(ValueError, match="negative"):
         sync(-1)
 
-    m = _metrics()
-    assert m.value("otel_jobs_runs_started_total", job_name="billing.sync", queue="billing") == 2
-    assert (
-        m.value(
-            "otel_jobs_runs_finished_total",
-            job_name="billing.sync",
-            queue="billing",
-            outcome="success",
-        )
-        == 1
-    )
-    assert (
-        m.value(
-            "otel_jobs_runs_finished_total",
-            job_name="billing.sync",
-            queue="billing",
-            outcome="failure",
-        )
-        == 1
-    )
-    assert (
-        m.value("otel_jobs_run_duration_seconds_count", job_name="billing.sync", outcome="success")
-        == 1
-    )
-    assert (
-        m.value("otel_jobs_run_max_duration_seconds", job_name="billing.sync", queue="billing")
-        == 120
-    )
-    assert (
-        m.value("otel_jobs_run_heartbeat_timeout_seconds", job_name="billing.sync", queue="billing")
-        == 30
-    )
-    assert m.value("otel_jobs_runs_in_progress", job_name="billing.sync", queue="billing") == 0
+    m = agent_metrics()
+    billing = {"job_name": "billing.sync", "queue": "billing"}
+    assert m.value("otel_jobs_runs_started_total", **billing) == 2
+    assert runs_finished(m, "billing.sync", "success", queue="billing") == 1
+    assert runs_finished(m, "billing.sync", "failure", queue="billing") == 1
+    durations = "otel_jobs_run_duration_seconds_count"
+    assert m.value(durations, job_name="billing.sync", outcome="success") == 1
+    assert m.value("otel_jobs_run_max_duration_seconds", **billing) == 120
+    assert m.value("otel_jobs_run_heartbeat_timeout_seconds", **billing) == 30
+    assert m.value("otel_jobs_runs_in_progress", **billing) == 0
     # Idle job: the timestamp gauges have no series, so staleness alerts cannot fire.
     assert m.find("otel_jobs_oldest_run_start_timestamp_seconds", job_name="billing.sync") == []
     assert m.find("otel_jobs_stalest_heartbeat_timestamp_seconds", job_name="billing.sync") == []
@@ -126,14 +98,9 @@ def test_async_job_and_timeout_outcome(
 
     asyncio.run(main())
     name = f"{__name__}.test_async_job_and_timeout_outcome.<locals>.fetch"
-    m = _metrics()
-    assert (
-        m.value("otel_jobs_runs_finished_total", job_name=name, queue="async", outcome="success")
-        == 1
-    )
-    assert (
-        m.value("otel_jobs_runs_finished_total", job_name="async.too_slow", outcome="timeout") == 1
-    )
+    m = agent_metrics()
+    assert runs_finished(m, name, "success", queue="async") == 1
+    assert runs_finished(m, "async.too_slow", "timeout") == 1
     spans = {s.name: s for s in span_exporter.get_finished_spans()}
     assert spans[name].attributes is not None and spans[name].attributes["job.progress"] == 1.0
     assert spans["async.too_slow"].status.status_code is StatusCode.ERROR
@@ -156,19 +123,9 @@ def test_context_manager_runs_sync_and_async(
     with pytest.raises(KeyError), otel_jobs.job_run("etl.load", queue="etl"):
         raise KeyError("missing")
 
-    m = _metrics()
-    assert (
-        m.value(
-            "otel_jobs_runs_finished_total", job_name="etl.load", queue="etl", outcome="success"
-        )
-        == 2
-    )
-    assert (
-        m.value(
-            "otel_jobs_runs_finished_total", job_name="etl.load", queue="etl", outcome="failure"
-        )
-        == 1
-    )
+    m = agent_metrics()
+    assert runs_finished(m, "etl.load", "success", queue="etl") == 2
+    assert runs_finished(m, "etl.load", "failure", queue="etl") == 1
     first = span_exporter.get_finished_spans()[0]
     assert first.attributes is not None
     assert first.attributes["job.id"] == "run-7" and first.attributes["job.attempt"] == 3
@@ -182,7 +139,7 @@ def test_in_flight_gauges_while_a_run_is_running(instrumented: Callable[..., Any
         time.sleep(0.05)
         run.heartbeat()
         beat = time.time()
-        m = _metrics()
+        m = agent_metrics()
         assert m.value("otel_jobs_runs_in_progress", job_name="long.job", queue="q") == 1
         start = m.value(
             "otel_jobs_oldest_run_start_timestamp_seconds", job_name="long.job", queue="q"
@@ -192,7 +149,7 @@ def test_in_flight_gauges_while_a_run_is_running(instrumented: Callable[..., Any
         )
         assert before <= start <= beat
         assert start + 0.04 <= stalest <= time.time()
-    assert _metrics().value("otel_jobs_runs_in_progress", job_name="long.job", queue="q") == 0
+    assert agent_metrics().value("otel_jobs_runs_in_progress", job_name="long.job", queue="q") == 0
 
 
 def test_heartbeat_records_progress_and_details_and_is_silent_outside_runs(
@@ -227,7 +184,7 @@ def test_thresholds_most_specific_first(instrumented: Callable[..., Any]) -> Non
         run.finish()
     e = agent.start_run("ops.e", max_duration=math.inf)
     e.finish()
-    m = _metrics()
+    m = agent_metrics()
     assert (
         m.value("otel_jobs_run_max_duration_seconds", job_name="ops.e", queue="default") == math.inf
     )
@@ -276,5 +233,5 @@ def test_otel_metrics_translate_to_the_prometheus_names(
 def test_every_documented_metric_is_exposed(instrumented: Callable[..., Any]) -> None:
     instrumented(watchdog=False)
     with otel_jobs.job_run("doc.job"):
-        names = _metrics().names()
+        names = agent_metrics().names()
     assert METRIC_NAMES <= names

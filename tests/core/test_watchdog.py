@@ -24,10 +24,12 @@ from opentelemetry.trace import SpanKind, StatusCode
 import otel_jobs
 from otel_jobs.core import errors, stall_policy
 from otel_jobs.core.run import OutboundCall, Run
-from tests.support import scrape, spans_named
+from tests.support import agent_metrics, spans_named
+from tests.support.series import runs_finished, stalls_detected
 from tests.support.servers import SilentServer
 from tests.support.threads import JobThread, here, in_thread, run_named
 from tests.support.waiting import wait_for
+from tests.watchdog.support import loop_in_thread
 
 THIS_FILE = os.path.relpath(__file__)
 DEADLINE = 60.0
@@ -99,13 +101,8 @@ def test_stalled_within_threshold_plus_one_tick_naming_function_and_line(
     assert record.stall_where == str(diagnosis.where)
     assert record.stall_policy == "observe"
 
-    url = otel_jobs.metrics_url()
-    assert url is not None
-    samples = scrape(url)
-    assert (
-        samples.value("otel_jobs_stalls_detected_total", job_name="wd.waits", reason="no_heartbeat")
-        == 1
-    )
+    samples = agent_metrics()
+    assert stalls_detected(samples, "wd.waits", "no_heartbeat") == 1
     assert samples.value("otel_jobs_runs_stalled", job_name="wd.waits", state="blocked") == 1
     assert samples.value("otel_jobs_runs_stalled", job_name="wd.waits", state="spinning") == 0
     assert samples.value("otel_jobs_watchdog_last_tick_timestamp_seconds") > 0
@@ -114,11 +111,8 @@ def test_stalled_within_threshold_plus_one_tick_naming_function_and_line(
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
     release.set()
     thread.join(DEADLINE)
-    samples = scrape(url)
-    assert (
-        samples.value("otel_jobs_stalls_detected_total", job_name="wd.waits", reason="no_heartbeat")
-        == 1
-    )
+    samples = agent_metrics()
+    assert stalls_detected(samples, "wd.waits", "no_heartbeat") == 1
     assert samples.value("otel_jobs_runs_stalled", job_name="wd.waits", state="blocked") == 0
 
 
@@ -151,12 +145,10 @@ def test_stall_span_is_exported_while_the_run_is_in_flight(
     assert "hung" in attrs["otel_jobs.stall.stack"]
     assert attrs["otel_jobs.stall.since_heartbeat_s"] > 0.3
     # The watchdog's own tick keeps advancing on /metrics.
-    url = otel_jobs.metrics_url()
-    assert url is not None
-    first = scrape(url).value("otel_jobs_watchdog_last_tick_timestamp_seconds")
+    first = agent_metrics().value("otel_jobs_watchdog_last_tick_timestamp_seconds")
     wait_for(
         "another watchdog tick",
-        lambda: scrape(url).value("otel_jobs_watchdog_last_tick_timestamp_seconds") > first,
+        lambda: agent_metrics().value("otel_jobs_watchdog_last_tick_timestamp_seconds") > first,
     )
     release.set()
     thread.join(DEADLINE)
@@ -182,17 +174,9 @@ def test_overran_verdict_despite_heartbeats(
     assert run.verdict == "max_duration"
     assert stall.attributes["otel_jobs.stall.reason"] == "max_duration"
     assert stall.attributes["otel_jobs.stall.threshold_s"] == 0.3
-    url = otel_jobs.metrics_url()
-    assert url is not None
-    samples = scrape(url)
-    assert (
-        samples.value("otel_jobs_stalls_detected_total", job_name="wd.long", reason="max_duration")
-        == 1
-    )
-    assert (
-        samples.value("otel_jobs_stalls_detected_total", job_name="wd.long", reason="no_heartbeat")
-        == 0
-    )
+    samples = agent_metrics()
+    assert stalls_detected(samples, "wd.long", "max_duration") == 1
+    assert stalls_detected(samples, "wd.long", "no_heartbeat") == 0
     release.set()
     thread.join(DEADLINE)
 
@@ -282,24 +266,18 @@ def test_outbound_call_in_flight_is_part_of_the_diagnosis(
     thread.join(DEADLINE)
 
 
-def _loop_thread() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="test-loop", daemon=True)
-    thread.start()
-    return loop, thread
-
-
-def _close_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(DEADLINE)
-    loop.close()
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    with loop_in_thread("test-loop") as (loop, _):
+        yield loop
 
 
 def test_asyncio_run_stack_shows_its_coroutine_chain(
-    instrumented: Callable[..., Any], span_exporter: InMemorySpanExporter
+    instrumented: Callable[..., Any],
+    span_exporter: InMemorySpanExporter,
+    loop: asyncio.AbstractEventLoop,
 ) -> None:
     agent = instrumented(watchdog_interval=0.1)
-    loop, loop_thread = _loop_thread()
     lines: list[int] = []
 
     async def fetch_page(never: asyncio.Event) -> None:
@@ -325,14 +303,12 @@ def test_asyncio_run_stack_shows_its_coroutine_chain(
     assert diagnosis.state == "unknown" and run.state == "unknown"
     future.cancel()
     wait_for("the cancelled coroutine to finish", lambda: run.finished)
-    _close_loop(loop, loop_thread)
 
 
 def test_coroutine_blocking_its_loop_is_measured_like_a_thread(
-    instrumented: Callable[..., Any],
+    instrumented: Callable[..., Any], loop: asyncio.AbstractEventLoop
 ) -> None:
     agent = instrumented(watchdog_interval=0.1)
-    loop, loop_thread = _loop_thread()
     release = threading.Event()
     lines: list[int] = []
 
@@ -350,7 +326,6 @@ def test_coroutine_blocking_its_loop_is_measured_like_a_thread(
     assert run.diagnosis.where.lineno == lines[0]
     release.set()
     future.result(DEADLINE)
-    _close_loop(loop, loop_thread)
 
 
 # --- heartbeats and recovery -----------------------------------------------------------------------
@@ -371,9 +346,7 @@ def test_heartbeats_keep_a_long_run_healthy(
 
     long_run()
     assert agent.watchdog.ticks - ticks_before >= 5  # it was watched all along
-    url = otel_jobs.metrics_url()
-    assert url is not None
-    assert scrape(url).total("otel_jobs_stalls_detected_total", job_name="wd.beating") == 0
+    assert agent_metrics().total("otel_jobs_stalls_detected_total", job_name="wd.beating") == 0
     own = finished_span(span_exporter, "wd.beating")
     assert own.events == () or list(own.events) == []
     assert not spans_named(span_exporter.get_finished_spans(), "wd.beating stalled")
@@ -397,20 +370,14 @@ def test_resuming_heartbeats_clears_the_verdict(
     thread = in_thread(pauses_then_resumes)
     run = run_named(agent, "wd.resumes")
     wait_for("the stalled verdict", lambda: run.verdict == "no_heartbeat")
-    url = otel_jobs.metrics_url()
-    assert url is not None
-    assert scrape(url).value("otel_jobs_runs_stalled", job_name="wd.resumes", state="blocked") == 1
+    samples = agent_metrics()
+    assert samples.value("otel_jobs_runs_stalled", job_name="wd.resumes", state="blocked") == 1
     resume.set()
     wait_for("the verdict to clear", lambda: run.verdict is None)
     assert run.state is None and run.diagnosis is None
-    samples = scrape(url)
+    samples = agent_metrics()
     assert samples.total("otel_jobs_runs_stalled", job_name="wd.resumes") == 0
-    assert (
-        samples.value(
-            "otel_jobs_stalls_detected_total", job_name="wd.resumes", reason="no_heartbeat"
-        )
-        == 1
-    )
+    assert stalls_detected(samples, "wd.resumes", "no_heartbeat") == 1
     recovered = [r for r in caplog.records if "recovered" in r.getMessage()]
     assert len(recovered) == 1 and recovered[0].levelno == logging.INFO
     done.set()
@@ -454,15 +421,9 @@ def test_cancel_ends_a_looping_run_with_timeout_and_the_thread_runs_the_next_job
     assert finished_span(span_exporter, "wd.next").attributes["job.outcome"] == "success"
     stall = finished_span(span_exporter, "wd.loops stalled")
     assert stall.attributes["otel_jobs.stall.policy"] == "cancel"
-    url = otel_jobs.metrics_url()
-    assert url is not None
-    samples = scrape(url)
-    assert (
-        samples.value("otel_jobs_runs_finished_total", job_name="wd.loops", outcome="timeout") == 1
-    )
-    assert (
-        samples.value("otel_jobs_runs_finished_total", job_name="wd.next", outcome="success") == 1
-    )
+    samples = agent_metrics()
+    assert runs_finished(samples, "wd.loops", "timeout") == 1
+    assert runs_finished(samples, "wd.next", "success") == 1
     worker.stop()
 
 
@@ -522,26 +483,19 @@ def test_a_cancel_landing_in_an_adapters_hook_finishes_the_run_as_timeout(
         assert run.finished
         assert run not in agent.runs()
         assert errors.counts() == before
-        m = scrape(otel_jobs.metrics_url())
-        assert (
-            m.value(
-                "otel_jobs_runs_finished_total",
-                job_name="adapter.task",
-                queue="q",
-                outcome="timeout",
-            )
-            == 1
-        )
+        m = agent_metrics()
+        assert runs_finished(m, "adapter.task", "timeout", queue="q") == 1
         assert m.value("otel_jobs_runs_in_progress", job_name="adapter.task", queue="q") == 0
     finally:
         run.deactivate()
 
 
 def test_cancel_an_asyncio_run(
-    instrumented: Callable[..., Any], span_exporter: InMemorySpanExporter
+    instrumented: Callable[..., Any],
+    span_exporter: InMemorySpanExporter,
+    loop: asyncio.AbstractEventLoop,
 ) -> None:
     instrumented(watchdog_interval=0.1)
-    loop, loop_thread = _loop_thread()
 
     @otel_jobs.job(name="wd.async_stuck", heartbeat_timeout=0.3, on_stall="cancel")
     async def awaits_forever() -> None:
@@ -559,7 +513,6 @@ def test_cancel_an_asyncio_run(
     assert (
         asyncio.run_coroutine_threadsafe(still_alive(), loop).result(DEADLINE) == "loop still runs"
     )
-    _close_loop(loop, loop_thread)
 
 
 # --- the watchdog protects itself -------------------------------------------------------------
@@ -605,9 +558,7 @@ def test_watchdog_survives_an_exception_in_its_tick(
     assert len(logged) == 1 and "watchdog" in logged[0].getMessage()
     ticks = agent.watchdog.ticks
     wait_for("more ticks", lambda: agent.watchdog.ticks > ticks + 2)
-    url = otel_jobs.metrics_url()
-    assert url is not None
-    assert scrape(url).value("otel_jobs_internal_errors_total", component="watchdog") >= 5
+    assert agent_metrics().value("otel_jobs_internal_errors_total", component="watchdog") >= 5
     release.set()
     thread.join(DEADLINE)
     broken.finish()

@@ -23,20 +23,15 @@ import otel_jobs
 from otel_jobs.core.watchdog import Watchdog
 from tests.support import Samples, scrape, spans_named
 from tests.support.threads import TickCounter
-from tests.watchdog.support import DEADLINE, here, run_named, wait_for
+from tests.watchdog.support import DEADLINE, here, loop_in_thread, run_named, wait_for
 
 THREAD = "test-blocked-loop"
 
 
 @pytest.fixture
 def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name=THREAD, daemon=True)
-    thread.start()
-    yield loop
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(DEADLINE)
-    loop.close()
+    with loop_in_thread(THREAD) as (loop, _):
+        yield loop
 
 
 def metrics() -> Samples:

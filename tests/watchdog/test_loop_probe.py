@@ -15,7 +15,7 @@ import pytest
 
 from otel_jobs.core import loop_internals, loop_probe
 from otel_jobs.core.loop_probe import LoopProbe, LoopProbes
-from tests.watchdog.support import DEADLINE, wait_for
+from tests.watchdog.support import DEADLINE, loop_in_thread, wait_for
 
 
 class RunOnLoop:
@@ -30,17 +30,12 @@ def probed(
     instrumented: Callable[..., Any],
 ) -> Iterator[tuple[asyncio.AbstractEventLoop, LoopProbes, LoopProbe]]:
     agent = instrumented(watchdog=False, prometheus=False, frameworks=[], outbound=[])
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="test-probed-loop", daemon=True)
-    thread.start()
-    wait_for("the loop running", lambda: loop_internals.thread_of(loop) == thread.ident)
-    probes = LoopProbes(agent.telemetry)
-    probes.watch([RunOnLoop(loop, thread.ident)])  # type: ignore[list-item]
-    (probe,) = probes._probes.values()
-    yield loop, probes, probe
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(DEADLINE)
-    loop.close()
+    with loop_in_thread("test-probed-loop") as (loop, thread):
+        wait_for("the loop running", lambda: loop_internals.thread_of(loop) == thread.ident)
+        probes = LoopProbes(agent.telemetry)
+        probes.watch([RunOnLoop(loop, thread.ident)])  # type: ignore[list-item]
+        (probe,) = probes._probes.values()
+        yield loop, probes, probe
 
 
 def waiting_in_its_selector(probe: LoopProbe) -> bool:

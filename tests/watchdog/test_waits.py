@@ -21,7 +21,7 @@ import otel_jobs
 from otel_jobs.core import errors, waits
 from otel_jobs.core.stacks import frame_of
 from tests.support import spans_named
-from tests.watchdog.support import DEADLINE, here, run_named, wait_for
+from tests.watchdog.support import DEADLINE, here, loop_in_thread, run_named, wait_for
 
 RLOCK_A = threading.RLock()
 RLOCK_B = threading.RLock()
@@ -39,13 +39,8 @@ class Holder:
 
 @pytest.fixture
 def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="test-waits-loop", daemon=True)
-    thread.start()
-    yield loop
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(DEADLINE)
-    loop.close()
+    with loop_in_thread("test-waits-loop") as (loop, _):
+        yield loop
 
 
 def test_two_runs_deadlocked_on_two_rlocks_name_each_other(
