@@ -35,7 +35,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from ..core import errors, imports, providers, shutdown
@@ -43,8 +42,10 @@ from ..core.patching import Patches
 from . import base, rq_audit, rq_cron, rq_horse, rq_leases
 from .base import report_findings
 from .rq_audit import audit
+from .rq_jobs import UNREADABLE, attempt, is_spawn_worker, job_name, time_limit, unix_time
+from .rq_watch import FRAMEWORK, HorseWatch, WorkHorseLost, before
 
-__all__ = ["Integration", "WorkHorseLost", "audit"]
+__all__ = ["UNREADABLE", "Integration", "WorkHorseLost", "audit"]
 
 if TYPE_CHECKING:
     from ..core.agent import Agent
@@ -52,17 +53,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("otel_jobs")
 
-FRAMEWORK = "rq"
 #: How to end a warm shutdown that waits for a stalled job (RQ ignores a second signal that
 #: comes within a second of the first).
 FORCE_SHUTDOWN = (
     "To stop the worker without waiting, send it SIGTERM or SIGINT (Ctrl+C) again, a second "
     "or more after the first: RQ's cold shutdown kills the work horse."
 )
-
-
-class WorkHorseLost(Exception):
-    """The work horse running a job ended without finishing it (the span's recorded exception)."""
 
 
 @dataclass
@@ -75,35 +71,17 @@ class _Execution:
     helper: rq_horse.Helper | None = None  # in a work horse
 
 
-@dataclass
-class _Watch:
-    """What the worker knows about the horse it is waiting for."""
-
-    job_id: str
-    started: float
-    time_limit: float | None
-    ret_val: int | None = None
-    killed: bool = False
-    record: rq_horse.Record | None = None  # where its horse leaves the run's end
-    span: Any = None  # the run's span, opened before the fork, ended by the horse
-    name: str = ""
-    queue: str = "default"
-    enqueued_at: float | None = None
-
-
-class Integration(base.Integration):
+class Integration(HorseWatch, base.Integration):
     """Patches RQ's worker classes (see the module docstring); ``uninstall`` restores them."""
 
     name = FRAMEWORK
 
     def __init__(self, agent: Agent) -> None:
-        super().__init__(agent)
+        base.Integration.__init__(self, agent)
+        HorseWatch.__init__(self)  # the worker's side of its horses (rq_watch)
         self._patches = Patches()
         self._executions: dict[str, _Execution] = {}  # by job id, in the process running it
-        self._watching: dict[int, _Watch] = {}  # by id(worker), in a forking worker
         self._cancel_hook: Callable[[], None] | None = None
-        self._record: rq_horse.Record | None = None  # this worker process's (rq_horse)
-        self._record_pid = 0
 
     def install(self) -> None:
         # RQ is patched when the application imports it, not imported here: RQ reads
@@ -126,14 +104,12 @@ class Integration(base.Integration):
 
         hooks = {
             "perform_job": self._perform_job,
-            "handle_exception": self._handle_exception,
-            "handle_job_retry": self._handle_job_retry,  # RQ after 2.0: a job may return Retry
-            "handle_job_failure": self._handle_job_failure,
-            "handle_work_horse_killed": self._handle_work_horse_killed,
+            "handle_exception": before(self._handle_exception),
+            # RQ after 2.0: a job may return Retry
+            "handle_job_retry": before(self._handle_job_retry),
             "bootstrap": self._bootstrap,
-            "monitor_work_horse": self._monitor_work_horse,
-            "fork_work_horse": self._fork_work_horse,
-            "request_stop": self._request_stop,  # SIGTERM/SIGINT: the warm shutdown
+            "request_stop": before(self._request_stop),  # SIGTERM/SIGINT: the warm shutdown
+            **self.watch_hooks(),
         }
         for attribute, make_wrapper in hooks.items():
             # Patch the class that defines it (BaseWorker or Worker, depending on the RQ
@@ -147,7 +123,8 @@ class Integration(base.Integration):
         except ImportError:  # RQ before 1.14
             pass
         else:
-            self._patches.wrap(WorkerPool, "start", self._pool_start)
+            serve = before(lambda pool, *args, **kwargs: self.agent.start_serving())
+            self._patches.wrap(WorkerPool, "start", serve)  # before it forks its workers
 
     def uninstall(self) -> None:
         if self._cancel_hook is not None:
@@ -182,12 +159,12 @@ class Integration(base.Integration):
             return None
         if not worker.is_horse:
             self._check_job(job)  # SimpleWorker: this is the worker process itself
-        name = _job_name(job)
+        name = job_name(job)
         queue_name = job.origin or getattr(queue, "name", None) or "default"
         watch = self._watching.get(id(worker)) if agent.one_run_child else None
         series: Any = None
         span = None
-        enqueued_at = _unix_time(job.enqueued_at)
+        enqueued_at = unix_time(job.enqueued_at)
         if watch is not None and watch.record is not None and watch.job_id == job.id:
             # A work horse: its worker counts the run once it has exited, and opened its span.
             series = rq_horse.RemoteSeries(
@@ -198,9 +175,9 @@ class Integration(base.Integration):
             name,
             queue=queue_name,
             job_id=job.id,
-            attempt=_attempt(job),
+            attempt=attempt(job),
             framework=FRAMEWORK,
-            native_max_duration=_time_limit(job, worker),
+            native_max_duration=time_limit(job, worker),
             enqueued_at=enqueued_at,
             series=series,
             span=span,
@@ -262,185 +239,22 @@ class Integration(base.Integration):
             else:
                 providers.flush(2000)
 
-    def _handle_exception(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        def handle_exception(worker: Any, job: Any, *exc_info: Any) -> Any:
-            with errors.guard("integration.rq"):
-                execution = self._executions.get(job.id)
-                if execution is not None and len(exc_info) > 1:
-                    execution.exc = exc_info[1]
-            return original(worker, job, *exc_info)
+    def _handle_exception(self, worker: Any, job: Any, *exc_info: Any, **kwargs: Any) -> None:
+        execution = self._executions.get(job.id)
+        if execution is not None and len(exc_info) > 1:
+            execution.exc = exc_info[1]
 
-        return handle_exception
+    def _handle_job_retry(self, worker: Any, job: Any, *args: Any, **kwargs: Any) -> None:
+        execution = self._executions.get(job.id)
+        if execution is not None:
+            execution.retry_returned = True
 
-    def _handle_job_retry(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        def handle_job_retry(worker: Any, job: Any, *args: Any, **kwargs: Any) -> Any:
-            with errors.guard("integration.rq"):
-                execution = self._executions.get(job.id)
-                if execution is not None:
-                    execution.retry_returned = True
-            return original(worker, job, *args, **kwargs)
+    # --- the worker ------------------------------------------------------------------------
 
-        return handle_job_retry
-
-    # --- in a forking worker, watching its horse ----------------------------------------
-
-    def _fork_work_horse(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        def fork_work_horse(worker: Any, job: Any, queue: Any, *args: Any, **kwargs: Any) -> Any:
-            counted = False
-            with errors.guard("integration.rq"):
-                counted = self._count_start(worker, job, queue)
-            if not counted:
-                return original(worker, job, queue, *args, **kwargs)
-            with self.agent.forking_one_run():
-                return original(worker, job, queue, *args, **kwargs)
-
-        return fork_work_horse
-
-    def _count_start(self, worker: Any, job: Any, queue: Any) -> bool:
-        """In the worker, about to fork a horse for ``job``: the record its horse leaves the
-        run's end in, cleared (rq_horse); the run is counted once the horse has exited."""
-        agent = self.agent
-        if agent.stopped or _is_spawn_worker(worker):
-            return False
-        pid = os.getpid()
-        if self._record is None or self._record_pid != pid:  # one per worker process
-            self._record, self._record_pid = rq_horse.Record(), pid
-        record = self._record
-        record.next_horse()
-        name = _job_name(job)
-        queue_name = job.origin or getattr(queue, "name", None) or "default"
-        span = agent.open_span(
-            name, queue=queue_name, job_id=job.id, attempt=_attempt(job), framework=FRAMEWORK
-        )
-        self._watching[id(worker)] = _Watch(
-            job.id,
-            time.time(),
-            _time_limit(job, worker),
-            record=record,
-            span=span,
-            name=name,
-            queue=queue_name,
-            enqueued_at=_unix_time(job.enqueued_at),
-        )
-        return True
-
-    def _monitor_work_horse(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        def monitor_work_horse(worker: Any, job: Any, *args: Any, **kwargs: Any) -> Any:
-            watching = False
-            with errors.guard("integration.rq"):
-                if not _is_spawn_worker(worker):
-                    self._check_job(job)
-                    watch = self._watching.get(id(worker))
-                    if watch is None or watch.job_id != job.id:  # forked without our wrapper
-                        self._watching[id(worker)] = _Watch(
-                            job.id, time.time(), _time_limit(job, worker)
-                        )
-                    watching = True
-            try:
-                return original(worker, job, *args, **kwargs)
-            finally:
-                if watching:
-                    watch = self._watching.pop(id(worker), None)
-                    with errors.guard("integration.rq"):
-                        self._count_end(watch)
-
-        return monitor_work_horse
-
-    def _count_end(self, watch: _Watch | None) -> None:
-        """In the worker, its horse gone: the run the horse left the end of, counted here (its
-        start too, unless the horse counted it). A horse that left none was recorded as lost by
-        _record_lost_horse, or was killed in the instant after RQ saved its job's result."""
-        if watch is None or watch.record is None:
-            return
-        ended = watch.record.read()
-        if ended is None:
-            return
-        agent = self.agent
-        series = agent.series_for(watch.name, watch.queue, watch.time_limit)
-        if not watch.record.read_start_counted():
-            agent.count_start(series, watch.started, watch.enqueued_at)
-        agent.count_finish(series, *ended)
-
-    def _handle_work_horse_killed(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        def handle_work_horse_killed(
-            worker: Any, job: Any, retpid: Any, ret_val: Any, *args: Any, **kwargs: Any
-        ) -> Any:
-            with errors.guard("integration.rq"):
-                watch = self._watching.get(id(worker))
-                if watch is not None and watch.job_id == job.id:
-                    watch.killed = True
-                    watch.ret_val = ret_val
-            return original(worker, job, retpid, ret_val, *args, **kwargs)
-
-        return handle_work_horse_killed
-
-    def _handle_job_failure(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        def handle_job_failure(worker: Any, job: Any, *args: Any, **kwargs: Any) -> Any:
-            with errors.guard("integration.rq"):
-                self._record_lost_horse(worker, job, kwargs.get("exc_string", ""))
-            return original(worker, job, *args, **kwargs)
-
-        return handle_job_failure
-
-    def _record_lost_horse(self, worker: Any, job: Any, exc_string: str) -> None:
-        # Inside monitor_work_horse, RQ calls handle_job_failure only for a horse that ended
-        # without finishing its job (killed, crashed, or stopped on request).
-        if worker.is_horse:
-            return  # a failure inside the horse: its own run records it
-        watch = self._watching.get(id(worker))
-        if watch is None or watch.job_id != job.id:
-            return
-        if watch.record is not None:
-            if watch.record.read() is not None:
-                return  # the horse ended its run (counted by _count_end, its span emitted)
-            if not watch.record.read_start_counted():  # killed before its first tick
-                rq_horse.count_lost_start(
-                    self.agent, watch.name, watch.queue, watch.enqueued_at, watch.started
-                )
-        else:
-            ret_val = watch.ret_val
-            if watch.killed and ret_val is not None and os.WIFEXITED(ret_val):
-                if os.WEXITSTATUS(ret_val) == 1:
-                    return  # RQ's horse exits with 1 after an error escaped perform_job
-        self._watching.pop(id(worker), None)
-        elapsed = time.time() - watch.started
-        if getattr(worker, "_stopped_job_id", None) == job.id:
-            outcome = "cancelled"
-        elif watch.time_limit is not None and elapsed > watch.time_limit:
-            outcome = "timeout"
-        else:
-            outcome = "failure"
-        message = (exc_string or "work horse ended without finishing the job").strip()
-        self.agent.record_lost_run(
-            _job_name(job),
-            queue=job.origin,
-            job_id=job.id,
-            attempt=_attempt(job),
-            framework=FRAMEWORK,
-            started_at=watch.started,
-            outcome=outcome,
-            exc=WorkHorseLost(message),
-        )
-
-    # --- configuration audit -------------------------------------------------------------
-
-    def _pool_start(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        def start(pool: Any, *args: Any, **kwargs: Any) -> Any:
-            with errors.guard("integration.rq"):
-                self.agent.start_serving()  # before it forks its workers
-            return original(pool, *args, **kwargs)
-
-        return start
-
-    def _request_stop(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        def request_stop(worker: Any, *args: Any, **kwargs: Any) -> Any:
-            # RQ's signal handler (shutdown.begin only records): the worker now waits for
-            # the job in flight, then its next SIGTERM/SIGINT is the cold shutdown.
-            with errors.guard("integration.rq"):
-                shutdown.begin(self.agent, "RQ", FORCE_SHUTDOWN)
-            return original(worker, *args, **kwargs)
-
-        return request_stop
+    def _request_stop(self, worker: Any, *args: Any, **kwargs: Any) -> None:
+        # RQ's signal handler (shutdown.begin only records): the worker now waits for the job
+        # in flight, then its next SIGTERM/SIGINT is the cold shutdown.
+        shutdown.begin(self.agent, "RQ", FORCE_SHUTDOWN)
 
     def _bootstrap(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def bootstrap(worker: Any, *args: Any, **kwargs: Any) -> Any:
@@ -450,7 +264,7 @@ class Integration(base.Integration):
             with errors.guard("integration.rq.logging"):
                 base.follow_worker_logging(worker.log)  # set up by RQ's bootstrap
             with errors.guard("integration.rq.audit"):
-                if _is_spawn_worker(worker):
+                if is_spawn_worker(worker):
                     logger.warning(
                         "otel-jobs: %s starts each work horse as a new interpreter (posix_spawn), "
                         "which otel-jobs cannot follow: its job runs are not recorded. Use "
@@ -480,44 +294,3 @@ def _inside_rq_job() -> bool:
             return True
         frame = frame.f_back  # type: ignore[assignment]
     return False
-
-
-#: The job name of a run whose job data cannot be deserialized (RQ fails such a job).
-UNREADABLE = "<unreadable>"
-
-
-def _job_name(job: Any) -> str:
-    """``job.func_name``, or :data:`UNREADABLE` when RQ cannot deserialize the job's data."""
-    try:
-        name = job.func_name
-    except Exception:  # rq.exceptions.DeserializationError, or whatever a serializer raises
-        return UNREADABLE
-    return str(name) if name else UNREADABLE
-
-
-def _attempt(job: Any) -> int:
-    return (getattr(job, "number_of_retries", None) or 0) + 1
-
-
-def _is_spawn_worker(worker: Any) -> bool:
-    try:
-        from rq.worker import SpawnWorker
-    except ImportError:
-        return False
-    return isinstance(worker, SpawnWorker)
-
-
-def _time_limit(job: Any, worker: Any) -> float | None:
-    """The time limit RQ enforces on the job (as in ``perform_job``); None for none."""
-    timeout = job.timeout or getattr(worker.queue_class, "DEFAULT_TIMEOUT", None)
-    if timeout is None or rq_audit.no_time_limit(timeout):
-        return None
-    return float(timeout)
-
-
-def _unix_time(moment: datetime | None) -> float | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)  # RQ stores UTC
-    return moment.timestamp()
