@@ -49,6 +49,32 @@ def table(release: threading.Event) -> Iterator[str]:
         conn.execute(f"DROP TABLE IF EXISTS {name}")
 
 
+def hold_the_row(table: str, release: threading.Event, password: str) -> None:
+    """A connection of no run sets row 1's ``password`` and keeps its transaction open, the row
+    lock held, until ``release``; returns once it holds the lock."""
+    import psycopg
+
+    holding = threading.Event()
+
+    def hold() -> None:
+        with psycopg.connect(PG) as conn:
+            conn.execute(f"UPDATE {table} SET password = '{password}' WHERE id = 1")
+            holding.set()
+            release.wait()
+            conn.rollback()
+
+    threading.Thread(target=hold, daemon=True).start()
+    assert holding.wait(DEADLINE)
+
+
+def verdict_record(caplog: pytest.LogCaptureFixture, run: Any) -> Any:
+    """The first record about ``run`` (its verdict), waited for."""
+    return wait_for(
+        "the verdict",
+        lambda: next((r for r in caplog.records if getattr(r, "job_name", None) == run.name), None),
+    )
+
+
 def _everything_recorded(records: list[logging.LogRecord], exporter: InMemorySpanExporter) -> str:
     """Every log message and field, every span attribute and event, as one text."""
     parts = [repr((r.getMessage(), r.__dict__)) for r in records]
@@ -165,15 +191,7 @@ def test_a_lookup_that_cannot_connect_says_why_and_leaves_the_job_alone(
 
     agent = instrumented(watchdog_interval=0.1)
     caplog.set_level(logging.INFO, logger="otel_jobs")
-    holding = threading.Event()
     forwarder = Forwarder(("127.0.0.1", 5432))
-
-    def hold() -> None:
-        with psycopg.connect(PG) as conn:
-            conn.execute(f"UPDATE {table} SET password = '{SECRET}' WHERE id = 1")
-            holding.set()
-            release.wait()
-            conn.rollback()
 
     @otel_jobs.job(name="pg.waiter_unreachable", heartbeat_timeout=0.5)
     def waiter() -> str:
@@ -182,16 +200,11 @@ def test_a_lookup_that_cannot_connect_says_why_and_leaves_the_job_alone(
             forwarder.close()  # from now on nothing can connect there
             return str(conn.execute(f"SELECT 1 FROM {table} WHERE id = 1 FOR UPDATE").fetchone())
 
-    threading.Thread(target=hold, daemon=True).start()
-    assert holding.wait(DEADLINE)
+    hold_the_row(table, release, SECRET)
     result: list[str] = []
     thread = threading.Thread(target=lambda: result.append(waiter()), daemon=True)
     thread.start()
-    run = run_named(agent, "pg.waiter_unreachable")
-    record = wait_for(
-        "the verdict",
-        lambda: next((r for r in caplog.records if getattr(r, "job_name", None) == run.name), None),
-    )
+    record = verdict_record(caplog, run_named(agent, "pg.waiter_unreachable"))
     assert "blockers not known (OperationalError" in record.getMessage()
     assert record.stall_db["error"].startswith("OperationalError")
     assert "not-needed" not in record.getMessage() and "not-needed" not in repr(record.stall_db)
@@ -255,29 +268,16 @@ def test_past_the_lookups_under_way_a_verdict_goes_without_its_blockers(
     monkeypatch.setattr(pg_locks, "MAX_LOOKUPS_AT_ONCE", 0)  # as if others were under way
     agent = instrumented(watchdog_interval=0.1)
     caplog.set_level(logging.INFO, logger="otel_jobs")
-    holding = threading.Event()
-
-    def hold() -> None:
-        with psycopg.connect(PG) as conn:
-            conn.execute(f"UPDATE {table} SET password = 'x' WHERE id = 1")
-            holding.set()
-            release.wait()
-            conn.rollback()
 
     @otel_jobs.job(name="pg.waiter_unasked", heartbeat_timeout=0.5)
     def waiter() -> None:
         with psycopg.connect(PG) as conn:
             conn.execute(f"SELECT 1 FROM {table} WHERE id = 1 FOR UPDATE")
 
-    threading.Thread(target=hold, daemon=True).start()
-    assert holding.wait(DEADLINE)
+    hold_the_row(table, release, "x")
     thread = threading.Thread(target=waiter, daemon=True)
     thread.start()
-    run = run_named(agent, "pg.waiter_unasked")
-    record = wait_for(
-        "the verdict",
-        lambda: next((r for r in caplog.records if getattr(r, "job_name", None) == run.name), None),
-    )
+    record = verdict_record(caplog, run_named(agent, "pg.waiter_unasked"))
     assert record.stall_db is None and "PostgreSQL backend" not in record.getMessage()
     assert record.stall_call["library"] == "psycopg"  # the statement is still named
     release.set()
