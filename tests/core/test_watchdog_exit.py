@@ -21,6 +21,8 @@ import pytest
 from otel_jobs.core.watchdog import EXIT_STATUS
 from tests.otlp_receiver import OtlpReceiver
 from tests.support import scrape
+from tests.support.processes import piped
+from tests.support.series import runs_finished, stalls_detected
 
 DEADLINE = 90.0
 
@@ -141,38 +143,16 @@ FORKING_WORKER = textwrap.dedent(
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_exit_in_a_forked_child_leaves_its_metrics_to_the_parent() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", FORKING_WORKER],
-        env=_env(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with piped([sys.executable, "-c", FORKING_WORKER], _env()) as proc:
         assert proc.stdout is not None and proc.stdin is not None
         url = proc.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:"), proc.stderr.read() if proc.stderr else ""
         assert proc.stdout.readline().split() == ["child", str(EXIT_STATUS)]
         samples = scrape(url)
-        assert (
-            samples.value(
-                "otel_jobs_stalls_detected_total", job_name="exit.forked", reason="no_heartbeat"
-            )
-            == 1
-        )
-        assert (
-            samples.value(
-                "otel_jobs_runs_finished_total", job_name="exit.forked", outcome="timeout"
-            )
-            == 1
-        )
+        assert stalls_detected(samples, "exit.forked", "no_heartbeat") == 1
+        assert runs_finished(samples, "exit.forked", "timeout") == 1
         # The dead child's in-flight gauges went with it.
         assert samples.total("otel_jobs_runs_in_progress", job_name="exit.forked") == 0
         assert samples.total("otel_jobs_runs_stalled", job_name="exit.forked") == 0
         proc.stdin.close()
         assert proc.wait(timeout=DEADLINE) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()

@@ -6,7 +6,8 @@ whole process group, and a worker serving /metrics polled until it shows what a 
 * ``start(command, log, env, cwd)`` starts a worker with its output in ``log``; ``stop(proc)``
   stops it with a signal (killed if it does not exit) and returns its exit code;
   ``kill_group(proc)`` kills a worker started with ``new_session=True`` and all its processes;
-* ``GroupWorker``: a worker (with forked processes) scraped on its /metrics until it settles.
+* ``GroupWorker``: a worker (with forked processes) scraped on its /metrics until it settles;
+* ``piped(command, env)``: a process the test talks to through its stdin, stdout and stderr.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,25 @@ def start(
             command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=new_session,
         )  # fmt: skip
+
+
+@contextmanager
+def piped(command: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    """``command`` started with its stdin, stdout and stderr as text pipes; at the end, killed if
+    it still runs, and its pipes closed."""
+    proc = subprocess.Popen(
+        command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
