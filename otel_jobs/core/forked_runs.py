@@ -8,7 +8,7 @@ start and end (:mod:`otel_jobs.integrations.rq_horse`). Bound as methods of
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
@@ -16,25 +16,41 @@ from opentelemetry.trace import SpanKind
 from .spans import job_attributes
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from .agent import Agent
     from .telemetry import Series
 
 
-def open_span(
-    agent: Agent,
-    name: str,
-    *,
-    queue: str | None = None,
-    job_id: str | None = None,
-    attempt: int = 1,
-    framework: str = "otel_jobs",
-) -> trace.Span:
+class RunIdentity(TypedDict, total=False):
+    """Which run another process ran: the keywords of :meth:`Agent.start_run
+    <otel_jobs.core.agent.Agent.start_run>` that name it (``queue`` None: ``default``;
+    ``attempt``: 1; ``framework``: ``otel_jobs``)."""
+
+    queue: str | None
+    job_id: str | None
+    attempt: int
+    framework: str
+
+
+def open_span(agent: Agent, name: str, **run: Unpack[RunIdentity]) -> trace.Span:
     """The span of a run that a child this process is about to fork runs (RQ's work horse),
     started here, where the SDK's code and data are warm: a freshly forked process pays
     about 0.5 ms of copy-on-write page faults for its first span. The child makes it current
     and ends it (``start_run(span=..., own_span=True)``); this process never ends it."""
-    attrs = job_attributes(name, queue or "default", attempt, framework, job_id)
+    attrs = run_attributes(name, run)
     return agent.tracer.start_span(name, kind=SpanKind.CONSUMER, attributes=attrs)
+
+
+def run_attributes(name: str, run: RunIdentity) -> dict[str, Any]:
+    """The span attributes of a run of ``name`` that another process ran (``job.*``)."""
+    return job_attributes(
+        name,
+        run.get("queue") or "default",
+        run.get("attempt", 1),
+        run.get("framework", "otel_jobs"),
+        run.get("job_id"),
+    )
 
 
 def series_for(

@@ -17,9 +17,12 @@ from typing import TYPE_CHECKING
 from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind
 
-from .spans import job_attributes, record_outcome
+from .forked_runs import RunIdentity, run_attributes
+from .spans import record_outcome
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from .agent import Agent
 
 
@@ -27,10 +30,6 @@ def record_lost_run(
     agent: Agent,
     name: str,
     *,
-    queue: str | None = None,
-    job_id: str | None = None,
-    attempt: int = 1,
-    framework: str = "otel_jobs",
     started_at: float | None = None,
     outcome: str = "failure",
     exc: BaseException | None = None,
@@ -38,12 +37,14 @@ def record_lost_run(
     native_max_duration: float | None = None,
     span_exported_elsewhere: Callable[[bool], bool | float] | None = None,
     count_start: bool = False,
+    **run: Unpack[RunIdentity],
 ) -> None:
     """Record the end of a run whose process died before finishing it (killed, OOM).
 
     Called by the process that saw it die (RQ's worker for its work horse, a pool for its
-    child). Counts the outcome and the duration (from ``started_at``, Unix time) and emits
-    the run's span, but no start: the dead process counted that, and its last snapshot
+    child), with the run's ``queue``, ``job_id``, ``attempt`` and ``framework``
+    (:class:`~otel_jobs.core.forked_runs.RunIdentity`). Counts the outcome and the duration
+    (from ``started_at``, Unix time) and emits the run's span, but no start: the dead process counted that, and its last snapshot
     keeps it on ``/metrics``, while its in-flight gauges vanished with it. ``parent``: the
     trace context the run was published with, so that its span stays in that trace.
     ``native_max_duration``: the framework's limit for the run, so that the thresholds this
@@ -59,17 +60,15 @@ def record_lost_run(
     """
     now = time.time()
     seconds = max(0.0, now - started_at) if started_at is not None else 0.0
-    series = agent.series_for(name, queue, native_max_duration)
+    series = agent.series_for(name, run.get("queue"), native_max_duration)
     if count_start:
         series.record_start()
     series.record_finish(outcome, seconds)
     if agent.pusher is not None:
         agent.pusher.run_finished(series.job_name)
     emit = functools.partial(
-        _lost_run_span,
-        agent,
-        name, queue, job_id, attempt, framework, started_at, now, outcome, exc, parent,
-    )  # fmt: skip
+        _lost_run_span, agent, name, run, started_at, now, outcome, exc, parent
+    )
     if span_exported_elsewhere is None:
         emit()
     else:
@@ -90,19 +89,16 @@ def record_lost_run(
 def _lost_run_span(
     agent: Agent,
     name: str,
-    queue: str | None,
-    job_id: str | None,
-    attempt: int,
-    framework: str,
+    run: RunIdentity,
     started_at: float | None,
     now: float,
     outcome: str,
     exc: BaseException | None,
     parent: otel_context.Context | None,
 ) -> None:
-    attrs = job_attributes(name, queue or "default", attempt, framework, job_id)
-    attrs["job.outcome"] = outcome
     start_ns = int((started_at if started_at is not None else now) * 1e9)
+    attrs = run_attributes(name, run)
+    attrs["job.outcome"] = outcome
     span = agent.tracer.start_span(
         name, context=parent, kind=SpanKind.CONSUMER, attributes=attrs, start_time=start_ns
     )
