@@ -39,6 +39,17 @@ class QueueCounts:
     def skipped(self, s: Samples, job: str, reason: str) -> float:
         return s.total("otel_jobs_runs_skipped_total", reason=reason, **self.labels(job))
 
+    def mix_ended(self, s: Samples) -> bool:
+        """Every run of the mix but the hung one has ended, as it must (before retries)."""
+        return (
+            self.finished(s, "ok", "success") == 3
+            and self.finished(s, "later", "success") == 1
+            and self.finished(s, "boom", "failure") == 2
+            and self.finished(s, "flaky", "success") == 1
+            and self.finished(s, "slow", "timeout") == 1
+            and s.total("otel_jobs_stalls_detected_total", **self.labels("hang")) >= 1
+        )
+
     def assert_exact(
         self, s: Samples, started: dict[str, int], finished: dict[tuple[str, str], int]
     ) -> None:
