@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import IN_CI, free_port, scrape_text
+from tests.support import free_port, require_binary, scrape_text
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 _SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
@@ -160,15 +159,12 @@ def test_demo_serves_every_metric_of_the_readme_table_and_exits_cleanly() -> Non
 
 
 def _prometheus_on_path() -> None:
-    if shutil.which("prometheus") is None:
-        message = "prometheus is not installed; install it with: apt-get install -y prometheus"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+    require_binary("prometheus", "apt-get install -y prometheus")
 
 
 class _Demo:
-    """``otel-jobs demo`` in a process of its own, its output read line by line as it comes."""
+    """``otel-jobs demo`` in a process of its own, its output read line by line as it comes;
+    as a context manager, killed at the end if it still runs."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         env = dict(env or os.environ, PYTHONUNBUFFERED="1")
@@ -181,6 +177,17 @@ class _Demo:
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+
+    def __enter__(self) -> _Demo:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._kill()
+
+    def _kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -217,9 +224,7 @@ class _Demo:
         try:
             self.proc.wait(timeout=150)
         finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
+            self._kill()
         self._reader.join(timeout=10)
         return self.proc.returncode
 
@@ -232,12 +237,16 @@ def _running(pid: int) -> bool:
     return b"prometheus" in cmdline
 
 
+def _assert_prometheus_gone(pid: int, directory: pathlib.Path) -> None:
+    assert not directory.exists(), f"{directory} left behind"
+    assert not _running(pid), f"Prometheus (pid {pid}) left running"
+
+
 @pytest.mark.prometheus
 def test_demo_prometheus_fires_a_stall_alert_shown_next_to_the_run() -> None:
     _prometheus_on_path()
     # --duration 120: the demo ends after two minutes, so a stall alert must fire before.
-    demo = _Demo("--prometheus", "--duration", "120")
-    try:
+    with _Demo("--prometheus", "--duration", "120") as demo:
         pid, directory = demo.prometheus()
         assert _running(pid) and (directory / "prometheus.yml").is_file()
         # In the alerts section, then next to the stuck run it is about in the table.
@@ -251,36 +260,25 @@ def test_demo_prometheus_fires_a_stall_alert_shown_next_to_the_run() -> None:
                 assert "firing" not in line and "pending" not in line, line
         demo.proc.send_signal(signal.SIGTERM)
         assert demo.end() == 0, demo.output[-4000:]
-    finally:
-        if demo.proc.poll() is None:
-            demo.proc.kill()
-            demo.proc.wait()
     assert "SIGTERM, stopping" in demo.output
     summary = demo.output.rsplit("alerts seen", 1)[1]
     assert re.search(rf"firing\s+OtelJobsRunStalled\s+{re.escape(job)} / ", summary), summary
-    assert not directory.exists(), f"{directory} left behind"
-    assert not _running(pid), f"Prometheus (pid {pid}) left running"
+    _assert_prometheus_gone(pid, directory)
 
 
 @pytest.mark.prometheus
 @pytest.mark.parametrize("ending", ["its duration", "Ctrl-C"])
 def test_demo_prometheus_is_stopped_and_removed_at_exit(ending: str) -> None:
     _prometheus_on_path()
-    demo = _Demo("--prometheus", "--duration", "6" if ending == "its duration" else "120")
-    try:
+    with _Demo("--prometheus", "--duration", "6" if ending == "its duration" else "120") as demo:
         pid, directory = demo.prometheus()
         assert _running(pid) and directory.is_dir()
         if ending == "Ctrl-C":
             demo.wait_for(r"^otel-jobs demo\s+\d")  # the first table: the jobs are running
             demo.proc.send_signal(signal.SIGINT)
         assert demo.end() == 0, demo.output[-4000:]
-    finally:
-        if demo.proc.poll() is None:
-            demo.proc.kill()
-            demo.proc.wait()
     assert "summary (finished runs" in demo.output
-    assert not directory.exists(), f"{directory} left behind"
-    assert not _running(pid), f"Prometheus (pid {pid}) left running"
+    _assert_prometheus_gone(pid, directory)
 
 
 def test_demo_without_prometheus_says_how_to_install_it_and_runs(tmp_path: pathlib.Path) -> None:
