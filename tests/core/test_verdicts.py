@@ -15,6 +15,7 @@ import pytest
 
 from otel_jobs.core.verdicts import due_before, reason_of, split_nested
 from otel_jobs.core.watchdog import Watchdog
+from tests.support.series import registry_total
 
 
 class Clock:
@@ -34,12 +35,7 @@ def agent(instrumented: Callable[..., Any]) -> Any:
 
 def stalls(agent: Any, reason: str) -> float:
     """``otel_jobs_stalls_detected_total{reason}``, summed over the jobs."""
-    return sum(
-        sample.value
-        for family in agent.telemetry.registry.collect()
-        for sample in family.samples
-        if sample.name == "otel_jobs_stalls_detected_total" and sample.labels["reason"] == reason
-    )
+    return registry_total(agent, "otel_jobs_stalls_detected_total", reason=reason)
 
 
 def test_reason_of_a_run_at_each_moment(agent: Any) -> None:

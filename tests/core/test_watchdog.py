@@ -36,6 +36,12 @@ DEADLINE = 60.0
 
 
 @pytest.fixture
+def agent(instrumented: Callable[..., Any]) -> Any:
+    """The agent, instrumented for the test, its watchdog thread ticking every 0.1 s."""
+    return instrumented(watchdog_interval=0.1)
+
+
+@pytest.fixture
 def silent_server() -> Iterator[SilentServer]:
     with SilentServer() as server:
         yield server
@@ -117,9 +123,8 @@ def test_stalled_within_threshold_plus_one_tick_naming_function_and_line(
 
 
 def test_stall_span_is_exported_while_the_run_is_in_flight(
-    instrumented: Callable[..., Any], span_exporter: InMemorySpanExporter
+    span_exporter: InMemorySpanExporter, agent: Any
 ) -> None:
-    agent = instrumented(watchdog_interval=0.1)
     release = threading.Event()
 
     @otel_jobs.job(name="wd.hung", queue="wd", heartbeat_timeout=0.3)
@@ -158,9 +163,8 @@ def test_stall_span_is_exported_while_the_run_is_in_flight(
 
 
 def test_overran_verdict_despite_heartbeats(
-    instrumented: Callable[..., Any], span_exporter: InMemorySpanExporter
+    span_exporter: InMemorySpanExporter, agent: Any
 ) -> None:
-    agent = instrumented(watchdog_interval=0.1)
     release = threading.Event()
 
     @otel_jobs.job(name="wd.long", max_duration=0.3, heartbeat_timeout=30)
@@ -230,11 +234,8 @@ def test_socket_wait_is_blocked_and_busy_loop_is_spinning(
 
 
 def test_outbound_call_in_flight_is_part_of_the_diagnosis(
-    instrumented: Callable[..., Any],
-    silent_server: SilentServer,
-    span_exporter: InMemorySpanExporter,
+    silent_server: SilentServer, span_exporter: InMemorySpanExporter, agent: Any
 ) -> None:
-    agent = instrumented(watchdog_interval=0.1)
     host = f"127.0.0.1:{silent_server.port}"
 
     @otel_jobs.job(name="wd.partner", heartbeat_timeout=0.3)
@@ -273,11 +274,8 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 
 def test_asyncio_run_stack_shows_its_coroutine_chain(
-    instrumented: Callable[..., Any],
-    span_exporter: InMemorySpanExporter,
-    loop: asyncio.AbstractEventLoop,
+    span_exporter: InMemorySpanExporter, agent: Any, loop: asyncio.AbstractEventLoop
 ) -> None:
-    agent = instrumented(watchdog_interval=0.1)
     lines: list[int] = []
 
     async def fetch_page(never: asyncio.Event) -> None:
@@ -306,9 +304,8 @@ def test_asyncio_run_stack_shows_its_coroutine_chain(
 
 
 def test_coroutine_blocking_its_loop_is_measured_like_a_thread(
-    instrumented: Callable[..., Any], loop: asyncio.AbstractEventLoop
+    agent: Any, loop: asyncio.AbstractEventLoop
 ) -> None:
-    agent = instrumented(watchdog_interval=0.1)
     release = threading.Event()
     lines: list[int] = []
 
@@ -353,11 +350,8 @@ def test_heartbeats_keep_a_long_run_healthy(
 
 
 def test_resuming_heartbeats_clears_the_verdict(
-    instrumented: Callable[..., Any],
-    span_exporter: InMemorySpanExporter,
-    caplog: pytest.LogCaptureFixture,
+    span_exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture, agent: Any
 ) -> None:
-    agent = instrumented(watchdog_interval=0.1)
     caplog.set_level(logging.INFO, logger="otel_jobs")
     resume, done = threading.Event(), threading.Event()
 
@@ -564,12 +558,9 @@ def test_watchdog_survives_an_exception_in_its_tick(
     broken.finish()
 
 
-def test_a_deep_stack_is_bounded_and_keeps_the_innermost_frames(
-    instrumented: Callable[..., Any],
-) -> None:
+def test_a_deep_stack_is_bounded_and_keeps_the_innermost_frames(agent: Any) -> None:
     from otel_jobs.core.diagnosis import MAX_FRAMES, MAX_STACK_CHARS
 
-    agent = instrumented(watchdog_interval=0.1)
     release = threading.Event()
     lines: list[int] = []
 

@@ -13,9 +13,19 @@ from contextlib import contextmanager
 from tests.support.threads import here, run_named
 from tests.support.waiting import wait_for
 
-__all__ = ["DEADLINE", "Forwarder", "here", "loop_in_thread", "run_named", "wait_for"]
+__all__ = [
+    "DEADLINE",
+    "LOOP_THREAD",
+    "Forwarder",
+    "here",
+    "loop_in_thread",
+    "run_named",
+    "wait_for",
+]
 
 DEADLINE = 60.0
+#: The name of the thread running the ``loop`` fixture's asyncio loop.
+LOOP_THREAD = "test-loop"
 
 
 @contextmanager

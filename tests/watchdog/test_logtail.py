@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,11 +25,8 @@ log = logging.getLogger("crawler")
 
 
 def test_a_run_that_logs_then_hangs_shows_that_line_and_its_age(
-    instrumented: Callable[..., Any],
-    span_exporter: InMemorySpanExporter,
-    caplog: pytest.LogCaptureFixture,
+    span_exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture, agent: Any
 ) -> None:
-    agent = instrumented(watchdog_interval=0.1)
     caplog.set_level(logging.INFO)
     release = threading.Event()
 
@@ -72,9 +68,8 @@ def test_a_run_that_logs_then_hangs_shows_that_line_and_its_age(
 
 
 def test_kept_lines_are_redacted_bounded_and_only_the_runs_own(
-    instrumented: Callable[..., Any], caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture, agent: Any
 ) -> None:
-    agent = instrumented(watchdog_interval=0.1)
     caplog.set_level(logging.INFO)
     logging.getLogger("quiet").setLevel(logging.WARNING)
     inside, release = threading.Event(), threading.Event()

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,23 +21,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import otel_jobs
 from otel_jobs.core.watchdog import Watchdog
-from tests.support import Samples, scrape, spans_named
+from tests.support import Samples, agent_metrics, otel_points, spans_named
+from tests.support.series import registry_total
 from tests.support.threads import TickCounter
-from tests.watchdog.support import DEADLINE, here, loop_in_thread, run_named, wait_for
+from tests.watchdog.support import DEADLINE, LOOP_THREAD, here, run_named, wait_for
 
-THREAD = "test-blocked-loop"
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    with loop_in_thread(THREAD) as (loop, _):
-        yield loop
-
-
-def metrics() -> Samples:
-    url = otel_jobs.metrics_url()
-    assert url is not None
-    return scrape(url)
+THREAD = LOOP_THREAD  # the loop fixture's
 
 
 def lag_count(samples: Samples, le: str | None = None) -> float:
@@ -98,7 +87,7 @@ def test_a_coroutine_blocking_its_loop_gets_the_verdict_naming_its_line_and_the_
             and [r for r in agent.runs() if r.name == "lb.waiting"]
         ),
     )
-    wait_for("a probe answered by the free loop", lambda: lag_count(metrics()) >= 2)
+    wait_for("a probe answered by the free loop", lambda: lag_count(agent_metrics()) >= 2)
     futures.append(asyncio.run_coroutine_threadsafe(blocks_its_loop(), loop))
     blocker = run_named(agent, "lb.blocks_its_loop")
     wait_for("the loop_blocked verdict", lambda: blocker.verdict == "loop_blocked")
@@ -123,7 +112,7 @@ def test_a_coroutine_blocking_its_loop_gets_the_verdict_naming_its_line_and_the_
     assert "this run holds the loop; runs held up: run" in summary
     assert "waiting on a threading.Event without a timeout" in summary
 
-    while_blocked = metrics()
+    while_blocked = agent_metrics()
     assert (
         while_blocked.value(
             "otel_jobs_stalls_detected_total",
@@ -165,7 +154,8 @@ def test_a_coroutine_blocking_its_loop_gets_the_verdict_naming_its_line_and_the_
     after = wait_for(
         "the blocked gauge back to 0",
         lambda: (
-            (s := metrics()).value("otel_jobs_event_loop_blocked_seconds", thread=THREAD) == 0 and s
+            (s := agent_metrics()).value("otel_jobs_event_loop_blocked_seconds", thread=THREAD) == 0
+            and s
         ),
     )
     assert (
@@ -253,12 +243,12 @@ def test_a_busy_but_responsive_loop_never_gets_the_verdict(
     async def busy() -> None:
         await asyncio.gather(*(burst_worker() for _ in range(10)))
 
-    before = lag_count(metrics())
+    before = lag_count(agent_metrics())
     future = asyncio.run_coroutine_threadsafe(busy(), loop)
     run = run_named(agent, "lb.busy")
     ticks = TickCounter(agent.watchdog, monkeypatch)
     wait_for("forty ticks of the busy loop", lambda: ticks.count >= 40)
-    samples = metrics()
+    samples = agent_metrics()
     assert lag_count(samples) - before >= 20  # it was probed all along, and answered
     assert run.verdict is None and run.diagnosis is None
     assert samples.total("otel_jobs_stalls_detected_total", job_name="lb.busy") == 0
@@ -290,13 +280,13 @@ def test_a_stopped_loop_is_not_blocked_and_its_pause_is_no_lag(
         start = ticks.count
         wait_for("thirty ticks while stopped", lambda: ticks.count >= start + 30)
         assert run.verdict is None
-        assert metrics().value("otel_jobs_event_loop_blocked_seconds", thread=label) == 0
+        assert agent_metrics().value("otel_jobs_event_loop_blocked_seconds", thread=label) == 0
         paused_loop.run_until_complete(task)
         start = ticks.count
         wait_for("ticks after the run", lambda: ticks.count >= start + 3)
     finally:
         paused_loop.close()
-    samples = metrics()
+    samples = agent_metrics()
     total = samples.total("otel_jobs_event_loop_lag_seconds_count", thread=label)
     assert total >= 1
     # The three seconds the loop was stopped were never counted as lag.
@@ -328,7 +318,7 @@ def test_a_held_up_run_stalled_first_says_its_loop_is_blocked_and_by_whom(
     futures = [asyncio.run_coroutine_threadsafe(held_up(), loop)]
     try:
         waiting = run_named(agent, "lb.held_up")
-        wait_for("a probe answered by the free loop", lambda: lag_count(metrics()) >= 1)
+        wait_for("a probe answered by the free loop", lambda: lag_count(agent_metrics()) >= 1)
         futures.append(asyncio.run_coroutine_threadsafe(holder(), loop))
         holding = run_named(agent, "lb.holder")
         wait_for("the held-up run's stall", lambda: waiting.verdict == "no_heartbeat")
@@ -346,11 +336,8 @@ def test_a_held_up_run_stalled_first_says_its_loop_is_blocked_and_by_whom(
 
 
 def test_lag_and_blocked_time_are_opentelemetry_instruments_too(
-    instrumented: Callable[..., Any],
-    metric_reader: InMemoryMetricReader,
-    loop: asyncio.AbstractEventLoop,
+    metric_reader: InMemoryMetricReader, loop: asyncio.AbstractEventLoop, agent: Any
 ) -> None:
-    agent = instrumented(watchdog_interval=0.1)
     done = threading.Event()
 
     @otel_jobs.job(name="lb.otel", heartbeat_timeout=120)
@@ -359,16 +346,11 @@ def test_lag_and_blocked_time_are_opentelemetry_instruments_too(
 
     future = asyncio.run_coroutine_threadsafe(job(), loop)
     run_named(agent, "lb.otel")
-    wait_for("three probes answered", lambda: lag_count(metrics()) >= 3)
+    wait_for("three probes answered", lambda: lag_count(agent_metrics()) >= 3)
     seen: dict[str, Any] = {}
-    data = metric_reader.get_metrics_data()
-    assert data is not None
-    for resource in data.resource_metrics:
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                for point in metric.data.data_points:  # type: ignore[attr-defined]
-                    if point.attributes.get("thread") == THREAD:
-                        seen[f"{metric.name} {metric.unit}"] = point
+    for metric, point in otel_points(metric_reader):
+        if point.attributes.get("thread") == THREAD:
+            seen[f"{metric.name} {metric.unit}"] = point
     lag = seen["otel_jobs.event_loop.lag s"]
     assert lag.count >= 3 and list(lag.explicit_bounds)[:2] == [0.001, 0.0025]
     assert seen["otel_jobs.event_loop.blocked s"].value >= 0
@@ -412,14 +394,7 @@ def test_a_coroutine_waiting_in_a_selector_of_its_own_is_no_idle_loop(
 
 def stalled_runs(agent: Any, job_name: str, state: str) -> float:
     """``otel_jobs_runs_stalled{job_name, state}`` as the registry has it now."""
-    return sum(
-        sample.value
-        for family in agent.telemetry.registry.collect()
-        for sample in family.samples
-        if sample.name == "otel_jobs_runs_stalled"
-        and sample.labels.get("job_name") == job_name
-        and sample.labels.get("state") == state
-    )
+    return registry_total(agent, "otel_jobs_runs_stalled", job_name=job_name, state=state)
 
 
 def test_the_oldest_run_given_the_verdict_keeps_the_state_of_the_loops_thread(

@@ -85,15 +85,14 @@ def _everything_recorded(records: list[logging.LogRecord], exporter: InMemorySpa
 
 
 def test_a_run_waiting_on_a_row_lock_names_the_holding_session_and_run(
-    instrumented: Callable[..., Any],
     span_exporter: InMemorySpanExporter,
     caplog: pytest.LogCaptureFixture,
     table: str,
     release: threading.Event,
+    agent: Any,
 ) -> None:
     import psycopg
 
-    agent = instrumented(watchdog_interval=0.1)
     caplog.set_level(logging.INFO, logger="otel_jobs")
     holding = threading.Event()
     pids: dict[str, int] = {}
@@ -180,16 +179,12 @@ def test_a_run_waiting_on_a_row_lock_names_the_holding_session_and_run(
 
 
 def test_a_lookup_that_cannot_connect_says_why_and_leaves_the_job_alone(
-    instrumented: Callable[..., Any],
-    caplog: pytest.LogCaptureFixture,
-    table: str,
-    release: threading.Event,
+    caplog: pytest.LogCaptureFixture, table: str, release: threading.Event, agent: Any
 ) -> None:
     """The job's connection goes through a port that accepts no new connection afterwards: the
     lookup (a connection of its own, never the job's) fails, and the verdict says so."""
     import psycopg
 
-    agent = instrumented(watchdog_interval=0.1)
     caplog.set_level(logging.INFO, logger="otel_jobs")
     forwarder = Forwarder(("127.0.0.1", 5432))
 

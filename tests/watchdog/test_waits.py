@@ -21,7 +21,7 @@ import otel_jobs
 from otel_jobs.core import errors, waits
 from otel_jobs.core.stacks import frame_of
 from tests.support import spans_named
-from tests.watchdog.support import DEADLINE, here, loop_in_thread, run_named, wait_for
+from tests.watchdog.support import DEADLINE, here, run_named, wait_for
 
 RLOCK_A = threading.RLock()
 RLOCK_B = threading.RLock()
@@ -37,18 +37,9 @@ class Holder:
         self.simple_queue: queue.SimpleQueue[int] = queue.SimpleQueue()
 
 
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    with loop_in_thread("test-waits-loop") as (loop, _):
-        yield loop
-
-
 def test_two_runs_deadlocked_on_two_rlocks_name_each_other(
-    instrumented: Callable[..., Any],
-    span_exporter: InMemorySpanExporter,
-    caplog: pytest.LogCaptureFixture,
+    span_exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture, agent: Any
 ) -> None:
-    agent = instrumented(watchdog_interval=0.1)
     caplog.set_level(logging.WARNING, logger="otel_jobs")
     both_hold = threading.Barrier(2, timeout=DEADLINE)
     lines: dict[str, int] = {}
@@ -112,10 +103,7 @@ def test_two_runs_deadlocked_on_two_rlocks_name_each_other(
     assert not run_in.finished and not run_out.finished
 
 
-def test_a_lock_held_by_a_thread_outside_any_run_is_no_deadlock(
-    instrumented: Callable[..., Any],
-) -> None:
-    agent = instrumented(watchdog_interval=0.1)
+def test_a_lock_held_by_a_thread_outside_any_run_is_no_deadlock(agent: Any) -> None:
     lock = threading.RLock()
     taken, release = threading.Event(), threading.Event()
 
@@ -174,9 +162,8 @@ def _condition_wait(timeout: float | None) -> None:
     [(c, False) for c in WAITS_WITHOUT_TIMEOUT] + [(c, True) for c in WAITS_WITH_TIMEOUT],
 )
 def test_each_kind_of_wait_and_whether_it_has_a_timeout(
-    instrumented: Callable[..., Any], case: str, has_timeout: bool
+    case: str, has_timeout: bool, agent: Any
 ) -> None:
-    agent = instrumented(watchdog_interval=0.1)
     kind, wait = {**WAITS_WITHOUT_TIMEOUT, **WAITS_WITH_TIMEOUT}[case]
     holder = Holder()
     holder.lock.acquire()  # held by the test: a waiter on it never gets it
@@ -204,9 +191,8 @@ def test_each_kind_of_wait_and_whether_it_has_a_timeout(
 
 
 def test_asyncio_waits_with_and_without_a_timeout(
-    instrumented: Callable[..., Any], loop: asyncio.AbstractEventLoop
+    loop: asyncio.AbstractEventLoop, agent: Any
 ) -> None:
-    agent = instrumented(watchdog_interval=0.1)
     held = asyncio.Lock()
 
     @otel_jobs.job(name="waits.asyncio_lock", heartbeat_timeout=0.3)
