@@ -33,21 +33,7 @@ if os.environ.get("LOST_WORKER") == "1":
     )
 
 
-@app.task(name="lost.page")
-def page(name: str) -> None:
-    lost_apps.page_body(name)
-
-
-@app.task(name="lost.poison")
-def poison(name: str) -> None:
-    lost_apps.poison_body(name)
-
-
-@app.task(name="lost.quick")
-def quick(name: str) -> None:
-    lost_apps.quick_body(name)
-
-
-@app.task(name="lost.sleepy")
-def sleepy(name: str, line: str, seconds: float) -> None:
-    lost_apps.sleepy_body(name, line, seconds)
+lost_apps.declare(
+    app.task, __name__, page="lost.page", poison="lost.poison", quick="lost.quick",
+    sleepy="lost.sleepy",
+)  # fmt: skip

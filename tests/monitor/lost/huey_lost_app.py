@@ -17,11 +17,6 @@ if os.environ.get("LOST_WORKER") == "1":
     )
 
 
-@huey.task(name="lost_page")
-def page(name: str) -> None:
-    lost_apps.page_body(name)
-
-
 @huey.task(name="lost_retried_page", retries=2)
 def retried_page(name: str) -> None:
     run = otel_jobs.current_run()
@@ -31,11 +26,4 @@ def retried_page(name: str) -> None:
     lost_apps.page_body(name)
 
 
-@huey.task(name="lost_poison")
-def poison(name: str) -> None:
-    lost_apps.poison_body(name)
-
-
-@huey.task(name="lost_quick")
-def quick(name: str) -> None:
-    lost_apps.quick_body(name)
+lost_apps.declare(huey.task, __name__, page="lost_page", poison="lost_poison", quick="lost_quick")

@@ -12,6 +12,8 @@ result backend, for the failed place of a poison task). Every job:
   which RQ puts in a session of its own, also its parent's);
 * ``quick(name)``: appends a line to ``<name>.done``;
 * ``sleepy(name, line, seconds)``: sleeps, then appends ``line`` to ``<name>.done``.
+
+Each app declares them with :func:`declare`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import otel_jobs
 
@@ -67,3 +71,18 @@ def sleepy_body(name: str, line: str, seconds: float) -> None:
     otel_jobs.heartbeat(progress=0.5)
     time.sleep(seconds)
     _append(name, "done", line)
+
+
+def declare(
+    task: Callable[..., Callable[[Callable[..., None]], Any]], module: str, **names: str
+) -> None:
+    """Declare each job of ``names`` (``page="lost.page"``: :func:`page_body` under that name)
+    as ``task(name=...)`` of a function of ``module`` (Huey names a task after its module)."""
+    for body, name in names.items():
+        run: Callable[..., None] = globals()[f"{body}_body"]
+
+        def job(*args: Any, _run: Callable[..., None] = run) -> None:
+            _run(*args)
+
+        job.__module__, job.__name__, job.__qualname__ = module, body, body
+        task(name=name)(job)

@@ -34,10 +34,14 @@ from .test_detector import listed
 __all__ = [
     "ROOT",
     "Worker",
+    "Workers",
+    "counters",
     "finished_once_more",
     "killed_each_time",
     "lease_of",
     "listed",
+    "previous_of",
+    "quiet_after",
     "wait_for",
     "wait_lost",
 ]
@@ -146,6 +150,51 @@ def wait_lost(
     return result
 
 
+class Workers:
+    """Workers of one ``command`` started one after another (logs ``worker-<n>.log`` in
+    ``tmp``) with the environment of the lost-run apps: broker ``url``, ``queue``, a 2 s lease
+    TTL and ``env``; each waited for until it serves ``/metrics`` when ``serving``."""
+
+    def __init__(
+        self, command: list[str], tmp: Path, url: str, queue: str, serving: bool, **env: str
+    ) -> None:
+        self.command, self.tmp, self.serving = command, tmp, serving
+        self.env = {
+            "LOST_BROKER": url, "LOST_QUEUE": queue, "LOST_DIR": str(tmp),
+            "OTEL_JOBS_LEASE_TTL": "2", **env,
+        }  # fmt: skip
+        self.started: list[Worker] = []
+
+    def __call__(self, log: str = "") -> Worker:
+        log = log or f"worker-{len(self.started)}.log"
+        worker = Worker(self.command, self.tmp / log, **self.env)
+        self.started.append(worker)
+        if self.serving:
+            worker.wait_serving()
+        return worker
+
+    def kill(self) -> None:
+        for worker in self.started:
+            worker.kill()
+
+
+def counters(framework: str) -> tuple[Callable[..., float], Callable[..., float]]:
+    """``lost(samples, job, queue)`` and ``requeued(samples, job, queue)`` of ``framework``: its
+    ``otel_jobs_runs_lost_total`` and ``otel_jobs_runs_requeued_total``."""
+
+    def lost(samples: Samples, job: str, queue: str) -> float:
+        return samples.total(
+            "otel_jobs_runs_lost_total", framework=framework, job_name=job, queue=queue
+        )
+
+    def requeued(samples: Samples, job: str, queue: str) -> float:
+        return samples.total(
+            "otel_jobs_runs_requeued_total", framework=framework, job_name=job, queue=queue
+        )
+
+    return lost, requeued
+
+
 def killed_each_time(
     times: int, start: Callable[[], Worker], attempts: Path, counted: Callable[[], float], what: str
 ) -> None:
@@ -168,17 +217,36 @@ def killed_each_time(
 
 
 def finished_once_more(
-    worker: Worker, done: Path, job_name: str, queue: str, what: str, **finished: str
+    worker: Worker, tmp: Path, run: str, job_name: str, queue: str, **finished: str
 ) -> Samples:
-    """The run of ``job_name`` handed out again done by ``worker`` (its file ``done``), counted
-    as finished (``finished``: more labels) and once as redelivered on its ``/metrics``."""
-    wait_for(what, done.exists, log=worker.log)
+    """The run ``run`` of ``job_name`` handed out again done by ``worker`` (its file
+    ``<run>.done`` in ``tmp``), counted as finished (``finished``: more labels) and once as
+    redelivered on its ``/metrics``."""
+    wait_for("the run handed out again done", (tmp / f"{run}.done").exists, log=worker.log)
     samples = worker.wait_for(
         "the run finished",
         lambda s: s.total("otel_jobs_runs_finished_total", job_name=job_name, **finished) >= 1,
     )
     assert samples.value("otel_jobs_runs_redelivered_total", job_name=job_name, queue=queue) == 1
     return samples
+
+
+def quiet_after(
+    worker: Worker, tmp: Path, send: Callable[[], Any], poll: Callable[[], Samples]
+) -> Samples:
+    """A quick job (``send()``, its file ``q1.done`` in ``tmp``) through ``worker``, then three
+    more monitor polls: the last one's samples (nothing more must be counted or run)."""
+    send()
+    wait_for("a quick job", (tmp / "q1.done").exists, log=worker.log)
+    for _ in range(3):
+        samples = poll()
+    return samples
+
+
+def previous_of(tmp: Path, run: str) -> dict[str, Any]:
+    """What the run ``run`` handed out again read as ``previous_attempt`` (lost_apps.page_body)."""
+    found: dict[str, Any] = json.loads((tmp / f"{run}.previous").read_text())
+    return found
 
 
 def python() -> str:

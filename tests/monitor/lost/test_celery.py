@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Iterator
@@ -26,9 +27,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from otel_jobs.monitor.celery import collector_for_app
 from otel_jobs.monitor.lost import with_lost_runs
 from otel_jobs.monitor.settings import MonitorSettings
-from tests.support import Samples, require_rabbitmq
+from tests.support import require_rabbitmq
 
 from ..support import Polled
+from . import support as steps
 from .support import Worker, listed, python, wait_for, wait_lost
 
 pytestmark = pytest.mark.broker
@@ -37,14 +39,7 @@ REDIS_DB = 10
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 
 
-def lost(samples: Samples, job: str, queue: str) -> float:
-    return samples.total("otel_jobs_runs_lost_total", framework="celery", job_name=job, queue=queue)
-
-
-def requeued(samples: Samples, job: str, queue: str) -> float:
-    return samples.total(
-        "otel_jobs_runs_requeued_total", framework="celery", job_name=job, queue=queue
-    )
+lost, requeued = steps.counters("celery")
 
 
 class Setup:
@@ -124,24 +119,12 @@ def test_killed_with_its_worker_counted_once_then_requeued_and_finished_once(
         assert attrs["otel_jobs.lost.action"] == "requeued"
 
         second = setup.worker()
-        wait_for("the requeued run done", lambda: (setup.dir / "p1.done").exists(), log=second.log)
-        finished = second.wait_for(
-            "the run finished",
-            lambda s: s.total("otel_jobs_runs_finished_total", job_name="lost.page") >= 1,
-        )
-        assert (
-            finished.value(
-                "otel_jobs_runs_redelivered_total", job_name="lost.page", queue=setup.queue
-            )
-            == 1
-        )
-        previous = json.loads((setup.dir / "p1.previous").read_text())
+        steps.finished_once_more(second, setup.dir, "p1", "lost.page", setup.queue)
+        previous = steps.previous_of(setup.dir, "p1")
         assert previous == {"progress": 0.4, "details": {"page": 7}, "lost": 1, "pid": pid}
         # More polls, a quick job through the same worker: nothing counted or run again.
-        setup.send("lost.quick", "q1")
-        wait_for("the quick job", lambda: (setup.dir / "q1.done").exists(), log=second.log)
-        for _ in range(3):
-            samples = monitor.poll()
+        quick = functools.partial(setup.send, "lost.quick", "q1")
+        samples = steps.quiet_after(second, setup.dir, quick, monitor.poll)
         assert lost(samples, "lost.page", setup.queue) == 1
         assert requeued(samples, "lost.page", setup.queue) == 1
         assert samples.total("otel_jobs_runs_lost_total") == 1
@@ -155,19 +138,10 @@ def test_a_task_that_kills_its_worker_every_time_is_requeued_max_lost_times_then
     attempts = setup.dir / "poison1.attempts"
     with setup.monitor(requeue_lost=True, max_lost=2) as monitor:
         task_id = setup.send("lost.poison", "poison1")
-        for attempt in range(1, 4):
-            worker = setup.worker()
-
-            def died(worker: Worker = worker) -> bool:
-                return worker.proc.poll() is not None
-
-            wait_for("the poison task to kill its worker", died, log=worker.log)
-            assert len(attempts.read_text().splitlines()) == attempt
-
-            def counted(attempt: int = attempt) -> bool:
-                return lost(monitor.poll(), "lost.poison", setup.queue) == attempt
-
-            wait_for(f"loss {attempt} counted", counted)
+        steps.killed_each_time(
+            3, setup.worker, attempts, lambda: lost(monitor.poll(), "lost.poison", setup.queue),
+            "task",
+        )  # fmt: skip
         samples = monitor.poll()
         assert requeued(samples, "lost.poison", setup.queue) == 2
         assert setup.app.AsyncResult(task_id).state == "FAILURE"
@@ -215,18 +189,8 @@ def test_on_rabbitmq_an_acks_late_task_is_redelivered_by_the_broker_counted_neve
         )
         assert requeued(monitor.scrape(), "lost.page", setup.queue) == 0
         second = setup.worker(LOST_ACKS_LATE="1")
-        wait_for("the redelivered run done", lambda: (setup.dir / "late1.done").exists())
-        finished = second.wait_for(
-            "the run finished",
-            lambda s: s.total("otel_jobs_runs_finished_total", job_name="lost.page") >= 1,
-        )
-        assert (
-            finished.value(
-                "otel_jobs_runs_redelivered_total", job_name="lost.page", queue=setup.queue
-            )
-            == 1
-        )
-        previous = json.loads((setup.dir / "late1.previous").read_text())
+        steps.finished_once_more(second, setup.dir, "late1", "lost.page", setup.queue)
+        previous = steps.previous_of(setup.dir, "late1")
         assert previous["progress"] == 0.4 and previous["pid"] == pid  # read from Redis
         assert requeued(monitor.poll(), "lost.page", setup.queue) == 0
     assert (setup.dir / "late1.done").read_text() == "x\n"

@@ -14,7 +14,7 @@ Huey keeps no copy of a task once a consumer took it: the lease entry carries it
 
 from __future__ import annotations
 
-import json
+import functools
 import sys
 import uuid
 from collections.abc import Iterator
@@ -26,9 +26,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from otel_jobs.monitor.lost import with_lost_runs
 from otel_jobs.monitor.settings import MonitorSettings
-from tests.support import Samples
 
 from ..support import Polled
+from . import support as steps
 from .support import Worker, listed, python, wait_for, wait_lost
 
 pytestmark = pytest.mark.broker
@@ -94,14 +94,7 @@ def setup(redis_url: str, tmp_path: Path) -> Iterator[Setup]:
     found.close()
 
 
-def lost(samples: Samples, job: str, queue: str) -> float:
-    return samples.total("otel_jobs_runs_lost_total", framework="huey", job_name=job, queue=queue)
-
-
-def requeued(samples: Samples, job: str, queue: str) -> float:
-    return samples.total(
-        "otel_jobs_runs_requeued_total", framework="huey", job_name=job, queue=queue
-    )
+lost, requeued = steps.counters("huey")
 
 
 def test_killed_with_its_consumer_requeued_and_finished_once_as_the_same_attempt(
@@ -128,25 +121,13 @@ def test_killed_with_its_consumer_requeued_and_finished_once_as_the_same_attempt
         assert (back.id, back.args, back.kwargs, back.retries) == (job_id, ("p1",), {}, 2)
 
         second = setup.worker()
-        wait_for("the requeued run done", lambda: (setup.dir / "p1.done").exists(), log=second.log)
-        finished = second.wait_for(
-            "the run finished",
-            lambda s: (
-                s.total("otel_jobs_runs_finished_total", job_name=name, outcome="success") >= 1
-            ),
-        )
-        assert (
-            finished.value("otel_jobs_runs_redelivered_total", job_name=name, queue=setup.queue)
-            == 1
-        )
-        previous = json.loads((setup.dir / "p1.previous").read_text())
+        steps.finished_once_more(second, setup.dir, "p1", name, setup.queue, outcome="success")
+        previous = steps.previous_of(setup.dir, "p1")
         assert previous == {"progress": 0.4, "details": {"page": 7}, "lost": 1, "pid": pid}
         # The same id and attempt number (Huey's retries kept) both times.
         assert (setup.dir / "p1.runs").read_text().splitlines() == [f"{job_id} 1"] * 2
-        setup.tasks["lost_quick"]("q1")
-        wait_for("a quick job", lambda: (setup.dir / "q1.done").exists(), log=second.log)
-        for _ in range(3):
-            samples = monitor.poll()
+        quick = functools.partial(setup.tasks["lost_quick"], "q1")
+        samples = steps.quiet_after(second, setup.dir, quick, monitor.poll)
         assert lost(samples, name, setup.queue) == 1
         assert samples.total("otel_jobs_runs_lost_total") == 1
         assert samples.total("otel_jobs_runs_requeued_total") == 1
@@ -163,19 +144,9 @@ def test_a_task_that_kills_its_consumer_every_time_is_requeued_max_lost_times_th
     attempts = setup.dir / "poison1.attempts"
     with setup.monitor(requeue_lost=True, max_lost=2) as monitor:
         result = setup.tasks["lost_poison"]("poison1")
-        for attempt in range(1, 4):
-            worker = setup.worker()
-
-            def died(worker: Worker = worker) -> bool:
-                return worker.proc.poll() is not None
-
-            wait_for("the poison task to kill its consumer", died, log=worker.log)
-            assert len(attempts.read_text().splitlines()) == attempt
-
-            def counted(attempt: int = attempt) -> bool:
-                return lost(monitor.poll(), name, setup.queue) == attempt
-
-            wait_for(f"loss {attempt} counted", counted)
+        steps.killed_each_time(
+            3, setup.worker, attempts, lambda: lost(monitor.poll(), name, setup.queue), "task"
+        )
         assert requeued(monitor.poll(), name, setup.queue) == 2
         assert setup.waiting() == []
         with pytest.raises(TaskException, match="lost with its worker 3 times"):

@@ -13,7 +13,6 @@ task: ``test_huey.py``).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 import uuid
@@ -30,15 +29,8 @@ from otel_jobs.monitor.settings import MonitorSettings
 from tests.support import Samples, require_rabbitmq
 
 from ..support import Polled
-from .support import (
-    Worker,
-    finished_once_more,
-    killed_each_time,
-    listed,
-    python,
-    wait_for,
-    wait_lost,
-)
+from . import support as steps
+from .support import listed, python, wait_for, wait_lost
 
 pytestmark = pytest.mark.broker
 
@@ -60,10 +52,7 @@ def run_and_kill(
     requeue: bool = True,
     **env: str,
 ) -> tuple[str, int]:
-    worker = Worker(
-        command, tmp / "worker.log", LOST_BROKER=url, LOST_QUEUE=queue, LOST_DIR=str(tmp),
-        OTEL_JOBS_LEASE_TTL="2", **env,
-    )  # fmt: skip
+    worker = steps.Workers(command, tmp, url, queue, False, **env)("worker.log")
     try:
         worker.wait_serving()
         job_id = send("p1")
@@ -100,14 +89,11 @@ def handed_out_again(
 ) -> None:
     """A second worker runs the job its broker handed out again, once, knowing what the lost
     attempt reached."""
-    worker = Worker(
-        command, tmp / "worker-2.log", LOST_BROKER=url, LOST_QUEUE=queue, LOST_DIR=str(tmp),
-        OTEL_JOBS_LEASE_TTL="2", **env,
-    )  # fmt: skip
+    worker = steps.Workers(command, tmp, url, queue, False, **env)("worker-2.log")
     try:
         worker.wait_serving()
-        finished_once_more(worker, tmp / "p1.done", job_name, queue, "the run handed out again")
-        previous = json.loads((tmp / "p1.previous").read_text())
+        steps.finished_once_more(worker, tmp, "p1", job_name, queue)
+        previous = steps.previous_of(tmp, "p1")
         assert previous["progress"] == 0.4 and previous["details"] == {"page": 7}
         assert previous["pid"] == pid
         assert (tmp / "p1.done").read_text() == "x\n"
@@ -234,17 +220,9 @@ def test_arq_a_job_that_kills_its_worker_every_time_is_stopped_by_max_tries(
             await pool.aclose()
 
     command = [python(), "-m", "arq", "tests.monitor.lost.arq_lost_app.WorkerSettings"]
-    env = {"LOST_ARQ_TIMEOUT": "5", "LOST_ARQ_MAX_TRIES": "2"}
-    workers: list[Worker] = []
-
-    def worker() -> Worker:
-        found = Worker(
-            command, tmp_path / f"worker-{len(workers)}.log", LOST_BROKER=redis_url,
-            LOST_QUEUE=queue, LOST_DIR=str(tmp_path), OTEL_JOBS_LEASE_TTL="2", **env,
-        )  # fmt: skip
-        workers.append(found)
-        found.wait_serving()
-        return found
+    worker = steps.Workers(
+        command, tmp_path, redis_url, queue, True, LOST_ARQ_TIMEOUT="5", LOST_ARQ_MAX_TRIES="2"
+    )
 
     def lost(samples: Samples) -> float:
         return samples.total(
@@ -256,7 +234,7 @@ def test_arq_a_job_that_kills_its_worker_every_time_is_stopped_by_max_tries(
     try:
         with Polled([with_lost_runs(collector, settings)]) as monitor:
             job_id = asyncio.run(enqueue())
-            killed_each_time(2, worker, attempts, lambda: lost(monitor.poll()), "job")
+            steps.killed_each_time(2, worker, attempts, lambda: lost(monitor.poll()), "job")
             last = worker()
             result = wait_for(
                 "arq to fail the job", lambda: asyncio.run(result_of(job_id)), log=last.log
@@ -267,8 +245,7 @@ def test_arq_a_job_that_kills_its_worker_every_time_is_stopped_by_max_tries(
             assert lost(samples) == 2
             assert samples.total("otel_jobs_runs_requeued_total") == 0
     finally:
-        for found in workers:
-            found.kill()
+        worker.kill()
     spans = [s for s in span_exporter.get_finished_spans() if s.name == f"{name} lost"]
     assert [(s.attributes or {})["otel_jobs.lost.action"] for s in spans] == [
         "broker_redelivers"
@@ -310,15 +287,7 @@ def test_dramatiq_a_message_that_kills_its_worker_every_time_is_lost_max_lost_pl
         env.update(OTEL_JOBS_LEASE_URL=redis_url)
     command = [python(), "-m", "otel_jobs.integrations.dramatiq",
                "tests.monitor.lost.dramatiq_lost_app", "--processes", "1", "--threads", "1"]  # fmt: skip
-    workers: list[Worker] = []
-
-    def worker() -> Worker:
-        found = Worker(
-            command, tmp_path / f"worker-{len(workers)}.log", LOST_BROKER=url,
-            LOST_QUEUE=queue, LOST_DIR=str(tmp_path), OTEL_JOBS_LEASE_TTL="2", **env,
-        )  # fmt: skip
-        workers.append(found)
-        return found
+    worker = steps.Workers(command, tmp_path, url, queue, False, **env)
 
     def lost(samples: Samples) -> float:
         return samples.total(
@@ -340,7 +309,7 @@ def test_dramatiq_a_message_that_kills_its_worker_every_time_is_lost_max_lost_pl
     try:
         with Polled([with_lost_runs(collector, settings, broker)]) as monitor:
             stored = broker.enqueue(message).options.get("redis_message_id")  # the broker's id
-            killed_each_time(2, worker, attempts, lambda: lost(monitor.poll()), "message")
+            steps.killed_each_time(2, worker, attempts, lambda: lost(monitor.poll()), "message")
             last = worker()
             wait_for("the message in the dead-letter queue", dead_lettered, log=last.log)
             samples = last.wait_for(
@@ -370,8 +339,7 @@ def test_dramatiq_a_message_that_kills_its_worker_every_time_is_lost_max_lost_pl
         else:
             assert broker.get_queue_message_counts(queue)[0] == 0
     finally:
-        for found in workers:
-            found.kill()
+        worker.kill()
         if kind == "rabbitmq":
             for suffix in ("", ".DQ", ".XQ"):
                 broker.channel.queue_delete(queue + suffix)

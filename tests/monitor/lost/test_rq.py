@@ -10,7 +10,7 @@ requeued ``--max-lost`` times, then moved to the ``FailedJobRegistry``.
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import signal
 import uuid
@@ -27,9 +27,9 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 from otel_jobs.monitor.lost import with_lost_runs
 from otel_jobs.monitor.rq import RQCollector
 from otel_jobs.monitor.settings import MonitorSettings
-from tests.support import Samples
 
 from ..support import Polled
+from . import support as steps
 from .support import Worker, listed, python, wait_for, wait_lost
 
 pytestmark = pytest.mark.broker
@@ -38,12 +38,7 @@ REDIS_DB = 9
 JOBS = "tests.monitor.lost.lost_apps"
 
 
-def lost(samples: Samples, job: str, queue: str) -> float:
-    return samples.total("otel_jobs_runs_lost_total", framework="rq", job_name=job, queue=queue)
-
-
-def requeued(samples: Samples, job: str, queue: str) -> float:
-    return samples.total("otel_jobs_runs_requeued_total", framework="rq", job_name=job, queue=queue)
+lost, requeued = steps.counters("rq")
 
 
 class Setup:
@@ -119,25 +114,11 @@ def test_killed_with_its_worker_counted_once_then_requeued_and_finished_once(
         assert job_id not in StartedJobRegistry(setup.queue_name, connection=setup.connection)
 
         second = setup.worker(kind)
-        wait_for("the requeued run done", lambda: (setup.dir / "p1.done").exists(), log=second.log)
-        finished = second.wait_for(
-            "the run finished",
-            lambda s: (
-                s.total("otel_jobs_runs_finished_total", job_name=name, outcome="success") >= 1
-            ),
-        )
-        assert (
-            finished.value(
-                "otel_jobs_runs_redelivered_total", job_name=name, queue=setup.queue_name
-            )
-            == 1
-        )
-        previous = json.loads((setup.dir / "p1.previous").read_text())
+        steps.finished_once_more(second, setup.dir, "p1", name, setup.queue_name, outcome="success")
+        previous = steps.previous_of(setup.dir, "p1")
         assert previous == {"progress": 0.4, "details": {"page": 7}, "lost": 1, "pid": pid}
-        setup.send("quick", "q1")
-        wait_for("a quick job", lambda: (setup.dir / "q1.done").exists(), log=second.log)
-        for _ in range(3):
-            samples = monitor.poll()
+        quick = functools.partial(setup.send, "quick", "q1")
+        samples = steps.quiet_after(second, setup.dir, quick, monitor.poll)
         assert lost(samples, name, setup.queue_name) == 1
         assert samples.total("otel_jobs_runs_lost_total") == 1
     assert (setup.dir / "p1.done").read_text() == "x\n"
@@ -151,19 +132,9 @@ def test_a_job_that_kills_its_worker_every_time_is_requeued_max_lost_times_then_
     attempts = setup.dir / "poison1.attempts"
     with setup.monitor(requeue_lost=True, max_lost=2) as monitor:
         job_id = setup.send("poison", "poison1")
-        for attempt in range(1, 4):
-            worker = setup.worker()
-
-            def died(worker: Worker = worker) -> bool:
-                return worker.proc.poll() is not None
-
-            wait_for("the poison job to kill its worker", died, log=worker.log)
-            assert len(attempts.read_text().splitlines()) == attempt
-
-            def counted(attempt: int = attempt) -> bool:
-                return lost(monitor.poll(), name, setup.queue_name) == attempt
-
-            wait_for(f"loss {attempt} counted", counted)
+        steps.killed_each_time(
+            3, setup.worker, attempts, lambda: lost(monitor.poll(), name, setup.queue_name), "job"
+        )
         assert requeued(monitor.poll(), name, setup.queue_name) == 2
         job = Job.fetch(job_id, connection=setup.connection)
         assert job.get_status() == "failed"
