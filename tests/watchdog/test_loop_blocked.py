@@ -29,6 +29,13 @@ from tests.watchdog.support import DEADLINE, LOOP_THREAD, here, run_named, wait_
 THREAD = LOOP_THREAD  # the loop fixture's
 
 
+@pytest.fixture
+def agent(instrumented: Callable[..., Any]) -> Any:
+    """The agent, its watchdog ticking every 0.1 s and giving the loop_blocked verdict to a run
+    whose loop has run nothing for 0.5 s."""
+    return instrumented(watchdog_interval=0.1, loop_blocked_timeout=0.5)
+
+
 def lag_count(samples: Samples, le: str | None = None) -> float:
     if le is None:
         return samples.total("otel_jobs_event_loop_lag_seconds_count", thread=THREAD)
@@ -57,12 +64,11 @@ def waiting_runs(
 
 
 def test_a_coroutine_blocking_its_loop_gets_the_verdict_naming_its_line_and_the_runs_held_up(
-    instrumented: Callable[..., Any],
     span_exporter: InMemorySpanExporter,
     caplog: pytest.LogCaptureFixture,
     loop: asyncio.AbstractEventLoop,
+    agent: Any,
 ) -> None:
-    agent = instrumented(watchdog_interval=0.1, loop_blocked_timeout=0.5)
     caplog.set_level(logging.INFO, logger="otel_jobs")
     release, done = threading.Event(), threading.Event()
     lines: list[int] = []
@@ -171,10 +177,7 @@ def test_a_coroutine_blocking_its_loop_gets_the_verdict_naming_its_line_and_the_
         future.result(DEADLINE)
 
 
-def test_a_cpu_loop_in_a_coroutine_is_spinning(
-    instrumented: Callable[..., Any], loop: asyncio.AbstractEventLoop
-) -> None:
-    agent = instrumented(watchdog_interval=0.1, loop_blocked_timeout=0.5)
+def test_a_cpu_loop_in_a_coroutine_is_spinning(loop: asyncio.AbstractEventLoop, agent: Any) -> None:
     release = threading.Event()
     lines: list[int] = []
 
@@ -203,9 +206,8 @@ def test_a_cpu_loop_in_a_coroutine_is_spinning(
 
 
 def test_code_outside_any_run_blocking_the_loop_is_reported_on_the_oldest_run(
-    instrumented: Callable[..., Any], loop: asyncio.AbstractEventLoop
+    loop: asyncio.AbstractEventLoop, agent: Any
 ) -> None:
-    agent = instrumented(watchdog_interval=0.1, loop_blocked_timeout=0.5)
     release, done = threading.Event(), threading.Event()
     futures, oldest = waiting_runs(agent, loop, "lb.innocent", 2, done)
     line = here() + 1
@@ -257,9 +259,8 @@ def test_a_busy_but_responsive_loop_never_gets_the_verdict(
 
 
 def test_a_stopped_loop_is_not_blocked_and_its_pause_is_no_lag(
-    instrumented: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch, agent: Any
 ) -> None:
-    agent = instrumented(watchdog_interval=0.1, loop_blocked_timeout=0.5)
     ticks = TickCounter(agent.watchdog, monkeypatch)
     paused_loop = asyncio.new_event_loop()
 
@@ -336,8 +337,11 @@ def test_a_held_up_run_stalled_first_says_its_loop_is_blocked_and_by_whom(
 
 
 def test_lag_and_blocked_time_are_opentelemetry_instruments_too(
-    metric_reader: InMemoryMetricReader, loop: asyncio.AbstractEventLoop, agent: Any
+    instrumented: Callable[..., Any],
+    metric_reader: InMemoryMetricReader,
+    loop: asyncio.AbstractEventLoop,
 ) -> None:
+    agent = instrumented(watchdog_interval=0.1)
     done = threading.Event()
 
     @otel_jobs.job(name="lb.otel", heartbeat_timeout=120)
@@ -359,14 +363,13 @@ def test_lag_and_blocked_time_are_opentelemetry_instruments_too(
 
 
 def test_a_coroutine_waiting_in_a_selector_of_its_own_is_no_idle_loop(
-    instrumented: Callable[..., Any], loop: asyncio.AbstractEventLoop
+    loop: asyncio.AbstractEventLoop, agent: Any
 ) -> None:
     """An idle loop (its thread in its selector, called by the loop) is not woken by the probe;
     a coroutine blocked in a selector it called itself (as subprocess.run does) holds the loop."""
     import os
     import selectors
 
-    agent = instrumented(watchdog_interval=0.1, loop_blocked_timeout=0.5)
     release = threading.Event()
     lines: list[int] = []
 
