@@ -115,6 +115,35 @@ def _settle(run: Run) -> None:
         run.deactivate()
 
 
+def _run_options(
+    queue: str | None,
+    max_duration: float | None,
+    heartbeat_timeout: float | None,
+    on_stall: str | None,
+    expected_every: float | None,
+) -> dict[str, Any]:
+    """The options a run of ``@job`` or ``job_run`` passes to the agent, validated (an invalid
+    value raises :class:`~otel_jobs.ConfigurationError` naming it): only those given, as each
+    keyword argument costs every run its binding."""
+    settings = _config.parse_job_settings(
+        "job",
+        {
+            "max_duration": max_duration,
+            "heartbeat_timeout": heartbeat_timeout,
+            "on_stall": on_stall,
+            "expected_every": expected_every,
+        },
+    )
+    given = {
+        "queue": queue,
+        "max_duration": settings.max_duration,
+        "heartbeat_timeout": settings.heartbeat_timeout,
+        "on_stall": settings.on_stall,
+        "expected_every": settings.expected_every,
+    }
+    return {key: value for key, value in given.items() if value is not None}
+
+
 def _enter(run: Run) -> Run:
     """Make a started ``run`` current; if that fails (out of stack, say), end it: never leave a
     run in flight."""
@@ -167,34 +196,17 @@ class job_run:
         *,
         queue: str | None = None,
         job_id: str | None = None,
+        enqueued_at: float | None = None,
         attempt: int = 1,
         max_duration: float | None = None,
         heartbeat_timeout: float | None = None,
         on_stall: str | None = None,
-        enqueued_at: float | None = None,
         expected_every: float | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise _config.ConfigurationError("name", name, "a non-empty job name")
-        job = _config.parse_job_settings(
-            "job",
-            {
-                "max_duration": max_duration,
-                "heartbeat_timeout": heartbeat_timeout,
-                "on_stall": on_stall,
-                "expected_every": expected_every,
-            },
-        )
-        self._kwargs = {
-            "queue": queue,
-            "job_id": job_id,
-            "attempt": attempt,
-            "max_duration": job.max_duration,
-            "heartbeat_timeout": job.heartbeat_timeout,
-            "on_stall": job.on_stall,
-            "enqueued_at": enqueued_at,
-            "expected_every": job.expected_every,
-        }
+        options = _run_options(queue, max_duration, heartbeat_timeout, on_stall, expected_every)
+        self._kwargs = {**options, "job_id": job_id, "attempt": attempt, "enqueued_at": enqueued_at}
         self._name = name
         self._run: Run | None = None
 
@@ -202,7 +214,7 @@ class job_run:
         agent = _agent_mod.current()
         if agent is None:
             return _NoRun()
-        self._run = _enter(agent.start_run(self._name, **self._kwargs))  # type: ignore[arg-type]
+        self._run = _enter(agent.start_run(self._name, **self._kwargs))
         return self._run
 
     def __exit__(
@@ -259,12 +271,12 @@ def job(func: F, /) -> F: ...
 @overload
 def job(
     *,
-    name: str | None = None,
-    queue: str | None = None,
-    max_duration: float | None = None,
-    heartbeat_timeout: float | None = None,
-    on_stall: str | None = None,
-    expected_every: float | None = None,
+    name: str | None = ...,
+    queue: str | None = ...,
+    max_duration: float | None = ...,
+    heartbeat_timeout: float | None = ...,
+    on_stall: str | None = ...,
+    expected_every: float | None = ...,
 ) -> Callable[[F], F]: ...
 
 
@@ -297,27 +309,10 @@ def job(
     ... def nightly_export():
     ...     ...
     """
-    settings = _config.parse_job_settings(
-        "job",
-        {
-            "max_duration": max_duration,
-            "heartbeat_timeout": heartbeat_timeout,
-            "on_stall": on_stall,
-            "expected_every": expected_every,
-        },
-    )
+    kwargs = _run_options(queue, max_duration, heartbeat_timeout, on_stall, expected_every)
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         job_name = name or f"{fn.__module__}.{fn.__qualname__}"
-        given = {
-            "queue": queue,
-            "max_duration": settings.max_duration,
-            "heartbeat_timeout": settings.heartbeat_timeout,
-            "on_stall": settings.on_stall,
-            "expected_every": settings.expected_every,
-        }
-        # Only the options given: each keyword argument costs every run its binding.
-        kwargs: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
         agents = _agent_mod  # the running agent is read from the module: no call per run
 
         if inspect.iscoroutinefunction(fn):
