@@ -10,7 +10,8 @@ Bound: a run is found within the workers' lease TTL (``OTEL_JOBS_LEASE_TTL``, 30
 monitor poll (``--interval``, 15 s): 45 s by default.
 
 Layout: :mod:`.detector` (the leases read, the claim that makes two monitors count a run once,
-the metrics, span, log and policy), one module per framework for what only the framework knows
+the metrics and the policy), :mod:`.runs` (a run as its lease listed it), :mod:`.report` (its
+span and log record), one module per framework for what only the framework knows
 (:mod:`.celery`, :mod:`.rq`, :mod:`.dramatiq`, :mod:`.arq`, :mod:`.huey`: whether a run finished
 after all, how to requeue it, where failed jobs go), and :mod:`.watch` (a framework's queue
 collector and its detector polled as one collector).
