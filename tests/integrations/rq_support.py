@@ -4,7 +4,8 @@
 instrument=True, env_extra=...)``, which starts ``rq worker -c tests.integrations.rq_settings`` (the settings
 module calls ``otel_jobs.instrument()`` at start-up) on a free /metrics port and waits until it
 listens; every worker and its work horses are killed when the ``with`` block ends.
-``empty_redis_db(url)`` is a connection to a Redis database emptied before and after.
+``redis_connection(url)`` is a connection to the tests' Redis, ``empty_redis_db(url)`` one to a
+Redis database emptied before and after.
 """
 
 from __future__ import annotations
@@ -133,11 +134,17 @@ def kill_tree(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(timeout=30)
 
 
+def redis_connection(url: str = REDIS_URL) -> Redis:
+    """A connection to the Redis database ``url`` (the test is skipped when Redis is down); a
+    context manager that closes it."""
+    require_redis()
+    return Redis.from_url(url, socket_timeout=10, socket_connect_timeout=10)
+
+
 @contextmanager
 def empty_redis_db(url: str) -> Iterator[Redis]:
     """A connection to the Redis database ``url``, emptied before and after."""
-    require_redis()
-    connection = Redis.from_url(url, socket_timeout=10, socket_connect_timeout=10)
+    connection = redis_connection(url)
     connection.flushdb()
     yield connection
     connection.flushdb()

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from redis import Redis
 from rq import Queue, Retry
 from rq.job import JobStatus
 
@@ -30,17 +28,10 @@ from tests.integrations.rq_support import (
 )
 from tests.integrations.workers import WAIT, wait_for
 from tests.otlp_receiver import OtlpReceiver
-from tests.support import Samples, require_redis
+from tests.support import Samples
+from tests.support.servers import SilentServer
 
 pytestmark = pytest.mark.broker
-
-
-@pytest.fixture
-def redis_db() -> Iterator[Redis]:
-    require_redis()
-    connection = Redis.from_url(REDIS_URL, socket_timeout=10, socket_connect_timeout=10)
-    yield connection
-    connection.close()
 
 
 @pytest.fixture
@@ -128,11 +119,8 @@ def test_time_limit_is_outcome_timeout(redis_db, queue_name, start_worker) -> No
 @pytest.fixture
 def blackhole() -> Iterator[int]:
     """A TCP server that accepts connections and never answers."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    yield server.getsockname()[1]
-    server.close()
+    with SilentServer() as server:
+        yield server.port
 
 
 def _verdict_logged(log: str, job_id: str) -> bool:
@@ -320,15 +308,6 @@ def _patched() -> list[tuple[type, str]]:
         if owner is not None:
             found.append((owner, name))
     return found
-
-
-@pytest.fixture
-def keep_signal_handlers() -> Iterator[None]:
-    """rq's work() installs SIGINT/SIGTERM handlers; give pytest its own back."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 def test_instrument_twice_then_uninstrument_restores_rq(instrumented) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis import Redis
@@ -16,6 +17,7 @@ from rq import Queue, Retry
 from otel_jobs.integrations import rq as rq_integration
 from tests.integrations.rq_support import JOBS, RQWorker, empty_redis_db, launch_workers
 from tests.integrations.workers import wait_for
+from tests.support import Samples
 
 AUDIT_URL = "redis://127.0.0.1:6379/10"
 
@@ -70,10 +72,8 @@ def test_audit_of_an_empty_redis_is_empty(empty_db: Redis) -> None:
     assert rq_integration.audit(AUDIT_URL) == []
 
 
-def test_worker_reports_findings_at_start(empty_db: Redis, start_worker) -> None:
-    """A real worker audits at start-up: each finding once in its log and on its /metrics."""
-    bad_configuration(empty_db)
-    worker = start_worker("everything", url=AUDIT_URL)
+def findings_of(worker: Any) -> tuple[Samples, dict[str, float]]:
+    """The worker's /metrics once it shows its configuration findings, and those findings."""
     m = wait_for(
         "the findings on /metrics",
         lambda: (m := worker.metrics()).find("otel_jobs_config_finding", framework="rq") and m,
@@ -83,6 +83,14 @@ def test_worker_reports_findings_at_start(empty_db: Redis, start_worker) -> None
         for s in m.samples
         if s.name == "otel_jobs_config_finding" and s.labels.get("framework") == "rq"
     }
+    return m, found
+
+
+def test_worker_reports_findings_at_start(empty_db: Redis, start_worker) -> None:
+    """A real worker audits at start-up: each finding once in its log and on its /metrics."""
+    bad_configuration(empty_db)
+    worker = start_worker("everything", url=AUDIT_URL)
+    _, found = findings_of(worker)
     assert found == {"no_time_limit": 1, "no_retry_or_dead_letter": 1, "single_queue": 1}
     wait_for("the jobs to run", lambda: worker.finished() == 2)
     log = worker.output()
@@ -136,15 +144,7 @@ def test_doctor_with_a_queue_subclass_in_redis(empty_db: Redis) -> None:
 def test_worker_audits_the_queues_of_its_own_queue_class(empty_db: Redis, start_worker) -> None:
     prefixed_configuration(empty_db)
     worker = start_worker("custom", url=AUDIT_URL, env_extra={"RQ_QUEUE_CLASS": PREFIXED})
-    m = wait_for(
-        "the findings on /metrics",
-        lambda: (m := worker.metrics()).find("otel_jobs_config_finding", framework="rq") and m,
-    )
-    found = {
-        s.labels["finding"]: s.value
-        for s in m.samples
-        if s.name == "otel_jobs_config_finding" and s.labels.get("framework") == "rq"
-    }
+    m, found = findings_of(worker)
     assert found == {"no_time_limit": 1, "single_queue": 1}  # PrefixedQueue's: one queue
     assert f"{JOBS}.ok(1)" in worker.output()
     wait_for("the job to run", lambda: worker.finished(queue="custom") == 1)

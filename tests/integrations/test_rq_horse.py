@@ -22,19 +22,10 @@ import pytest
 from redis import Redis
 from rq import Queue, Worker
 
-from tests.integrations.rq_support import JOBS, REDIS_URL
+from tests.integrations.rq_support import JOBS
 from tests.integrations.workers import WAIT, wait_for
-from tests.support import require_redis
 
 pytestmark = pytest.mark.broker
-
-
-@pytest.fixture
-def redis_db() -> Iterator[Redis]:
-    require_redis()
-    connection = Redis.from_url(REDIS_URL, socket_timeout=10, socket_connect_timeout=10)
-    yield connection
-    connection.close()
 
 
 @pytest.fixture
@@ -42,15 +33,6 @@ def queue(redis_db: Redis) -> Iterator[Queue]:
     q = Queue(f"otj-rqh-{uuid.uuid4().hex[:8]}", connection=redis_db)
     yield q
     q.delete(delete_jobs=True)
-
-
-@pytest.fixture
-def keep_signal_handlers() -> Iterator[None]:
-    """rq's work() installs SIGINT/SIGTERM handlers; give pytest its own back."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 def _merged(agent: Any) -> Callable[..., float]:

@@ -15,7 +15,6 @@ import inspect
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from tests.integrations import celery_app, rq_jobs
 from tests.integrations.rq_support import launch_workers
 from tests.monitor.support import RedisServer, wait_for
 from tests.support import free_port, scrape
+from tests.support.servers import SilentServer
 
 pytestmark = pytest.mark.broker
 
@@ -50,11 +50,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def blackhole() -> Iterator[int]:
     """A TCP server that accepts connections and never answers."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    yield server.getsockname()[1]
-    server.close()
+    with SilentServer() as server:
+        yield server.port
 
 
 def _line_of(func: object, needle: str) -> int:
