@@ -1,11 +1,9 @@
-"""Helpers of the monitor's tests: a Redis of their own, a TCP proxy to stop and start, the
-monitor in-process (polled on demand, scraped on its real ``/metrics``) or as a subprocess.
+"""Helpers of the monitor's tests: a Redis of their own, the monitor in-process (polled on
+demand, scraped on its real ``/metrics``) or as a subprocess.
 
 * :class:`RedisServer` is ``redis-server --port N --save ''`` on a free port, stopped and
   restarted at will (the outage tests), and the per-framework tests' Redis: the monitor's
   tests never touch the shared Redis on 6379.
-* :class:`Proxy` forwards a local port to RabbitMQ; ``stop()`` closes the listener and every
-  connection through it, ``start()`` listens again on the same port.
 * :class:`Polled` is a :class:`~otel_jobs.monitor.Monitor` served on a free port, polled when
   the test says so: :meth:`Polled.poll` returns the parsed scrape.
 * :class:`MonitorProcess` is ``python -m otel_jobs monitor ...``, scraped until it shows what
@@ -18,8 +16,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -129,74 +125,6 @@ class RedisServer:
                 self.proc.kill()
                 self.proc.wait(timeout=20)
         self.proc = None
-
-
-class Proxy:
-    """A TCP proxy from a free local port to ``target``; stop it to cut every connection."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = free_port()
-        self._listener: socket.socket | None = None
-        self._conns: list[socket.socket] = []
-        self._lock = threading.Lock()
-
-    def start(self) -> Proxy:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-        return self
-
-    def _accept(self, listener: socket.socket) -> None:
-        listener.settimeout(0.1)  # a blocked accept() would keep the port bound after close()
-        while self._listener is listener:
-            try:
-                client, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            client.settimeout(None)
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-                upstream.settimeout(None)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        for s in (source, sink):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def stop(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            time.sleep(0.3)  # let the accept loop see that it is stopped (0.1 s timeout)
-            listener.close()
-        with self._lock:
-            conns, self._conns = self._conns, []
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            conn.close()
 
 
 class Polled:

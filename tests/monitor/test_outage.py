@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.support import Samples, require_rabbitmq
+from tests.support.servers import Forwarder
 
-from .support import MonitorProcess, Proxy, RedisServer
+from .support import MonitorProcess, RedisServer
 
 pytestmark = pytest.mark.broker
 
@@ -116,7 +117,7 @@ def test_redis_goes_away_and_comes_back(app_dir: Path, own_redis: RedisServer) -
 
 def test_rabbitmq_goes_away_and_comes_back(app_dir: Path) -> None:
     require_rabbitmq()
-    proxy = Proxy(("127.0.0.1", 5672)).start()
+    proxy = Forwarder(("127.0.0.1", 5672)).start()
     url = f"amqp://guest:guest@127.0.0.1:{proxy.port}"
     monitor = MonitorProcess(
         ["--celery-app", "mon_outage_app:app", "--dramatiq-broker", "mon_outage_app:broker",

@@ -106,3 +106,81 @@ class SilentServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Forwarder:
+    """A TCP port of 127.0.0.1 that forwards each connection to ``target`` (a broker or a
+    database seen through a port the test controls).
+
+    ``start()`` listens (on the same port again after a stop); ``stop_accepting()`` refuses new
+    connections and keeps the ones made; ``stop()`` also cuts every connection made (the peer
+    gone, as far as its clients can tell). ``port`` 0: any free port, kept across restarts.
+    """
+
+    def __init__(self, target: tuple[str, int], port: int = 0) -> None:
+        self.target = target
+        self.port = port
+        self._listener: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> Forwarder:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        return self
+
+    def _accept(self, listener: socket.socket) -> None:
+        listener.settimeout(0.1)  # a blocked accept() would keep the port bound after close()
+        while self._listener is listener:
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for s in (source, sink):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def stop_accepting(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            time.sleep(0.3)  # let the accept loop see that it is stopped (0.1 s timeout)
+            listener.close()
+
+    def stop(self) -> None:
+        self.stop_accepting()
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()

@@ -5,7 +5,6 @@ too."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +15,6 @@ from tests.support.waiting import wait_for
 __all__ = [
     "DEADLINE",
     "LOOP_THREAD",
-    "Forwarder",
     "here",
     "loop_in_thread",
     "run_named",
@@ -41,48 +39,3 @@ def loop_in_thread(name: str) -> Iterator[tuple[asyncio.AbstractEventLoop, threa
         loop.call_soon_threadsafe(loop.stop)
         thread.join(DEADLINE)
         loop.close()
-
-
-class Forwarder:
-    """A local TCP port that forwards each connection to ``target``; ``close()`` stops
-    accepting new connections while the ones already made keep working."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, name="test-forwarder", daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target, timeout=10)
-            upstream.settimeout(None)
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked on it
-        except OSError:
-            pass
-        self.sock.close()

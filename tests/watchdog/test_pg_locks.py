@@ -20,7 +20,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import otel_jobs
 from otel_jobs.core import pg_locks
 from tests.support import require_postgres, spans_named
-from tests.watchdog.support import DEADLINE, Forwarder, here, run_named, wait_for
+from tests.support.servers import Forwarder
+from tests.watchdog.support import DEADLINE, here, run_named, wait_for
 
 PG = "host=127.0.0.1 port=5432 dbname=test user=postgres connect_timeout=5"
 SECRET = "hunter2-" + "c0ffee"  # the literal that must never be logged
@@ -186,13 +187,13 @@ def test_a_lookup_that_cannot_connect_says_why_and_leaves_the_job_alone(
     import psycopg
 
     caplog.set_level(logging.INFO, logger="otel_jobs")
-    forwarder = Forwarder(("127.0.0.1", 5432))
+    forwarder = Forwarder(("127.0.0.1", 5432)).start()
 
     @otel_jobs.job(name="pg.waiter_unreachable", heartbeat_timeout=0.5)
     def waiter() -> str:
         dsn = f"host=127.0.0.1 port={forwarder.port} dbname=test user=postgres connect_timeout=5"
         with psycopg.connect(dsn, password="pw-" + "not-needed") as conn:
-            forwarder.close()  # from now on nothing can connect there
+            forwarder.stop_accepting()  # from now on nothing can connect there
             return str(conn.execute(f"SELECT 1 FROM {table} WHERE id = 1 FOR UPDATE").fetchone())
 
     hold_the_row(table, release, SECRET)
