@@ -10,7 +10,12 @@
   heartbeating all the time, with runs of four ticks each, one after the other (the set of
   runs in flight changes twice per run), and with runs shorter than a tick (each tracked as an
   integration does: the lease thread is woken at a run's start at most once per interval);
-  target under 1. An idle process writes nothing.
+  target under 1 (the lease thread writes at most once per interval: runs shorter than a tick,
+  one after the other, come close to it). An idle process writes nothing.
+* **Written at once**: isolated runs of half a tick, one every three ticks: the share the lease
+  listed while they ran (so that one killed then is found), with the lease thread woken at a
+  run's start against the same runs written at the ticks only (about half of them: those a
+  tick falls in).
 
 Needs a Redis (``BENCH_REDIS_URL``, default ``redis://127.0.0.1:6379/2``); only otel-jobs' own
 ``otel_jobs:*`` keys are written there, and deleted afterwards.
