@@ -21,7 +21,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -52,6 +52,19 @@ _pid = os.getpid()
 #: Per thread: its ident and native id (threading.get_native_id() is a system call too), read
 #: once per thread; fresh after fork.
 _threads = threading.local()
+
+
+#: asyncio's ``_get_running_loop``, once asyncio is imported (see _find_running_loop).
+_running_loop: Callable[[], Any] | None = None
+
+
+def _find_running_loop() -> Callable[[], Any] | None:
+    """asyncio's ``_get_running_loop`` if asyncio is imported. No loop runs in a process that has
+    not imported it (otel-jobs does not import it for a sync worker); getattr(): the module may
+    be half imported, by another thread, right now."""
+    global _running_loop
+    _running_loop = getattr(sys.modules.get("asyncio"), "_get_running_loop", None)
+    return _running_loop
 
 
 def _thread_ids() -> tuple[int, int]:
@@ -184,14 +197,14 @@ class Run:
         """Make this the current run of the calling thread or asyncio task."""
         self.thread_id, self.native_id = getattr(_threads, "ids", None) or _thread_ids()
         # Not asyncio.current_task(): outside a loop it raises, and an exception per run of a
-        # sync job costs more than the rest of this method. No loop runs in a process that has
-        # not imported asyncio (otel-jobs does not import it for a sync worker); getattr(): the
-        # module may be half imported, by another thread, right now.
-        aio = sys.modules.get("asyncio")
-        running_loop = getattr(aio, "_get_running_loop", None)
+        # sync job costs more than the rest of this method.
+        running_loop = _running_loop or _find_running_loop()
         loop = running_loop() if running_loop is not None else None
-        self.task = aio.current_task(loop) if loop is not None else None  # type: ignore[union-attr]
-        self.loop = loop if self.task is not None else None
+        if loop is not None:
+            self.task = sys.modules["asyncio"].current_task(loop)
+            self.loop = loop if self.task is not None else None
+        elif self.task is not None:  # activated before in a task, now outside any loop
+            self.task = self.loop = None
         parent = _current.get()
         # Not a finished one: a run left current by mistake must not chain the next ones to it.
         self.parent = parent if parent is not None and not parent.finished else None
