@@ -8,13 +8,11 @@ itself is a benchmark figure (``bench/bench_startup.py``), never asserted here.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from otel_jobs.support import LIBRARIES
+from tests.support.processes import last_json
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The top-level module of every library otel-jobs adapts (urllib is the standard library's).
@@ -25,13 +23,7 @@ def _python(code: str) -> dict[str, object]:
     """Run ``code`` in a fresh interpreter; it prints one JSON object last."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env["PYTHONPATH"] = str(ROOT)
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return last_json(code, ROOT, env)
 
 
 _PRELUDE = """

@@ -18,14 +18,14 @@ import os
 import subprocess
 import sys
 import textwrap
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.monitor.support import RedisServer
-from tests.support import free_port, scrape
+from tests.support import scrape
+from tests.support.processes import app_env, last_json
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.broker
@@ -102,29 +102,11 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _env(tmp_path: Path, redis_url: str, framework: str) -> dict[str, str]:
-    (tmp_path / "ls_app.py").write_text(APP)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
-        "LS_FRAMEWORK": framework,
-        "LS_REDIS": redis_url,
-        "LS_QUEUE": f"ojls-{uuid.uuid4().hex[:8]}",
-        "LS_PORT": str(free_port()),
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("OTEL_JOBS_START", None)  # the default: lazy (the suite sets eager, tests/conftest.py)
-    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
-    return env
+    return {**app_env(tmp_path, "ls_app", APP, "LS", redis_url, framework), "PYTHONUNBUFFERED": "1"}
 
 
 def _publish(tmp_path: Path, env: dict[str, str]) -> dict[str, object]:
-    done = subprocess.run(
-        [sys.executable, "-c", PUBLISH], cwd=tmp_path, env=env, capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    report: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
-    return report
+    return last_json(PUBLISH, tmp_path, env)
 
 
 @pytest.mark.parametrize("framework", ["celery", "rq"])

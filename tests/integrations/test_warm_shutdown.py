@@ -28,6 +28,7 @@ from tests.integrations import celery_app, rq_jobs
 from tests.integrations.rq_support import launch_workers
 from tests.monitor.support import RedisServer, wait_for
 from tests.support import free_port, scrape
+from tests.support.processes import app_env
 from tests.support.servers import SilentServer
 
 pytestmark = pytest.mark.broker
@@ -257,17 +258,7 @@ if os.environ.get("WS_WORKER") == "1":
 def _start_cli(
     tmp_path: Path, redis_url: str, framework: str, command: list[str]
 ) -> tuple[subprocess.Popen[bytes], Path, dict[str, str]]:
-    (tmp_path / "ws_app.py").write_text(HANG_APP)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
-        "WS_FRAMEWORK": framework,
-        "WS_REDIS": redis_url,
-        "WS_QUEUE": f"ojw-{uuid.uuid4().hex[:8]}",
-        "WS_PORT": str(free_port()),
-    }
-    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
-    env.pop("OTEL_JOBS_START", None)  # the default (lazy): serving starts at the worker's start
+    env = app_env(tmp_path, "ws_app", HANG_APP, "WS", redis_url, framework)
     log = tmp_path / f"{framework}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(

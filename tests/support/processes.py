@@ -12,17 +12,23 @@ whole process group, and a worker serving /metrics polled until it shows what a 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from . import Samples, scrape
+from . import Samples, free_port, scrape
+
+#: The repository's root (on the test apps' PYTHONPATH).
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def worker_env(**extra: str) -> dict[str, str]:
@@ -30,6 +36,38 @@ def worker_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env.update(extra)
     return env
+
+
+def app_env(
+    directory: Path, module: str, source: str, prefix: str, redis_url: str, framework: str
+) -> dict[str, str]:
+    """The environment of a test app written to ``directory/module.py``: the app and the
+    repository on ``PYTHONPATH``, ``<prefix>_FRAMEWORK``, ``_REDIS``, ``_QUEUE`` (fresh) and
+    ``_PORT`` (free) for it to read, otel-jobs' ``start`` and the OTLP endpoint left at their
+    defaults (the suite sets eager start, tests/conftest.py)."""
+    (directory / f"{module}.py").write_text(source)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(directory), str(ROOT)]),
+        f"{prefix}_FRAMEWORK": framework,
+        f"{prefix}_REDIS": redis_url,
+        f"{prefix}_QUEUE": f"oj{prefix.lower()}-{uuid.uuid4().hex[:8]}",
+        f"{prefix}_PORT": str(free_port()),
+    }
+    env.pop("OTEL_JOBS_START", None)
+    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    return env
+
+
+def last_json(code: str, cwd: Path, env: dict[str, str]) -> dict[str, object]:
+    """Run ``code`` in a fresh interpreter that prints one JSON object last; that object."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
 def start(
