@@ -82,6 +82,7 @@ class Integration(HorseWatch, base.Integration):
         self._patches = Patches()
         self._executions: dict[str, _Execution] = {}  # by job id, in the process running it
         self._cancel_hook: Callable[[], None] | None = None
+        self._cancel_cron: Callable[[], None] | None = None
 
     def install(self) -> None:
         # RQ is patched when the application imports it, not imported here: RQ reads
@@ -117,7 +118,11 @@ class Integration(HorseWatch, base.Integration):
             owner = next((c for c in Worker.__mro__ if attribute in vars(c)), None)
             if owner is not None:
                 self._patches.wrap(owner, attribute, make_wrapper)
-        rq_cron.patch(self._patches, self.agent)  # RQ's CronScheduler, where RQ has one
+        # RQ's CronScheduler (RQ 2.5 and later) once rq.cron is imported (`rq cron` does):
+        # importing it here would load croniter and dateutil into every worker and horse.
+        self._cancel_cron = imports.when_imported(
+            "rq.cron", lambda _: rq_cron.patch(self._patches, self.agent), "integration.rq"
+        )
         try:  # rq worker-pool: the pool process serves /metrics for its workers' processes
             from rq.worker_pool import WorkerPool
         except ImportError:  # RQ before 1.14
@@ -127,9 +132,10 @@ class Integration(HorseWatch, base.Integration):
             self._patches.wrap(WorkerPool, "start", serve)  # before it forks its workers
 
     def uninstall(self) -> None:
-        if self._cancel_hook is not None:
-            self._cancel_hook()
-            self._cancel_hook = None
+        for cancel in (self._cancel_hook, self._cancel_cron):
+            if cancel is not None:
+                cancel()
+        self._cancel_hook = self._cancel_cron = None
         self._patches.undo()
         base.unfollow_worker_logging()
         self._executions.clear()
