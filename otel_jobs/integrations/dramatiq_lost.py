@@ -43,7 +43,8 @@ def lost_too_often(agent: Agent, run: Run, message: Any) -> str | None:
     Also counts a run handed out again after a loss (see the module docstring)."""
     lease = agent.lease
     mark = message.options.get(REQUEUE_MARK)
-    if mark is None and getattr(message, "redelivered", False):
+    # RabbitMQ's proxy holds the flag itself (no AttributeError raised for a Redis message's).
+    if mark is None and message.__dict__.get("redelivered"):
         mark = lease.record(run)  # RabbitMQ: one GET, for a message it redelivered only
     if not mark or not lease.requeued(run, mark):
         return None
