@@ -335,7 +335,8 @@ def job(
             return async_wrapper
 
         # This job's series of this process's instruments, passed to each run (one look-up
-        # less per run), for as long as the process has the same instruments.
+        # less per run), for as long as the process has the same instruments (and records no
+        # arguments: the instruments of an agent with capture_args are never kept here).
         known: list[Any] = [None, None]
 
         @functools.wraps(fn)
@@ -344,10 +345,10 @@ def job(
             if agent is None:
                 return fn(*args, **kw)
             telemetry = agent._telemetry
-            if agent.settings.capture_args:
-                run = agent.start_run(job_name, attributes=_args_attributes(args, kw), **kwargs)
-            elif telemetry is not None and telemetry is known[0]:
+            if telemetry is known[0] and telemetry is not None:
                 run = agent.start_run(job_name, series=known[1], **kwargs)
+            elif agent.settings.capture_args:
+                run = agent.start_run(job_name, attributes=_args_attributes(args, kw), **kwargs)
             else:
                 run = agent.start_run(job_name, **kwargs)
                 if telemetry is not None and run.series.__class__ is Series:
