@@ -49,7 +49,9 @@ def run(quick: bool) -> list[dict[str, Any]]:
         finally:
             server.stop()
     expected = sorted(f"run-{i}" for i in range(runs))
-    once = sorted(outcome.finished) == expected
+    twice = {line for line in outcome.finished if outcome.finished.count(line) > 1}
+    # Once each, but for runs Celery itself handed out again (a warm shutdown's restore).
+    once = sorted(set(outcome.finished)) == expected and twice <= set(outcome.redelivered)
     lost = sum(outcome.samples.find("otel_jobs_runs_lost_total"))
     requeued = sum(outcome.samples.find("otel_jobs_runs_requeued_total"))
     logged = "was lost with its worker" in outcome.monitor_log
@@ -59,7 +61,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
     )
     return [
         row("lost_runs", subject="runs finished", value=float(len(outcome.finished)), unit="runs",
-            target=f"{runs}, each once", met=once, note=scenario),
+            target=f"{runs}, each once", met=once,
+            note=f"{scenario}; finished twice after Celery's own redelivery: {len(twice)}"),
         row("lost_runs", subject="runs counted lost", value=float(lost), unit="runs",
             target="0", met=lost == 0 and not logged,
             note=f"leases seen at once: {outcome.leases_seen}; lost-run log records: {logged}"),

@@ -32,7 +32,8 @@ DIR = Path(os.environ.get("LOST_DIR", "/tmp"))
 QUEUE = os.environ.get("LOST_QUEUE", "lost")
 
 
-def _append(name: str, suffix: str, line: str = "x") -> None:
+def note(name: str, suffix: str, line: str = "x") -> None:
+    """Append ``line`` to ``<name>.<suffix>`` in the apps' directory."""
     with open(DIR / f"{name}.{suffix}", "a") as out:
         out.write(line + "\n")
 
@@ -49,12 +50,12 @@ def page_body(name: str) -> None:
         json.dumps({"progress": previous.progress, "details": dict(previous.details),
                     "lost": previous.lost, "pid": previous.pid})
     )  # fmt: skip
-    _append(name, "done")
+    note(name, "done")
 
 
 def poison_body(name: str) -> None:
     otel_jobs.heartbeat(progress=0.1)
-    _append(name, "attempts", str(os.getpid()))
+    note(name, "attempts", str(os.getpid()))
     time.sleep(float(os.environ.get("LOST_POISON_AFTER", "2.5")))  # past the first lease write
     groups = {os.getpgrp()}
     if os.environ.get("LOST_KILL_PARENT_GROUP") == "1":  # an RQ horse: its worker's too
@@ -64,13 +65,13 @@ def poison_body(name: str) -> None:
 
 
 def quick_body(name: str) -> None:
-    _append(name, "done")
+    note(name, "done")
 
 
 def sleepy_body(name: str, line: str, seconds: float) -> None:
     otel_jobs.heartbeat(progress=0.5)
     time.sleep(seconds)
-    _append(name, "done", line)
+    note(name, "done", line)
 
 
 def declare(

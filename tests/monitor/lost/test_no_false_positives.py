@@ -41,6 +41,7 @@ class Outcome:
     """What :func:`restarts_and_a_paused_monitor` saw."""
 
     finished: list[str]  # the runs' lines, one per run that finished (twice if run twice)
+    redelivered: list[str]  # the runs Celery itself handed out again (kombu's restore)
     leases_seen: int  # the most leases seen in Redis at once while the runs went on
     samples: Samples  # the monitor's last scrape, a few polls after the last run
     monitor_log: str
@@ -115,7 +116,16 @@ def restarts_and_a_paused_monitor(
         for _ in range(4):  # a few more polls after the last run
             samples = monitor.wait_for("the monitor serving", lambda s: True)
             time.sleep(0.5)
-        return Outcome(done.read_text().splitlines(), leases_seen, samples, monitor.tail(), seconds)
+        again = directory / "many.redelivered"
+        redelivered = again.read_text().splitlines() if again.exists() else []
+        return Outcome(
+            done.read_text().splitlines(),
+            redelivered,
+            leases_seen,
+            samples,
+            monitor.tail(),
+            seconds,
+        )
     finally:
         for w in workers:
             w.kill()
@@ -127,7 +137,12 @@ def test_graceful_restarts_and_a_paused_monitor_count_no_run_lost(
     redis_url: str, tmp_path: Path
 ) -> None:
     outcome = restarts_and_a_paused_monitor(redis_url, tmp_path)
-    assert sorted(outcome.finished) == sorted(f"run-{i}" for i in range(RUNS))  # each exactly once
+    assert sorted(set(outcome.finished)) == sorted(f"run-{i}" for i in range(RUNS))
+    # Each exactly once, but for what Celery itself hands out again: a worker stopping warm
+    # restores the messages it holds unacknowledged, which can include one a pool child has
+    # just taken (early acknowledgement is sent after the child accepts it). Never the monitor.
+    twice = sorted({line for line in outcome.finished if outcome.finished.count(line) > 1})
+    assert set(twice) <= set(outcome.redelivered), (twice, outcome.redelivered)
     assert outcome.leases_seen > 0, "no lease was ever seen: the test could not see a loss"
     assert outcome.samples.find("otel_jobs_runs_lost_total") == []
     assert outcome.samples.find("otel_jobs_runs_requeued_total") == []
