@@ -233,7 +233,8 @@ OPTIONS: tuple[MonitorOption, ...] = (
         "max_lost",
         _non_negative_int,
         "with --requeue-lost, how many times one job is requeued at most; lost once more, it "
-        "goes to its framework's failed jobs",
+        "goes to its framework's failed jobs (Dramatiq: its next delivery is dead-lettered "
+        "by the worker instead of run)",
         "N",
     ),
 )
