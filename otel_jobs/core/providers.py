@@ -43,6 +43,7 @@ from opentelemetry import metrics, trace
 
 from . import errors
 from .config import ConfigurationError, Settings
+from .redaction import redact
 
 _owned_tracer_provider: trace.TracerProvider | None = None
 _owned_meter_provider: metrics.MeterProvider | None = None
@@ -271,7 +272,7 @@ def _sdk_settings() -> Iterator[None]:
         yield
     except ValueError as exc:
         given = {
-            k: v
+            k: redact(v)  # an endpoint URL may hold a password
             for k, v in os.environ.items()
             if k.startswith(("OTEL_BSP_", "OTEL_EXPORTER_OTLP_", "OTEL_METRIC_EXPORT_"))
             and "HEADERS" not in k  # headers may hold credentials
@@ -279,7 +280,7 @@ def _sdk_settings() -> Iterator[None]:
         raise ConfigurationError(
             ", ".join(sorted(given)) or "OpenTelemetry SDK settings",
             given,
-            f"values the OpenTelemetry SDK accepts ({exc})",
+            f"values the OpenTelemetry SDK accepts ({redact(str(exc))})",
         ) from None
 
 
