@@ -55,7 +55,7 @@ TARGET_MS = 1.5  # per job over "none", fork-per-job Worker
 KINDS: dict[str, tuple[str, str, str, float, tuple[int, int], tuple[int, int]]] = {
     "fork": (
         "Worker", "RQ fork-per-job Worker, Redis: time per trivial job", "ms/job", 1e3,
-        (300, 3), (60, 1),
+        (300, 5), (60, 1),
     ),
     "simple": (
         "SimpleWorker", "RQ SimpleWorker, Redis: time per trivial job", "us/job", 1e6,
@@ -107,8 +107,11 @@ def _clean(client: Any, name: str) -> None:
     client.delete("rq:clean_groups")  # RQ's group-cleaning lock (it would expire in 10 minutes)
 
 
-def _one(mode: str, kind: str, jobs: int) -> float:
-    """Seconds per job for one worker run of ``kind`` in ``mode``."""
+def _one(mode: str, kind: str, jobs: int) -> tuple[float, float]:
+    """Seconds per job for one worker run of ``kind`` in ``mode``, and the minor page faults
+    per job of the worker and its horses (start-up included, spread over the jobs)."""
+    import resource
+
     import redis
     from rq import Queue
 
@@ -116,6 +119,7 @@ def _one(mode: str, kind: str, jobs: int) -> float:
     queue = f"oj-bench-rq-{uuid.uuid4().hex[:10]}"
     first, last = f"{queue}:first", f"{queue}:last"
     worker = None
+    faults = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
     try:
         marks: list[str | None] = [first] + [None] * (jobs - 2) + [last]
         Queue(queue, connection=client).enqueue_many(
@@ -146,7 +150,8 @@ def _one(mode: str, kind: str, jobs: int) -> float:
             worker.wait(10)
         _clean(client, queue)
         client.close()
-    return (float(end) - float(start)) / (jobs - 1)
+    faults = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - faults
+    return (float(end) - float(start)) / (jobs - 1), faults / jobs
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
@@ -159,9 +164,12 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     for kind, (_, benchmark, unit, scale, full, small) in KINDS.items():
         jobs, reps = small if quick else full
         per_mode: dict[str, list[float]] = {mode: [] for mode in MODES}
+        faults: dict[str, list[float]] = {mode: [] for mode in MODES}
         for r in range(reps):
             for mode in MODES if r % 2 == 0 else tuple(reversed(MODES)):
-                per_mode[mode].append(_one(mode, kind, jobs))
+                seconds, page_faults = _one(mode, kind, jobs)
+                per_mode[mode].append(seconds)
+                faults[mode].append(page_faults)
         base, ours, bare = per_mode["none"], per_mode["otel-jobs"], per_mode["bare"]
         ratio = statistics.median(m / b for m, b in zip(ours, base, strict=True))
         extra = statistics.median(m - b for m, b in zip(ours, base, strict=True))
@@ -178,6 +186,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                 note=f"{extra * scale:+.{digits}f} {unit} over SDK only, "
                 f"{over_bare * scale:+.{digits}f} over a bare worker "
                 f"({statistics.median(bare) * scale:,.{digits}f}); "
+                f"minor page faults per job {statistics.median(faults['otel-jobs']):,.0f} against "
+                f"{statistics.median(faults['none']):,.0f} (bare {statistics.median(faults['bare']):,.0f}); "
                 f"median of {reps} rounds of {jobs} jobs",
             )
         )  # fmt: skip
