@@ -22,8 +22,9 @@ from typing import Any, TypeVar, overload
 
 from .core import agent as _agent_mod
 from .core import config as _config
+from .core.plain_runs import plan as plain_plan
+from .core.plain_runs import start_run as start_plain_run
 from .core.run import Run, classify
-from .core.telemetry import Series
 
 logger = logging.getLogger("otel_jobs")
 
@@ -334,25 +335,25 @@ def job(
 
             return async_wrapper
 
-        # This job's series of this process's instruments, passed to each run (one look-up
-        # less per run), for as long as the process has the same instruments (and records no
-        # arguments: the instruments of an agent with capture_args are never kept here).
-        known: list[Any] = [None, None]
+        # This job's plan in this process's instruments (core/plain_runs.py: its series, span
+        # attributes and thresholds, worked out at its first run), for as long as the process
+        # has the same instruments (and records no arguments: the plan of an agent with
+        # capture_args is never kept here).
+        known: list[Any] = [None]
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kw: Any) -> Any:
             agent = agents._agent
             if agent is None:
                 return fn(*args, **kw)
-            telemetry = agent._telemetry
-            if telemetry is known[0] and telemetry is not None:
-                run = agent.start_run(job_name, series=known[1], **kwargs)
+            plan = known[0]
+            if plan is not None and plan.telemetry is agent._telemetry:
+                run = start_plain_run(agent, plan)
             elif agent.settings.capture_args:
                 run = agent.start_run(job_name, attributes=_args_attributes(args, kw), **kwargs)
             else:
                 run = agent.start_run(job_name, **kwargs)
-                if telemetry is not None and run.series.__class__ is Series:
-                    known[:] = telemetry, run.series
+                known[0] = plain_plan(agent, run, kwargs)
             try:
                 run.activate()
                 result = fn(*args, **kw)
