@@ -35,6 +35,7 @@ from . import agent_fork, errors, forked_runs, imports, lost_runs, providers, se
 from .config import Settings
 from .deferred import Deferred
 from .exposition import MetricsServer
+from .labels import utf8
 from .lease import LeaseKeeper
 from .multiprocess import ProcessShare, private_directory
 from .run import Run, record_unrecorded
@@ -280,7 +281,11 @@ class Agent:
         if not self.serving:  # the process's first run: it runs jobs, so it serves
             self.start_serving()
         settings = self.settings
-        queue = queue or "default"
+        # OTLP strings are UTF-8: a name from a non-UTF-8 file name (lone surrogates) would fail
+        # the encoding of its span's whole batch. Replaced as in the metrics' labels.
+        name, queue = utf8(name), utf8(queue or "default")
+        if isinstance(job_id, str):
+            job_id = utf8(job_id)
         if series is None:
             series = self.telemetry.series(name, queue)
         configured = settings.for_job(name)

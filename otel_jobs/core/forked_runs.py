@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
+from .labels import utf8
 from .spans import job_attributes
 
 if TYPE_CHECKING:
@@ -39,17 +40,19 @@ def open_span(agent: Agent, name: str, **run: Unpack[RunIdentity]) -> trace.Span
     about 0.5 ms of copy-on-write page faults for its first span. The child makes it current
     and ends it (``start_run(span=..., own_span=True)``); this process never ends it."""
     attrs = run_attributes(name, run)
-    return agent.tracer.start_span(name, kind=SpanKind.CONSUMER, attributes=attrs)
+    return agent.tracer.start_span(utf8(name), kind=SpanKind.CONSUMER, attributes=attrs)
 
 
 def run_attributes(name: str, run: RunIdentity) -> dict[str, Any]:
-    """The span attributes of a run of ``name`` that another process ran (``job.*``)."""
+    """The span attributes of a run of ``name`` that another process ran (``job.*``), UTF-8
+    (see :meth:`Agent.start_run`)."""
+    job_id = run.get("job_id")
     return job_attributes(
-        name,
-        run.get("queue") or "default",
+        utf8(name),
+        utf8(run.get("queue") or "default"),
         run.get("attempt", 1),
         run.get("framework", "otel_jobs"),
-        run.get("job_id"),
+        utf8(job_id) if isinstance(job_id, str) else job_id,
     )
 
 

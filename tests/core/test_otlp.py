@@ -128,3 +128,52 @@ def test_runs_reach_an_otlp_receiver(protocol: str) -> None:
     assert last("otel_jobs.runs.finished", job_name="otlp.ok", outcome="success") == 5
     assert last("otel_jobs.runs.finished", job_name="otlp.bad", outcome="failure") == 2
     assert last("otel_jobs.run.duration", job_name="otlp.ok", outcome="success") == 5
+
+
+NON_UTF8_NAMES = textwrap.dedent(
+    """
+    import otel_jobs
+
+    otel_jobs.instrument(prometheus=False, watchdog_interval=0.2)
+    # A job named after a file whose name is not UTF-8 (surrogateescape), and a healthy job
+    # whose spans go out in the same batch.
+    name = b"otlp.report-\\xff.csv".decode("utf-8", "surrogateescape")
+    with otel_jobs.job_run(name, queue=b"q-\\xfe".decode("utf-8", "surrogateescape"),
+                           job_id=b"id-\\xfd".decode("utf-8", "surrogateescape")):
+        pass
+    for i in range(3):
+        with otel_jobs.job_run("otlp.healthy", queue="otlp-q"):
+            pass
+    otel_jobs.uninstrument()
+    print("done", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_a_job_name_that_is_not_utf8_costs_no_span_of_the_batch(protocol: str) -> None:
+    """OTLP (protobuf) strings must be UTF-8: a lone surrogate in one span's name would fail the
+    encoding of its whole batch. It is replaced (U+FFFD), as in the metrics' labels."""
+    with OtlpReceiver(protocol) as receiver:
+        out = subprocess.run(
+            [sys.executable, "-c", NON_UTF8_NAMES],
+            env=otlp_env(receiver.endpoint, protocol),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0 and "done" in out.stdout, out.stderr
+        spans = receiver.wait_for(
+            "4 run spans",
+            lambda: (
+                found
+                if len(found := [s for s in receiver.spans() if s.name.startswith("otlp.")]) >= 4
+                else None
+            ),
+        )
+    assert sorted(s.name for s in spans) == ["otlp.healthy"] * 3 + ["otlp.report-\ufffd.csv"]
+    [odd] = [s for s in spans if s.name != "otlp.healthy"]
+    assert odd.attributes["job.name"] == "otlp.report-\ufffd.csv"
+    assert odd.attributes["job.queue"] == "q-\ufffd"
+    assert odd.attributes["job.id"] == "id-\ufffd"
+    assert "Failed to export" not in out.stderr and "UnicodeEncodeError" not in out.stderr
