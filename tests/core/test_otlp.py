@@ -58,17 +58,25 @@ def otlp_env(endpoint: str, protocol: str, **extra: str) -> dict[str, str]:
     return env
 
 
+def run_worker(
+    code: str, receiver: OtlpReceiver, protocol: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` (it prints ``done`` last) in a worker process exporting to ``receiver``."""
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=otlp_env(receiver.endpoint, protocol),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0 and "done" in out.stdout, out.stderr
+    return out
+
+
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
 def test_runs_reach_an_otlp_receiver(protocol: str) -> None:
     with OtlpReceiver(protocol) as receiver:
-        out = subprocess.run(
-            [sys.executable, "-c", WORKER],
-            env=otlp_env(receiver.endpoint, protocol),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert out.returncode == 0 and "done" in out.stdout, out.stderr
+        run_worker(WORKER, receiver, protocol)
         spans = receiver.wait_for(
             "7 run spans",
             lambda: (
@@ -155,14 +163,7 @@ def test_a_job_name_that_is_not_utf8_costs_no_span_of_the_batch(protocol: str) -
     """OTLP (protobuf) strings must be UTF-8: a lone surrogate in one span's name would fail the
     encoding of its whole batch. It is replaced (U+FFFD), as in the metrics' labels."""
     with OtlpReceiver(protocol) as receiver:
-        out = subprocess.run(
-            [sys.executable, "-c", NON_UTF8_NAMES],
-            env=otlp_env(receiver.endpoint, protocol),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert out.returncode == 0 and "done" in out.stdout, out.stderr
+        out = run_worker(NON_UTF8_NAMES, receiver, protocol)
         spans = receiver.wait_for(
             "4 run spans",
             lambda: (
