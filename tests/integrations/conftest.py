@@ -1,4 +1,5 @@
-"""Fixtures shared by the RQ tests that run a worker in the test's own process."""
+"""Fixtures shared by the integration tests: the RQ tests that run a worker in the test's own
+process, and a Redis server of a module's own (the workers started from a command line)."""
 
 from __future__ import annotations
 
@@ -25,3 +26,15 @@ def keep_signal_handlers() -> Iterator[None]:
     yield
     for sig, handler in saved.items():
         signal.signal(sig, handler)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a ``redis-server`` of the test module's own, stopped after it."""
+    from tests.monitor.support import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server.url(0)
+    finally:
+        server.stop()

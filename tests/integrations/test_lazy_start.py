@@ -18,12 +18,10 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.monitor.support import RedisServer
 from tests.support import scrape
 from tests.support.processes import app_env, last_json
 from tests.support.waiting import wait_for
@@ -90,15 +88,6 @@ PUBLISH = textwrap.dedent(
     }))
     """
 )
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    try:
-        yield server.url(0)
-    finally:
-        server.stop()
 
 
 def _env(tmp_path: Path, redis_url: str, framework: str) -> dict[str, str]:

@@ -26,7 +26,7 @@ import pytest
 
 from tests.integrations import celery_app, rq_jobs
 from tests.integrations.rq_support import launch_workers
-from tests.monitor.support import RedisServer, wait_for
+from tests.monitor.support import wait_for
 from tests.support import free_port, scrape
 from tests.support.processes import app_env
 from tests.support.servers import SilentServer
@@ -37,15 +37,6 @@ ROOT = Path(__file__).resolve().parents[2]
 CELERY = str(Path(sys.executable).with_name("celery"))
 WAITS = "is shutting down and waits for its runs in flight to end"
 ENDED = 60.0  # generous: the machine is small and shared
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    try:
-        yield server.url(0)
-    finally:
-        server.stop()
 
 
 @pytest.fixture
