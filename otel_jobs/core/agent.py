@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import math
 import os
 import shutil
 import threading
@@ -325,9 +324,7 @@ class Agent:
         try:
             series.record_start()
             if enqueued_at is not None:
-                wait = run.start_wall - enqueued_at
-                if wait >= 0 and not math.isinf(wait):
-                    series.record_queue_wait(wait)
+                series.record_queue_wait(run.start_wall - enqueued_at)
         except RecursionError:
             pass  # the span has started: the run goes on, uncounted, rather than lose it
         except Exception as exc:

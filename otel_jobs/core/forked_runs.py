@@ -7,7 +7,6 @@ start and end (:mod:`otel_jobs.integrations.rq_horse`). Bound as methods of
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from opentelemetry import trace
@@ -79,9 +78,7 @@ def count_start(
     and its queue wait."""
     series.record_start()
     if enqueued_at is not None:
-        wait = started_at - enqueued_at
-        if wait >= 0 and not math.isinf(wait):
-            series.record_queue_wait(wait)
+        series.record_queue_wait(started_at - enqueued_at)
     _counted_here(agent)
 
 

@@ -195,6 +195,10 @@ class Series:
         )
 
     def record_queue_wait(self, seconds: float) -> None:
+        """Observe a run's queue wait; a negative, infinite or NaN one (a publisher's clock
+        ahead of this one, a bad timestamp) is not a wait and is left out."""
+        if not 0 <= seconds < math.inf:
+            return
         if self.queue_wait is None:
             self.queue_wait = self._telemetry.queue_wait.labels(self.job_name, self.queue)
         self.queue_wait.observe(seconds)

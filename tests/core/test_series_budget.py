@@ -6,6 +6,7 @@ The budget itself (at most 30 series per job and queue whose runs all succeed) i
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -103,3 +104,21 @@ def test_bad_buckets_name_the_setting_and_the_value(bad: object) -> None:
     assert "increasing positive finite numbers" in str(raised.value)
     with pytest.raises(config.ConfigurationError, match="OTEL_JOBS_QUEUE_WAIT_BUCKETS"):
         config.load({"OTEL_JOBS_QUEUE_WAIT_BUCKETS": "10,5"})
+
+
+def test_a_queue_wait_that_is_no_wait_is_left_out(instrumented: Callable[..., Any]) -> None:
+    # A publisher's clock ahead of this one, or a bad timestamp, makes a negative, infinite or
+    # NaN wait: none is observed, by a run started here or one another process ran.
+    instrumented()
+    agent = agent_mod.current()
+    assert agent is not None
+    now = time.time()
+    for enqueued_at in (now + 60, -math.inf, math.nan):
+        agent.start_run("budget.w", queue="q", enqueued_at=enqueued_at).finish("success")
+        series = agent.series_for("budget.w", "q")
+        agent.count_start(series, now, enqueued_at)
+        agent.count_finish(series, "success", 0.1)
+    agent.start_run("budget.w", queue="q", enqueued_at=now - 1).finish("success")
+    m = _metrics()
+    assert m.value("otel_jobs_queue_wait_seconds_count", job_name="budget.w", queue="q") == 1
+    assert m.value("otel_jobs_runs_started_total", job_name="budget.w", queue="q") == 7
