@@ -87,10 +87,7 @@ class EnclosingRuns:
                     )
                 seen = per_cover.get(cover.key)
                 per_cover[cover.key] = (cover, seen[1] + 1 if seen else 1)
-                if run.on_stall == "cancel":
-                    stall_policy.cancel(self._agent, run, diagnosis, now)
-                elif run.on_stall == "exit":
-                    stall_policy.exit_process(self._agent, run, diagnosis)
+                stall_policy.apply(self._agent, run, diagnosis, now)
         for cover, count in per_cover.values():
             logger.info(
                 "otel-jobs: %d run(s) enclosing run %s of %s are stuck with it (counted in "

@@ -73,6 +73,15 @@ def _settle_landed_cancel(exc: BaseException) -> bool:
 errors.cancel_landed = _settle_landed_cancel
 
 
+def apply(agent: Agent, run: Run, diagnosis: Diagnosis, now: float) -> None:
+    """The run's policy on its new verdict: :func:`cancel`, :func:`exit_process`, or nothing
+    (``observe``)."""
+    if run.on_stall == "cancel":
+        cancel(agent, run, diagnosis, now)
+    elif run.on_stall == "exit":
+        exit_process(agent, run, diagnosis)
+
+
 def cancel(agent: Agent, run: Run, diagnosis: Diagnosis, now: float) -> None:
     """Cancel ``run`` (its task, or its thread), and note when in ``diagnosis.acted_at``."""
     diagnosis.acted_at = now

@@ -338,10 +338,7 @@ class Watchdog:
     def _act(self, run: Run, diagnosis: Diagnosis, now: float) -> None:
         """The signals of a new verdict, then the run's policy."""
         self._signal(run, diagnosis)
-        if run.on_stall == "cancel":
-            stall_policy.cancel(self._agent, run, diagnosis, now)
-        elif run.on_stall == "exit":
-            stall_policy.exit_process(self._agent, run, diagnosis)
+        stall_policy.apply(self._agent, run, diagnosis, now)
 
     def _act_after_lookup(self, run: Run, diagnosis: Diagnosis, now: float) -> None:
         with errors.guard("watchdog.pg_locks"):
