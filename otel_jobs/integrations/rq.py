@@ -42,7 +42,15 @@ from ..core.patching import Patches
 from . import base, rq_audit, rq_cron, rq_horse, rq_leases
 from .base import report_findings
 from .rq_audit import audit
-from .rq_jobs import UNREADABLE, attempt, is_spawn_worker, job_name, time_limit, unix_time
+from .rq_jobs import (
+    UNREADABLE,
+    attempt,
+    is_spawn_worker,
+    job_name,
+    queue_of,
+    time_limit,
+    unix_time,
+)
 from .rq_watch import FRAMEWORK, HorseWatch, WorkHorseLost, before
 
 __all__ = ["UNREADABLE", "Integration", "WorkHorseLost", "audit"]
@@ -166,7 +174,7 @@ class Integration(HorseWatch, base.Integration):
         if not worker.is_horse:
             self._check_job(job)  # SimpleWorker: this is the worker process itself
         name = job_name(job)
-        queue_name = job.origin or getattr(queue, "name", None) or "default"
+        queue_name = queue_of(job, queue)
         watch = self._watching.get(id(worker)) if agent.one_run_child else None
         series: Any = None
         span = None

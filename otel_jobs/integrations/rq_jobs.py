@@ -1,5 +1,5 @@
-"""What the RQ integration reads of an RQ job and worker: the run's name, attempt, time limit and
-queue wait, and whether the worker forks its horses (:mod:`otel_jobs.integrations.rq`,
+"""What the RQ integration reads of an RQ job and worker: the run's name, queue, attempt, time
+limit and queue wait, and whether the worker forks its horses (:mod:`otel_jobs.integrations.rq`,
 :mod:`.rq_watch`)."""
 
 from __future__ import annotations
@@ -20,6 +20,11 @@ def job_name(job: Any) -> str:
     except Exception:  # rq.exceptions.DeserializationError, or whatever a serializer raises
         return UNREADABLE
     return str(name) if name else UNREADABLE
+
+
+def queue_of(job: Any, queue: Any) -> str:
+    """The queue the job was enqueued on (``job.origin``), else the one it was taken from."""
+    return job.origin or getattr(queue, "name", None) or "default"
 
 
 def attempt(job: Any) -> int:

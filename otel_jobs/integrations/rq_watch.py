@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core import errors
 from . import rq_horse
-from .rq_jobs import attempt, is_spawn_worker, job_name, time_limit, unix_time
+from .rq_jobs import attempt, is_spawn_worker, job_name, queue_of, time_limit, unix_time
 
 if TYPE_CHECKING:
     from ..core.agent import Agent
@@ -105,7 +105,7 @@ class HorseWatch:
         record = self._record
         record.next_horse()
         name = job_name(job)
-        queue_name = job.origin or getattr(queue, "name", None) or "default"
+        queue_name = queue_of(job, queue)
         span = agent.open_span(
             name, queue=queue_name, job_id=job.id, attempt=attempt(job), framework=FRAMEWORK
         )
