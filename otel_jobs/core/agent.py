@@ -282,9 +282,13 @@ class Agent:
         settings = self.settings
         # OTLP strings are UTF-8: a name from a non-UTF-8 file name (lone surrogates) would fail
         # the encoding of its span's whole batch. Replaced as in the metrics' labels.
-        name, queue = utf8(name), utf8(queue or "default")
-        if isinstance(job_id, str):
-            job_id = utf8(job_id)
+        queue = queue or "default"
+        if not (
+            name.isascii() and queue.isascii() and (not isinstance(job_id, str) or job_id.isascii())
+        ):  # three method calls on the usual ASCII run, not three function calls
+            name, queue = utf8(name), utf8(queue)
+            if isinstance(job_id, str):
+                job_id = utf8(job_id)
         if series is None:
             series = self.telemetry.series(name, queue)
         configured = settings.for_job(name)
