@@ -84,18 +84,20 @@ class PreviousAttempt:
             return cls(
                 progress=float(progress) if isinstance(progress, (int, float)) else None,
                 details=dict(details) if isinstance(details, dict) else {},
-                at=_number(data.get("at")),
+                at=json_number(data.get("at")),
                 host=str(data.get("host") or ""),
                 pid=int(data.get("pid") or 0),
                 lost=int(data.get("lost") or 1),
-                expired_at=_number(data.get("expired_at")),
+                expired_at=json_number(data.get("expired_at")),
                 attempt=int(data["attempt"]) if isinstance(data.get("attempt"), int) else None,
             )
         except (ValueError, TypeError, AttributeError):
             return None
 
 
-def _number(value: Any) -> float | None:
+def json_number(value: Any) -> float | None:
+    """A number read from a lease entry or an attempt record (JSON) as a float; None for
+    anything else (a bool included)."""
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...core.lease_records import json_number
+
 
 @dataclass
 class LostRun:
@@ -49,7 +51,7 @@ class LostRun:
                 name=str(entry.get("name") or "unknown"),
                 queue=str(entry.get("queue") or "default"),
                 attempt=int(entry.get("attempt") or 1),
-                started=_number(entry.get("started")),
+                started=json_number(entry.get("started")),
                 host=str(entry.get("host") or worker.get("host") or ""),
                 pid=int(entry.get("pid") or worker.get("pid") or 0),
                 expired_at=expired_at,
@@ -75,7 +77,3 @@ class LostRun:
         if isinstance(details, dict) and details:
             record["details"] = details
         return record
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
