@@ -90,11 +90,13 @@ def _served(match: str, label: str, *ports: int) -> set[str]:
 
 
 def test_variables_list_the_workers_queues_and_jobs(stack: live.Stack) -> None:
-    # The demo's own job list (its queue-fed jobs; the stuck and async ones are only named by
-    # their decorators): each must be among the values its worker serves.
+    # The demo's own job list (its queue-fed jobs), one job of each other kind (stuck on a call,
+    # stuck spinning and cancelled: a timeout; the queue-fed worker's) and their queues: each
+    # must be among the values the workers serve.
     declared = {
-        "queue": {j.queue for j in demo_jobs.HEALTHY},
-        "job_name": {j.name for j in demo_jobs.HEALTHY},
+        "queue": {j.queue for j in demo_jobs.HEALTHY} | {"integrations", "maintenance", "orders"},
+        "job_name": {j.name for j in demo_jobs.HEALTHY}
+        | {"demo.sync_partner", "demo.dedupe_customers", "shop.fulfil_order"},
     }
     for name in build.DASHBOARDS:
         chain = {v["name"]: v for v in _dashboard(name)["templating"]["list"]}
