@@ -98,6 +98,10 @@ def positive_int(setting: str, value: object) -> int:
     return _whole_number(setting, value, 1, math.inf, "a whole number of at least 1")
 
 
+def non_negative_int(setting: str, value: object) -> int:
+    return _whole_number(setting, value, 0, math.inf, "a whole number of at least 0")
+
+
 def buckets(setting: str, value: object) -> tuple[float, ...]:
     accepted = "increasing positive finite numbers of seconds, comma-separated, e.g. 1,10,60,300"
     items: Iterable[object]

@@ -127,18 +127,6 @@ class MonitorOption:
         return "OTEL_JOBS_MONITOR_" + self.name.upper()
 
 
-def _non_negative_int(setting: str, value: object) -> int:
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        number = int(str(value).strip())
-    except ValueError:
-        raise ConfigurationError(setting, value, "a whole number of at least 0") from None
-    if number < 0:
-        raise ConfigurationError(setting, value, "a whole number of at least 0")
-    return number
-
-
 def _finite_seconds(setting: str, value: object) -> float:
     return parsers.seconds(setting, value, allow_inf=False)
 
@@ -231,7 +219,7 @@ OPTIONS: tuple[MonitorOption, ...] = (
     ),
     MonitorOption(
         "max_lost",
-        _non_negative_int,
+        parsers.non_negative_int,
         "with --requeue-lost, how many times one job is requeued at most; lost once more, it "
         "goes to its framework's failed jobs (Dramatiq: its next delivery is dead-lettered "
         "by the worker instead of run)",
