@@ -134,9 +134,8 @@ class RemoteSeries:
         series = agent.telemetry.series(self.job_name, self.queue)
         series.max_duration, series.heartbeat_timeout = self.max_duration, self.heartbeat_timeout
         series.record_start()
-        waited = self.started_at - self.enqueued_at if self.enqueued_at is not None else -1.0
-        if 0 <= waited < math.inf:
-            series.record_queue_wait(waited)
+        if self.enqueued_at is not None:  # a bad wait is left out by record_queue_wait
+            series.record_queue_wait(self.started_at - self.enqueued_at)
         self._record.start_counted()
 
     def record_finish(self, outcome: str, seconds: float) -> None:
@@ -196,7 +195,7 @@ def count_lost_start(
     scratch = Telemetry(agent.settings, lambda: [], None)
     series = scratch.series(name, queue)
     series.record_start()
-    if enqueued_at is not None and 0 <= started_at - enqueued_at < math.inf:
+    if enqueued_at is not None:
         series.record_queue_wait(started_at - enqueued_at)
     started = CollectorRegistry(auto_describe=False)
     started.register(scratch.started)
