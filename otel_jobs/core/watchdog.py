@@ -42,7 +42,7 @@ from . import run as run_mod
 from .enclosing import EnclosingRuns
 from .loop_probe import Blocked, LoopProbes
 from .stall_policy import CANCEL_REPEAT_SECONDS, EXIT_STATUS, WatchdogTimeoutError
-from .verdicts import blocked_loops, reason_of, split_nested
+from .verdicts import blocked_loops, due_before, reason_of, split_nested
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -204,8 +204,7 @@ class Watchdog:
                 verdict = run.verdict
                 if (
                     verdict is None
-                    and run.start_mono + run.max_duration > horizon
-                    and run.last_beat + run.heartbeat_timeout > horizon
+                    and not due_before(run, horizon)
                     and not (loop_verdicts and run.key in loop_verdicts)
                 ):
                     continue  # healthy and not due before the next tick: the common case
