@@ -56,6 +56,17 @@ def test_the_readme_is_a_front_page() -> None:
     assert "](docs/images/" in text, "a picture"
 
 
+def test_the_readmes_first_mention_of_the_rules_says_how_to_set_the_runbook_url() -> None:
+    """The shipped rules' runbook links are a placeholder: said where the rules first appear."""
+    from otel_jobs.rules import DEFAULT_RUNBOOK_URL
+
+    paragraphs = re.split(r"\n\s*\n|\n- ", README.read_text())
+    first = next(p for p in paragraphs if re.search(r"\brules\b", p))
+    first = " ".join(first.split())
+    assert "otel-jobs rules --runbook-url" in first, first
+    assert DEFAULT_RUNBOOK_URL in first, first
+
+
 def test_every_relative_link_of_the_readme_exists() -> None:
     links = [m for m in LINK.findall(README.read_text()) if "://" not in m]
     assert len(links) >= 15
