@@ -17,7 +17,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .base import BrokerUnavailable
+from .base import BrokerUnavailable, reason
 
 #: What a failing Redis raises: refused, reset, timed out, loading, read-only replica, auth...
 ERRORS: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError)
@@ -82,14 +82,14 @@ def read(client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
                 getattr(pipe, name)(*args)
             return list(pipe.execute())
     except ERRORS as exc:
-        raise BrokerUnavailable(_reason(exc)) from exc
+        raise BrokerUnavailable(reason(exc)) from exc
 
 
 def ping(client: redis.Redis) -> None:
     try:
         client.ping()
     except ERRORS as exc:
-        raise BrokerUnavailable(_reason(exc)) from exc
+        raise BrokerUnavailable(reason(exc)) from exc
 
 
 def close(client: redis.Redis) -> None:
@@ -97,11 +97,6 @@ def close(client: redis.Redis) -> None:
         client.connection_pool.disconnect()
     except Exception:  # closing a socket that another thread is using: nothing to save
         pass
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if type(exc).__name__ not in text else text
 
 
 def text(value: Any) -> str:

@@ -182,11 +182,22 @@ class ConnectionCollector(Collector):
             yield
         except self._errors as exc:
             self._drop()
-            raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            raise BrokerUnavailable(reason(exc)) from exc
 
     def check(self) -> None:
         with self._reading():
             self._open()
+
+
+def reason(exc: BaseException) -> str:
+    """What a broker's client error says, with its type: ``ConnectionError: Error 111 ...``.
+    An error without text of its own (pika's, which have a ``repr`` only) is told by its
+    ``repr``: what it wraps."""
+    name = type(exc).__name__
+    text = str(exc).strip() or (repr(exc).strip() if exc.args else "")
+    if not text:
+        return name
+    return text if text.startswith(name) else f"{name}: {text}"
 
 
 def due_time(published: float | None, eta: float | None) -> float | None:

@@ -197,23 +197,55 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("otel_jobs").setLevel(settings.log_level.upper())
     logging.getLogger("pika").setLevel(logging.CRITICAL)
     _tracing()  # the lost runs' spans, exported where OTEL_EXPORTER_OTLP_* says
-    try:
-        collectors = build_collectors(settings)
-    except ConfigurationError as exc:
-        return _refuse(exc)
-    for collector in collectors:
+    with _HeldLog() as held:  # until the brokers answer: on failure, the reason alone
         try:
-            collector.check()
-        except BrokerUnavailable as exc:
-            print(
-                f"otel-jobs monitor: {collector.source}={_value_of(settings, collector)}: cannot "
-                f"reach the broker at {collector.broker} ({exc})",
-                file=sys.stderr,
-            )
-            for c in collectors:
-                c.close()
-            return 2
+            collectors = build_collectors(settings)
+        except ConfigurationError as exc:
+            return _refuse(exc)
+        for collector in collectors:
+            try:
+                collector.check()
+            except BrokerUnavailable as exc:
+                print(
+                    f"otel-jobs monitor: {collector.source}={_value_of(settings, collector)}: "
+                    f"cannot reach the broker at {collector.broker} ({exc})",
+                    file=sys.stderr,
+                )
+                for c in collectors:
+                    c.close()
+                return 2
+        held.release()
     return serve_until_stopped(settings, collectors)
+
+
+class _HeldLog(logging.Filter):
+    """Holds what is logged while the monitor starts (notes such as lost runs needing
+    ``--lease-url``), so that a start that fails prints one line, its reason; :meth:`release`
+    logs the held records once the brokers have answered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.handlers = list(logging.getLogger().handlers)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False
+
+    def __enter__(self) -> _HeldLog:
+        for handler in self.handlers:
+            handler.addFilter(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handler in self.handlers:
+            handler.removeFilter(self)
+
+    def release(self) -> None:
+        self.__exit__()
+        records, self.records = self.records, []
+        for record in dict.fromkeys(records):  # each handler saw it: log it once
+            logging.getLogger(record.name).handle(record)
 
 
 def _tracing() -> None:

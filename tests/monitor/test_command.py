@@ -139,6 +139,39 @@ def test_an_unreachable_broker_at_start_is_exit_code_2_naming_the_flag() -> None
     assert f"OTEL_JOBS_MONITOR_ARQ_REDIS_URL={url}: cannot reach the broker" in done.stderr
 
 
+UNREACHABLE_APPS = """
+from celery import Celery
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+app = Celery("unreachable", broker="amqp://guest:guest@127.0.0.1:{port}//")
+broker = RabbitmqBroker(url="amqp://guest:guest@127.0.0.1:{port}")
+broker.declare_queue("q")
+"""
+
+
+@pytest.mark.parametrize(
+    ("flag", "ref"),
+    [("--celery-app", "unreachable_apps:app"), ("--dramatiq-broker", "unreachable_apps:broker")],
+)
+def test_an_unreachable_rabbitmq_at_start_is_one_line_with_its_reason(
+    flag: str, ref: str, tmp_path: Path
+) -> None:
+    # Nothing else on stderr before it (such as the note that lost runs need --lease-url on a
+    # broker that is not a Redis): the one line is the reason the monitor did not start.
+    pytest.importorskip("celery")
+    pytest.importorskip("pika")
+    port = unused_port()
+    (tmp_path / "unreachable_apps.py").write_text(UNREACHABLE_APPS.format(port=port))
+    done = command(flag, ref, PYTHONPATH=str(tmp_path))
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"otel-jobs monitor: {flag}={ref}: cannot reach the broker at ")
+    assert f"127.0.0.1:{port}" in lines[0]
+    # The reason the client gave, not an empty one (pika's AMQPConnectionError has no text).
+    assert "refused" in lines[0].lower(), lines[0]
+
+
 def test_a_taken_port_is_exit_code_2(redis_url: str) -> None:
     import socket
 

@@ -126,6 +126,8 @@ def test_rabbitmq_goes_away_and_comes_back(app_dir: Path) -> None:
     )  # fmt: skip
     try:
         run_outage(monitor, {"celery", "dramatiq"}, proxy.stop, proxy.start)
+        # What was logged while it started (held until the brokers answered) is in the log, once.
+        assert monitor.tail().count("runs lost with their worker are not looked for") == 2
     finally:
         monitor.stop()
         proxy.stop()
