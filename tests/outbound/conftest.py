@@ -1,26 +1,17 @@
 """Real local servers for the outbound tests: one that answers, one that never does
-(:class:`tests.support.servers.SilentServer`)."""
+(:class:`tests.support.servers.SilentServer`); ``outbound(library, policy)`` instruments one
+library's check. What the tests read back is in :mod:`tests.outbound.probe`."""
 
 from __future__ import annotations
 
 import http.server
-import inspect
-import logging
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-import otel_jobs
-from tests.support import Samples, scrape
 from tests.support.servers import SilentServer
-from tests.support.threads import call_in_thread as in_thread
-
-__all__ = ["SilentServer", "in_thread"]  # imported by the outbound tests from here
-
-NO_TIMEOUT = "otel_jobs_outbound_calls_without_timeout_total"
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -79,35 +70,6 @@ def silent_server() -> Iterator[SilentServer]:
     server.close()
 
 
-def here(offset: int = 1) -> str:
-    """``module:function:line`` of the caller's line plus ``offset`` (the call under test)."""
-    frame = inspect.currentframe()
-    assert frame is not None and frame.f_back is not None
-    caller = frame.f_back
-    code = caller.f_code
-    function = getattr(code, "co_qualname", code.co_name)
-    return f"{caller.f_globals['__name__']}:{function}:{caller.f_lineno + offset}"
-
-
-def metrics() -> Samples:
-    url = otel_jobs.metrics_url()
-    assert url is not None
-    return scrape(url)
-
-
-def flagged(**labels: str) -> float:
-    """The no-timeout counter summed over the series matching ``labels``."""
-    return metrics().total(NO_TIMEOUT, **labels)
-
-
-def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [
-        r.getMessage()
-        for r in caplog.records
-        if r.name == "otel_jobs" and r.levelno == logging.WARNING and "timeout" in r.getMessage()
-    ]
-
-
 @pytest.fixture
 def outbound(instrumented: Callable[..., Any]) -> Callable[..., Any]:
     """``outbound(library, policy, **options)``: instrument only that library's check."""
@@ -117,14 +79,3 @@ def outbound(instrumented: Callable[..., Any]) -> Callable[..., Any]:
         return instrumented(frameworks=[], outbound=[library], missing_timeout=policy, **options)
 
     return start
-
-
-def nothing_reached(server: SilentServer) -> bool:
-    """Whether no connection reached ``server`` before this check (it accepts in order)."""
-    import time
-
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10):
-        deadline = time.monotonic() + 30
-        while server.connections == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
-    return server.connections == 1 and server.received == 0

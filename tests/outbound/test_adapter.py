@@ -13,7 +13,7 @@ import otel_jobs
 from otel_jobs.core import errors
 from otel_jobs.outbound.adapter import CallCheck, wrap_async, wrap_sync
 from otel_jobs.outbound.base import Checker
-from tests.outbound.conftest import flagged, here
+from tests.outbound.probe import flagged, here
 
 LIBRARY = "test-library"
 

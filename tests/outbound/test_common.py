@@ -23,15 +23,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import otel_jobs
 from otel_jobs.outbound import LIBRARIES
 from otel_jobs.outbound.base import call_site, host_of
-from tests.outbound.conftest import (
-    NO_TIMEOUT,
-    HTTPServer,
-    SilentServer,
-    flagged,
-    here,
-    metrics,
-    warnings_of,
-)
+from tests.outbound import probe
+from tests.outbound.conftest import HTTPServer
+from tests.support.servers import SilentServer
 
 
 def _user_function() -> str:
@@ -39,7 +33,7 @@ def _user_function() -> str:
 
 
 def test_call_site_is_module_function_line() -> None:
-    expected = here(0).rsplit(":", 1)[0]
+    expected = probe.here(0).rsplit(":", 1)[0]
     line = sys._getframe().f_lineno + 1
     assert call_site(sys._getframe()) == f"{expected}:{line}"
     assert _user_function().startswith("tests.outbound.test_common:_user_function:")
@@ -106,7 +100,7 @@ def test_policy_off_installs_nothing(instrumented: Any, http_server: HTTPServer)
     instrumented(frameworks=[], missing_timeout="off")
     assert [_raw(owner, name) for owner, name in PATCHED] == before
     httpx.get(http_server.url, timeout=None)
-    assert metrics().find(NO_TIMEOUT) == []
+    assert probe.metrics().find(probe.NO_TIMEOUT) == []
 
 
 def test_one_warning_per_call_site_then_quiet(
@@ -115,14 +109,14 @@ def test_one_warning_per_call_site_then_quiet(
     outbound("requests")
     sites = []
     for _ in range(5):
-        sites.append(here())
+        sites.append(probe.here())
         requests.get(http_server.url)
     site = sites[0]
     assert set(sites) == {site}
-    assert flagged(library="requests", call_site=site) == 5  # every call counted
-    assert len(warnings_of(caplog)) == 1  # logged once, the rest rate-limited
+    assert probe.flagged(library="requests", call_site=site) == 5  # every call counted
+    assert len(probe.warnings_of(caplog)) == 1  # logged once, the rest rate-limited
     requests.get(http_server.url)  # another call site: its own first warning
-    assert len(warnings_of(caplog)) == 2
+    assert len(probe.warnings_of(caplog)) == 2
 
 
 def test_calls_in_a_run_are_in_flight_and_count_as_heartbeats(
@@ -137,11 +131,11 @@ def test_calls_in_a_run_are_in_flight_and_count_as_heartbeats(
         with otel_jobs.job_run("sync.invoices", queue="billing") as run:
             runs.append(run)
             with httpx.Client(timeout=3) as client:
-                client.get(http_server.url)  # with a timeout: tracked, not flagged
+                client.get(http_server.url)  # with a timeout: tracked, not probe.flagged
             beat_after_first = run.last_beat
             runs.append(beat_after_first)
             try:
-                sites.append(here())
+                sites.append(probe.here())
                 httpx.get(silent_server.url + "/slow?key=secret", timeout=None)
             except httpx.HTTPError:
                 pass
@@ -178,7 +172,7 @@ def test_in_flight_call_site_of_an_unflagged_call_is_looked_up_on_demand(
         with otel_jobs.job_run("lookup") as run:
             runs.append(run)
             try:
-                sites.append(here())
+                sites.append(probe.here())
                 httpx.get(silent_server.url, timeout=20)
             except httpx.HTTPError:
                 pass
@@ -194,7 +188,7 @@ def test_in_flight_call_site_of_an_unflagged_call_is_looked_up_on_demand(
     assert "with a timeout" in call.describe()
     silent_server.drop_all()
     thread.join(30)
-    assert metrics().find(NO_TIMEOUT) == []
+    assert probe.metrics().find(probe.NO_TIMEOUT) == []
 
 
 def test_async_calls_in_a_run_are_in_flight(outbound: Any, silent_server: SilentServer) -> None:
@@ -216,7 +210,7 @@ def test_async_calls_in_a_run_are_in_flight(outbound: Any, silent_server: Silent
             watcher = asyncio.create_task(watch())
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout()) as session:
                 try:
-                    sites.append(here())
+                    sites.append(probe.here())
                     await session.get(silent_server.url)
                 except aiohttp.ClientError:
                     pass
@@ -234,7 +228,7 @@ def test_flagged_call_in_a_run_adds_one_event_per_site(
     sites = []
     with otel_jobs.job_run("reports.nightly"):
         for _ in range(3):
-            sites.append(here())
+            sites.append(probe.here())
             urllib.request.urlopen(http_server.url + "/r?token=abc").read()
     [run_span] = [s for s in span_exporter.get_finished_spans() if s.name == "reports.nightly"]
     [event] = [e for e in run_span.events if e.name == "otel_jobs.outbound.no_timeout"]
@@ -246,7 +240,7 @@ def test_flagged_call_in_a_run_adds_one_event_per_site(
         "otel_jobs.timeout.policy": "warn",
         "otel_jobs.call_site": sites[0],
     }
-    assert flagged(library="urllib", call_site=sites[0]) == 3
+    assert probe.flagged(library="urllib", call_site=sites[0]) == 3
 
 
 def test_no_credentials_or_query_strings_anywhere(
@@ -273,14 +267,14 @@ def test_no_credentials_or_query_strings_anywhere(
 
         asyncio.run(fetch())
 
-    text = metrics().text
+    text = probe.metrics().text
     assert text.count('library="') >= 5
-    exposed = [text, *warnings_of(caplog)]
+    exposed = [text, *probe.warnings_of(caplog)]
     for span in span_exporter.get_finished_spans():
         exposed.extend(str(v) for v in span.attributes.values())
         for event in span.events:
             exposed.extend(str(v) for v in event.attributes.values())
-    assert len(warnings_of(caplog)) == 5
+    assert len(probe.warnings_of(caplog)) == 5
     for item in exposed:
         for secret in ("alice", "hunter2", "s3cr3t", "token"):
             assert secret not in item
@@ -295,7 +289,7 @@ def test_the_watchdog_says_which_call_a_stuck_run_waits_on(
     def job() -> None:
         with otel_jobs.job_run("billing.sync", queue="billing"):
             try:
-                sites.append(here())
+                sites.append(probe.here())
                 requests.get(silent_server.url + "/invoices")
             except requests.RequestException:
                 pass
@@ -325,9 +319,9 @@ def test_calls_made_while_instrumentation_is_suppressed_are_not_checked(
     outbound("requests")
     with suppress_instrumentation():
         requests.get(http_server.url)
-    assert flagged(library="requests") == 0 and warnings_of(caplog) == []
-    requests.get(http_server.url)  # the same call, not suppressed: flagged
-    assert flagged(library="requests") == 1
+    assert probe.flagged(library="requests") == 0 and probe.warnings_of(caplog) == []
+    requests.get(http_server.url)  # the same call, not suppressed: probe.flagged
+    assert probe.flagged(library="requests") == 1
 
 
 def test_a_checked_call_leaves_no_reference_cycle(outbound: Any, http_server: HTTPServer) -> None:

@@ -12,17 +12,9 @@ import redis
 import redis.asyncio
 
 import otel_jobs
-from tests.outbound.conftest import (
-    NO_TIMEOUT,
-    SilentServer,
-    flagged,
-    here,
-    in_thread,
-    metrics,
-    nothing_reached,
-    warnings_of,
-)
+from tests.outbound import probe
 from tests.support import require_postgres, require_redis
+from tests.support.servers import SilentServer
 
 PG = "host=127.0.0.1 port=5432 dbname=test user=postgres"
 REDIS_HOST = "127.0.0.1:6379"
@@ -38,18 +30,18 @@ def test_redis_warn_command_and_pipeline(outbound: Any, caplog: pytest.LogCaptur
     outbound("redis")
     key = f"otel-jobs-test:{uuid.uuid4()}"
     client = redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=3)
-    site = here()
+    site = probe.here()
     client.set(key, "1", ex=60)
     pipe = client.pipeline()
     pipe.get(key)
     pipe.delete(key)
-    pipe_site = here()
+    pipe_site = probe.here()
     assert pipe.execute() == [b"1", 1]
     client.close()
 
-    assert flagged(library="redis", host=REDIS_HOST, call_site=site) == 1
-    assert flagged(library="redis", call_site=pipe_site) == 1
-    first, second = warnings_of(caplog)
+    assert probe.flagged(library="redis", host=REDIS_HOST, call_site=site) == 1
+    assert probe.flagged(library="redis", call_site=pipe_site) == 1
+    first, second = probe.warnings_of(caplog)
     assert f"SET {REDIS_HOST} via redis has no read timeout" in first
     assert f"MULTI {REDIS_HOST} via redis has no read timeout" in second
 
@@ -63,7 +55,7 @@ def test_redis_with_timeouts_is_never_flagged(outbound: Any) -> None:
     from_url = redis.Redis.from_url("redis://127.0.0.1:6379/0?socket_timeout=5")
     from_url.ping()
     from_url.close()
-    assert metrics().find(NO_TIMEOUT) == []
+    assert probe.metrics().find(probe.NO_TIMEOUT) == []
 
 
 def test_redis_async_warn(outbound: Any) -> None:
@@ -73,17 +65,17 @@ def test_redis_async_warn(outbound: Any) -> None:
 
     async def main() -> None:
         client = redis.asyncio.Redis(host="127.0.0.1", port=6379)
-        sites.append(here())
+        sites.append(probe.here())
         assert await client.ping()
         async with client.pipeline(transaction=False) as pipe:
             pipe.ping()
-            sites.append(here())
+            sites.append(probe.here())
             await pipe.execute()
         await client.aclose()
 
     asyncio.run(main())
-    assert flagged(library="redis", call_site=sites[0]) == 1
-    assert flagged(library="redis", call_site=sites[1]) == 1
+    assert probe.flagged(library="redis", call_site=sites[0]) == 1
+    assert probe.flagged(library="redis", call_site=sites[1]) == 1
 
 
 def test_redis_enforce_turns_a_hang_into_redis_timeout(
@@ -91,12 +83,12 @@ def test_redis_enforce_turns_a_hang_into_redis_timeout(
 ) -> None:
     outbound("redis", "enforce", default_timeout=0.5)
     client = redis.Redis(host="127.0.0.1", port=silent_server.port, retry_on_timeout=False)
-    result = in_thread(lambda: client.get("k"))
+    result = probe.in_thread(lambda: client.get("k"))
     assert isinstance(result, redis.exceptions.TimeoutError)
-    assert flagged(library="redis") == 1
-    result = in_thread(lambda: client.get("k"))  # still counted, as enforced
+    assert probe.flagged(library="redis") == 1
+    result = probe.in_thread(lambda: client.get("k"))  # still counted, as enforced
     assert isinstance(result, redis.exceptions.TimeoutError)
-    assert flagged(library="redis") == 2
+    assert probe.flagged(library="redis") == 2
 
 
 def test_redis_async_enforce(outbound: Any, silent_server: SilentServer) -> None:
@@ -127,7 +119,7 @@ def test_redis_raise_sends_nothing(outbound: Any, silent_server: SilentServer, k
             asyncio.run(main())
     assert (caught.value.library, caught.value.method) == ("redis", "GET")
     assert caught.value.host == silent_server.host
-    assert nothing_reached(silent_server)
+    assert probe.nothing_reached(silent_server)
 
 
 # --- psycopg -------------------------------------------------------------------------------
@@ -138,17 +130,17 @@ def test_psycopg_warn_connect_and_statement(
 ) -> None:
     require_postgres()
     outbound("psycopg")
-    connect_site = here()
+    connect_site = probe.here()
     with psycopg.connect(PG) as conn:
-        statement_site = here()
+        statement_site = probe.here()
         assert conn.execute("SELECT 1").fetchone() == (1,)
         with conn.cursor() as cur:
             cur.executemany("SELECT %s", [(1,), (2,)])
     host = "127.0.0.1:5432"
-    assert flagged(library="psycopg", host=host, call_site=connect_site) == 1
-    assert flagged(library="psycopg", host=host, call_site=statement_site) == 1
-    assert flagged(library="psycopg") == 3
-    connect_msg, statement_msg = warnings_of(caplog)[:2]
+    assert probe.flagged(library="psycopg", host=host, call_site=connect_site) == 1
+    assert probe.flagged(library="psycopg", host=host, call_site=statement_site) == 1
+    assert probe.flagged(library="psycopg") == 3
+    connect_msg, statement_msg = probe.warnings_of(caplog)[:2]
     assert f"CONNECT {host} via psycopg has no connect timeout" in connect_msg
     assert f"SELECT {host} via psycopg has no statement timeout" in statement_msg
 
@@ -159,11 +151,11 @@ def test_psycopg_with_timeouts_is_never_flagged(outbound: Any) -> None:
     with psycopg.connect(PG, connect_timeout=5, options="-c statement_timeout=5000") as conn:
         conn.execute("SELECT 1")
     with psycopg.connect(PG + " connect_timeout=5") as conn:
-        conn.execute("SET statement_timeout = '3s'")  # flagged: the session had none yet
+        conn.execute("SET statement_timeout = '3s'")  # probe.flagged: the session had none yet
         conn.execute("SELECT 1")  # in the transaction SET opened: not checked
         conn.commit()
         conn.execute("SELECT 2")  # probed again: the session has 3 s now
-    assert flagged(library="psycopg") == 1
+    assert probe.flagged(library="psycopg") == 1
 
 
 def test_psycopg_async_warn(outbound: Any) -> None:
@@ -172,18 +164,18 @@ def test_psycopg_async_warn(outbound: Any) -> None:
     sites = []
 
     async def main() -> None:
-        sites.append(here())
+        sites.append(probe.here())
         conn = await psycopg.AsyncConnection.connect(PG)
         async with conn:
-            sites.append(here())
+            sites.append(probe.here())
             await conn.execute("SELECT 1")
             async with conn.cursor() as cur:
-                sites.append(here())
+                sites.append(probe.here())
                 await cur.execute("SELECT 2")
 
     asyncio.run(main())
     for site in sites:
-        assert flagged(library="psycopg", call_site=site) == 1
+        assert probe.flagged(library="psycopg", call_site=site) == 1
 
 
 def test_psycopg_enforce_statement_timeout(outbound: Any) -> None:
@@ -191,7 +183,7 @@ def test_psycopg_enforce_statement_timeout(outbound: Any) -> None:
     outbound("psycopg", "enforce", default_timeout=0.5)
     with psycopg.connect(PG, connect_timeout=5) as conn:
         assert conn.execute("SHOW statement_timeout").fetchone() == ("500ms",)
-        result = in_thread(lambda: conn.execute("SELECT pg_sleep(30)"))
+        result = probe.in_thread(lambda: conn.execute("SELECT pg_sleep(30)"))
         assert isinstance(result, psycopg.errors.QueryCanceled)
     # a session timeout of the caller's own is never overridden
     with psycopg.connect(PG, connect_timeout=5, options="-c statement_timeout=7000") as conn:
@@ -213,7 +205,7 @@ def test_psycopg_async_enforce_statement_timeout(outbound: Any) -> None:
 def test_psycopg_enforce_connect_timeout(outbound: Any, silent_server: SilentServer) -> None:
     outbound("psycopg", "enforce", default_timeout=0.5)
     conninfo = f"host=127.0.0.1 port={silent_server.port} dbname=test user=postgres"
-    result = in_thread(lambda: psycopg.connect(conninfo))
+    result = probe.in_thread(lambda: psycopg.connect(conninfo))
     assert isinstance(result, psycopg.errors.ConnectionTimeout)
 
 
@@ -224,7 +216,7 @@ def test_psycopg_raise_refuses_connect_before_connecting(
     with pytest.raises(otel_jobs.MissingTimeoutError) as caught:
         psycopg.connect(f"host=127.0.0.1 port={silent_server.port} dbname=test user=postgres")
     assert caught.value.missing == ("connect",)
-    assert nothing_reached(silent_server)
+    assert probe.nothing_reached(silent_server)
 
     async def main() -> None:
         await psycopg.AsyncConnection.connect(
@@ -233,7 +225,7 @@ def test_psycopg_raise_refuses_connect_before_connecting(
 
     with pytest.raises(otel_jobs.MissingTimeoutError):
         asyncio.run(main())
-    assert silent_server.connections == 1  # only nothing_reached's own
+    assert silent_server.connections == 1  # only probe.nothing_reached's own
 
 
 def test_psycopg_raise_refuses_statement_before_sending(outbound: Any) -> None:
@@ -242,7 +234,7 @@ def test_psycopg_raise_refuses_statement_before_sending(outbound: Any) -> None:
     table = f"otel_jobs_refused_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(PG, connect_timeout=5, autocommit=True) as conn:
         with pytest.raises(otel_jobs.MissingTimeoutError) as caught:
-            site = here()
+            site = probe.here()
             conn.execute(f"CREATE TABLE {table} (id int)")
         assert (caught.value.method, caught.value.call_site) == ("CREATE", site)
     with psycopg.connect(PG, connect_timeout=5, options="-c statement_timeout=5000") as conn:
@@ -262,23 +254,23 @@ def test_psycopg_lock_part_only_when_both_timeouts_are_absent(
     outbound("psycopg")
     host = "127.0.0.1:5432"
     with psycopg.connect(PG, connect_timeout=5, options=NEITHER) as conn:
-        neither = here()
+        neither = probe.here()
         conn.execute("SELECT 1")
     with psycopg.connect(PG, connect_timeout=5, options="-c lock_timeout=5000") as conn:
-        lock_only = here()
+        lock_only = probe.here()
         conn.execute("SELECT 2")
     with psycopg.connect(PG, connect_timeout=5, options="-c statement_timeout=5000") as conn:
-        conn.execute("SELECT 3")  # never flagged: the statement timeout bounds lock waits
+        conn.execute("SELECT 3")  # never probe.flagged: the statement timeout bounds lock waits
     with psycopg.connect(PG, connect_timeout=5, options=NEITHER, autocommit=True) as conn:
-        set_site = here()
-        conn.execute("SET lock_timeout = '2s'")  # flagged: the session had neither yet
-        after_set = here()
+        set_site = probe.here()
+        conn.execute("SET lock_timeout = '2s'")  # probe.flagged: the session had neither yet
+        after_set = probe.here()
         conn.execute("SELECT 4")  # read again: a lock timeout now, no statement timeout
 
     for site in (neither, lock_only, set_site, after_set):
-        assert flagged(library="psycopg", host=host, call_site=site) == 1
-    assert flagged(library="psycopg") == 4
-    logged = warnings_of(caplog)
+        assert probe.flagged(library="psycopg", host=host, call_site=site) == 1
+    assert probe.flagged(library="psycopg") == 4
+    logged = probe.warnings_of(caplog)
     assert len(logged) == 4
     both = "has no statement timeout and no lock timeout"
     assert f"SELECT {host} via psycopg {both}, from {neither}:" in logged[0]
@@ -292,7 +284,7 @@ def test_psycopg_raise_names_the_lock_part(outbound: Any) -> None:
     outbound("psycopg", "raise")
     with psycopg.connect(PG, connect_timeout=5, options=NEITHER) as conn:
         with pytest.raises(otel_jobs.MissingTimeoutError) as caught:
-            site = here()
+            site = probe.here()
             conn.execute("SELECT 1")
         assert (caught.value.missing, caught.value.call_site) == (("statement", "lock"), site)
         assert "no statement/lock timeout" in str(caught.value)
@@ -330,7 +322,7 @@ def test_psycopg_enforce_bounds_a_lock_wait(
             holder.execute(f"UPDATE {table} SET v = 2 WHERE id = 1")  # holds the row lock
             with psycopg.connect(PG, connect_timeout=5, options=NEITHER) as waiter:
                 locked = f"SELECT v FROM {table} WHERE id = 1 FOR UPDATE"
-                result = in_thread(lambda: waiter.execute(locked))
+                result = probe.in_thread(lambda: waiter.execute(locked))
             holder.rollback()
     finally:
         with psycopg.connect(PG, connect_timeout=5, options=bounded, autocommit=True) as conn:
@@ -338,6 +330,6 @@ def test_psycopg_enforce_bounds_a_lock_wait(
     # the statement timeout enforced on the session ended the lock wait (not a lock_timeout)
     assert isinstance(result, psycopg.errors.QueryCanceled)
     assert not isinstance(result, psycopg.errors.LockNotAvailable)
-    [logged] = warnings_of(caplog)  # the waiter's statement, the only one flagged
+    [logged] = probe.warnings_of(caplog)  # the waiter's statement, the only one probe.flagged
     assert "has no statement timeout and no lock timeout" in logged
     assert "otel-jobs applied 0.5 s to the missing parts" in logged

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 import otel_jobs
-from tests.outbound.conftest import flagged, here
+from tests.outbound.probe import flagged, here
 from tests.support import require_redis
 
 pytestmark = pytest.mark.broker

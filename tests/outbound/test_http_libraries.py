@@ -14,17 +14,9 @@ import requests
 import urllib3
 
 import otel_jobs
-from tests.outbound.conftest import (
-    NO_TIMEOUT,
-    HTTPServer,
-    SilentServer,
-    flagged,
-    here,
-    in_thread,
-    metrics,
-    nothing_reached,
-    warnings_of,
-)
+from tests.outbound import probe
+from tests.outbound.conftest import HTTPServer
+from tests.support.servers import SilentServer
 
 # --- requests ------------------------------------------------------------------------------
 
@@ -34,19 +26,19 @@ def test_requests_warn_through_a_session(
 ) -> None:
     outbound("requests")
     with requests.Session() as session:
-        site = here()
+        site = probe.here()
         response = session.post(http_server.url + "/s", data=b"x")
     assert response.text == "ok"
-    assert flagged(library="requests", host=http_server.host, call_site=site) == 1
-    [message] = warnings_of(caplog)
+    assert probe.flagged(library="requests", host=http_server.host, call_site=site) == 1
+    [message] = probe.warnings_of(caplog)
     assert f"POST {http_server.host} via requests has no connect/read timeout" in message
 
 
 def test_requests_tuple_with_one_part_missing(outbound: Any, http_server: HTTPServer) -> None:
     outbound("requests")
-    site = here()
+    site = probe.here()
     requests.get(http_server.url, timeout=(3, None))
-    assert flagged(library="requests", call_site=site) == 1
+    assert probe.flagged(library="requests", call_site=site) == 1
 
 
 def test_requests_with_a_timeout_is_never_flagged(
@@ -58,26 +50,26 @@ def test_requests_with_a_timeout_is_never_flagged(
     with requests.Session() as session:
         session.get(http_server.url, timeout=urllib3.Timeout(total=5))
     assert len(http_server.requests) == 3
-    assert metrics().find(NO_TIMEOUT) == []
-    assert warnings_of(caplog) == []
+    assert probe.metrics().find(probe.NO_TIMEOUT) == []
+    assert probe.warnings_of(caplog) == []
 
 
 def test_requests_enforce_turns_a_hang_into_read_timeout(
     outbound: Any, silent_server: SilentServer
 ) -> None:
     outbound("requests", "enforce", default_timeout=0.5)
-    result = in_thread(lambda: requests.get(silent_server.url))
+    result = probe.in_thread(lambda: requests.get(silent_server.url))
     assert isinstance(result, requests.exceptions.ReadTimeout)
-    assert flagged(library="requests") == 1  # not counted again by urllib3 underneath
+    assert probe.flagged(library="requests") == 1  # not counted again by urllib3 underneath
 
 
 def test_requests_raise_sends_nothing(outbound: Any, silent_server: SilentServer) -> None:
     outbound("requests", "raise")
     with pytest.raises(otel_jobs.MissingTimeoutError) as caught:
-        site = here()
+        site = probe.here()
         requests.get(silent_server.url + "/?token=x")
     assert (caught.value.library, caught.value.call_site) == ("requests", site)
-    assert nothing_reached(silent_server)
+    assert probe.nothing_reached(silent_server)
 
 
 # --- urllib3 -------------------------------------------------------------------------------
@@ -86,15 +78,15 @@ def test_requests_raise_sends_nothing(outbound: Any, silent_server: SilentServer
 def test_urllib3_warn_for_pool_manager_and_pool(outbound: Any, http_server: HTTPServer) -> None:
     outbound("urllib3")
     manager = urllib3.PoolManager()
-    site = here()
+    site = probe.here()
     assert manager.request("GET", http_server.url).data == b"ok"
     pool = urllib3.HTTPConnectionPool(
         "127.0.0.1", http_server.port, timeout=urllib3.Timeout(connect=2)
     )
-    pool_site = here()
+    pool_site = probe.here()
     assert pool.request("GET", "/").data == b"ok"
-    assert flagged(library="urllib3", host=http_server.host, call_site=site) == 1
-    assert flagged(library="urllib3", call_site=pool_site) == 1
+    assert probe.flagged(library="urllib3", host=http_server.host, call_site=site) == 1
+    assert probe.flagged(library="urllib3", call_site=pool_site) == 1
 
 
 def test_urllib3_timeouts_are_resolved_like_urllib3_does(
@@ -110,7 +102,7 @@ def test_urllib3_timeouts_are_resolved_like_urllib3_does(
         urllib3.PoolManager().request("GET", http_server.url)  # falls back to the socket default
     finally:
         socket.setdefaulttimeout(previous)
-    assert metrics().find(NO_TIMEOUT) == []
+    assert probe.metrics().find(probe.NO_TIMEOUT) == []
 
 
 def test_urllib3_enforce_keeps_the_connect_timeout_set(
@@ -118,7 +110,7 @@ def test_urllib3_enforce_keeps_the_connect_timeout_set(
 ) -> None:
     outbound("urllib3", "enforce", default_timeout=0.5)
     manager = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5), retries=False)
-    result = in_thread(lambda: manager.request("GET", silent_server.url))
+    result = probe.in_thread(lambda: manager.request("GET", silent_server.url))
     assert isinstance(result, urllib3.exceptions.ReadTimeoutError)
     assert "read timeout=0.5" in str(result)
 
@@ -127,7 +119,7 @@ def test_urllib3_raise_sends_nothing(outbound: Any, silent_server: SilentServer)
     outbound("urllib3", "raise")
     with pytest.raises(otel_jobs.MissingTimeoutError):
         urllib3.PoolManager().request("GET", silent_server.url)
-    assert nothing_reached(silent_server)
+    assert probe.nothing_reached(silent_server)
 
 
 # --- urllib --------------------------------------------------------------------------------
@@ -137,7 +129,7 @@ def test_urllib_warn_and_fallback_to_socket_default(
     outbound: Any, http_server: HTTPServer, tmp_path: Any
 ) -> None:
     outbound("urllib")
-    site = here()
+    site = probe.here()
     assert urllib.request.urlopen(http_server.url).read() == b"ok"
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(10)
@@ -148,16 +140,16 @@ def test_urllib_warn_and_fallback_to_socket_default(
     urllib.request.build_opener().open(http_server.url, timeout=5).read()
     local = tmp_path / "f.txt"
     local.write_text("x")
-    urllib.request.urlopen(local.as_uri()).read()  # no network: never flagged
-    assert metrics().total(NO_TIMEOUT) == 1
-    assert flagged(library="urllib", call_site=site) == 1
+    urllib.request.urlopen(local.as_uri()).read()  # no network: never probe.flagged
+    assert probe.metrics().total(probe.NO_TIMEOUT) == 1
+    assert probe.flagged(library="urllib", call_site=site) == 1
 
 
 def test_urllib_enforce_turns_a_hang_into_timeout(
     outbound: Any, silent_server: SilentServer
 ) -> None:
     outbound("urllib", "enforce", default_timeout=0.5)
-    result = in_thread(lambda: urllib.request.urlopen(silent_server.url).read())
+    result = probe.in_thread(lambda: urllib.request.urlopen(silent_server.url).read())
     assert isinstance(result, TimeoutError | urllib.error.URLError)
     assert "timed out" in str(result)
 
@@ -168,7 +160,7 @@ def test_urllib_raise_sends_nothing(outbound: Any, silent_server: SilentServer) 
     with pytest.raises(otel_jobs.MissingTimeoutError) as caught:
         urllib.request.urlopen(request)
     assert caught.value.method == "PUT"
-    assert nothing_reached(silent_server)
+    assert probe.nothing_reached(silent_server)
 
 
 # --- aiohttp -------------------------------------------------------------------------------
@@ -182,13 +174,13 @@ def test_aiohttp_warn_session_without_timeout(
 
     async def main() -> None:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(sock_connect=3)) as session:
-            sites.append(here())
+            sites.append(probe.here())
             async with session.get(http_server.url) as response:
                 assert await response.text() == "ok"
 
     asyncio.run(main())
-    assert flagged(library="aiohttp", host=http_server.host, call_site=sites[0]) == 1
-    [message] = warnings_of(caplog)
+    assert probe.flagged(library="aiohttp", host=http_server.host, call_site=sites[0]) == 1
+    [message] = probe.warnings_of(caplog)
     assert "has no read timeout" in message
 
 
@@ -205,7 +197,7 @@ def test_aiohttp_with_a_timeout_is_never_flagged(outbound: Any, http_server: HTT
                 await response.read()
 
     asyncio.run(main())
-    assert metrics().find(NO_TIMEOUT) == []
+    assert probe.metrics().find(probe.NO_TIMEOUT) == []
 
 
 def test_aiohttp_enforce_turns_a_hang_into_timeout(
@@ -231,4 +223,4 @@ def test_aiohttp_raise_sends_nothing(outbound: Any, silent_server: SilentServer)
     with pytest.raises(otel_jobs.MissingTimeoutError) as caught:
         asyncio.run(main())
     assert caught.value.missing == ("connect", "read")
-    assert nothing_reached(silent_server)
+    assert probe.nothing_reached(silent_server)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpcore
@@ -14,21 +15,37 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 import otel_jobs
-from tests.outbound.conftest import (
-    NO_TIMEOUT,
-    HTTPServer,
-    SilentServer,
-    flagged,
-    here,
-    in_thread,
-    metrics,
-    nothing_reached,
-    warnings_of,
-)
+from tests.outbound import probe
+from tests.outbound.conftest import HTTPServer
+from tests.support.servers import SilentServer
 
 
 def client_spans(exporter: InMemorySpanExporter) -> list[Any]:
     return [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+
+
+@dataclass(frozen=True)
+class Warned:
+    """httpx checked under the warn policy (``outbound("httpx")`` done), and what it left."""
+
+    exporter: InMemorySpanExporter
+    caplog: pytest.LogCaptureFixture
+
+    def spans(self) -> list[Any]:
+        return client_spans(self.exporter)
+
+    def warnings(self) -> list[str]:
+        return probe.warnings_of(self.caplog)
+
+
+@pytest.fixture
+def warned(
+    outbound: Callable[..., Any],
+    span_exporter: InMemorySpanExporter,
+    caplog: pytest.LogCaptureFixture,
+) -> Warned:
+    outbound("httpx")
+    return Warned(span_exporter, caplog)
 
 
 @pytest.fixture(autouse=True)
@@ -39,53 +56,42 @@ def _httpx_spans_reset() -> Iterator[None]:
         instrumentor.uninstrument()
 
 
-def test_warn_flags_sync_call_with_the_test_line(
-    outbound: Any,
-    http_server: HTTPServer,
-    span_exporter: InMemorySpanExporter,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    outbound("httpx")
-    site = here()
+def test_warn_flags_sync_call_with_the_test_line(warned: Warned, http_server: HTTPServer) -> None:
+    site = probe.here()
     response = httpx.get(http_server.url + "/a", timeout=None)
 
     assert response.text == "ok"  # warn changes nothing
-    samples = metrics()
-    assert samples.value(NO_TIMEOUT, library="httpx", host=http_server.host, call_site=site) == 1
-    [message] = warnings_of(caplog)
+    samples = probe.metrics()
+    assert (
+        samples.value(probe.NO_TIMEOUT, library="httpx", host=http_server.host, call_site=site) == 1
+    )
+    [message] = warned.warnings()
     assert f"GET {http_server.host} via httpx has no connect/read/write/pool timeout" in message
     assert site in message
-    [span] = client_spans(span_exporter)
+    [span] = warned.spans()
     assert span.attributes["otel_jobs.timeout.missing"] == ("connect", "read", "write", "pool")
     assert span.attributes["otel_jobs.timeout.policy"] == "warn"
     assert span.attributes["otel_jobs.call_site"] == site
 
 
 def test_warn_flags_async_call_and_only_the_missing_part(
-    outbound: Any, http_server: HTTPServer, caplog: pytest.LogCaptureFixture
+    warned: Warned, http_server: HTTPServer
 ) -> None:
-    outbound("httpx")
     sites = []
 
     async def main() -> None:
         async with httpx.AsyncClient(timeout=httpx.Timeout(5, read=None)) as client:
-            sites.append(here())
+            sites.append(probe.here())
             response = await client.get(http_server.url)
             assert response.text == "ok"
 
     asyncio.run(main())
-    assert flagged(library="httpx", call_site=sites[0]) == 1
-    [message] = warnings_of(caplog)
+    assert probe.flagged(library="httpx", call_site=sites[0]) == 1
+    [message] = warned.warnings()
     assert "has no read timeout" in message
 
 
-def test_call_with_a_timeout_is_never_flagged(
-    outbound: Any,
-    http_server: HTTPServer,
-    span_exporter: InMemorySpanExporter,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    outbound("httpx")
+def test_call_with_a_timeout_is_never_flagged(warned: Warned, http_server: HTTPServer) -> None:
     httpx.get(http_server.url)  # httpx's default: 5 s each
     with httpx.Client(timeout=2) as client:
         client.get(http_server.url)
@@ -96,18 +102,18 @@ def test_call_with_a_timeout_is_never_flagged(
 
     asyncio.run(main())
     assert len(http_server.requests) == 3
-    assert metrics().find(NO_TIMEOUT) == []
-    assert warnings_of(caplog) == []
-    assert all("otel_jobs.timeout.missing" not in s.attributes for s in client_spans(span_exporter))
+    assert probe.metrics().find(probe.NO_TIMEOUT) == []
+    assert warned.warnings() == []
+    assert all("otel_jobs.timeout.missing" not in s.attributes for s in warned.spans())
 
 
 def test_enforce_turns_a_hang_into_httpx_timeout(
     outbound: Any, silent_server: SilentServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     outbound("httpx", "enforce", default_timeout=0.5)
-    result = in_thread(lambda: httpx.get(silent_server.url, timeout=None))
+    result = probe.in_thread(lambda: httpx.get(silent_server.url, timeout=None))
     assert isinstance(result, httpx.ReadTimeout)
-    [message] = warnings_of(caplog)
+    [message] = probe.warnings_of(caplog)
     assert "otel-jobs applied 0.5 s to the missing parts" in message
 
 
@@ -135,12 +141,12 @@ def test_raise_sends_nothing(outbound: Any, silent_server: SilentServer, kind: s
     sites = []
 
     def sync_call() -> Any:
-        sites.append(here())
+        sites.append(probe.here())
         return httpx.get(silent_server.url + "/x", timeout=None)
 
     async def async_call() -> Any:
         async with httpx.AsyncClient(timeout=None) as client:
-            sites.append(here())
+            sites.append(probe.here())
             return await client.get(silent_server.url + "/x")
 
     with pytest.raises(otel_jobs.MissingTimeoutError) as caught:
@@ -152,8 +158,8 @@ def test_raise_sends_nothing(outbound: Any, silent_server: SilentServer, kind: s
     assert isinstance(error, otel_jobs.JobTimeoutError)
     assert (error.library, error.host, error.call_site) == ("httpx", silent_server.host, sites[0])
     assert "httpx" in str(error) and silent_server.host in str(error) and sites[0] in str(error)
-    assert nothing_reached(silent_server)
-    assert flagged(library="httpx", call_site=sites[0]) == 1
+    assert probe.nothing_reached(silent_server)
+    assert probe.flagged(library="httpx", call_site=sites[0]) == 1
 
 
 # --- living with the user's own opentelemetry-instrumentation-httpx ------------------------
@@ -173,11 +179,10 @@ def test_otel_jobs_instruments_httpx_spans_when_nobody_did(
 
 
 def test_otel_jobs_spans_keep_the_url_without_its_secrets_as_contrib_writes_it(
-    outbound: Any, http_server: HTTPServer, span_exporter: InMemorySpanExporter
+    warned: Warned, http_server: HTTPServer
 ) -> None:
-    outbound("httpx")
     httpx.get(f"http://alice:hunter2@{http_server.host}/v1/a%20b?token=s3cr3t#top", timeout=5)
-    [span] = client_spans(span_exporter)
+    [span] = warned.spans()
     [url] = [span.attributes[k] for k in ("url.full", "http.url") if k in span.attributes]
     # contrib's own value is str(httpx.URL): the path stays percent-encoded
     assert url == f"http://{http_server.host}/v1/a%20b"
@@ -219,13 +224,12 @@ def test_user_instrumenting_later_replaces_otel_jobs_spans(
 
 
 def test_user_instrumenting_one_client_gets_one_span_per_call(
-    outbound: Any, http_server: HTTPServer, span_exporter: InMemorySpanExporter
+    warned: Warned, http_server: HTTPServer
 ) -> None:
-    outbound("httpx")
     with httpx.Client(timeout=None) as client:
         HTTPXClientInstrumentor.instrument_client(client)
         client.get(http_server.url)
-    [span] = client_spans(span_exporter)
+    [span] = warned.spans()
     assert span.attributes["otel_jobs.timeout.policy"] == "warn"
 
 

@@ -20,7 +20,7 @@ import redis.asyncio.lock
 import redis.lock
 
 import otel_jobs
-from tests.outbound.conftest import NO_TIMEOUT, flagged, here, in_thread, metrics, warnings_of
+from tests.outbound.probe import NO_TIMEOUT, flagged, here, in_thread, metrics, warnings_of
 from tests.support import require_redis
 from tests.support.waiting import wait_for
 
