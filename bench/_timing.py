@@ -1,11 +1,17 @@
-"""Timing helpers shared by the benchmarks: interleaved repetitions, medians, result rows."""
+"""Timing helpers shared by the benchmarks: interleaved repetitions, medians, result rows, and
+a benchmark measured in a process of its own (:func:`measured_apart`, :func:`main`)."""
 
 from __future__ import annotations
 
+import argparse
 import gc
+import json
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -82,3 +88,46 @@ def row(
 
 def us(seconds: float) -> float:
     return seconds * 1e6
+
+
+def measured_apart(
+    module: str, flag: str, reps: int, number: int, env: dict[str, str], timeout: float
+) -> Any:
+    """The JSON that ``python -m <module> --<flag> REPS NUMBER`` prints last: the measured part of
+    a benchmark run in a fresh process of its own (from the repository's root, with ``env``)."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, f"--{flag}", str(reps), str(number)],
+        cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"{module} --{flag} (the measured process) failed: {done.stderr[-3000:]}"
+        )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(
+    doc: str | None,
+    run: Callable[..., list[dict[str, Any]]],
+    quick_help: str,
+    flag: str,
+    measured: Callable[[int, int], Any],
+) -> None:
+    """A benchmark module run on its own: its table (``--quick``: ``run(quick=True)``), or with
+    the hidden ``--<flag> REPS NUMBER`` the JSON of ``measured(reps, number)`` (what
+    :func:`measured_apart` starts)."""
+    try:
+        from bench.run import table
+    except ImportError:  # run as a script from bench/
+        from run import table  # type: ignore[no-redef]
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument(f"--{flag}", nargs=2, type=int, metavar=("REPS", "NUMBER"),
+                        dest="measured", help=argparse.SUPPRESS)  # fmt: skip
+    args = parser.parse_args()
+    if args.measured:
+        print(json.dumps(measured(*args.measured)))
+    else:
+        print(table(run(quick=args.quick)))

@@ -40,7 +40,6 @@ costs of about 50 us apart.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -55,9 +54,9 @@ from typing import Any
 from celery import Celery
 
 try:
-    from bench._timing import row
+    from bench._timing import main, measured_apart, row
 except ImportError:  # run as a script from bench/
-    from _timing import row  # type: ignore[no-redef]
+    from _timing import main, measured_apart, row  # type: ignore[no-redef]
 
 BROKER = os.environ.get("OTEL_JOBS_BENCH_REDIS", "redis://127.0.0.1:6379/11")
 ROOT = Path(__file__).resolve().parents[1]
@@ -247,14 +246,14 @@ def _trace_task(reps: int, number: int) -> dict[str, list[float]]:
 
 def _trace_task_rows(quick: bool) -> list[dict[str, Any]]:
     reps, number = (3, 200) if quick else (15, 2000)
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.bench_celery", "--trace-task", str(reps), str(number)],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-        timeout=900,
-    )  # fmt: skip
-    if done.returncode != 0:
-        raise RuntimeError(f"the in-process Celery measurement failed: {done.stderr[-3000:]}")
-    per_mode = json.loads(done.stdout.strip().splitlines()[-1])
+    per_mode = measured_apart(
+        "bench.bench_celery",
+        "trace-task",
+        reps,
+        number,
+        {**os.environ, "PYTHONPATH": str(ROOT)},
+        900,
+    )
     base = per_mode["none"]
     extra = {
         mode: statistics.median(m - b for m, b in zip(per_mode[mode], base, strict=True))
@@ -312,17 +311,4 @@ def _prefork_rows(tasks: int, reps: int) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    try:
-        from bench.run import table
-    except ImportError:  # run as a script from bench/
-        from run import table  # type: ignore[no-redef]
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="fewer tasks, one round")
-    parser.add_argument("--trace-task", nargs=2, type=int, metavar=("REPS", "NUMBER"),
-                        help=argparse.SUPPRESS)  # fmt: skip
-    args = parser.parse_args()
-    if args.trace_task:
-        print(json.dumps(_trace_task(*args.trace_task)))
-    else:
-        print(table(run(quick=args.quick)))
+    main(__doc__, run, "fewer tasks, one round", "trace-task", _trace_task)

@@ -30,19 +30,16 @@ the GIL at moments that fall in one round or the other: the wall-time ratio swin
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 try:
-    from bench._timing import interleaved, ratio, row, us
+    from bench._timing import interleaved, main, measured_apart, ratio, row, us
 except ImportError:  # run as a script from bench/
-    from _timing import interleaved, ratio, row, us  # type: ignore[no-redef]
+    from _timing import interleaved, main, measured_apart, ratio, row, us  # type: ignore[no-redef]
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 1.10
@@ -175,13 +172,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             # Room for every span of a round on both sides: a dropped span costs less.
             OTEL_BSP_MAX_QUEUE_SIZE=str(4 * number),
         )
-        done = subprocess.run(
-            [sys.executable, "-m", "bench.bench_otlp", "--subject", str(reps), str(number)],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800,
-        )  # fmt: skip
-        if done.returncode != 0:
-            raise RuntimeError(f"the measured process failed: {done.stderr[-3000:]}")
-        found = json.loads(done.stdout.strip().splitlines()[-1])
+        found = measured_apart("bench.bench_otlp", "subject", reps, number, env, 1800)
         received = receiver.spans_received
     finally:
         receiver.close()
@@ -202,17 +193,4 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    try:
-        from bench.run import table
-    except ImportError:  # run as a script from bench/
-        from run import table  # type: ignore[no-redef]
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="3 rounds of 200 runs")
-    parser.add_argument("--subject", nargs=2, type=int, metavar=("REPS", "NUMBER"),
-                        help=argparse.SUPPRESS)  # fmt: skip
-    args = parser.parse_args()
-    if args.subject:
-        print(json.dumps(_subject(*args.subject)))
-    else:
-        print(table(run(quick=args.quick)))
+    main(__doc__, run, "3 rounds of 200 runs", "subject", _subject)
