@@ -20,6 +20,7 @@ from opentelemetry import trace
 
 import otel_jobs
 from tests.integrations.counts import MIX_FINISHED, MIX_STARTED, QueueCounts
+from tests.integrations.dramatiq_app import APP
 from tests.integrations.workers import GroupWorker, purge_dramatiq, start
 from tests.support import Samples, free_port, require_rabbitmq, require_redis, scrape
 
@@ -34,88 +35,6 @@ pytestmark = pytest.mark.broker
 REDIS_URL = "redis://127.0.0.1:6379/12"
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672"
 ROOT = Path(__file__).resolve().parents[2]
-
-# The worker's module: what the dramatiq CLI imports in each worker process.
-APP = textwrap.dedent(
-    """
-    import asyncio
-    import os
-    import threading
-    import time
-
-    import dramatiq
-    from dramatiq.middleware.asyncio import AsyncIO
-
-    from tests.integrations.job_bodies import fail_first_attempt
-
-    if os.environ["DQ_BROKER"].startswith("redis"):
-        from dramatiq.brokers.redis import RedisBroker
-
-        broker = RedisBroker(url=os.environ["DQ_BROKER"])
-    else:
-        from dramatiq.brokers.rabbitmq import RabbitmqBroker
-
-        broker = RabbitmqBroker(url=os.environ["DQ_BROKER"])
-    broker.add_middleware(AsyncIO())
-    dramatiq.set_broker(broker)
-    if os.environ.get("DQ_INSTRUMENT") == "1":  # instrument() in the module, not in a launcher
-        import otel_jobs
-
-        otel_jobs.instrument(prometheus_port=int(os.environ["DQ_PORT"]), frameworks=["dramatiq"])
-    QUEUE = os.environ["DQ_QUEUE"]
-    STATE = os.environ["DQ_STATE"]
-
-
-    @dramatiq.actor(queue_name=QUEUE, max_retries=0)
-    def ok(i):
-        return None
-
-
-    @dramatiq.actor(queue_name=QUEUE, max_retries=0)
-    def later():
-        return None
-
-
-    @dramatiq.actor(queue_name=QUEUE, max_retries=0)
-    def boom(i):
-        raise RuntimeError("boom")
-
-
-    @dramatiq.actor(queue_name=QUEUE, max_retries=3, min_backoff=100, max_backoff=300)
-    def flaky(key):
-        fail_first_attempt(STATE, key)
-
-
-    @dramatiq.actor(queue_name=QUEUE, max_retries=0, time_limit=1000)
-    def slow():
-        for _ in range(1200):  # short sleeps: Dramatiq's time limit is an async exception
-            time.sleep(0.05)
-
-
-    @dramatiq.actor(queue_name=QUEUE, max_retries=0)
-    def hang():
-        threading.Event().wait()  # never returns, never heartbeats
-
-
-    @dramatiq.actor(queue_name=QUEUE, max_retries=0)
-    async def hang_async():
-        await asyncio.Event().wait()  # never returns, never heartbeats
-
-
-    @dramatiq.actor(queue_name=QUEUE, max_retries=0)
-    async def cancel_async():
-        await asyncio.Event().wait()  # hung; its policy is cancel
-
-
-    @dramatiq.actor(queue_name=QUEUE, max_retries=0)
-    async def beat_async():
-        import otel_jobs
-
-        for i in range(30):  # 3 s, heartbeating well within its 1 s timeout
-            otel_jobs.heartbeat(progress=i / 30)
-            await asyncio.sleep(0.1)
-    """
-)
 
 # The launcher a user writes to pass options in code (documented in the module docstring).
 LAUNCHER = textwrap.dedent(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import pytest
 
 from otel_jobs.monitor.dramatiq import collector_for_broker, message_due
+from tests.integrations.dramatiq_app import APP
 from tests.support.processes import AppWorker
 
 from .conftest import RABBITMQ_URL
@@ -25,41 +25,6 @@ pytestmark = pytest.mark.broker
 
 REDIS_DB = 3
 
-APP = textwrap.dedent(
-    """
-    import os
-    import time
-
-    import dramatiq
-
-    if os.environ["MON_BROKER"].startswith("redis"):
-        from dramatiq.brokers.redis import RedisBroker
-
-        broker = RedisBroker(url=os.environ["MON_BROKER"])
-    else:
-        from dramatiq.brokers.rabbitmq import RabbitmqBroker
-
-        broker = RabbitmqBroker(url=os.environ["MON_BROKER"])
-    dramatiq.set_broker(broker)
-    QUEUE = os.environ["MON_QUEUE"]
-
-
-    @dramatiq.actor(queue_name=QUEUE, max_retries=0)
-    def ok(i):
-        return None
-
-
-    @dramatiq.actor(queue_name=QUEUE, max_retries=0)
-    def boom():
-        raise RuntimeError("boom")
-
-
-    @dramatiq.actor(queue_name=QUEUE, max_retries=0, time_limit=3_600_000)
-    def sleep(seconds):
-        time.sleep(seconds)
-    """
-)
-
 
 def message(queue: str, actor: str, *args: Any) -> Any:
     return dramatiq.Message(queue_name=queue, actor_name=actor, args=args, kwargs={}, options={})
@@ -72,7 +37,7 @@ class Worker(AppWorker):
             ("mon_dramatiq_app", APP),
             [sys.executable, "-m", "dramatiq", "mon_dramatiq_app", "--processes", "1",
              "--threads", "2", "--queues", queue],
-            {"MON_BROKER": broker_url, "MON_QUEUE": queue},
+            {"DQ_BROKER": broker_url, "DQ_QUEUE": queue},
             "dramatiq-worker.log",
         )  # fmt: skip
 
