@@ -2,7 +2,8 @@
 
 The example tests of Dramatiq, Huey and arq run a worker whose stuck job must show as stalled on
 its ``/metrics`` after three healthy reports: :func:`example_running` starts the worker and
-enqueues, :func:`wait_for_reports_and_stall` waits for that picture.
+enqueues (:func:`forked_example`: one with forked worker processes, on its own Redis DB and
+queue), :func:`wait_for_reports_and_stall` waits for that picture.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.support import Samples, free_port, scrape
-from tests.support.processes import start, worker_env
+from tests.support import Samples, free_port, require_redis, scrape
+from tests.support.processes import kill_group, start, worker_env
 from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).parents[2]
@@ -60,6 +61,36 @@ def example_running(
         yield Example(url, log)
     finally:
         stop(worker)
+
+
+@contextmanager
+def forked_example(
+    name: str,
+    argv: Sequence[str],
+    tmp_path: Path,
+    redis_url: str,
+    queue: str,
+    purge: Callable[[str, str], None],
+    **env: str,
+) -> Iterator[Example]:
+    """:func:`example_running` for an example whose worker forks processes: in a session of its
+    own, killed with its group at the end (the stuck job never returns), its multiprocess files
+    and log in ``tmp_path``, on the Redis at ``redis_url``; ``purge(redis_url, queue)`` after."""
+    require_redis()
+    try:
+        with example_running(
+            name,
+            argv,
+            tmp_path / "worker.log",
+            kill_group,
+            new_session=True,
+            OTEL_JOBS_MULTIPROCESS_DIR=str(tmp_path / "mp"),
+            REDIS_URL=redis_url,
+            **env,
+        ) as example:
+            yield example
+    finally:
+        purge(redis_url, queue)
 
 
 def wait_for_reports_and_stall(

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integrations.examples import example_running, wait_for_reports_and_stall
-from tests.integrations.workers import kill_group, purge_dramatiq, wait_for
-from tests.support import require_redis
+from tests.integrations.examples import forked_example, wait_for_reports_and_stall
+from tests.integrations.workers import purge_dramatiq, wait_for
 
 pytest.importorskip("dramatiq")
 
@@ -21,31 +20,21 @@ REDIS_URL = "redis://127.0.0.1:6379/12"
 
 
 def test_the_example_shows_its_stuck_actor(tmp_path: Path) -> None:
-    require_redis()
     queue = f"otel-jobs-test-dq-example-{uuid.uuid4().hex[:8]}"
-    log = tmp_path / "worker.log"
-    try:
-        with example_running(
-            "dramatiq",
-            [sys.executable, "run_worker.py", "tasks", "--processes", "2", "--threads", "2"],
-            log,
-            kill_group,  # the stuck actor never returns
-            new_session=True,
-            OTEL_JOBS_MULTIPROCESS_DIR=str(tmp_path / "mp"),
-            REDIS_URL=REDIS_URL,
-            DRAMATIQ_QUEUE=queue,
-        ) as example:
-            stuck = {"job_name": "wait_for_approval", "queue": queue}
-            healthy = {"job_name": "send_report", "queue": queue}
-            s = wait_for_reports_and_stall(example, healthy, stuck)
-            assert s.value("otel_jobs_runs_started_total", **healthy) == 3
-            assert s.value("otel_jobs_runs_in_progress", **stuck) == 1
-            assert s.value("otel_jobs_stalls_detected_total", reason="no_heartbeat", **stuck) == 1
-            assert s.value("otel_jobs_run_max_duration_seconds", **stuck) == 30
-            assert s.value("otel_jobs_run_max_duration_seconds", **healthy) == 600
-            wait_for("the diagnosis in the log", lambda: "stalled" in log.read_text(), log=log)
-            logged = log.read_text()
-            assert "of wait_for_approval" in logged and "in wait_for_approval" in logged
-            assert "BLPOP" in logged  # the outbound call without a timeout it is stuck in
-    finally:
-        purge_dramatiq(REDIS_URL, queue)
+    argv = [sys.executable, "run_worker.py", "tasks", "--processes", "2", "--threads", "2"]
+    with forked_example(
+        "dramatiq", argv, tmp_path, REDIS_URL, queue, purge_dramatiq, DRAMATIQ_QUEUE=queue
+    ) as example:
+        stuck = {"job_name": "wait_for_approval", "queue": queue}
+        healthy = {"job_name": "send_report", "queue": queue}
+        s = wait_for_reports_and_stall(example, healthy, stuck)
+        assert s.value("otel_jobs_runs_started_total", **healthy) == 3
+        assert s.value("otel_jobs_runs_in_progress", **stuck) == 1
+        assert s.value("otel_jobs_stalls_detected_total", reason="no_heartbeat", **stuck) == 1
+        assert s.value("otel_jobs_run_max_duration_seconds", **stuck) == 30
+        assert s.value("otel_jobs_run_max_duration_seconds", **healthy) == 600
+        log = example.log
+        wait_for("the diagnosis in the log", lambda: "stalled" in log.read_text(), log=log)
+        logged = log.read_text()
+        assert "of wait_for_approval" in logged and "in wait_for_approval" in logged
+        assert "BLPOP" in logged  # the outbound call without a timeout it is stuck in
