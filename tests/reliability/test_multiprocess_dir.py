@@ -141,10 +141,18 @@ def test_a_file_larger_than_the_cap_is_skipped_not_read_at_every_scrape(
     Path(agent.share.directory, f"{live_pids[1]}.json").write_text(
         _snapshot(live_pids[1], "mail.send", 5)
     )
-    before = _bad_files()
+    before, read_before = _bad_files(), _bytes_read()
     for _ in range(3):
         assert _scrape(agent).value("otel_jobs_runs_started_total", job_name="mail.send") == 5
     assert _bad_files() == before + 1
+    # Refused by its size, not read (not even once) and then refused for its content.
+    assert _bytes_read() - read_before < size // 4
+
+
+def _bytes_read() -> int:
+    """Bytes this process has read through read() and the like (Linux: /proc/self/io rchar)."""
+    with open("/proc/self/io") as io:
+        return next(int(line.split()[1]) for line in io if line.startswith("rchar:"))
 
 
 @pytest.mark.parametrize(
