@@ -12,9 +12,10 @@ Invariants and choices:
 
 * Restarts and several workers: the last success is the maximum across instances over
   ``--no-success-window`` (a restarted worker has no series before its first success); a job
-  whose ``expected_every`` has been declared for the whole window and that did not succeed in it
-  alerts too, so a job failing since before a restart does not fall silent once its old series
-  leave the window.
+  whose ``expected_every`` has been declared, or that a schedule entry has sent, for the whole
+  window and that did not succeed in it alerts too, so a job failing since before a restart does
+  not fall silent once its old series leave the window. A job that only a schedule entry
+  declares then alerts by its job name alone: no current series tells its queue.
 * A job's threshold is its ``expected_every``; for a job that declares none, the interval of the
   schedule entries that send it (the scheduler's ``otel_jobs_schedule_interval_seconds``).
 * A frozen scheduler cannot be scraped: its entries' last values (``last_over_time``) stand in for
@@ -134,6 +135,7 @@ def alerts(s: RulesConfig) -> list[Alert]:
 
     last_success = f"max by ({job_queue}) (max_over_time({sel(s, LAST)}[{window}]))"
     declared = f"max by ({job_queue}) ({sel(s, EVERY)} < +Inf)"
+    scheduled = f"max by ({job}) ({sel(s, INTERVAL)})"
     return [
         Alert(
             "OtelJobsScheduledRunLate",
@@ -155,9 +157,17 @@ def alerts(s: RulesConfig) -> list[Alert]:
             # window, or there was none): at least the window.
             f"or\n(\n  {declared}\n  and on ({job_queue})\n"
             f"  max by ({job_queue}) ({sel(s, EVERY)} offset {window})\n"
-            f"  unless on ({job_queue})\n  {last_success}\n) * 0 + {_seconds(window)}",
+            f"  unless on ({job_queue})\n  {last_success}\n) * 0 + {_seconds(window)}\n"
+            # Sent by a schedule entry for the whole window, no expected_every declared now (the
+            # branch above) and no success in it on any queue: by the job name alone.
+            f"or\n(\n  {scheduled}\n  and on ({job})\n"
+            f"  max by ({job}) ({sel(s, INTERVAL)} offset {window})\n"
+            f"  unless on ({job})\n  max by ({job}) ({sel(s, EVERY)} < +Inf)\n"
+            f"  unless on ({job})\n  max by ({job}) (max_over_time({sel(s, LAST)}[{window}]))\n"
+            f") * 0 + {_seconds(window)}",
             "A job has not succeeded for longer than it should.",
-            "{{ $labels.job_name }} on queue {{ $labels.queue }} last succeeded "
+            "{{ $labels.job_name }}{{ if $labels.queue }} on queue {{ $labels.queue }}{{ end }} "
+            "last succeeded "
             "{{ $value | humanizeDuration }} ago (across all its workers and the Pushgateway), "
             "longer than how often it must succeed plus "
             f"{no_success_grace} s: its runs fail, are not sent, or no worker takes them.",
