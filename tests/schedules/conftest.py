@@ -6,6 +6,7 @@ temporary directory, and stopped when the test ends.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from tests.support.prometheus import Prometheus, ready, require_binary
 from tests.support.prometheus import start_prometheus as launch_prometheus
 from tests.support.waiting import wait_for
 
-__all__ = ["Prometheus", "stop", "wait_for"]
+__all__ = ["Prometheus", "running_pushgateway", "stop", "wait_for"]
 
 stop = terminate  # the name the schedules tests import
 
@@ -27,9 +28,15 @@ stop = terminate  # the name the schedules tests import
 @pytest.fixture
 def pushgateway(tmp_path: Path) -> Iterator[str]:
     """The base URL of a real Pushgateway on a free port."""
+    with running_pushgateway(tmp_path, free_port()) as base:
+        yield base
+
+
+@contextlib.contextmanager
+def running_pushgateway(tmp_path: Path, port: int) -> Iterator[str]:
+    """A real Pushgateway on ``port`` of 127.0.0.1 while the block runs; its base URL."""
     binary = require_binary("prometheus-pushgateway")
-    port = free_port()
-    log = (tmp_path / "pushgateway.log").open("wb")
+    log = (tmp_path / f"pushgateway-{port}.log").open("wb")
     proc = subprocess.Popen(
         [binary, f"--web.listen-address=127.0.0.1:{port}"],
         stdout=log,

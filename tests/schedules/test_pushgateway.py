@@ -20,10 +20,10 @@ import pytest
 
 import otel_jobs
 from tests.otlp_receiver import unused_port
-from tests.support import Samples, scrape_text
+from tests.support import Samples, agent_metrics, scrape_text
 from tests.support.servers import SilentServer
 
-from .conftest import Prometheus, wait_for
+from .conftest import Prometheus, running_pushgateway, wait_for
 
 pytestmark = pytest.mark.prometheus
 
@@ -202,3 +202,34 @@ def test_bad_pushgateway_settings_are_configuration_errors(bad: str) -> None:
 
         config.load(environ={"OTEL_JOBS_PUSHGATEWAY_TIMEOUT": "0"})
     assert not otel_jobs.is_instrumented()
+
+
+@pytest.mark.internal_errors("pushgateway")
+def test_failed_pushes_are_counted_and_the_count_reaches_the_gateway_once_it_answers(
+    instrumented: Any, tmp_path: Path
+) -> None:
+    port = unused_port()
+    agent = instrumented(pushgateway_url=f"http://127.0.0.1:{port}", pushgateway_timeout=5)
+    with otel_jobs.job_run("down.job", queue="q"):
+        pass  # the job ends as usual: its push fails in the background
+    failed = wait_for(
+        "the failed push to be counted",
+        lambda: agent_metrics().find("otel_jobs_internal_errors_total", component="pushgateway"),
+    )
+    assert failed[0] >= 1
+    assert agent.pusher.pushes == 0
+    # The gateway comes up: the next run's push carries the failures counted before it.
+    with running_pushgateway(tmp_path, port) as base:
+        with otel_jobs.job_run("down.job", queue="q"):
+            pass
+        group = {"job": "down.job", "instance": socket.gethostname()}
+        m = wait_for(
+            "the push to reach the gateway",
+            lambda: (s := gateway_samples(base)).find(
+                "otel_jobs_runs_finished_total", job_name="down.job", outcome="success", **group
+            ) and s,
+        )  # fmt: skip
+        assert m.value("otel_jobs_runs_finished_total", outcome="success", **group) == 2
+        assert m.value(
+            "otel_jobs_internal_errors_total", component="pushgateway", **group
+        ) >= failed[0]  # fmt: skip
