@@ -10,20 +10,29 @@ shared Redis is never touched) is loaded, for each framework in turn, with 100 q
 * **arq**: each queue's sorted set of job ids scored by their enqueue time (ms);
 * **Celery** (kombu's Redis transport): each queue's list, whose oldest entry (index -1) is a
   real kombu message with otel-jobs' publish stamp; the others are short placeholders, since a
-  poll reads only that one.
+  poll reads only that one;
+* **Dramatiq** (``RedisBroker``): each queue's list of message ids and, in its ``.msgs`` hash,
+  the real encoded message of its head (the others' bodies are left out: a poll counts the
+  hash, ``HLEN``, and reads the head's body only);
+* **Huey** (``RedisHuey``): one queue per Huey instance, so 100 instances, each a collector of
+  its own polled in its own thread as the monitor does (``Monitor.poll``); each list's oldest
+  entry is a real task serialized by Huey with a due time, the others placeholders.
 
-For each, the collector's ``poll()`` is timed (median of several, after one warm-up poll) and
-its peak allocation measured with ``tracemalloc`` (what a poll costs in memory, not the
-interpreter's). Then a real ``python -m otel_jobs monitor`` process watches the RQ queues
-with ``--interval 15`` for 60 s: its CPU time over that window (the sum of its threads' run
-time from ``/proc/<pid>/task/*/schedstat``, in nanoseconds) as a share of one core, and its
-resident memory at the end. Quick mode: 100 queues of 100 jobs, 1 s interval, 3 s window.
+For each, one poll is timed (median of several, after one warm-up poll) and its peak allocation
+measured with ``tracemalloc`` (what a poll costs in memory, not the interpreter's). Then two real
+``python -m otel_jobs monitor`` processes at once (two monitors on one broker, for availability)
+watch the RQ queues with ``--interval 15`` for 60 s, each scraped every 15 s as a Prometheus
+would: the CPU time of each over that window (the sum of its threads' run time from
+``/proc/<pid>/task/*/schedstat``, in nanoseconds) as a share of one core, its resident memory at
+the end, and whether the two serve the same figures (every depth equal, every oldest age from
+the same due time). Quick mode: 100 queues of 100 jobs, 1 s interval, 3 s window.
 
 ``python -m bench --only monitor`` (needs Debian's ``redis-server``).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
@@ -100,6 +109,22 @@ def _load(url: str, per_queue: int, fill: Callable[[Any, int, int], None]) -> No
     client.close()
 
 
+def _lists(
+    key: Callable[[int], str], head: bytes | str, per_queue: int
+) -> Callable[[Any, int, int], None]:
+    """The ``fill`` of lists published with ``LPUSH`` and consumed from the right (kombu, Huey):
+    ``head`` is each list's oldest entry (index -1), the others short placeholders."""
+
+    def fill(pipe: Any, q: int, start: int) -> None:
+        if start == 0:
+            pipe.lpush(key(q), head)
+        count = min(start + 10_000, per_queue) - max(start, 1)
+        if count > 0:
+            pipe.lpush(key(q), *[b"x"] * count)
+
+    return fill
+
+
 def _rq(url: str, per_queue: int) -> Any:
     from rq.job import Job
     from rq.queue import Queue
@@ -151,24 +176,76 @@ def _celery(url: str, per_queue: int) -> Any:
         }
     )  # fmt: skip
 
-    def fill(pipe: Any, q: int, start: int) -> None:
-        key = f"bench-celery-{q:03d}"
-        if start == 0:
-            pipe.lpush(key, message)  # the oldest, at index -1
-        count = min(start + 10_000, per_queue) - max(start, 1)
-        if count > 0:
-            pipe.lpush(key, *[b"x"] * count)
-
-    _load(url, per_queue, fill)
+    _load(url, per_queue, _lists(lambda q: f"bench-celery-{q:03d}", message, per_queue))
     app = Celery("bench", broker=url)
     return collector_for_app(app, queues=[f"bench-celery-{q:03d}" for q in range(QUEUES)])
 
 
-def _poll_figures(collector: Any, polls: int) -> tuple[list[float], float, int]:
+def _dramatiq(url: str, per_queue: int) -> Any:
+    import dramatiq
+    from dramatiq.brokers.redis import RedisBroker
+
+    from otel_jobs.monitor.dramatiq import collector_for_broker
+
+    def fill(pipe: Any, q: int, start: int) -> None:
+        name = f"bench-dq-{q:03d}"
+        ids = [f"{q:03d}-{i:07d}" for i in range(start, min(start + 10_000, per_queue))]
+        pipe.rpush(f"dramatiq:{name}", *ids)
+        if start == 0:  # the head's body, published a minute ago
+            head: Any = dramatiq.Message(
+                queue_name=name, actor_name="bench", args=(), kwargs={}, options={},
+                message_id=ids[0], message_timestamp=int((time.time() - 60) * 1000),
+            )  # fmt: skip
+            pipe.hset(f"dramatiq:{name}.msgs", ids[0], head.encode())
+
+    _load(url, per_queue, fill)
+    broker = RedisBroker(url=url)
+    try:
+        return collector_for_broker(broker, queues=[f"bench-dq-{q:03d}" for q in range(QUEUES)])
+    finally:
+        broker.close()  # the collector has a client of its own
+
+
+class _HueyInstances:
+    """100 ``RedisHuey`` instances, one queue each, read as the monitor reads them: one
+    collector per instance, all polled at once by :class:`~otel_jobs.monitor.Monitor`."""
+
+    def __init__(self, url: str, per_queue: int) -> None:
+        from huey import RedisHuey
+
+        from otel_jobs.monitor import Monitor
+        from otel_jobs.monitor.huey import HueyCollector
+
+        instances = [RedisHuey(f"bench-huey-{q:03d}", url=url) for q in range(QUEUES)]
+        task = instances[0].task()(_huey_job).s()
+        task.eta = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=1)
+        head = instances[0].serialize_task(task)
+
+        _load(url, per_queue, _lists(lambda q: instances[q].storage.queue_key, head, per_queue))
+        self.monitor = Monitor([HueyCollector(h) for h in instances], interval=3600, timeout=5)
+
+    def poll(self) -> list[Any]:
+        self.monitor.poll()
+        outcomes = self.monitor.outcomes()
+        down = [o.reason for _, o in outcomes if not o.up]
+        if down or len(outcomes) != QUEUES:
+            raise RuntimeError(f"Huey: {len(down)} collectors down ({down[:1]})")
+        return [reading for _, o in outcomes for reading in o.readings]
+
+    def close(self) -> None:
+        self.monitor.close()
+
+
+def _huey_job() -> None:
+    """The task whose serialized message heads every Huey queue."""
+
+
+def _poll_figures(collector: Any, polls: int) -> tuple[list[float], float, int, int]:
     """Durations (s) of ``polls`` polls after a warm-up one, the peak allocation (bytes) of one
-    poll, and the jobs it counted waiting."""
+    poll, the jobs it counted waiting and the queues it found an oldest age for."""
     readings = collector.poll()
     waiting = sum(r.depths.get("waiting", 0) for r in readings)
+    aged = sum(1 for r in readings if r.oldest_due is not None)
     durations = []
     for _ in range(polls):
         start = time.perf_counter()
@@ -180,7 +257,7 @@ def _poll_figures(collector: Any, polls: int) -> tuple[list[float], float, int]:
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    return durations, float(peak), waiting
+    return durations, float(peak), waiting, aged
 
 
 def _cpu_ns(pid: int) -> int:
@@ -200,37 +277,115 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def _process_figures(url: str, interval: float, window: float) -> tuple[float, float, int]:
-    """CPU share of one core and RSS (MB) of a real monitor process over ``window`` seconds."""
-    port = _free_port()
+def _scrape(port: int) -> tuple[str, float, float]:
+    """The monitor's ``/metrics`` text, and the Unix times just before and after reading it."""
+    before = time.time()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return text, before, time.time()
+
+
+def _figures(scraped: tuple[str, float, float]) -> tuple[dict[tuple[str, ...], float], dict]:
+    """The depths of a scrape, and for each queue the interval its oldest job's due time lies
+    in (the age was computed between the two clock readings around the scrape)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text, before, after = scraped
+    depths: dict[tuple[str, ...], float] = {}
+    due: dict[str, tuple[float, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "otel_jobs_queue_depth":
+                depths[(s.labels["queue"], s.labels["state"])] = s.value
+            elif s.name == "otel_jobs_queue_oldest_waiting_age_seconds":
+                due[s.labels["queue"]] = (before - s.value, after - s.value)
+    return depths, due
+
+
+def _read_alike(ports: list[int]) -> int:
+    """The queues the monitors on ``ports`` read alike (every depth equal, the oldest ages from
+    the same due time); ``RuntimeError`` if any differs."""
+    (d1, a1), (d2, a2) = (_figures(_scrape(port)) for port in ports)
+    if d1 != d2 or a1.keys() != a2.keys():
+        raise RuntimeError("two monitors on one broker served different depths")
+    for queue, (lo1, hi1) in a1.items():
+        lo2, hi2 = a2[queue]
+        if lo1 > hi2 + 1e-3 or lo2 > hi1 + 1e-3:
+            raise RuntimeError(f"two monitors differ on the oldest job of {queue}")
+    return len({queue for queue, _ in d1})
+
+
+def _process_figures(url: str, interval: float, window: float) -> dict[str, Any]:
+    """Two monitor processes on the RQ queues at once, each scraped every ``interval`` for
+    ``window`` seconds: the CPU share of one core and RSS (MB) of each, and the queues they
+    read alike."""
+    ports = [_free_port(), _free_port()]
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "otel_jobs", "monitor", "--rq-redis-url", url, "--port", str(port),
-         "--interval", str(interval)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env,
-    )  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "otel_jobs",
+                "monitor",
+                "--rq-redis-url",
+                url,
+                "--port",
+                str(port),
+                "--interval",
+                str(interval),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )  # fmt: skip
+        for port in ports
+    ]
     try:
         deadline = time.monotonic() + 120
-        while True:  # until its first poll is on /metrics: start-up is not the steady state
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-                    if b"otel_jobs_monitor_poll_duration_seconds_count" in r.read():
+        for proc, port in zip(procs, ports, strict=True):
+            while True:  # until its first poll is on /metrics: start-up is not the steady state
+                try:
+                    if "otel_jobs_monitor_poll_duration_seconds_count" in _scrape(port)[0]:
                         break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the monitor did not start (exit code {proc.poll()})")
-            time.sleep(0.2)
-        cpu0, t0 = _cpu_ns(proc.pid), time.monotonic()
-        time.sleep(window)
-        cpu1, t1 = _cpu_ns(proc.pid), time.monotonic()
-        rss = _rss_mb(proc.pid)
-        polls = int(window // interval)
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the monitor did not start (exit code {proc.poll()})")
+                time.sleep(0.2)
+        cpu0, t0 = [_cpu_ns(p.pid) for p in procs], time.monotonic()
+        scrapes = 0
+        while (now := time.monotonic()) < t0 + window:
+            if now >= t0 + scrapes * interval:  # a Prometheus scraping each every interval
+                for port in ports:
+                    _scrape(port)
+                scrapes += 1
+            time.sleep(max(0.0, min(t0 + scrapes * interval, t0 + window) - time.monotonic()))
+        cpu1, t1 = [_cpu_ns(p.pid) for p in procs], time.monotonic()
+        alike = _read_alike(ports)
+        rss = [_rss_mb(p.pid) for p in procs]
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    return (cpu1 - cpu0) / 1e9 / (t1 - t0), rss, polls
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+    return {
+        "shares": [(b - a) / 1e9 / (t1 - t0) for a, b in zip(cpu0, cpu1, strict=True)],
+        "rss": rss,
+        "polls": int(window // interval),
+        "scrapes": scrapes,
+        "alike": alike,
+    }
+
+
+FRAMEWORKS: tuple[tuple[str, Callable[[str, int], Any]], ...] = (
+    ("RQ", _rq),
+    ("arq", _arq),
+    ("Celery (Redis)", _celery),
+    ("Dramatiq (Redis)", _dramatiq),
+    ("Huey (Redis), 100 instances", _HueyInstances),
+)
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
@@ -238,14 +393,17 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     total = per_queue * QUEUES
     rows = []
     with private_redis() as url:
-        for framework, build in (("RQ", _rq), ("arq", _arq), ("Celery (Redis)", _celery)):
+        for framework, build in FRAMEWORKS:
             collector = build(url, per_queue)
             try:
-                durations, peak, waiting = _poll_figures(collector, polls)
+                durations, peak, waiting, aged = _poll_figures(collector, polls)
             finally:
                 collector.close()
-            if waiting != total:
-                raise RuntimeError(f"{framework}: the poll counted {waiting} jobs, not {total}")
+            if waiting != total or aged != QUEUES:
+                raise RuntimeError(
+                    f"{framework}: the poll counted {waiting} jobs (not {total}) and found "
+                    f"{aged} oldest ages (not {QUEUES})"
+                )
             poll_ms = statistics.median(durations) * 1e3
             bench = f"Monitor poll, {QUEUES} queues, {total:,} waiting jobs"
             rows.append(
@@ -270,30 +428,45 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                     note="tracemalloc",
                 )
             )
-        # The process, on the RQ queues (the last loaded were Celery's: load RQ's again).
+        # The processes, on the RQ queues (the last loaded were Huey's: load RQ's again).
         _rq(url, per_queue).close()
         interval, window = (1.0, 3.0) if quick else (15.0, 60.0)
-        share, rss, process_polls = _process_figures(url, interval, window)
+        found = _process_figures(url, interval, window)
+    bench = f"2 otel-jobs monitor processes at once, {QUEUES} RQ queues, {total:,} waiting jobs"
+    share = max(found["shares"])
     rows.append(
         row(
-            f"otel-jobs monitor process, {QUEUES} RQ queues, {total:,} waiting jobs",
-            subject=f"CPU at a {interval:g} s interval",
+            bench,
+            subject=f"CPU of each at a {interval:g} s interval, scraped every {interval:g} s",
             value=share * 100,
             unit="% of a core",
             target="" if quick else f"< {CPU_TARGET * 100:g}%",
             met=None if quick else share < CPU_TARGET,
-            note=f"{window:g} s window, about {process_polls} polls",
+            note=f"the busier of the two (the other: {min(found['shares']) * 100:.2f} %); "
+            f"{window:g} s window, about {found['polls']} polls and {found['scrapes']} scrapes",
         )
     )
+    rss = max(found["rss"])
     rows.append(
         row(
-            f"otel-jobs monitor process, {QUEUES} RQ queues, {total:,} waiting jobs",
-            subject="resident memory",
+            bench,
+            subject="resident memory of each",
             value=rss,
             unit="MB",
             target="" if quick else f"< {MEMORY_TARGET_MB:g} MB",
             met=None if quick else rss < MEMORY_TARGET_MB,
-            note="the whole process: interpreter, redis-py, rq, prometheus-client",
+            note="the larger; the whole process: interpreter, redis-py, rq, prometheus-client",
+        )
+    )
+    rows.append(
+        row(
+            bench,
+            subject="queues the two read alike",
+            value=float(found["alike"]),
+            unit="queues",
+            target="" if quick else f"all {QUEUES}",
+            met=None if quick else found["alike"] == QUEUES,
+            note="every depth equal, every oldest age from the same due time (else an error)",
         )
     )
     return rows
