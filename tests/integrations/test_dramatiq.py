@@ -118,9 +118,12 @@ def producer(worker: Worker) -> Iterator[Any]:
 
 @pytest.fixture
 def worker_factory(tmp_path: Path) -> Iterator[Callable[[str, str], Worker]]:
+    """``worker_factory(broker_url, launcher)``: a started :class:`Worker` (the test skipped
+    without its broker), stopped and its queue purged after the test."""
     started: list[Worker] = []
 
     def start(broker_url: str, launcher: str) -> Worker:
+        (require_redis if broker_url.startswith("redis") else require_rabbitmq)()
         worker = Worker(tmp_path, broker_url, launcher)
         started.append(worker)
         return worker
@@ -128,6 +131,7 @@ def worker_factory(tmp_path: Path) -> Iterator[Callable[[str, str], Worker]]:
     yield start
     for worker in started:
         worker.stop()
+        purge_dramatiq(worker.broker_url, worker.queue)
     sys.path[:] = [p for p in sys.path if p != str(tmp_path)]
     sys.modules.pop("dq_app", None)
 
@@ -140,13 +144,7 @@ def worker_factory(tmp_path: Path) -> Iterator[Callable[[str, str], Worker]]:
 def test_real_worker_outcomes_limits_stalls_and_exact_counts(
     broker_name: str, launcher: str, worker_factory: Callable[[str, str], Worker]
 ) -> None:
-    if broker_name == "redis":
-        require_redis()
-        broker_url = REDIS_URL
-    else:
-        require_rabbitmq()
-        broker_url = RABBITMQ_URL
-    worker = worker_factory(broker_url, launcher)
+    worker = worker_factory(REDIS_URL if broker_name == "redis" else RABBITMQ_URL, launcher)
     # The worker's parent serves /metrics before any worker process exists.
     worker.wait_serving()
     with producer(worker) as dq_app:
@@ -166,42 +164,38 @@ def test_real_worker_outcomes_limits_stalls_and_exact_counts(
     def settled(s: Samples) -> bool:
         return counts.mix_ended(s) and s.total("otel_jobs_runs_dead_lettered_total", queue=q) >= 3
 
-    try:
-        s = worker.wait_for(settled, "every run to finish and the hung run to be stalled")
-        t_seen = time.time()
-        # One more scrape after a few watchdog ticks: nothing counted twice, nothing late.
-        time.sleep(1.5)
-        s = scrape(worker.url)
+    s = worker.wait_for(settled, "every run to finish and the hung run to be stalled")
+    t_seen = time.time()
+    # One more scrape after a few watchdog ticks: nothing counted twice, nothing late.
+    time.sleep(1.5)
+    s = scrape(worker.url)
 
-        counts.assert_exact(s, MIX_STARTED, MIX_FINISHED)
-        for job, count in MIX_STARTED.items():
-            # every run has a queue wait, measured from publish or due time
-            assert s.value("otel_jobs_queue_wait_seconds_count", job_name=job, queue=q) == count
+    counts.assert_exact(s, MIX_STARTED, MIX_FINISHED)
+    for job, count in MIX_STARTED.items():
+        # every run has a queue wait, measured from publish or due time
+        assert s.value("otel_jobs_queue_wait_seconds_count", job_name=job, queue=q) == count
 
-        # Dead-letter queue: boom x2 (no retries) and slow (timed out, no retries); not flaky.
-        assert s.value("otel_jobs_runs_dead_lettered_total", job_name="boom", queue=q) == 2
-        assert s.value("otel_jobs_runs_dead_lettered_total", job_name="slow", queue=q) == 1
-        # present at 0 for a job that never dead-lettered, so that increase() sees the first one
-        assert s.value("otel_jobs_runs_dead_lettered_total", job_name="flaky", queue=q) == 0
-        assert s.total("otel_jobs_runs_dead_lettered_total", queue=q) == 3
+    # Dead-letter queue: boom x2 (no retries) and slow (timed out, no retries); not flaky.
+    assert s.value("otel_jobs_runs_dead_lettered_total", job_name="boom", queue=q) == 2
+    assert s.value("otel_jobs_runs_dead_lettered_total", job_name="slow", queue=q) == 1
+    # present at 0 for a job that never dead-lettered, so that increase() sees the first one
+    assert s.value("otel_jobs_runs_dead_lettered_total", job_name="flaky", queue=q) == 0
+    assert s.total("otel_jobs_runs_dead_lettered_total", queue=q) == 3
 
-        # Native time limits: the actor's time_limit (1000 ms) and the TimeLimit default (10 min).
-        assert s.value("otel_jobs_run_max_duration_seconds", job_name="slow", queue=q) == 1.0
-        assert s.value("otel_jobs_run_max_duration_seconds", job_name="ok", queue=q) == 600.0
+    # Native time limits: the actor's time_limit (1000 ms) and the TimeLimit default (10 min).
+    assert s.value("otel_jobs_run_max_duration_seconds", job_name="slow", queue=q) == 1.0
+    assert s.value("otel_jobs_run_max_duration_seconds", job_name="ok", queue=q) == 600.0
 
-        # The hung run: in flight, stalled (no heartbeat for 1 s), counted once.
-        counts.assert_stalled_once(s, "hang", heartbeat_timeout=1.0)
-        for job in ("ok", "later", "boom", "flaky", "slow"):
-            assert s.value("otel_jobs_runs_in_progress", job_name=job, queue=q) == 0
-        assert s.find("otel_jobs_oldest_run_start_timestamp_seconds", job_name="ok", queue=q) == []
+    # The hung run: in flight, stalled (no heartbeat for 1 s), counted once.
+    counts.assert_stalled_once(s, "hang", heartbeat_timeout=1.0)
+    for job in ("ok", "later", "boom", "flaky", "slow"):
+        assert s.value("otel_jobs_runs_in_progress", job_name=job, queue=q) == 0
+    assert s.find("otel_jobs_oldest_run_start_timestamp_seconds", job_name="ok", queue=q) == []
 
-        # The delayed message's wait is measured from its due time (publish + 3 s), so it is at
-        # most the time from due time to when we saw it finished (the slack covers ms rounding).
-        wait = s.value("otel_jobs_queue_wait_seconds_sum", job_name="later", queue=q)
-        assert 0 <= wait <= (t_seen - t_sent) - 3.0 + 0.01, wait
-    finally:
-        worker.stop()
-        purge_dramatiq(broker_url, q)
+    # The delayed message's wait is measured from its due time (publish + 3 s), so it is at
+    # most the time from due time to when we saw it finished (the slack covers ms rounding).
+    wait = s.value("otel_jobs_queue_wait_seconds_sum", job_name="later", queue=q)
+    assert 0 <= wait <= (t_seen - t_sent) - 3.0 + 0.01, wait
 
 
 def test_async_actor_runs_follow_their_coroutine(
@@ -210,7 +204,6 @@ def test_async_actor_runs_follow_their_coroutine(
     # An async actor's coroutine runs on Dramatiq's event-loop thread while the worker thread
     # waits: its heartbeats reach the run, a hung one is diagnosed at its own await, and the
     # cancel policy cancels its task.
-    require_redis()
     worker = worker_factory(REDIS_URL, "custom")
     worker.wait_serving()
     with producer(worker) as dq_app:
@@ -218,59 +211,46 @@ def test_async_actor_runs_follow_their_coroutine(
         dq_app.beat_async.send()
         dq_app.cancel_async.send()
     q = worker.queue
-    try:
-        s = worker.wait_for(
-            lambda s: (
-                s.total("otel_jobs_runs_finished_total", job_name="beat_async", queue=q) == 1
-                and s.total("otel_jobs_runs_finished_total", job_name="cancel_async", queue=q) == 1
-                and s.total("otel_jobs_stalls_detected_total", job_name="hang_async", queue=q) >= 1
-            ),
-            "the heartbeating run to finish and the hung one to be stalled",
+    s = worker.wait_for(
+        lambda s: (
+            s.total("otel_jobs_runs_finished_total", job_name="beat_async", queue=q) == 1
+            and s.total("otel_jobs_runs_finished_total", job_name="cancel_async", queue=q) == 1
+            and s.total("otel_jobs_stalls_detected_total", job_name="hang_async", queue=q) >= 1
+        ),
+        "the heartbeating run to finish and the hung one to be stalled",
+    )
+    assert (
+        s.value("otel_jobs_runs_finished_total", job_name="beat_async", queue=q, outcome="success")
+        == 1
+    )
+    assert s.total("otel_jobs_stalls_detected_total", job_name="beat_async", queue=q) == 0
+    assert s.total("otel_jobs_runs_stalled", job_name="hang_async", queue=q) == 1
+    # the cancel policy cancelled the coroutine's task: the run ended as a timeout
+    assert (
+        s.value(
+            "otel_jobs_runs_finished_total", job_name="cancel_async", queue=q, outcome="timeout"
         )
-        assert (
-            s.value(
-                "otel_jobs_runs_finished_total", job_name="beat_async", queue=q, outcome="success"
-            )
-            == 1
-        )
-        assert s.total("otel_jobs_stalls_detected_total", job_name="beat_async", queue=q) == 0
-        assert s.total("otel_jobs_runs_stalled", job_name="hang_async", queue=q) == 1
-        # the cancel policy cancelled the coroutine's task: the run ended as a timeout
-        assert (
-            s.value(
-                "otel_jobs_runs_finished_total", job_name="cancel_async", queue=q, outcome="timeout"
-            )
-            == 1
-        )
-        assert s.value("otel_jobs_runs_in_progress", job_name="cancel_async", queue=q) == 0
-        log = worker.log.read_text(errors="replace")
-        stalled = [
-            line for line in log.splitlines() if "of hang_async" in line and "stalled" in line
-        ]
-        assert stalled, log
-        assert "in hang_async" in stalled[0], stalled[0]  # its await, not the worker's wait
-    finally:
-        worker.stop()
-        purge_dramatiq(REDIS_URL, q)
+        == 1
+    )
+    assert s.value("otel_jobs_runs_in_progress", job_name="cancel_async", queue=q) == 0
+    log = worker.log.read_text(errors="replace")
+    stalled = [line for line in log.splitlines() if "of hang_async" in line and "stalled" in line]
+    assert stalled, log
+    assert "in hang_async" in stalled[0], stalled[0]  # its await, not the worker's wait
 
 
 def test_plain_cli_with_instrument_in_the_module_says_how_to_fix_it(
     worker_factory: Callable[[str, str], Worker],
 ) -> None:
     """Two worker processes each call instrument(): the second cannot serve /metrics and says so."""
-    require_redis()
     worker = worker_factory(REDIS_URL, "cli")
-    try:
-        worker.wait_for(lambda s: True, "the first worker process's /metrics")
-        deadline = time.monotonic() + 90
-        while "python -m otel_jobs.integrations.dramatiq" not in worker.tail():
-            assert worker.proc.poll() is None, worker.tail()
-            assert time.monotonic() < deadline, worker.tail()
-            time.sleep(0.3)
-        assert "another process already serves /metrics" in worker.tail()
-    finally:
-        worker.stop()
-        purge_dramatiq(REDIS_URL, worker.queue)
+    worker.wait_for(lambda s: True, "the first worker process's /metrics")
+    deadline = time.monotonic() + 90
+    while "python -m otel_jobs.integrations.dramatiq" not in worker.tail():
+        assert worker.proc.poll() is None, worker.tail()
+        assert time.monotonic() < deadline, worker.tail()
+        time.sleep(0.3)
+    assert "another process already serves /metrics" in worker.tail()
 
 
 def test_reload_with_sighup_reexecutes_the_launcher(
@@ -278,33 +258,26 @@ def test_reload_with_sighup_reexecutes_the_launcher(
 ) -> None:
     """Dramatiq reloads with os.execvp(sys.argv[0], sys.argv): the launcher comes back, serves
     /metrics again, and the runs of the processes before the reload are still counted."""
-    require_redis()
     worker = worker_factory(REDIS_URL, "module")
     q = worker.queue
-    try:
-        worker.wait_for(lambda s: True, "/metrics")
+    worker.wait_for(lambda s: True, "/metrics")
 
-        def ok_done(count: int) -> Callable[[Samples], bool]:
-            return lambda s: (
-                s.total("otel_jobs_runs_finished_total", job_name="ok", queue=q) == count
-            )
+    def ok_done(count: int) -> Callable[[Samples], bool]:
+        return lambda s: s.total("otel_jobs_runs_finished_total", job_name="ok", queue=q) == count
 
-        with producer(worker) as dq_app:
-            dq_app.ok.send(1)
-            worker.wait_for(ok_done(1), "the first run")
-            os.kill(worker.proc.pid, signal.SIGHUP)
-            deadline = time.monotonic() + 90
-            while worker.tail().count("is booting up") < 2:
-                if worker.proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"no reload:\n{worker.tail()}")
-                time.sleep(0.3)
-            dq_app.ok.send(2)
-        s = worker.wait_for(ok_done(2), "the run after the reload")
-        assert worker.proc.poll() is None  # the same process, re-executed
-        assert s.value("otel_jobs_runs_started_total", job_name="ok", queue=q) == 2
-    finally:
-        worker.stop()
-        purge_dramatiq(REDIS_URL, q)
+    with producer(worker) as dq_app:
+        dq_app.ok.send(1)
+        worker.wait_for(ok_done(1), "the first run")
+        os.kill(worker.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 90
+        while worker.tail().count("is booting up") < 2:
+            if worker.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"no reload:\n{worker.tail()}")
+            time.sleep(0.3)
+        dq_app.ok.send(2)
+    s = worker.wait_for(ok_done(2), "the run after the reload")
+    assert worker.proc.poll() is None  # the same process, re-executed
+    assert s.value("otel_jobs_runs_started_total", job_name="ok", queue=q) == 2
 
 
 # --- in process: install/uninstall, and the spans of a real worker on Redis ------------------
