@@ -46,34 +46,40 @@ class Library:
         return f"{self.distribution}{self.versions}" if self.distribution else ""
 
 
+def _framework(name: str, versions: str, note: str = "") -> Library:
+    """A job framework: imported, and on PyPI, as ``name``; adapted by ``integrations.<name>``."""
+    return Library(name, FRAMEWORK, name, f"otel_jobs.integrations.{name}", name, versions, note)
+
+
+def _outbound(
+    name: str, versions: str | None, note: str = "", module: str | None = None
+) -> Library:
+    """A client library: imported as ``module`` (default ``name``), on PyPI as ``name``
+    (``versions=None``: part of the standard library); adapted by ``outbound.<name>``."""
+    distribution = name if versions is not None else None
+    adapter = f"otel_jobs.outbound.{name}"
+    return Library(name, OUTBOUND, module or name, adapter, distribution, versions or "", note)
+
+
+_PRIVATE = "private names read, checked by tests/outbound/test_internals.py"
+
 LIBRARIES: tuple[Library, ...] = (
-    Library("celery", FRAMEWORK, "celery", "otel_jobs.integrations.celery", "celery",
-            ">=5.3,<6", "5.3.0 is run by the test command"),
-    Library("rq", FRAMEWORK, "rq", "otel_jobs.integrations.rq", "rq",
-            ">=1.16,<4", "1.16.0 is run by the test command"),
-    Library("dramatiq", FRAMEWORK, "dramatiq", "otel_jobs.integrations.dramatiq", "dramatiq",
-            ">=1.16,<3", ""),
-    Library("arq", FRAMEWORK, "arq", "otel_jobs.integrations.arq", "arq",
-            ">=0.25,<1", ""),
-    Library("huey", FRAMEWORK, "huey", "otel_jobs.integrations.huey", "huey",
-            ">=2.5,<4", ""),
-    Library("apscheduler", FRAMEWORK, "apscheduler", "otel_jobs.integrations.apscheduler",
-            "apscheduler", ">=3.10,<4", "4.x has another API, not hooked"),
-    Library("httpx", OUTBOUND, "httpx", "otel_jobs.outbound.httpx", "httpx",
-            ">=0.23,<1", "checked in httpcore's ConnectionPool (httpcore 0.15 and later)"),
-    Library("requests", OUTBOUND, "requests", "otel_jobs.outbound.requests", "requests",
-            ">=2.30,<3", "2.30: the first on urllib3 2"),
-    Library("urllib3", OUTBOUND, "urllib3", "otel_jobs.outbound.urllib3", "urllib3",
-            ">=2,<3", "urllib3 2's Timeout.DEFAULT_TIMEOUT"),
-    Library("urllib", OUTBOUND, "urllib.request", "otel_jobs.outbound.urllib", None,
-            "", ""),
-    Library("aiohttp", OUTBOUND, "aiohttp", "otel_jobs.outbound.aiohttp", "aiohttp",
-            ">=3.8,<4", "private names read, checked by tests/outbound/test_internals.py"),
-    Library("redis", OUTBOUND, "redis", "otel_jobs.outbound.redis", "redis",
-            ">=4.2,<9", "private names read, checked by tests/outbound/test_internals.py"),
-    Library("psycopg", OUTBOUND, "psycopg", "otel_jobs.outbound.psycopg", "psycopg",
-            ">=3.1,<4", ""),
-)  # fmt: skip
+    _framework("celery", ">=5.3,<6", "5.3.0 is run by the test command"),
+    _framework("rq", ">=1.16,<4", "1.16.0 is run by the test command"),
+    _framework("dramatiq", ">=1.16,<3"),
+    _framework("arq", ">=0.25,<1"),
+    _framework("huey", ">=2.5,<4"),
+    _framework("apscheduler", ">=3.10,<4", "4.x has another API, not hooked"),
+    _outbound(
+        "httpx", ">=0.23,<1", "checked in httpcore's ConnectionPool (httpcore 0.15 and later)"
+    ),
+    _outbound("requests", ">=2.30,<3", "2.30: the first on urllib3 2"),
+    _outbound("urllib3", ">=2,<3", "urllib3 2's Timeout.DEFAULT_TIMEOUT"),
+    _outbound("urllib", None, module="urllib.request"),
+    _outbound("aiohttp", ">=3.8,<4", _PRIVATE),
+    _outbound("redis", ">=4.2,<9", _PRIVATE),
+    _outbound("psycopg", ">=3.1,<4"),
+)
 
 
 def of_kind(kind: str) -> tuple[Library, ...]:
