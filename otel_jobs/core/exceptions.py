@@ -3,7 +3,9 @@
 :func:`record_exception` stands in for the SDK's ``Span.record_exception`` on every span
 otel-jobs ends (a run's, a lost run's): the message and traceback go through
 :func:`~otel_jobs.core.redaction.redact`, the traceback is bounded (:func:`format_stacktrace`),
-and an exception whose ``__str__`` raises is recorded with a placeholder. Nothing here may raise.
+lone surrogates (a file name that is not UTF-8 in the message) are replaced, as OTLP's strings
+must be UTF-8, and an exception whose ``__str__`` raises is recorded with a placeholder. Nothing
+here may raise.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from opentelemetry import trace
 
+from .labels import utf8
 from .redaction import redact
 
 #: Frames of a traceback recorded on a span at most: the innermost, where it was raised.
@@ -78,11 +81,11 @@ def record_exception(
     module = kind.__module__
     name = f"{module}.{kind.__qualname__}" if module and module != "builtins" else kind.__qualname__
     try:
-        message = redact(str(exc))
+        message = utf8(redact(str(exc)))
     except BaseException:  # noqa: B036 - a __str__ that raises, whatever it raises
         message = f"<{kind.__qualname__}: str() failed>"
     try:
-        stacktrace = redact(format_stacktrace(exc))
+        stacktrace = utf8(redact(format_stacktrace(exc)))
     except BaseException:  # noqa: B036
         stacktrace = ""
     event: dict[str, Any] = {

@@ -7,6 +7,8 @@
   local port with ``?token=...`` and a URL with a password in a message keep their host on the
   span, and lose the token and the password (message and traceback); so does the span of a run
   whose process died (``record_lost_run``).
+* An exception text that is not UTF-8 (a file name decoded with ``surrogateescape``) is
+  replaced on the span (U+FFFD), so that the OTLP encoder keeps its message and traceback.
 """
 
 from __future__ import annotations
@@ -153,6 +155,34 @@ def test_the_span_of_a_lost_run_is_redacted(
     )
     event = _exception_event(_span(span_exporter, "rec.lost"))
     assert event["exception.message"] == "horse died calling https://h.example/p?***"
+
+
+def test_an_exception_text_that_is_not_utf8_is_replaced_on_the_span(
+    instrumented: Callable[..., Any], span_exporter: InMemorySpanExporter
+) -> None:
+    # A job that fails on a file whose name is not UTF-8 (surrogateescape): OTLP strings must
+    # be UTF-8, and the exporter drops (with a traceback in the log) every attribute that is
+    # not, so the span would go out without the message and the traceback of its failure.
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    instrumented()
+    name = b"report-\xff.csv".decode("utf-8", "surrogateescape")
+
+    @otel_jobs.job(name="rec.not_utf8")
+    def job() -> None:
+        raise ValueError(f"cannot read {name}")
+
+    with pytest.raises(ValueError):
+        job()
+    span = _span(span_exporter, "rec.not_utf8")
+    event = _exception_event(span)
+    assert event["exception.message"] == "cannot read report-\ufffd.csv"
+    assert "cannot read report-\ufffd.csv" in event["exception.stacktrace"]
+    # As the OTLP exporters encode it: every attribute of the event is kept.
+    [resource] = encode_spans([span]).resource_spans
+    [encoded] = [e for s in resource.scope_spans[0].spans for e in s.events]
+    keys = {a.key for a in encoded.attributes}
+    assert {"exception.type", "exception.message", "exception.stacktrace"} <= keys
 
 
 @pytest.mark.parametrize(
