@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.reliability.conftest import certificate  # noqa: F401 (the endpoint's TLS files)
 from tests.support import require_rabbitmq
 from tests.support.processes import AppWorker
 

@@ -21,7 +21,7 @@ from otel_jobs.monitor.settings import MonitorSettings, load
 from tests.otlp_receiver import unused_port
 from tests.support import Samples, free_port
 
-from .support import ROOT, MonitorProcess, ages, depth
+from .support import ROOT, MonitorProcess, ages, depth, wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -227,6 +227,40 @@ def test_the_installed_command_serves_with_the_workers_basic_auth_and_stops_on_s
     text = log.read_text()
     assert "watching rq at redis://127.0.0.1" in text and "stopped" in text
     assert "secret" not in text
+
+
+def test_the_monitor_serves_https_with_the_workers_tls_files(
+    redis_url: str, tmp_path: Path, certificate: tuple[str, str]
+) -> None:
+    import ssl
+
+    cert, key = certificate
+    monitor = MonitorProcess(
+        ["--rq-redis-url", redis_url, "--interval", "0.5"],
+        tmp_path / "monitor.log",
+        OTEL_JOBS_PROMETHEUS_CERTFILE=cert,
+        OTEL_JOBS_PROMETHEUS_KEYFILE=key,
+    )
+    url = f"https://127.0.0.1:{monitor.port}/metrics"
+    context = ssl.create_default_context(cafile=cert)
+    try:
+
+        def served() -> Samples | None:
+            assert monitor.proc.poll() is None, monitor.tail()
+            try:
+                with urllib.request.urlopen(url, timeout=5, context=context) as resp:
+                    samples = Samples(resp.read().decode())
+            except OSError:
+                return None
+            return samples if samples.find("otel_jobs_monitor_broker_up") else None
+
+        samples = wait_for("the monitor's /metrics over HTTPS", served)
+        assert samples.value("otel_jobs_monitor_broker_up", framework="rq") == 1
+        # Plain HTTP on the same port is not served.
+        with pytest.raises(OSError):
+            urllib.request.urlopen(monitor.url, timeout=5).read()
+    finally:
+        assert monitor.stop() == 0, monitor.tail()
 
 
 def test_two_monitor_processes_on_one_broker_agree(redis_url: str, tmp_path: Path) -> None:
