@@ -34,11 +34,16 @@ def pushgateway(tmp_path: Path) -> Iterator[str]:
 
 @contextlib.contextmanager
 def running_pushgateway(tmp_path: Path, port: int) -> Iterator[str]:
-    """A real Pushgateway on ``port`` of 127.0.0.1 while the block runs; its base URL."""
+    """A real Pushgateway on ``port`` of 127.0.0.1 while the block runs; its base URL.
+
+    It keeps what is pushed in memory only: Debian's build persists it by default to one file
+    under /var/lib/prometheus, from which every gateway started would load the pushes of
+    earlier tests (and of other test runs).
+    """
     binary = require_binary("prometheus-pushgateway")
     log = (tmp_path / f"pushgateway-{port}.log").open("wb")
     proc = subprocess.Popen(
-        [binary, f"--web.listen-address=127.0.0.1:{port}"],
+        [binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=tmp_path,

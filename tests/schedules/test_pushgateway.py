@@ -87,6 +87,7 @@ def test_a_cron_script_pushes_its_runs_and_prometheus_sees_the_last_success(
     tmp_path: Path, pushgateway: str, start_prometheus: Any
 ) -> None:
     host = socket.gethostname()
+    assert gateway_samples(pushgateway).find("otel_jobs_runs_finished_total", job=JOB) == []
     code, out = run_script(tmp_path, "ok", pushgateway)
     assert code == 0, out
     ending, ended = ending_and_ended(out)
@@ -220,6 +221,7 @@ def test_failed_pushes_are_counted_and_the_count_reaches_the_gateway_once_it_ans
     assert agent.pusher.pushes == 0
     # The gateway comes up: the next run's push carries the failures counted before it.
     with running_pushgateway(tmp_path, port) as base:
+        assert gateway_samples(base).find("otel_jobs_runs_finished_total", job="down.job") == []
         with otel_jobs.job_run("down.job", queue="q"):
             pass
         group = {"job": "down.job", "instance": socket.gethostname()}
