@@ -108,7 +108,18 @@ class Option(Generic[T]):
     metavar: str = "VALUE"
 
 
-def _opt(default: Any, help: str, parse: Any = None, metavar: str | None = None) -> Any:
+#: The metavar of a setting read by each parser, unless the setting names its own.
+METAVARS: dict[Callable[[str], Any], str] = {
+    duration: "DURATION",
+    seconds_or_none: "SECONDS",
+    matchers: "MATCHERS",
+    labels: "LABELS",
+    on_off: "on|off",
+}
+
+
+def _opt(default: Any, help: str, parse: Any, metavar: str | None = None) -> Any:
+    metavar = metavar or METAVARS.get(parse)
     return field(default=default, metadata={"help": help, "parse": parse, "metavar": metavar})
 
 
@@ -120,19 +131,16 @@ class RulesConfig:
         "",
         "label matchers added to every otel-jobs selector, e.g. 'namespace=\"billing\"'",
         matchers,
-        "MATCHERS",
     )
     target_selector: str = _opt(
         'job="otel-jobs"',
         "matchers that pick the worker scrape targets in `up` (target down / absent alerts)",
         matchers,
-        "MATCHERS",
     )
     group_by: tuple[str, ...] = _opt(
         ("job", "job_name", "queue"),
         "labels that identify one job across its workers, for the job-level alerts",
         labels,
-        "LABELS",
     )
     recording_rules: bool = _opt(
         True,
@@ -140,26 +148,21 @@ class RulesConfig:
         "(otel-jobs rules --part records, loaded beside the alerts) instead of every worker's raw "
         "series; 'off': self-contained alerts",
         on_off,
-        "on|off",
     )
     heartbeat_timeout_default: float | None = _opt(
         3600.0,
         "seconds without a heartbeat that count as stalled for a job declaring no heartbeat "
         "timeout (+Inf); 'none': such jobs never alert",
         seconds_or_none,
-        "SECONDS",
     )
     max_duration_default: float | None = _opt(
         86400.0,
         "seconds after which a run of a job declaring no max duration (+Inf) has overrun; "
         "'none': such runs never alert",
         seconds_or_none,
-        "SECONDS",
     )
-    duration_window: str = _opt("1h", "window of the p95 duration alerts", duration, "DURATION")
-    usual_offset: str = _opt(
-        "1w", "how far back the 'usual' p95 duration is taken from", duration, "DURATION"
-    )
+    duration_window: str = _opt("1h", "window of the p95 duration alerts", duration)
+    usual_offset: str = _opt("1w", "how far back the 'usual' p95 duration is taken from", duration)
     usual_factor: float = _opt(
         3.0, "p95 duration this many times its usual one is far above usual", positive, "FACTOR"
     )
@@ -172,20 +175,16 @@ class RulesConfig:
     failure_ratio: float = _opt(
         0.1, "share of finished runs ending in failure or timeout that is high", positive, "RATIO"
     )
-    failure_window: str = _opt("15m", "window of the failure ratio", duration, "DURATION")
+    failure_window: str = _opt("15m", "window of the failure ratio", duration)
     failure_min_runs: float = _opt(
         5.0, "runs finished in the window before a failure ratio counts", positive, "RUNS"
     )
-    timeout_window: str = _opt(
-        "15m", "window in which any run ending by timeout alerts", duration, "DURATION"
-    )
+    timeout_window: str = _opt("15m", "window in which any run ending by timeout alerts", duration)
     queue_wait_p95: float = _opt(
         300.0, "p95 queue wait (seconds) that is high", positive, "SECONDS"
     )
-    queue_wait_window: str = _opt("10m", "window of the queue wait p95", duration, "DURATION")
-    outbound_window: str = _opt(
-        "1h", "calls without a timeout within this window alert", duration, "DURATION"
-    )
+    queue_wait_window: str = _opt("10m", "window of the queue wait p95", duration)
+    outbound_window: str = _opt("1h", "calls without a timeout within this window alert", duration)
     watchdog_stale_seconds: float = _opt(
         60.0, "seconds since the watchdog's last tick that mean it is frozen", positive, "SECONDS"
     )
@@ -194,11 +193,8 @@ class RulesConfig:
         "a job with no finished run in this window, that had runs in the same window one "
         "--not-running-offset earlier, has stopped running",
         duration,
-        "DURATION",
     )
-    not_running_offset: str = _opt(
-        "1d", "how far back 'it normally runs' is looked up", duration, "DURATION"
-    )
+    not_running_offset: str = _opt("1d", "how far back 'it normally runs' is looked up", duration)
     runbook_url: str = _opt(
         DEFAULT_RUNBOOK_URL,
         "base URL where you publish the runbooks of docs/runbooks/ (BASE/AlertName.md); set it "
