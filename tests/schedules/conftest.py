@@ -20,7 +20,7 @@ from tests.support.prometheus import Prometheus, ready, require_binary
 from tests.support.prometheus import start_prometheus as launch_prometheus
 from tests.support.waiting import wait_for
 
-__all__ = ["Prometheus", "running_pushgateway", "stop", "wait_for"]
+__all__ = ["Prometheus", "running_pushgateway", "running_tool", "stop", "wait_for"]
 
 stop = terminate  # the name the schedules tests import
 
@@ -40,17 +40,25 @@ def running_pushgateway(tmp_path: Path, port: int) -> Iterator[str]:
     under /var/lib/prometheus, from which every gateway started would load the pushes of
     earlier tests (and of other test runs).
     """
-    binary = require_binary("prometheus-pushgateway")
-    log = (tmp_path / f"pushgateway-{port}.log").open("wb")
+    with running_tool(tmp_path, "prometheus-pushgateway", port, ["--persistence.file="]) as base:
+        yield base
+
+
+@contextlib.contextmanager
+def running_tool(tmp_path: Path, name: str, port: int, args: list[str]) -> Iterator[str]:
+    """Debian's Prometheus tool ``name`` listening on ``port`` of 127.0.0.1 (with ``args``)
+    while the block runs, once its ``/-/ready`` answers; its base URL."""
+    binary = require_binary(name)
+    log = (tmp_path / f"{name}-{port}.log").open("wb")
     proc = subprocess.Popen(
-        [binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
+        [binary, f"--web.listen-address=127.0.0.1:{port}", *args],
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=tmp_path,
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for("the Pushgateway", lambda: proc.poll() is None and ready(f"{base}/-/ready"))
+        wait_for(name, lambda: proc.poll() is None and ready(f"{base}/-/ready"))
         yield base
     finally:
         terminate(proc)

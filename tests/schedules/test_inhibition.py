@@ -9,7 +9,6 @@ day-over-day heuristic. Alerts of other jobs (or queues) stay.
 from __future__ import annotations
 
 import json
-import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +17,9 @@ from typing import Any
 import pytest
 
 from tests.support import free_port
-from tests.support.processes import terminate
-from tests.support.prometheus import get_json, ready, require_binary
+from tests.support.prometheus import get_json
 
-from .conftest import wait_for
+from .conftest import running_tool, wait_for
 
 pytestmark = pytest.mark.prometheus
 
@@ -31,21 +29,10 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "alerts" / "alertmanager.example
 @pytest.fixture
 def alertmanager(tmp_path: Path) -> Iterator[str]:
     """The base URL of a real Alertmanager running the example configuration as shipped."""
-    binary = require_binary("prometheus-alertmanager")
-    port = free_port()
-    log = (tmp_path / "alertmanager.log").open("wb")
-    proc = subprocess.Popen(
-        [binary, f"--config.file={EXAMPLE}", f"--storage.path={tmp_path / 'am'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
-        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for("Alertmanager", lambda: proc.poll() is None and ready(f"{base}/-/ready"))
+    args = [f"--config.file={EXAMPLE}", f"--storage.path={tmp_path / 'am'}",
+            "--cluster.listen-address="]  # fmt: skip
+    with running_tool(tmp_path, "prometheus-alertmanager", free_port(), args) as base:
         yield base
-    finally:
-        terminate(proc)
-        log.close()
 
 
 def post(base: str, alerts: list[dict[str, str]]) -> None:
@@ -71,42 +58,22 @@ def key(**labels: str) -> tuple[tuple[str, str], ...]:
 
 
 def test_one_cause_pages_once(alertmanager: str) -> None:
-    late = dict(alertname="OtelJobsScheduledRunLate", severity="critical", job_name="a",
-                schedule="a-1m")  # fmt: skip
-    alerts = [
-        dict(alertname="OtelJobsSchedulerAbsent", severity="critical"),
-        late,
+    def alert(name: str, **labels: str) -> dict[str, str]:
+        severity = "warning" if name in ("FailingRepeatedly", "JobStoppedRunning") else "critical"
+        return {"alertname": f"OtelJobs{name}", "severity": severity, **labels}
+
+    cases = [  # each alert posted, and whether an inhibition must hold it back
+        (alert("SchedulerAbsent"), False),
+        (alert("ScheduledRunLate", job_name="a", schedule="a-1m"), True),
         # a's missing success is its late entry's; b's stands alone.
-        dict(alertname="OtelJobsNoRecentSuccess", severity="critical", job_name="a", queue="q"),
-        dict(alertname="OtelJobsNoRecentSuccess", severity="critical", job_name="b", queue="q"),
+        (alert("NoRecentSuccess", job_name="a", queue="q"), True),
+        (alert("NoRecentSuccess", job_name="b", queue="q"), False),
         # b failing on queue q is why it has no recent success; on queue r it is news.
-        dict(alertname="OtelJobsFailingRepeatedly", severity="warning", job_name="b", queue="q"),
-        dict(alertname="OtelJobsFailingRepeatedly", severity="warning", job_name="b", queue="r"),
+        (alert("FailingRepeatedly", job_name="b", queue="q"), True),
+        (alert("FailingRepeatedly", job_name="b", queue="r"), False),
         # The heuristic: held back for b, not for c, which nothing else watches.
-        dict(alertname="OtelJobsJobStoppedRunning", severity="warning", job_name="b", queue="q"),
-        dict(alertname="OtelJobsJobStoppedRunning", severity="warning", job_name="c", queue="q"),
+        (alert("JobStoppedRunning", job_name="b", queue="q"), True),
+        (alert("JobStoppedRunning", job_name="c", queue="q"), False),
     ]
-    post(alertmanager, alerts)
-    held = inhibited(alertmanager, len(alerts))
-    assert held == {
-        key(alertname="OtelJobsSchedulerAbsent", severity="critical"): False,
-        key(**late): True,
-        key(alertname="OtelJobsNoRecentSuccess", severity="critical", job_name="a", queue="q"): (
-            True
-        ),
-        key(alertname="OtelJobsNoRecentSuccess", severity="critical", job_name="b", queue="q"): (
-            False
-        ),
-        key(alertname="OtelJobsFailingRepeatedly", severity="warning", job_name="b", queue="q"): (
-            True
-        ),
-        key(alertname="OtelJobsFailingRepeatedly", severity="warning", job_name="b", queue="r"): (
-            False
-        ),
-        key(alertname="OtelJobsJobStoppedRunning", severity="warning", job_name="b", queue="q"): (
-            True
-        ),
-        key(alertname="OtelJobsJobStoppedRunning", severity="warning", job_name="c", queue="q"): (
-            False
-        ),
-    }
+    post(alertmanager, [labels for labels, _ in cases])
+    assert inhibited(alertmanager, len(cases)) == {key(**labels): held for labels, held in cases}
