@@ -29,6 +29,7 @@ time, so a hung collector never holds a worker's shutdown for the exporters' ret
 from __future__ import annotations
 
 import atexit
+import importlib
 import logging
 import math
 import os
@@ -219,30 +220,23 @@ _MEANWHILE = {
 _health = _ExportHealth()
 
 
-def _otlp_span_exporter(settings: Settings):  # type: ignore[no-untyped-def]
-    if settings.otlp_protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    else:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # type: ignore[assignment]
-    return _health.watch(
-        OTLPSpanExporter(),
-        "spans",
-        settings.otlp_traces_endpoint,
-        reconnect=settings.otlp_protocol == "grpc",
-    )
+#: The OTLP exporter class of each signal, by module (``proto.grpc`` or ``proto.http``).
+_EXPORTERS = {"spans": ("trace_exporter", "OTLPSpanExporter"),
+              "metrics": ("metric_exporter", "OTLPMetricExporter")}  # fmt: skip
 
 
-def _otlp_metric_exporter(settings: Settings):  # type: ignore[no-untyped-def]
-    if settings.otlp_protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-    else:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter  # type: ignore[assignment]
-    return _health.watch(
-        OTLPMetricExporter(),
-        "metrics",
-        settings.otlp_metrics_endpoint,
-        reconnect=settings.otlp_protocol == "grpc",
+def _otlp_exporter(settings: Settings, signal: str) -> Any:
+    """The OTLP exporter of ``signal`` ("spans" or "metrics") for the configured protocol,
+    imported only when that pipeline is built, and watched for its export health."""
+    module, name = _EXPORTERS[signal]
+    transport = "grpc" if settings.otlp_protocol == "grpc" else "http"
+    exporter = getattr(
+        importlib.import_module(f"opentelemetry.exporter.otlp.proto.{transport}.{module}"), name
     )
+    endpoint = (
+        settings.otlp_traces_endpoint if signal == "spans" else settings.otlp_metrics_endpoint
+    )
+    return _health.watch(exporter(), signal, endpoint, reconnect=transport == "grpc")
 
 
 def _resource(child: bool = False):  # type: ignore[no-untyped-def]
@@ -255,7 +249,7 @@ def _resource(child: bool = False):  # type: ignore[no-untyped-def]
 def _new_meter_provider(settings: Settings, child: bool = False) -> metrics.MeterProvider:
     from opentelemetry.sdk.metrics import MeterProvider
 
-    reader = _fork_aware_reader(_otlp_metric_exporter(settings))
+    reader = _fork_aware_reader(_otlp_exporter(settings, "metrics"))
     # Shut down by _shutdown_at_exit, in bounded time, rather than by the SDK's own atexit hook.
     provider = MeterProvider(
         resource=_resource(child), metric_readers=[reader], shutdown_on_exit=False
@@ -308,7 +302,7 @@ def setup(
                     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
                     with _sdk_settings():
-                        processor = BatchSpanProcessor(_otlp_span_exporter(settings))
+                        processor = BatchSpanProcessor(_otlp_exporter(settings, "spans"))
                     provider.add_span_processor(processor)
                 _owned_tracer_provider = provider
                 trace.set_tracer_provider(provider)
