@@ -159,6 +159,19 @@ def _enter(run: Run) -> Run:
     return run
 
 
+def _first_run(
+    agent: Any, known: list[Any], name: str, options: dict[str, Any], args: Any, kw: Any
+) -> Run:
+    """Start a run of ``@job`` ``name`` through :meth:`Agent.start_run`, when its plan is not
+    known in these instruments yet (kept in ``known`` for the later runs), or never kept (an
+    agent with ``capture_args`` records each call's arguments)."""
+    if agent.settings.capture_args:
+        return agent.start_run(name, attributes=_args_attributes(args, kw), **options)
+    run = agent.start_run(name, **options)
+    known[0] = plain_plan(agent, run, options)
+    return run
+
+
 def _exit(run: Run, exc: BaseException | None) -> None:
     """End ``run`` with the outcome of ``exc`` (None: success) and make it no longer current."""
     try:
@@ -315,6 +328,11 @@ def job(
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         job_name = name or f"{fn.__module__}.{fn.__qualname__}"
         agents = _agent_mod  # the running agent is read from the module: no call per run
+        # This job's plan in this process's instruments (core/plain_runs.py: its series, span
+        # attributes and thresholds, worked out at its first run), for as long as the process
+        # has the same instruments (and records no arguments: the plan of an agent with
+        # capture_args is never kept here).
+        known: list[Any] = [None]
 
         if inspect.iscoroutinefunction(fn):
 
@@ -323,8 +341,12 @@ def job(
                 agent = agents._agent
                 if agent is None:
                     return await fn(*args, **kw)
-                attributes = _args_attributes(args, kw) if agent.settings.capture_args else None
-                run = _enter(agent.start_run(job_name, attributes=attributes, **kwargs))
+                plan = known[0]
+                if plan is not None and plan.telemetry is agent._telemetry:
+                    run = start_plain_run(agent, plan)
+                else:
+                    run = _first_run(agent, known, job_name, kwargs, args, kw)
+                run = _enter(run)
                 try:
                     result = await fn(*args, **kw)
                 except BaseException as exc:
@@ -335,12 +357,6 @@ def job(
 
             return async_wrapper
 
-        # This job's plan in this process's instruments (core/plain_runs.py: its series, span
-        # attributes and thresholds, worked out at its first run), for as long as the process
-        # has the same instruments (and records no arguments: the plan of an agent with
-        # capture_args is never kept here).
-        known: list[Any] = [None]
-
         @functools.wraps(fn)
         def wrapper(*args: Any, **kw: Any) -> Any:
             agent = agents._agent
@@ -349,11 +365,8 @@ def job(
             plan = known[0]
             if plan is not None and plan.telemetry is agent._telemetry:
                 run = start_plain_run(agent, plan)
-            elif agent.settings.capture_args:
-                run = agent.start_run(job_name, attributes=_args_attributes(args, kw), **kwargs)
             else:
-                run = agent.start_run(job_name, **kwargs)
-                known[0] = plain_plan(agent, run, kwargs)
+                run = _first_run(agent, known, job_name, kwargs, args, kw)
             try:
                 run.activate()
                 result = fn(*args, **kw)

@@ -1,4 +1,5 @@
-"""The lean start of a plain ``@job`` run: a sync function, no framework, no captured arguments.
+"""The lean start of a plain ``@job`` run: a sync or async function, no framework, no
+captured arguments.
 
 Such a run always has the same name, queue, thresholds, series and span attributes in one
 process: :func:`plan` works them out once (from a first run made by
