@@ -75,6 +75,7 @@ from .private_files import (
     UnsafeFileError,
     create_private,
     pid_alive,
+    pid_named,
     private_directory,
     read_private,
     write_private,
@@ -85,6 +86,7 @@ from .snapshots import (
     clean_samples,
     each_collected,
     merge_into,
+    parse,
     serialise,
 )
 
@@ -286,7 +288,7 @@ class ProcessShare:
         if data is None:
             return None
         try:
-            snapshot = json.loads(data)
+            snapshot = parse(data)
             at, families = checked_snapshot(snapshot, pid)
             states = streaks.decode(snapshot.get("streaks", []), clean_label)
             return at, families, states
@@ -326,8 +328,9 @@ class ProcessShare:
     def children(self) -> Iterator[tuple[int, str]]:
         for name in self.names():
             stem, dot, ext = name.partition(".")
-            if ext == "json" and stem.isdigit():
-                yield int(stem), os.path.join(self.directory, name)
+            pid = pid_named(stem) if ext == "json" else None
+            if pid is not None:
+                yield pid, os.path.join(self.directory, name)
 
     def merged(self, local: CollectorRegistry) -> dict[str, Family]:
         """The owner's families merged with every child's (dead children folded into the archive)."""
@@ -379,8 +382,9 @@ class ProcessShare:
         # A child killed while writing leaves its unfinished "<pid>.json.<random>.tmp".
         for name in self.names():
             stem, _, rest = name.partition(".")
-            if stem.isdigit() and rest.startswith("json.") and rest.endswith(".tmp"):
-                if not pid_alive(int(stem)) and self.exists(name):
+            pid = pid_named(stem)
+            if pid is not None and rest.startswith("json.") and rest.endswith(".tmp"):
+                if not pid_alive(pid) and self.exists(name):
                     self.remove(name)
 
 

@@ -8,6 +8,7 @@ written only in ways a planted file cannot abuse (see :mod:`otel_jobs.core.multi
 * :func:`private_directory`: the default directory (mode 0700) with an owner lock its owner and
   forked children hold for their whole life, so that directories of owners that ended without
   cleaning up are recognised and removed (:func:`remove_stale_private_directories`);
+* :func:`pid_named`: the pid a file's name gives, in ASCII digits only;
 * :func:`pid_alive`: whether the process that wrote a snapshot still runs.
 
 Never follows a symlink or opens anything but a regular file.
@@ -191,6 +192,15 @@ def private_directory() -> str:
     with _held_lock:
         _held_locks[directory] = fd
     return directory
+
+
+def pid_named(text: str) -> int | None:
+    """The pid written as ``text`` in ASCII digits (a file name's part), else None.
+
+    Not ``str.isdigit()`` alone: it holds for ``"²"``, which ``int()`` refuses, so that a file
+    named ``².json``, which any user who can write the directory can create, failed every merge.
+    """
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 def pid_alive(pid: int) -> bool:

@@ -116,13 +116,13 @@ def _marker(pid: int) -> str:
 
 
 def _leave_marker(agent: Agent, request: _Request) -> None:
-    from .multiprocess import pid_alive
+    from .private_files import pid_alive, pid_named
 
     share = agent.share
     for name in share.names():
-        if name.startswith(MARKER_PREFIX) and name[len(MARKER_PREFIX) :].isdigit():
-            if not pid_alive(int(name[len(MARKER_PREFIX) :])):
-                share.remove(name)
+        pid = pid_named(name[len(MARKER_PREFIX) :]) if name.startswith(MARKER_PREFIX) else None
+        if pid is not None and not pid_alive(pid):
+            share.remove(name)
     share.write(_marker(share.owner_pid), f"{request.framework}\n{request.force}".encode())
 
 

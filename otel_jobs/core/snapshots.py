@@ -3,6 +3,8 @@
 * :func:`serialise`: a registry's families as a snapshot holds them (labelled counters and
   histograms read directly through :mod:`otel_jobs.core._prometheus_internals`, about 3 times
   cheaper than prometheus-client's samples; on any failure, counted, its ``collect()``);
+* :func:`parse`: a snapshot's JSON, refusing integers too long to be a count (a float cannot
+  hold ``1`` followed by 400 zeros: merged, it would fail every scrape);
 * :func:`checked_snapshot`: a snapshot read back, every field's type checked and label values
   cleaned before any of it is merged (the file is untrusted);
 * :func:`merge_into`: families added into a merge: counters and histograms summed, gauges of
@@ -12,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterator
@@ -47,6 +50,24 @@ _SUM_GAUGES = {
     "process_virtual_memory_bytes",
     "process_open_fds",
 }
+
+
+#: Digits of the longest integer a snapshot may hold (a pid, a failure count); its counter and
+#: gauge values are floats, which JSON writes with a point or an exponent.
+MAX_INT_DIGITS = 18
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > MAX_INT_DIGITS + (text[0] == "-"):
+        raise ValueError(f"an integer of {len(text)} characters")
+    return int(text)
+
+
+def parse(data: bytes) -> Any:
+    """The JSON of a snapshot; ``ValueError`` for malformed JSON or an integer of more than
+    :data:`MAX_INT_DIGITS` digits (no float holds ``10**400``: ``OverflowError`` at every
+    scrape once merged)."""
+    return json.loads(data, parse_int=_bounded_int)
 
 
 def _number(value: Any) -> bool:

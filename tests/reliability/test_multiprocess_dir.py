@@ -171,6 +171,15 @@ def _bytes_read() -> int:
         '"help": "h", "samples": [["otel_jobs_runs_started_total", {"job name": "x"}, 1]]}]}',
         '{"pid": PID, "families": [{"name": "x", "type": "counter", "help": "h", "samples": 1}]}',
         '{"pid": PID, "at": "yesterday", "families": []}',
+        # Numbers that JSON holds and a float cannot (the encoders would fail every scrape).
+        '{"pid": PID, "families": [{"name": "otel_jobs_runs_started", "type": "counter", '
+        '"help": "h", "samples": [["otel_jobs_runs_started_total", {"job_name": "x"}, 1'
+        + "0" * 400
+        + "]]}]}",
+        '{"pid": PID, "at": 1' + "0" * 400 + ', "families": []}',
+        '{"pid": PID, "families": [], "streaks": [["x", "default", [null, 1'
+        + "0" * 400
+        + ", [], null]]]}",
         '{"pid": 1, "families": []}',
         '["not", "an", "object"]',
         '{"pid": PID, "families": [',
@@ -197,6 +206,46 @@ def test_a_malformed_snapshot_is_skipped_and_the_others_are_merged(
         assert samples.total("otel_jobs_runs_started_total") == 6
     assert _bad_files() == before + 1
     assert agent.share.written_at(bad) is None
+
+
+@pytest.mark.parametrize("name", ["\u00b2.json", "\u00b2.json.0a1b2c.tmp", "\u0663.json"])
+def test_a_name_that_is_not_a_pid_in_ascii_digits_is_left_alone(
+    instrumented: Callable[..., Any], live_pids: list[int], name: str
+) -> None:
+    # str.isdigit() holds for "²" (which int() refuses) and for Arabic-Indic digits: a name
+    # alone, which any user who can write the directory can give, must not fail the merge.
+    agent = instrumented(watchdog=False)
+    with otel_jobs.job_run("reports.nightly"):
+        pass
+    good = live_pids[1]
+    planted = Path(agent.share.directory, name)
+    planted.write_text(_snapshot(_dead_pid(), "planted", 1e9))
+    Path(agent.share.directory, f"{good}.json").write_text(_snapshot(good, "mail.send", 5))
+    for _ in range(2):
+        samples = _scrape(agent)
+        assert samples.value("otel_jobs_runs_started_total", job_name="mail.send") == 5
+        assert samples.value("otel_jobs_runs_started_total", job_name="reports.nightly") == 1
+        assert samples.total("otel_jobs_runs_started_total") == 6
+    assert planted.exists()  # not a file of otel-jobs': neither read nor removed
+
+
+def test_a_stopping_marker_whose_name_is_not_a_pid_is_left_alone(
+    instrumented: Callable[..., Any],
+) -> None:
+    # The marker a stopping worker leaves for its forked children (core/shutdown.py), written
+    # after removing the markers of dead workers: a planted "worker-stopping-²" must not stop it.
+    from otel_jobs.core import shutdown
+
+    agent = instrumented(watchdog=False)
+    planted = Path(agent.share.directory, shutdown.MARKER_PREFIX + "\u00b2")
+    planted.write_text("")
+    try:
+        shutdown.begin(agent, "celery", "send SIGQUIT")
+        shutdown.check(agent)
+    finally:
+        shutdown._request = shutdown._marked = None
+    assert Path(agent.share.directory, f"{shutdown.MARKER_PREFIX}{os.getpid()}").exists()
+    assert planted.exists()
 
 
 @pytest.mark.internal_errors("multiprocess.read")
