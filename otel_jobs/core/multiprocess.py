@@ -197,12 +197,16 @@ class ProcessShare:
         return False
 
     def remove(self, name: str | None = None) -> None:
-        """Remove file ``name`` if there is one; without a name, every child's snapshot."""
+        """Remove file ``name`` if there is one; without a name, every child's snapshot. What
+        cannot be removed (a directory planted there, another user's file in a sticky
+        directory) is left, counted as a bad file."""
         if name is not None:
             try:
                 os.unlink(self.path(name))
             except FileNotFoundError:
                 pass
+            except OSError as exc:
+                self._reject(name, exc)
             return
         for _pid, path in list(self.children()):
             try:

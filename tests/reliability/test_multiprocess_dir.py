@@ -495,3 +495,25 @@ def test_celery_markers_and_notes_go_through_the_checked_helpers(tmp_path: Path)
     shared_files.remove_leftovers(share)
     assert not shared_files.span_note_left(share, "task-1")
     assert os.listdir(tmp_path / "mp") == []
+
+
+@pytest.mark.internal_errors("multiprocess.read")
+def test_a_directory_planted_at_a_leftovers_name_does_not_stop_their_removal(
+    tmp_path: Path,
+) -> None:
+    # A starting Celery worker removes the marker and notes a previous one left; a directory
+    # planted at one of their names is skipped (counted once), the others are still removed.
+    pytest.importorskip("celery")
+    from otel_jobs.integrations.celery import shared_files
+
+    share, _registry = _share_of_a_child(str(tmp_path / "mp"))
+    planted = tmp_path / "mp" / shared_files._note_name("planted")
+    planted.mkdir()
+    for task in ("task-1", "task-2"):
+        shared_files.leave_span_note(share, task)
+    shared_files.leave_contrib_marker(share)
+    before = _bad_files()
+    for _ in range(2):
+        shared_files.remove_leftovers(share)
+    assert os.listdir(tmp_path / "mp") == [planted.name]
+    assert _bad_files() == before + 1
