@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
@@ -48,12 +48,13 @@ class _Outcome:
 
 
 class _Runner:
-    """The thread that runs one collector's polls, one at a time."""
+    """The thread that runs one collector's polls, one at a time, and hands each one's duration
+    to ``observe`` as it returns (a poll that overran its deadline too, when it ends)."""
 
-    def __init__(self, collector: Collector) -> None:
+    def __init__(self, collector: Collector, observe: Callable[[float], None]) -> None:
         self.collector = collector
+        self.observe = observe
         self.result: list[QueueReading] | BaseException = []
-        self.seconds = 0.0
         self._asked = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
@@ -89,7 +90,7 @@ class _Runner:
                 self.result = self.collector.poll()
             except BaseException as exc:  # handed to the loop, which decides what it means
                 self.result = exc
-            self.seconds = time.perf_counter() - started
+            self.observe(time.perf_counter() - started)
             self._idle.set()
 
 
@@ -124,7 +125,9 @@ class Monitor:
         lost_counters(self.registry)
         for collector in self.collectors:
             collector.register(self.registry)
-        self._runners = [_Runner(c) for c in self.collectors]
+        self._runners = [
+            _Runner(c, self.poll_duration.labels(c.framework).observe) for c in self.collectors
+        ]
 
     # --- polling ------------------------------------------------------------------------
 
@@ -147,7 +150,6 @@ class Monitor:
 
     def _finished(self, index: int, runner: _Runner) -> None:
         collector, result = runner.collector, runner.result
-        self.poll_duration.labels(collector.framework).observe(runner.seconds)
         if isinstance(result, BrokerUnavailable):
             self._set(index, _Outcome(False, reason=str(result)))
         elif isinstance(result, BaseException):

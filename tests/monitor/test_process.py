@@ -91,6 +91,31 @@ def test_a_hung_broker_is_down_at_the_deadline_and_not_asked_again_until_it_answ
     assert len([t for t in messages if "hung at hung://nowhere answers again" in t]) == 1
 
 
+def test_a_poll_that_overran_its_deadline_is_in_the_poll_duration_when_it_returns(
+    healthy: MemoryCollector,
+) -> None:
+    hung = Hung()
+    duration = "otel_jobs_monitor_poll_duration_seconds"
+    with Polled([hung, healthy], timeout=0.3) as m:
+        s = m.poll()
+        assert up(s, "hung") == 0
+        assert s.find(f"{duration}_count", framework="hung") in ([], [0.0])
+        threading.Event().wait(0.5)  # the poll has taken 0.8 s and more when it returns
+        hung.release.set()
+        s = wait_for(
+            "the overdue poll to be counted",
+            lambda: (
+                (x := m.scrape()) and x.find(f"{duration}_count", framework="hung") == [1.0] and x
+            ),
+        )
+        assert s.value(f"{duration}_sum", framework="hung") >= 0.8
+        assert s.value(f"{duration}_bucket", framework="hung", le="0.5") == 0
+        # The next poll, answered at once, is counted as well; and the healthy one's every poll.
+        s = m.poll()
+        assert s.value(f"{duration}_count", framework="hung") == 2
+        assert s.value(f"{duration}_count", framework="fine") == 2
+
+
 @pytest.mark.internal_errors("monitor.buggy")
 def test_a_bug_in_a_collector_is_counted_logged_once_and_the_loop_goes_on(
     healthy: MemoryCollector, caplog: pytest.LogCaptureFixture
