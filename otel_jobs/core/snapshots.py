@@ -181,17 +181,28 @@ def collected(registry: CollectorRegistry) -> list[dict[str, Any]]:
 
 
 def _families_of(families: Any) -> Iterator[dict[str, Any]]:
+    """Families as a snapshot and the merge hold them. A sample whose value is no number a
+    float holds (another collector's ``"abc"``, ``None``, ``10**400``) is left out, counted
+    under ``collect``: merged, it would fail every scrape; in a child's snapshot, the snapshot."""
     for family in families:
         counted = family.type in ("counter", "histogram", "summary")
+        samples = []
+        for s in family.samples:
+            if counted and s.name.endswith("_created"):
+                continue
+            value = s.value
+            if value.__class__ is not float:
+                try:
+                    value = float(value)  # what prometheus-client's encoders do with it
+                except (TypeError, ValueError, OverflowError) as exc:
+                    errors.record("collect", exc)
+                    continue
+            samples.append([s.name, s.labels, value])
         yield {
             "name": family.name,
             "type": family.type,
             "help": family.documentation,
-            "samples": [
-                [s.name, s.labels, s.value]
-                for s in family.samples
-                if not (counted and s.name.endswith("_created"))
-            ],
+            "samples": samples,
         }
 
 

@@ -183,6 +183,55 @@ def test_a_collector_that_cannot_be_written_leaves_the_others_served(
     assert errors.counts().get("collect", 0) >= 1
 
 
+@pytest.mark.parametrize("value", ["abc", None, 10**400], ids=["text", "None", "huge-int"])
+@pytest.mark.parametrize("fmt", list(ACCEPT))
+@pytest.mark.internal_errors("textformat.collector", "collect")
+def test_a_value_that_is_no_number_leaves_the_others_served_with_forked_children(
+    instrumented: Callable[..., Any], live_pid: int, fmt: str, value: Any
+) -> None:
+    # With a forked child's snapshot to merge, the scrape is the merge's (not otel-jobs'
+    # writer's): a sample of another collector whose value no float holds is left out, not a
+    # 500 at every scrape. In a child, the same sample would have made its whole snapshot
+    # malformed (or not written at all): it is left out of the snapshot, the rest goes in.
+    from otel_jobs.core.snapshots import checked_snapshot, parse, serialise
+
+    agent = instrumented(watchdog=False)
+    with otel_jobs.job_run("reports.nightly"):
+        pass
+    agent.telemetry.registry.register(_Valued(value))
+    Path(agent.share.directory, f"{live_pid}.json").write_text(
+        json.dumps({"pid": live_pid, "families": []})
+    )
+    for _ in range(2):
+        status, text = _get(agent.server.url, ACCEPT[fmt])
+        assert status == 200, text[-2000:]
+        samples = _samples(text, fmt)
+        assert "reports.nightly" in _job_names(samples)
+        assert [s.value for s in samples if s.name == "app_valued_good"] == [2.0]
+        assert not [s for s in samples if s.name == "app_valued"]
+    snapshot = json.dumps({"pid": 7, "families": serialise(agent.telemetry.registry)})
+    _at, families = checked_snapshot(parse(snapshot.encode()), 7)
+    assert "app_valued_good" in {f["name"] for f in families}
+
+
+class _Valued:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import Metric
+
+        family = Metric("app_valued", "A value of the application's.", "gauge")
+        family.add_sample("app_valued", {}, self.value)
+        yield family
+        good = Metric("app_valued_good", "A number.", "gauge")
+        good.add_sample("app_valued_good", {}, 2)
+        yield good
+
+    def describe(self) -> list[Any]:
+        return []
+
+
 class _Unwritable:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
