@@ -123,6 +123,26 @@ def test_bad_and_long_job_names_never_break_the_scrape(
 
 
 @pytest.mark.parametrize("fmt", list(ACCEPT))
+def test_bad_queues_hosts_and_call_sites_are_served_clean(
+    instrumented: Callable[..., Any], fmt: str
+) -> None:
+    # The other labels whose values come from users and frameworks go through the same caps.
+    agent = instrumented(watchdog=False)
+    with otel_jobs.job_run("reports.nightly", queue=BAD_NAME):
+        pass
+    agent.telemetry.record_no_timeout("requests", "h\udcfe.example", LONG_NAME)
+    status, text = _get(agent.server.url, ACCEPT[fmt])
+    assert status == 200, text[-2000:]
+    samples = _samples(text, fmt)
+    [queue] = {s.labels["queue"] for s in samples if s.name == "otel_jobs_runs_started_total"}
+    assert queue == "report-\ufffd.csv"
+    [call] = [s for s in samples if s.name == "otel_jobs_outbound_calls_without_timeout_total"]
+    assert call.labels["host"] == "h\ufffd.example"
+    assert len(call.labels["call_site"]) == MAX_LABEL_CHARS
+    assert call.labels["call_site"].startswith("export.xxx")
+
+
+@pytest.mark.parametrize("fmt", list(ACCEPT))
 def test_a_childs_snapshot_with_a_lone_surrogate_never_breaks_the_scrape(
     instrumented: Callable[..., Any], live_pid: int, fmt: str
 ) -> None:
