@@ -155,6 +155,24 @@ def _bytes_read() -> int:
         return next(int(line.split()[1]) for line in io if line.startswith("rchar:"))
 
 
+def _with_a_good_child(instrumented: Callable[..., Any], good: int) -> Any:
+    """An agent that ran one job, with the snapshot of live child ``good`` (5 mail.send runs)."""
+    agent = instrumented(watchdog=False)
+    with otel_jobs.job_run("reports.nightly"):
+        pass
+    Path(agent.share.directory, f"{good}.json").write_text(_snapshot(good, "mail.send", 5))
+    return agent
+
+
+def _assert_the_good_child_merged(agent: Any) -> None:
+    """Twice: the owner's run and the good child's are served, and nothing else."""
+    for _ in range(2):
+        samples = _scrape(agent)
+        assert samples.value("otel_jobs_runs_started_total", job_name="mail.send") == 5
+        assert samples.value("otel_jobs_runs_started_total", job_name="reports.nightly") == 1
+        assert samples.total("otel_jobs_runs_started_total") == 6
+
+
 @pytest.mark.parametrize(
     "content",
     [
@@ -190,20 +208,13 @@ def _bytes_read() -> int:
 def test_a_malformed_snapshot_is_skipped_and_the_others_are_merged(
     instrumented: Callable[..., Any], live_pids: list[int], content: str
 ) -> None:
-    agent = instrumented(watchdog=False)
-    with otel_jobs.job_run("reports.nightly"):
-        pass
-    bad, good = live_pids
+    agent = _with_a_good_child(instrumented, live_pids[1])
+    bad = live_pids[0]
     Path(agent.share.directory, f"{bad}.json").write_bytes(
         content.replace("PID", str(bad)).encode("utf-8", "surrogateescape")
     )
-    Path(agent.share.directory, f"{good}.json").write_text(_snapshot(good, "mail.send", 5))
     before = _bad_files()
-    for _ in range(2):
-        samples = _scrape(agent)
-        assert samples.value("otel_jobs_runs_started_total", job_name="mail.send") == 5
-        assert samples.value("otel_jobs_runs_started_total", job_name="reports.nightly") == 1
-        assert samples.total("otel_jobs_runs_started_total") == 6
+    _assert_the_good_child_merged(agent)
     assert _bad_files() == before + 1
     assert agent.share.written_at(bad) is None
 
@@ -214,18 +225,10 @@ def test_a_name_that_is_not_a_pid_in_ascii_digits_is_left_alone(
 ) -> None:
     # str.isdigit() holds for "²" (which int() refuses) and for Arabic-Indic digits: a name
     # alone, which any user who can write the directory can give, must not fail the merge.
-    agent = instrumented(watchdog=False)
-    with otel_jobs.job_run("reports.nightly"):
-        pass
-    good = live_pids[1]
+    agent = _with_a_good_child(instrumented, live_pids[1])
     planted = Path(agent.share.directory, name)
     planted.write_text(_snapshot(_dead_pid(), "planted", 1e9))
-    Path(agent.share.directory, f"{good}.json").write_text(_snapshot(good, "mail.send", 5))
-    for _ in range(2):
-        samples = _scrape(agent)
-        assert samples.value("otel_jobs_runs_started_total", job_name="mail.send") == 5
-        assert samples.value("otel_jobs_runs_started_total", job_name="reports.nightly") == 1
-        assert samples.total("otel_jobs_runs_started_total") == 6
+    _assert_the_good_child_merged(agent)
     assert planted.exists()  # not a file of otel-jobs': neither read nor removed
 
 
