@@ -18,6 +18,12 @@ shared Redis is never touched) is loaded, for each framework in turn, with 100 q
   its own polled in its own thread as the monitor does (``Monitor.poll``); each list's oldest
   entry is a real task serialized by Huey with a due time, the others placeholders.
 
+When a RabbitMQ answers at ``OTEL_JOBS_BENCH_RABBITMQ_URL`` (default: the local one, guest),
+100 queues of the benchmark's own are declared on it too (and Dramatiq's ``.DQ``/``.XQ``), with
+100 ready messages each, and read by the Celery and Dramatiq collectors: a passive
+``queue.declare`` per queue (three for Dramatiq), since AMQP 0-9-1 has no batch; what it costs
+does not depend on the depth, RabbitMQ keeps the count. They are deleted at the end.
+
 For each, one poll is timed (median of several, after one warm-up poll) and its peak allocation
 measured with ``tracemalloc`` (what a poll costs in memory, not the interpreter's). Then two real
 ``python -m otel_jobs monitor`` processes at once (two monitors on one broker, for availability)
@@ -55,6 +61,11 @@ QUEUES = 100
 POLL_TARGET_MS = 100.0
 MEMORY_TARGET_MB = 50.0
 CPU_TARGET = 0.05  # of one core, at a 15 s interval
+#: The RabbitMQ the AMQP collectors are timed on, when one answers there (queues of its own,
+#: deleted at the end). A passive ``queue.declare`` returns the count RabbitMQ keeps: what it
+#: costs does not depend on the depth, so the queues hold a few messages only.
+RABBITMQ_URL = os.environ.get("OTEL_JOBS_BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672")
+RABBITMQ_PER_QUEUE = 100
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -388,46 +399,111 @@ FRAMEWORKS: tuple[tuple[str, Callable[[str, int], Any]], ...] = (
 )
 
 
+def _poll_rows(
+    bench: str, framework: str, collector: Any, polls: int, quick: bool, waiting: int, aged: int
+) -> list[dict[str, Any]]:
+    """The rows of one collector's polls: time and memory; ``RuntimeError`` unless a poll
+    counted ``waiting`` jobs and found ``aged`` oldest ages."""
+    try:
+        durations, peak, counted, found = _poll_figures(collector, polls)
+    finally:
+        collector.close()
+    if counted != waiting or found != aged:
+        raise RuntimeError(
+            f"{framework}: the poll counted {counted} jobs (not {waiting}) and found "
+            f"{found} oldest ages (not {aged})"
+        )
+    poll_ms = statistics.median(durations) * 1e3
+    return [
+        row(
+            bench,
+            subject=f"{framework}: one poll",
+            value=poll_ms,
+            unit="ms/poll",
+            target="" if quick else f"< {POLL_TARGET_MS:g} ms",
+            met=None if quick else poll_ms < POLL_TARGET_MS,
+            note=f"median of {polls}; max {max(durations) * 1e3:.1f} ms",
+        ),
+        row(
+            bench,
+            subject=f"{framework}: memory one poll allocates (peak)",
+            value=peak / 1e6,
+            unit="MB",
+            target="" if quick else f"< {MEMORY_TARGET_MB:g} MB",
+            met=None if quick else peak / 1e6 < MEMORY_TARGET_MB,
+            note="tracemalloc",
+        ),
+    ]
+
+
+@contextmanager
+def rabbitmq_queues() -> Iterator[list[str] | None]:
+    """:data:`QUEUES` queues of the benchmark's own on the RabbitMQ at :data:`RABBITMQ_URL`
+    (with Dramatiq's delay and dead-letter queues), :data:`RABBITMQ_PER_QUEUE` ready messages
+    in each, deleted at the end; None when no RabbitMQ answers there."""
+    try:
+        import pika
+
+        connection = pika.BlockingConnection(
+            pika.URLParameters(RABBITMQ_URL + "/%2F?connection_attempts=1&socket_timeout=5")
+        )
+    except Exception:  # no pika, or no RabbitMQ: the rows are left out
+        yield None
+        return
+    names = [f"bench-monitor-{uuid.uuid4().hex[:6]}-{q:03d}" for q in range(QUEUES)]
+    channel = connection.channel()
+    try:
+        for name in names:
+            for queue in (name, f"{name}.DQ", f"{name}.XQ"):
+                channel.queue_declare(queue, durable=True)
+            for _ in range(RABBITMQ_PER_QUEUE):
+                channel.basic_publish("", name, b"{}")
+        yield names
+    finally:
+        for name in names:
+            for queue in (name, f"{name}.DQ", f"{name}.XQ"):
+                channel.queue_delete(queue)
+        connection.close()
+
+
+def _rabbitmq_rows(names: list[str], polls: int, quick: bool) -> list[dict[str, Any]]:
+    from celery import Celery
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    from otel_jobs.monitor.celery import CeleryAMQPCollector
+    from otel_jobs.monitor.dramatiq import collector_for_broker
+
+    waiting = QUEUES * RABBITMQ_PER_QUEUE
+    bench = f"Monitor poll, {QUEUES} RabbitMQ queues, {waiting:,} ready messages"
+    rows = _poll_rows(
+        bench,
+        "Celery (RabbitMQ)",
+        CeleryAMQPCollector(Celery("bench", broker=RABBITMQ_URL + "//"), names),
+        polls,
+        quick,
+        waiting,
+        0,  # AMQP cannot look at a message without taking it: no ages
+    )
+    broker = RabbitmqBroker(url=RABBITMQ_URL)
+    try:
+        dramatiq = collector_for_broker(broker, queues=names)
+        rows += _poll_rows(bench, "Dramatiq (RabbitMQ)", dramatiq, polls, quick, waiting, 0)
+    finally:
+        broker.close()
+    return rows
+
+
 def run(quick: bool = False) -> list[dict[str, Any]]:
     per_queue, polls = (100, 3) if quick else (10_000, 15)
     total = per_queue * QUEUES
     rows = []
+    with rabbitmq_queues() as names:
+        if names is not None:
+            rows += _rabbitmq_rows(names, polls, quick)
     with private_redis() as url:
+        bench = f"Monitor poll, {QUEUES} queues, {total:,} waiting jobs"
         for framework, build in FRAMEWORKS:
-            collector = build(url, per_queue)
-            try:
-                durations, peak, waiting, aged = _poll_figures(collector, polls)
-            finally:
-                collector.close()
-            if waiting != total or aged != QUEUES:
-                raise RuntimeError(
-                    f"{framework}: the poll counted {waiting} jobs (not {total}) and found "
-                    f"{aged} oldest ages (not {QUEUES})"
-                )
-            poll_ms = statistics.median(durations) * 1e3
-            bench = f"Monitor poll, {QUEUES} queues, {total:,} waiting jobs"
-            rows.append(
-                row(
-                    bench,
-                    subject=f"{framework}: one poll",
-                    value=poll_ms,
-                    unit="ms/poll",
-                    target="" if quick else f"< {POLL_TARGET_MS:g} ms",
-                    met=None if quick else poll_ms < POLL_TARGET_MS,
-                    note=f"median of {polls}; max {max(durations) * 1e3:.1f} ms",
-                )
-            )
-            rows.append(
-                row(
-                    bench,
-                    subject=f"{framework}: memory one poll allocates (peak)",
-                    value=peak / 1e6,
-                    unit="MB",
-                    target="" if quick else f"< {MEMORY_TARGET_MB:g} MB",
-                    met=None if quick else peak / 1e6 < MEMORY_TARGET_MB,
-                    note="tracemalloc",
-                )
-            )
+            rows += _poll_rows(bench, framework, build(url, per_queue), polls, quick, total, QUEUES)
         # The processes, on the RQ queues (the last loaded were Huey's: load RQ's again).
         _rq(url, per_queue).close()
         interval, window = (1.0, 3.0) if quick else (15.0, 60.0)
