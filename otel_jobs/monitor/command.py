@@ -196,8 +196,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("otel_jobs").setLevel(settings.log_level.upper())
     logging.getLogger("pika").setLevel(logging.CRITICAL)
-    _tracing()  # the lost runs' spans, exported where OTEL_EXPORTER_OTLP_* says
-    with _HeldLog() as held:  # until the brokers answer: on failure, the reason alone
+    with _HeldLog() as held:  # until /metrics is served: on failure, the reason alone
+        _tracing()  # the lost runs' spans, exported where OTEL_EXPORTER_OTLP_* says
         try:
             collectors = build_collectors(settings)
         except ConfigurationError as exc:
@@ -214,14 +214,13 @@ def run(args: argparse.Namespace) -> int:
                 for c in collectors:
                     c.close()
                 return 2
-        held.release()
-    return serve_until_stopped(settings, collectors)
+        return serve_until_stopped(settings, collectors, held)
 
 
 class _HeldLog(logging.Filter):
     """Holds what is logged while the monitor starts (notes such as lost runs needing
     ``--lease-url``), so that a start that fails prints one line, its reason; :meth:`release`
-    logs the held records once the brokers have answered."""
+    logs the held records once the brokers have answered and ``/metrics`` is served."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -259,7 +258,9 @@ def _tracing() -> None:
         logger.warning("otel-jobs monitor: lost-run spans are not exported (%s)", exc)
 
 
-def serve_until_stopped(settings: MonitorSettings, collectors: list[Collector]) -> int:
+def serve_until_stopped(
+    settings: MonitorSettings, collectors: list[Collector], held: _HeldLog | None = None
+) -> int:
     from ..core.exposition import serve
     from .process import Monitor
 
@@ -282,6 +283,8 @@ def serve_until_stopped(settings: MonitorSettings, collectors: list[Collector]) 
         )
         monitor.close()
         return 2
+    if held is not None:
+        held.release()
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -19,8 +19,9 @@ from otel_jobs.core.config import ConfigurationError
 from otel_jobs.monitor import settings as monitor_settings
 from otel_jobs.monitor.settings import MonitorSettings, load
 from tests.otlp_receiver import unused_port
-from tests.support import Samples, free_port
+from tests.support import Samples, free_port, require_rabbitmq
 
+from .conftest import RABBITMQ_URL
 from .support import ROOT, MonitorProcess, ages, depth, wait_for
 
 pytestmark = pytest.mark.broker
@@ -182,6 +183,28 @@ def test_a_taken_port_is_exit_code_2(redis_url: str) -> None:
         done = command("--rq-redis-url", redis_url, "--port", str(port))
     assert done.returncode == 2
     assert f"--port={port}: cannot serve /metrics" in done.stderr
+
+
+def test_a_taken_port_is_one_line_even_where_starting_had_notes_to_log(tmp_path: Path) -> None:
+    # A Celery app on RabbitMQ: building its collector notes that lost runs need --lease-url.
+    # The monitor did not start, so its one line is why.
+    pytest.importorskip("celery")
+    require_rabbitmq()
+    import socket
+
+    (tmp_path / "rabbit_app.py").write_text(
+        f"from celery import Celery\napp = Celery('rabbit_app', broker='{RABBITMQ_URL}//')\n"
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        done = command(
+            "--celery-app", "rabbit_app:app", "--port", str(port), PYTHONPATH=str(tmp_path)
+        )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"--port={port}: cannot serve /metrics" in lines[0], done.stderr
 
 
 def test_the_installed_command_serves_with_the_workers_basic_auth_and_stops_on_sigterm(
