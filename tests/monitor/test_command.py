@@ -97,11 +97,7 @@ def test_the_options_table_lists_every_flag_and_variable_and_the_docs_show_it() 
     table = monitor_settings.markdown_table()
     for option in monitor_settings.OPTIONS:
         assert f"| `{option.flag}` | `{option.env}`" in table
-    # The monitor's docs page, or its fragment until it is merged into the site.
-    page = ROOT / "docs" / "monitor.md"
-    if not page.exists():
-        page = ROOT / "docs" / "_incoming" / "14-monitor.md"
-    text = page.read_text()
+    text = (ROOT / "docs" / "monitor.md").read_text()
     start = text.index("<!-- monitor-options:start -->") + len("<!-- monitor-options:start -->")
     assert text[start : text.index("<!-- monitor-options:end -->")].strip() == table
 
