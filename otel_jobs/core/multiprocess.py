@@ -131,12 +131,15 @@ class ProcessShare:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         try:
             st = os.stat(directory)
-            if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            if st.st_uid != os.geteuid() or (st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX):
                 logger.warning(
-                    "otel-jobs: the multiprocess directory %s can be written by other users; "
-                    "otel-jobs reads only regular files of its own user there, but another user "
-                    "can still delete or replace them. Use a directory of mode 0700.",
+                    "otel-jobs: the multiprocess directory %s can be written by other users "
+                    "(its owner is uid %s, its mode %o); otel-jobs reads only regular files of its "
+                    "own user there, but another user can still delete or replace them. Use a "
+                    "directory of mode 0700 owned by the worker's user.",
                     directory,
+                    st.st_uid,
+                    stat.S_IMODE(st.st_mode),
                 )
         except OSError:
             pass

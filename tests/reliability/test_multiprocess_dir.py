@@ -347,6 +347,26 @@ def test_a_configured_directory_is_made_0700_and_files_0600(
     os.unlink(directory / f"{os.getpid()}.json")
 
 
+@pytest.mark.parametrize("kind", ["0700", "world-writable", "sticky", "another-user"])
+def test_a_directory_others_control_is_warned_about_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    directory = tmp_path / "mp"
+    directory.mkdir()
+    mode = {"world-writable": 0o777, "sticky": 0o1777}.get(kind, 0o700)
+    directory.chmod(mode)
+    if kind == "another-user":
+        _needs_root()
+        os.chown(directory, OTHER_UID, OTHER_UID)  # its owner can plant or replace anything
+    caplog.set_level("WARNING", logger="otel_jobs")
+    ProcessShare(str(directory), owner_pid=os.getpid())
+    warned = [r.getMessage() for r in caplog.records if str(directory) in r.getMessage()]
+    if kind in ("0700", "sticky"):
+        assert warned == []
+    else:
+        assert len(warned) == 1 and "Use a directory of mode 0700" in warned[0], warned
+
+
 @pytest.mark.internal_errors("multiprocess.read")
 def test_markers_of_another_user_or_not_regular_do_not_count(tmp_path: Path) -> None:
     # Celery's main process reads the markers and notes its children leave (integrations).
