@@ -1,62 +1,23 @@
 """APScheduler 3.x: every execution of a scheduled job becomes one otel-jobs run, and every
 run that never started (missed, or skipped at ``max_instances``) is counted.
 
-Call ``otel_jobs.instrument()`` once in the process that runs the scheduler, anywhere before the
-jobs you want to see run (before or after the scheduler is created or started):
-
->>> import otel_jobs
->>> from apscheduler.schedulers.background import BackgroundScheduler
->>> otel_jobs.instrument()
->>> scheduler = BackgroundScheduler()
->>> scheduler.add_job(sync_invoices, "interval", minutes=5, max_instances=1,
-...                   misfire_grace_time=60)
->>> scheduler.start()
-
-What each run records:
-
-* name: the job's ``name`` (by default the function's qualified name; give it one with
-  ``add_job(..., name=...)``: the job *id* is never a label); queue: the job's executor alias
-  (``"default"`` unless you configure several executors); id: the job id.
-* queue wait: from the scheduled run time to the start of the execution. A job that waits for a
-  free thread of its executor shows here before it is missed.
-* thresholds: APScheduler has no time limit of its own, so the max duration and heartbeat
-  timeout are ``instrument(jobs={name: {...}})`` or the global settings.
-* outcome: ``success``, ``failure`` for an exception (``timeout`` for a ``TimeoutError`` or
-  :class:`~otel_jobs.JobTimeoutError`).
-
-Runs that never started, in ``otel_jobs_runs_skipped_total{job_name, queue, reason}``:
-
-* ``reason="missed"``: the run started later than its ``misfire_grace_time`` after its scheduled
-  time (APScheduler's ``EVENT_JOB_MISSED``: the scheduler was down or busy, or every thread of
-  the executor was taken); one per missed run time.
-* ``reason="max_instances"``: the run was due while ``max_instances`` executions of the job
-  were still running (``EVENT_JOB_MAX_INSTANCES``), the usual sign that the previous run is
-  stuck; one per skipped submission.
-
-Scheduler-side metrics (:mod:`otel_jobs.core.schedules`), per job with a recurring trigger
-(``schedule`` is the job id; date-triggered one-off jobs are left out): the next run time
-APScheduler holds (absent while the job is paused), the last submission, and the interval (an
-``IntervalTrigger``'s own; for a ``CronTrigger`` the gap to the next fire time from the one
-before, which is also each run's ``expected_every``).
+For users (where to call ``instrument()``, what a run records, thresholds, the skips, limits):
+docs/frameworks/apscheduler.md; the schedule gauges: docs/scheduled-jobs.md. For a code reader:
 
 How it hooks APScheduler, and why: schedulers are created by your code, so otel-jobs patches one
 method shared by every executor, ``apscheduler.executors.base.BaseExecutor.submit_job``, and the
 loop method of every scheduler, ``BaseScheduler._process_jobs``: after each call (at start, at
 each due time, and whenever a job is added, changed or paused) otel-jobs reads that scheduler's
-jobs, in its own thread, for the next collections of the metrics. On a
-scheduler's first submission it adds a listener (``add_listener``) for the missed and
-max-instances events, so schedulers started before ``instrument()`` are covered too. Each
-submission hands the executor a thin view of the job whose ``func`` is wrapped (the stored
-``Job`` is not modified); the executor calls it in the thread, or for a coroutine function in
-the asyncio task, that runs the job, so the run is current there for ``otel_jobs.heartbeat()``,
-the watchdog and the outbound-call checks. ``uninstrument()`` restores ``submit_job`` and
-removes the listeners.
-
-Caveats: a ``ProcessPoolExecutor`` runs jobs in other processes, to which the job is pickled, so
-its executions are not runs (their missed and max-instances skips are still counted). A Python
-thread cannot be interrupted, so ``on_stall="cancel"`` cannot stop a job running in a thread
-pool: the watchdog reports it instead. APScheduler 4 (a different API) is not hooked yet: with
-it installed, ``instrument()`` logs a warning and leaves it alone.
+jobs, in its own thread, for the next collections of the schedule gauges
+(:mod:`otel_jobs.core.schedules`; recurring triggers only). On a scheduler's first submission it
+adds a listener (``add_listener``) for the missed and max-instances events, so schedulers
+started before ``instrument()`` are covered too. Each submission hands the executor a thin view
+of the job whose ``func`` is wrapped (the stored ``Job`` is not modified); the executor calls it
+in the thread, or for a coroutine function in the asyncio task, that runs the job, so the run is
+current there for ``otel_jobs.heartbeat()``, the watchdog and the outbound-call checks.
+``uninstrument()`` restores ``submit_job`` and ``_process_jobs`` and removes the listeners.
+A ``ProcessPoolExecutor`` pickles the job to another process: its executions are not runs.
+APScheduler 4 (a different API) is not hooked: ``instrument()`` logs a warning.
 """
 
 from __future__ import annotations

@@ -1,32 +1,7 @@
 """arq: every job an arq worker runs becomes one otel-jobs run.
 
-Call ``otel_jobs.instrument()`` once in the worker process, before the first job runs: at the
-top of the module that holds your ``WorkerSettings`` (the ``arq`` command imports it), or in the
-worker's ``on_startup`` hook. Workers created before ``instrument()`` are covered too.
-
->>> # worker.py, started with ``arq worker.WorkerSettings``
->>> import otel_jobs
->>> otel_jobs.instrument()
->>> class WorkerSettings:
-...     functions = [send_invoice]
-...     job_timeout = 120
-
-What each run records:
-
-* name: the arq function name (``func(..., name=...)``, or the coroutine's qualified name; a cron
-  job's name); queue: the worker's ``queue_name``; id: the arq job id; attempt: arq's ``job_try``.
-* max duration: the function's ``timeout`` or else the worker's ``job_timeout`` (unless
-  ``instrument(jobs=...)`` sets one), exported as ``otel_jobs_run_max_duration_seconds``.
-* queue wait: from the job's score, the time it became due: its enqueue time, or the deferred
-  time of ``_defer_by`` / ``_defer_until`` and of ``Retry(defer=...)``. A job retried without a
-  delay keeps its score, so its wait then includes the earlier attempts.
-* outcome: ``success``; ``failure`` for an exception; ``retry`` for ``arq.Retry`` (and arq's
-  internal ``RetryJob``) when arq will run the job again; a ``Retry`` on the last of its
-  ``max_tries``, or with ``retry_jobs=False``, ends the job in arq, and its run is a ``failure``;
-  ``timeout`` when
-  ``job_timeout`` expired (arq then cancels the job) or when the watchdog cancelled it;
-  ``cancelled`` when the job was aborted (``Job.abort()``) or cancelled by the worker's shutdown
-  (arq enqueues it again, and its next attempt is a new run).
+For users (where to call ``instrument()``, what a run records, outcomes, queue wait, cron jobs,
+what is not a run): docs/frameworks/arq.md. For a code reader:
 
 How it hooks arq, and why: arq runs each job's coroutine in an asyncio task of its own, and that
 task is where the run must be current, so that ``otel_jobs.heartbeat()`` inside the job finds
@@ -40,16 +15,10 @@ job's task, starts and activates the run, and finishes it with the outcome. ``un
 restores ``Worker.run_job`` and puts each worker's original functions back; a wrapper still held
 by a running job calls straight through once otel-jobs is uninstrumented.
 
-Cron jobs (``cron_jobs``): the worker is their scheduler, so it also exports the schedule gauges
-(:mod:`otel_jobs.core.schedules`; ``job_name`` and ``schedule`` are the cron job's name): its
-``next_run`` as arq holds it, the last time ``run_cron`` enqueued it (``Worker.run_cron`` is
-patched: a cron job whose ``next_run`` moved on was sent), and the gap between two due times,
-which each run of a cron job also carries as its ``expected_every``.
-
-Caveats: arq's ``job_timeout`` is enforced by cancelling the task, which interrupts an ``await``
-but not blocking synchronous code inside a coroutine (that blocks the whole event loop: the
-watchdog still sees the run stall, from its thread). Jobs arq rejects before running them
-(expired, unknown function, ``max_tries`` exceeded, aborted before start) are not runs.
+Cron jobs: the worker is their scheduler, so it also exports the schedule gauges
+(:mod:`otel_jobs.core.schedules`): ``Worker.run_cron`` is patched (a cron job whose
+``next_run`` moved on was sent), and the gap between two due times is also each run's
+``expected_every``.
 """
 
 from __future__ import annotations

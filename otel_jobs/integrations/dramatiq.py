@@ -1,108 +1,26 @@
-"""Dramatiq: every message an actor processes becomes one run.
+"""Dramatiq: every message an actor processes becomes one run (:class:`OtelJobsMiddleware`).
 
-Call ``otel_jobs.instrument()`` and every Dramatiq broker, the global one and those created
-afterwards (Redis, RabbitMQ, or any :class:`dramatiq.Broker` subclass), gets the
-:class:`OtelJobsMiddleware`. ``uninstrument()`` removes it from those brokers again.
+For users (where to call ``instrument()``, the launcher, what a run records, outcomes, dead
+letters, queue wait, trace context, async actors): docs/frameworks/dramatiq.md. For a code
+reader:
 
-Where it goes: first in the broker's middleware list, the outermost one. Dramatiq runs the
-``before_*`` hooks in list order and the ``after_*`` hooks in reverse, so otel-jobs starts a run
-before any other middleware can skip the message and decides its outcome after ``Retries`` has
-chosen between a retry and the dead-letter queue. ``add_middleware(m, before=X)`` and
-``after=X`` still put ``m`` right before or after ``X``; only positions counted from the start of
-the list are one more than without otel-jobs. A broker created with ``middleware=[]`` (no
-middleware, asked for explicitly) is left as it is: :func:`attach` adds otel-jobs to it, and
-:func:`detach` takes it off any broker (a test suite that checks exact list positions).
-
-Where to call ``instrument()``
-------------------------------
-
-The ``dramatiq`` command starts one parent process that imports nothing of yours and forks
-``--processes`` worker processes (``multiprocessing`` with the ``fork`` start method on Linux
-before Python 3.14), and each worker process imports your broker module. So:
-
-* **One endpoint for the whole worker (recommended).** Start the worker through otel-jobs'
-  launcher, which calls ``instrument()`` in the parent and then runs Dramatiq's own CLI with
-  the same arguments::
-
-      python -m otel_jobs.integrations.dramatiq app.broker --processes 4 --threads 8
-
-  The parent serves ``/metrics``; the worker processes are forked from it, record their runs,
-  run their own watchdog and leave their metrics for the parent (see ``docs/forking.md``), so
-  one scrape shows every process. Options come from the ``OTEL_JOBS_*``
-  environment variables. To pass options in code, write a launcher script::
-
-      # run_worker.py
-      from otel_jobs.integrations.dramatiq import main
-      raise SystemExit(main(jobs={"reports.build": {"heartbeat_timeout": 60}}))
-
-  and start ``python run_worker.py app.broker --processes 4``. (``main`` takes the keyword
-  arguments of ``instrument()``, then runs Dramatiq's CLI so that a reload with ``SIGHUP`` or
-  ``--watch`` re-executes the launcher.) A call of ``instrument()``
-  left in ``app.broker`` then does nothing in the worker processes (they are already
-  instrumented by the parent).
-
-* **In your broker module.** ``instrument()`` next to ``dramatiq.set_broker(...)`` works
-  for ``--processes 1``. With more processes, each one calls ``instrument()`` for itself and
-  tries to bind the same port: the first serves the runs of its own process only, and the
-  others log that the port is taken. Use the launcher above instead.
-
-* ``--use-spawn`` (and Python 3.14's default ``forkserver``) start worker processes that are
-  not forked from the parent, so each one needs its own ``instrument()`` and its own port
-  (``prometheus_port=0`` picks a free one): prefer the fork start method.
-
-What is recorded
-----------------
-
-* ``before_process_message`` starts a run named after the actor (``job_name`` is the actor
-  name, ``queue`` the queue name, ``job.id`` the message id, ``job.attempt`` the message's
-  ``retries`` + 1), activated in the worker thread that runs the actor, so the watchdog
-  watches that thread.
-* The actor's time limit (the message's ``time_limit`` option, else the actor's, else the
-  broker's :class:`~dramatiq.middleware.TimeLimit` default; milliseconds) is the run's max
-  duration unless ``instrument(jobs=...)`` sets one. Without a ``TimeLimit`` middleware there
-  is no native limit. ``float("inf")`` means none.
-* Outcome, decided after every other middleware had its say (the middleware sits first in
-  the broker's list, so its ``after_*`` hooks run last):
-
-  - ``success``: the actor returned;
-  - ``timeout``: :class:`~dramatiq.middleware.TimeLimitExceeded` (also when it will be retried);
-  - ``retry``: an exception, and ``Retries`` re-enqueued the message;
-  - ``failure``: an exception with no retry left, ``throws``, or no ``Retries`` middleware;
-  - ``cancelled``: ``Shutdown`` (the worker stopping an actor with ``notify_shutdown``), or a
-    message skipped or failed by a middleware before the actor ran (``AgeLimit``: too old).
-
-* Dead-lettered messages: every message Dramatiq rejects (retries exhausted, ``throws``,
-  too old, unknown actor) goes to the dead-letter queue (``<queue>.XQ``) and is counted in
-  ``otel_jobs_runs_dead_lettered_total{job_name, queue}``.
-* Lost with its worker: a message handed out again after its worker died counts
-  ``otel_jobs_runs_redelivered_total``; one lost more than ``otel-jobs monitor --max-lost``
-  times is failed into the dead-letter queue without running (``cancelled``; with
-  ``--requeue-lost``: :mod:`.dramatiq_lost`).
-* Queue wait: from the message's publish time (``message_timestamp``), or, for a delayed or
-  retried message, from its due time (``eta``). Dramatiq drops ``eta`` when it moves a due
-  message from the delay queue to the work queue, so the middleware copies it into the
-  message option ``otel_jobs_due`` as the message leaves the delay queue (this happens in
-  the worker; without otel-jobs there, the wait is measured from the publish time).
-
-* Trace context: the run's span is a child of the span that was current when the message was
-  sent (same trace: a web request and the actor it queued appear together), and a retry's run
-  a child of the attempt that failed. The context travels in the message option
-  ``otel_jobs_trace`` with the globally configured propagator, so the sending process needs
-  ``instrument()`` too (it adds the middleware to its broker); a message sent without it starts
-  a new trace.
-
-Async actors (the ``AsyncIO`` middleware) run their coroutine on Dramatiq's event-loop thread
-while the worker thread waits for it. The run follows the coroutine there: it is the current
-run inside it (``otel_jobs.heartbeat()`` works), the watchdog's stack is the coroutine's await
-chain and its blocked/spinning state the loop thread's, and the ``cancel`` policy cancels the
-coroutine's task (Dramatiq then ends the message with the ``CancelledError``: outcome
-``timeout``).
-
-Caveats: a time limit is enforced by Dramatiq with an asynchronous exception that a thread
-blocked in a system call (a socket read with no timeout) does not see until the call
-returns; the watchdog still reports such a run as stuck, with its stack. gevent workers
-(``dramatiq-gevent``) run actors in greenlets that share one thread, so the watchdog cannot
-tell their stacks apart.
+* :class:`Integration` wraps ``dramatiq.Broker.__init__`` so that every broker created
+  afterwards gets the middleware, and adds it to the brokers that exist already
+  (:mod:`.dramatiq_brokers`); a broker created with ``middleware=[]`` is left alone.
+  :func:`attach` / :func:`detach` add it to or take it off one broker. ``uninstrument()``
+  restores ``__init__`` and removes the middleware everywhere.
+* The middleware goes first in the broker's list: its ``before_*`` hooks run first (the run
+  starts before another middleware can skip the message) and its ``after_*`` hooks last (the
+  outcome is decided once ``Retries`` has chosen between a retry and the dead-letter queue).
+* The run is activated in the worker thread that runs the actor; an async actor's run follows
+  its coroutine onto Dramatiq's event-loop thread (:mod:`.dramatiq_async`), where the
+  watchdog's ``cancel`` policy cancels the coroutine's task.
+* The message options ``otel_jobs_trace`` (the sender's trace context) and ``otel_jobs_due``
+  (a delayed message's due time, copied as it leaves the delay queue, where Dramatiq drops
+  ``eta``) are written by this middleware; a message lost more than ``--max-lost`` times is
+  failed by :mod:`.dramatiq_lost`.
+* :func:`main` (``python -m otel_jobs.integrations.dramatiq``) instruments the parent process,
+  then runs Dramatiq's command line, so the worker processes it forks are instrumented by it.
 """
 
 from __future__ import annotations

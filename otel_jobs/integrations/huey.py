@@ -1,73 +1,20 @@
 """Huey: every task execution becomes one run, from Huey's own signals.
 
-Call ``otel_jobs.instrument()`` in the module ``huey_consumer`` is pointed at, before or after
-the ``Huey`` instance is created. Keep it out of the module your producers import (a web app
-importing ``tasks.py`` would start a ``/metrics`` endpoint of its own): a small module that
-imports the instance and instruments is enough:
+For users (where to call ``instrument()``, worker types, what a run records, the signal to
+outcome table, time limits, queue wait): docs/frameworks/huey.md. For a code reader:
 
-.. code-block:: python
-
-    # app/worker.py, run with: huey_consumer app.worker.huey -k process -w 4
-    import otel_jobs
-    from app.tasks import huey   # RedisHuey("app"), and the tasks
-
-    otel_jobs.instrument()
-
-``instrument()`` connects a signal receiver to every Huey instance: those created afterwards
-(it wraps ``Huey.__init__``) and those that already exist and are bound to a module-level name
-(the instance itself, or a task of it). An instance created before ``instrument()`` and kept
-nowhere a module can see (in a closure, a dict) is not found: call ``instrument()`` first.
-``uninstrument()`` disconnects the receivers and restores ``Huey.__init__``.
-
-Worker types: with ``-k thread`` (the default) and ``-k greenlet`` everything runs in the
-consumer process, which serves ``/metrics``. With ``-k process`` the consumer forks its
-workers after importing your module, so the consumer serves ``/metrics`` for all of them and
-each worker process runs its own watchdog (see ``docs/forking.md``). Greenlet
-workers share one OS thread, so the watchdog cannot tell their stacks apart.
-
-What is recorded
-----------------
-
-``job_name`` is Huey's registry name of the task (``module.function``, as the consumer lists
-it at start-up), ``queue`` the Huey instance's name, ``job.id`` the task id, and
-``job.attempt`` counts from the task's ``retries`` setting (Huey counts retries down).
-
-==============================  ===================================================
-Huey signal                     otel-jobs
-==============================  ===================================================
-``executing``                   the run starts, in the worker thread or process
-``complete``                    outcome success
-``error``                       outcome retry if Huey will retry it, else failure
-``retrying``                    outcome retry (a task that raised ``RetryTask``)
-``timeout``                     outcome timeout (also when it will be retried)
-``canceled``, ``interrupted``   outcome cancelled (``CancelExecution``, a pre-execute
-                                hook, the consumer shutting down)
-``locked``, ``rate-limited``    outcome retry or failure, and
-                                ``otel_jobs_runs_skipped_total{reason="locked"}``
-                                (``"rate_limited"``): the task body never ran
-``revoked``, ``expired``        no run; ``otel_jobs_runs_skipped_total`` with reason
-                                ``revoked`` / ``expired``
-==============================  ===================================================
-
-Time limits: a task's ``timeout`` (``@huey.task(timeout=...)``, Huey 3.0+) is its max duration
-unless ``instrument(jobs=...)`` sets one. Huey enforces it only with ``-k process`` (a
-``SIGALRM`` in the worker) and ``-k greenlet``; with threads it is cooperative
-(``task.check_timeout()``), so the watchdog's verdict is what tells you a threaded task
-overran.
-
-Periodic tasks: the consumer's scheduler exports the schedule gauges
-(:mod:`otel_jobs.core.schedules`; ``job_name`` and ``schedule`` are the task's registry name):
-the next time the scheduler will check periodic tasks at which the task's ``validate_datetime``
-holds (from the scheduler's own next check time, a minute apart by default), the last time
-``read_periodic`` returned it (patched: what the scheduler is about to enqueue), and the gap to
-its next due time. With ``-k process`` the scheduler is a process of its own, whose gauges reach
-the consumer's ``/metrics`` like a worker process's. A run of a periodic task carries no
-``expected_every``: the alerts take the schedule's interval for it.
-
-Queue wait: Huey's messages carry no publish time, so the wait is recorded for tasks with a
-due time only (``schedule(delay=...)``/``eta=``, retries with ``retry_delay``), measured from
-that due time. Trace context: Huey's messages have no field for headers, so each run starts a
-new trace.
+* :class:`Integration` connects one receiver (``huey.signal()``) to every Huey instance: those
+  created afterwards (it wraps ``Huey.__init__``) and those bound to a module-level name,
+  directly or through one of their tasks (:func:`_existing_hueys`). ``uninstrument()``
+  disconnects the receivers and restores ``Huey.__init__``.
+* ``executing`` starts the run in the worker thread or process; the other signals end it with
+  their outcome. ``locked`` and ``rate-limited`` also count a skip; ``revoked`` and ``expired``
+  are no run, only a skip.
+* Periodic tasks: ``Huey.read_periodic`` is patched (what the scheduler is about to enqueue is
+  the task's last send), and the schedule gauges (:mod:`otel_jobs.core.schedules`) take the
+  next periodic check at which the task's ``validate_datetime`` holds. With ``-k process`` the
+  scheduler is a process of its own, whose gauges reach the consumer's ``/metrics`` like a
+  worker process's. A periodic task's run carries no ``expected_every``.
 """
 
 from __future__ import annotations
