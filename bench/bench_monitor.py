@@ -192,6 +192,34 @@ def _celery(url: str, per_queue: int) -> Any:
     return collector_for_app(app, queues=[f"bench-celery-{q:03d}" for q in range(QUEUES)])
 
 
+def _celery_held(url: str, per_queue: int) -> Any:
+    """Celery's queues as :func:`_celery` loads them, and 1,000 ETA tasks held by its workers:
+    kombu's ``unacked`` hash at the size up to which a poll reads it to tell each queue's
+    ``scheduled`` and ``reserved`` (``UNACKED_READ_LIMIT``), each entry about 1.3 KB."""
+    import base64
+
+    import redis
+
+    from otel_jobs.monitor.celery import UNACKED_READ_LIMIT
+
+    collector = _celery(url, per_queue)
+    eta = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() + 3600))
+    body = base64.b64encode(b"x" * 750).decode()
+    client = redis.Redis.from_url(url)
+    entries = {}
+    for i in range(UNACKED_READ_LIMIT):
+        tag = str(uuid.uuid4())
+        message = {
+            "body": body, "content-encoding": "utf-8", "content-type": "application/json",
+            "headers": {"task": "bench.job", "id": tag, "eta": eta},
+            "properties": {"delivery_tag": tag, "priority": 0, "body_encoding": "base64"},
+        }  # fmt: skip
+        entries[tag] = json.dumps([message, "", f"bench-celery-{i % QUEUES:03d}"])
+    client.hset("unacked", mapping=entries)
+    client.close()
+    return collector
+
+
 def _dramatiq(url: str, per_queue: int) -> Any:
     import dramatiq
     from dramatiq.brokers.redis import RedisBroker
@@ -394,6 +422,7 @@ FRAMEWORKS: tuple[tuple[str, Callable[[str, int], Any]], ...] = (
     ("RQ", _rq),
     ("arq", _arq),
     ("Celery (Redis)", _celery),
+    ("Celery (Redis), 1,000 ETA tasks held by workers", _celery_held),
     ("Dramatiq (Redis)", _dramatiq),
     ("Huey (Redis), 100 instances", _HueyInstances),
 )
