@@ -53,8 +53,11 @@ def groups(config: RulesConfig, part: str = "alerts") -> list[dict[str, Any]]:
             uid = JOB_DASHBOARD if "job_name" in alert.dashboard_vars else OVERVIEW_DASHBOARD
             dashboard = f"{config.grafana_url.rstrip('/')}/d/{uid}"
             if alert.dashboard_vars:
-                dashboard += "?" + "&".join(
-                    f"var-{v}={{{{ $labels.{v} }}}}" for v in alert.dashboard_vars
+                # The first variable always; the others only where the alert has the label (an
+                # empty var-queue= would show the dashboard with no data at all).
+                first, *others = alert.dashboard_vars
+                dashboard += f"?var-{first}={{{{ $labels.{first} }}}}" + "".join(
+                    f"{{{{ with $labels.{v} }}}}&var-{v}={{{{ . }}}}{{{{ end }}}}" for v in others
                 )
             items.append(
                 {
