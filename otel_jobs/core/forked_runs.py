@@ -39,7 +39,7 @@ def open_span(agent: Agent, name: str, **run: Unpack[RunIdentity]) -> trace.Span
     about 0.5 ms of copy-on-write page faults for its first span. The child makes it current
     and ends it (``start_run(span=..., own_span=True)``); this process never ends it."""
     attrs = run_attributes(name, run)
-    return agent.tracer.start_span(utf8(name), kind=SpanKind.CONSUMER, attributes=attrs)
+    return agent.tracer.start_span(attrs["job.name"], kind=SpanKind.CONSUMER, attributes=attrs)
 
 
 def run_attributes(name: str, run: RunIdentity) -> dict[str, Any]:

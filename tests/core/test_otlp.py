@@ -13,8 +13,11 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.otlp_receiver import OtlpReceiver
 
@@ -178,3 +181,28 @@ def test_a_job_name_that_is_not_utf8_costs_no_span_of_the_batch(protocol: str) -
     assert odd.attributes["job.queue"] == "q-\ufffd"
     assert odd.attributes["job.id"] == "id-\ufffd"
     assert "Failed to export" not in out.stderr and "UnicodeEncodeError" not in out.stderr
+
+
+def test_the_span_opened_for_a_forked_run_is_utf8_too(
+    instrumented: Callable[..., Any], span_exporter: InMemorySpanExporter
+) -> None:
+    """RQ's worker opens its horse's span (``Agent.open_span``): name and attributes replaced
+    the same way, so that the span encodes as OTLP."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    agent = instrumented(watchdog=False)
+
+    def bad(text: bytes) -> str:
+        return text.decode("utf-8", "surrogateescape")
+
+    agent.open_span(
+        bad(b"otlp.report-\xff.csv"), queue=bad(b"q-\xfe"), job_id=bad(b"id-\xfd"),
+        attempt=1, framework="rq",
+    ).end()  # fmt: skip
+    [span] = span_exporter.get_finished_spans()
+    assert span.name == "otlp.report-\ufffd.csv"
+    assert span.attributes is not None
+    assert span.attributes["job.name"] == span.name
+    assert (span.attributes["job.queue"], span.attributes["job.id"]) == ("q-\ufffd", "id-\ufffd")
+    [resource] = encode_spans([span]).resource_spans
+    assert [s.name for s in resource.scope_spans[0].spans] == [span.name]
