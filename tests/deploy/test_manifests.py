@@ -243,3 +243,8 @@ def test_amtool_accepts_the_vm_alertmanager_config() -> None:
         'severity="warning"',
         'severity="info"',
     }
+    # One page per cause there too: every inhibition of the example Alertmanager configuration.
+    shipped = yaml.safe_load(config.read_text())["inhibit_rules"]
+    example = yaml.safe_load((ROOT / "alerts" / "alertmanager.example.yml").read_text())
+    missing = [rule for rule in example["inhibit_rules"] if rule not in shipped]
+    assert missing == [], missing

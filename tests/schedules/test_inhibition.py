@@ -3,7 +3,8 @@ applied by a real Alertmanager (Debian's ``prometheus-alertmanager``) to alerts 
 
 No scheduler at all holds back the late entries; a late entry holds back its job's missing
 success; a missing success holds back the failures in a row; any of them holds back the
-day-over-day heuristic. Alerts of other jobs (or queues) stay.
+day-over-day heuristic. Alerts of other jobs (or queues) stay; a missing success told by the
+job name alone (no queue) holds back that job's failures on every queue.
 """
 
 from __future__ import annotations
@@ -71,6 +72,10 @@ def test_one_cause_pages_once(alertmanager: str) -> None:
         # b failing on queue q is why it has no recent success; on queue r it is news.
         (alert("FailingRepeatedly", job_name="b", queue="q"), True),
         (alert("FailingRepeatedly", job_name="b", queue="r"), False),
+        # d, which only a schedule entry declares, has no recent success by its name alone: its
+        # failures on any queue are why.
+        (alert("NoRecentSuccess", job_name="d"), False),
+        (alert("FailingRepeatedly", job_name="d", queue="q"), True),
         # The heuristic: held back for b, not for c, which nothing else watches.
         (alert("JobStoppedRunning", job_name="b", queue="q"), True),
         (alert("JobStoppedRunning", job_name="c", queue="q"), False),
