@@ -19,6 +19,9 @@ the measured process's GIL. In that process, taking turns (``bench/_timing.py``)
 * the same two without a metrics pipeline, the floor of the no-endpoint row of
   ``bench_core``, for reading.
 
+A second measured process does the same with the ``/metrics`` endpoint, the lease and the
+watchdog turned off (:data:`WITHOUT`): how much of the gap to the floor they hold.
+
 Exemplars are kept: the finish metrics are recorded while the run's span is current, on both
 sides, so the SDK's default ``trace_based`` exemplar filter samples one per observation (what
 links a duration bucket to a trace). The ratio is otel-jobs against the same work by hand,
@@ -31,6 +34,7 @@ the GIL at moments that fall in one round or the other: the wall-time ratio swin
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -124,6 +128,11 @@ def _subject(reps: int, number: int) -> dict[str, Any]:
     out = {
         "ratio": ratio(results, "otel-jobs", "by hand"),
         "cpu_ratio": ratio(results, "otel-jobs", "by hand", key="cpu"),
+        # The calling thread's CPU time per run more than by hand, median over rounds.
+        "cpu_extra": statistics.median(
+            a - b
+            for a, b in zip(results["otel-jobs"]["cpu"], results["by hand"]["cpu"], strict=True)
+        ),
         "spans_only_ratio": ratio(results, "otel-jobs", "by hand, spans only"),
         **{name: value["median"] for name, value in results.items()},
     }
@@ -160,6 +169,14 @@ def _receiver() -> Any:
     return CountingReceiver()
 
 
+#: What the second measured process turns off: where the gap to the floor is not.
+WITHOUT = {
+    "OTEL_JOBS_PROMETHEUS_ENABLED": "false",
+    "OTEL_JOBS_LEASE_ENABLED": "false",
+    "OTEL_JOBS_WATCHDOG_ENABLED": "false",
+}
+
+
 def run(quick: bool = False) -> list[dict[str, Any]]:
     reps, number = (3, 200) if quick else (21, 2000)
     receiver = _receiver()
@@ -173,6 +190,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             OTEL_BSP_MAX_QUEUE_SIZE=str(4 * number),
         )
         found = measured_apart("bench.bench_otlp", "subject", reps, number, env, 1800)
+        # The same, with the /metrics endpoint, the lease and the watchdog off.
+        bare = measured_apart("bench.bench_otlp", "subject", reps, number, {**env, **WITHOUT}, 1800)
         received = receiver.spans_received
     finally:
         receiver.close()
@@ -184,10 +203,19 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             baseline="the same work by hand with the SDK (span, 3 instruments, exemplars)",
             baseline_value=us(found["by hand"]), ratio=value,
             target=f"<= {TARGET}x", met=None if quick else value <= TARGET,
-            note=f"calling thread's CPU time: {found['cpu_ratio']:.3f}x; "
+            note=f"calling thread's CPU time: {found['cpu_ratio']:.3f}x, "
+            f"{us(found['cpu_extra']):+.2f} us per run; "
             f"{found['spans_only_ratio']:.2f}x the span alone by hand "
             f"({us(found['by hand, spans only']):.2f} us); the receiver decoded {received:,} "
             "spans; exemplars kept on both sides",
+        ),
+        row(
+            "the same, without the /metrics endpoint, the lease and the watchdog",
+            subject="otel-jobs @job (OTLP only)", value=us(bare["otel-jobs"]), unit="us/run",
+            baseline="the same work by hand with the SDK", baseline_value=us(bare["by hand"]),
+            ratio=bare["ratio"],
+            note=f"calling thread's CPU time: {bare['cpu_ratio']:.3f}x, "
+            f"{us(bare['cpu_extra']):+.2f} us per run (defaults: {us(found['cpu_extra']):+.2f})",
         ),
     ]  # fmt: skip
 
