@@ -248,3 +248,23 @@ def test_amtool_accepts_the_vm_alertmanager_config() -> None:
     example = yaml.safe_load((ROOT / "alerts" / "alertmanager.example.yml").read_text())
     missing = [rule for rule in example["inhibit_rules"] if rule not in shipped]
     assert missing == [], missing
+
+
+def test_the_readmes_cron_line_and_cronjob_push_to_a_pushgateway() -> None:
+    """The README shows a cron script's crontab line and a Kubernetes CronJob (valid, strictly)
+    that both set the Pushgateway, and the CronJob a fixed host name (one push group)."""
+    import re
+
+    import kubernetes_validate
+
+    text = (ROOT / "README.md").read_text()
+    [cron] = re.findall(r"```cron\n(.*?)```", text, flags=re.S)
+    fields = cron.split()
+    assert len(fields) > 6 and fields[5].startswith("OTEL_JOBS_PUSHGATEWAY_URL=http"), cron
+    [doc] = [d for d in map(yaml.safe_load, re.findall(r"```yaml\n(.*?)```", text, flags=re.S))
+             if isinstance(d, dict) and d.get("kind") == "CronJob"]  # fmt: skip
+    kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+    pod = doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["hostname"]
+    [container] = pod["containers"]
+    assert "OTEL_JOBS_PUSHGATEWAY_URL" in {e["name"] for e in container["env"]}
